@@ -1,0 +1,18 @@
+"""minicnn: a convolutional neural network library written from scratch in NumPy.
+
+Every layer's forward and backward pass is hand-written and readable; the hot kernels run on
+NumPy (the reference), numba (JIT-compiled CPU) or CuPy (GPU).
+"""
+
+from . import gradcheck, init, layers, losses, optim
+from .backend import BACKENDS, available_backends, get_backend, set_backend
+from .io import ModelFileError, load_model
+from .layers import Parameter
+from .model import Sequential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS", "ModelFileError", "Parameter", "Sequential", "available_backends",
+    "get_backend", "gradcheck", "init", "layers", "load_model", "losses", "optim", "set_backend",
+]

@@ -1,0 +1,173 @@
+"""Backends: which array module and which kernels the layers use.
+
+minicnn's layers are written once, against "the array module" (``numpy`` or ``cupy``), and
+call a handful of hot kernels (im2col, col2im, pooling) through :func:`kernels`. A backend
+is the pair (array module, kernel module):
+
+==========  ============  ==========================================================
+name        arrays        kernels
+==========  ============  ==========================================================
+``numpy``   numpy         :mod:`minicnn.kernels.numpy_kernels` (the readable reference)
+``numba``   numpy         :mod:`minicnn.kernels.numba_kernels` (JIT-compiled, parallel)
+``cupy``    cupy (GPU)    :mod:`minicnn.kernels.cupy_kernels` (CUDA kernels)
+==========  ============  ==========================================================
+
+The active backend is process-wide. It starts as ``$MINICNN_BACKEND`` when set, else
+``numba`` when numba imports, else ``numpy``. Nothing is imported, compiled or
+initialised on the GPU until a backend is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import numpy as np
+
+BACKENDS = ("numpy", "numba", "cupy")
+
+_KERNEL_MODULES = {
+    "numpy": "minicnn.kernels.numpy_kernels",
+    "numba": "minicnn.kernels.numba_kernels",
+    "cupy": "minicnn.kernels.cupy_kernels",
+}
+
+_active: str | None = None
+
+
+class BackendUnavailableError(ImportError):
+    """The requested backend cannot run here (a package or a GPU is missing)."""
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.lower() not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {name!r}; expected one of {', '.join(map(repr, BACKENDS))}"
+        )
+    return name.lower()
+
+
+def backend_available(name: str) -> bool:
+    """True when backend ``name`` can run on this machine."""
+    try:
+        _require(_check_name(name))
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def available_backends() -> list[str]:
+    """The backends that can run on this machine, in the order of :data:`BACKENDS`."""
+    return [name for name in BACKENDS if backend_available(name)]
+
+
+def _require(name: str) -> None:
+    """Raise BackendUnavailableError naming what is missing for backend ``name``."""
+    if name == "numba":
+        try:
+            import numba  # noqa: F401
+        except ImportError as err:
+            raise BackendUnavailableError(
+                "the 'numba' backend needs numba: pip install numba "
+                f"(import failed: {err})"
+            ) from err
+    elif name == "cupy":
+        try:
+            import cupy
+        except ImportError as err:
+            raise BackendUnavailableError(
+                "the 'cupy' backend needs CuPy and an NVIDIA GPU: "
+                'pip install "minicnn[gpu]" (installs cupy-cuda12x); '
+                f"import failed: {err}"
+            ) from err
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as err:  # CUDA driver missing or broken
+            raise BackendUnavailableError(
+                f"the 'cupy' backend needs an NVIDIA GPU, but CUDA reports an error: {err}"
+            ) from err
+        if count < 1:
+            raise BackendUnavailableError("the 'cupy' backend needs an NVIDIA GPU; none found")
+
+
+def _default_backend() -> str:
+    requested = os.environ.get("MINICNN_BACKEND")
+    if requested:
+        name = _check_name(requested)
+        _require(name)
+        return name
+    return "numpy"  # numba becomes the default once its kernels exist
+
+
+def get_backend() -> str:
+    """The name of the active backend."""
+    global _active
+    if _active is None:
+        _active = _default_backend()
+    return _active
+
+
+def set_backend(name: str) -> str:
+    """Make ``name`` ("numpy", "numba" or "cupy") the active backend; returns the old one.
+
+    Raises ValueError for an unknown name and BackendUnavailableError (an ImportError)
+    when the backend cannot run here, saying what to install.
+    """
+    global _active
+    name = _check_name(name)
+    _require(name)
+    previous = get_backend()
+    _active = name
+    return previous
+
+
+def kernels(name: str | None = None) -> ModuleType:
+    """The kernel module of backend ``name`` (default: the active one)."""
+    name = get_backend() if name is None else _check_name(name)
+    return importlib.import_module(_KERNEL_MODULES[name])
+
+
+def xp(name: str | None = None) -> ModuleType:
+    """The array module of backend ``name`` (default: the active one)."""
+    name = get_backend() if name is None else _check_name(name)
+    if name == "cupy":
+        _require("cupy")
+        import cupy
+
+        return cupy
+    return np
+
+
+def array_module(array) -> ModuleType:
+    """The array module an array belongs to (cupy for GPU arrays, else numpy)."""
+    module = type(array).__module__
+    if module.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def is_array(obj) -> bool:
+    """True for numpy and cupy arrays."""
+    return isinstance(obj, np.ndarray) or type(obj).__module__.startswith("cupy")
+
+
+def to_device(array, name: str | None = None):
+    """Move an array to where backend ``name`` keeps its arrays (GPU for cupy)."""
+    if array is None:
+        return None
+    target = xp(name)
+    if target is np:
+        return to_numpy(array)
+    return target.asarray(array)
+
+
+def to_numpy(array):
+    """A numpy array for any numpy/cupy array (copies GPU arrays to the host)."""
+    if array is None:
+        return None
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    return np.asarray(array)

@@ -1,0 +1,21 @@
+"""Hot kernels, one module per backend, all with the same function names and signatures.
+
+Every kernel takes NCHW arrays and (height, width) pairs for kernel size, stride and padding:
+
+- ``im2col(x, kernel, stride, padding, out=None) -> cols`` of shape (N*OH*OW, C*KH*KW):
+  row ``n*OH*OW + oh*OW + ow`` holds the receptive field of output pixel (oh, ow) of sample n,
+  flattened in (c, kh, kw) order, so that ``cols @ weight.reshape(F, -1).T`` is the convolution.
+- ``col2im(cols, x_shape, kernel, stride, padding) -> dx``: the adjoint of im2col: every
+  column entry is added back to the input pixel it was copied from (overlaps accumulate).
+- ``maxpool_forward(x, kernel, stride) -> (y, argmax)`` with argmax the flat index
+  (kh*KW + kw) of the winning element inside each window; ``maxpool_backward(dy, argmax,
+  x_shape, kernel, stride) -> dx``.
+- ``avgpool_forward(x, kernel, stride) -> y``; ``avgpool_backward(dy, x_shape, kernel, stride)``.
+
+Kernel modules import nothing from the layers.
+"""
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution/pooling along one axis (floor mode, like PyTorch)."""
+    return (size + 2 * padding - kernel) // stride + 1

@@ -1,0 +1,102 @@
+"""The reference kernels in plain, vectorized NumPy.
+
+No Python loop runs over samples or pixels: windows are strided *views* of the input
+(``sliding_window_view``), and the adjoint operations (col2im, pooling backward) loop only over
+the KH*KW positions inside a window, each iteration adding a whole strided slab at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import conv_output_size
+
+
+def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def windows(x: np.ndarray, kernel, stride) -> np.ndarray:
+    """A read-only view of shape (N, C, OH, OW, KH, KW): every window of x, no copy."""
+    kh, kw = kernel
+    sh, sw = stride
+    oh = conv_output_size(x.shape[2], kh, sh, 0)
+    ow = conv_output_size(x.shape[3], kw, sw, 0)
+    view = sliding_window_view(x, (kh, kw), axis=(2, 3))
+    return view[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+
+
+def _window_slab(kh_index: int, kw_index: int, out_hw, stride):
+    """Index of the input pixels that window position (kh_index, kw_index) touches."""
+    oh, ow = out_hw
+    sh, sw = stride
+    return (
+        slice(None),
+        slice(None),
+        slice(kh_index, kh_index + (oh - 1) * sh + 1, sh),
+        slice(kw_index, kw_index + (ow - 1) * sw + 1, sw),
+    )
+
+
+def im2col(x, kernel, stride, padding, out=None):
+    n, c = x.shape[:2]
+    kh, kw = kernel
+    win = windows(_pad(x, padding), kernel, stride)  # (N, C, OH, OW, KH, KW)
+    oh, ow = win.shape[2:4]
+    patches = win.transpose(0, 2, 3, 1, 4, 5)  # (N, OH, OW, C, KH, KW), still a view
+    if out is None:
+        return patches.reshape(n * oh * ow, c * kh * kw)  # the one copy
+    np.copyto(out.reshape(n, oh, ow, c, kh, kw), patches)
+    return out
+
+
+def col2im(cols, x_shape, kernel, stride, padding):
+    n, c, h, w = x_shape
+    kh, kw = kernel
+    ph, pw = padding
+    oh = conv_output_size(h, kh, stride[0], ph)
+    ow = conv_output_size(w, kw, stride[1], pw)
+    patches = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+    dx_padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx_padded[_window_slab(i, j, (oh, ow), stride)] += patches[..., i, j]
+    return dx_padded[:, :, ph : ph + h, pw : pw + w]
+
+
+def maxpool_forward(x, kernel, stride):
+    kh, kw = kernel
+    win = windows(x, kernel, stride)
+    flat = win.reshape(*win.shape[:4], kh * kw)
+    argmax = flat.argmax(axis=-1)  # the first maximum wins ties, as in PyTorch
+    y = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
+    return y, argmax.astype(np.int32)
+
+
+def maxpool_backward(dy, argmax, x_shape, kernel, stride):
+    kh, kw = kernel
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    zero = dy.dtype.type(0)
+    for i in range(kh):
+        for j in range(kw):
+            won = argmax == i * kw + j
+            dx[_window_slab(i, j, dy.shape[2:], stride)] += np.where(won, dy, zero)
+    return dx
+
+
+def avgpool_forward(x, kernel, stride):
+    return windows(x, kernel, stride).mean(axis=(-2, -1), dtype=x.dtype)
+
+
+def avgpool_backward(dy, x_shape, kernel, stride):
+    kh, kw = kernel
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    share = dy / dy.dtype.type(kh * kw)
+    for i in range(kh):
+        for j in range(kw):
+            dx[_window_slab(i, j, dy.shape[2:], stride)] += share
+    return dx

@@ -1,0 +1,181 @@
+"""Layer, Parameter and Buffer: the small contract every layer follows.
+
+A layer is two functions and their bookkeeping:
+
+- ``forward(x, training=False) -> y`` computes the output and keeps what the backward pass
+  will need (the "cache");
+- ``backward(dy) -> dx`` receives dL/dy, the gradient of the loss with respect to the layer's
+  output, writes dL/dparameter into every ``Parameter.grad``, and returns dL/dx for the layer
+  below. By the chain rule, dL/dx only needs dL/dy and the local derivative dy/dx.
+
+``backward`` *overwrites* ``.grad`` (one backward call describes one batch); call it after the
+forward pass of the same batch.
+
+Subclasses implement ``_forward``/``_backward`` and ``output_shape``; the public
+``forward``/``backward`` wrappers validate inputs so a mistake surfaces as a clear error that
+names the layer instead of a traceback deep inside a kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..validation import check_float_array
+
+
+class Parameter:
+    """A trainable array (``.data``) and the gradient of the loss with respect to it (``.grad``)."""
+
+    def __init__(self, data, name: str = ""):
+        self.data = data
+        self.grad = backend.array_module(data).zeros_like(data)
+        self.name = name
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def zero_grad(self) -> None:
+        self.grad = backend.array_module(self.data).zeros_like(self.data)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(backend.to_numpy(self.data), dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name or 'unnamed'}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+class Buffer:
+    """A non-trainable array a layer keeps as state (e.g. BatchNorm's running statistics)."""
+
+    def __init__(self, data, name: str = ""):
+        self.data = data
+        self.name = name
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(backend.to_numpy(self.data), dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name or 'unnamed'}, shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
+
+
+def pair(value, what: str, layer: str, minimum: int) -> tuple[int, int]:
+    """Turn an int or a pair of ints into a validated (height, width) pair."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        raise TypeError(f"{layer}: {what} must be an int or a pair of ints, got {value!r}")
+    if min(value) < minimum:
+        raise ValueError(f"{layer}: {what} must be >= {minimum}, got {tuple(value)}")
+    return int(value[0]), int(value[1])
+
+
+class Layer:
+    """Base class of every layer. See the module docstring for the contract."""
+
+    def __init__(self):
+        self._cache = None
+        self._output_shape = None
+
+    # -- the public contract ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def forward(self, x, training: bool = False):
+        """Validate ``x`` (N, ...) and return the layer's output for it."""
+        check_float_array(x, self.name)
+        self.output_shape(tuple(x.shape[1:]))
+        return self._forward(x, training)
+
+    def backward(self, dy):
+        """Given dL/dy (shaped like the last output), fill parameter grads and return dL/dx."""
+        if self._output_shape is None:
+            raise RuntimeError(f"{self.name}: backward() called before forward()")
+        if not backend.is_array(dy):
+            raise TypeError(f"{self.name}: backward expects an array, got {type(dy).__name__}")
+        if tuple(dy.shape) != self._output_shape:
+            raise ValueError(
+                f"{self.name}: backward expects a gradient shaped like the last output "
+                f"{self._output_shape}, got {tuple(dy.shape)}"
+            )
+        return self._backward(dy)
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters, in a fixed order."""
+        return [v for v in vars(self).values() if isinstance(v, Parameter)]
+
+    def buffers(self) -> list[Buffer]:
+        return [v for v in vars(self).values() if isinstance(v, Buffer)]
+
+    def named_arrays(self) -> dict[str, Parameter | Buffer]:
+        """Every Parameter and Buffer by attribute name (what a model file stores)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, (Parameter, Buffer))}
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """Per-sample output shape for a per-sample input shape; raises on a mismatch."""
+        return tuple(input_shape)
+
+    def flops(self, input_shape: tuple) -> int:
+        """Floating-point operations of one forward pass for one sample (multiply-add = 2)."""
+        return 0
+
+    def initialize(self, rng: np.random.Generator) -> None:
+        """Draw fresh parameters from ``rng`` (layers without parameters ignore it)."""
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Give a stochastic layer (Dropout) its random generator; others ignore it."""
+
+    def config(self) -> dict:
+        """The constructor arguments, as plain JSON values (what a model file stores)."""
+        return {}
+
+    def astype(self, dtype) -> Layer:
+        """Convert every parameter and buffer to ``dtype`` in place (e.g. float64 for gradchecks)."""
+        for array in self.named_arrays().values():
+            array.data = array.data.astype(dtype)
+            if isinstance(array, Parameter):
+                array.grad = array.grad.astype(dtype)
+        return self
+
+    def to(self, backend_name: str) -> Layer:
+        """Move parameters and buffers to the arrays of ``backend_name`` (GPU for cupy)."""
+        for array in self.named_arrays().values():
+            array.data = backend.to_device(array.data, backend_name)
+            if isinstance(array, Parameter):
+                array.grad = backend.to_device(array.grad, backend_name)
+        self._cache = None
+        return self
+
+    def describe(self) -> str:
+        """A short one-line description (used by ``Sequential.summary``)."""
+        return f"{self.name}()"
+
+    def __call__(self, x, training: bool = False):
+        return self.forward(x, training)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{self.name}({args})"
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    def _remember(self, output, cache=None):
+        """Keep what backward needs and the output shape it must check ``dy`` against."""
+        self._cache = cache
+        self._output_shape = tuple(output.shape)
+        return output
+
+    def _forward(self, x, training):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _backward(self, dy):  # pragma: no cover - abstract
+        raise NotImplementedError

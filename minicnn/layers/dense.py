@@ -1,0 +1,100 @@
+"""Fully connected layer and Flatten."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..init import INITIALIZERS, initialize
+from ..validation import check_positive_int
+from .base import Layer, Parameter
+
+
+class Dense(Layer):
+    """Affine map ``y = x @ W + b`` with x (N, in_features), W (in_features, out_features).
+
+    (W is the transpose of PyTorch's Linear.weight, so that the formula reads left to right.)
+
+    Backward, with ``dy = dL/dy`` of shape (N, out_features): y_nj = sum_i x_ni W_ij + b_j, so
+
+    - ``dL/dW = x.T @ dy``  — (in, N) @ (N, out) = (in, out): sums over the batch;
+    - ``dL/db = dy.sum(axis=0)`` — (out,): b is added to every sample;
+    - ``dL/dx = dy @ W.T`` — (N, out) @ (out, in) = (N, in).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 init: str = "he", dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features", "Dense")
+        self.out_features = check_positive_int(out_features, "out_features", "Dense")
+        if init not in INITIALIZERS:
+            raise ValueError(f"Dense: init must be one of {INITIALIZERS}, got {init!r}")
+        self.init = init
+        self.weight = Parameter(np.zeros((in_features, out_features), dtype), "weight")
+        self.bias = Parameter(np.zeros(out_features, dtype), "bias") if bias else None
+        self.initialize(rng if rng is not None else np.random.default_rng())
+
+    def initialize(self, rng):
+        dtype = self.weight.data.dtype
+        weight = initialize(self.init, rng, (self.in_features, self.out_features),
+                            fan_in=self.in_features, fan_out=self.out_features, dtype=dtype)
+        self.weight.data = backend.to_device(weight)
+        self.weight.zero_grad()
+        if self.bias is not None:
+            self.bias.data = backend.xp().zeros(self.out_features, dtype=dtype)
+            self.bias.zero_grad()
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "init": self.init}
+
+    def describe(self):
+        return f"Dense({self.in_features}->{self.out_features})"
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"Dense: expected a 2-D input of shape (N, {self.in_features}), got shape "
+                f"(N, {', '.join(map(str, input_shape))}); put a Flatten() layer before Dense"
+            )
+        if input_shape[0] != self.in_features:
+            raise ValueError(
+                f"Dense: expected input of shape (N, {self.in_features}), got (N, {input_shape[0]})"
+            )
+        return (self.out_features,)
+
+    def flops(self, input_shape):
+        return 2 * self.in_features * self.out_features + (
+            self.out_features if self.bias is not None else 0)
+
+    def _forward(self, x, training):
+        y = x @ self.weight.data
+        if self.bias is not None:
+            y += self.bias.data
+        return self._remember(y, cache=x)
+
+    def _backward(self, dy):
+        x = self._cache
+        self.weight.grad = x.T @ dy
+        if self.bias is not None:
+            self.bias.grad = dy.sum(axis=0)
+        return dy @ self.weight.data.T
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...). Backward reshapes dy back to the input's shape:
+    flattening only relabels the elements, so each gradient goes back to where it came from."""
+
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def _forward(self, x, training):
+        return self._remember(x.reshape(x.shape[0], -1), cache=x.shape)
+
+    def _backward(self, dy):
+        return dy.reshape(self._cache)
+
+
+__all__ = ["Dense", "Flatten"]

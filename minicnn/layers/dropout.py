@@ -1,0 +1,46 @@
+"""Inverted dropout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Zero each element with probability ``p`` during training, scale survivors by 1/(1-p).
+
+    Scaling at training time ("inverted" dropout) keeps the expected activation unchanged, so
+    inference is the identity. Forward in training: ``y = x * mask`` with
+    ``mask = (u >= p) / (1 - p)``, u uniform in [0, 1), same shape as x.
+
+    Backward: y is linear in x with the fixed mask, so ``dx = dy * mask`` (identity at inference).
+    """
+
+    def __init__(self, p: float = 0.5, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def config(self):
+        return {"p": self.p}
+
+    def describe(self):
+        return f"Dropout(p={self.p:g})"
+
+    def set_rng(self, rng):
+        self.rng = rng
+
+    def _forward(self, x, training):
+        if not training or self.p == 0:
+            return self._remember(x, cache=None)
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
+        mask = backend.to_device(mask) if backend.array_module(x) is not np else mask
+        return self._remember(x * mask, cache=mask)
+
+    def _backward(self, dy):
+        return dy if self._cache is None else dy * self._cache

@@ -1,0 +1,117 @@
+"""Batch normalization over the channels of NCHW activations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..validation import check_positive_int, check_rank
+from .base import Buffer, Layer, Parameter
+
+
+class BatchNorm2D(Layer):
+    """Normalize each channel over (N, H, W), then scale by gamma and shift by beta.
+
+    Training, per channel c over its M = N*H*W values:
+    ``mu = mean(x)``, ``var = mean((x - mu)**2)`` (biased), ``xhat = (x - mu) / sqrt(var + eps)``,
+    ``y = gamma * xhat + beta``. The running statistics follow PyTorch:
+    ``running = (1 - momentum) * running + momentum * batch_stat``, using the *unbiased*
+    variance ``var * M / (M - 1)`` for ``running_var``. At inference, ``running_mean`` and
+    ``running_var`` replace mu and var, and y is a fixed affine map of x.
+
+    Backward (training), with dy of shape (N, C, H, W) and sums over (N, H, W) per channel:
+
+    - ``dL/dbeta = sum(dy)`` and ``dL/dgamma = sum(dy * xhat)`` — both shape (C,);
+    - ``dL/dxhat = dy * gamma``. Because mu and var depend on every x of the channel, x reaches
+      the loss through three paths (directly, through mu, through var). Adding them gives the
+      compact form ``dx = gamma / (M * sqrt(var + eps)) * (M*dy - sum(dy) - xhat * sum(dy * xhat))``.
+
+    Backward (inference): mu and var are constants, so ``dx = dy * gamma / sqrt(running_var + eps)``.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
+                 dtype=np.float32):
+        super().__init__()
+        self.num_features = check_positive_int(num_features, "num_features", "BatchNorm2D")
+        for what, value in (("momentum", momentum), ("eps", eps)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"BatchNorm2D: {what} must be a finite number, got {value!r}")
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm2D: momentum must be in [0, 1], got {momentum}")
+        if eps <= 0:
+            raise ValueError(f"BatchNorm2D: eps must be > 0, got {eps}")
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+        xp = backend.xp()
+        self.gamma = Parameter(xp.ones(num_features, dtype=dtype), "gamma")
+        self.beta = Parameter(xp.zeros(num_features, dtype=dtype), "beta")
+        self.running_mean = Buffer(xp.zeros(num_features, dtype=dtype), "running_mean")
+        self.running_var = Buffer(xp.ones(num_features, dtype=dtype), "running_var")
+
+    def initialize(self, rng):
+        xp = backend.xp()
+        dtype = self.gamma.data.dtype
+        self.gamma.data = xp.ones(self.num_features, dtype=dtype)
+        self.beta.data = xp.zeros(self.num_features, dtype=dtype)
+        self.running_mean.data = xp.zeros(self.num_features, dtype=dtype)
+        self.running_var.data = xp.ones(self.num_features, dtype=dtype)
+        self.gamma.zero_grad()
+        self.beta.zero_grad()
+
+    def config(self):
+        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
+    def describe(self):
+        return f"BatchNorm2D({self.num_features})"
+
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, f"(N, {self.num_features}, H, W)", "BatchNorm2D")
+        if input_shape[0] != self.num_features:
+            c, h, w = input_shape
+            raise ValueError(
+                f"BatchNorm2D: expected input with {self.num_features} channels, shape "
+                f"(N, {self.num_features}, H, W), got shape (N, {c}, {h}, {w})"
+            )
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        return 4 * math.prod(input_shape)
+
+    def _forward(self, x, training):
+        axes = (0, 2, 3)
+        if training:
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            if count < 2:
+                raise ValueError(
+                    "BatchNorm2D: training needs more than one value per channel to estimate "
+                    f"a variance, got input of shape {tuple(x.shape)}"
+                )
+            mean = x.mean(axis=axes)
+            centered = x - mean[None, :, None, None]
+            var = (centered * centered).mean(axis=axes)
+            m = self.momentum
+            self.running_mean.data = (1 - m) * self.running_mean.data + m * mean
+            self.running_var.data = (1 - m) * self.running_var.data + m * var * (count / (count - 1))
+        else:
+            mean, var = self.running_mean.data, self.running_var.data
+            centered = x - mean[None, :, None, None]
+        inv_std = 1 / backend.array_module(x).sqrt(var + self.eps)
+        xhat = centered * inv_std[None, :, None, None]
+        y = xhat * self.gamma.data[None, :, None, None] + self.beta.data[None, :, None, None]
+        return self._remember(y, cache=(xhat, inv_std, training))
+
+    def _backward(self, dy):
+        xhat, inv_std, training = self._cache
+        axes = (0, 2, 3)
+        dbeta = dy.sum(axis=axes)
+        dgamma = (dy * xhat).sum(axis=axes)
+        self.beta.grad, self.gamma.grad = dbeta, dgamma
+        scale = (self.gamma.data * inv_std)[None, :, None, None]
+        if not training:
+            return dy * scale
+        count = dy.shape[0] * dy.shape[2] * dy.shape[3]
+        return scale * (dy - (dbeta / count)[None, :, None, None]
+                        - xhat * (dgamma / count)[None, :, None, None])

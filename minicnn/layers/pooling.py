@@ -1,0 +1,106 @@
+"""Max, average and global-average pooling."""
+
+from __future__ import annotations
+
+from .. import backend
+from ..kernels import conv_output_size
+from ..validation import check_rank
+from .base import Layer, pair
+
+
+class _Pool2D(Layer):
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size", self.name, minimum=1)
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride", self.name, 1)
+
+    def config(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}
+
+    def describe(self):
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return f"{self.name}({kh}x{kw}, stride {sh},{sw})"
+
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, "(N, C, H, W)", self.name)
+        c, h, w = input_shape
+        kh, kw = self.kernel_size
+        if h < kh or w < kw:
+            raise ValueError(
+                f"{self.name}: pooling window {kh}x{kw} is larger than the input {h}x{w} "
+                f"(input shape (N, {c}, {h}, {w}))"
+            )
+        return (c, conv_output_size(h, kh, self.stride[0], 0),
+                conv_output_size(w, kw, self.stride[1], 0))
+
+    def flops(self, input_shape):
+        c, oh, ow = self.output_shape(input_shape)
+        return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
+
+
+class MaxPool2D(_Pool2D):
+    """Maximum over each KH x KW window, moved by ``stride`` (default: the kernel size).
+
+    Forward: ``y[n, c, oh, ow] = max_{i, j} x[n, c, oh*SH + i, ow*SW + j]``, shape (N, C, OH, OW);
+    the kernel also records *which* element of each window won (``argmax``).
+
+    Backward: the max is locally the identity on the winning element and constant in the
+    others, so ``dL/dx`` is zero except at each window's winner, which receives that window's
+    ``dy[n, c, oh, ow]``. When windows overlap (stride < kernel) one input can win several
+    windows and its gradients add up. Ties go to the first maximum in the window, as in PyTorch.
+    """
+
+    def _forward(self, x, training):
+        y, argmax = backend.kernels().maxpool_forward(x, self.kernel_size, self.stride)
+        return self._remember(y, cache=(x.shape, argmax))
+
+    def _backward(self, dy):
+        x_shape, argmax = self._cache
+        return backend.kernels().maxpool_backward(dy, argmax, x_shape, self.kernel_size,
+                                                  self.stride)
+
+
+class AvgPool2D(_Pool2D):
+    """Mean over each KH x KW window, moved by ``stride`` (default: the kernel size).
+
+    Forward: ``y[n, c, oh, ow] = 1/(KH*KW) * sum_{i, j} x[n, c, oh*SH + i, ow*SW + j]``.
+
+    Backward: every input in a window contributed 1/(KH*KW) of its output, so it receives
+    ``dy[n, c, oh, ow] / (KH*KW)`` from every window that covers it (summed where windows
+    overlap). Shape of dx: (N, C, H, W); pixels no window covers get zero.
+    """
+
+    def _forward(self, x, training):
+        y = backend.kernels().avgpool_forward(x, self.kernel_size, self.stride)
+        return self._remember(y, cache=x.shape)
+
+    def _backward(self, dy):
+        return backend.kernels().avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
+
+
+class GlobalAvgPool2D(Layer):
+    """Average of each channel over all pixels: (N, C, H, W) -> (N, C).
+
+    Forward: ``y[n, c] = 1/(H*W) * sum_{h, w} x[n, c, h, w]``. The output is 2-D, so a Dense
+    layer can follow directly (PyTorch's AdaptiveAvgPool2d(1) would keep (N, C, 1, 1)).
+
+    Backward: every pixel contributed 1/(H*W) of the mean, so
+    ``dx[n, c, h, w] = dy[n, c] / (H*W)`` — dy broadcast over the H*W pixels, shape (N, C, H, W).
+    """
+
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, "(N, C, H, W)", self.name)
+        return (input_shape[0],)
+
+    def flops(self, input_shape):
+        c, h, w = input_shape
+        return c * h * w
+
+    def _forward(self, x, training):
+        return self._remember(x.mean(axis=(2, 3), dtype=x.dtype), cache=x.shape)
+
+    def _backward(self, dy):
+        n, c, h, w = self._cache
+        xp = backend.array_module(dy)
+        share = dy / dy.dtype.type(h * w)
+        return xp.broadcast_to(share[:, :, None, None], (n, c, h, w)).copy()

@@ -1,0 +1,195 @@
+"""Sequential: a stack of layers, run forward in order and backward in reverse."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+from .layers.base import Layer, Parameter
+from .validation import check_float_array, check_positive_int
+
+
+class Sequential:
+    """Layers applied one after another: ``y = layer_k(...layer_2(layer_1(x)))``.
+
+    Backward applies the chain rule in reverse: each layer turns dL/d(its output) into
+    dL/d(its input) (filling its parameters' gradients on the way) and hands it down.
+
+    ``seed`` re-draws every layer's initial weights from ``np.random.default_rng(seed)``, in
+    order, and gives each stochastic layer (Dropout) its own generator derived from the same
+    seed, so one seed means one model and one training run.
+    """
+
+    def __init__(self, layers, seed: int | None = None, input_shape=None):
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(
+                    f"Sequential: item {i} is a {type(layer).__name__}, expected a minicnn Layer"
+                )
+        if not layers:
+            raise ValueError("Sequential: expected at least one layer")
+        self.layers = layers
+        self.seed = seed
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self._shape_cache: dict[tuple, list[tuple]] = {}
+        self.metadata: dict = {}  # free-form JSON saved with the model (class names, ...)
+        if seed is not None:
+            self.initialize(seed)
+
+    # -- construction -------------------------------------------------------------------
+    def initialize(self, seed: int) -> None:
+        """Re-draw all weights and reseed all stochastic layers from ``seed``."""
+        weights_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)
+        weights_rng = np.random.default_rng(weights_seq)
+        for layer in self.layers:
+            layer.initialize(weights_rng)
+        self.set_rng(np.random.default_rng(noise_seq))
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Give every stochastic layer its own generator spawned from ``rng``."""
+        for layer, child in zip(self.layers, rng.spawn(len(self.layers))):
+            layer.set_rng(child)
+
+    # -- shapes ---------------------------------------------------------------------------
+    def output_shapes(self, input_shape) -> list[tuple]:
+        """Per-sample output shape of every layer for a per-sample ``input_shape``.
+
+        Raises ValueError naming the first layer that cannot take its input (wrong channel
+        count, image too small for the network, ...).
+        """
+        input_shape = tuple(int(d) for d in input_shape)
+        if input_shape not in self._shape_cache:
+            shapes, shape = [], input_shape
+            for i, layer in enumerate(self.layers):
+                try:
+                    shape = layer.output_shape(shape)
+                except ValueError as err:
+                    raise ValueError(
+                        f"layer {i} ({layer.name}) cannot take input of per-sample shape "
+                        f"{shape} (model input {input_shape}): {err}"
+                    ) from None
+                shapes.append(tuple(shape))
+            self._shape_cache[input_shape] = shapes
+        return self._shape_cache[input_shape]
+
+    def output_shape(self, input_shape) -> tuple:
+        return self.output_shapes(input_shape)[-1]
+
+    # -- forward / backward ------------------------------------------------------------------
+    def forward(self, x, training: bool = False):
+        """Run x (N, C, H, W) through every layer; returns the last layer's output (logits)."""
+        check_float_array(x, f"Sequential (first layer {self.layers[0].name})")
+        self.output_shapes(x.shape[1:])  # validates the whole chain before any work
+        if self.input_shape is None:
+            self.input_shape = tuple(x.shape[1:])
+        for layer in self.layers:
+            x = layer._forward(x, training)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """Back-propagate dL/d(output); fills every parameter's ``.grad``; returns dL/dx."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def parameters(self) -> list[Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.zero_grad()
+
+    # -- inference ----------------------------------------------------------------------------
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (softmax of the logits) as a numpy array of shape (N, classes).
+
+        Runs in batches of ``batch_size`` so a large dataset never builds one giant buffer.
+        """
+        batch_size = check_positive_int(batch_size, "batch_size", "Sequential.predict")
+        check_float_array(x, f"Sequential.predict (first layer {self.layers[0].name})")
+        self.output_shapes(x.shape[1:])
+        xp = backend.xp()
+        outputs = []
+        for start in range(0, x.shape[0], batch_size):
+            batch = xp.asarray(x[start:start + batch_size])
+            logits = self.forward(batch, training=False)
+            shifted = logits - logits.max(axis=1, keepdims=True)
+            probs = xp.exp(shifted)
+            probs /= probs.sum(axis=1, keepdims=True)
+            outputs.append(backend.to_numpy(probs))
+        return np.concatenate(outputs, axis=0)
+
+    # -- description ----------------------------------------------------------------------------
+    def summary(self, input_shape=None, print_fn=print) -> str:
+        """A table of every layer's output shape, parameter count and FLOPs per sample.
+
+        ``input_shape`` is the per-sample shape (C, H, W); it defaults to the shape given at
+        construction or seen by the first forward pass.
+        """
+        input_shape = tuple(input_shape) if input_shape is not None else self.input_shape
+        if input_shape is None:
+            raise ValueError(
+                "Sequential.summary: input shape unknown; pass summary(input_shape=(C, H, W)) "
+                "or build the model with Sequential(..., input_shape=(C, H, W))"
+            )
+        shapes = self.output_shapes(input_shape)
+        rows = [("#", "layer", "output shape", "params", "FLOPs")]
+        total_params = total_flops = 0
+        shape = input_shape
+        for i, (layer, out) in enumerate(zip(self.layers, shapes)):
+            params = sum(int(math.prod(p.data.shape)) for p in layer.parameters())
+            flops = layer.flops(shape)
+            total_params += params
+            total_flops += flops
+            rows.append((str(i), layer.describe(), str(("N",) + out).replace("'", ""),
+                         f"{params:,}", f"{flops:,}"))
+            shape = out
+        widths = [max(len(r[k]) for r in rows) for k in range(5)]
+        fmt = "  ".join(f"{{:{'>' if k in (0, 3, 4) else '<'}{w}}}" for k, w in enumerate(widths))
+        lines = [fmt.format(*rows[0]), "-" * (sum(widths) + 8)]
+        lines += [fmt.format(*r) for r in rows[1:]]
+        lines.append("-" * (sum(widths) + 8))
+        lines.append(f"input (N, {', '.join(map(str, input_shape))}); "
+                     f"{total_params:,} parameters; {total_flops:,} FLOPs per sample (forward)")
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def num_parameters(self) -> int:
+        return sum(int(math.prod(p.data.shape)) for p in self.parameters())
+
+    def config(self) -> dict:
+        """The architecture as plain JSON values: ``{"layers": [{"type": ..., ...}], ...}``."""
+        return {
+            "layers": [{"type": layer.name, **layer.config()} for layer in self.layers],
+            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+        }
+
+    # -- devices, dtypes, files -------------------------------------------------------------------
+    def to(self, backend_name: str) -> Sequential:
+        """Make ``backend_name`` the active backend and move every array there."""
+        backend.set_backend(backend_name)
+        for layer in self.layers:
+            layer.to(backend_name)
+        return self
+
+    def astype(self, dtype) -> Sequential:
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def save(self, path, metadata: dict | None = None) -> None:
+        """Write the model (weights + architecture) to one safetensors file, atomically."""
+        from .io import save_model
+
+        save_model(self, path, metadata=self.metadata if metadata is None else metadata)
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"Sequential([\n{inner}\n])"

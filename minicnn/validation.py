@@ -1,0 +1,80 @@
+"""Input checks shared by the layers, the loss and the model.
+
+Every public entry point validates what it is given, so that a user sees a message naming the
+layer and the expected vs actual shape or dtype instead of a traceback from inside a kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+
+
+def check_float_array(x, where: str) -> None:
+    """x must be a finite float32/float64 numpy or cupy array."""
+    if not backend.is_array(x):
+        raise TypeError(
+            f"{where}: expected a float32 or float64 array, got {type(x).__name__}"
+        )
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(
+            f"{where}: expected a float32 or float64 array, got dtype {x.dtype} "
+            "(convert images with x.astype(np.float32), scaled to a small range such as [0, 1])"
+        )
+    if x.ndim < 2:
+        raise ValueError(
+            f"{where}: expected a batch of shape (N, ...) with N samples, got shape {tuple(x.shape)}"
+        )
+    if not bool(backend.array_module(x).isfinite(x).all()):
+        raise ValueError(f"{where}: input contains NaN or infinite values")
+
+
+def check_rank(shape: tuple, rank: int, layout: str, where: str) -> None:
+    """Check a per-sample shape (without N) against its expected rank."""
+    if len(shape) != rank:
+        full = ("N",) + tuple(shape)
+        raise ValueError(
+            f"{where}: expected input of shape {layout}, got a {len(shape) + 1}-D input "
+            f"of shape ({', '.join(map(str, full))})"
+        )
+
+
+def check_labels(labels, n_samples: int, n_classes: int, where: str):
+    """Labels must be n_samples integers in [0, n_classes); returns them as an int64 array."""
+    if not backend.is_array(labels):
+        if isinstance(labels, (list, tuple)):
+            labels = np.asarray(labels)
+        else:
+            raise TypeError(f"{where}: labels must be an integer array, got {type(labels).__name__}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != n_samples:
+        raise ValueError(
+            f"{where}: expected {n_samples} labels of shape ({n_samples},), one per sample, "
+            f"got shape {tuple(labels.shape)}"
+        )
+    if n_samples and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(
+            f"{where}: labels must be in [0, {n_classes - 1}] for {n_classes} classes, "
+            f"got values from {int(labels.min())} to {int(labels.max())}"
+        )
+    return labels
+
+
+def check_learning_rate(lr, where: str) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{where}: learning rate must be a number, got {lr!r}")
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"{where}: learning rate must be finite and >= 0, got {lr}")
+    return float(lr)
+
+
+def check_positive_int(value, what: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: {what} must be a positive int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{where}: {what} must be >= 1, got {value}")
+    return int(value)

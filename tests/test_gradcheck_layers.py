@@ -1,0 +1,188 @@
+"""Every layer's backward pass against central differences, in float64, on drawn shapes.
+
+A correct backward pass lands around 1e-9 relative error (float64, step 1e-6); a wrong one
+is off by order 1. The bound below leaves three orders of magnitude of room on both sides.
+"""
+
+import numpy as np
+import pytest
+from helpers import away_from_kinks, distinct_values
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minicnn.gradcheck import check_layer, check_loss
+from minicnn.layers import (
+    LAYER_TYPES,
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from minicnn.losses import SoftmaxCrossEntropy
+
+MAX_RELATIVE_ERROR = 1e-6
+TESTED_LAYERS = set()
+
+
+def covers(*layer_types):
+    TESTED_LAYERS.update(cls.__name__ for cls in layer_types)
+    return lambda test: test
+
+
+def assert_gradients_match(errors):
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < MAX_RELATIVE_ERROR, f"gradient of {worst!r} is wrong: {errors}"
+
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def conv_configs(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, kh - 2 * ph), 7))
+    w = draw(st.integers(max(1, kw - 2 * pw), 7))
+    return dict(
+        n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)), f=draw(st.integers(1, 3)),
+        kernel=(kh, kw), stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        padding=(ph, pw), hw=(h, w), bias=draw(st.booleans()),
+    )
+
+
+@covers(Conv2D)
+@given(cfg=conv_configs(), seed=seeds)
+def test_conv2d_gradients(cpu_backend, cfg, seed):
+    rng = np.random.default_rng(seed)
+    layer = Conv2D(cfg["c"], cfg["f"], cfg["kernel"], stride=cfg["stride"],
+                   padding=cfg["padding"], bias=cfg["bias"], rng=rng)
+    x = rng.standard_normal((cfg["n"], cfg["c"], *cfg["hw"]))
+    errors = check_layer(layer, x, seed=seed % 1000)
+    assert set(errors) == ({"x", "weight", "bias"} if cfg["bias"] else {"x", "weight"})
+    assert_gradients_match(errors)
+
+
+@st.composite
+def pool_configs(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # stride < kernel gives overlapping windows, stride > kernel skips pixels
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    h, w = draw(st.integers(kh, 7)), draw(st.integers(kw, 7))
+    return dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)), kernel=(kh, kw),
+                stride=stride, hw=(h, w))
+
+
+@covers(MaxPool2D, AvgPool2D)
+@pytest.mark.parametrize("pool", [MaxPool2D, AvgPool2D])
+@given(cfg=pool_configs(), seed=seeds)
+def test_pool_gradients(cpu_backend, pool, cfg, seed):
+    rng = np.random.default_rng(seed)
+    # distinct values: no two elements of a window tie, so the max is differentiable
+    x = distinct_values(rng, (cfg["n"], cfg["c"], *cfg["hw"]))
+    errors = check_layer(pool(cfg["kernel"], cfg["stride"]), x, seed=seed % 1000)
+    assert_gradients_match(errors)
+
+
+def test_overlapping_maxpool_accumulates_into_a_shared_winner():
+    # a single large value wins all four overlapping 2x2 windows (stride 1) of a 3x3 input
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 1] = 5.0
+    pool = MaxPool2D(2, stride=1)
+    pool.forward(x)
+    dx = pool.backward(np.ones((1, 1, 2, 2)))
+    assert dx[0, 0, 1, 1] == 4.0 and dx.sum() == 4.0
+
+
+@covers(GlobalAvgPool2D, Flatten)
+@pytest.mark.parametrize("layer_type", [GlobalAvgPool2D, Flatten])
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+       seed=seeds)
+def test_reshaping_and_global_pool_gradients(layer_type, shape, seed):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert_gradients_match(check_layer(layer_type(), x, seed=seed % 1000))
+
+
+@covers(Dense)
+@given(n=st.integers(1, 4), fan_in=st.integers(1, 8), fan_out=st.integers(1, 6),
+       bias=st.booleans(), seed=seeds)
+def test_dense_gradients(n, fan_in, fan_out, bias, seed):
+    rng = np.random.default_rng(seed)
+    layer = Dense(fan_in, fan_out, bias=bias, rng=rng)
+    errors = check_layer(layer, rng.standard_normal((n, fan_in)), seed=seed % 1000)
+    assert len(errors) == (3 if bias else 2)
+    assert_gradients_match(errors)
+
+
+@covers(ReLU, LeakyReLU, Sigmoid, Tanh)
+@pytest.mark.parametrize("make", [ReLU, lambda: LeakyReLU(0.1), LeakyReLU, Sigmoid, Tanh],
+                         ids=["relu", "leaky0.1", "leaky", "sigmoid", "tanh"])
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)),
+       scale=st.floats(0.1, 2.0), seed=seeds)
+def test_activation_gradients(make, shape, scale, seed):
+    # |x| stays below ~8, where sigmoid/tanh slopes (>= 3e-4) are still resolvable by finite
+    # differences; further out the true slope drowns in rounding noise, not the layer's error.
+    x = away_from_kinks(np.random.default_rng(seed).standard_normal(shape) * scale)
+    assert_gradients_match(check_layer(make(), x, seed=seed % 1000))
+
+
+@covers(Dropout)
+@given(p=st.floats(0.0, 0.9), shape=st.tuples(st.integers(1, 4), st.integers(1, 10)),
+       training=st.booleans(), seed=seeds)
+def test_dropout_gradients(p, shape, training, seed):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert_gradients_match(check_layer(Dropout(p), x, training=training, seed=seed % 1000))
+
+
+@covers(BatchNorm2D)
+@given(n=st.integers(1, 3), c=st.integers(1, 3), hw=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       training=st.booleans(), seed=seeds)
+def test_batchnorm_gradients(n, c, hw, training, seed):
+    if training and n * hw[0] * hw[1] < 4:
+        # with 2 values per channel the output is +-1 whatever x is (a zero gradient that
+        # finite differences only see as noise); 4 values make the check meaningful
+        n = 4
+    rng = np.random.default_rng(seed)
+    layer = BatchNorm2D(c)
+    layer.gamma.data = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    layer.beta.data = rng.standard_normal(c).astype(np.float32)
+    layer.running_mean.data = rng.standard_normal(c).astype(np.float32)
+    layer.running_var.data = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    x = rng.standard_normal((n, c, *hw)) * 2 + 1
+    errors = check_layer(layer, x, training=training, seed=seed % 1000)
+    assert set(errors) == {"x", "gamma", "beta"}
+    assert_gradients_match(errors)
+
+
+@given(n=st.integers(1, 6), classes=st.integers(2, 7), scale=st.floats(0.1, 2.0),
+       smoothing=st.sampled_from([0.0, 0.1]), seed=seeds)
+def test_softmax_cross_entropy_gradient(n, classes, scale, smoothing, seed):
+    # Moderate logits: a class probability below ~1e-5 has a gradient smaller than the
+    # rounding noise of finite differences. Large logits are covered by the stability tests.
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n, classes)) * scale
+    labels = rng.integers(0, classes, n)
+    assert check_loss(SoftmaxCrossEntropy(smoothing), logits, labels) < MAX_RELATIVE_ERROR
+
+
+def test_every_layer_type_has_a_gradient_check():
+    assert TESTED_LAYERS == set(LAYER_TYPES), f"untested: {set(LAYER_TYPES) - TESTED_LAYERS}"
+
+
+def test_gradcheck_catches_a_broken_backward():
+    """The checker itself must fail a wrong gradient (here: ReLU's slope doubled)."""
+
+    class BrokenReLU(ReLU):
+        def _backward(self, dy):
+            return 2 * dy * self._cache
+
+    x = away_from_kinks(np.random.default_rng(0).standard_normal((2, 5)))
+    errors = check_layer(BrokenReLU(), x)
+    assert errors["x"] > 0.1

@@ -91,10 +91,16 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy):
-        """Back-propagate dL/d(output); fills every parameter's ``.grad``; returns dL/dx."""
+    def backward(self, dy, input_grad: bool = True):
+        """Back-propagate dL/d(output); fills every parameter's ``.grad``; returns dL/dx.
+
+        ``input_grad=False`` skips dL/dx of the first layer (returns None): training never
+        needs the gradient with respect to the images, and for a first Conv2D it is the most
+        expensive part of its backward pass.
+        """
+        first = self.layers[0]
         for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+            dy = layer.backward(dy, input_grad=input_grad or layer is not first)
         return dy
 
     def parameters(self) -> list[Parameter]:

@@ -85,6 +85,7 @@ class Layer:
     def __init__(self):
         self._cache = None
         self._output_shape = None
+        self._input_grad = True  # set by backward(); layers may skip dL/dx when it is False
 
     # -- the public contract ------------------------------------------------------------
     @property
@@ -97,8 +98,13 @@ class Layer:
         self.output_shape(tuple(x.shape[1:]))
         return self._forward(x, training)
 
-    def backward(self, dy):
-        """Given dL/dy (shaped like the last output), fill parameter grads and return dL/dx."""
+    def backward(self, dy, input_grad: bool = True):
+        """Given dL/dy (shaped like the last output), fill parameter grads and return dL/dx.
+
+        With ``input_grad=False`` a layer may skip computing dL/dx and return None (the first
+        layer of a network never needs it during training; Conv2D and Dense then save a
+        matrix multiply and, for Conv2D, the whole col2im).
+        """
         if self._output_shape is None:
             raise RuntimeError(f"{self.name}: backward() called before forward()")
         if not backend.is_array(dy):
@@ -108,6 +114,7 @@ class Layer:
                 f"{self.name}: backward expects a gradient shaped like the last output "
                 f"{self._output_shape}, got {tuple(dy.shape)}"
             )
+        self._input_grad = input_grad
         return self._backward(dy)
 
     def parameters(self) -> list[Parameter]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import backend
@@ -51,6 +53,7 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         self.weight = Parameter(np.zeros((out_channels, in_channels, kh, kw), dtype), "weight")
         self.bias = Parameter(np.zeros(out_channels, dtype), "bias") if bias else None
+        self._buffers = {}  # reusable im2col / gradient workspaces
         self.initialize(rng if rng is not None else np.random.default_rng())
 
     def initialize(self, rng):
@@ -97,27 +100,77 @@ class Conv2D(Layer):
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return 2 * k * f * oh * ow + (f * oh * ow if self.bias is not None else 0)
 
+    def _workspace(self, name, shape, dtype):
+        """A scratch array reused across calls (regrown only when a bigger one is needed), so
+        the largest buffers are not allocated afresh for every batch."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        xp = backend.xp()
+        if buffer is None or buffer.size < size or buffer.dtype != dtype \
+                or not isinstance(buffer, xp.ndarray):
+            buffer = xp.empty(size, dtype=dtype)
+            self._buffers[name] = buffer
+        return buffer[:size].reshape(shape)
+
+    def _samples_per_chunk(self, n, itemsize):
+        """How many samples fit in the im2col budget (at least one)."""
+        f, oh, ow = self._output_shape[1:]
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return max(1, min(n, backend.im2col_budget() // max(1, oh * ow * k * itemsize)))
+
+    def _im2col(self, x, name="cols"):
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        _, _, oh, ow = self._output_shape
+        out = self._workspace(name, (x.shape[0] * oh * ow, k), x.dtype)
+        return backend.kernels().im2col(x, self.kernel_size, self.stride, self.padding, out=out)
+
     def _forward(self, x, training):
-        kernels = backend.kernels()
+        xp = backend.array_module(x)
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
-        cols = kernels.im2col(x, self.kernel_size, self.stride, self.padding)
+        self._output_shape = (n, f, oh, ow)
+        dtype = xp.result_type(x.dtype, self.weight.data.dtype)
         weight2d = self.weight.data.reshape(f, -1)
-        out = cols @ weight2d.T  # (N*OH*OW, F)
-        if self.bias is not None:
-            out += self.bias.data
-        y = out.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
-        y = backend.array_module(y).ascontiguousarray(y)
-        return self._remember(y, cache=(x.shape, cols))
+        y = xp.empty((n, f, oh, ow), dtype=dtype)
+        chunk = self._samples_per_chunk(n, x.dtype.itemsize)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            cols = self._im2col(x[start:stop])
+            out = xp.matmul(cols, weight2d.T)  # (chunk*OH*OW, F)
+            # back to NCHW, adding the bias on the way (one pass over the output)
+            by_sample = out.reshape(stop - start, oh * ow, f).transpose(0, 2, 1)
+            target = y[start:stop].reshape(stop - start, f, oh * ow)
+            if self.bias is not None:
+                xp.add(by_sample, self.bias.data[:, None], out=target)
+            else:
+                target[...] = by_sample
+        # a batch that fit in one chunk keeps its columns for backward; otherwise backward
+        # rebuilds them chunk by chunk from x
+        cache = (x, cols if chunk >= n else None)
+        return self._remember(y, cache=cache)
 
     def _backward(self, dy):
-        x_shape, cols = self._cache
-        f = self.out_channels
-        dout = dy.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*OH*OW, F)
+        x, cols = self._cache
+        xp = backend.array_module(dy)
+        n, f, oh, ow = dy.shape
         weight2d = self.weight.data.reshape(f, -1)
-        self.weight.grad = (dout.T @ cols).reshape(self.weight.data.shape)
+        chunk = n if cols is not None else self._samples_per_chunk(n, x.dtype.itemsize)
+        dweight = xp.zeros_like(weight2d, dtype=xp.result_type(dy.dtype, x.dtype))
+        dx = xp.empty(x.shape, dtype=dweight.dtype) if self._input_grad else None
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            dout = self._workspace("dout", ((stop - start) * oh * ow, f), dy.dtype)
+            dout.reshape(stop - start, oh * ow, f)[...] = \
+                dy[start:stop].reshape(stop - start, f, oh * ow).transpose(0, 2, 1)
+            chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
+            dweight += dout.T @ chunk_cols
+            if dx is not None:
+                dcols = self._workspace("dcols", chunk_cols.shape, dweight.dtype)
+                xp.matmul(dout, weight2d, out=dcols)
+                dx[start:stop] = backend.kernels().col2im(
+                    dcols, (stop - start,) + tuple(x.shape[1:]), self.kernel_size, self.stride,
+                    self.padding)
+        self.weight.grad = dweight.reshape(self.weight.data.shape)
         if self.bias is not None:
-            self.bias.grad = dout.sum(axis=0)
-        dcols = dout @ weight2d
-        return backend.kernels().col2im(dcols, x_shape, self.kernel_size, self.stride,
-                                        self.padding)
+            self.bias.grad = dy.sum(axis=(0, 2, 3))
+        return dx

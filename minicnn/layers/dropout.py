@@ -37,9 +37,13 @@ class Dropout(Layer):
     def _forward(self, x, training):
         if not training or self.p == 0:
             return self._remember(x, cache=None)
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
-        mask = keep.astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
-        mask = backend.to_device(mask) if backend.array_module(x) is not np else mask
+        xp = backend.array_module(x)
+        if xp is np:
+            uniform = self.rng.random(x.shape, dtype=np.float32)
+        else:  # draw on the GPU (seeded from our generator) instead of copying a host mask
+            uniform = xp.random.default_rng(int(self.rng.integers(2**63))).random(
+                x.shape, dtype=np.float32)
+        mask = (uniform >= self.p).astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
         return self._remember(x * mask, cache=mask)
 
     def _backward(self, dy):

@@ -1,0 +1,121 @@
+"""The GPU kernels: CUDA C++ in ``cupy_kernels.cu``, compiled by CuPy on first use.
+
+Same functions, signatures and results as :mod:`minicnn.kernels.numpy_kernels`. Every kernel
+runs one thread per output element (im2col: per column entry; col2im and pooling backward:
+per input pixel, as gathers, so no atomics). The matrix multiplies of the layers go through
+cuBLAS via ``cupy.matmul``; nothing here copies data to or from the host.
+
+The CUDA source is compiled lazily (the first call of each kernel), never at import, and CuPy
+caches the compiled module on disk. The same source is compiled for the CPU by the tests
+(tests/test_cuda_sources.py), so the index arithmetic is checked in CI without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from . import conv_output_size
+
+SOURCE_PATH = Path(__file__).with_name("cupy_kernels.cu")
+KERNEL_NAMES = ("im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
+                "avgpool_backward")
+_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_THREADS_PER_BLOCK = 256
+
+
+@functools.lru_cache(maxsize=None)
+def _module():
+    import cupy
+
+    names = [f"{kernel}<{ctype}>" for kernel in KERNEL_NAMES for ctype in _C_TYPES.values()]
+    return cupy.RawModule(code=SOURCE_PATH.read_text(), options=("-std=c++14",),
+                          name_expressions=names)
+
+
+def _launch(kernel: str, dtype, total: int, *args) -> None:
+    if total == 0:
+        return
+    ctype = _C_TYPES.get(np.dtype(dtype))
+    if ctype is None:
+        raise TypeError(f"cupy kernels support float32 and float64, got {dtype}")
+    function = _module().get_function(f"{kernel}<{ctype}>")
+    blocks = (total + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK
+    ints = [np.int64(total)] + [np.int32(a) for a in args[-1]]
+    function((blocks,), (_THREADS_PER_BLOCK,), (*args[:-1], *ints))
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def im2col(x, kernel, stride, padding, out=None):
+    cp = _cupy()
+    x = cp.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    shape = (n * oh * ow, c * kh * kw)
+    if out is None or not out.flags.c_contiguous:
+        out = cp.empty(shape, dtype=x.dtype)
+    _launch("im2col", x.dtype, out.size, x, out, (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    return out
+
+
+def col2im(cols, x_shape, kernel, stride, padding):
+    cp = _cupy()
+    cols = cp.ascontiguousarray(cols)
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    dx = cp.empty(x_shape, dtype=cols.dtype)
+    _launch("col2im", cols.dtype, dx.size, cols, dx, (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    return dx
+
+
+def _pool_geometry(x_shape, kernel, stride):
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
+    return (n, c, oh, ow), (h, w, kh, kw, sh, sw, oh, ow)
+
+
+def maxpool_forward(x, kernel, stride):
+    cp = _cupy()
+    x = cp.ascontiguousarray(x)
+    out_shape, geometry = _pool_geometry(x.shape, kernel, stride)
+    y = cp.empty(out_shape, dtype=x.dtype)
+    argmax = cp.empty(out_shape, dtype=cp.int32)
+    _launch("maxpool_forward", x.dtype, y.size, x, y, argmax, geometry)
+    return y, argmax
+
+
+def maxpool_backward(dy, argmax, x_shape, kernel, stride):
+    cp = _cupy()
+    dy = cp.ascontiguousarray(dy)
+    _, geometry = _pool_geometry(x_shape, kernel, stride)
+    dx = cp.empty(x_shape, dtype=dy.dtype)
+    _launch("maxpool_backward", dy.dtype, dx.size, dy, cp.ascontiguousarray(argmax), dx, geometry)
+    return dx
+
+
+def avgpool_forward(x, kernel, stride):
+    cp = _cupy()
+    x = cp.ascontiguousarray(x)
+    out_shape, geometry = _pool_geometry(x.shape, kernel, stride)
+    y = cp.empty(out_shape, dtype=x.dtype)
+    _launch("avgpool_forward", x.dtype, y.size, x, y, geometry)
+    return y
+
+
+def avgpool_backward(dy, x_shape, kernel, stride):
+    cp = _cupy()
+    dy = cp.ascontiguousarray(dy)
+    _, geometry = _pool_geometry(x_shape, kernel, stride)
+    dx = cp.empty(x_shape, dtype=dy.dtype)
+    _launch("avgpool_backward", dy.dtype, dx.size, dy, dx, geometry)
+    return dx

@@ -26,7 +26,7 @@ _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _THREADS_PER_BLOCK = 256
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module():
     import cupy
 

@@ -1,6 +1,43 @@
-"""Datasets: float32 NCHW images in [0, 1] and int64 labels."""
+"""Datasets, augmentation and mini-batches.
 
+Every loader returns ``(x_train, y_train), (x_test, y_test), class_names`` with float32 NCHW
+images in [0, 1] and int64 labels. Nothing is read, downloaded or compiled at import time.
+
+- :func:`load_mnist`, :func:`load_fashion_mnist`: the IDX files (``minicnn.data.mnist``)
+- :func:`load_cifar10`: the python-pickle batches, read safely (``minicnn.data.cifar``)
+- :func:`load_digits`: scikit-learn's 8x8 digits
+- :func:`load_image_folder`: your own images, one folder per class
+- :func:`load_dataset`: any of these by name
+
+Where the files are looked for (and downloaded to) is described in ``minicnn.data.sources``;
+parsed arrays are cached as .npy (``minicnn.data.cache``).
+"""
+
+from .cifar import load_cifar10
+from .digits import load_digits
 from .idx import DatasetFileError, parse_idx, read_idx
-from .mnist import load_mnist
+from .image_folder import IMAGE_EXTENSIONS, load_image_folder
+from .loader import DataLoader
+from .mnist import load_fashion_mnist, load_mnist
+from .registry import DATASETS, load_dataset
+from .sources import DatasetNotFoundError, user_cache_dir
+from .transforms import (
+    Compose,
+    Normalize,
+    RandomAffine,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomRotation,
+    RandomScale,
+    RandomTranslation,
+    Transform,
+    preview,
+    warp_affine,
+)
 
-__all__ = ["DatasetFileError", "load_mnist", "parse_idx", "read_idx"]
+__all__ = [
+    "DATASETS", "IMAGE_EXTENSIONS", "Compose", "DataLoader", "DatasetFileError", "DatasetNotFoundError",
+    "Normalize", "RandomAffine", "RandomCrop", "RandomHorizontalFlip", "RandomRotation", "RandomScale",
+    "RandomTranslation", "Transform", "load_cifar10", "load_dataset", "load_digits", "load_fashion_mnist",
+    "load_image_folder", "load_mnist", "parse_idx", "preview", "read_idx", "user_cache_dir", "warp_affine",
+]

@@ -9,10 +9,12 @@ from .backend import BACKENDS, available_backends, get_backend, set_backend
 from .io import ModelFileError, load_model
 from .layers import Parameter
 from .model import Sequential
+from .training import History, TrainingDivergedError, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BACKENDS", "ModelFileError", "Parameter", "Sequential", "available_backends",
-    "get_backend", "gradcheck", "init", "layers", "load_model", "losses", "optim", "set_backend",
+    "BACKENDS", "History", "ModelFileError", "Parameter", "Sequential", "TrainingDivergedError",
+    "available_backends", "evaluate", "fit", "get_backend", "gradcheck", "init", "layers",
+    "load_model", "losses", "optim", "set_backend",
 ]

@@ -34,11 +34,17 @@ class ModelFileError(ValueError):
     """A model file is unreadable, damaged, or inconsistent with the architecture it declares."""
 
 
-def save_model(model, path, metadata: dict | None = None) -> None:
-    """Write ``model`` to ``path`` atomically (the old file survives a crash mid-save)."""
+def save_model(model, path, metadata: dict | None = None, extra_tensors: dict | None = None,
+               training_state: dict | None = None) -> None:
+    """Write ``model`` to ``path`` atomically (the old file survives a crash mid-save).
+
+    ``extra_tensors`` and ``training_state`` (JSON) are used by training checkpoints: the
+    optimizer's arrays are stored as ``optimizer.<i>.<name>`` tensors beside the weights.
+    """
     from safetensors.numpy import save
 
-    tensors = {}
+    tensors = {name: np.ascontiguousarray(backend.to_numpy(array))
+               for name, array in (extra_tensors or {}).items()}
     for i, layer in enumerate(model.layers):
         for name, array in layer.named_arrays().items():
             tensors[f"layers.{i}.{name}"] = np.ascontiguousarray(backend.to_numpy(array.data))
@@ -52,6 +58,8 @@ def save_model(model, path, metadata: dict | None = None) -> None:
         "architecture": json.dumps(model.config()),
         "user": user,
     }
+    if training_state is not None:
+        header["training_state"] = json.dumps(training_state)
     atomic_write_bytes(path, save(tensors, metadata=header))
 
 
@@ -130,7 +138,16 @@ def load_model(path):
     """Load a model written by :func:`save_model`. Never executes code from the file.
 
     Raises FileNotFoundError for a missing file and :class:`ModelFileError` for anything
-    unreadable, damaged or inconsistent (with a message saying what).
+    unreadable, damaged or inconsistent (with a message saying what). A training checkpoint
+    is also a model file: its optimizer state is ignored here (see :func:`load_checkpoint`).
+    """
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path):
+    """``(model, optimizer_tensors, training_state)`` from a model file or training checkpoint.
+
+    ``training_state`` is None for a plain model file. Validation as in :func:`load_model`.
     """
     from safetensors.numpy import load
 
@@ -167,9 +184,21 @@ def load_model(path):
             array.data = backend.to_device(np.array(value))
             if hasattr(array, "grad"):
                 array.zero_grad()
-    extra = sorted(set(tensors) - expected)
-    if extra:
-        raise ModelFileError(f"{path}: unexpected tensors not used by the architecture: "
-                             f"{', '.join(extra[:5])}")
+    training_state = None
+    if "training_state" in header["__metadata__"]:
+        try:
+            training_state = json.loads(header["__metadata__"]["training_state"])
+        except (TypeError, json.JSONDecodeError):
+            raise ModelFileError(f"{path}: training state is not valid JSON") from None
+        if not isinstance(training_state, dict):
+            raise ModelFileError(f"{path}: training state must be a JSON object")
+    optimizer_tensors = {}
+    for key in sorted(set(tensors) - expected):
+        if training_state is None or not key.startswith("optimizer."):
+            raise ModelFileError(f"{path}: unexpected tensor {key} not used by the architecture")
+        value = tensors[key]
+        if value.dtype not in (np.float32, np.float64) or not np.isfinite(value).all():
+            raise ModelFileError(f"{path}: optimizer tensor {key} is not finite float data")
+        optimizer_tensors[key[len("optimizer."):]] = np.array(value)
     model.metadata = user
-    return model
+    return model, optimizer_tensors, training_state

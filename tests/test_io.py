@@ -88,7 +88,7 @@ def good_parts():
     (lambda t, m: t.update({"layers.0.weight": np.zeros((2, 3), np.float32)}), "has shape"),
     (lambda t, m: t.update({"layers.0.weight": np.zeros((3, 2), np.int32)}), "dtype int32"),
     (lambda t, m: t.update({"layers.0.weight": np.full((3, 2), np.nan, np.float32)}), "NaN"),
-    (lambda t, m: t.update({"layers.9.weight": np.zeros(1, np.float32)}), "unexpected tensors"),
+    (lambda t, m: t.update({"layers.9.weight": np.zeros(1, np.float32)}), "unexpected tensor layers.9"),
     (lambda t, m: m.update({"format_version": "99"}), "format version 99 is not supported"),
     (lambda t, m: m.update({"format": "other"}), "not a minicnn model"),
     (lambda t, m: m.update({"architecture": "{not json"}), "not valid JSON"),

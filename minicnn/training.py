@@ -1,0 +1,520 @@
+"""The training loop: ``fit`` and ``evaluate``, history, callbacks, checkpoints and exact resume.
+
+One training step is the whole of backprop in four lines::
+
+    logits = model.forward(x, training=True)
+    loss = loss_fn.forward(logits, y)
+    model.backward(loss_fn.backward(), input_grad=False)
+    optimizer.step()
+
+Everything else here is bookkeeping around that step: batches (``minicnn.data.DataLoader``),
+progress bars, per-epoch history, callbacks, checkpoints that resume *exactly* (the same
+weights as an uninterrupted run, also from the middle of an epoch), a guard that stops when the
+loss or a gradient stops being finite, and a Ctrl-C that saves a resumable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .atomic import atomic_write_bytes
+from .validation import check_float_array, check_labels, check_positive_int
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or a gradient became NaN/inf; the message says where it first appeared."""
+
+
+# -- history ------------------------------------------------------------------------------------
+
+class History:
+    """Per-epoch records: ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
+    ``lr``, ``time_s`` and ``images_per_s``. ``history["val_acc"]`` gives one column."""
+
+    def __init__(self, epochs: list[dict] | None = None):
+        self.epochs: list[dict] = list(epochs or [])
+
+    def append(self, record: dict) -> None:
+        self.epochs.append(dict(record))
+
+    def __getitem__(self, key: str) -> list:
+        return [record.get(key) for record in self.epochs]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def save(self, path) -> Path:
+        """Write the history as JSON (atomically)."""
+        path = Path(path)
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode())
+        return path
+
+    @classmethod
+    def load(cls, path) -> History:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("epochs"), list):
+            raise ValueError(f"{path}: not a minicnn history file")
+        return cls(data["epochs"])
+
+    def plot(self, path) -> Path:
+        """Save the training curves (loss and accuracy per epoch) as a PNG."""
+        from .plots import plot_history
+
+        return plot_history(self, path)
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+
+class Callback:
+    """Hooks into ``fit``. ``trainer`` is the running :class:`Trainer`; set
+    ``trainer.stop_training = True`` to stop after the current epoch. Callbacks with state
+    implement ``state_dict``/``load_state_dict`` so that checkpoints resume them too."""
+
+    def on_train_begin(self, trainer) -> None: ...
+    def on_epoch_begin(self, trainer, epoch: int) -> None: ...
+    def on_batch_end(self, trainer, step: int, logs: dict) -> None: ...
+    def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class LRSchedule(Callback):
+    """Step a learning-rate schedule (``minicnn.optim.*LR``) once per ``"epoch"`` or ``"batch"``."""
+
+    def __init__(self, scheduler, per: str = "epoch"):
+        if per not in ("epoch", "batch"):
+            raise ValueError(f"LRSchedule: per must be 'epoch' or 'batch', got {per!r}")
+        self.scheduler, self.per = scheduler, per
+
+    def on_batch_end(self, trainer, step, logs):
+        if self.per == "batch":
+            self.scheduler.step()
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.per == "epoch":
+            self.scheduler.step()
+
+    def state_dict(self):
+        return {"last_step": self.scheduler.last_step}
+
+    def load_state_dict(self, state):
+        self.scheduler.last_step = int(state["last_step"])
+        self.scheduler.optimizer.lr = self.scheduler.lr_at(self.scheduler.last_step)
+
+
+def _improved(value, best, mode, min_delta) -> bool:
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode_for(monitor: str, mode: str) -> str:
+    if mode == "auto":
+        return "min" if "loss" in monitor else "max"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+    return mode
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` (e.g. ``"val_loss"``, ``"val_acc"``) has not improved by
+    ``min_delta`` for ``patience`` epochs; optionally put back the best weights at the end."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best: bool = True):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.mode = _mode_for(monitor, mode)
+        self.restore_best = restore_best
+        self.best, self.wait, self.best_weights = None, 0, None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping: metric {self.monitor!r} is not logged "
+                             f"(available: {', '.join(sorted(logs))}); pass val= to fit?")
+        if _improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            if self.restore_best:
+                self.best_weights = [p.data.copy() for p in trainer.model.parameters()] + \
+                    [b.data.copy() for layer in trainer.model.layers for b in layer.buffers()]
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+                trainer.log(f"early stopping: {self.monitor} has not improved for "
+                            f"{self.patience} epochs (best {self.best:.4f})")
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_weights is not None and trainer.stop_training:
+            arrays = trainer.model.parameters() + \
+                [b for layer in trainer.model.layers for b in layer.buffers()]
+            for array, saved in zip(arrays, self.best_weights, strict=True):
+                array.data = saved
+
+    def state_dict(self):
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state):
+        self.best, self.wait = state["best"], state["wait"]
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (a model file, atomically) whenever ``monitor`` improves
+    (``save_best_only=True``) or after every epoch."""
+
+    def __init__(self, path, monitor: str = "val_acc", mode: str = "auto",
+                 save_best_only: bool = True):
+        self.path, self.monitor, self.save_best_only = Path(path), monitor, save_best_only
+        self.mode = _mode_for(monitor, mode)
+        self.best = None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs.get(self.monitor)
+        if not self.save_best_only or _improved(value, self.best, self.mode, 0.0):
+            self.best = value if value is not None else self.best
+            trainer.model.save(self.path)
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = state["best"]
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+def evaluate(model, loss_fn, x, y, batch_size: int = 512) -> dict:
+    """Mean loss and accuracy over (x, y), computed in batches (inference mode)."""
+    batch_size = check_positive_int(batch_size, "batch_size", "evaluate")
+    check_float_array(x, "evaluate")
+    y = check_labels(y, len(x), model.output_shape(x.shape[1:])[0], "evaluate")
+    xp = backend.xp()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb = xp.asarray(x[start:start + batch_size])
+        yb = xp.asarray(y[start:start + batch_size])
+        logits = model.forward(xb, training=False)
+        total_loss += loss_fn.forward(logits, yb) * len(xb)
+        correct += int((logits.argmax(axis=1) == yb).sum())
+    return {"loss": total_loss / len(x), "acc": correct / len(x)}
+
+
+# -- the trainer --------------------------------------------------------------------------------
+
+class _CleanInterrupt(KeyboardInterrupt):
+    """Ctrl-C honoured between two steps: the model and optimizer are consistent."""
+
+
+class _DeferredInterrupt:
+    """Turn Ctrl-C into a flag checked between steps, so a checkpoint is never taken with half
+    of the parameters updated. Only possible in the main thread; elsewhere Ctrl-C is left alone."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class Trainer:
+    """Runs :func:`fit`. Holds the model, loss, optimizer, data and the position in training."""
+
+    def __init__(self, model, loss_fn, optimizer, loader, val=None, callbacks=(), verbose=1,
+                 checkpoint=None, checkpoint_every: int | None = None, eval_batch_size=512):
+        self.model, self.loss_fn, self.optimizer, self.loader = model, loss_fn, optimizer, loader
+        self.val, self.callbacks, self.verbose = val, list(callbacks), verbose
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.eval_batch_size = eval_batch_size
+        self.history = History()
+        self.stop_training = False
+        self.global_step = 0
+        self._epoch_sums = [0.0, 0, 0, 0.0]  # loss * n, correct, seen, seconds
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            from tqdm import tqdm
+
+            tqdm.write(message)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _rng_states(self) -> dict:
+        return {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.model.layers)
+                if isinstance(getattr(layer, "rng", None), np.random.Generator)}
+
+    def save_checkpoint(self, path=None) -> Path:
+        """Everything needed to continue exactly: weights, optimizer state, data position,
+        random generator states, callback states and history. Written atomically."""
+        path = Path(path) if path is not None else self.checkpoint
+        opt = self.optimizer
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "loader": self.loader.state_dict(),
+            "global_step": self.global_step,
+            "epoch_sums": self._epoch_sums,
+            "optimizer": {"type": type(opt).__name__, "lr": opt.lr, "step_count": opt.step_count,
+                          "state_keys": sorted(opt.state_arrays())},
+            "rng": self._rng_states(),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "history": self.history.to_dict(),
+        }
+        tensors = {f"optimizer.{k}": v for k, v in opt.state_arrays().items()}
+        from .io import save_model
+
+        save_model(self.model, path, metadata=self.model.metadata, extra_tensors=tensors,
+                   training_state=state)
+        return path
+
+    def restore_checkpoint(self, path) -> None:
+        """Load a checkpoint written by :meth:`save_checkpoint` into this trainer's objects."""
+        from .io import ModelFileError, load_checkpoint
+
+        saved, optimizer_tensors, state = load_checkpoint(path)
+        if state is None:
+            raise ModelFileError(f"{path}: a model file, not a training checkpoint")
+        if saved.config()["layers"] != self.model.config()["layers"]:
+            raise ModelFileError(f"{path}: the checkpoint's architecture differs from the model "
+                                 "being trained")
+        if state["optimizer"]["type"] != type(self.optimizer).__name__:
+            raise ModelFileError(f"{path}: the checkpoint was trained with "
+                                 f"{state['optimizer']['type']}, not {type(self.optimizer).__name__}")
+        for mine, theirs in zip(self.model.layers, saved.layers, strict=True):
+            for name, array in mine.named_arrays().items():
+                array.data = backend.to_device(theirs.named_arrays()[name].data)
+        self.optimizer.load_state_arrays(optimizer_tensors, state["optimizer"]["step_count"])
+        self.optimizer.lr = state["optimizer"]["lr"]
+        for index, rng_state in state["rng"].items():
+            self.model.layers[int(index)].rng.bit_generator.state = rng_state
+        for callback, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
+            callback.load_state_dict(cb_state)
+        self.loader.load_state_dict(state["loader"])
+        self.global_step = state["global_step"]
+        self._epoch_sums = list(state["epoch_sums"])
+        self.history = History(state["history"]["epochs"])
+
+    # -- the guard --------------------------------------------------------------------------
+    def _diagnose(self, xb, what: str) -> str:
+        """Find the first layer whose weights, output or gradient is not finite."""
+        xp = backend.xp()
+        for i, layer in enumerate(self.model.layers):
+            for p in layer.parameters():
+                if not bool(xp.isfinite(p.data).all()):
+                    return f"layer {i} ({layer.name}) has non-finite {p.name} values"
+        x = xb
+        for i, layer in enumerate(self.model.layers):
+            x = layer._forward(x, training=False)
+            if not bool(xp.isfinite(x).all()):
+                return f"layer {i} ({layer.name}) is the first to output a non-finite value"
+        if what == "gradient":
+            for i, layer in reversed(list(enumerate(self.model.layers))):
+                for p in layer.parameters():
+                    if not bool(xp.isfinite(p.grad).all()):
+                        return f"the gradient of layer {i} ({layer.name}).{p.name} is not finite"
+        return "every layer's output is finite in inference mode (the loss itself overflowed?)"
+
+    def _diverged(self, epoch, batch, xb, what) -> None:
+        where = self._diagnose(xb, what)
+        kept = (f"; the last good checkpoint is {self.checkpoint}"
+                if self.checkpoint is not None and self.checkpoint.exists() else "")
+        raise TrainingDivergedError(
+            f"training diverged at epoch {epoch + 1}, batch {batch + 1} (step {self.global_step + 1}): "
+            f"the {what} is not finite; {where}. Try a lower learning rate{kept}."
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train_step(self, xb, yb) -> tuple[float, int]:
+        logits = self.model.forward(xb, training=True)
+        if not bool(backend.array_module(logits).isfinite(logits).all()):
+            return math.nan, 0  # the guard in run_epoch finds out where it came from
+        loss = self.loss_fn.forward(logits, yb)
+        if not math.isfinite(loss):
+            return loss, 0
+        correct = int((logits.argmax(axis=1) == yb).sum())
+        self.optimizer.zero_grad()
+        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        return loss, correct
+
+    def _grads_finite(self) -> bool:
+        xp = backend.xp()
+        return all(bool(xp.isfinite(p.grad).all()) for p in self.model.parameters())
+
+    def run_epoch(self, epoch: int, interrupt: _DeferredInterrupt) -> dict:
+        from tqdm import tqdm
+
+        xp = backend.xp()
+        start_batch = self.loader.state_dict()["start_batch"]
+        bar = tqdm(total=len(self.loader), initial=start_batch, disable=not self.verbose,
+                   desc=f"epoch {epoch + 1}", unit="batch", leave=False, dynamic_ncols=True)
+        sums = self._epoch_sums
+        for callback in self.callbacks:
+            callback.on_epoch_begin(self, epoch)
+        t0 = time.perf_counter()
+        batch = start_batch
+        for xb, yb in self.loader:
+            xb, yb = xp.asarray(xb), xp.asarray(yb)
+            loss, correct = self.train_step(xb, yb)
+            if not math.isfinite(loss):
+                self._diverged(epoch, batch, xb, "loss")
+            if not self._grads_finite():
+                self._diverged(epoch, batch, xb, "gradient")
+            self.optimizer.step()
+            self.global_step += 1
+            n = len(yb)
+            sums[0] += loss * n
+            sums[1] += correct
+            sums[2] += n
+            elapsed = sums[3] + time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}",
+                            img_s=f"{sums[2] / max(elapsed, 1e-9):,.0f}", refresh=False)
+            logs = {"loss": loss, "lr": self.optimizer.lr}
+            for callback in self.callbacks:
+                callback.on_batch_end(self, self.global_step, logs)
+            batch += 1
+            if self.checkpoint is not None and self.checkpoint_every and \
+                    self.global_step % self.checkpoint_every == 0:
+                sums[3] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self.save_checkpoint()
+            if interrupt.requested:
+                sums[3] += time.perf_counter() - t0
+                bar.close()
+                raise _CleanInterrupt
+        bar.close()
+        seconds = sums[3] + time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "train_loss": sums[0] / max(sums[2], 1),
+                  "train_acc": sums[1] / max(sums[2], 1), "lr": self.optimizer.lr,
+                  "time_s": seconds, "images_per_s": sums[2] / max(seconds, 1e-9)}
+        self._epoch_sums = [0.0, 0, 0, 0.0]
+        return record
+
+    def fit(self, epochs: int, resume: bool = False) -> History:
+        if resume and self.checkpoint is not None and self.checkpoint.exists():
+            self.restore_checkpoint(self.checkpoint)
+            self.log(f"resumed from {self.checkpoint} at epoch {self.loader.epoch + 1}, "
+                     f"batch {self.loader.state_dict()['start_batch']}")
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        with _DeferredInterrupt() as interrupt:
+            try:
+                while self.loader.epoch < epochs and not self.stop_training:
+                    epoch = self.loader.epoch
+                    record = self.run_epoch(epoch, interrupt)
+                    if self.val is not None:
+                        scores = evaluate(self.model, self.loss_fn, *self.val, self.eval_batch_size)
+                        record["val_loss"], record["val_acc"] = scores["loss"], scores["acc"]
+                    self.history.append(record)
+                    for callback in self.callbacks:
+                        callback.on_epoch_end(self, epoch, record)
+                    self.log(_summary_line(record, epochs))
+                    if self.checkpoint is not None:
+                        self.save_checkpoint()
+            except KeyboardInterrupt as err:
+                if self.checkpoint is not None and isinstance(err, _CleanInterrupt):
+                    self.save_checkpoint()
+                    self.log(f"interrupted: resumable checkpoint saved to {self.checkpoint} "
+                             "(run again with resume to continue)")
+                elif self.checkpoint is not None:
+                    self.log(f"interrupted in the middle of a step: {self.checkpoint} keeps the "
+                             "last consistent state")
+                raise
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+
+def _summary_line(record: dict, epochs: int) -> str:
+    line = (f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, "
+            f"acc {record['train_acc']:.4f}")
+    if "val_loss" in record:
+        line += f", val_loss {record['val_loss']:.4f}, val_acc {record['val_acc']:.4f}"
+    return line + (f", lr {record['lr']:.2e}, {record['time_s']:.1f} s "
+                   f"({record['images_per_s']:,.0f} img/s)")
+
+
+def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size: int = 32, *,
+        callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
+        checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
+        eval_batch_size: int = 512) -> History:
+    """Train ``model`` and return its :class:`History`.
+
+    Args:
+        train: ``(x, y)`` arrays or a :class:`minicnn.data.DataLoader` (which then carries the
+            batch size, shuffling, augmentation and seed).
+        val: optional ``(x, y)``, evaluated after every epoch (``val_loss``, ``val_acc``).
+        epochs: train until this many epochs are done (counting a resumed run's earlier ones).
+        callbacks: e.g. :class:`LRSchedule`, :class:`EarlyStopping`, :class:`ModelCheckpoint`.
+        verbose: 1 shows a progress bar per epoch and a summary line; 0 is silent.
+        checkpoint: path of a resumable checkpoint, written atomically after every epoch, every
+            ``checkpoint_every`` steps if given, and on Ctrl-C (which then re-raises
+            KeyboardInterrupt once the checkpoint is safely on disk).
+        resume: continue from ``checkpoint`` if it exists; the result is identical to a run
+            that was never interrupted.
+
+    Raises :class:`TrainingDivergedError` when the loss or a gradient stops being finite,
+    naming the step and the first layer that produced a non-finite value; the last checkpoint
+    on disk is left as it was.
+    """
+    from .data.loader import DataLoader
+
+    epochs = check_positive_int(epochs, "epochs", "fit")
+    if isinstance(train, DataLoader):
+        loader = train
+    elif isinstance(train, (tuple, list)) and len(train) == 2:
+        x, y = train
+        check_float_array(x, "fit (training images)")
+        model.output_shapes(x.shape[1:])
+        check_labels(y, len(x), model.output_shape(x.shape[1:])[0], "fit (training labels)")
+        batch_size = check_positive_int(batch_size, "batch_size", "fit")
+        loader = DataLoader(x, y, batch_size=batch_size, shuffle=shuffle, transform=transform,
+                            seed=seed)
+    else:
+        raise TypeError("fit: train must be an (x, y) pair of arrays or a DataLoader, got "
+                        f"{type(train).__name__}")
+    if val is not None:
+        if not (isinstance(val, (tuple, list)) and len(val) == 2):
+            raise TypeError("fit: val must be an (x, y) pair of arrays")
+        check_float_array(val[0], "fit (validation images)")
+        check_labels(val[1], len(val[0]), model.output_shape(val[0].shape[1:])[0],
+                     "fit (validation labels)")
+    if checkpoint_every is not None:
+        checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every", "fit")
+    trainer = Trainer(model, loss_fn, optimizer, loader, val=val, callbacks=callbacks,
+                      verbose=verbose, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                      eval_batch_size=eval_batch_size)
+    return trainer.fit(epochs, resume=resume)

@@ -1,0 +1,150 @@
+"""fit/evaluate: history, callbacks, exact resume (also mid-epoch), the NaN guard, Ctrl-C."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import minicnn as mc
+from minicnn.data import DataLoader, RandomHorizontalFlip
+from minicnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from minicnn.losses import SoftmaxCrossEntropy
+from minicnn.training import (
+    Callback,
+    EarlyStopping,
+    History,
+    LRSchedule,
+    ModelCheckpoint,
+    TrainingDivergedError,
+    evaluate,
+    fit,
+)
+
+
+def toy_data(n=240, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 2, n)
+    x[y == 1, :, :4] += 0.5  # class 1: a brighter top half
+    return x, y
+
+
+def toy_model(seed=0):
+    return mc.Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                          Dense(64, 16), ReLU(), Dropout(0.2), Dense(16, 2)], seed=seed)
+
+
+def run(epochs, checkpoint=None, resume=False, callbacks=(), transform=None):
+    x, y = toy_data()
+    model = toy_model()
+    opt = mc.optim.Adam(model.parameters(), lr=1e-2)
+    sched = mc.optim.CosineAnnealingLR(opt, T_max=100)
+    loader = DataLoader(x, y, batch_size=32, seed=3, transform=transform)
+    history = fit(model, SoftmaxCrossEntropy(), opt, loader, val=(x[:64], y[:64]), epochs=epochs,
+                  callbacks=[LRSchedule(sched, per="batch"), *callbacks], verbose=0,
+                  checkpoint=checkpoint, resume=resume)
+    return model, opt, history
+
+
+def test_fit_learns_and_records_history(tmp_path):
+    model, _, history = run(4)
+    assert len(history) == 4
+    assert history["epoch"] == [1, 2, 3, 4]
+    assert history["val_acc"][-1] > 0.8
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "time_s", "images_per_s"):
+        assert all(v is not None for v in history[key]), key
+    path = history.save(tmp_path / "history.json")
+    assert History.load(path).epochs == json.loads(path.read_text())["epochs"]
+    png = history.plot(tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path):
+    straight, straight_opt, straight_history = run(3)
+    ckpt = tmp_path / "ckpt.safetensors"
+    run(1, checkpoint=ckpt)
+    resumed, resumed_opt, history = run(3, checkpoint=ckpt, resume=True)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert resumed_opt.lr == straight_opt.lr and resumed_opt.step_count == straight_opt.step_count
+    assert history["train_loss"] == straight_history["train_loss"]
+
+
+class InterruptAt(Callback):
+    """Send ourselves Ctrl-C after a given step, as a user would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, trainer, step, logs):
+        if step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_mid_epoch_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    flip = RandomHorizontalFlip()
+    straight, _, straight_history = run(2, transform=flip)
+    ckpt = tmp_path / "ckpt.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run(2, checkpoint=ckpt, callbacks=[InterruptAt(11)], transform=flip)  # epoch 2, batch 3
+    assert mc.load_model(ckpt)  # the checkpoint is also a loadable model file
+    resumed, _, history = run(2, checkpoint=ckpt, resume=True, transform=flip)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert history["train_loss"] == pytest.approx(straight_history["train_loss"], rel=1e-12)
+
+
+def test_nan_guard_names_the_step_and_layer_and_keeps_the_checkpoint(tmp_path):
+    x, y = toy_data()
+    model = mc.Sequential([Flatten(), Dense(64, 8), ReLU(), Dense(8, 2)], seed=0)
+    ckpt = tmp_path / "ckpt.safetensors"
+    fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.01), (x, y),
+        epochs=1, batch_size=60, verbose=0, checkpoint=ckpt)
+    good = ckpt.read_bytes()
+    model.layers[1].weight.data[:] = 1e38  # the next forward pass overflows to inf
+    with pytest.raises(TrainingDivergedError,
+                       match=r"epoch 1, batch 1 \(step 1\).*layer 1 \(Dense\) is the first to output "
+                             r"a non-finite value.*last good checkpoint"):
+        fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.01), (x, y),
+            epochs=2, batch_size=60, verbose=0, checkpoint=ckpt)
+    assert ckpt.read_bytes() == good
+
+
+def test_early_stopping_and_best_model_checkpoint(tmp_path):
+    x, y = toy_data()
+    model = toy_model()
+    stopper = EarlyStopping(monitor="val_loss", patience=2)
+    best = ModelCheckpoint(tmp_path / "best.safetensors", monitor="val_acc")
+    history = fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.0), (x, y),
+                  val=(x, y), epochs=10, batch_size=64, callbacks=[stopper, best], verbose=0)
+    assert len(history) == 3  # lr 0: nothing improves after the first epoch
+    assert (tmp_path / "best.safetensors").exists()
+    with pytest.raises(ValueError, match="metric 'val_loss' is not logged"):
+        fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.1), (x, y),
+            epochs=1, callbacks=[EarlyStopping()], verbose=0)
+
+
+def test_evaluate_in_batches_matches_one_batch():
+    x, y = toy_data()
+    model = toy_model()
+    whole = evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=len(x))
+    parts = evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=7)
+    assert parts["acc"] == whole["acc"]
+    assert parts["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
+def test_fit_validates_its_arguments():
+    x, y = toy_data()
+    model = toy_model()
+    opt = mc.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        fit(model, SoftmaxCrossEntropy(), opt, (x, y), batch_size=0, verbose=0)
+    with pytest.raises(ValueError, match=r"expected 240 labels"):
+        fit(model, SoftmaxCrossEntropy(), opt, (x, y[:10]), verbose=0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 1\]"):
+        fit(model, SoftmaxCrossEntropy(), opt, (x, y + 5), verbose=0)
+    with pytest.raises(TypeError, match="train must be an"):
+        fit(model, SoftmaxCrossEntropy(), opt, x, verbose=0)

@@ -37,9 +37,10 @@ def plot_history(history, path) -> Path:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, history["train_loss"], "o-", label="training")
     ax_acc.plot(epochs, history["train_acc"], "o-", label="training")
-    if any(v is not None for v in history["val_loss"]):
-        ax_loss.plot(epochs, history["val_loss"], "s-", label="validation")
-        ax_acc.plot(epochs, history["val_acc"], "s-", label="validation")
+    for name, label in (("val", "validation"), ("test", "test")):
+        if any(v is not None for v in history[f"{name}_loss"]):
+            ax_loss.plot(epochs, history[f"{name}_loss"], "s-", label=label)
+            ax_acc.plot(epochs, history[f"{name}_acc"], "s-", label=label)
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (ax_loss, ax_acc):

@@ -255,12 +255,14 @@ class Trainer:
     """Runs :func:`fit`. Holds the model, loss, optimizer, data and the position in training."""
 
     def __init__(self, model, loss_fn, optimizer, loader, val=None, callbacks=(), verbose=1,
-                 checkpoint=None, checkpoint_every: int | None = None, eval_batch_size=512):
+                 checkpoint=None, checkpoint_every: int | None = None, eval_batch_size=512,
+                 val_name: str = "val"):
         self.model, self.loss_fn, self.optimizer, self.loader = model, loss_fn, optimizer, loader
         self.val, self.callbacks, self.verbose = val, list(callbacks), verbose
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = checkpoint_every
         self.eval_batch_size = eval_batch_size
+        self.val_name = val_name
         self.history = History()
         self.stop_training = False
         self.global_step = 0
@@ -437,7 +439,8 @@ class Trainer:
                     record = self.run_epoch(epoch, interrupt)
                     if self.val is not None:
                         scores = evaluate(self.model, self.loss_fn, *self.val, self.eval_batch_size)
-                        record["val_loss"], record["val_acc"] = scores["loss"], scores["acc"]
+                        record[f"{self.val_name}_loss"] = scores["loss"]
+                        record[f"{self.val_name}_acc"] = scores["acc"]
                     self.history.append(record)
                     for callback in self.callbacks:
                         callback.on_epoch_end(self, epoch, record)
@@ -461,8 +464,9 @@ class Trainer:
 def _summary_line(record: dict, epochs: int) -> str:
     line = (f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, "
             f"acc {record['train_acc']:.4f}")
-    if "val_loss" in record:
-        line += f", val_loss {record['val_loss']:.4f}, val_acc {record['val_acc']:.4f}"
+    for name in ("val", "test"):
+        if f"{name}_loss" in record:
+            line += f", {name}_loss {record[f'{name}_loss']:.4f}, {name}_acc {record[f'{name}_acc']:.4f}"
     return line + (f", lr {record['lr']:.2e}, {record['time_s']:.1f} s "
                    f"({record['images_per_s']:,.0f} img/s)")
 
@@ -470,13 +474,14 @@ def _summary_line(record: dict, epochs: int) -> str:
 def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size: int = 32, *,
         callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
         checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
-        eval_batch_size: int = 512) -> History:
+        eval_batch_size: int = 512, val_name: str = "val") -> History:
     """Train ``model`` and return its :class:`History`.
 
     Args:
         train: ``(x, y)`` arrays or a :class:`minicnn.data.DataLoader` (which then carries the
             batch size, shuffling, augmentation and seed).
-        val: optional ``(x, y)``, evaluated after every epoch (``val_loss``, ``val_acc``).
+        val: optional ``(x, y)``, evaluated after every epoch (``val_loss``, ``val_acc``; the
+            prefix is ``val_name``, e.g. ``"test"`` when it is the test set).
         epochs: train until this many epochs are done (counting a resumed run's earlier ones).
         callbacks: e.g. :class:`LRSchedule`, :class:`EarlyStopping`, :class:`ModelCheckpoint`.
         verbose: 1 shows a progress bar per epoch and a summary line; 0 is silent.
@@ -516,5 +521,5 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every", "fit")
     trainer = Trainer(model, loss_fn, optimizer, loader, val=val, callbacks=callbacks,
                       verbose=verbose, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                      eval_batch_size=eval_batch_size)
+                      eval_batch_size=eval_batch_size, val_name=val_name)
     return trainer.fit(epochs, resume=resume)

@@ -1,0 +1,262 @@
+"""The ``minicnn`` command: train, evaluate, predict, bench.
+
+    minicnn train --dataset mnist
+    minicnn train --image-folder photos/ --image-size 64 --epochs 20
+    minicnn evaluate runs/mnist-.../model.safetensors --dataset mnist
+    minicnn predict runs/mnist-.../model.safetensors digit.png
+    minicnn bench --backends numpy,numba
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "digits")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("numpy", "numba", "cupy"), default=None,
+                        help="compute backend (default: $MINICNN_BACKEND, else numba when "
+                             "installed, else numpy)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minicnn", description="Train, evaluate and inspect convolutional networks "
+        "written from scratch in NumPy.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a classifier on a dataset or image folder",
+                                description="Train a CNN and write the model, history and "
+                                "training curves into --out.")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
+                        help="a built-in dataset (default: mnist)")
+    source.add_argument("--image-folder", metavar="DIR",
+                        help="your own images: one sub-folder per class (or train/ and test/ "
+                             "sub-folders holding the class folders)")
+    train.add_argument("--data-dir", metavar="DIR",
+                       help="folder holding the dataset's files (else the usual places are "
+                            "searched: $MINICNN_DATA, ~/.cache/minicnn, data/, /usr/share/datasets)")
+    train.add_argument("--model", choices=("mnist_cnn", "reference_cnn", "lenet5"), default=None,
+                       help="network preset (default: the dataset's recipe, mnist_cnn)")
+    train.add_argument("--long", action="store_true",
+                       help="MNIST only: the longer recipe (15 epochs, augmentation)")
+    train.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
+    train.add_argument("--batch-size", type=int, help="images per training step")
+    train.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="random rotations/zooms/shifts (digits) or crops+flips (photos)")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="image folder: resize images to this many pixels square (default 32)")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                       help="image folder: 1 = grayscale, 3 = RGB (default 3)")
+    train.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling, augmentation")
+    train.add_argument("--out", metavar="DIR",
+                       help="output folder (default runs/<dataset>-<timestamp>)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from --out/checkpoint.safetensors (after Ctrl-C)")
+    train.add_argument("--limit", type=int, help="train on the first N images only (smoke test)")
+    _add_common(train)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy and loss of a model on a test set",
+                                   description="Evaluate a saved model on a dataset's test split.")
+    evaluate.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    evaluate.add_argument("--dataset", choices=DATASET_CHOICES,
+                          help="dataset to evaluate on (default: the one the model was trained on)")
+    evaluate.add_argument("--image-folder", metavar="DIR", help="evaluate on your own images")
+    evaluate.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    evaluate.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="also write a report (metrics, plots, report.html) into DIR")
+    _add_common(evaluate)
+
+    predict = commands.add_parser("predict", help="classify image files",
+                                  description="Print the most likely classes of each image.")
+    predict.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    predict.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    _add_common(predict)
+
+    bench = commands.add_parser("bench", help="training and inference speed of the backends",
+                                description="Images/s of the reference network on each backend.")
+    bench.add_argument("--backends", default=None,
+                       help="comma-separated backends (default: all that run here)")
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--steps", type=int, default=20, help="timed training steps")
+    bench.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _load_eval_data(args, metadata):
+    from .recipes import load_data
+
+    if args.image_folder:
+        shape = metadata.get("input_shape") or [3, 32, 32]
+        data = load_data("folder", args.image_folder, image_size=tuple(shape[1:]),
+                         channels=shape[0], verbose=0 if args.quiet else 1)
+        return "folder", data
+    dataset = args.dataset or metadata.get("dataset")
+    if dataset is None:
+        raise SystemExit("minicnn evaluate: --dataset is required (the model file does not "
+                         "say which dataset it was trained on)")
+    return dataset, load_data(dataset, args.data_dir)
+
+
+def _normalize(x, metadata):
+    norm = metadata.get("normalization")
+    if not norm:
+        return x
+    mean = np.asarray(norm["mean"], dtype=x.dtype)[None, :, None, None]
+    std = np.asarray(norm["std"], dtype=x.dtype)[None, :, None, None]
+    return (x - mean) / std
+
+
+def cmd_train(args) -> int:
+    from .recipes import train_classifier
+
+    if args.image_folder:
+        dataset, data_dir = "folder", args.image_folder
+    else:
+        dataset, data_dir = args.dataset or "mnist", args.data_dir
+    recipe = "mnist-long" if args.long and dataset == "mnist" else None
+    size = (args.image_size, args.image_size) if args.image_size else None
+    try:
+        train_classifier(dataset, recipe=recipe, data_dir=data_dir, model=args.model,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, augment=args.augment, seed=args.seed,
+                         out=args.out, backend_name=args.backend, verbose=0 if args.quiet else 1,
+                         resume=args.resume, limit=args.limit, image_size=size,
+                         channels=args.channels)
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume with the same command plus --resume --out <the run folder>",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import load_model
+    from .losses import SoftmaxCrossEntropy
+    from .training import evaluate
+
+    model = load_model(args.model)
+    metadata = model.metadata or {}
+    dataset, (_, (x_test, y_test), class_names) = _load_eval_data(args, metadata)
+    x_test = _normalize(x_test, metadata)
+    scores = evaluate(model, SoftmaxCrossEntropy(), x_test, y_test, batch_size=args.batch_size)
+    print(f"{dataset} test set: accuracy {scores['acc']:.2%}, loss {scores['loss']:.4f} "
+          f"({len(x_test):,} images)")
+    if args.out:
+        from .report import write_report
+
+        write_report(model, x_test, y_test, class_names, args.out, dataset=dataset,
+                     model_path=args.model, verbose=0 if args.quiet else 1)
+    return 0
+
+
+def _read_image(path, input_shape):
+    from PIL import Image
+
+    channels, height, width = input_shape
+    with Image.open(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB").resize((width, height),
+                                                                       Image.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def cmd_predict(args) -> int:
+    from PIL import UnidentifiedImageError
+
+    from . import load_model
+
+    model = load_model(args.model)
+    metadata = model.metadata or {}
+    input_shape = tuple(metadata.get("input_shape") or model.input_shape or ())
+    if len(input_shape) != 3:
+        raise SystemExit(f"minicnn predict: {args.model} does not record its input shape")
+    class_names = metadata.get("class_names")
+    images, names, failed = [], [], 0
+    for path in args.images:
+        try:
+            images.append(_read_image(path, input_shape))
+            names.append(path)
+        except (OSError, UnidentifiedImageError) as err:
+            print(f"{path}: cannot read image ({err})", file=sys.stderr)
+            failed += 1
+    if images:
+        probs = model.predict(_normalize(np.stack(images), metadata))
+        top = max(1, min(args.top, probs.shape[1]))
+        for path, p in zip(names, probs):
+            best = np.argsort(p)[::-1][:top]
+            labels = ", ".join(
+                f"{class_names[i] if class_names else i} {p[i]:.1%}" for i in best)
+            print(f"{path}: {labels}")
+    return 1 if failed else 0
+
+
+def _training_images_per_s(name: str, x, y, steps: int) -> float:
+    import time
+
+    from . import backend, models, optim
+    from .losses import SoftmaxCrossEntropy
+
+    backend.set_backend(name)
+    xp = backend.xp()
+    xb, yb = xp.asarray(x), xp.asarray(y)
+    model = models.reference_cnn().to(name)
+    opt = optim.Adam(model.parameters())
+    loss_fn = SoftmaxCrossEntropy()
+    for step in range(3 + steps):
+        if step == 3:  # the first steps compile kernels and warm up the allocators
+            start = time.perf_counter()
+        loss_fn.forward(model.forward(xb, training=True), yb)
+        opt.zero_grad()
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+    float(opt.params[0].data.sum())  # waits for the GPU
+    return steps * len(x) / (time.perf_counter() - start)
+
+
+def cmd_bench(args) -> int:
+    from . import backend
+
+    names = args.backends.split(",") if args.backends else backend.available_backends()
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch_size, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, args.batch_size)
+    print(f"reference network, batch {args.batch_size}, Adam "
+          "(benchmarks/bench_train.py compares with PyTorch)")
+    for name in names:
+        rate = _training_images_per_s(name, x, y, args.steps)
+        print(f"  {name:6s} training {rate:8,.0f} images/s")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from . import backend
+    from .data import DatasetFileError, DatasetNotFoundError
+    from .io import ModelFileError
+
+    try:
+        if getattr(args, "backend", None):
+            backend.set_backend(args.backend)
+        handler = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+                   "bench": cmd_bench}[args.command]
+        return handler(args)
+    except (DatasetNotFoundError, DatasetFileError, ModelFileError, FileNotFoundError,
+            backend.BackendUnavailableError, ValueError) as err:
+        print(f"minicnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

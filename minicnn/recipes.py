@@ -1,0 +1,149 @@
+"""Training recipes: dataset + model + optimizer + schedule + augmentation, ready to run.
+
+``train_classifier`` is what ``minicnn train`` and ``examples/train_*.py`` call. A recipe is a
+plain dict of defaults per dataset; every value can be overridden by an argument.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import backend, models, optim
+from .atomic import atomic_write_bytes
+from .losses import SoftmaxCrossEntropy
+from .training import LRSchedule, evaluate, fit
+
+RECIPES = {
+    # the default MNIST run: >= 99.4% test accuracy in about 3 minutes on 2 CPU cores
+    "mnist": dict(model="mnist_cnn", epochs=4, batch_size=128, lr=4e-3, weight_decay=5e-4,
+                  augment=False, label_smoothing=0.05),
+    # longer: augmentation on, more epochs
+    "mnist-long": dict(model="mnist_cnn", epochs=15, batch_size=128, lr=4e-3, weight_decay=5e-4,
+                       augment=True, label_smoothing=0.05),
+    "fashion-mnist": dict(model="mnist_cnn", epochs=15, batch_size=128, lr=4e-3,
+                          weight_decay=5e-4, augment=False, label_smoothing=0.1),
+    "digits": dict(model="mnist_cnn", epochs=30, batch_size=32, lr=4e-3, weight_decay=5e-4,
+                   augment=False, label_smoothing=0.0),
+    "cifar10": dict(model="mnist_cnn", epochs=20, batch_size=128, lr=4e-3, weight_decay=5e-4,
+                    augment=True, label_smoothing=0.1),
+    "folder": dict(model="mnist_cnn", epochs=20, batch_size=64, lr=3e-3, weight_decay=5e-4,
+                   augment=True, label_smoothing=0.1),
+}
+
+
+def augmentation_for(dataset: str, input_shape):
+    """The augmentation a dataset gets with ``augment=True``."""
+    from .data import Compose, RandomAffine, RandomCrop, RandomHorizontalFlip
+
+    _, h, w = input_shape
+    if dataset in ("mnist", "fashion-mnist", "digits"):
+        # digits are not mirror-symmetric: small rotations, zooms and shifts only
+        shift = 2 if h >= 16 else 1
+        return RandomAffine(degrees=10, scale=0.1, translate=shift)
+    return Compose([RandomCrop((h, w), padding=max(1, h // 8), mode="constant"),
+                    RandomHorizontalFlip()])
+
+
+def _timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def load_data(dataset: str, data_dir=None, image_size=None, channels=None, seed: int = 0,
+              verbose: int = 1):
+    """``(x_train, y_train), (x_test, y_test), class_names`` for a dataset name."""
+    from .data import load_dataset
+
+    kwargs = {}
+    if dataset == "folder":
+        kwargs = {"seed": seed, "verbose": verbose}
+        if image_size is not None:
+            kwargs["size"] = image_size
+        if channels is not None:
+            kwargs["channels"] = channels
+    elif dataset == "digits":
+        kwargs = {"seed": seed}
+    return load_dataset(dataset, data_dir, **kwargs)
+
+
+def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_dir=None,
+                     model: str | None = None, epochs: int | None = None,
+                     batch_size: int | None = None, lr: float | None = None,
+                     weight_decay: float | None = None, augment: bool | None = None,
+                     label_smoothing: float | None = None, seed: int = 0, out=None,
+                     backend_name: str | None = None, verbose: int = 1, resume: bool = False,
+                     limit: int | None = None, image_size=None, channels=None) -> dict:
+    """Train a classifier on ``dataset`` and write the results into ``out``.
+
+    Writes ``model.safetensors`` (with class names, input shape and normalization in its
+    metadata), ``history.json``, ``curves.png``, ``results.json`` and a resumable
+    ``checkpoint.safetensors``. Returns the results dict (test accuracy, times, paths).
+    ``limit`` trains on the first ``limit`` images only (for quick smoke runs).
+    """
+    from .data import DataLoader, Normalize
+
+    settings = dict(RECIPES[recipe or dataset])
+    overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+                     weight_decay=weight_decay, augment=augment, label_smoothing=label_smoothing)
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if backend_name:
+        backend.set_backend(backend_name)
+    out = Path(out) if out is not None else Path("runs") / f"{dataset}-{_timestamp()}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    (x_train, y_train), (x_test, y_test), class_names = load_data(
+        dataset, data_dir, image_size=image_size, channels=channels, seed=seed, verbose=verbose)
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    normalize = Normalize.fit(x_train)
+    x_train = normalize(x_train, None)
+    x_test = normalize(x_test, None)
+
+    input_shape = tuple(x_train.shape[1:])
+    net = models.PRESETS[settings["model"]](input_shape, len(class_names), seed=seed)
+    net.metadata = {
+        "class_names": list(class_names), "input_shape": list(input_shape), "dataset": dataset,
+        "normalization": {"mean": normalize.mean.tolist(), "std": normalize.std.tolist()},
+        "recipe": settings,
+    }
+    transform = augmentation_for(dataset, input_shape) if settings["augment"] else None
+    loader = DataLoader(x_train, y_train, batch_size=settings["batch_size"], shuffle=True,
+                        transform=transform, seed=seed)
+    optimizer = optim.AdamW(net.parameters(), lr=settings["lr"],
+                            weight_decay=settings["weight_decay"])
+    schedule = optim.OneCycleLR(optimizer, max_lr=settings["lr"],
+                                total_steps=max(2, settings["epochs"] * len(loader)),
+                                pct_start=0.25)
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
+    if verbose:
+        net.summary()
+        print(f"{dataset}: {len(x_train):,} training and {len(x_test):,} test images, "
+              f"{len(class_names)} classes; backend {backend.get_backend()}; output in {out}")
+
+    start = time.perf_counter()
+    history = fit(net, loss_fn, optimizer, loader, val=(x_test, y_test), val_name="test",
+                  epochs=settings["epochs"], callbacks=[LRSchedule(schedule, per="batch")],
+                  verbose=verbose, checkpoint=out / "checkpoint.safetensors", resume=resume)
+    wall = time.perf_counter() - start
+    train_seconds = sum(record["time_s"] for record in history.epochs)
+    final = evaluate(net, SoftmaxCrossEntropy(), x_test, y_test)
+
+    net.save(out / "model.safetensors")
+    history.save(out / "history.json")
+    history.plot(out / "curves.png")
+    results = {
+        "dataset": dataset, "test_accuracy": final["acc"], "test_loss": final["loss"],
+        "epochs": len(history), "train_seconds": train_seconds, "wall_seconds": wall,
+        "images_per_s": float(np.mean(history["images_per_s"])) if len(history) else None,
+        "backend": backend.get_backend(), "settings": settings, "seed": seed,
+        "model_file": str(out / "model.safetensors"),
+    }
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    if verbose:
+        print(f"test accuracy {final['acc']:.2%} after {len(history)} epochs; "
+              f"training {train_seconds:.1f} s; files in {out}")
+    return results

@@ -100,7 +100,7 @@ def _default_backend() -> str:
         name = _check_name(requested)
         _require(name)
         return name
-    return "numpy"  # numba becomes the default once its kernels exist
+    return "numba" if backend_available("numba") else "numpy"
 
 
 def get_backend() -> str:

@@ -1,0 +1,310 @@
+"""Every accelerated backend computes what the NumPy reference computes.
+
+The NumPy kernels are the readable definition; numba and cupy must agree with them on every
+kernel, on whole layers (forward and backward) and on a short training run. The kernel checks
+draw configurations with hypothesis: non-square kernels, strides > 1, padding wider than the
+kernel, overlapping pools (stride < kernel) and pools with gaps (stride > kernel). numba adds
+in the reference's order, so most of its kernels are also held to bit-for-bit equality.
+
+Input values are continuous random floats, so max-pool windows have no ties (probability ~0)
+and the argmax is unambiguous.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minicnn as mc
+from minicnn import backend
+from minicnn.kernels import numpy_kernels as reference
+from minicnn.layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+
+TOLERANCE = {
+    np.float32: {"rtol": 1e-5, "atol": 1e-6},
+    np.float64: {"rtol": 1e-12, "atol": 1e-12},
+}
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+# The function-scoped autouse fixtures of conftest.py hold no per-example state.
+SETTINGS = settings(max_examples=30, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _skip_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot be tested here, or None when it can."""
+    if name == "cupy" and importlib.util.find_spec("minicnn.kernels.cupy_kernels") is None:
+        return "the cupy backend has no kernel module (minicnn.kernels.cupy_kernels) yet"
+    if name not in backend.available_backends():
+        try:  # set_backend raises the error that says what is missing
+            mc.set_backend(mc.set_backend(name))
+        except backend.BackendUnavailableError as err:
+            return str(err)
+    return None
+
+
+@pytest.fixture(scope="module", params=[name for name in backend.BACKENDS if name != "numpy"])
+def name(request):
+    """The name of each non-reference backend, skipped (with the reason) where it cannot run."""
+    reason = _skip_reason(request.param)
+    if reason is not None:
+        pytest.skip(reason)
+    return request.param
+
+
+@contextlib.contextmanager
+def using_backend(name):
+    """Make ``name`` the active backend inside the block, restoring the previous one after."""
+    previous = mc.set_backend(name)
+    try:
+        yield
+    finally:
+        mc.set_backend(previous)
+
+
+def _on(name, array):
+    return backend.to_device(array, name)
+
+
+def _close(actual, expected, dtype):
+    actual = backend.to_numpy(actual)
+    assert actual.dtype == expected.dtype
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, **TOLERANCE[dtype])
+
+
+# --- configurations -------------------------------------------------------------------------
+
+
+@st.composite
+def conv_configs(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))  # may exceed the kernel
+    h = draw(st.integers(max(1, kh - 2 * ph), 9))
+    w = draw(st.integers(max(1, kw - 2 * pw), 9))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), h, w)
+    return shape, (kh, kw), (sh, sw), (ph, pw), draw(st.integers(0, 2**32 - 1))
+
+
+@st.composite
+def pool_configs(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(1, 4))  # < kernel overlaps, > leaves gaps
+    h, w = draw(st.integers(kh, 10)), draw(st.integers(kw, 10))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), h, w)
+    return shape, (kh, kw), (sh, sw), draw(st.integers(0, 2**32 - 1))
+
+
+def _normal(seed, shape, dtype):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# --- kernels --------------------------------------------------------------------------------
+
+
+@DTYPES
+@SETTINGS
+@given(config=conv_configs())
+def test_im2col_matches_reference(name, dtype, config):
+    shape, kernel, stride, padding, seed = config
+    kernels = backend.kernels(name)
+    x = _normal(seed, shape, dtype)
+    expected = reference.im2col(x, kernel, stride, padding)
+    _close(kernels.im2col(_on(name, x), kernel, stride, padding), expected, dtype)
+
+    buffer = backend.xp(name).zeros(expected.shape, dtype=dtype)
+    result = kernels.im2col(_on(name, x), kernel, stride, padding, out=buffer)
+    assert result is buffer
+    _close(buffer, expected, dtype)
+
+
+@DTYPES
+@SETTINGS
+@given(config=conv_configs())
+def test_col2im_matches_reference(name, dtype, config):
+    shape, kernel, stride, padding, seed = config
+    n, c = shape[:2]
+    oh, ow = (reference.conv_output_size(shape[2 + a], kernel[a], stride[a], padding[a])
+              for a in (0, 1))
+    cols = _normal(seed, (n * oh * ow, c * kernel[0] * kernel[1]), dtype)
+    expected = reference.col2im(cols, shape, kernel, stride, padding)
+    actual = backend.kernels(name).col2im(_on(name, cols), shape, kernel, stride, padding)
+    _close(actual, np.ascontiguousarray(expected), dtype)
+
+
+@DTYPES
+@SETTINGS
+@given(config=pool_configs())
+def test_maxpool_matches_reference(name, dtype, config):
+    shape, kernel, stride, seed = config
+    kernels = backend.kernels(name)
+    x = _normal(seed, shape, dtype)
+    y_ref, argmax_ref = reference.maxpool_forward(x, kernel, stride)
+    y, argmax = kernels.maxpool_forward(_on(name, x), kernel, stride)
+    _close(y, y_ref, dtype)
+    argmax = backend.to_numpy(argmax)
+    assert argmax.dtype == np.int32
+    np.testing.assert_array_equal(argmax, argmax_ref)
+
+    dy = _normal(seed + 1, y_ref.shape, dtype)
+    expected = reference.maxpool_backward(dy, argmax_ref, shape, kernel, stride)
+    actual = kernels.maxpool_backward(_on(name, dy), _on(name, argmax_ref), shape, kernel, stride)
+    _close(actual, expected, dtype)
+
+
+@DTYPES
+@SETTINGS
+@given(config=pool_configs())
+def test_avgpool_matches_reference(name, dtype, config):
+    shape, kernel, stride, seed = config
+    kernels = backend.kernels(name)
+    x = _normal(seed, shape, dtype)
+    y_ref = reference.avgpool_forward(x, kernel, stride)
+    _close(kernels.avgpool_forward(_on(name, x), kernel, stride), y_ref, dtype)
+
+    dy = _normal(seed + 1, y_ref.shape, dtype)
+    expected = reference.avgpool_backward(dy, shape, kernel, stride)
+    _close(kernels.avgpool_backward(_on(name, dy), shape, kernel, stride), expected, dtype)
+
+
+@pytest.mark.parametrize("kernel, stride", [((3, 3), (1, 1)), ((3, 2), (2, 1)), ((4, 4), (2, 3))])
+def test_overlapping_maxpool_backward_sums_every_win(name, kernel, stride):
+    """With stride < kernel one pixel can win many windows; all their gradients must add up."""
+    shape = (4, 8, 19, 17)  # enough planes that every core gets work at once
+    x = _normal(7, shape, np.float32)
+    _, argmax = reference.maxpool_forward(x, kernel, stride)
+    dy = _normal(8, argmax.shape, np.float32)
+    expected = reference.maxpool_backward(dy, argmax, shape, kernel, stride)
+    actual = backend.kernels(name).maxpool_backward(_on(name, dy), _on(name, argmax), shape,
+                                                    kernel, stride)
+    _close(actual, expected, np.float32)
+
+
+CONFIGS = [  # (x shape, kernel, stride, padding)
+    ((2, 3, 9, 8), (3, 3), (1, 1), (1, 1)),
+    ((2, 2, 9, 7), (3, 2), (2, 1), (2, 0)),
+    ((1, 3, 7, 10), (2, 3), (1, 2), (3, 1)),
+    ((2, 4, 8, 8), (2, 2), (2, 2), (0, 0)),
+]
+
+
+@pytest.mark.skipif(not backend.backend_available("numba"), reason="numba is not installed")
+@pytest.mark.parametrize("shape, kernel, stride, padding", CONFIGS)
+def test_numba_kernels_equal_reference_bit_for_bit(shape, kernel, stride, padding):
+    """numba sums in the reference's order (see numba_kernels' docstring): no rounding drift.
+
+    Average-pool forward is left out: np.mean picks its summation order from the memory layout.
+    """
+    numba_kernels = backend.kernels("numba")
+    x = _normal(0, shape, np.float32)
+    cols = reference.im2col(x, kernel, stride, padding)
+    np.testing.assert_array_equal(numba_kernels.im2col(x, kernel, stride, padding), cols)
+    dcols = _normal(1, cols.shape, np.float32)
+    np.testing.assert_array_equal(numba_kernels.col2im(dcols, shape, kernel, stride, padding),
+                                  reference.col2im(dcols, shape, kernel, stride, padding))
+
+    y, argmax = reference.maxpool_forward(x, kernel, stride)
+    dy = _normal(2, y.shape, np.float32)
+    for actual, expected in [
+        (numba_kernels.maxpool_forward(x, kernel, stride)[0], y),
+        (numba_kernels.maxpool_backward(dy, argmax, shape, kernel, stride),
+         reference.maxpool_backward(dy, argmax, shape, kernel, stride)),
+        (numba_kernels.avgpool_backward(dy, shape, kernel, stride),
+         reference.avgpool_backward(dy, shape, kernel, stride)),
+    ]:
+        np.testing.assert_array_equal(actual, expected)
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+
+def _forward_backward(name, make_layer, x, seed):
+    """Output, input gradient and parameter gradients of a fresh layer on backend ``name``."""
+    with using_backend(name):
+        layer = make_layer()
+        y = layer.forward(_on(name, x), training=True)
+        dy = _normal(seed, y.shape, x.dtype)
+        dx = layer.backward(_on(name, dy))
+        grads = [backend.to_numpy(p.grad) for p in layer.parameters()]
+        return backend.to_numpy(y), backend.to_numpy(dx), grads
+
+
+def _check_layer(name, make_layer, x, seed, dtype):
+    y_ref, dx_ref, grads_ref = _forward_backward("numpy", make_layer, x, seed)
+    y, dx, grads = _forward_backward(name, make_layer, x, seed)
+    _close(y, y_ref, dtype)
+    _close(dx, dx_ref, dtype)
+    assert len(grads) == len(grads_ref)
+    for grad, grad_ref in zip(grads, grads_ref):
+        _close(grad, grad_ref, dtype)
+
+
+@DTYPES
+@settings(SETTINGS, max_examples=15)
+@given(config=conv_configs(), out_channels=st.integers(1, 5))
+def test_conv2d_layer_matches_numpy_backend(name, dtype, config, out_channels):
+    shape, kernel, stride, padding, seed = config
+
+    def make_layer():
+        return Conv2D(shape[1], out_channels, kernel, stride=stride, padding=padding,
+                      dtype=dtype, rng=np.random.default_rng(seed))
+
+    _check_layer(name, make_layer, _normal(seed, shape, dtype), seed + 1, dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("pool", [MaxPool2D, AvgPool2D])
+@settings(SETTINGS, max_examples=15)
+@given(config=pool_configs())
+def test_pool_layers_match_numpy_backend(name, dtype, pool, config):
+    shape, kernel, stride, seed = config
+    _check_layer(name, lambda: pool(kernel, stride=stride), _normal(seed, shape, dtype),
+                 seed + 1, dtype)
+
+
+def test_using_backend_restores_the_previous_backend(name):
+    before = mc.get_backend()
+    with pytest.raises(RuntimeError), using_backend(name):
+        assert mc.get_backend() == name
+        raise RuntimeError("leave the block early")
+    assert mc.get_backend() == before
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def _loss_curve(name, x, labels, steps=6):
+    with using_backend(name):
+        model = mc.Sequential([
+            Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2),
+            Conv2D(4, 8, (3, 2), stride=(1, 2), padding=(1, 0)), ReLU(), AvgPool2D(2, stride=1),
+            Flatten(), Dense(8 * 5 * 2, 10),
+        ], seed=0)
+        loss_fn = mc.losses.SoftmaxCrossEntropy()
+        optimizer = mc.optim.Adam(model.parameters(), lr=1e-2)
+        x, labels = _on(name, x), _on(name, labels)
+        losses = []
+        for _ in range(steps):
+            losses.append(loss_fn.forward(model.forward(x, training=True), labels))
+            optimizer.zero_grad()
+            model.backward(loss_fn.backward())
+            optimizer.step()
+        weights = [backend.to_numpy(p.data) for p in model.parameters()]
+        return np.array(losses), weights
+
+
+def test_training_run_matches_numpy_backend(name):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 1, 12, 12)).astype(np.float32)
+    labels = rng.integers(0, 10, size=16)
+    losses_ref, weights_ref = _loss_curve("numpy", x, labels)
+    losses, weights = _loss_curve(name, x, labels)
+    assert losses_ref[-1] < losses_ref[0]  # the run does learn, so the comparison means something
+    np.testing.assert_allclose(losses, losses_ref, rtol=1e-5, atol=1e-6)
+    for weight, weight_ref in zip(weights, weights_ref):
+        _close(weight, weight_ref, np.float32)

@@ -123,24 +123,15 @@ class Adam(Optimizer):
         self.weight_decay = _check_number(weight_decay, "weight_decay", name, low=0)
 
     def _update(self, p, grad, state):
-        beta1, beta2 = self.betas
-        if self.weight_decay:
-            if self.decoupled:
-                p.data *= 1 - self.lr * self.weight_decay
-            else:
-                grad = grad + self.weight_decay * p.data
         if "exp_avg" not in state:
             xp = backend.array_module(p.data)
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += (1 - beta1) * (grad - m)
-        v *= beta2
-        v += (1 - beta2) * grad * grad
-        t = self.step_count
-        step_size = self.lr / (1 - beta1**t)
-        denom = backend.array_module(v).sqrt(v) / math.sqrt(1 - beta2**t) + self.eps
-        p.data -= step_size * (m / denom)
+        # the update itself is a kernel (kernels/numpy_kernels.adam_update is the readable
+        # version) so that the numba and cupy backends do it in one fused pass
+        backend.kernels().adam_update(
+            p.data, grad, state["exp_avg"], state["exp_avg_sq"], self.lr, *self.betas, self.eps,
+            self.step_count, self.weight_decay, self.decoupled)
 
 
 class AdamW(Adam):

@@ -308,3 +308,57 @@ def test_training_run_matches_numpy_backend(name):
     np.testing.assert_allclose(losses, losses_ref, rtol=1e-5, atol=1e-6)
     for weight, weight_ref in zip(weights, weights_ref):
         _close(weight, weight_ref, np.float32)
+
+
+# --- layout, activation and optimizer kernels -------------------------------------------------
+
+
+@DTYPES
+@SETTINGS
+@given(n=st.integers(1, 3), f=st.integers(1, 5), oh=st.integers(1, 6), ow=st.integers(1, 6),
+       bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_layout_kernels(name, dtype, n, f, oh, ow, bias, seed):
+    rng = np.random.default_rng(seed)
+    kernels = backend.kernels(name)
+    rows = rng.standard_normal((n * oh * ow, f)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype) if bias else None
+    expected = reference.rows_to_nchw(rows, b, n, oh, ow)
+    _close(kernels.rows_to_nchw(_on(name, rows), _on(name, b), n, oh, ow), expected, dtype)
+    dy = rng.standard_normal((n, f, oh, ow)).astype(dtype)
+    expected_rows = reference.nchw_to_rows(dy)
+    _close(kernels.nchw_to_rows(_on(name, dy)), expected_rows, dtype)
+    out = _on(name, np.empty_like(expected_rows))
+    assert kernels.nchw_to_rows(_on(name, dy), out=out) is out
+    _close(out, expected_rows, dtype)
+
+
+@DTYPES
+@SETTINGS
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 5)),
+       seed=st.integers(0, 2**32 - 1))
+def test_relu_kernels(name, dtype, shape, seed):
+    rng = np.random.default_rng(seed)
+    kernels = backend.kernels(name)
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    y = reference.relu_forward(x)
+    _close(kernels.relu_forward(_on(name, x)), y, dtype)
+    _close(kernels.relu_backward(_on(name, dy), _on(name, y)), reference.relu_backward(dy, y), dtype)
+
+
+@DTYPES
+@pytest.mark.parametrize("weight_decay, decoupled", [(0.0, False), (0.1, False), (0.1, True)])
+def test_adam_kernel(name, dtype, weight_decay, decoupled):
+    rng = np.random.default_rng(0)
+    kernels = backend.kernels(name)
+    arrays = [rng.standard_normal((7, 5)).astype(dtype) for _ in range(2)] + \
+        [np.zeros((7, 5), dtype) for _ in range(2)]
+    ours = [_on(name, a.copy()) for a in arrays]
+    for step in range(1, 4):
+        grad = rng.standard_normal((7, 5)).astype(dtype)
+        args = (0.01, 0.9, 0.999, 1e-8, step, weight_decay, decoupled)
+        reference.adam_update(arrays[0], grad, arrays[2], arrays[3], *args)
+        kernels.adam_update(ours[0], _on(name, grad), ours[2], ours[3], *args)
+    for mine, expected in zip(ours, arrays):
+        np.testing.assert_allclose(backend.to_numpy(mine), expected, rtol=1e-5 if dtype == np.float32
+                                   else 1e-12, atol=1e-7)

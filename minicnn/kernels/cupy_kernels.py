@@ -119,3 +119,57 @@ def avgpool_backward(dy, x_shape, kernel, stride):
     dx = cp.empty(x_shape, dtype=dy.dtype)
     _launch("avgpool_backward", dy.dtype, dx.size, dy, dx, geometry)
     return dx
+
+
+# --- layout, activation and optimizer kernels: CuPy's element-wise operations already run
+# one thread per element on the GPU, so the numpy reference formulas serve as they are.
+
+
+def rows_to_nchw(rows, bias, n, oh, ow):
+    cp = _cupy()
+    f = rows.shape[1]
+    by_sample = rows.reshape(n, oh * ow, f).transpose(0, 2, 1)
+    y = by_sample + bias[:, None] if bias is not None else by_sample.copy()
+    return cp.ascontiguousarray(y).reshape(n, f, oh, ow)
+
+
+def nchw_to_rows(dy, out=None):
+    n, f, oh, ow = dy.shape
+    if out is None:
+        out = _cupy().empty((n * oh * ow, f), dtype=dy.dtype)
+    out.reshape(n, oh * ow, f)[...] = dy.reshape(n, f, oh * ow).transpose(0, 2, 1)
+    return out
+
+
+def relu_forward(x):
+    return _cupy().maximum(x, x.dtype.type(0))
+
+
+def relu_backward(dy, y):
+    return _cupy().where(y > 0, dy, dy.dtype.type(0))
+
+
+@functools.cache
+def _adam_elementwise():
+    cp = _cupy()
+    return cp.ElementwiseKernel(
+        "T grad, T lr, T beta1, T beta2, T eps, T bc1, T bc2_sqrt, T wd, bool decoupled",
+        "T param, T m, T v",
+        """
+        T g = grad;
+        if (wd != 0) {
+            if (decoupled) param *= 1 - lr * wd; else g = g + wd * param;
+        }
+        m = m + (1 - beta1) * (g - m);
+        v = v * beta2 + (1 - beta2) * g * g;
+        param -= (lr / bc1) * (m / (sqrt(v) / bc2_sqrt + eps));
+        """,
+        "minicnn_adam")
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, weight_decay,
+                decoupled):
+    t = param.dtype.type
+    _adam_elementwise()(grad, t(lr), t(beta1), t(beta2), t(eps), t(1 - beta1**step),
+                        t(np.sqrt(1 - beta2**step)), t(weight_decay), bool(decoupled),
+                        param, exp_avg, exp_avg_sq)

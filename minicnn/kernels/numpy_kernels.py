@@ -100,3 +100,55 @@ def avgpool_backward(dy, x_shape, kernel, stride):
         for j in range(kw):
             dx[_window_slab(i, j, dy.shape[2:], stride)] += share
     return dx
+
+
+# --- layout, activation and optimizer kernels ---------------------------------------------------
+# The convolution's GEMM works on "rows" (one row per output pixel, one column per filter); the
+# layers around it want NCHW. These two kernels move between the layouts (and add the bias on
+# the way), so that the numba/cupy backends can do it in one parallel pass.
+
+
+def rows_to_nchw(rows, bias, n, oh, ow):
+    """(N*OH*OW, F) rows -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None."""
+    f = rows.shape[1]
+    y = np.empty((n, f, oh, ow), dtype=rows.dtype)
+    by_sample = rows.reshape(n, oh * ow, f).transpose(0, 2, 1)
+    if bias is None:
+        y.reshape(n, f, oh * ow)[...] = by_sample
+    else:
+        np.add(by_sample, bias[:, None], out=y.reshape(n, f, oh * ow))
+    return y
+
+
+def nchw_to_rows(dy, out=None):
+    """(N, F, OH, OW) -> (N*OH*OW, F) rows (the inverse layout change), into ``out`` if given."""
+    n, f, oh, ow = dy.shape
+    if out is None:
+        out = np.empty((n * oh * ow, f), dtype=dy.dtype)
+    out.reshape(n, oh * ow, f)[...] = dy.reshape(n, f, oh * ow).transpose(0, 2, 1)
+    return out
+
+
+def relu_forward(x):
+    return np.maximum(x, x.dtype.type(0))
+
+
+def relu_backward(dy, y):
+    """dL/dx = dy where the output was positive (the input was), 0 elsewhere."""
+    return np.where(y > 0, dy, dy.dtype.type(0))
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, weight_decay,
+                decoupled):
+    """One Adam/AdamW step on ``param`` in place (PyTorch's formulation; see optim.Adam)."""
+    if weight_decay:
+        if decoupled:
+            param *= 1 - lr * weight_decay
+        else:
+            grad = grad + weight_decay * param
+    exp_avg += (1 - beta1) * (grad - exp_avg)
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * grad * grad
+    step_size = lr / (1 - beta1**step)
+    denom = np.sqrt(exp_avg_sq) / np.sqrt(1 - beta2**step) + eps
+    param -= step_size * (exp_avg / denom)

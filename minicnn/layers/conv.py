@@ -126,51 +126,47 @@ class Conv2D(Layer):
 
     def _forward(self, x, training):
         xp = backend.array_module(x)
+        kernels = backend.kernels()
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
         self._output_shape = (n, f, oh, ow)
-        dtype = xp.result_type(x.dtype, self.weight.data.dtype)
         weight2d = self.weight.data.reshape(f, -1)
-        y = xp.empty((n, f, oh, ow), dtype=dtype)
+        bias = self.bias.data if self.bias is not None else None
         chunk = self._samples_per_chunk(n, x.dtype.itemsize)
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            cols = self._im2col(x[start:stop])
-            out = xp.matmul(cols, weight2d.T)  # (chunk*OH*OW, F)
-            # back to NCHW, adding the bias on the way (one pass over the output)
-            by_sample = out.reshape(stop - start, oh * ow, f).transpose(0, 2, 1)
-            target = y[start:stop].reshape(stop - start, f, oh * ow)
-            if self.bias is not None:
-                xp.add(by_sample, self.bias.data[:, None], out=target)
-            else:
-                target[...] = by_sample
-        # a batch that fit in one chunk keeps its columns for backward; otherwise backward
-        # rebuilds them chunk by chunk from x
-        cache = (x, cols if chunk >= n else None)
-        return self._remember(y, cache=cache)
+        if chunk >= n:
+            cols = self._im2col(x)
+            y = kernels.rows_to_nchw(cols @ weight2d.T, bias, n, oh, ow)
+        else:  # a batch too large for one im2col buffer: one chunk of samples at a time
+            y = xp.concatenate([
+                kernels.rows_to_nchw(self._im2col(x[s:s + chunk]) @ weight2d.T, bias,
+                                     len(x[s:s + chunk]), oh, ow)
+                for s in range(0, n, chunk)])
+            cols = None  # backward rebuilds the columns chunk by chunk from x
+        return self._remember(y, cache=(x, cols))
 
     def _backward(self, dy):
         x, cols = self._cache
         xp = backend.array_module(dy)
+        kernels = backend.kernels()
         n, f, oh, ow = dy.shape
         weight2d = self.weight.data.reshape(f, -1)
         chunk = n if cols is not None else self._samples_per_chunk(n, x.dtype.itemsize)
         dweight = xp.zeros_like(weight2d, dtype=xp.result_type(dy.dtype, x.dtype))
+        dbias = xp.zeros(f, dtype=dweight.dtype)
         dx = xp.empty(x.shape, dtype=dweight.dtype) if self._input_grad else None
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             dout = self._workspace("dout", ((stop - start) * oh * ow, f), dy.dtype)
-            dout.reshape(stop - start, oh * ow, f)[...] = \
-                dy[start:stop].reshape(stop - start, f, oh * ow).transpose(0, 2, 1)
+            kernels.nchw_to_rows(dy[start:stop], out=dout)
             chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
             dweight += dout.T @ chunk_cols
+            dbias += dout.sum(axis=0)
             if dx is not None:
                 dcols = self._workspace("dcols", chunk_cols.shape, dweight.dtype)
                 xp.matmul(dout, weight2d, out=dcols)
-                dx[start:stop] = backend.kernels().col2im(
-                    dcols, (stop - start,) + tuple(x.shape[1:]), self.kernel_size, self.stride,
-                    self.padding)
+                dx[start:stop] = kernels.col2im(dcols, (stop - start,) + tuple(x.shape[1:]),
+                                                self.kernel_size, self.stride, self.padding)
         self.weight.grad = dweight.reshape(self.weight.data.shape)
         if self.bias is not None:
-            self.bias.grad = dy.sum(axis=(0, 2, 3))
+            self.bias.grad = dbias
         return dx

@@ -45,7 +45,7 @@ def augmentation_for(dataset: str, input_shape):
         # digits are not mirror-symmetric: small rotations, zooms and shifts only
         shift = 2 if h >= 16 else 1
         return RandomAffine(degrees=10, scale=0.1, translate=shift)
-    return Compose([RandomCrop((h, w), padding=max(1, h // 8), mode="constant"),
+    return Compose([RandomCrop(padding=max(1, h // 8), mode="constant"),
                     RandomHorizontalFlip()])
 
 
@@ -82,7 +82,7 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     Writes ``model.safetensors`` (with class names, input shape and normalization in its
     metadata), ``history.json``, ``curves.png``, ``results.json`` and a resumable
     ``checkpoint.safetensors``. Returns the results dict (test accuracy, times, paths).
-    ``limit`` trains on the first ``limit`` images only (for quick smoke runs).
+    ``limit`` uses only the first ``limit`` training and test images (for quick smoke runs).
     """
     from .data import DataLoader, Normalize
 
@@ -97,8 +97,9 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
 
     (x_train, y_train), (x_test, y_test), class_names = load_data(
         dataset, data_dir, image_size=image_size, channels=channels, seed=seed, verbose=verbose)
-    if limit is not None:
+    if limit is not None:  # a quick run: at most `limit` training and `limit` test images
         x_train, y_train = x_train[:limit], y_train[:limit]
+        x_test, y_test = x_test[:limit], y_test[:limit]
     normalize = Normalize.fit(x_train)
     x_train = normalize(x_train, None)
     x_test = normalize(x_test, None)

@@ -55,9 +55,8 @@ result in ``__pycache__`` so that later processes load it instead of compiling a
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import os
+from functools import lru_cache
 
 # numba's OpenMP workers otherwise spin for a while after every parallel kernel, stealing the
 # cores from OpenBLAS's threads during the matrix multiplies that follow (measured: training
@@ -483,3 +482,85 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, w
                  float(beta2), float(eps), 1 - beta1**step, float(np.sqrt(1 - beta2**step)),
                  float(weight_decay), bool(decoupled))
     return None
+
+
+# --- direct convolution for layers with few input values per window ------------------------------
+# When C*KH*KW is tiny (the first layer: 1 or 3 channels, 3x3), im2col + GEMM is a poor deal:
+# the GEMM is skinny (K = 9), and the columns and the row<->NCHW layout changes move 10x more
+# memory than the arithmetic needs. A direct loop nest writes the NCHW output in one pass, with
+# the innermost loop running along an output row (contiguous, so LLVM vectorizes it).
+DIRECT_MAX_WINDOW = 27  # C*KH*KW up to an RGB 3x3 window
+
+
+@_jit
+def _direct_conv_kernel(x_padded, weight, bias, sh, sw, y):
+    n_count, f_count, oh_count, ow_count = y.shape
+    c_count, kh, kw = weight.shape[1], weight.shape[2], weight.shape[3]
+    for task in prange(n_count * f_count):  # one output plane (sample n, filter f)
+        n = task // f_count
+        f = task - n * f_count
+        for oh in range(oh_count):
+            out = y[n, f, oh]
+            out[:] = bias[f]
+            for c in range(c_count):
+                for i in range(kh):
+                    source = x_padded[n, c, oh * sh + i]
+                    for j in range(kw):
+                        w = weight[f, c, i, j]
+                        for ow in range(ow_count):
+                            out[ow] += w * source[ow * sw + j]
+
+
+@_jit
+def _direct_conv_weight_grad_kernel(x_padded, dy, sh, sw, dweight, dbias):
+    n_count, f_count, oh_count, ow_count = dy.shape
+    c_count, kh, kw = dweight.shape[1], dweight.shape[2], dweight.shape[3]
+    taps = c_count * kh * kw
+    for task in prange(f_count * (taps + 1)):  # one weight element, or one bias, each
+        f = task // (taps + 1)
+        t = task - f * (taps + 1)
+        total = 0.0  # float64: these sums run over N*OH*OW (~100k) products
+        if t == taps:
+            for n in range(n_count):
+                for oh in range(oh_count):
+                    for ow in range(ow_count):
+                        total += dy[n, f, oh, ow]
+            dbias[f] = total
+            continue
+        c = t // (kh * kw)
+        i = (t // kw) % kh
+        j = t % kw
+        for n in range(n_count):
+            for oh in range(oh_count):
+                grad_row = dy[n, f, oh]
+                source = x_padded[n, c, oh * sh + i]
+                for ow in range(ow_count):
+                    total += grad_row[ow] * source[ow * sw + j]
+        dweight[f, c, i, j] = total
+
+
+def direct_conv_forward(x, weight, bias, stride, padding):
+    """y = conv(x, weight) + bias in NCHW, without im2col (for small C*KH*KW windows)."""
+    x_padded = _pad(np.ascontiguousarray(x), padding)
+    f, _, kh, kw = weight.shape
+    n = x.shape[0]
+    oh = conv_output_size(x.shape[2], kh, stride[0], padding[0])
+    ow = conv_output_size(x.shape[3], kw, stride[1], padding[1])
+    dtype = np.result_type(x.dtype, weight.dtype)
+    y = np.empty((n, f, oh, ow), dtype=dtype)
+    b = np.zeros(f, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+    _direct_conv_kernel(x_padded.astype(dtype, copy=False), np.ascontiguousarray(weight, dtype),
+                        b, stride[0], stride[1], y)
+    return y
+
+
+def direct_conv_weight_grad(x, dy, weight_shape, stride, padding):
+    """(dL/dweight, dL/dbias) of a convolution, straight from x and dy (no im2col)."""
+    x_padded = _pad(np.ascontiguousarray(x), padding)
+    dtype = np.result_type(x.dtype, dy.dtype)
+    dweight = np.empty(weight_shape, dtype=dtype)
+    dbias = np.empty(weight_shape[0], dtype=dtype)
+    _direct_conv_weight_grad_kernel(x_padded.astype(dtype, copy=False),
+                                    np.ascontiguousarray(dy, dtype), stride[0], stride[1],
+                                    dweight, dbias)
+    return dweight, dbias

@@ -58,10 +58,11 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-# numba's OpenMP workers otherwise spin for a while after every parallel kernel, stealing the
-# cores from OpenBLAS's threads during the matrix multiplies that follow (measured: training
-# ~25% slower). Passive workers sleep at once. This must be set before the OpenMP runtime
-# starts, i.e. before the first kernel runs; a value the user set is respected.
+# Threads: numba picks its TBB threading layer when the tbb package is installed (a minicnn
+# dependency on x86-64). Where it falls back to OpenMP, the OpenMP workers would spin for a
+# while after every parallel kernel and steal the cores from OpenBLAS's threads during the
+# matrix multiplies that follow; passive workers sleep at once. This must be set before the
+# OpenMP runtime starts (before the first kernel runs); a value the user set is respected.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -507,36 +508,45 @@ def _direct_conv_kernel(x_padded, weight, bias, sh, sw, y):
                     source = x_padded[n, c, oh * sh + i]
                     for j in range(kw):
                         w = weight[f, c, i, j]
-                        for ow in range(ow_count):
-                            out[ow] += w * source[ow * sw + j]
+                        if sw == 1:  # contiguous: the loop LLVM turns into SIMD instructions
+                            for ow in range(ow_count):
+                                out[ow] += w * source[ow + j]
+                        else:
+                            for ow in range(ow_count):
+                                out[ow] += w * source[ow * sw + j]
 
 
 @_jit
 def _direct_conv_weight_grad_kernel(x_padded, dy, sh, sw, dweight, dbias):
     n_count, f_count, oh_count, ow_count = dy.shape
     c_count, kh, kw = dweight.shape[1], dweight.shape[2], dweight.shape[3]
-    taps = c_count * kh * kw
-    for task in prange(f_count * (taps + 1)):  # one weight element, or one bias, each
-        f = task // (taps + 1)
-        t = task - f * (taps + 1)
-        total = 0.0  # float64: these sums run over N*OH*OW (~100k) products
-        if t == taps:
-            for n in range(n_count):
-                for oh in range(oh_count):
-                    for ow in range(ow_count):
-                        total += dy[n, f, oh, ow]
-            dbias[f] = total
-            continue
-        c = t // (kh * kw)
-        i = (t // kw) % kh
-        j = t % kw
+    for f in prange(f_count):  # one filter: all its weights and its bias
+        # Read each row of dy once and use it for every tap; accumulate element-wise along
+        # the row (vectorizable without reordering any sum), in float64: the sums run over
+        # N*OH*OW (~100k) products.
+        partial = np.zeros((c_count, kh, kw, ow_count))
+        bias_partial = np.zeros(ow_count)
         for n in range(n_count):
             for oh in range(oh_count):
                 grad_row = dy[n, f, oh]
-                source = x_padded[n, c, oh * sh + i]
                 for ow in range(ow_count):
-                    total += grad_row[ow] * source[ow * sw + j]
-        dweight[f, c, i, j] = total
+                    bias_partial[ow] += grad_row[ow]
+                for c in range(c_count):
+                    for i in range(kh):
+                        source = x_padded[n, c, oh * sh + i]
+                        for j in range(kw):
+                            acc = partial[c, i, j]
+                            if sw == 1:
+                                for ow in range(ow_count):
+                                    acc[ow] += grad_row[ow] * source[ow + j]
+                            else:
+                                for ow in range(ow_count):
+                                    acc[ow] += grad_row[ow] * source[ow * sw + j]
+        for c in range(c_count):
+            for i in range(kh):
+                for j in range(kw):
+                    dweight[f, c, i, j] = partial[c, i, j].sum()
+        dbias[f] = bias_partial.sum()
 
 
 def direct_conv_forward(x, weight, bias, stride, padding):

@@ -129,12 +129,6 @@ class Conv2D(Layer):
         out = self._workspace(name, (x.shape[0] * oh * ow, k), x.dtype)
         return backend.kernels().im2col(x, self.kernel_size, self.stride, self.padding, out=out)
 
-    def _direct(self, kernels) -> bool:
-        """Whether this backend has a direct (no im2col) kernel and this layer's windows are
-        small enough for it to win (few input channels: the first layer of a network)."""
-        window = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        return hasattr(kernels, "direct_conv_forward") and window <= kernels.DIRECT_MAX_WINDOW
-
     def _forward(self, x, training):
         xp = backend.array_module(x)
         kernels = backend.kernels()
@@ -143,9 +137,6 @@ class Conv2D(Layer):
         self._output_shape = (n, f, oh, ow)
         weight2d = self.weight.data.reshape(f, -1)
         bias = self.bias.data if self.bias is not None else None
-        if self._direct(kernels):
-            y = kernels.direct_conv_forward(x, self.weight.data, bias, self.stride, self.padding)
-            return self._remember(y, cache=(x, None))
         chunk = self._samples_per_chunk(n, x.dtype.itemsize)
         if chunk >= n:
             cols = self._im2col(x)
@@ -159,43 +150,32 @@ class Conv2D(Layer):
         return self._remember(y, cache=(x, cols))
 
     def _backward(self, dy):
+        # the derivation is in the class docstring; chunk by chunk when the forward pass
+        # could not keep the columns of the whole batch
         x, cols = self._cache
-        kernels = backend.kernels()
-        if self._direct(kernels):
-            dweight, dbias = kernels.direct_conv_weight_grad(x, dy, self.weight.data.shape,
-                                                             self.stride, self.padding)
-            dx = self._backward_im2col(dy, x, None, weights=False) if self._input_grad else None
-        else:
-            dweight, dbias, dx = self._backward_im2col(dy, x, cols, weights=True)
-        self.weight.grad = dweight.reshape(self.weight.data.shape)
-        if self.bias is not None:
-            self.bias.grad = dbias
-        return dx
-
-    def _backward_im2col(self, dy, x, cols, weights: bool):
-        """The backward pass of the docstring, chunk by chunk when the columns were not kept.
-        Returns (dweight, dbias, dx), or only dx when ``weights`` is False."""
         xp = backend.array_module(dy)
         kernels = backend.kernels()
         n, f, oh, ow = dy.shape
         weight2d = self.weight.data.reshape(f, -1)
         chunk = n if cols is not None else self._samples_per_chunk(n, x.dtype.itemsize)
         dtype = xp.result_type(dy.dtype, x.dtype)
-        dweight = xp.zeros_like(weight2d, dtype=dtype) if weights else None
-        dbias = xp.zeros(f, dtype=dtype) if weights else None
+        dweight = xp.zeros_like(weight2d, dtype=dtype)
+        dbias = xp.zeros(f, dtype=dtype)
         dx = xp.empty(x.shape, dtype=dtype) if self._input_grad else None
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
             dout = self._workspace("dout", ((stop - start) * oh * ow, f), dy.dtype)
             kernels.nchw_to_rows(dy[start:stop], out=dout)
-            if weights:
-                chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
-                dweight += dout.T @ chunk_cols
-                dbias += dout.sum(axis=0)
+            chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
+            dweight += dout.T @ chunk_cols
+            dbias += dout.sum(axis=0)
             if dx is not None:
                 k = weight2d.shape[1]
                 dcols = self._workspace("dcols", ((stop - start) * oh * ow, k), dtype)
                 xp.matmul(dout, weight2d, out=dcols)
                 dx[start:stop] = kernels.col2im(dcols, (stop - start,) + tuple(x.shape[1:]),
                                                 self.kernel_size, self.stride, self.padding)
-        return (dweight, dbias, dx) if weights else dx
+        self.weight.grad = dweight.reshape(self.weight.data.shape)
+        if self.bias is not None:
+            self.bias.grad = dbias
+        return dx

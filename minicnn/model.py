@@ -78,6 +78,36 @@ class Sequential:
     def output_shape(self, input_shape) -> tuple:
         return self.output_shapes(input_shape)[-1]
 
+    def inference_bytes_per_sample(self, input_shape, dtype=np.float32) -> int:
+        """Estimated memory of one sample's inference forward pass, in bytes (on the high side).
+
+        Every layer's output stays alive in its cache until the next call, the kernels build
+        temporaries about as large as an output (the matmul result before its NCHW layout, max
+        pooling's indices), and Conv2D adds its im2col rows (``Layer.workspace_bytes``). So:
+        ``itemsize * (input + 3 * sum of the outputs) + sum of the workspaces``.
+        """
+        input_shape = tuple(int(d) for d in input_shape)
+        itemsize = np.dtype(dtype).itemsize
+        shapes = self.output_shapes(input_shape)
+        total = itemsize * (math.prod(input_shape) + 3 * sum(math.prod(s) for s in shapes))
+        for layer, shape in zip(self.layers, [input_shape, *shapes[:-1]]):
+            total += layer.workspace_bytes(shape, itemsize)
+        return int(total)
+
+    def inference_batch_size(self, input_shape, dtype, requested: int, where: str) -> int:
+        """The largest batch size <= ``requested`` whose forward pass fits the memory budget
+        (``minicnn.backend.memory_budget()``); raises MemoryBudgetError when one sample does not."""
+        per_sample = self.inference_bytes_per_sample(input_shape, dtype)
+        budget = backend.memory_budget()
+        if per_sample > budget:
+            raise backend.MemoryBudgetError(
+                f"{where}: one sample of shape {tuple(input_shape)} needs about "
+                f"{per_sample / 2**20:,.1f} MiB of activations, more than the memory budget of "
+                f"{budget / 2**20:,.1f} MiB; use smaller images or raise the budget with "
+                "minicnn.backend.set_memory_budget(bytes) or $MINICNN_MEMORY_BUDGET_MB"
+            )
+        return max(1, min(int(requested), budget // max(1, per_sample)))
+
     # -- forward / backward ------------------------------------------------------------------
     def forward(self, x, training: bool = False):
         """Run x (N, C, H, W) through every layer; returns the last layer's output (logits)."""
@@ -98,9 +128,82 @@ class Sequential:
         needs the gradient with respect to the images, and for a first Conv2D it is the most
         expensive part of its backward pass.
         """
+        last = self.layers[-1]
+        if not backend.is_array(dy):
+            raise TypeError(f"Sequential.backward: expected dL/d(output) as a float array, got "
+                            f"{type(dy).__name__}")
+        if last._output_shape is not None and tuple(dy.shape) != last._output_shape:
+            raise ValueError(
+                f"Sequential.backward: expected dL/d(output) shaped like the last output "
+                f"{last._output_shape} (layer {len(self.layers) - 1}, {last.name}), got "
+                f"{tuple(dy.shape)}"
+            )
         first = self.layers[0]
         for layer in reversed(self.layers):
             dy = layer.backward(dy, input_grad=input_grad or layer is not first)
+        return dy
+
+    # -- intermediate outputs (for interpretation: feature maps, Grad-CAM) -------------------
+    #
+    # forward() == forward_from(forward_to(x, k), k) for every k, and backward_to(dy, k) is the
+    # part of backward() that runs through the layers after k. Splitting the pass at a layer
+    # this way hands back that layer's output and dL/d(that output) without hooks and without
+    # touching forward/backward: each layer still caches its own last forward, so call
+    # forward_to and forward_from (in that order) before backward_to, exactly as for backward.
+
+    def layer_index(self, layer) -> int:
+        """The position of ``layer`` in ``self.layers``: an int (negative counts from the end,
+        as for lists) or one of the model's Layer objects. Raises ValueError/TypeError naming
+        the valid range when the index is out of range or the layer is not in this model."""
+        count = len(self.layers)
+        if isinstance(layer, Layer):
+            for i, candidate in enumerate(self.layers):
+                if candidate is layer:
+                    return i
+            raise ValueError(f"Sequential: {layer.describe()} is not one of this model's layers")
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"Sequential: a layer index must be an int or a Layer, got {layer!r}")
+        if not -count <= layer < count:
+            raise ValueError(f"Sequential: layer index {layer} is out of range; this model has "
+                             f"{count} layers (valid indices 0..{count - 1}, or -{count}..-1)")
+        return int(layer) % count
+
+    def forward_to(self, x, layer_index, training: bool = False):
+        """The output of ``layers[layer_index]`` for x: runs layers 0..layer_index only."""
+        stop = self.layer_index(layer_index)
+        check_float_array(x, f"Sequential (first layer {self.layers[0].name})")
+        self.output_shapes(x.shape[1:])
+        for layer in self.layers[:stop + 1]:
+            x = layer._forward(x, training)
+        return x
+
+    def forward_from(self, h, layer_index, training: bool = False):
+        """Finish a forward pass: run the layers *after* ``layers[layer_index]`` on h, which is
+        that layer's output (e.g. from :meth:`forward_to`); returns the model's output."""
+        start = self.layer_index(layer_index)
+        where = f"Sequential.forward_from (output of layer {start}, {self.layers[start].name})"
+        check_float_array(h, where)
+        shape = tuple(h.shape[1:])
+        for i in range(start + 1, len(self.layers)):  # validate the rest of the chain first
+            try:
+                shape = self.layers[i].output_shape(shape)
+            except ValueError as err:
+                raise ValueError(f"{where}: layer {i} ({self.layers[i].name}) cannot take "
+                                 f"per-sample shape {shape}: {err}") from None
+        for layer in self.layers[start + 1:]:
+            h = layer._forward(h, training)
+        return h
+
+    def backward_to(self, dy, layer_index):
+        """dL/d(output of ``layers[layer_index]``) from dy = dL/d(model output).
+
+        Back-propagates through the layers after ``layer_index`` only (their parameters'
+        ``.grad`` are written, as by :meth:`backward`); the layers up to ``layer_index`` are not
+        touched. ``backward_to(dy, -1)`` returns dy itself.
+        """
+        stop = self.layer_index(layer_index)
+        for layer in reversed(self.layers[stop + 1:]):
+            dy = layer.backward(dy, input_grad=True)
         return dy
 
     def parameters(self) -> list[Parameter]:
@@ -114,11 +217,15 @@ class Sequential:
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (softmax of the logits) as a numpy array of shape (N, classes).
 
-        Runs in batches of ``batch_size`` so a large dataset never builds one giant buffer.
+        Runs in batches of at most ``batch_size`` images, fewer when a batch would need more
+        activation memory than ``minicnn.backend.memory_budget()`` (default 1 GiB), so a large
+        dataset never builds one giant buffer; raises MemoryBudgetError when even one sample
+        does not fit.
         """
         batch_size = check_positive_int(batch_size, "batch_size", "Sequential.predict")
         check_float_array(x, f"Sequential.predict (first layer {self.layers[0].name})")
-        self.output_shapes(x.shape[1:])
+        batch_size = self.inference_batch_size(x.shape[1:], x.dtype, batch_size,
+                                               "Sequential.predict")
         xp = backend.xp()
         outputs = []
         for start in range(0, x.shape[0], batch_size):

@@ -1,0 +1,301 @@
+"""Interpretation: split forward/backward passes, saliency, Grad-CAM, CAM, feature maps.
+
+Correctness is checked two ways: against central differences on tiny float64 models (the
+saliency is d score / d x, the Grad-CAM weights are the mean of d score / d A), and on a
+synthetic task where the right answer is known: the class of a 16x16 image is the colour of a
+small bright square at a random place (noise everywhere else), so a trained network's
+heatmap must peak inside that square.
+
+(Why not "the class is the quadrant of the square"? Then the evidence is purely *where* the
+square is. Grad-CAM averages the gradient over all positions, so for a Flatten -> Dense head
+those per-position weights cancel out and the map says nothing; that is a limitation of
+Grad-CAM, not something a correct implementation can fix.)
+"""
+
+import numpy as np
+import pytest
+from helpers import distinct_values
+
+import minicnn as mc
+from minicnn import interpret
+from minicnn.gradcheck import numerical_gradient, relative_error
+from minicnn.layers import (
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Tanh,
+)
+
+
+def tiny_model(head="gap", seed=0):
+    """A float64 model with every kind of layer on the path (BatchNorm with non-trivial
+    running statistics, so inference mode matters)."""
+    rng = np.random.default_rng(seed)
+    body = [Conv2D(2, 3, 3, padding=1), BatchNorm2D(3), LeakyReLU(0.1), MaxPool2D(2),
+            Conv2D(3, 4, 3, padding=1), Tanh()]
+    if head == "gap":
+        tail = [GlobalAvgPool2D(), Dropout(0.5), Dense(4, 3)]
+    else:
+        tail = [Flatten(), Dense(4 * 4 * 4, 3)]
+    model = mc.Sequential(body + tail, seed=seed).astype(np.float64)
+    bn = model.layers[1]
+    bn.running_mean.data = rng.normal(size=3)
+    bn.running_var.data = rng.uniform(0.5, 2.0, size=3)
+    bn.gamma.data = rng.normal(size=3)
+    bn.beta.data = rng.normal(size=3)
+    return model
+
+
+def tiny_input(n=3, seed=1):
+    return distinct_values(np.random.default_rng(seed), (n, 2, 8, 8), spacing=1e-2)
+
+
+# -- the split passes ---------------------------------------------------------------------------
+
+def test_forward_to_and_forward_from_compose_to_forward():
+    model, x = tiny_model(), tiny_input()
+    logits = model.forward(x)
+    for k in range(len(model.layers)):
+        h = model.forward_to(x, k)
+        assert h.shape == (3,) + model.output_shapes(x.shape[1:])[k]
+        np.testing.assert_allclose(model.forward_from(h, k), logits, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(model.forward_to(x, -1), logits)
+    assert model.forward_to(x, model.layers[3]).shape == (3, 3, 4, 4)  # a Layer object
+
+
+def test_backward_to_is_the_upper_part_of_backward():
+    model, x = tiny_model(head="flat"), tiny_input()
+    dy = np.random.default_rng(2).normal(size=(3, 3))
+    model.forward(x)
+    dx = model.backward(dy)
+    grads = [p.grad.copy() for p in model.parameters()]
+    k = 4  # the second Conv2D: dL/d(its output), then the rest of backward by hand
+    model.forward(x)
+    g = model.backward_to(dy, k)
+    assert g.shape == (3, 4, 4, 4)
+    for layer in reversed(model.layers[:k + 1]):
+        g = layer.backward(g)
+    np.testing.assert_allclose(g, dx, rtol=1e-12, atol=1e-14)
+    for p, expected in zip(model.parameters(), grads):
+        np.testing.assert_allclose(p.grad, expected, rtol=1e-12, atol=1e-14)
+    assert model.backward_to(dy, -1) is dy
+
+
+def test_layer_index_errors_name_the_problem():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"layer index 9 is out of range; this model has 9 layers"):
+        model.forward_to(tiny_input(), 9)
+    with pytest.raises(ValueError, match="out of range"):
+        model.backward_to(np.zeros((3, 3)), -10)
+    with pytest.raises(TypeError, match="must be an int or a Layer"):
+        model.layer_index("conv")
+    with pytest.raises(ValueError, match="not one of this model's layers"):
+        model.layer_index(ReLU())
+    with pytest.raises(ValueError, match=r"layer 8 \(Dense\) cannot take per-sample shape \(5,\)"):
+        model.forward_from(np.zeros((1, 5, 4, 4)), 4)
+
+
+# -- gradients against central differences --------------------------------------------------------
+
+@pytest.mark.parametrize("head", ["gap", "flat"])
+def test_saliency_equals_the_numerical_gradient_of_the_class_score(head):
+    model, x = tiny_model(head), tiny_input()
+    classes = np.array([0, 2, 1])
+    grads = interpret.class_score_gradient(model, x, classes)
+    assert grads.shape == x.shape and grads.dtype == np.float64
+    for n, c in enumerate(classes):
+        xn = x[n:n + 1].copy()
+        numeric = numerical_gradient(lambda xn=xn, c=c: model.forward(xn)[0, c], xn, eps=1e-6)
+        assert relative_error(grads[n:n + 1], numeric) < 1e-6
+    # the saliency map: largest |gradient| over the channels, divided by its maximum
+    expected = np.abs(grads).max(axis=1)
+    expected /= expected.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(interpret.saliency(model, x, classes), expected)
+
+
+def test_default_classes_are_the_predictions():
+    model, x = tiny_model(), tiny_input(5)
+    predicted = model.predict(x).argmax(axis=1)
+    np.testing.assert_array_equal(interpret.class_score_gradient(model, x),
+                                  interpret.class_score_gradient(model, x, predicted))
+    np.testing.assert_array_equal(interpret.grad_cam(model, x).classes, predicted)
+
+
+@pytest.mark.parametrize("head, layer", [("gap", 5), ("gap", 4), ("flat", 2), ("flat", 5)])
+def test_grad_cam_weights_equal_the_numerical_gradient(head, layer):
+    model, x = tiny_model(head), tiny_input()
+    classes = np.array([1, 0, 2])
+    result = interpret.grad_cam(model, x, classes, layer=layer)
+    acts = model.forward_to(x, layer)
+    np.testing.assert_allclose(result.activations, acts)
+    for n, c in enumerate(classes):
+        a = acts[n:n + 1].copy()
+        numeric = numerical_gradient(lambda a=a, c=c: model.forward_from(a, layer)[0, c], a,
+                                     eps=1e-6)
+        assert relative_error(result.weights[n], numeric[0].mean(axis=(1, 2))) < 1e-6
+    # the map is ReLU(sum_f alpha_f A_f); the heatmap its bilinear upsampling, scaled to [0, 1]
+    maps = np.maximum(np.einsum("nf,nfhw->nhw", result.weights, acts), 0)
+    np.testing.assert_allclose(result.maps, maps, atol=1e-12)
+    assert result.heatmaps.shape == (3, 8, 8) and result.layer == layer
+    assert result.heatmaps.min() >= 0 and result.heatmaps.max() <= 1
+    for heat, m in zip(result.heatmaps, maps):
+        assert heat.max() == (1.0 if m.max() > 0 else 0.0)
+    np.testing.assert_array_equal(result.classes, classes)
+
+
+def test_cam_is_grad_cam_on_a_global_average_pooling_network():
+    model, x = tiny_model("gap"), tiny_input()
+    classes = np.array([2, 2, 0])
+    cam = interpret.cam(model, x, classes)
+    assert cam.layer == 5  # the maps entering GlobalAvgPool2D (Dropout in between is skipped)
+    np.testing.assert_allclose(cam.weights, model.layers[-1].weight.data[:, classes].T)
+    grad = interpret.grad_cam(model, x, classes, layer=5)
+    # Grad-CAM's weights there are W[:, c] / (h*w): the same maps up to the scale
+    np.testing.assert_allclose(grad.weights * 16, cam.weights, rtol=1e-10)
+    np.testing.assert_allclose(grad.heatmaps, cam.heatmaps, atol=1e-12)
+    # CAM decomposes the logit: its spatial mean (before the ReLU) plus the bias
+    raw = np.einsum("nf,nfhw->nhw", cam.weights, cam.activations).mean(axis=(1, 2))
+    logits = model.forward(x)[np.arange(3), classes]
+    np.testing.assert_allclose(raw + model.layers[-1].bias.data[classes], logits, rtol=1e-10)
+
+
+def test_bilinear_resize_matches_pixel_centre_interpolation():
+    maps = np.arange(4.0).reshape(1, 2, 2)  # [[0, 1], [2, 3]]
+    out = interpret.bilinear_resize(maps, (4, 4))
+    # output pixel i samples (i + 0.5) / 2 - 0.5: -0.25 (clamped to 0), 0.25, 0.75, 1.25 (-> 1)
+    np.testing.assert_allclose(out[0, 0], [0, 0.25, 0.75, 1])
+    np.testing.assert_allclose(out[0, :, 0], [0, 0.5, 1.5, 2])
+    np.testing.assert_array_equal(interpret.bilinear_resize(maps, (2, 2)), maps)
+    torch = pytest.importorskip("torch")
+    maps = np.random.default_rng(0).random((3, 5, 7))
+    expected = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(16, 9),
+                                               mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(interpret.bilinear_resize(maps, (16, 9)), expected.numpy(),
+                               atol=1e-12)
+
+
+# -- behaviour -------------------------------------------------------------------------------------
+
+def test_results_do_not_depend_on_the_batch_size_and_gradients_are_kept():
+    model, x = tiny_model(), tiny_input(5)
+    model.forward(x, training=True)
+    model.backward(np.ones((5, 3)))
+    grads = [p.grad.copy() for p in model.parameters()]
+    full = interpret.grad_cam(model, x)
+    parts = interpret.grad_cam(model, x, batch_size=2)
+    np.testing.assert_allclose(parts.heatmaps, full.heatmaps, atol=1e-12)
+    np.testing.assert_allclose(interpret.saliency(model, x, batch_size=2),
+                               interpret.saliency(model, x), atol=1e-12)
+    np.testing.assert_allclose(interpret.feature_maps(model, x, 2, batch_size=2),
+                               model.forward_to(x, 2), atol=1e-12)
+    for p, before in zip(model.parameters(), grads):  # training gradients untouched
+        np.testing.assert_array_equal(p.grad, before)
+
+
+def test_default_layer_and_filters():
+    model = tiny_model()
+    assert interpret.default_cam_layer(model) == 5  # last Conv2D, through its Tanh
+    assert interpret.conv_block_output(model, 0) == 2  # Conv2D -> BatchNorm2D -> LeakyReLU
+    filters = interpret.conv_filters(model)
+    assert filters.shape == (3, 2, 3, 3)
+    assert filters.min(axis=(1, 2, 3)).tolist() == [0, 0, 0]
+    assert filters.max(axis=(1, 2, 3)).tolist() == [1, 1, 1]
+    assert interpret.conv_filters(model, 4).shape == (4, 3, 3, 3)
+
+
+def test_clear_errors():
+    x = tiny_input()
+    flat = tiny_model("flat")
+    with pytest.raises(ValueError, match="CAM needs a model that ends in GlobalAvgPool2D -> Dense"):
+        interpret.cam(flat, x)
+    with pytest.raises(ValueError, match=r"layer 7 \(Dense\(64->3\)\) outputs .* not "
+                                         r"convolutional feature maps.*layer=5"):
+        interpret.grad_cam(flat, x, layer=7)
+    with pytest.raises(ValueError, match="out of range"):
+        interpret.grad_cam(flat, x, layer=20)
+    with pytest.raises(ValueError, match=r"classes must be in \[0, 2\]"):
+        interpret.saliency(flat, x, classes=[0, 1, 3])
+    with pytest.raises(ValueError, match="one class per image"):
+        interpret.grad_cam(flat, x, classes=[0, 1])
+    with pytest.raises(ValueError, match="not a Conv2D"):
+        interpret.conv_filters(flat, 1)
+    with pytest.raises(ValueError, match="Conv2D: expected input with 2 channels"):
+        interpret.grad_cam(flat, np.zeros((1, 3, 8, 8)))
+    dense_only = mc.Sequential([Flatten(), Dense(4, 2)], seed=0)
+    with pytest.raises(ValueError, match="no Conv2D layer"):
+        interpret.grad_cam(dense_only, np.zeros((1, 1, 2, 2), np.float32))
+    assert interpret.saliency(dense_only, np.ones((1, 1, 2, 2), np.float32)).shape == (1, 2, 2)
+
+
+# -- a trained network looks at the right place ------------------------------------------------------
+
+COLOURS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], np.float32)
+
+
+def coloured_squares(n, rng, size=16, patch=4):
+    """Noise images with one bright square whose colour is the class; returns its boxes."""
+    x = rng.normal(0, 0.3, (n, 3, size, size)).astype(np.float32)
+    y = rng.integers(0, 4, n)
+    rows = rng.integers(0, size - patch + 1, n)
+    cols = rng.integers(0, size - patch + 1, n)
+    for i in range(n):
+        x[i, :, rows[i]:rows[i] + patch, cols[i]:cols[i] + patch] += 1.5 * COLOURS[y[i], :, None, None]
+    return x, y, np.stack([rows, rows + patch, cols, cols + patch], axis=1)
+
+
+def share_peaking_inside(heatmaps, boxes) -> float:
+    hits = 0
+    for heat, (r0, r1, c0, c1) in zip(heatmaps, boxes):
+        r, c = np.unravel_index(heat.argmax(), heat.shape)
+        hits += bool(r0 <= r < r1 and c0 <= c < c1)
+    return hits / len(heatmaps)
+
+
+@pytest.fixture(scope="module")
+def squares():
+    rng = np.random.default_rng(0)
+    return coloured_squares(1024, rng), coloured_squares(100, rng)
+
+
+def trained(head, train):
+    """A small CNN trained for two epochs on the numpy backend (a few seconds)."""
+    tail = ([GlobalAvgPool2D(), Dense(16, 4)] if head == "gap" else
+            [MaxPool2D(2), Flatten(), Dense(16 * 4 * 4, 4)])
+    model = mc.Sequential([Conv2D(3, 8, 3, padding=1), ReLU(), MaxPool2D(2),
+                           Conv2D(8, 16, 3, padding=1), ReLU()] + tail, seed=0)
+    mc.fit(model, mc.losses.SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters(), lr=1e-2),
+           train[:2], epochs=2, batch_size=32, verbose=0, seed=0)
+    return model
+
+
+def test_cam_grad_cam_and_saliency_point_at_the_square(squares):
+    train, (x, y, boxes) = squares
+    model = trained("gap", train)
+    assert (model.predict(x).argmax(axis=1) == y).mean() >= 0.95
+    grad = interpret.grad_cam(model, x, y)
+    cam = interpret.cam(model, x, y)
+    assert grad.layer == 4 and grad.heatmaps.shape == (100, 16, 16)
+    assert share_peaking_inside(grad.heatmaps, boxes) >= 0.9
+    assert share_peaking_inside(cam.heatmaps, boxes) >= 0.9
+    np.testing.assert_allclose(grad.heatmaps, cam.heatmaps, atol=1e-5)
+    # saliency is noisy pixel by pixel (the noise pixels matter too); on average it is larger
+    # on the square than elsewhere
+    sal = interpret.saliency(model, x, y)
+    inside = np.zeros(sal.shape, bool)
+    for mask, (r0, r1, c0, c1) in zip(inside, boxes):
+        mask[r0:r1, c0:c1] = True
+    ratios = np.array([s[m].mean() / s[~m].mean() for s, m in zip(sal, inside)])
+    assert np.mean(ratios > 1) >= 0.9 and np.median(ratios) > 1.5
+
+
+def test_grad_cam_with_a_dense_head_points_at_the_square(squares):
+    train, (x, y, boxes) = squares
+    model = trained("flat", train)
+    assert (model.predict(x).argmax(axis=1) == y).mean() >= 0.95
+    assert share_peaking_inside(interpret.grad_cam(model, x, y).heatmaps, boxes) >= 0.75

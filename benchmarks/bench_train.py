@@ -161,8 +161,9 @@ def bar_chart(results, path) -> None:
     ax.set_title("Reference CNN throughput (higher is better)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from minicnn.plots import save_figure
+
+    save_figure(fig, path)  # atomic, like every file minicnn writes; closes the figure
 
 
 def main():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +33,26 @@ def atomic_write_bytes(path, data: bytes) -> None:
             pass
         raise
     _fsync_folder(folder)
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`atomic_write_bytes` calls for ``path``
+    left behind; returns them.
+
+    A process killed between creating its temporary file and renaming it (SIGKILL, power loss)
+    cannot clean up after itself, so the next writer does: ``fit`` calls this before it writes
+    checkpoints. Only call it when no other process is writing ``path`` at the same time.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    removed = []
+    for name in glob.glob(os.path.join(glob.escape(str(folder)), f".{glob.escape(path.name)}.*.tmp")):
+        try:
+            os.unlink(name)
+        except OSError:
+            continue
+        removed.append(Path(name))
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -140,6 +140,50 @@ def set_im2col_budget(n_bytes: int) -> int:
     return previous
 
 
+class MemoryBudgetError(MemoryError, ValueError):
+    """A computation would need more memory than :func:`memory_budget` allows, even for one sample.
+
+    Raised *before* anything large is allocated. It is both a MemoryError and a ValueError, so
+    ``except MemoryError`` and the usual ``except ValueError`` (e.g. the CLI's) both catch it.
+    """
+
+
+def _budget_from_env(default_mb: float = 1024.0) -> int:
+    """``$MINICNN_MEMORY_BUDGET_MB`` in bytes; a malformed value is an error, not ignored."""
+    text = os.environ.get("MINICNN_MEMORY_BUDGET_MB", "")
+    if not text.strip():
+        return int(default_mb * 2**20)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"MINICNN_MEMORY_BUDGET_MB must be a positive number of MiB, got {text!r}")
+    return max(1, int(value * 2**20))
+
+
+_memory_budget_bytes: int | None = None  # read from the environment on first use
+
+
+def memory_budget() -> int:
+    """Bytes that ``predict``/``evaluate`` may use for activations at once (default 1 GiB,
+    ``$MINICNN_MEMORY_BUDGET_MB``); they shrink their batches to stay within it."""
+    global _memory_budget_bytes
+    if _memory_budget_bytes is None:
+        _memory_budget_bytes = _budget_from_env()
+    return _memory_budget_bytes
+
+
+def set_memory_budget(n_bytes: int) -> int:
+    """Set the inference memory budget in bytes; returns the old one (see :func:`memory_budget`)."""
+    global _memory_budget_bytes
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, np.integer)) or n_bytes < 1:
+        raise ValueError(f"memory budget must be a positive number of bytes, got {n_bytes!r}")
+    previous = memory_budget()
+    _memory_budget_bytes = int(n_bytes)
+    return previous
+
+
 def kernels(name: str | None = None) -> ModuleType:
     """The kernel module of backend ``name`` (default: the active one)."""
     name = get_backend() if name is None else _check_name(name)

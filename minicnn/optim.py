@@ -237,6 +237,10 @@ class OneCycleLR(LRScheduler):
         self.max_lr = check_learning_rate(max_lr, "OneCycleLR")
         self.total_steps = total_steps
         self.pct_start = _check_number(pct_start, "pct_start", "OneCycleLR", low=0, high=1)
+        for what, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
+            # they divide the peak rate: 0 or less would give an infinite or negative rate
+            if _check_number(value, what, "OneCycleLR") <= 0:
+                raise ValueError(f"OneCycleLR: {what} must be > 0, got {value}")
         self.initial_lr = self.max_lr / div_factor
         self.min_lr = self.initial_lr / final_div_factor
         super().__init__(optimizer)

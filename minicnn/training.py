@@ -25,8 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .atomic import atomic_write_bytes
-from .validation import check_float_array, check_labels, check_positive_int
+from .atomic import atomic_write_bytes, remove_stale_temporaries
+from .validation import (
+    check_float_array,
+    check_labels,
+    check_learning_rate,
+    check_positive_int,
+)
 
 CHECKPOINT_VERSION = 1
 
@@ -206,10 +211,15 @@ class ModelCheckpoint(Callback):
 # -- evaluation ---------------------------------------------------------------------------------
 
 def evaluate(model, loss_fn, x, y, batch_size: int = 512) -> dict:
-    """Mean loss and accuracy over (x, y), computed in batches (inference mode)."""
+    """Mean loss and accuracy over (x, y), computed in batches (inference mode).
+
+    Batches hold at most ``batch_size`` images, fewer when a batch would need more activation
+    memory than ``minicnn.backend.memory_budget()`` (see ``Sequential.predict``).
+    """
     batch_size = check_positive_int(batch_size, "batch_size", "evaluate")
     check_float_array(x, "evaluate")
     y = check_labels(y, len(x), model.output_shape(x.shape[1:])[0], "evaluate")
+    batch_size = model.inference_batch_size(x.shape[1:], x.dtype, batch_size, "evaluate")
     xp = backend.xp()
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
@@ -303,7 +313,12 @@ class Trainer:
         return path
 
     def restore_checkpoint(self, path) -> None:
-        """Load a checkpoint written by :meth:`save_checkpoint` into this trainer's objects."""
+        """Load a checkpoint written by :meth:`save_checkpoint` into this trainer's objects.
+
+        The file is checked before anything is changed: a damaged, foreign or mismatched
+        checkpoint raises ModelFileError (a mismatched data loader ValueError) and leaves the
+        model, the optimizer and the loader as they were.
+        """
         from .io import ModelFileError, load_checkpoint
 
         saved, optimizer_tensors, state = load_checkpoint(path)
@@ -312,41 +327,117 @@ class Trainer:
         if saved.config()["layers"] != self.model.config()["layers"]:
             raise ModelFileError(f"{path}: the checkpoint's architecture differs from the model "
                                  "being trained")
-        if state["optimizer"]["type"] != type(self.optimizer).__name__:
-            raise ModelFileError(f"{path}: the checkpoint was trained with "
-                                 f"{state['optimizer']['type']}, not {type(self.optimizer).__name__}")
+        try:
+            checked = self._check_training_state(state, optimizer_tensors)
+        except ModelFileError as err:
+            raise ModelFileError(f"{path}: {err}") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise ModelFileError(f"{path}: malformed training state "
+                                 f"({type(err).__name__}: {err})") from None
+        try:
+            self.loader.load_state_dict(state["loader"])  # checks the seed and batching first
+        except (KeyError, TypeError) as err:
+            raise ModelFileError(f"{path}: malformed data loader state "
+                                 f"({type(err).__name__}: {err})") from None
         for mine, theirs in zip(self.model.layers, saved.layers, strict=True):
             for name, array in mine.named_arrays().items():
                 array.data = backend.to_device(theirs.named_arrays()[name].data)
-        self.optimizer.load_state_arrays(optimizer_tensors, state["optimizer"]["step_count"])
-        self.optimizer.lr = state["optimizer"]["lr"]
+        self.optimizer.load_state_arrays(optimizer_tensors, checked["step_count"])
+        self.optimizer.lr = checked["lr"]
         for index, rng_state in state["rng"].items():
             self.model.layers[int(index)].rng.bit_generator.state = rng_state
-        for callback, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
-            callback.load_state_dict(cb_state)
-        self.loader.load_state_dict(state["loader"])
-        self.global_step = state["global_step"]
-        self._epoch_sums = list(state["epoch_sums"])
+        try:
+            for callback, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
+                callback.load_state_dict(cb_state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise ModelFileError(f"{path}: a callback cannot use its saved state "
+                                 f"({type(err).__name__}: {err})") from None
+        self.global_step = checked["global_step"]
+        self._epoch_sums = checked["epoch_sums"]
         self.history = History(state["history"]["epochs"])
+
+    def _check_training_state(self, state: dict, optimizer_tensors: dict) -> dict:
+        """Validate a checkpoint's training state against this trainer; returns the numbers.
+
+        Raises ModelFileError naming what is wrong (or KeyError/TypeError/... for a structure
+        that is not a training state at all, which the caller reports the same way).
+        """
+        from .io import ModelFileError
+
+        def is_count(value):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ModelFileError(f"training state version {state.get('version')!r} is not "
+                                 f"supported (this minicnn writes and reads {CHECKPOINT_VERSION})")
+        opt = state["optimizer"]
+        if opt["type"] != type(self.optimizer).__name__:
+            raise ModelFileError(f"the checkpoint was trained with {opt['type']}, not "
+                                 f"{type(self.optimizer).__name__}")
+        lr = check_learning_rate(opt["lr"], "checkpoint")
+        if not is_count(opt["step_count"]) or not is_count(state["global_step"]):
+            raise ModelFileError("step counts must be non-negative integers")
+        if sorted(opt["state_keys"]) != sorted(optimizer_tensors):
+            raise ModelFileError("the optimizer tensors do not match the optimizer state's keys")
+        params = self.optimizer.params
+        for key, value in optimizer_tensors.items():
+            index, _, name = key.partition(".")
+            if not (index.isdigit() and int(index) < len(params) and name):
+                raise ModelFileError(f"optimizer tensor {key!r} names no parameter of the "
+                                     f"optimizer ({len(params)} parameters)")
+            if tuple(value.shape) != tuple(params[int(index)].data.shape):
+                raise ModelFileError(f"optimizer tensor {key!r} has shape {tuple(value.shape)}, "
+                                     f"but parameter {index} has {tuple(params[int(index)].data.shape)}")
+        for index, rng_state in state["rng"].items():
+            layer = self.model.layers[int(index)] if str(index).isdigit() \
+                and int(index) < len(self.model.layers) else None
+            if not isinstance(getattr(layer, "rng", None), np.random.Generator):
+                raise ModelFileError(f"random state for layer {index}, which has no generator")
+            # try the state on a scratch generator of the same kind (it validates the dict)
+            type(layer.rng.bit_generator)().state = rng_state
+        sums = state["epoch_sums"]
+        if not (isinstance(sums, list) and len(sums) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in sums)):
+            raise ModelFileError("epoch_sums must be a list of 4 finite numbers")
+        epochs = state["history"]["epochs"]
+        if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
+            raise ModelFileError("history must be a list of per-epoch records")
+        if not isinstance(state["callbacks"], list) or not isinstance(state["loader"], dict) \
+                or not isinstance(state["rng"], dict):
+            raise ModelFileError("callbacks, loader and rng states have the wrong types")
+        return {"lr": lr, "step_count": opt["step_count"], "global_step": state["global_step"],
+                "epoch_sums": [float(sums[0]), int(sums[1]), int(sums[2]), float(sums[3])]}
 
     # -- the guard --------------------------------------------------------------------------
     def _diagnose(self, xb, what: str) -> str:
-        """Find the first layer whose weights, output or gradient is not finite."""
+        """Find the first layer whose weights, gradient or output is not finite."""
         xp = backend.xp()
         for i, layer in enumerate(self.model.layers):
             for p in layer.parameters():
                 if not bool(xp.isfinite(p.data).all()):
                     return f"layer {i} ({layer.name}) has non-finite {p.name} values"
+        if what == "gradient":
+            # The forward pass and the loss were finite. The layers still hold this step's
+            # caches, so replay the backward pass one layer at a time (it recomputes the same
+            # values) and stop at the first layer, from the output down, whose gradient is not.
+            # (Before the inference pass below, which would replace those caches.)
+            dy = self.loss_fn.backward()
+            for i in reversed(range(len(self.model.layers))):
+                layer = self.model.layers[i]
+                dy = layer.backward(dy, input_grad=True)
+                for p in layer.parameters():
+                    if not bool(xp.isfinite(p.grad).all()):
+                        return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
+                                f"gradient, for its {p.name} (backward pass)")
+                if not bool(xp.isfinite(dy).all()):
+                    return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
+                            "gradient, for its input (backward pass)")
         x = xb
         for i, layer in enumerate(self.model.layers):
             x = layer._forward(x, training=False)
             if not bool(xp.isfinite(x).all()):
                 return f"layer {i} ({layer.name}) is the first to output a non-finite value"
-        if what == "gradient":
-            for i, layer in reversed(list(enumerate(self.model.layers))):
-                for p in layer.parameters():
-                    if not bool(xp.isfinite(p.grad).all()):
-                        return f"the gradient of layer {i} ({layer.name}).{p.name} is not finite"
         return "every layer's output is finite in inference mode (the loss itself overflowed?)"
 
     def _diverged(self, epoch, batch, xb, what) -> None:
@@ -426,6 +517,9 @@ class Trainer:
         return record
 
     def fit(self, epochs: int, resume: bool = False) -> History:
+        if self.checkpoint is not None:
+            # temporary files of checkpoint writes cut short by a SIGKILL or a power loss
+            remove_stale_temporaries(self.checkpoint)
         if resume and self.checkpoint is not None and self.checkpoint.exists():
             self.restore_checkpoint(self.checkpoint)
             self.log(f"resumed from {self.checkpoint} at epoch {self.loader.epoch + 1}, "
@@ -471,6 +565,27 @@ def _summary_line(record: dict, epochs: int) -> str:
                    f"({record['images_per_s']:,.0f} img/s)")
 
 
+def check_training_lr(optimizer, callbacks=(), where: str = "fit") -> float:
+    """Refuse to train with a learning rate of 0 (or less); returns the rate training peaks at.
+
+    The optimizers accept ``lr=0`` (it freezes the weights, and schedules such as cosine
+    annealing legitimately decay to 0), but *starting* a training run whose learning rate is 0
+    everywhere learns nothing: it is a mistake (``--lr 0``, a typo), not a request. The peak is
+    the optimizer's rate or, with :class:`LRSchedule` callbacks, the largest rate their
+    schedules start from, so a warm-up that begins at 0 is fine.
+    """
+    rates = [optimizer.lr]
+    for callback in callbacks:
+        if isinstance(callback, LRSchedule):
+            schedule = callback.scheduler
+            rates += [getattr(schedule, "base_lr", 0.0), getattr(schedule, "max_lr", 0.0)]
+    peak = max(rates)
+    if not peak > 0:
+        raise ValueError(f"{where}: the learning rate is {optimizer.lr}; training needs a "
+                         "learning rate > 0 (lr=0 would leave every weight unchanged)")
+    return peak
+
+
 def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size: int = 32, *,
         callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
         checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
@@ -493,13 +608,34 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
 
     Raises :class:`TrainingDivergedError` when the loss or a gradient stops being finite,
     naming the step and the first layer that produced a non-finite value; the last checkpoint
-    on disk is left as it was.
+    on disk is left as it was. Every argument is checked before the first step (ValueError /
+    TypeError naming it), including a learning rate of 0: see :func:`check_training_lr`.
     """
     from .data.loader import DataLoader
+    from .optim import Optimizer
 
     epochs = check_positive_int(epochs, "epochs", "fit")
+    eval_batch_size = check_positive_int(eval_batch_size, "eval_batch_size", "fit")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"fit: optimizer must be a minicnn.optim optimizer, got "
+                        f"{type(optimizer).__name__}")
+    mine = {id(p) for p in model.parameters()}
+    if not any(id(p) in mine for p in optimizer.params):
+        raise ValueError("fit: the optimizer holds none of this model's parameters; build it "
+                         "with this model's parameters, e.g. Adam(model.parameters())")
+    check_training_lr(optimizer, callbacks, "fit")
+    if checkpoint is not None and not Path(checkpoint).parent.is_dir():
+        raise FileNotFoundError(f"fit: the folder of checkpoint {checkpoint} does not exist")
     if isinstance(train, DataLoader):
         loader = train
+        if loader.num_samples == 0 or len(loader) == 0:
+            raise ValueError(f"fit: the DataLoader yields no batch ({loader.num_samples} samples, "
+                             f"batch_size {loader.batch_size}, drop_last {loader.drop_last})")
+        # the transform may change the image size (e.g. RandomCrop): look at a real batch
+        sample = loader.x[:1] if loader.transform is None else loader.batch(0, 0)[0][:1]
+        check_float_array(np.asarray(sample), "fit (DataLoader batches)")
+        check_labels(loader.y, loader.num_samples, model.output_shape(sample.shape[1:])[0],
+                     "fit (DataLoader labels)")
     elif isinstance(train, (tuple, list)) and len(train) == 2:
         x, y = train
         check_float_array(x, "fit (training images)")

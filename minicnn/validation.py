@@ -28,7 +28,13 @@ def check_float_array(x, where: str) -> None:
         raise ValueError(
             f"{where}: expected a batch of shape (N, ...) with N samples, got shape {tuple(x.shape)}"
         )
-    if not bool(backend.array_module(x).isfinite(x).all()):
+    if x.shape[0] == 0:
+        raise ValueError(f"{where}: expected at least one sample, got an empty batch of shape "
+                         f"{tuple(x.shape)}")
+    # min and max propagate NaN and show +-inf, without the input-sized boolean temporary of
+    # isfinite(x).all() (which would be 184 MB for 60,000 CIFAR images)
+    xp = backend.array_module(x)
+    if x.size and not (bool(xp.isfinite(x.min())) and bool(xp.isfinite(x.max()))):
         raise ValueError(f"{where}: input contains NaN or infinite values")
 
 

@@ -40,6 +40,10 @@ class DataLoader:
             raise ValueError(f"DataLoader: y must be 1-D (one label per sample), got shape {y.shape}")
         if len(x) != len(y):
             raise ValueError(f"DataLoader: x has {len(x)} samples but y has {len(y)} labels")
+        if x.dtype.kind not in "biuf":  # object arrays, strings: not images
+            raise TypeError(f"DataLoader: x must be a numeric array (float images), got dtype {x.dtype}")
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"DataLoader: y must hold integer class labels, got dtype {y.dtype}")
         if not _is_int(batch_size) or batch_size <= 0:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         if not _is_int(seed) or seed < 0:

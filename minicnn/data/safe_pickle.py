@@ -194,31 +194,62 @@ def _lookup_global(module, name) -> _Global:
     return _Global(kind, f"{module}.{name}")
 
 
-def _resolve(value, depth=0, final=False):
-    """Replace the numpy stubs by the arrays/dtypes they built, recursively.
+class _Resolver:
+    """Replaces the numpy stubs by the arrays/dtypes they built, walking lists, tuples and dicts.
 
     Globals may appear inside REDUCE arguments (``_reconstruct(numpy.ndarray, ...)``), never in
     the final result (``final=True``).
+
+    The memo lets a pickle share one object in many places, so a few hundred bytes can describe
+    a structure with 2**40 paths (``l1 = [l0, l0]``, ``l2 = [l1, l1]``, ...). A naive recursive
+    walk would then never finish. So each call resolves every container once (by identity, which
+    also keeps the sharing, as ``pickle`` does), refuses self-referencing containers, and all the
+    calls of one :func:`loads` share a work budget proportional to the pickle's size, which stops
+    a file that makes the reader resolve the same big structure again for every REDUCE.
     """
-    if depth > _MAX_DEPTH:
-        raise _Refused("nesting too deep")
-    if isinstance(value, _ArrayStub):
-        if value.value is None:
-            raise _Refused("numpy array without its BUILD state")
-        return value.value
-    if isinstance(value, _DtypeStub):
-        return value.dtype
-    if isinstance(value, _Global):
-        if final:
-            raise _Refused(f"the global {value.qualname} used as a value")
-        return value
-    if isinstance(value, list):
-        return [_resolve(item, depth + 1, final) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_resolve(item, depth + 1, final) for item in value)
-    if isinstance(value, dict):
-        return {_resolve(k, depth + 1, final): _resolve(v, depth + 1, final) for k, v in value.items()}
-    return value
+
+    def __init__(self, data_size: int):
+        self.budget = 4 * data_size + 100_000
+
+    def __call__(self, value, final=False):
+        self._done: dict[int, tuple] = {}  # id(container) -> (container, resolved copy)
+        self._active: set[int] = set()
+        return self._walk(value, 0, final)
+
+    def _walk(self, value, depth, final):
+        if depth > _MAX_DEPTH:
+            raise _Refused("nesting too deep")
+        self.budget -= 1
+        if self.budget < 0:
+            raise _Refused("too many (shared) references for the size of the file")
+        if isinstance(value, _ArrayStub):
+            if value.value is None:
+                raise _Refused("numpy array without its BUILD state")
+            return value.value
+        if isinstance(value, _DtypeStub):
+            return value.dtype
+        if isinstance(value, _Global):
+            if final:
+                raise _Refused(f"the global {value.qualname} used as a value")
+            return value
+        if not isinstance(value, (list, tuple, dict)):
+            return value
+        key = id(value)
+        if key in self._done:
+            return self._done[key][1]
+        if key in self._active:
+            raise _Refused("a container that contains itself")
+        self._active.add(key)
+        if isinstance(value, list):
+            out = [self._walk(item, depth + 1, final) for item in value]
+        elif isinstance(value, tuple):
+            out = tuple(self._walk(item, depth + 1, final) for item in value)
+        else:
+            out = {self._walk(k, depth + 1, final): self._walk(v, depth + 1, final)
+                   for k, v in value.items()}
+        self._active.discard(key)
+        self._done[key] = (value, out)  # keeps `value` alive, so its id is not reused
+        return out
 
 
 _MARK = object()
@@ -231,6 +262,7 @@ _GETS = {"GET", "BINGET", "LONG_BINGET"}
 
 
 def _run(data: bytes):
+    _resolve = _Resolver(len(data))
     stack: list = []
     metastack: list = []
     memo: dict = {}

@@ -109,6 +109,9 @@ class Layer:
             raise RuntimeError(f"{self.name}: backward() called before forward()")
         if not backend.is_array(dy):
             raise TypeError(f"{self.name}: backward expects an array, got {type(dy).__name__}")
+        if dy.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{self.name}: backward expects a float32 or float64 gradient, got "
+                            f"dtype {dy.dtype}")
         if tuple(dy.shape) != self._output_shape:
             raise ValueError(
                 f"{self.name}: backward expects a gradient shaped like the last output "
@@ -134,6 +137,11 @@ class Layer:
 
     def flops(self, input_shape: tuple) -> int:
         """Floating-point operations of one forward pass for one sample (multiply-add = 2)."""
+        return 0
+
+    def workspace_bytes(self, input_shape: tuple, itemsize: int) -> int:
+        """Scratch memory of one forward pass for one sample, beyond the output itself (e.g.
+        Conv2D's im2col rows); used to size inference batches (``Sequential.predict``)."""
         return 0
 
     def initialize(self, rng: np.random.Generator) -> None:

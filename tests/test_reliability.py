@@ -1,0 +1,794 @@
+"""Reliability: safe, validated model files; atomic checkpoints that survive SIGKILL and Ctrl-C of
+a real training process; the numerical guard; the inference memory budget; determinism.
+
+Everything here runs in the default suite in about 30 s on 2 cores; the process-killing tests
+start real Python subprocesses (numpy backend) and kill them with SIGKILL / SIGINT.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as save_safetensors
+
+import minicnn as mc
+from minicnn import backend
+from minicnn import io as mio
+from minicnn.data import cache as data_cache
+from minicnn.data import safe_pickle
+from minicnn.data.idx import DatasetFileError
+from minicnn.layers import (
+    LAYER_TYPES,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    ReLU,
+)
+from minicnn.losses import SoftmaxCrossEntropy
+from minicnn.training import Trainer, TrainingDivergedError, evaluate, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted((ROOT / "minicnn").rglob("*.py"))
+
+
+# --------------------------------------------------------------------------- static audits
+
+def _dotted(node) -> str:
+    """``np.load`` for the call target ``np.load``; '' when it is not a plain dotted name."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return f"{inner}.{node.attr}" if inner else f"?.{node.attr}"
+    return ""
+
+
+def _calls(path):
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            yield node, _dotted(node.func)
+
+
+def test_nothing_in_minicnn_unpickles_or_evaluates_file_content():
+    """No pickle at all, every np.load with allow_pickle=False, no eval/exec/marshal."""
+    forbidden = {"pickle.load", "pickle.loads", "pickle.Unpickler", "marshal.load", "marshal.loads",
+                 "eval", "exec", "joblib.load", "dill.load", "torch.load", "shelve.open"}
+    found = []
+    for path in SOURCES:
+        rel = path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            if any(m in ("pickle", "cPickle", "marshal", "dill", "joblib", "shelve") for m in modules):
+                found.append(f"{rel}:{node.lineno}: imports {modules}")
+        for node, name in _calls(path):
+            if name in forbidden:
+                found.append(f"{rel}:{node.lineno}: {name}")
+            if name in ("np.load", "numpy.load"):
+                safe = [k for k in node.keywords if k.arg == "allow_pickle"
+                        and isinstance(k.value, ast.Constant) and k.value.value is False]
+                if not safe:
+                    found.append(f"{rel}:{node.lineno}: np.load without allow_pickle=False")
+    assert not found, "unsafe loading in minicnn/:\n" + "\n".join(found)
+
+
+# Writers that are atomic by construction: the implementation itself, and downloads (a
+# temporary file renamed over the target only after its checksum was verified).
+_ATOMIC_BY_CONSTRUCTION = {"minicnn/atomic.py", "minicnn/data/sources.py"}
+
+
+def _writes_a_file(node, name) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    if last in ("write_text", "write_bytes", "tofile") or name == "json.dump":
+        return True
+    if last == "open" or name == "os.fdopen":
+        mode = None
+        args = node.args[1:] if name in ("open", "os.fdopen") else node.args[:1]
+        if args and isinstance(args[0], ast.Constant):
+            mode = args[0].value
+        for keyword in node.keywords:
+            if keyword.arg == "mode" and isinstance(keyword.value, ast.Constant):
+                mode = keyword.value.value
+        return isinstance(mode, str) and any(c in mode for c in "wax+")
+    if last in ("save", "savez", "savez_compressed") and name.split(".")[0] in ("np", "numpy") \
+            or last == "savefig":
+        # fine into an in-memory buffer whose bytes then go to atomic_write_bytes
+        target = ast.unparse(node.args[0]) if node.args else ""
+        return "buffer" not in target and "buf" not in target
+    return False
+
+
+def test_every_file_minicnn_writes_is_written_atomically():
+    found = []
+    for path in SOURCES:
+        rel = str(path.relative_to(ROOT))
+        if rel in _ATOMIC_BY_CONSTRUCTION:
+            continue
+        for node, name in _calls(path):
+            if _writes_a_file(node, name):
+                found.append(f"{rel}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert not found, ("non-atomic file writes (use minicnn.atomic.atomic_write_bytes, or render "
+                       "into an io.BytesIO named buffer first):\n" + "\n".join(found))
+
+
+# --------------------------------------------------------------------------- model files
+
+def small_model():
+    model = mc.Sequential([Conv2D(1, 2, 3, padding=1), BatchNorm2D(2), ReLU(), MaxPool2D(2),
+                           Flatten(), Dense(2 * 4 * 4, 3)], seed=0, input_shape=(1, 8, 8))
+    return model
+
+
+def write_file(path, architecture, tensors=None, user="{}", **meta):
+    if tensors is None:
+        tensors = {"layers.0.weight": np.zeros((3, 2), np.float32),
+                   "layers.0.bias": np.zeros(2, np.float32)}
+    metadata = {"format": "minicnn", "format_version": "1", "user": user,
+                "architecture": architecture if isinstance(architecture, str)
+                else json.dumps(architecture)}
+    metadata.update(meta)
+    path.write_bytes(save_safetensors(tensors, metadata=metadata))
+    return path
+
+
+DENSE = {"layers": [{"type": "Dense", "in_features": 3, "out_features": 2}]}
+
+
+def test_format_version_1_loads_and_other_versions_say_why_not(tmp_path):
+    assert mc.load_model(write_file(tmp_path / "v1.safetensors", DENSE)).layers[0].out_features == 2
+    cases = {
+        "0": r"format version 0 is older than any minicnn model file: version 1 is the first",
+        "2": r"format version 2 is not supported by this minicnn \(supports 1\); upgrade minicnn",
+        "1.0": r"malformed format_version '1.0'",
+        "\u0661": r"malformed format_version",  # an Arabic-Indic digit one: isdigit() but not ASCII
+        "9" * 5000: r"malformed format_version '9999",  # int() would refuse > 4300 digits
+    }
+    for version, message in cases.items():
+        path = write_file(tmp_path / "v.safetensors", DENSE, format_version=version)
+        with pytest.raises(mc.ModelFileError, match=message):
+            mc.load_model(path)
+    path = tmp_path / "none.safetensors"
+    path.write_bytes(save_safetensors({"layers.0.weight": np.zeros((3, 2), np.float32),
+                                       "layers.0.bias": np.zeros(2, np.float32)},
+                                      metadata={"format": "minicnn",
+                                                "architecture": json.dumps(DENSE)}))
+    with pytest.raises(mc.ModelFileError, match="no format_version in the metadata"):
+        mc.load_model(path)
+
+
+def test_hostile_sizes_are_refused_before_anything_is_allocated(tmp_path):
+    """A Dense(10**9, 10**9) would be 4 EB of float32: refused by comparing the shapes the
+    arguments imply with the tensors present in the file, before any layer is built."""
+    hostile = [
+        ({"layers": [{"type": "Dense", "in_features": 10**9, "out_features": 10**9}]},
+         r"layers.0.weight has shape \(3, 2\), but layer 0 \(Dense\) needs \(1000000000, 1000000000\)"),
+        ({"layers": [{"type": "Conv2D", "in_channels": 10**6, "out_channels": 10**6,
+                      "kernel_size": [10**4, 10**4]}]}, r"needs \(1000000, 1000000, 10000, 10000\)"),
+        ({"layers": [{"type": "Residual", "body": [
+            {"type": "Dense", "in_features": 10**9, "out_features": 10**9}]}]},
+         r"missing tensor layers.0.body.0.weight"),
+        ({"layers": [{"type": "BatchNorm2D", "num_features": 2**40}]}, "missing tensor"),
+        ({"layers": [{"type": "Dense", "in_features": 3, "out_features": 2}],
+          "input_shape": [3, 10**9, 10**9]}, "input_shape must be a list of 1 to 3 positive ints"),
+    ]
+    for architecture, message in hostile:
+        path = write_file(tmp_path / "hostile.safetensors", architecture)
+        tracemalloc.start()
+        start = time.perf_counter()
+        try:
+            with pytest.raises(mc.ModelFileError, match=message):
+                mc.load_model(path)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 5 * 2**20 and time.perf_counter() - start < 5
+    # without a file (from_config) the total is capped instead
+    with pytest.raises(mc.ModelFileError, match="more than the 2,147,483,648 minicnn builds"):
+        mio.build_from_config({"layers": [{"type": "Dense", "in_features": 10**9,
+                                           "out_features": 10**9}]})
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": "abc"},
+     "kernel_size must be an int or a pair of ints, got 'abc'"),
+    ({"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": [3, -3]},
+     "kernel_size must be >= 1"),
+    ({"type": "Dense", "in_features": -3, "out_features": 2}, "in_features must be >= 1"),
+    ({"type": "Dense", "in_features": 3.5, "out_features": 2}, "in_features must be a positive int"),
+    ({"type": "Dense", "in_features": True, "out_features": 2}, "in_features must be a positive int"),
+    ({"type": "Dense", "in_features": 10**40, "out_features": 2}, "must be a number, bool, string"),
+    ({"type": "Dense", "in_features": 3, "out_features": 2, "dtype": "object"},
+     "unknown argument 'dtype'"),
+    ({"type": "Dense", "in_features": 3, "out_features": 2, "rng": 5}, "unknown argument 'rng'"),
+    ({"type": "Dense", "in_features": 3, "out_features": 2, "__class__": "x"}, "unknown argument"),
+    ({"type": "Dense", "in_features": 3, "out_features": 2, "bias": "no"}, "bias must be true or false"),
+    ({"type": "Dense", "in_features": 3, "out_features": 2, "init": {"a": [[1]]}},
+     "init must be a number, bool, string or a short list"),
+    ({"type": "Dense", "in_features": 3, "out_features": 2, "init": "zeros"}, "init must be one of"),
+    ({"type": "Dropout", "p": float("nan")}, "p must be a number"),
+    ({"type": "LeakyReLU", "negative_slope": [1, [2]]}, "negative_slope must be a number"),
+    ({"type": "BatchNorm2D", "num_features": 2, "eps": -1.0}, "eps must be > 0"),
+    ({"type": "Residual", "body": "garbage"}, "field 'body' must be a list of layers"),
+    ({"type": "Residual", "body": [{"type": "Lambda"}]}, "unknown type 'Lambda'"),
+    ({"type": 5}, "layer 0 has no 'type'"),
+    ({"type": "__import__"}, "unknown type '__import__'"),
+])
+def test_malformed_layer_arguments(tmp_path, spec, message):
+    try:  # give the file the tensors the arguments imply, so the arguments are what fails
+        tensors = {f"layers.0.{name}": np.zeros(shape, np.float32)
+                   for name, shape in mio.expected_arrays(spec).items()}
+    except mc.ModelFileError:
+        tensors = {}
+    path = write_file(tmp_path / "bad.safetensors", {"layers": [spec]}, tensors=tensors)
+    with pytest.raises(mc.ModelFileError, match=message):
+        mc.load_model(path)
+
+
+def test_malformed_headers_and_metadata(tmp_path):
+    good = small_model()
+    good.save(tmp_path / "good.safetensors")
+    data = (tmp_path / "good.safetensors").read_bytes()
+    (header_len,) = np.frombuffer(data[:8], "<u8")
+    header = json.loads(data[8:8 + int(header_len)])
+
+    def with_header(changed):
+        raw = json.dumps(changed).encode()
+        raw += b" " * ((-len(raw)) % 8)
+        return len(raw).to_bytes(8, "little") + raw + data[8 + int(header_len):]
+
+    def edited(**meta):
+        changed = json.loads(json.dumps(header))
+        changed["__metadata__"].update(meta)
+        return with_header(changed)
+
+    cases = [
+        (with_header({**header, "__metadata__": {"format": 5}}), "__metadata__ must map strings"),
+        (with_header({**header, "__metadata__": ["format", "minicnn"]}), "__metadata__ must map"),
+        (with_header({**header, "layers.0.weight": "nonsense"}), "not a tensor description"),
+        (with_header({**header, "layers.0.weight": {**header["layers.0.weight"], "dtype": "F128"}}),
+         "unknown dtype 'F128'"),
+        (with_header({**header, "layers.0.weight": {**header["layers.0.weight"], "shape": [-1, 2]}}),
+         "invalid shape"),
+        (with_header({**header, "layers.0.weight": {**header["layers.0.weight"],
+                                                     "data_offsets": [0, 2**62]}}),
+         "outside the file"),
+        (with_header({**header, "layers.0.weight": {**header["layers.0.weight"],
+                                                     "shape": [2, 1, 3, 30]}}), "needs 720 bytes"),
+        (with_header([1, 2, 3]), "header is not an object"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"[" * 16, "header is not JSON"),
+        (edited(architecture="[" * 50_000 + "]" * 50_000), "not valid JSON"),  # RecursionError
+        (edited(architecture='{"layers": [{"type": "ReLU", "x": ' + "9" * 5000 + "}]}"),
+         "not valid JSON"),
+        (edited(architecture='{"layers": []}'), "non-empty 'layers' list"),
+        (edited(architecture=json.dumps({"layers": [{"type": "ReLU"}] * 10_001})),
+         "more than the 10000"),
+        (edited(architecture=json.dumps({"layers": [{"type": "ReLU"}], "input_shape": "abc"})),
+         "input_shape must be a list"),
+        (edited(architecture=json.dumps({"layers": [{"type": "ReLU"}], "input_shape": [0, 1]})),
+         "input_shape must be a list"),
+        (edited(user="[1, 2]"), "user metadata must be a JSON object"),
+        (edited(user='{"class_names": 7}'), "class_names must be a non-empty list of strings"),
+        (edited(user='{"class_names": ["a", "b"]}'), r"2 class_names but the model outputs shape \(3,\)"),
+        (edited(user='{"input_shape": [1, 9, 9]}'), "differs from the architecture's"),
+        (edited(user='{"normalization": {"mean": [0.5], "std": [0.0]}}'), "std > 0"),
+        (edited(user='{"normalization": {"mean": [0.5, 1, 2], "std": [1, 1, 1]}}'),
+         "normalization has 3 values, the input has 1 channels"),
+        (edited(training_state="{oops"), "training state is not valid JSON"),
+        (edited(training_state="[]"), "training state must be a JSON object"),
+    ]
+    path = tmp_path / "bad.safetensors"
+    for raw, message in cases:
+        path.write_bytes(raw)
+        with pytest.raises(mc.ModelFileError, match=message):
+            mc.load_model(path)
+
+
+def test_every_layer_type_declares_its_array_shapes():
+    """io.expected_arrays computes each layer's arrays from its arguments (so sizes are checked
+    before building); it must agree with what the built layer really holds, for every type."""
+    examples = {
+        "Conv2D": {"in_channels": 2, "out_channels": 3, "kernel_size": [3, 2], "bias": False},
+        "Dense": {"in_features": 4, "out_features": 5},
+        "BatchNorm2D": {"num_features": 3},
+        "Dropout": {"p": 0.5}, "LeakyReLU": {"negative_slope": 0.1},
+        "MaxPool2D": {"kernel_size": 2}, "AvgPool2D": {"kernel_size": 2},
+        "GlobalAvgPool2D": {}, "Flatten": {}, "ReLU": {}, "Sigmoid": {}, "Tanh": {},
+        "Residual": {"body": [{"type": "Conv2D", "in_channels": 3, "out_channels": 3,
+                               "kernel_size": 3, "padding": 1}, {"type": "BatchNorm2D",
+                                                                 "num_features": 3}],
+                     "shortcut": [{"type": "Conv2D", "in_channels": 3, "out_channels": 3,
+                                   "kernel_size": 1}]},
+    }
+    missing = sorted(set(LAYER_TYPES) - set(examples))
+    assert not missing, f"add an example for {missing} here and, if it has weights, to io.ARRAY_SHAPES"
+    for kind in LAYER_TYPES:
+        spec = {"type": kind, **examples[kind]}
+        layer = mio.build_layer(spec)
+        actual = {name: tuple(a.data.shape) for name, a in layer.named_arrays().items()}
+        assert mio.expected_arrays(spec) == actual, kind
+
+
+def test_save_model_records_the_input_shape_and_refuses_unloadable_models(tmp_path):
+    model = mc.Sequential([Conv2D(1, 2, 3), Flatten(), Dense(2 * 6 * 6, 3)], seed=0)
+    model.forward(np.zeros((1, 1, 8, 8), np.float32))  # no metadata, shape learnt from the data
+    model.save(tmp_path / "m.safetensors")
+    loaded = mc.load_model(tmp_path / "m.safetensors")
+    assert loaded.input_shape == (1, 8, 8) and loaded.metadata == {}
+    model.layers[0].weight.data[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="layers.0.weight contains NaN"):
+        model.save(tmp_path / "nan.safetensors")
+    assert not (tmp_path / "nan.safetensors").exists()
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        small_model().save(tmp_path / "x.safetensors", metadata=["a"])
+
+
+# --------------------------------------------------------------------------- code execution
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ckpt.safetensors"
+    ckpt.write_bytes(pickle.dumps({"model": _Exploit(marker), "optimizer": _Exploit(marker)}))
+    with pytest.raises(mc.ModelFileError):
+        mio.load_checkpoint(ckpt)
+    model = small_model()
+    x = np.zeros((8, 1, 8, 8), np.float32)
+    with pytest.raises(mc.ModelFileError):  # resume reads the checkpoint first
+        fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.1),
+            (x, np.zeros(8, np.int64)), verbose=0, checkpoint=ckpt, resume=True)
+    assert not marker.exists()
+
+
+def test_dataset_cache_with_a_pickled_object_array_is_refused(tmp_path, monkeypatch):
+    """A .npy holding an object array unpickles on np.load(allow_pickle=True); the cache's
+    np.load(allow_pickle=False) refuses it, warns, and the entry is rebuilt from the source."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    marker = tmp_path / "pwned"
+    key = "k" * 64
+    folder = data_cache.save_arrays("evil", key, {"x": np.zeros((2, 1, 2, 2), np.uint8)})
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([_Exploit(marker), 1], dtype=object), allow_pickle=True)
+    evil = buffer.getvalue()
+    (folder / "x.npy").write_bytes(evil)
+    meta = json.loads((folder / "meta.json").read_text())  # a consistent entry: hash updated
+    meta["arrays"]["x"].update(sha256=__import__("hashlib").sha256(evil).hexdigest(),
+                               dtype="object", shape=[2])
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="ignoring damaged dataset cache.*Object arrays cannot"):
+        assert data_cache.load_arrays("evil", key, {"x": 1}) is None
+    assert not marker.exists()
+
+
+def test_safe_pickle_survives_reference_bombs():
+    """A 300-byte pickle can describe a structure with 2**40 paths through shared memo entries;
+    the reader resolves each container once and bounds its total work by the file size."""
+    nested = []
+    for _ in range(40):
+        nested = [nested, nested]
+    start = time.perf_counter()
+    out = safe_pickle.loads(pickle.dumps(nested, protocol=2))
+    assert out[0] is out[1] and time.perf_counter() - start < 1
+    # the same big list handed again and again to 20,000 REDUCEs (as ignored arguments of
+    # numpy's _reconstruct): memo 0 = the list, 1 = _reconstruct, 2 = numpy.ndarray
+    bomb = b"".join([
+        b"\x80\x02]q\x00(" + b"K\x01" * 20_000 + b"e0",  # PROTO 2, list, MARK, ints, APPENDS, POP
+        b"cnumpy.core.multiarray\n_reconstruct\nq\x010",
+        b"cnumpy\nndarray\nq\x020",
+        b"h\x01h\x02h\x00h\x00\x87R0" * 20_000,  # _reconstruct(ndarray, list, list), POP
+        b"N.",
+    ])
+    start = time.perf_counter()
+    with pytest.raises(DatasetFileError, match="too many .*references"):
+        safe_pickle.loads(bomb)
+    assert time.perf_counter() - start < 5
+    looped = []
+    looped.append(looped)
+    with pytest.raises(DatasetFileError, match="contains itself"):
+        safe_pickle.loads(pickle.dumps(looped, protocol=2))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def toy_data(n=96):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 2, n)
+    x[y == 1, :, :4] += 0.5
+    return x, y
+
+
+def toy_model():
+    return mc.Sequential([Conv2D(1, 2, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                          Dense(32, 8), ReLU(), Dropout(0.2), Dense(8, 2)], seed=0)
+
+
+def weights(model):
+    return [np.array(a.data) for layer in model.layers for a in layer.named_arrays().values()]
+
+
+def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
+    x, y = toy_data()
+    ckpt = tmp_path / "ckpt.safetensors"
+    model = toy_model()
+    fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y), epochs=1,
+        batch_size=32, verbose=0, checkpoint=ckpt)
+    model_file, opt_tensors, state = mio.load_checkpoint(ckpt)
+
+    def rewrite(state=state, opt_tensors=opt_tensors):
+        extra = {f"optimizer.{k}": v for k, v in opt_tensors.items()}
+        mio.save_model(model_file, ckpt, extra_tensors=extra, training_state=state)
+
+    def changed(**updates):
+        new = json.loads(json.dumps(state))
+        for dotted_key, value in updates.items():
+            *parents, last = dotted_key.split("__")
+            target = new
+            for parent in parents:
+                target = target[parent]
+            target[last] = value
+        return new
+
+    bad_shape = dict(opt_tensors, **{"0.exp_avg": np.zeros(7, np.float32)})
+    cases = [
+        (dict(state=changed(version=99)), "training state version 99 is not supported"),
+        (dict(state=changed(optimizer__type="SGD")), "trained with SGD, not Adam"),
+        (dict(state=changed(optimizer__lr=-1.0)), "learning rate must be finite and >= 0"),
+        (dict(state=changed(global_step=-5)), "step counts must be non-negative integers"),
+        (dict(opt_tensors=bad_shape), r"optimizer tensor '0.exp_avg' has shape \(7,\)"),
+        (dict(state=changed(rng={"6": {"bit_generator": "MT19937", "state": 3}})),
+         "malformed training state"),
+        (dict(state=changed(rng={"0": {}})), "random state for layer 0, which has no generator"),
+        (dict(state=changed(epoch_sums=[0, "x"])), "epoch_sums must be a list of 4 finite numbers"),
+        (dict(state=changed(history=5)), "malformed training state"),
+        (dict(state=changed(loader=[])), "loader"),
+    ]
+    for kwargs, message in cases:
+        rewrite(**kwargs)
+        victim = toy_model()
+        opt = mc.optim.Adam(victim.parameters())
+        before = weights(victim)
+        with pytest.raises(mc.ModelFileError, match=message):
+            fit(victim, SoftmaxCrossEntropy(), opt, (x, y), epochs=2, batch_size=32, verbose=0,
+                checkpoint=ckpt, resume=True)
+        for a, b in zip(before, weights(victim)):
+            np.testing.assert_array_equal(a, b)
+        assert opt.step_count == 0
+
+
+# The training run the subprocess tests start, kill and resume. The parent imports it too
+# (runpy) to compute the uninterrupted reference in-process.
+CHILD = r'''
+import sys
+
+import numpy as np
+
+import minicnn as mc
+from minicnn.data import DataLoader, RandomHorizontalFlip
+from minicnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from minicnn.training import Callback, LRSchedule, fit
+
+
+class Beacon(Callback):
+    """Tell the parent when training has started and after every step."""
+
+    def on_train_begin(self, trainer):
+        print("training", flush=True)
+
+    def on_batch_end(self, trainer, step, logs):
+        print(f"step {step}", flush=True)
+
+
+def train(checkpoint=None, epochs=6, checkpoint_every=None, beacon=False):
+    rng = np.random.default_rng(0)
+    x = rng.random((240, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 2, 240)
+    x[y == 1, :, :4] += 0.5
+    model = mc.Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                           Dense(64, 16), ReLU(), Dropout(0.2), Dense(16, 2)], seed=0)
+    opt = mc.optim.Adam(model.parameters(), lr=1e-2)
+    schedule = mc.optim.CosineAnnealingLR(opt, T_max=200)
+    loader = DataLoader(x, y, batch_size=8, seed=3, transform=RandomHorizontalFlip())
+    callbacks = [LRSchedule(schedule, per="batch")] + ([Beacon()] if beacon else [])
+    fit(model, mc.losses.SoftmaxCrossEntropy(), opt, loader, epochs=epochs, verbose=0,
+        callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        resume=True)
+    return model
+
+
+if __name__ == "__main__":
+    mc.set_backend("numpy")
+    try:
+        train(sys.argv[1], checkpoint_every=int(sys.argv[2]) or None, beacon=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    print("done", flush=True)
+'''
+CHILD_STEPS = 6 * 30  # epochs * batches per epoch
+
+
+@pytest.fixture(scope="module")
+def child_script(tmp_path_factory):
+    path = tmp_path_factory.mktemp("child") / "train_child.py"
+    path.write_text(CHILD)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_weights(child_script):
+    import runpy
+
+    previous = mc.set_backend("numpy")
+    try:
+        return weights(runpy.run_path(str(child_script), run_name="reference")["train"]())
+    finally:
+        mc.set_backend(previous)
+
+
+def start_child(script, ckpt, checkpoint_every):
+    env = dict(os.environ, MINICNN_BACKEND="numpy", PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, str(script), str(ckpt), str(checkpoint_every)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+
+
+def wait_for(proc, token: bytes, timeout=60.0) -> bytes:
+    """Read the child's stdout until ``token`` appears (or it exits, or time runs out)."""
+    import selectors
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while token not in seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                raise AssertionError(f"child did not print {token!r} in {timeout} s: {seen[-300:]!r}")
+            if selector.select(left):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break  # the child exited
+                seen += chunk
+    return seen
+
+
+def stray_temporaries(ckpt: Path) -> list:
+    return sorted(ckpt.parent.glob(f".{ckpt.name}.*.tmp"))
+
+
+def test_sigkill_while_checkpointing_never_corrupts_the_checkpoint(tmp_path, child_script,
+                                                                  reference_weights):
+    """SIGKILL a training process that checkpoints after every step, 10 times at random moments
+    (most land inside a checkpoint write: it is most of a step's time). After every kill the
+    checkpoint is absent or loadable; resuming each time finally gives bit-identical weights."""
+    ckpt = tmp_path / "ckpt.safetensors"
+    rng = random.Random(6)
+    steps, interrupted_writes = [], 0
+    for _ in range(10):
+        proc = start_child(child_script, ckpt, 1)
+        wait_for(proc, b"training")
+        time.sleep(rng.uniform(0.0, 0.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        interrupted_writes += len(stray_temporaries(ckpt))  # a kill inside atomic_write_bytes
+        if ckpt.exists():
+            _, optimizer_tensors, state = mio.load_checkpoint(ckpt)  # never damaged
+            assert state["global_step"] >= (steps[-1] if steps else 0)  # no progress lost
+            steps.append(state["global_step"])
+    assert steps and steps[-1] < CHILD_STEPS, f"the kills came too late to test anything: {steps}"
+    proc = start_child(child_script, ckpt, 1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"done" in out, err.decode()[-2000:]
+    final, _, state = mio.load_checkpoint(ckpt)
+    assert state["global_step"] == CHILD_STEPS
+    for a, b in zip(reference_weights, weights(final), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert stray_temporaries(ckpt) == []  # fit removed what the killed writers left
+    print(f"checkpoint steps after each kill: {steps}; kills inside a write: {interrupted_writes}")
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, child_script,
+                                                               reference_weights):
+    """A real SIGINT to a training process (checkpoints only at epoch ends and on Ctrl-C)."""
+    import runpy
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    proc = start_child(child_script, ckpt, 0)
+    wait_for(proc, b"step 40\n")  # in the second epoch
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert b"interrupted" in out and b"Traceback" not in err, err.decode()
+    _, _, state = mio.load_checkpoint(ckpt)
+    assert 40 <= state["global_step"] < CHILD_STEPS  # the step in progress, not the epoch end
+    train = runpy.run_path(str(child_script), run_name="resume")["train"]
+    for a, b in zip(reference_weights, weights(train(ckpt)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_in_the_cli_exits_with_130_and_no_traceback(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, MINICNN_BACKEND="numpy", PYTHONPATH=str(ROOT),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = subprocess.Popen([sys.executable, "-m", "minicnn.cli", "train", "--dataset", "digits",
+                             "--epochs", "500", "--limit", "64", "--batch-size", "16", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
+    wait_for(proc, b"output in")  # the recipe's last line before fit
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first epoch's checkpoint: training is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert b"Traceback" not in err and b"--resume" in err
+    _, _, state = mio.load_checkpoint(out / "checkpoint.safetensors")
+    assert state["global_step"] > 0
+
+
+# --------------------------------------------------------------------------- numerical faults
+
+class InfGrad(Layer):
+    """Identity; once ``broken``, its backward turns every gradient into inf."""
+
+    broken = False
+
+    def _forward(self, x, training):
+        return self._remember(x)
+
+    def _backward(self, dy):
+        return dy * np.inf if self.broken else dy
+
+
+def test_non_finite_gradient_names_the_step_and_the_layer_and_keeps_the_checkpoint(tmp_path):
+    x, y = toy_data()
+    ckpt = tmp_path / "ckpt.safetensors"
+    model = mc.Sequential([Flatten(), Dense(64, 8), InfGrad(), ReLU(), Dense(8, 2)], seed=0)
+    fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.01),
+        (x, y), epochs=1, batch_size=32, verbose=0, checkpoint=ckpt)
+    good = ckpt.read_bytes()
+    model.layers[2].broken = True
+    before = weights(model)
+    with pytest.raises(TrainingDivergedError,
+                       match=r"epoch 1, batch 1 \(step 1\): the gradient is not finite; layer 2 "
+                             r"\(InfGrad\) is the first to produce a non-finite gradient, for "
+                             r"its input.*last good checkpoint"):
+        fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.01),
+            (x, y), epochs=1, batch_size=32, verbose=0, checkpoint=ckpt)
+    assert ckpt.read_bytes() == good
+    for a, b in zip(before, weights(model)):  # the bad gradient was never applied
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- memory
+
+def test_predict_and_evaluate_stay_within_the_memory_budget():
+    model = mc.Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                           Dense(4 * 4 * 4, 10)], seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.random((60_000, 1, 8, 8), dtype=np.float32)
+    y = rng.integers(0, 10, 60_000)
+    per_sample = model.inference_bytes_per_sample((1, 8, 8))
+    budget = 2 * 2**20
+    sizes = []
+    forward = model.forward
+
+    def spy(batch, training=False):
+        sizes.append(len(batch))
+        return forward(batch, training)
+
+    model.forward = spy
+    previous = backend.set_memory_budget(budget)
+    try:
+        tracemalloc.start()
+        probs = model.predict(x, batch_size=60_000)
+        predict_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]  # probs, and predict's last-batch caches
+        scores = evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=10**6)
+        evaluate_peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+        backend.set_memory_budget(previous)
+    assert probs.shape == (60_000, 10) and 0 <= scores["acc"] <= 1
+    assert max(sizes) == budget // per_sample < 60_000 and sum(sizes) == 2 * 60_000
+    # the result itself (kept per batch, then concatenated) is not activation memory
+    assert predict_peak <= budget + 2 * probs.nbytes
+    assert evaluate_peak <= budget
+    with pytest.raises(backend.MemoryBudgetError, match=r"one sample of shape \(1, 8, 8\) needs "
+                                                        r"about .* MiB.*set_memory_budget"):
+        backend.set_memory_budget(1000)
+        try:
+            model.predict(x[:1])
+        finally:
+            backend.set_memory_budget(previous)
+    assert issubclass(backend.MemoryBudgetError, MemoryError)
+    assert issubclass(backend.MemoryBudgetError, ValueError)
+
+
+def test_memory_budget_from_the_environment(monkeypatch):
+    monkeypatch.setattr(backend, "_memory_budget_bytes", None)
+    monkeypatch.setenv("MINICNN_MEMORY_BUDGET_MB", "3.5")
+    assert backend.memory_budget() == int(3.5 * 2**20)
+    monkeypatch.setattr(backend, "_memory_budget_bytes", None)
+    monkeypatch.delenv("MINICNN_MEMORY_BUDGET_MB")
+    assert backend.memory_budget() == 2**30  # 1 GiB by default
+    for bad in ("lots", "0", "-1", "inf", "nan"):
+        monkeypatch.setattr(backend, "_memory_budget_bytes", None)
+        monkeypatch.setenv("MINICNN_MEMORY_BUDGET_MB", bad)
+        with pytest.raises(ValueError, match="MINICNN_MEMORY_BUDGET_MB must be a positive number"):
+            backend.memory_budget()
+
+
+# --------------------------------------------------------------------------- determinism
+
+def test_same_seed_gives_bit_identical_weights_twice():
+    x, y = toy_data(160)
+
+    def run():
+        model = toy_model()  # Dropout, shuffling: every random draw comes from the seeds
+        opt = mc.optim.AdamW(model.parameters(), lr=1e-2)
+        fit(model, SoftmaxCrossEntropy(), opt, (x, y), epochs=2, batch_size=16, seed=7,
+            transform=mc.data.RandomHorizontalFlip(), verbose=0)
+        return weights(model)
+
+    first, second = run(), run()
+    for a, b in zip(first, second, strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert not all(np.array_equal(a, b) for a, b in zip(first, weights(toy_model())))
+
+
+def test_optimizer_accepts_lr_zero_but_training_refuses_it():
+    model = toy_model()
+    frozen = mc.optim.SGD(model.parameters(), lr=0.0)  # a legitimate way to freeze weights
+    frozen.step()
+    x, y = toy_data()
+    with pytest.raises(ValueError, match="training needs a learning rate > 0"):
+        fit(model, SoftmaxCrossEntropy(), frozen, (x, y), verbose=0)
+    # a schedule that starts at 0 but warms up is fine
+    opt = mc.optim.SGD(model.parameters(), lr=0.1)
+    warmup = mc.optim.LinearWarmup(opt, warmup_steps=3, start_factor=0.0)
+    assert opt.lr == 0.0
+    fit(model, SoftmaxCrossEntropy(), opt, (x, y), epochs=1, batch_size=48, verbose=0,
+        callbacks=[mc.training.LRSchedule(warmup, per="batch")])
+
+
+def test_trainer_restores_nothing_from_a_plain_model_file(tmp_path):
+    model = toy_model()
+    model.save(tmp_path / "m.safetensors")
+    x, y = toy_data()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.1),
+                      mc.data.DataLoader(x, y))
+    with pytest.raises(mc.ModelFileError, match="a model file, not a training checkpoint"):
+        trainer.restore_checkpoint(tmp_path / "m.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def _no_numpy_warnings_leak():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # overflow in the divergence tests
+        yield

@@ -1,7 +1,7 @@
 """Train a CNN on MNIST and report its test accuracy.
 
-    python examples/train_mnist.py                 # about 3 minutes on 2 CPU cores, ~99.4%
-    python examples/train_mnist.py --long          # 15 epochs with augmentation, ~99.6%
+    python examples/train_mnist.py                 # 5 epochs, ~6 minutes on 2 CPU cores: 99.37%
+    python examples/train_mnist.py --long          # 15 epochs with augmentation
     python examples/train_mnist.py --epochs 1 --quiet
 
 The network (minicnn.models.mnist_cnn) has three conv-BatchNorm-ReLU-maxpool blocks and a
@@ -31,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="random rotations, zooms and shifts (default: off; on with --long)")
     parser.add_argument("--long", action="store_true",
-                        help="the longer recipe: more epochs and augmentation, for ~99.6%%")
+                        help="the longer recipe: 15 epochs with augmentation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default runs/mnist-<timestamp>)")
     parser.add_argument("--data-dir", default=None,

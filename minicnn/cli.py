@@ -1,10 +1,12 @@
-"""The ``minicnn`` command: train, evaluate, predict, bench.
+"""The ``minicnn`` command: train, evaluate, explain, predict, bench.
 
     minicnn train --dataset mnist
     minicnn train --image-folder photos/ --image-size 64 --epochs 20
     minicnn evaluate runs/mnist-.../model.safetensors --dataset mnist
+    minicnn explain runs/mnist-.../model.safetensors --dataset mnist --out report/
     minicnn predict runs/mnist-.../model.safetensors digit.png
     minicnn bench --backends numpy,numba
+    minicnn tune --dataset digits --trials 20 --retrain-best
 """
 
 from __future__ import annotations
@@ -15,6 +17,18 @@ import sys
 import numpy as np
 
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "digits")
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a whole number >= 1, so that e.g. ``--epochs 0`` is
+    a usage error (message and exit code 2) before anything is loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -42,17 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", metavar="DIR",
                        help="folder holding the dataset's files (else the usual places are "
                             "searched: $MINICNN_DATA, ~/.cache/minicnn, data/, /usr/share/datasets)")
-    train.add_argument("--model", choices=("mnist_cnn", "reference_cnn", "lenet5"), default=None,
-                       help="network preset (default: the dataset's recipe, mnist_cnn)")
+    train.add_argument("--model", choices=("mnist_cnn", "reference_cnn", "lenet5", "cifar_vgg",
+                                           "cifar_resnet"), default=None,
+                       help="network preset (default: the dataset's recipe: mnist_cnn, or "
+                            "cifar_vgg for cifar10)")
     train.add_argument("--long", action="store_true",
                        help="MNIST only: the longer recipe (15 epochs, augmentation)")
-    train.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
-    train.add_argument("--batch-size", type=int, help="images per training step")
+    train.add_argument("--epochs", type=positive_int, help="number of epochs (default: the recipe's)")
+    train.add_argument("--batch-size", type=positive_int, help="images per training step")
     train.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     train.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="random rotations/zooms/shifts (digits) or crops+flips (photos)")
-    train.add_argument("--image-size", type=int, default=None,
+    train.add_argument("--image-size", type=positive_int, default=None,
                        help="image folder: resize images to this many pixels square (default 32)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=None,
                        help="image folder: 1 = grayscale, 3 = RGB (default 3)")
@@ -61,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output folder (default runs/<dataset>-<timestamp>)")
     train.add_argument("--resume", action="store_true",
                        help="continue from --out/checkpoint.safetensors (after Ctrl-C)")
-    train.add_argument("--limit", type=int, help="train on the first N images only (smoke test)")
+    train.add_argument("--limit", type=positive_int, help="train on the first N images only (smoke test)")
     _add_common(train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy and loss of a model on a test set",
@@ -71,25 +87,52 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dataset to evaluate on (default: the one the model was trained on)")
     evaluate.add_argument("--image-folder", metavar="DIR", help="evaluate on your own images")
     evaluate.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
-    evaluate.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    evaluate.add_argument("--batch-size", type=positive_int, default=512, help="images per forward pass")
     evaluate.add_argument("--out", metavar="DIR",
                           help="also write a report (metrics, plots, report.html) into DIR")
     _add_common(evaluate)
+
+    explain = commands.add_parser(
+        "explain", help="write a report: metrics, mistakes, Grad-CAM, filters (report.html)",
+        description="Evaluate a saved model and write metrics.json, classification_report.txt, "
+        "the figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
+        "feature maps) and one self-contained report.html into --out. The same as "
+        "`minicnn evaluate MODEL --out DIR`.")
+    explain.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    explain.add_argument("--dataset", choices=DATASET_CHOICES,
+                         help="dataset to evaluate on (default: the one the model was trained on)")
+    explain.add_argument("--image-folder", metavar="DIR", help="evaluate on your own images")
+    explain.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    explain.add_argument("--batch-size", type=positive_int, default=512, help="images per forward pass")
+    explain.add_argument("--out", metavar="DIR", required=True, help="folder for the report")
+    _add_common(explain)
 
     predict = commands.add_parser("predict", help="classify image files",
                                   description="Print the most likely classes of each image.")
     predict.add_argument("model", help="a model file written by minicnn (.safetensors)")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
-    predict.add_argument("--top", type=int, default=3, help="how many classes to show per image")
+    predict.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image")
     _add_common(predict)
 
     bench = commands.add_parser("bench", help="training and inference speed of the backends",
                                 description="Images/s of the reference network on each backend.")
     bench.add_argument("--backends", default=None,
                        help="comma-separated backends (default: all that run here)")
-    bench.add_argument("--batch-size", type=int, default=128)
-    bench.add_argument("--steps", type=int, default=20, help="timed training steps")
+    bench.add_argument("--batch-size", type=positive_int, default=128)
+    bench.add_argument("--steps", type=positive_int, default=20, help="timed training steps")
     bench.add_argument("--quiet", action="store_true")
+
+    from .tune import add_arguments as add_tune_arguments  # cheap: Optuna loads only to run
+
+    tune = commands.add_parser(
+        "tune", help='search hyperparameters with Optuna (pip install "minicnn[tune]")',
+        description="Search learning rate, batch size, optimizer, weight decay, width, kernel "
+        "size, activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
+        "validation split of the training set; writes the trials, the best configuration and "
+        "plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL as "
+        "--storage lets several machines work on one study.")
+    add_tune_arguments(tune)
+    _add_common(tune)
     return parser
 
 
@@ -239,6 +282,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tune import run_from_args
+
+    try:
+        return run_from_args(args)
+    except ImportError as err:  # Optuna missing: the message names the extra to install
+        print(f"minicnn tune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; the finished trials are saved: run the same command again to "
+              "continue the study", file=sys.stderr)
+        return 130
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import backend
@@ -248,11 +305,13 @@ def main(argv=None) -> int:
     try:
         if getattr(args, "backend", None):
             backend.set_backend(args.backend)
-        handler = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                   "bench": cmd_bench}[args.command]
+        handler = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_evaluate,
+                   "predict": cmd_predict, "bench": cmd_bench, "tune": cmd_tune}[args.command]
         return handler(args)
+    # Bad input of any kind (arguments, files, settings; MemoryBudgetError is a ValueError)
+    # ends with a one-line message and exit code 2, never a traceback.
     except (DatasetNotFoundError, DatasetFileError, ModelFileError, FileNotFoundError,
-            backend.BackendUnavailableError, ValueError) as err:
+            backend.BackendUnavailableError, ValueError, TypeError, OSError) as err:
         print(f"minicnn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

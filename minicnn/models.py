@@ -12,8 +12,11 @@ from .layers import (
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
+    Residual,
     Tanh,
 )
 from .layers.pooling import AvgPool2D
@@ -81,7 +84,106 @@ def lenet5(input_shape=(1, 28, 28), num_classes: int = 10, seed: int | None = 0)
     ], seed=seed, input_shape=input_shape)
 
 
-PRESETS = {"reference_cnn": reference_cnn, "mnist_cnn": mnist_cnn, "lenet5": lenet5}
+def cifar_vgg(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | None = 0,
+              width: int = 32, dropout: float = 0.3) -> Sequential:
+    """A small VGG-style network: three blocks of two conv-BatchNorm-ReLU layers and a 2x2
+    max pool (width, 2*width, 4*width channels), then dropout and one dense classifier.
+
+    At 3x32x32 and width 32: 307,946 parameters, 77.8 MFLOPs per image (forward).
+    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128): about 165 training and
+    385 inference images/s on a lightly loaded machine. One epoch of the cifar10 recipe
+    (AdamW, one-cycle, crops + flips) on a 10,000-image subset of the training set: 43.8%
+    test accuracy (all 10,000 test images). Longer runs: not measured yet (a full epoch of
+    50,000 images is about 5 minutes).
+    """
+    c, h, w = _check_shape(input_shape, "cifar_vgg", 8)
+    layers, channels = [], c
+    for out in (width, 2 * width, 4 * width):
+        for _ in range(2):
+            layers += [Conv2D(channels, out, 3, padding=1, bias=False), BatchNorm2D(out), ReLU()]
+            channels = out
+        layers.append(MaxPool2D(2))
+    flat = channels * (h // 8) * (w // 8)
+    layers += [Flatten(), Dropout(dropout), Dense(flat, num_classes)]
+    return Sequential(layers, seed=seed, input_shape=input_shape)
+
+
+def cifar_resnet(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | None = 0,
+                 width: int = 16, blocks_per_stage: int = 2) -> Sequential:
+    """A small ResNet for 32x32 images (He et al., 2016, section 4.2).
+
+    A conv-BatchNorm-ReLU stem, then three stages of ``blocks_per_stage`` residual basic
+    blocks (:meth:`Residual.basic_block`, each followed by a ReLU) with width, 2*width and
+    4*width channels; the first block of stages 2 and 3 halves the resolution (stride 2) and
+    has a 1x1 projection shortcut. Global average pooling and one dense layer classify.
+    ``blocks_per_stage=3`` is the paper's ResNet-20; the default 2 is a ResNet-14.
+
+    At 3x32x32, width 16 and 2 blocks per stage: 175,258 parameters, 53.9 MFLOPs per
+    image (forward).
+    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128): about 125 training and
+    350 inference images/s on a lightly loaded machine (fewer FLOPs than cifar_vgg, but
+    slower: its narrow 16- and 32-channel convolutions make matrix products that BLAS runs
+    far below its peak). One epoch of the cifar10
+    recipe (AdamW, one-cycle, crops + flips) on a 10,000-image subset of the training set:
+    37.7% test accuracy (all 10,000 test images). Longer runs: not measured yet.
+    """
+    c, h, w = _check_shape(input_shape, "cifar_resnet", 4)
+    width = int(width)
+    if width < 1 or int(blocks_per_stage) < 1:
+        raise ValueError(f"cifar_resnet: width and blocks_per_stage must be >= 1, got {width} "
+                         f"and {blocks_per_stage}")
+    layers = [Conv2D(c, width, 3, padding=1, bias=False), BatchNorm2D(width), ReLU()]
+    channels = width
+    for stage, out in enumerate((width, 2 * width, 4 * width)):
+        for block in range(int(blocks_per_stage)):
+            stride = 2 if stage > 0 and block == 0 else 1
+            layers += [Residual.basic_block(channels, out, stride=stride), ReLU()]
+            channels = out
+    layers += [GlobalAvgPool2D(), Dense(channels, num_classes)]
+    return Sequential(layers, seed=seed, input_shape=input_shape)
+
+
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+
+
+def tunable_cnn(input_shape=(1, 28, 28), num_classes: int = 10, seed: int | None = 0, *,
+                width: int = 32, kernel_size: int = 3, activation: str = "relu",
+                dropout: float = 0.25, blocks: int = 3) -> Sequential:
+    """The network ``minicnn tune`` searches over: ``blocks`` conv-BatchNorm-activation-pool
+    blocks (width, 2*width, 4*width, ... channels; "same" padding), then dropout and a dense
+    classifier. A block whose input is already 1 pixel wide skips the pool.
+
+    ``activation`` is ``"relu"``, ``"leaky_relu"`` (slope 0.01) or ``"tanh"`` (then the
+    convolutions start from Glorot instead of He initialization, which assumes ReLU). With the
+    defaults it is exactly :func:`mnist_cnn`.
+    """
+    c, h, w = _check_shape(input_shape, "tunable_cnn", 1)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"tunable_cnn: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    for name, value in (("width", width), ("blocks", blocks), ("kernel_size", kernel_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"tunable_cnn: {name} must be a positive int, got {value!r}")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"tunable_cnn: kernel_size must be odd (for 'same' padding), got {kernel_size}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"tunable_cnn: dropout must be in [0, 1), got {dropout!r}")
+    make = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh}[activation]
+    init = "glorot" if activation == "tanh" else "he"
+    layers, channels = [], c
+    for i in range(blocks):
+        out = width * 2 ** i
+        layers += [Conv2D(channels, out, kernel_size, padding=kernel_size // 2, bias=False,
+                          init=init), BatchNorm2D(out), make()]
+        if min(h, w) >= 2:
+            layers.append(MaxPool2D(2))
+            h, w = h // 2, w // 2
+        channels = out
+    layers += [Flatten(), Dropout(float(dropout)), Dense(channels * h * w, num_classes)]
+    return Sequential(layers, seed=seed, input_shape=input_shape)
+
+
+PRESETS = {"reference_cnn": reference_cnn, "mnist_cnn": mnist_cnn, "lenet5": lenet5,
+           "cifar_vgg": cifar_vgg, "cifar_resnet": cifar_resnet}
 
 
 def from_config(config: dict) -> Sequential:
@@ -93,4 +195,5 @@ def from_config(config: dict) -> Sequential:
     return build_from_config(config, where="from_config")
 
 
-__all__ = ["PRESETS", "from_config", "lenet5", "mnist_cnn", "reference_cnn"]
+__all__ = ["PRESETS", "cifar_resnet", "cifar_vgg", "from_config", "lenet5", "mnist_cnn",
+           "reference_cnn", "tunable_cnn"]

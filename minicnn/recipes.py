@@ -7,6 +7,7 @@ plain dict of defaults per dataset; every value can be overridden by an argument
 from __future__ import annotations
 
 import json
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,10 +18,11 @@ from . import backend, models, optim
 from .atomic import atomic_write_bytes
 from .losses import SoftmaxCrossEntropy
 from .training import LRSchedule, evaluate, fit
+from .validation import check_learning_rate, check_positive_int
 
 RECIPES = {
-    # the default MNIST run: >= 99.4% test accuracy in about 3 minutes on 2 CPU cores
-    "mnist": dict(model="mnist_cnn", epochs=4, batch_size=128, lr=4e-3, weight_decay=5e-4,
+    # the default MNIST run: 99.37% test accuracy in 5 epochs (~75 s each on 2 CPU cores)
+    "mnist": dict(model="mnist_cnn", epochs=5, batch_size=128, lr=4e-3, weight_decay=5e-4,
                   augment=False, label_smoothing=0.05),
     # longer: augmentation on, more epochs
     "mnist-long": dict(model="mnist_cnn", epochs=15, batch_size=128, lr=4e-3, weight_decay=5e-4,
@@ -29,7 +31,9 @@ RECIPES = {
                           weight_decay=5e-4, augment=False, label_smoothing=0.1),
     "digits": dict(model="mnist_cnn", epochs=30, batch_size=32, lr=4e-3, weight_decay=5e-4,
                    augment=False, label_smoothing=0.0),
-    "cifar10": dict(model="mnist_cnn", epochs=20, batch_size=128, lr=4e-3, weight_decay=5e-4,
+    # the VGG-style preset with random crops + flips: on CPU it trains faster than cifar_resnet
+    # and was more accurate after one epoch (see the presets' docstrings in models.py)
+    "cifar10": dict(model="cifar_vgg", epochs=20, batch_size=128, lr=4e-3, weight_decay=5e-4,
                     augment=True, label_smoothing=0.1),
     "folder": dict(model="mnist_cnn", epochs=20, batch_size=64, lr=3e-3, weight_decay=5e-4,
                    augment=True, label_smoothing=0.1),
@@ -70,6 +74,26 @@ def load_data(dataset: str, data_dir=None, image_size=None, channels=None, seed:
     return load_dataset(dataset, data_dir, **kwargs)
 
 
+def _check_settings(settings: dict, limit) -> None:
+    """Refuse bad settings before any data is loaded (which can take a while)."""
+    where = "train_classifier"
+    if settings["model"] not in models.PRESETS:
+        raise ValueError(f"{where}: unknown model {settings['model']!r}; choose one of "
+                         f"{', '.join(models.PRESETS)}")
+    for key in ("epochs", "batch_size"):
+        check_positive_int(settings[key], key, where)
+    if limit is not None:
+        check_positive_int(limit, "limit", where)
+    # the optimizer accepts lr=0 (frozen weights); a training run with it learns nothing
+    if check_learning_rate(settings["lr"], where) <= 0:
+        raise ValueError(f"{where}: lr must be > 0, got {settings['lr']}")
+    for key, high in (("weight_decay", math.inf), ("label_smoothing", 1.0)):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 <= value < high:
+            raise ValueError(f"{where}: {key} must be a number in [0, {high}), got {value!r}")
+
+
 def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_dir=None,
                      model: str | None = None, epochs: int | None = None,
                      batch_size: int | None = None, lr: float | None = None,
@@ -90,6 +114,7 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, augment=augment, label_smoothing=label_smoothing)
     settings.update({k: v for k, v in overrides.items() if v is not None})
+    _check_settings(settings, limit)
     if backend_name:
         backend.set_backend(backend_name)
     out = Path(out) if out is not None else Path("runs") / f"{dataset}-{_timestamp()}"

@@ -4,10 +4,12 @@ A correct backward pass lands around 1e-9 relative error (float64, step 1e-6); a
 is off by order 1. The bound below leaves three orders of magnitude of room on both sides.
 """
 
+import copy
+
 import numpy as np
 import pytest
 from helpers import away_from_kinks, distinct_values
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minicnn.gradcheck import check_layer, check_loss
@@ -23,6 +25,7 @@ from minicnn.layers import (
     LeakyReLU,
     MaxPool2D,
     ReLU,
+    Residual,
     Sigmoid,
     Tanh,
 )
@@ -125,9 +128,9 @@ def test_dense_gradients(n, fan_in, fan_out, bias, seed):
 @pytest.mark.parametrize("make", [ReLU, lambda: LeakyReLU(0.1), LeakyReLU, Sigmoid, Tanh],
                          ids=["relu", "leaky0.1", "leaky", "sigmoid", "tanh"])
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)),
-       scale=st.floats(0.1, 2.0), seed=seeds)
+       scale=st.floats(0.1, 1.0), seed=seeds)
 def test_activation_gradients(make, shape, scale, seed):
-    # |x| stays below ~8, where sigmoid/tanh slopes (>= 3e-4) are still resolvable by finite
+    # |x| stays below ~5, where sigmoid/tanh slopes (>= 2e-4) are still resolvable by finite
     # differences; further out the true slope drowns in rounding noise, not the layer's error.
     x = away_from_kinks(np.random.default_rng(seed).standard_normal(shape) * scale)
     assert_gradients_match(check_layer(make(), x, seed=seed % 1000))
@@ -159,6 +162,93 @@ def test_batchnorm_gradients(n, c, hw, training, seed):
     errors = check_layer(layer, x, training=training, seed=seed % 1000)
     assert set(errors) == {"x", "gamma", "beta"}
     assert_gradients_match(errors)
+
+
+@st.composite
+def residual_configs(draw):
+    stride = draw(st.sampled_from([1, 2]))
+    # at least 2 input channels: a 1x1 projection from one channel followed by BatchNorm has
+    # one weight per filter, which the normalization cancels exactly (a zero gradient that
+    # finite differences only see as noise)
+    c = draw(st.integers(2, 3))
+    # stride 2 always needs a projection; at stride 1 it is drawn, and without one the body
+    # must keep the channel count
+    projection = stride == 2 or draw(st.booleans())
+    f = draw(st.integers(1, 3)) if projection else c
+    n, training = draw(st.integers(1, 2)), draw(st.booleans())
+    h, w = draw(st.integers(3, 5)), draw(st.integers(3, 5))
+    if training and n * -(-h // stride) * -(-w // stride) < 4:
+        n = 4  # BatchNorm needs a few values per channel (see test_batchnorm_gradients)
+    return dict(stride=stride, c=c, f=f, n=n, hw=(h, w), training=training,
+                projection=projection, projection_bn=draw(st.booleans()),
+                activation=draw(st.sampled_from(["tanh", "relu"])))
+
+
+def residual_block(cfg, rng):
+    """Conv-BN-act-Conv-BN, plus a 1x1 (+ BN) projection when drawn: the ResNet basic block."""
+    c, f, stride = cfg["c"], cfg["f"], cfg["stride"]
+    body = [Conv2D(c, f, 3, stride=stride, padding=1, bias=False), BatchNorm2D(f),
+            ReLU() if cfg["activation"] == "relu" else Tanh(),
+            Conv2D(f, f, 3, padding=1, bias=False), BatchNorm2D(f)]
+    shortcut = None
+    if cfg["projection"]:
+        shortcut = [Conv2D(c, f, 1, stride=stride, bias=False)]
+        shortcut += [BatchNorm2D(f)] if cfg["projection_bn"] else []
+    block = Residual(body, shortcut)
+    block.initialize(rng)
+    for layer in block.body + (block.shortcut or []):
+        if isinstance(layer, BatchNorm2D):  # not the identity: exercise gamma, beta, running stats
+            layer.gamma.data = rng.uniform(0.5, 2.0, f).astype(np.float32)
+            layer.beta.data = (rng.standard_normal(f) * 0.5).astype(np.float32)
+            layer.running_mean.data = rng.standard_normal(f).astype(np.float32)
+            layer.running_var.data = rng.uniform(0.5, 2.0, f).astype(np.float32)
+    return block
+
+
+@covers(Residual)
+# each example checks up to ~300 gradient entries, each by two forward passes through a
+# five-layer block: a third of the other tests' examples keeps this test near 10 s
+@settings(max_examples=max(30, settings().max_examples // 3))
+@given(cfg=residual_configs(), seed=seeds)
+def test_residual_gradients(cfg, seed):
+    """x + f(x) and proj(x) + f(x), stride 1 and 2: gradients of x and of every inner parameter."""
+    rng = np.random.default_rng(seed)
+    block = residual_block(cfg, rng)
+    x = rng.standard_normal((cfg["n"], cfg["c"], *cfg["hw"]))
+    dy = rng.standard_normal((cfg["n"], *block.output_shape(x.shape[1:])))
+
+    # Two kinds of draws say nothing about the layer, so they are skipped. (1) ReLU inputs
+    # within 1e-3 of the kink, where a finite-difference step may cross it. (2) Gradient
+    # entries near zero: the two paths' gradients are *summed*, and where they (or BatchNorm's
+    # terms) almost cancel, the rounding noise of finite differences (~1e-10 absolute) is a large
+    # *relative* error. A wrong backward pass is off by order 1 everywhere, not only there.
+    probe = copy.deepcopy(block).astype(np.float64)
+    pre = x
+    for layer in probe.body[:2]:
+        pre = layer.forward(pre, training=cfg["training"])
+    assume(cfg["activation"] != "relu" or np.abs(pre).min() > 1e-3)
+    probe.forward(x, training=cfg["training"])
+    grads = [probe.backward(dy)] + [p.grad for p in probe.parameters()]
+    assume(all(np.abs(g).min() > 1e-4 * np.abs(g).max() for g in grads))
+
+    errors = check_layer(block, x, dy=dy, training=cfg["training"], seed=seed % 1000)
+    expected = {"x", "body.0.weight", "body.1.gamma", "body.1.beta", "body.3.weight",
+                "body.4.gamma", "body.4.beta"}
+    if cfg["projection"]:
+        expected |= {"shortcut.0.weight"}
+        expected |= {"shortcut.1.gamma", "shortcut.1.beta"} if cfg["projection_bn"] else set()
+    assert set(errors) == expected
+    assert_gradients_match(errors)
+
+
+def test_residual_identity_path_passes_the_gradient_through():
+    """With a body whose output ignores x (a zero convolution), dL/dx is exactly dy."""
+    block = Residual([Conv2D(2, 2, 3, padding=1)])
+    block.body[0].weight.data[:] = 0
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(block.forward(x), x + block.body[0].bias.data[None, :, None, None])
+    dy = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(block.backward(dy), dy)
 
 
 @given(n=st.integers(1, 6), classes=st.integers(2, 7), scale=st.floats(0.1, 2.0),

@@ -7,11 +7,12 @@ from .dense import Dense, Flatten
 from .dropout import Dropout
 from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .residual import Residual
 
 LAYER_TYPES = {
     cls.__name__: cls
     for cls in (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dense, Flatten, ReLU, LeakyReLU,
-                Sigmoid, Tanh, Dropout, BatchNorm2D)
+                Sigmoid, Tanh, Dropout, BatchNorm2D, Residual)
 }
 
 __all__ = ["Layer", "Parameter", "Buffer", "LAYER_TYPES", *LAYER_TYPES]

@@ -1,0 +1,805 @@
+"""Hyperparameter search on Optuna: ``minicnn tune`` and ``minicnn.tune(...)``.
+
+Each *trial* draws a configuration (learning rate, batch size, optimizer, weight decay, the
+network's width / kernel size / activation / dropout / depth, augmentation strength), trains
+:func:`minicnn.models.tunable_cnn` with :func:`minicnn.fit` for a few epochs, and scores it by
+its accuracy on a **validation split carved from the training set** (stratified, seeded, the
+same for every trial); the test set is never looked at during the search. The TPE sampler
+proposes the next configuration from the results so far, and a pruner stops a trial after any
+epoch whose validation accuracy is clearly worse than earlier trials' at the same epoch.
+
+The study lives in an Optuna storage: by default an SQLite file in the output folder
+(``<out>/study.db``). Running the same command again continues the same study (``trials`` is
+the study's total, so an interrupted search picks up where it stopped, and a larger number
+adds trials). Any Optuna RDB URL works as storage (``postgresql://...``, ``mysql://...``):
+start ``minicnn tune`` with the same ``--storage`` and ``--study-name`` on several machines and
+they share one study, each running trials until the total is reached. That is the way to scale
+a search out. Give each worker its own ``--sampler-seed`` so their first, random trials differ.
+
+With one worker and a fixed number of trials, a search is reproducible: the sampler is seeded,
+every trial trains with the same seed (weights, batch order, augmentation), and the numpy and
+numba backends train deterministically.
+
+Outputs (``out``): ``trials.csv`` / ``trials.json`` (every trial: state, validation accuracy per
+epoch, hyperparameters), ``best.json`` (the best trial's hyperparameters, its model config from
+``model.config()`` and its training settings), plots (``optimization_history.png``,
+``param_importances.png``, ``parallel_coordinate.png``, ``intermediate_values.png``) and, with
+``retrain_best``, ``best_model.safetensors`` plus ``retrain.json``: the best configuration
+trained on the whole training set and scored once on the test set.
+
+Optuna is an optional dependency (``pip install "minicnn[tune]"``); this module imports it only
+when a search runs, so ``import minicnn`` never does.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write_bytes
+
+#: what each hyperparameter is, for parsing command-line values and checking JSON files
+PARAMETERS = {
+    "lr": float, "batch_size": int, "optimizer": str, "weight_decay": float,
+    "width": int, "kernel_size": int, "activation": str, "dropout": float,
+    "augment": float, "blocks": int,
+}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+LOG_SCALE = ("lr", "weight_decay")  # ranges given as LOW:HIGH are searched on a log scale
+
+#: the search space used for every hyperparameter not given by a flag or a space file
+DEFAULT_SPACE = {
+    "lr": {"low": 3e-4, "high": 3e-2, "log": True},
+    "batch_size": [16, 32, 64, 128],
+    "optimizer": list(OPTIMIZERS),
+    "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+    "width": [8, 16, 32, 64],
+    "kernel_size": [3, 5],
+    "activation": list(ACTIVATIONS),
+    "dropout": {"low": 0.0, "high": 0.5},
+    "augment": {"low": 0.0, "high": 1.0},
+    "blocks": [1, 2, 3],
+}
+
+#: the configuration trained when nothing is tuned: the ``mnist_cnn`` network with the
+#: training settings of the dataset's recipe (``minicnn.recipes.RECIPES``) where it has one
+DEFAULT_CONFIG = {
+    "lr": 4e-3, "batch_size": 32, "optimizer": "adamw", "weight_decay": 5e-4,
+    "width": 32, "kernel_size": 3, "activation": "relu", "dropout": 0.25,
+    "augment": 0.0, "blocks": 3,
+}
+
+INSTALL_HINT = 'pip install "minicnn[tune]"'
+_COUNTED_STATES = ("COMPLETE", "PRUNED")  # finished trials; failed/interrupted ones are redone
+
+
+def _require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError(
+            f"minicnn tune needs Optuna, an optional dependency: {INSTALL_HINT}") from None
+    return optuna
+
+
+# -- the search space ---------------------------------------------------------------------------
+
+def _check_value(name, value):
+    """One value of hyperparameter ``name``, checked and converted; raises ValueError."""
+    kind = PARAMETERS[name]
+    if kind is str:
+        allowed = OPTIMIZERS if name == "optimizer" else ACTIVATIONS
+        if value not in allowed:
+            raise ValueError(f"tune: {name} must be one of {', '.join(allowed)}, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"tune: {name} must be a finite number, got {value!r}")
+    if kind is int:
+        if int(value) != value:
+            raise ValueError(f"tune: {name} must be an integer, got {value!r}")
+        value = int(value)
+    else:
+        value = float(value)
+    low = {"lr": 0.0, "weight_decay": 0.0, "dropout": 0.0, "augment": 0.0}.get(name, 1)
+    if value < low or (name == "lr" and value == 0):
+        raise ValueError(f"tune: {name} must be {'> 0' if name == 'lr' else f'>= {low}'}, "
+                         f"got {value!r}")
+    if name == "dropout" and value >= 1:
+        raise ValueError(f"tune: dropout must be < 1, got {value!r}")
+    if name == "kernel_size" and value % 2 == 0:
+        raise ValueError(f"tune: kernel_size must be odd ('same' padding), got {value}")
+    return value
+
+
+def _parse_entry(name, entry) -> dict:
+    """A normalized parameter: {"fixed": v}, {"choices": [...]} or {"low", "high", "log"}."""
+    if name not in PARAMETERS:
+        raise ValueError(f"tune: unknown hyperparameter {name!r}; known: {', '.join(PARAMETERS)}")
+    if isinstance(entry, dict):
+        unknown = set(entry) - {"low", "high", "log", "choices", "value"}
+        if unknown:
+            raise ValueError(f"tune: {name}: unknown keys {sorted(unknown)} (use low/high/log, "
+                             "choices or value)")
+        if "value" in entry:
+            return {"fixed": _check_value(name, entry["value"])}
+        if "choices" in entry:
+            entry = entry["choices"]
+        else:
+            if PARAMETERS[name] is str:
+                raise ValueError(f"tune: {name} takes a list of choices, not a range")
+            if "low" not in entry or "high" not in entry:
+                raise ValueError(f"tune: {name}: a range needs both 'low' and 'high'")
+            low, high = _check_value(name, entry["low"]), _check_value(name, entry["high"])
+            log = bool(entry.get("log", False))
+            if low > high:
+                raise ValueError(f"tune: {name}: low {low} is above high {high}")
+            if log and low <= 0:
+                raise ValueError(f"tune: {name}: a log-scale range needs low > 0, got {low}")
+            if name == "kernel_size" and low != high:
+                raise ValueError("tune: kernel_size must be odd: give a list of choices, "
+                                 "e.g. [3, 5], not a range")
+            return {"fixed": low} if low == high else {"low": low, "high": high, "log": log}
+    if isinstance(entry, (list, tuple)):
+        if not entry:
+            raise ValueError(f"tune: {name}: the list of choices is empty")
+        choices = list(dict.fromkeys(_check_value(name, v) for v in entry))
+        return {"fixed": choices[0]} if len(choices) == 1 else {"choices": choices}
+    return {"fixed": _check_value(name, entry)}
+
+
+def parse_space(space=None, overrides: dict | None = None) -> dict:
+    """The search space: :data:`DEFAULT_SPACE`, updated by ``space`` (a dict or the path of a
+    JSON file), then by ``overrides`` (command-line flags). Returns normalized entries.
+
+    Each hyperparameter is a fixed value (``"activation": "relu"``), a list of choices
+    (``"batch_size": [32, 64]``) or a range (``"lr": {"low": 1e-4, "high": 1e-1, "log": true}``;
+    integer hyperparameters give an integer range).
+    """
+    merged = dict(DEFAULT_SPACE)
+    if space is not None and not isinstance(space, dict):
+        space = read_space_file(space)
+    merged.update(space or {})
+    merged.update(overrides or {})
+    return {name: _parse_entry(name, entry) for name, entry in merged.items()}
+
+
+def read_space_file(path) -> dict:
+    """The JSON object of a search space file (see :func:`parse_space`)."""
+    path = Path(path)
+    try:
+        space = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"tune: search space file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"tune: {path} is not valid JSON: {err}") from None
+    if not isinstance(space, dict):
+        raise ValueError(f"tune: {path} must hold a JSON object of hyperparameters")
+    return space
+
+
+def parse_flag(name: str, text: str):
+    """A command-line value: ``LOW:HIGH`` (a range; log scale for lr and weight decay),
+    ``A,B,C`` (choices) or ``V`` (fixed)."""
+    kind = PARAMETERS[name]
+
+    def convert(part):
+        part = part.strip()
+        if kind is str:
+            return part
+        try:
+            number = float(part)
+        except ValueError:
+            raise ValueError(f"tune: --{name.replace('_', '-')}: {part!r} is not a number") from None
+        return int(number) if kind is int and number.is_integer() else number
+
+    if ":" in text:
+        low, high = text.split(":", 1)
+        return {"low": convert(low), "high": convert(high), "log": name in LOG_SCALE}
+    if "," in text:
+        return [convert(p) for p in text.split(",") if p.strip()]
+    return convert(text)
+
+
+def _suggest(trial, space: dict) -> dict:
+    """Draw one configuration; fixed values are not trial parameters (they do not vary)."""
+    config = {}
+    for name, entry in space.items():
+        if "fixed" in entry:
+            config[name] = entry["fixed"]
+        elif "choices" in entry:
+            config[name] = trial.suggest_categorical(name, entry["choices"])
+        elif PARAMETERS[name] is int:
+            config[name] = trial.suggest_int(name, entry["low"], entry["high"], log=entry["log"])
+        else:
+            config[name] = trial.suggest_float(name, entry["low"], entry["high"], log=entry["log"])
+    return config
+
+
+def _baseline_params(space: dict, defaults: dict) -> tuple[dict, bool]:
+    """The default configuration as trial parameters, as far as the space can represent it,
+    and whether it *is* the default configuration (every value inside the space)."""
+    params, exact = {}, True
+    for name, entry in space.items():
+        value = defaults[name]
+        if "fixed" in entry:
+            exact &= entry["fixed"] == value
+        elif ("choices" in entry and value in entry["choices"]) or \
+                ("low" in entry and entry["low"] <= value <= entry["high"]):
+            params[name] = value
+        else:
+            exact = False  # the sampler draws this one
+    return params, exact
+
+
+def default_config(dataset: str) -> dict:
+    """:data:`DEFAULT_CONFIG` with the dataset's recipe settings (lr, batch size, ...)."""
+    from .recipes import RECIPES
+
+    config = dict(DEFAULT_CONFIG)
+    recipe = RECIPES.get(dataset)
+    if recipe:
+        config.update(lr=recipe["lr"], batch_size=recipe["batch_size"],
+                      weight_decay=recipe["weight_decay"],
+                      augment=1.0 if recipe["augment"] else 0.0)
+    return config
+
+
+# -- training one configuration -----------------------------------------------------------------
+
+def augmentation(dataset: str, input_shape, strength: float):
+    """Augmentation of a given strength (0 = none, 1 = about the recipes' level).
+
+    Digits (mnist, fashion-mnist, digits): rotations up to 15*s degrees, zooms up to 15*s %,
+    shifts up to s/8 of the size. Photos: a random crop after padding by s*size/8 pixels, and
+    horizontal flips.
+    """
+    from .data import Compose, RandomAffine, RandomCrop, RandomHorizontalFlip
+
+    if strength <= 0:
+        return None
+    _, h, w = input_shape
+    if dataset in ("mnist", "fashion-mnist", "digits"):
+        return RandomAffine(degrees=15 * strength, scale=0.15 * strength,
+                            translate=min(0.125 * strength, 0.5))
+    pad = int(round(strength * h / 8))
+    steps = [RandomCrop((h, w), padding=pad, mode="constant")] if pad > 0 else []
+    return Compose(steps + [RandomHorizontalFlip()])
+
+
+def build_model(config: dict, input_shape, num_classes: int, seed: int):
+    """The tunable network of a configuration (:func:`minicnn.models.tunable_cnn`)."""
+    from .models import tunable_cnn
+
+    return tunable_cnn(tuple(input_shape), num_classes, seed=seed, width=config["width"],
+                       kernel_size=config["kernel_size"], activation=config["activation"],
+                       dropout=config["dropout"], blocks=config["blocks"])
+
+
+def _optimizer(config, params):
+    from . import optim
+
+    if config["optimizer"] == "sgd":
+        return optim.SGD(params, lr=config["lr"], momentum=0.9, nesterov=True,
+                         weight_decay=config["weight_decay"])
+    if config["optimizer"] == "adam":
+        return optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    return optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+
+
+def train_config(config: dict, dataset: str, train, val=None, *, epochs: int, seed: int,
+                 num_classes: int, label_smoothing: float = 0.0, callbacks=(), verbose: int = 0):
+    """Train the network of ``config`` on ``train`` = (x, y); returns (model, history).
+
+    The learning rate follows a one-cycle schedule peaking at ``config["lr"]`` (as the
+    recipes do), stepped every batch. ``val`` is evaluated after every epoch.
+    """
+    from . import optim
+    from .data import DataLoader
+    from .losses import SoftmaxCrossEntropy
+    from .training import LRSchedule, fit
+
+    x, y = train
+    input_shape = tuple(x.shape[1:])
+    model = build_model(config, input_shape, num_classes, seed)
+    loader = DataLoader(x, y, batch_size=config["batch_size"], shuffle=True, seed=seed,
+                        transform=augmentation(dataset, input_shape, config["augment"]))
+    optimizer = _optimizer(config, model.parameters())
+    schedule = optim.OneCycleLR(optimizer, max_lr=config["lr"],
+                                total_steps=max(2, epochs * len(loader)), pct_start=0.25)
+    history = fit(model, SoftmaxCrossEntropy(label_smoothing=label_smoothing), optimizer, loader,
+                  val=val, epochs=epochs, callbacks=[LRSchedule(schedule, per="batch"),
+                                                     *callbacks], verbose=verbose)
+    return model, history
+
+
+def _report_callback(trial, optuna):
+    """A fit callback that reports each epoch's validation accuracy and obeys the pruner."""
+    from .training import Callback
+
+    class ReportToOptuna(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            trial.report(logs["val_acc"], step=epoch + 1)
+            trial.set_user_attr("val_acc_per_epoch",
+                                [*trial.user_attrs.get("val_acc_per_epoch", []), logs["val_acc"]])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val_acc {logs['val_acc']:.4f} after epoch {epoch + 1}")
+
+    return ReportToOptuna()
+
+
+# -- the search ---------------------------------------------------------------------------------
+
+def _load(dataset, data_dir, image_size, channels, limit, seed, verbose):
+    from .recipes import load_data
+
+    (x_train, y_train), test, class_names = load_data(
+        dataset, data_dir, image_size=image_size, channels=channels, seed=seed, verbose=verbose)
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    return (x_train, y_train), test, class_names
+
+
+def _split(x, y, val_fraction, seed):
+    """The validation split: stratified, depends only on the labels and ``seed``."""
+    from .data import Normalize
+    from .data.utils import stratified_split
+
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"tune: val_fraction must be in (0, 1), got {val_fraction}")
+    keep, held = stratified_split(y, val_fraction, seed)
+    if len(held) == 0 or len(keep) == 0:
+        raise ValueError(f"tune: {len(y)} training images are too few to hold out "
+                         f"{val_fraction:.0%} for validation")
+    # normalization statistics come from the part that is trained on, as they would in use
+    normalize = Normalize.fit(x[keep])
+    return (normalize(x[keep], None), y[keep]), (normalize(x[held], None), y[held])
+
+
+def _study_settings(dataset, epochs, val_fraction, seed, limit, image_size, channels,
+                    label_smoothing):
+    return {"dataset": dataset, "epochs": epochs, "val_fraction": val_fraction, "seed": seed,
+            "limit": limit, "image_size": list(image_size) if image_size else None,
+            "channels": channels, "label_smoothing": label_smoothing}
+
+
+def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=None,
+         out=None, storage: str | None = None, study_name: str | None = None, seed: int = 0,
+         sampler_seed: int | None = None, val_fraction: float = 0.2, pruner: str = "median",
+         baseline: bool = True, retrain_best: bool = False, plots: bool = True,
+         data_dir=None, image_size=None,
+         channels=None, limit: int | None = None, timeout: float | None = None,
+         backend_name: str | None = None, verbose: int = 1) -> dict:
+    """Search hyperparameters of :func:`minicnn.models.tunable_cnn` on ``dataset``.
+
+    Args:
+        dataset: ``mnist``, ``fashion-mnist``, ``cifar10``, ``digits`` or ``folder`` (with
+            ``data_dir`` the image folder).
+        trials: the study's total number of finished (complete or pruned) trials; a study that
+            already has some runs only the rest.
+        epochs: training epochs per trial (the pruner may stop a trial after any of them).
+        space: search space, a dict or a JSON file (see :func:`parse_space`); hyperparameters
+            it does not mention keep :data:`DEFAULT_SPACE`.
+        out: output folder (default ``runs/tune-<dataset>``).
+        storage: Optuna storage URL (default ``sqlite:///<out>/study.db``).
+        study_name: default ``minicnn-<dataset>``; the same name continues the study.
+        seed: seeds the validation split, the weights, batch order and augmentation of every
+            trial, and (unless ``sampler_seed``) the TPE sampler.
+        val_fraction: share of each class of the training set held out for validation.
+        pruner: ``"median"`` (MedianPruner), ``"halving"`` (successive halving) or ``"none"``.
+        baseline: make the first trial of a new study the default configuration
+            (:func:`default_config`), so the best is compared with it on the same split.
+        retrain_best: afterwards train the best configuration on the whole training set and
+            evaluate it once on the test set.
+        plots: draw the PNG plots (a few seconds of matplotlib each time outputs are written).
+        limit: use only the first ``limit`` training images (quick runs).
+        timeout: stop starting new trials after this many seconds.
+
+    Returns a dict with the study name, storage, trial counts, the best trial (value, number,
+    configuration), the baseline's value, the output files and, with ``retrain_best``, the
+    test accuracy. Raises ImportError naming the extra to install when Optuna is missing.
+    """
+    optuna = _require_optuna()
+    from . import backend
+    from .training import TrainingDivergedError
+
+    if backend_name:
+        backend.set_backend(backend_name)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"tune: trials must be a positive int, got {trials!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"tune: epochs must be a positive int, got {epochs!r}")
+    search_space = parse_space(space)
+    out = Path(out) if out is not None else Path("runs") / f"tune-{dataset}"
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    study_name = study_name or f"minicnn-{dataset}"
+    label_smoothing = _recipe_value(dataset, "label_smoothing", 0.0)
+
+    (x_train, y_train), (x_test, y_test), class_names = _load(
+        dataset, data_dir, image_size, channels, limit, seed, verbose)
+    train, val = _split(x_train, y_train, val_fraction, seed)
+    num_classes = len(class_names)
+    settings = _study_settings(dataset, epochs, val_fraction, seed, limit, image_size, channels,
+                               label_smoothing)
+
+    previous_verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial instead
+    try:
+        study = _open_study(optuna, study_name, storage, settings, seed, sampler_seed, pruner,
+                            epochs)
+        defaults = default_config(dataset)
+        if baseline and not study.trials:
+            # the first trial starts from the defaults; it is "the baseline" (the default
+            # configuration, to compare the best with) only when the space contains all of it
+            params, exact = _baseline_params(search_space, defaults)
+            study.enqueue_trial(params, user_attrs={"baseline": exact})
+        done = _count_finished(study)
+        to_run = max(0, trials - done)
+        if verbose:
+            print(f"study {study_name!r} in {storage}: {done} finished trials, running "
+                  f"{to_run} more (target {trials}); {len(train[0]):,} training and "
+                  f"{len(val[0]):,} validation images ({val_fraction:.0%} held out of the "
+                  f"training set), {epochs} epoch(s) per trial")
+
+        def objective(trial):
+            config = _suggest(trial, search_space)
+            trial.set_user_attr("config", config)
+            start = time.perf_counter()
+            try:
+                _, history = train_config(config, dataset, train, val, epochs=epochs, seed=seed,
+                                          num_classes=num_classes,
+                                          label_smoothing=label_smoothing,
+                                          callbacks=[_report_callback(trial, optuna)])
+            except TrainingDivergedError as err:
+                # a diverged run tells the sampler "bad region": pruned, not failed (failed
+                # trials are ignored by TPE)
+                trial.set_user_attr("note", f"diverged: {err}")
+                raise optuna.TrialPruned(str(err)) from None
+            except optuna.TrialPruned as err:
+                trial.set_user_attr("note", f"pruned: {err}")
+                raise
+            finally:
+                trial.set_user_attr("seconds", time.perf_counter() - start)
+            return history.last()["val_acc"]
+
+        callbacks = [optuna.study.MaxTrialsCallback(
+            trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED_STATES))]
+        if verbose:
+            callbacks.append(_print_trial)
+        interrupted = False
+        if to_run:
+            try:
+                study.optimize(objective, n_trials=to_run, timeout=timeout, callbacks=callbacks,
+                               gc_after_trial=False)
+            except KeyboardInterrupt:
+                interrupted = True  # write what is finished, then re-raise below
+        summary = _write_outputs(optuna, study, out, storage, settings, search_space,
+                                 (class_names, tuple(train[0].shape[1:]), len(val[0])), plots)
+        if interrupted:
+            raise KeyboardInterrupt
+        if retrain_best and summary["best"] is not None:
+            result = _retrain(summary["best"]["config"], dataset, (x_train, y_train),
+                              (x_test, y_test), class_names, epochs, seed, label_smoothing, out,
+                              verbose)
+            summary["test_accuracy"], summary["test_loss"] = result["test_accuracy"], \
+                result["test_loss"]
+            summary["files"].update(model=result["model_file"],
+                                    retrain_json=str(out / "retrain.json"))
+    finally:
+        optuna.logging.set_verbosity(previous_verbosity)
+    if verbose:
+        _print_summary(summary)
+    return summary
+
+
+def _recipe_value(dataset, key, default):
+    from .recipes import RECIPES
+
+    return RECIPES.get(dataset, {}).get(key, default)
+
+
+def _open_study(optuna, study_name, storage, settings, seed, sampler_seed, pruner, epochs):
+    # A trial may be stopped after any epoch once the learning-rate warm-up (the first quarter
+    # of the one-cycle schedule) is over: before that, a slowly rising learning rate looks like
+    # a weak configuration. Steps are epochs done (1, 2, ...); the pruners ignore steps below
+    # ``warmup``. The median needs 5 finished trials to mean something.
+    warmup = math.ceil(epochs / 4)
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup),
+        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup,
+                                                                  reduction_factor=3),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    if pruner not in pruners:
+        raise ValueError(f"tune: pruner must be one of {', '.join(pruners)}, got {pruner!r}")
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                load_if_exists=True, pruner=pruners[pruner]())
+    # The sampler's seed includes the number of trials already there: on a resumed study the
+    # bare seed would replay the first run's random start-up draws as duplicate trials.
+    base = seed if sampler_seed is None else sampler_seed
+    state = int(np.random.SeedSequence([base, len(study.trials)]).generate_state(1)[0])
+    study.sampler = optuna.samplers.TPESampler(seed=state, n_startup_trials=5)
+    recorded = study.user_attrs.get("settings")
+    if recorded is None:
+        study.set_user_attr("settings", settings)
+    elif recorded != settings:
+        changed = ", ".join(f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in settings.items()
+                            if recorded.get(k) != v)
+        raise ValueError(
+            f"tune: study {study_name!r} in {storage} was run with other settings ({changed}); "
+            "its trials would not be comparable. Use another --study-name or --storage.")
+    return study
+
+
+def _count_finished(study) -> int:
+    return sum(t.state.name in _COUNTED_STATES for t in study.trials)
+
+
+def _print_trial(study, trial):
+    config = trial.user_attrs.get("config", {})
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in config.items())
+    value = "" if trial.value is None else f"val_acc {trial.value:.4f}"
+    note = trial.user_attrs.get("note", "")
+    state = trial.state.name.lower()
+    best = ""
+    try:
+        best = f" (best {study.best_value:.4f}, trial {study.best_trial.number})"
+    except ValueError:  # no completed trial yet
+        pass
+    print(f"trial {trial.number} {state}: {value or note} [{shown}] "
+          f"{trial.user_attrs.get('seconds', 0):.1f} s{best}", flush=True)
+
+
+def _short(value):
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+def _trial_rows(study) -> list[dict]:
+    rows = []
+    for t in study.trials:
+        per_epoch = t.user_attrs.get("val_acc_per_epoch", [])
+        rows.append({
+            "number": t.number, "state": t.state.name, "val_acc": t.value,
+            "epochs_run": len(per_epoch), "val_acc_per_epoch": per_epoch,
+            "seconds": t.user_attrs.get("seconds"), "baseline": bool(t.user_attrs.get("baseline")),
+            "note": t.user_attrs.get("note", ""), **t.user_attrs.get("config", {}),
+        })
+    return rows
+
+
+def _write_outputs(optuna, study, out, storage, settings, space, shapes, plots=True) -> dict:
+    class_names, input_shape, val_size = shapes
+    rows = _trial_rows(study)
+    atomic_write_bytes(out / "trials.json", json.dumps(rows, indent=2).encode())
+    fields = ["number", "state", "val_acc", "epochs_run", "seconds", "baseline", *PARAMETERS,
+              "val_acc_per_epoch", "note"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "val_acc_per_epoch": " ".join(f"{v:.4f}" for v in
+                                                               row["val_acc_per_epoch"])})
+    atomic_write_bytes(out / "trials.csv", buffer.getvalue().encode())
+
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    baseline = next((t for t in study.trials if t.user_attrs.get("baseline")), None)
+    summary = {
+        "study_name": study.study_name, "storage": storage, "out": str(out),
+        "trials": len(study.trials), "finished": _count_finished(study),
+        "complete": len(complete), "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+        "baseline_val_acc": baseline.value if baseline is not None else None,
+        "best": None, "files": {"trials_csv": str(out / "trials.csv"),
+                                "trials_json": str(out / "trials.json")},
+    }
+    if best is not None:
+        config = best.user_attrs["config"]
+        model = build_model(config, input_shape, len(class_names), settings["seed"])
+        summary["best"] = {"trial": best.number, "val_acc": best.value, "config": config}
+        document = {
+            "study_name": study.study_name, "storage": storage, "metric": "val_acc",
+            "value": best.value, "trial": best.number,
+            "baseline_val_acc": summary["baseline_val_acc"],
+            "hyperparameters": config,
+            "model": model.config(),
+            "model_builder": {"function": "minicnn.models.tunable_cnn",
+                              "kwargs": {k: config[k] for k in ("width", "kernel_size",
+                                                                "activation", "dropout",
+                                                                "blocks")},
+                              "num_classes": len(class_names)},
+            "training": {"optimizer": config["optimizer"], "lr": config["lr"],
+                         "schedule": "one-cycle (peak lr, 25% warm-up), stepped per batch",
+                         "weight_decay": config["weight_decay"],
+                         "batch_size": config["batch_size"], "augment": config["augment"],
+                         "epochs": settings["epochs"],
+                         "label_smoothing": settings["label_smoothing"],
+                         "seed": settings["seed"]},
+            "validation": {"fraction": settings["val_fraction"], "images": val_size,
+                           "seed": settings["seed"], "stratified": True},
+            "dataset": settings["dataset"], "class_names": list(class_names),
+            "search_space": space,
+        }
+        atomic_write_bytes(out / "best.json", json.dumps(document, indent=2).encode())
+        summary["files"]["best_json"] = str(out / "best.json")
+    if plots:
+        summary["files"].update(_plots(optuna, study, out))
+    return summary
+
+
+def _plots(optuna, study, out) -> dict:
+    """PNG plots through optuna.visualization.matplotlib; a plot that cannot be drawn yet
+    (e.g. importances need two finished trials that differ) is left out, not an error."""
+    from .plots import _pyplot, save_figure
+
+    _pyplot()  # selects the Agg backend before Optuna imports pyplot
+    from optuna.visualization import matplotlib as plots
+
+    made = {}
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        return made
+    wanted = {
+        "optimization_history": plots.plot_optimization_history,
+        "param_importances": plots.plot_param_importances,
+        "parallel_coordinate": plots.plot_parallel_coordinate,
+        "intermediate_values": plots.plot_intermediate_values,
+    }
+    for name, plot in wanted.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ExperimentalWarning on every call
+            try:
+                axes = plot(study)
+            except Exception as err:  # a missing plot must not lose a finished search
+                warnings.warn(f"tune: {name}.png not drawn: {err}", stacklevel=2)
+                continue
+        figure = np.ravel(axes)[0].figure
+        if name == "param_importances":
+            figure.set_size_inches(7, 4)
+        path = out / f"{name}.png"
+        save_figure(figure, path)
+        made[name] = str(path)
+    return made
+
+
+def _retrain(config, dataset, train, test, class_names, epochs, seed, label_smoothing, out,
+             verbose) -> dict:
+    """Train ``config`` on the whole training set; evaluate once on the test set."""
+    from .data import Normalize
+    from .losses import SoftmaxCrossEntropy
+    from .training import evaluate
+
+    x_train, y_train = train
+    normalize = Normalize.fit(x_train)
+    x_train, x_test = normalize(x_train, None), normalize(test[0], None)
+    if verbose:
+        print(f"retraining the best configuration on all {len(x_train):,} training images "
+              f"for {epochs} epoch(s)")
+    start = time.perf_counter()
+    model, history = train_config(config, dataset, (x_train, y_train), None, epochs=epochs,
+                                  seed=seed, num_classes=len(class_names),
+                                  label_smoothing=label_smoothing, verbose=verbose)
+    seconds = time.perf_counter() - start
+    scores = evaluate(model, SoftmaxCrossEntropy(), x_test, test[1])
+    model.metadata = {
+        "class_names": list(class_names), "input_shape": list(x_train.shape[1:]),
+        "dataset": dataset, "hyperparameters": config,
+        "normalization": {"mean": normalize.mean.tolist(), "std": normalize.std.tolist()},
+    }
+    model.save(out / "best_model.safetensors")
+    result = {"test_accuracy": scores["acc"], "test_loss": scores["loss"],
+              "train_images": len(x_train), "test_images": len(x_test), "epochs": epochs,
+              "train_seconds": seconds, "hyperparameters": config,
+              "model_file": str(out / "best_model.safetensors")}
+    atomic_write_bytes(out / "retrain.json", json.dumps(result, indent=2).encode())
+    return result
+
+
+def _print_summary(summary):
+    print(f"{summary['finished']} finished trials ({summary['complete']} complete, "
+          f"{summary['pruned']} pruned) in study {summary['study_name']!r}")
+    if summary["baseline_val_acc"] is not None:
+        print(f"default configuration: val_acc {summary['baseline_val_acc']:.4f}")
+    if summary["best"] is not None:
+        best = summary["best"]
+        print(f"best: trial {best['trial']}, val_acc {best['val_acc']:.4f}: "
+              + ", ".join(f"{k}={_short(v)}" for k, v in best["config"].items()))
+    if "test_accuracy" in summary:
+        print(f"best configuration retrained on the whole training set: test accuracy "
+              f"{summary['test_accuracy']:.2%}")
+    print(f"outputs in {summary['out']}")
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    """The ``minicnn tune`` options (``cli.build_parser`` adds --backend and --quiet)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=("mnist", "fashion-mnist", "cifar10", "digits"),
+                        default=None, help="a built-in dataset (default: digits)")
+    source.add_argument("--image-folder", metavar="DIR", help="your own images, one folder per class")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    parser.add_argument("--image-size", type=int, help="image folder: resize to this size square")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
+    parser.add_argument("--limit", type=int, help="use the first N training images only")
+    parser.add_argument("--trials", type=int, default=20,
+                        help="the study's total number of finished trials (default 20); "
+                             "re-running continues up to it")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of the training set held out for validation (default 0.2)")
+    parser.add_argument("--space", metavar="FILE",
+                        help="search space as JSON, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 0.1, "
+                             "\"log\": true}, \"batch_size\": [32, 64], \"activation\": \"relu\"}")
+    group = parser.add_argument_group(
+        "search space flags", "LOW:HIGH searches a range (log scale for --lr and "
+        "--weight-decay), A,B,C a list of choices, V fixes the value; they override --space")
+    for name in PARAMETERS:
+        flag = "--" + name.replace("_", "-")
+        default = DEFAULT_SPACE[name]
+        shown = (f"{default['low']:g}:{default['high']:g}" if isinstance(default, dict)
+                 else ",".join(map(str, default)))
+        group.add_argument(flag, dest=f"space_{name}", metavar="SPEC",
+                           help=f"default {shown}")
+    parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                        help="stop weak trials after an epoch: median (default) or successive "
+                             "halving")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="do not make the first trial the default configuration")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna storage (default sqlite:///<out>/study.db); an RDB URL "
+                             "shared by several machines runs one study on all of them")
+    parser.add_argument("--study-name", help="default minicnn-<dataset>; the same name resumes")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/tune-<dataset>)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the validation split, the trials' training and the sampler")
+    parser.add_argument("--sampler-seed", type=int,
+                        help="seed of the TPE sampler only (give each parallel worker its own)")
+    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    parser.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="do not draw the PNG plots")
+    parser.add_argument("--retrain-best", action="store_true",
+                        help="train the best configuration on the whole training set and report "
+                             "its test accuracy")
+
+
+def run_from_args(args) -> int:
+    """``minicnn tune``: the parsed arguments to :func:`tune`."""
+    if args.image_folder:
+        dataset, data_dir = "folder", args.image_folder
+    else:
+        dataset, data_dir = args.dataset or "digits", args.data_dir
+    space = read_space_file(args.space) if args.space else {}
+    space.update({name: parse_flag(name, getattr(args, f"space_{name}")) for name in PARAMETERS
+                  if getattr(args, f"space_{name}") is not None})
+    parse_space(space)  # a mistake in the space is reported before any data is loaded
+    size = (args.image_size, args.image_size) if args.image_size else None
+    tune(dataset, trials=args.trials, epochs=args.epochs, space=space, out=args.out,
+         storage=args.storage, study_name=args.study_name, seed=args.seed,
+         sampler_seed=args.sampler_seed, val_fraction=args.val_fraction, pruner=args.pruner,
+         baseline=args.baseline, retrain_best=args.retrain_best, plots=args.plots,
+         data_dir=data_dir,
+         image_size=size, channels=args.channels, limit=args.limit, timeout=args.timeout,
+         verbose=0 if args.quiet else 1)
+    return 0
+
+
+# ``minicnn.tune`` is this module's ``tune`` function (see minicnn/__init__.py). Python's import
+# system also stores the *module* as ``minicnn.tune`` when something imports ``minicnn.tune``
+# directly first; making the module callable keeps ``minicnn.tune(...)`` working in that order.
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return tune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -592,7 +592,7 @@ def test_sigkill_while_checkpointing_never_corrupts_the_checkpoint(tmp_path, chi
     for _ in range(10):
         proc = start_child(child_script, ckpt, 1)
         wait_for(proc, b"training")
-        time.sleep(rng.uniform(0.0, 0.2))
+        time.sleep(rng.uniform(0.0, 0.05))  # short: a fast machine finishes 180 steps quickly
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         interrupted_writes += len(stray_temporaries(ckpt))  # a kill inside atomic_write_bytes
@@ -600,7 +600,8 @@ def test_sigkill_while_checkpointing_never_corrupts_the_checkpoint(tmp_path, chi
             _, optimizer_tensors, state = mio.load_checkpoint(ckpt)  # never damaged
             assert state["global_step"] >= (steps[-1] if steps else 0)  # no progress lost
             steps.append(state["global_step"])
-    assert steps and steps[-1] < CHILD_STEPS, f"the kills came too late to test anything: {steps}"
+    mid_training = sum(step < CHILD_STEPS for step in steps)
+    assert mid_training >= 3, f"the kills came too late to test anything: {steps}"
     proc = start_child(child_script, ckpt, 1)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and b"done" in out, err.decode()[-2000:]

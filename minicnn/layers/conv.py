@@ -167,7 +167,10 @@ class Conv2D(Layer):
             dout = self._workspace("dout", ((stop - start) * oh * ow, f), dy.dtype)
             kernels.nchw_to_rows(dy[start:stop], out=dout)
             chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
-            dweight += dout.T @ chunk_cols
+            # dL/dW2 = dout.T @ cols, computed as its transpose (cols.T @ dout).T: the same
+            # numbers, but OpenBLAS runs this orientation of the long-K product up to 20x faster
+            # (measured: 24 ms vs 640 ms for conv2's 25088-long sums)
+            dweight += (chunk_cols.T @ dout).T
             dbias += dout.sum(axis=0)
             if dx is not None:
                 k = weight2d.shape[1]

@@ -90,8 +90,8 @@ def cifar_vgg(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | None =
     max pool (width, 2*width, 4*width channels), then dropout and one dense classifier.
 
     At 3x32x32 and width 32: 307,946 parameters, 77.8 MFLOPs per image (forward).
-    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128): about 165 training and
-    385 inference images/s on a lightly loaded machine. One epoch of the cifar10 recipe
+    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128): about 175 training and
+    360 inference images/s on a lightly loaded machine. One epoch of the cifar10 recipe
     (AdamW, one-cycle, crops + flips) on a 10,000-image subset of the training set: 43.8%
     test accuracy (all 10,000 test images). Longer runs: not measured yet (a full epoch of
     50,000 images is about 5 minutes).
@@ -120,10 +120,10 @@ def cifar_resnet(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | Non
 
     At 3x32x32, width 16 and 2 blocks per stage: 175,258 parameters, 53.9 MFLOPs per
     image (forward).
-    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128): about 125 training and
-    350 inference images/s on a lightly loaded machine (fewer FLOPs than cifar_vgg, but
-    slower: its narrow 16- and 32-channel convolutions make matrix products that BLAS runs
-    far below its peak). One epoch of the cifar10
+    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128): about 145 training and
+    420 inference images/s on a lightly loaded machine (a third fewer FLOPs than cifar_vgg,
+    yet slower to train: its narrow 16- and 32-channel convolutions make small matrix
+    products, which run further from the CPU's peak). One epoch of the cifar10
     recipe (AdamW, one-cycle, crops + flips) on a 10,000-image subset of the training set:
     37.7% test accuracy (all 10,000 test images). Longer runs: not measured yet.
     """

@@ -153,7 +153,6 @@ def test_search_space_from_flags_files_and_defaults(tmp_path):
 
 
 def test_command_line_reports_a_bad_space_before_loading_data(tmp_path, capsys):
-    _needs_optuna()
     assert main(["tune", "--dataset", "digits", "--activation", "gelu",
                  "--out", str(tmp_path)]) == 2
     assert "activation must be one of" in capsys.readouterr().err

@@ -92,9 +92,9 @@ def cifar_vgg(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | None =
     At 3x32x32 and width 32: 307,946 parameters, 77.8 MFLOPs per image (forward).
     CIFAR-10, measured on 2 CPU cores (numba backend, batch 128): about 175 training and
     360 inference images/s on a lightly loaded machine. One epoch of the cifar10 recipe
-    (AdamW, one-cycle, crops + flips) on a 10,000-image subset of the training set: 43.8%
-    test accuracy (all 10,000 test images). Longer runs: not measured yet (a full epoch of
-    50,000 images is about 5 minutes).
+    (AdamW, one-cycle, crops + flips): 62.1% test accuracy (all 10,000 test images) after
+    one epoch of the 50,000 training images (313 s), 43.8% after one epoch of a 10,000-image
+    subset. The recipe's 20 epochs: not measured yet.
     """
     c, h, w = _check_shape(input_shape, "cifar_vgg", 8)
     layers, channels = [], c

@@ -7,6 +7,7 @@ shape (from ``model.summary()``) and the accuracy measured with the repository's
 from __future__ import annotations
 
 from .layers import (
+    AvgPool2D,
     BatchNorm2D,
     Conv2D,
     Dense,
@@ -19,7 +20,6 @@ from .layers import (
     Residual,
     Tanh,
 )
-from .layers.pooling import AvgPool2D
 from .model import Sequential
 
 

@@ -58,13 +58,13 @@ def bench_minicnn_layer(backend, n, c, f, size, repeats):
     # the pieces, with the same shapes the layer uses
     cols = kernels.im2col(x, (3, 3), (1, 1), (1, 1))
     w2 = conv.weight.data.reshape(f, -1)
-    dout = xp.ascontiguousarray(dy.transpose(0, 2, 3, 1).reshape(-1, f))
+    dout = kernels.nchw_to_cnhw(dy)  # (F, N*OH*OW), as the layer lays it out
     t_im2col = best_time(lambda: kernels.im2col(x, (3, 3), (1, 1), (1, 1), out=cols), repeats, sync)
-    dcols = dout @ w2
+    dcols = w2.T @ dout
     t_col2im = best_time(lambda: kernels.col2im(dcols, x.shape, (3, 3), (1, 1), (1, 1)), repeats, sync)
-    t_gemm_fwd = best_time(lambda: cols @ w2.T, repeats, sync)
-    t_gemm_dw = best_time(lambda: dout.T @ cols, repeats, sync)
-    t_gemm_dx = best_time(lambda: dout @ w2, repeats, sync)
+    t_gemm_fwd = best_time(lambda: w2 @ cols, repeats, sync)
+    t_gemm_dw = best_time(lambda: dout @ cols.T, repeats, sync)
+    t_gemm_dx = best_time(lambda: w2.T @ dout, repeats, sync)
     return {
         "forward_ms": 1e3 * t_forward,
         "backward_weight_ms": 1e3 * t_backward_weight,
@@ -97,9 +97,9 @@ def bench_torch_layer(torch, device, n, c, f, size, repeats):
 
 def numpy_gemm_gflops(n, c, f, size, repeats):
     rng = np.random.default_rng(0)
-    a = rng.random((n * size * size, c * 9), dtype=np.float32)
+    cols = rng.random((c * 9, n * size * size), dtype=np.float32)
     w = rng.random((f, c * 9), dtype=np.float32)
-    return conv_flops(n, c, f, size) / best_time(lambda: a @ w.T, repeats) / 1e9
+    return conv_flops(n, c, f, size) / best_time(lambda: w @ cols, repeats) / 1e9
 
 
 def numba_compile_times() -> dict:

@@ -131,7 +131,7 @@ def test_col2im_matches_reference(name, dtype, config):
     n, c = shape[:2]
     oh, ow = (reference.conv_output_size(shape[2 + a], kernel[a], stride[a], padding[a])
               for a in (0, 1))
-    cols = _normal(seed, (n * oh * ow, c * kernel[0] * kernel[1]), dtype)
+    cols = _normal(seed, (c * kernel[0] * kernel[1], n * oh * ow), dtype)
     expected = reference.col2im(cols, shape, kernel, stride, padding)
     actual = backend.kernels(name).col2im(_on(name, cols), shape, kernel, stride, padding)
     _close(actual, np.ascontiguousarray(expected), dtype)
@@ -320,16 +320,19 @@ def test_training_run_matches_numpy_backend(name):
 def test_layout_kernels(name, dtype, n, f, oh, ow, bias, seed):
     rng = np.random.default_rng(seed)
     kernels = backend.kernels(name)
-    rows = rng.standard_normal((n * oh * ow, f)).astype(dtype)
+    out = rng.standard_normal((f, n * oh * ow)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype) if bias else None
-    expected = reference.rows_to_nchw(rows, b, n, oh, ow)
-    _close(kernels.rows_to_nchw(_on(name, rows), _on(name, b), n, oh, ow), expected, dtype)
+    expected = reference.cnhw_to_nchw(out, b, n, oh, ow)
+    np.testing.assert_array_equal(  # the definition, spelled out once
+        expected, out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3) + (0 if b is None else b[:, None, None]))
+    _close(kernels.cnhw_to_nchw(_on(name, out), _on(name, b), n, oh, ow), expected, dtype)
     dy = rng.standard_normal((n, f, oh, ow)).astype(dtype)
-    expected_rows = reference.nchw_to_rows(dy)
-    _close(kernels.nchw_to_rows(_on(name, dy)), expected_rows, dtype)
-    out = _on(name, np.empty_like(expected_rows))
-    assert kernels.nchw_to_rows(_on(name, dy), out=out) is out
-    _close(out, expected_rows, dtype)
+    expected_out = reference.nchw_to_cnhw(dy)
+    np.testing.assert_array_equal(expected_out, dy.transpose(1, 0, 2, 3).reshape(f, -1))
+    _close(kernels.nchw_to_cnhw(_on(name, dy)), expected_out, dtype)
+    buffer = _on(name, np.empty_like(expected_out))
+    assert kernels.nchw_to_cnhw(_on(name, dy), out=buffer) is buffer
+    _close(buffer, expected_out, dtype)
 
 
 @DTYPES

@@ -34,8 +34,8 @@ static Index3 blockIdx, threadIdx, blockDim;
     for (blockIdx.x = 0; (long long)blockIdx.x * 256 < (total); ++blockIdx.x) \
         for (threadIdx.x = 0; threadIdx.x < 256; ++threadIdx.x) call;
 
-#define CONV_ARGS int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW
-#define CONV_PASS C, H, W, KH, KW, SH, SW, PH, PW, OH, OW
+#define CONV_ARGS int N, int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW
+#define CONV_PASS N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW
 #define POOL_ARGS int H, int W, int KH, int KW, int SH, int SW, int OH, int OW
 #define POOL_PASS H, W, KH, KW, SH, SW, OH, OW
 
@@ -94,7 +94,7 @@ def test_im2col_and_col2im_match_numpy(cuda_on_cpu, g, seed):
     (kh, kw), (sh, sw), (ph, pw) = g["kernel"], g["stride"], g["padding"]
     oh, ow = conv_output_size(g["h"], kh, sh, ph), conv_output_size(g["w"], kw, sw, pw)
     x = rng.standard_normal((g["n"], g["c"], g["h"], g["w"]))
-    geometry = ints(g["c"], g["h"], g["w"], kh, kw, sh, sw, ph, pw, oh, ow)
+    geometry = ints(g["n"], g["c"], g["h"], g["w"], kh, kw, sh, sw, ph, pw, oh, ow)
 
     expected = reference.im2col(x, g["kernel"], g["stride"], g["padding"])
     cols = np.full(expected.shape, np.nan)

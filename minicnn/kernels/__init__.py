@@ -2,11 +2,15 @@
 
 Every kernel takes NCHW arrays and (height, width) pairs for kernel size, stride and padding:
 
-- ``im2col(x, kernel, stride, padding, out=None) -> cols`` of shape (N*OH*OW, C*KH*KW):
-  row ``n*OH*OW + oh*OW + ow`` holds the receptive field of output pixel (oh, ow) of sample n,
-  flattened in (c, kh, kw) order, so that ``cols @ weight.reshape(F, -1).T`` is the convolution.
+- ``im2col(x, kernel, stride, padding, out=None) -> cols`` of shape (C*KH*KW, N*OH*OW):
+  column ``n*OH*OW + oh*OW + ow`` holds the receptive field of output pixel (oh, ow) of sample
+  n, flattened in (c, kh, kw) order down the rows, so that ``weight.reshape(F, -1) @ cols`` is
+  the convolution, laid out (F, N*OH*OW). (Row ``(c*KH + kh)*KW + kw`` is one shifted copy of
+  input channel c: every kernel fills and reads it in long contiguous runs.)
 - ``col2im(cols, x_shape, kernel, stride, padding) -> dx``: the adjoint of im2col: every
   column entry is added back to the input pixel it was copied from (overlaps accumulate).
+- ``cnhw_to_nchw(out, bias, n, oh, ow)`` and ``nchw_to_cnhw(dy, out=None)``: between the
+  GEMM's (F, N*OH*OW) layout and NCHW, adding the bias on the way there.
 - ``maxpool_forward(x, kernel, stride) -> (y, argmax)`` with argmax the flat index
   (kh*KW + kw) of the winning element inside each window; ``maxpool_backward(dy, argmax,
   x_shape, kernel, stride) -> dx``.

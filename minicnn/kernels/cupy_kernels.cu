@@ -11,20 +11,20 @@
 
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, long long total,
-                       int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
+                       int N, int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
                        int OH, int OW) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
-    // cols is (N*OH*OW, C*KH*KW): row = one output pixel, column = (c, i, j) in the window
-    const int K = C * KH * KW;
-    long long row = idx / K;
-    int col = (int)(idx % K);
-    int ow = (int)(row % OW);
-    int oh = (int)((row / OW) % OH);
-    long long n = row / ((long long)OW * OH);
-    int j = col % KW;
-    int i = (col / KW) % KH;
-    int c = col / (KW * KH);
+    // cols is (C*KH*KW, N*OH*OW): row = (c, i, j) in the window, column = one output pixel
+    const long long P = (long long)N * OH * OW;
+    int row = (int)(idx / P);
+    long long col = idx % P;
+    int ow = (int)(col % OW);
+    int oh = (int)((col / OW) % OH);
+    long long n = col / ((long long)OW * OH);
+    int j = row % KW;
+    int i = (row / KW) % KH;
+    int c = row / (KW * KH);
     int h = oh * SH - PH + i;
     int w = ow * SW - PW + j;
     cols[idx] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * C + c) * H + h) * W + w] : T(0);
@@ -32,7 +32,7 @@ __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, long long 
 
 template <typename T>
 __global__ void col2im(const T* __restrict__ cols, T* __restrict__ dx, long long total,
-                       int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
+                       int N, int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
                        int OH, int OW) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
@@ -41,7 +41,7 @@ __global__ void col2im(const T* __restrict__ cols, T* __restrict__ dx, long long
     int h = (int)((idx / W) % H);
     int c = (int)((idx / ((long long)W * H)) % C);
     long long n = idx / ((long long)W * H * C);
-    const int K = C * KH * KW;
+    const long long P = (long long)N * OH * OW;  // the length of a row of cols
     T sum = T(0);
     for (int i = 0; i < KH; ++i) {
         int hp = h + PH - i;  // = oh * SH for the window that puts this pixel at row i
@@ -53,7 +53,7 @@ __global__ void col2im(const T* __restrict__ cols, T* __restrict__ dx, long long
             if (wp < 0 || wp % SW != 0) continue;
             int ow = wp / SW;
             if (ow >= OW) continue;
-            sum += cols[((n * OH + oh) * OW + ow) * K + (c * KH + i) * KW + j];
+            sum += cols[((long long)(c * KH + i) * KW + j) * P + (n * OH + oh) * OW + ow];
         }
     }
     dx[idx] = sum;

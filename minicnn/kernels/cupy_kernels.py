@@ -59,10 +59,14 @@ def im2col(x, kernel, stride, padding, out=None):
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    shape = (n * oh * ow, c * kh * kw)
-    if out is None or not out.flags.c_contiguous:
+    shape = (c * kh * kw, n * oh * ow)
+    if out is not None and not (out.flags.c_contiguous and out.dtype == x.dtype
+                                and out.shape == shape):
+        cp.copyto(out, im2col(x, kernel, stride, padding))  # casts or complains like NumPy
+        return out
+    if out is None:
         out = cp.empty(shape, dtype=x.dtype)
-    _launch("im2col", x.dtype, out.size, x, out, (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    _launch("im2col", x.dtype, out.size, x, out, (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
     return out
 
 
@@ -73,7 +77,7 @@ def col2im(cols, x_shape, kernel, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     dx = cp.empty(x_shape, dtype=cols.dtype)
-    _launch("col2im", cols.dtype, dx.size, cols, dx, (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    _launch("col2im", cols.dtype, dx.size, cols, dx, (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
     return dx
 
 
@@ -125,19 +129,19 @@ def avgpool_backward(dy, x_shape, kernel, stride):
 # one thread per element on the GPU, so the numpy reference formulas serve as they are.
 
 
-def rows_to_nchw(rows, bias, n, oh, ow):
+def cnhw_to_nchw(out, bias, n, oh, ow):
     cp = _cupy()
-    f = rows.shape[1]
-    by_sample = rows.reshape(n, oh * ow, f).transpose(0, 2, 1)
+    f = out.shape[0]
+    by_sample = out.reshape(f, n, oh * ow).transpose(1, 0, 2)
     y = by_sample + bias[:, None] if bias is not None else by_sample.copy()
     return cp.ascontiguousarray(y).reshape(n, f, oh, ow)
 
 
-def nchw_to_rows(dy, out=None):
+def nchw_to_cnhw(dy, out=None):
     n, f, oh, ow = dy.shape
     if out is None:
-        out = _cupy().empty((n * oh * ow, f), dtype=dy.dtype)
-    out.reshape(n, oh * ow, f)[...] = dy.reshape(n, f, oh * ow).transpose(0, 2, 1)
+        out = _cupy().empty((f, n * oh * ow), dtype=dy.dtype)
+    out.reshape(f, n, oh * ow)[...] = dy.reshape(n, f, oh * ow).transpose(1, 0, 2)
     return out
 
 

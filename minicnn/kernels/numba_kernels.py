@@ -8,38 +8,35 @@ calls an ``@njit(parallel=True)`` kernel that does the work in explicit loops.
 **How the work is split.** Every kernel has one ``prange`` loop at the top, over independent
 pieces of the *output*, and numba gives each core a contiguous block of its iterations:
 
-- im2col: one (sample, output row) pair per iteration, i.e. OW consecutive rows of ``cols``;
-- col2im: one (sample, input pixel) pair, that pixel's value in every channel;
-- pooling, forward and backward: one (sample, channel) plane.
+- im2col and col2im: one (sample, channel) plane of the input, i.e. the KH*KW rows of ``cols``
+  that copy it, each over that sample's OH*OW columns;
+- pooling, forward and backward: one (sample, channel) plane;
+- the layout changes: one (sample, filter) plane.
 
 So each core writes its own part of the output and no two cores ever write the same element;
 inside an iteration the loops are ordinary and serial, and nothing needs a lock or an atomic.
 
-**Index tables instead of index arithmetic.** A window always has the same shape, so where its
-elements lie relative to its top-left corner is one small table, made once in NumPy
-(``_window_offsets``). im2col fills a row of ``cols`` by reading ``x[corner + offset[col]]`` for
-every column: one long, simple loop instead of four nested short ones (with 3x3 kernels the
-bookkeeping of a 3-long inner loop costs more than the copy). Padding is done beforehand by
-copying x into a zero-filled array, so that loop needs no bounds checks.
+**Contiguous runs, no bounds checks inside them.** In the (C*KH*KW, N*OH*OW) layout of ``cols``
+(see :mod:`minicnn.kernels`), the entries of one output row ``oh`` for one window position (i, j)
+are OW consecutive values of ``cols`` taken from input row ``oh*SH + i - PH``, every SW-th pixel
+from ``j - PW`` on. Which ``oh`` and ``ow`` land inside the image (not in the zero padding) is
+worked out once per (i, j) by ``_inside``, so the inner loop is a plain strided copy that LLVM
+vectorizes; the padding is written as zeros around it.
 
-**col2im is a gather.** col2im adds every entry of ``cols`` back to the pixel it was copied
-from; written as a *scatter* over windows, two cores working on overlapping windows could add to
-the same pixel at the same moment and lose one of the updates (a write race). Instead every
-pixel *gathers*: it sums the entries that came from it. Which entries those are depends only on
-the pixel's position in the plane, so ``_covering_windows`` lists them once per shape, for every
-pixel: the windows that cover it and where in each window it sits. The pixel's value is computed
-in a register and written once, by the one core that owns it.
+**col2im adds back within one plane.** col2im adds every entry of ``cols`` back to the pixel it
+was copied from; two windows that overlap send values to the same pixel. If two cores worked on
+the windows of one plane, they could add to the same pixel at the same moment and lose one of
+the updates (a write race). Here a plane, with every window over it, belongs to one core, which
+first zeroes it and then adds window position (i, j) after window position (i, j) in order.
 
-**Pooling backward scatters, one plane per core.** There the windows are few (a quarter of the
-pixels for 2x2 pooling) and a max-pool window sends its gradient to a single pixel, so walking
-the windows is several times cheaper than a gather over all pixels. It stays race-free because a
-plane, with every window in it, belongs to one core, and overlapping windows (stride < kernel)
-are added one after the other within it.
+**Pooling backward also scatters, one plane per core**, for the same reason: a max-pool window
+sends its gradient to a single pixel, so walking the windows is cheaper than a gather over all
+pixels, and overlapping windows (stride < kernel) are added one after the other within a plane.
 
 **Same rounding as NumPy.** Float addition is not associative, so the kernels add in the order
 the reference does: window position (i, j) in row-major order (the reference loops over (i, j)
-and adds whole slabs). The gather lists are in that order, and the scatters walk their windows
-backwards, which is the same order seen from a pixel. ``fastmath`` stays off so that LLVM keeps
+and adds whole slabs). col2im loops over (i, j) in that order, and the pooling scatters walk
+their windows backwards, which is the same order seen from a pixel. ``fastmath`` stays off so that LLVM keeps
 it. The two backends therefore agree to the last bit, not just to a tolerance; the exception is
 average-pool forward, where ``np.mean`` chooses its own summation order (see that kernel).
 
@@ -75,11 +72,13 @@ from .numpy_kernels import windows  # a zero-copy view of every window; nothing 
 __all__ = [
     "avgpool_backward",
     "avgpool_forward",
+    "cnhw_to_nchw",
     "col2im",
     "conv_output_size",
     "im2col",
     "maxpool_backward",
     "maxpool_forward",
+    "nchw_to_cnhw",
     "windows",
 ]
 
@@ -96,75 +95,76 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def _window_offsets(channels: int, kh: int, kw: int, height: int, width: int) -> np.ndarray:
-    """offset[(c*KH + i)*KW + j] = c*height*width + i*width + j: where window element (c, i, j)
-    sits in a (channels, height, width) sample, relative to the window's top-left corner."""
-    c, i, j = np.meshgrid(np.arange(channels), np.arange(kh), np.arange(kw), indexing="ij")
-    return _readonly((c * height * width + i * width + j).ravel().astype(np.int64))
-
-
-@lru_cache(maxsize=256)
-def _covering_windows(height, width, kernel, stride, padding):
-    """For every pixel of a height x width plane, the windows that cover it.
-
-    Returns ``(starts, window, tap)``: pixel ``p = h*width + w`` is covered by the windows
-    ``window[starts[p]:starts[p+1]]`` (flat index ``oh*OW + ow``), at position ``tap`` (flat
-    ``i*KW + j``) in each, listed by increasing tap. Window (oh, ow) puts its element (i, j) on
-    padded pixel (oh*SH + i, ow*SW + j), so pixel (h, w) is element (i, j) of window
-    ``((h + PH - i) / SH, (w + PW - j) / SW)`` wherever both divisions are exact and in range.
-    """
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    oh_count = conv_output_size(height, kh, sh, ph)
-    ow_count = conv_output_size(width, kw, sw, pw)
-    h, w, i, j = np.meshgrid(np.arange(height), np.arange(width), np.arange(kh), np.arange(kw),
-                             indexing="ij")
-    top, left = h + ph - i, w + pw - j  # the corner of the candidate window, padded coordinates
-    oh, ow = top // sh, left // sw
-    covers = ((top >= 0) & (top % sh == 0) & (oh < oh_count)
-              & (left >= 0) & (left % sw == 0) & (ow < ow_count))
-    starts = np.zeros(height * width + 1, dtype=np.int64)
-    np.cumsum(covers.reshape(height * width, kh * kw).sum(axis=1), out=starts[1:])
-    # Boolean indexing walks (h, w, i, j) in C order: pixel by pixel, taps in order within each.
-    window = (oh * ow_count + ow)[covers].astype(np.int64)
-    tap = (i * kw + j)[covers].astype(np.int64)
-    return _readonly(starts), _readonly(window), _readonly(tap)
+def _window_offsets(kh: int, kw: int, width: int) -> np.ndarray:
+    """offset[i*KW + j] = i*width + j: where window element (i, j) sits in a plane of the given
+    width, relative to the window's top-left corner."""
+    i, j = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+    return _readonly((i * width + j).ravel().astype(np.int64))
 
 
 # --- the compiled kernels -------------------------------------------------------------------
 
 
-@_jit
-def _im2col_kernel(x_flat, offsets, n_count, oh_count, ow_count, sh, sw, x_width, cols):
-    k = offsets.shape[0]
-    sample_size = x_flat.shape[0] // n_count
-    for task in prange(n_count * oh_count):  # one (sample, output row): OW consecutive rows
-        n = task // oh_count
-        oh = task - n * oh_count
-        row_corner = n * sample_size + oh * sh * x_width  # x is padded: no bounds to check
-        for ow in range(ow_count):
-            row = task * ow_count + ow
-            corner = row_corner + ow * sw
-            for col in range(k):
-                cols[row, col] = x_flat[_u(corner + offsets[col])]
+@njit(inline="always")
+def _inside(count, offset, stride, size):
+    """The outputs o in [0, count) whose input coordinate o*stride + offset lies in [0, size),
+    as a range [first, stop): the rest fall on the zero padding."""
+    first = 0 if offset >= 0 else (stride - 1 - offset) // stride
+    stop = (size - offset + stride - 1) // stride if size > offset else 0
+    stop = min(stop, count)
+    return min(first, stop), stop
 
 
 @_jit
-def _col2im_kernel(cols_flat, starts, sources, zero, sample_size, kernel_size, channels,
-                   dx_flat):
-    plane_size = starts.shape[0] - 1
-    for task in prange(dx_flat.shape[0] // channels):  # one (sample, pixel): all its channels
-        n = task // plane_size
-        pixel = task - n * plane_size
-        first, stop = starts[pixel], starts[pixel + 1]
-        out = n * channels * plane_size + pixel
-        # Channel c's entries sit c*KH*KW columns to the right of channel 0's, in the same
-        # rows of cols, so looping over channels here re-reads cache lines already loaded.
-        for c in range(channels):
-            base = n * sample_size + c * kernel_size
-            total = zero  # typed like the data, so float32 sums stay float32
-            for e in range(first, stop):
-                total += cols_flat[_u(base + sources[e])]
-            dx_flat[_u(out + c * plane_size)] = total
+def _im2col_kernel(x_flat, n_count, c_count, h_count, w_count, kh, kw, sh, sw, ph, pw,
+                   oh_count, ow_count, cols_flat):
+    plane = oh_count * ow_count
+    row_length = n_count * plane  # cols is (C*KH*KW, N*OH*OW)
+    for task in prange(n_count * c_count):  # one input plane (n, c): KH*KW row pieces
+        n = task // c_count
+        c = task - n * c_count
+        x_plane = task * h_count * w_count
+        for i in range(kh):
+            oh_first, oh_stop = _inside(oh_count, i - ph, sh, h_count)
+            for j in range(kw):
+                ow_first, ow_stop = _inside(ow_count, j - pw, sw, w_count)
+                out = ((c * kh + i) * kw + j) * row_length + n * plane
+                for oh in range(oh_count):
+                    if oh < oh_first or oh >= oh_stop:  # the whole output row is padding
+                        for ow in range(ow_count):
+                            cols_flat[_u(out + ow)] = 0
+                    else:
+                        source = x_plane + (oh * sh + i - ph) * w_count + j - pw
+                        for ow in range(ow_first):
+                            cols_flat[_u(out + ow)] = 0
+                        for ow in range(ow_first, ow_stop):
+                            cols_flat[_u(out + ow)] = x_flat[_u(source + ow * sw)]
+                        for ow in range(ow_stop, ow_count):
+                            cols_flat[_u(out + ow)] = 0
+                    out += ow_count
+
+
+@_jit
+def _col2im_kernel(cols_flat, n_count, c_count, h_count, w_count, kh, kw, sh, sw, ph, pw,
+                   oh_count, ow_count, zero, dx_flat):
+    plane = oh_count * ow_count
+    row_length = n_count * plane
+    for task in prange(n_count * c_count):  # one input plane (n, c), owned by this core
+        n = task // c_count
+        c = task - n * c_count
+        x_plane = task * h_count * w_count
+        for p in range(h_count * w_count):
+            dx_flat[_u(x_plane + p)] = zero
+        for i in range(kh):
+            oh_first, oh_stop = _inside(oh_count, i - ph, sh, h_count)
+            for j in range(kw):
+                ow_first, ow_stop = _inside(ow_count, j - pw, sw, w_count)
+                row = ((c * kh + i) * kw + j) * row_length + n * plane
+                for oh in range(oh_first, oh_stop):
+                    source = row + oh * ow_count
+                    target = x_plane + (oh * sh + i - ph) * w_count + j - pw
+                    for ow in range(ow_first, ow_stop):
+                        dx_flat[_u(target + ow * sw)] += cols_flat[_u(source + ow)]
 
 
 @_jit
@@ -267,23 +267,18 @@ def _avgpool_backward_kernel(dy_flat, offsets, oh_count, ow_count, sh, sw, x_wid
 # --- the public wrappers (same signatures as numpy_kernels) ---------------------------------
 
 
-def _pad(x: np.ndarray, padding) -> np.ndarray:
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    n, c, h, w = x.shape
-    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-    padded[:, :, ph : ph + h, pw : pw + w] = x  # cheaper than np.pad, which is general
-    return padded
+def _geometry(x_shape, kernel, stride, padding):
+    n, c, h, w = (int(size) for size in x_shape)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    return n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow
 
 
 def im2col(x, kernel, stride, padding, out=None):
     x = np.ascontiguousarray(x)
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw) = kernel, stride
-    oh = conv_output_size(h, kh, sh, padding[0])
-    ow = conv_output_size(w, kw, sw, padding[1])
-    shape = (n * oh * ow, c * kh * kw)
+    geometry = _geometry(x.shape, kernel, stride, padding)
+    n, c, _, _, kh, kw, *_, oh, ow = geometry
+    shape = (c * kh * kw, n * oh * ow)
     if out is None:
         target = np.empty(shape, dtype=x.dtype)
     elif out.dtype == x.dtype and out.shape == shape and out.flags.c_contiguous:
@@ -293,28 +288,20 @@ def im2col(x, kernel, stride, padding, out=None):
         return out
     if target.size == 0:
         return target
-    padded = _pad(x, padding)
-    hp, wp = padded.shape[2:]
-    offsets = _window_offsets(c, kh, kw, hp, wp)
-    _im2col_kernel(padded.reshape(-1), offsets, n, oh, ow, sh, sw, wp, target)
+    _im2col_kernel(x.reshape(-1), *geometry, target.reshape(-1))
     return target
 
 
 def col2im(cols, x_shape, kernel, stride, padding):
     cols = np.ascontiguousarray(cols)
-    n, c, h, w = (int(size) for size in x_shape)
-    kh, kw = kernel
-    dx = np.empty((n, c, h, w), dtype=cols.dtype)  # every element is written by the gather
+    geometry = _geometry(x_shape, kernel, stride, padding)
+    dx = np.empty(geometry[:4], dtype=cols.dtype)  # every plane is zeroed by its task
     if dx.size == 0:
         return dx
-    starts, window, tap = _covering_windows(h, w, tuple(kernel), tuple(stride), tuple(padding))
-    # Entry (window q, tap t) of channel c of sample n is cols[n*Q + q, c*KH*KW + t], so
-    # relative to where sample n, channel c starts it lies q*K + t further on.
-    k = cols.shape[1]
-    sources = window * k + tap
-    windows_per_sample = cols.shape[0] // n
-    _col2im_kernel(cols.reshape(-1), starts, sources, cols.dtype.type(0),
-                   windows_per_sample * k, kh * kw, c, dx.reshape(-1))
+    if cols.size == 0:  # no windows at all (cannot happen through the layers)
+        dx.fill(0)
+        return dx
+    _col2im_kernel(cols.reshape(-1), *geometry, cols.dtype.type(0), dx.reshape(-1))
     return dx
 
 
@@ -327,7 +314,7 @@ def maxpool_forward(x, kernel, stride):
     argmax = np.empty((n, c, oh, ow), dtype=np.int32)
     if y.size == 0:
         return y, argmax
-    offsets = _window_offsets(1, kh, kw, h, w)
+    offsets = _window_offsets(kh, kw, w)
     _maxpool_forward_kernel(x.reshape(-1), offsets, oh, ow, sh, sw, w, y.reshape(-1),
                             argmax.reshape(-1))
     return y, argmax
@@ -345,7 +332,7 @@ def maxpool_backward(dy, argmax, x_shape, kernel, stride):
     if dy.size == 0:  # no windows at all (cannot happen through the layers)
         dx.fill(0)
         return dx
-    offsets = _window_offsets(1, kh, kw, h, w)
+    offsets = _window_offsets(kh, kw, w)
     _maxpool_backward_kernel(dy.reshape(-1), argmax.reshape(-1), offsets, oh, ow, sh, sw, w,
                              dy.dtype.type(0), dx.reshape(-1))
     return dx
@@ -376,7 +363,7 @@ def avgpool_backward(dy, x_shape, kernel, stride):
     if dy.size == 0:
         dx.fill(0)
         return dx
-    offsets = _window_offsets(1, kh, kw, h, w)
+    offsets = _window_offsets(kh, kw, w)
     scalar = dy.dtype.type
     _avgpool_backward_kernel(dy.reshape(-1), offsets, oh, ow, sh, sw, w, scalar(0),
                              scalar(kh * kw), dx.reshape(-1))
@@ -384,45 +371,45 @@ def avgpool_backward(dy, x_shape, kernel, stride):
 
 
 # --- layout, activation and optimizer kernels ---------------------------------------------------
-# Plain element-wise loops: NumPy runs each of these in one thread and, for the layout changes,
-# with strided reads; here each is one parallel pass over memory.
+# Plain element-wise loops: NumPy runs each of these in one thread; here each is one parallel
+# pass over memory.
 
 
 @_jit
-def _rows_to_nchw_kernel(rows, bias, plane, y):
-    n_count, f_count = y.shape[0], y.shape[1]
+def _cnhw_to_nchw_kernel(out, bias, y):
+    n_count, f_count, plane = y.shape
     for task in prange(n_count * f_count):  # one output plane (sample n, filter f)
         n = task // f_count
         f = task - n * f_count
         b = bias[f]
         for p in range(plane):
-            y[n, f, p] = rows[n * plane + p, f] + b
+            y[n, f, p] = out[f, n * plane + p] + b
 
 
-def rows_to_nchw(rows, bias, n, oh, ow):
-    rows = np.ascontiguousarray(rows)
-    f = rows.shape[1]
-    y = np.empty((n, f, oh * ow), dtype=rows.dtype)
-    bias = np.zeros(f, dtype=rows.dtype) if bias is None else np.ascontiguousarray(bias, rows.dtype)
-    _rows_to_nchw_kernel(rows, bias, oh * ow, y)
+def cnhw_to_nchw(out, bias, n, oh, ow):
+    out = np.ascontiguousarray(out)
+    f = out.shape[0]
+    y = np.empty((n, f, oh * ow), dtype=out.dtype)
+    bias = np.zeros(f, dtype=out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
+    _cnhw_to_nchw_kernel(out, bias, y)
     return y.reshape(n, f, oh, ow)
 
 
 @_jit
-def _nchw_to_rows_kernel(dy, out):
+def _nchw_to_cnhw_kernel(dy, out):
     n_count, f_count, plane = dy.shape
-    for task in prange(n_count * plane):  # one output row (sample n, pixel p)
-        n = task // plane
-        p = task - n * plane
-        for f in range(f_count):
-            out[task, f] = dy[n, f, p]
+    for task in prange(n_count * f_count):  # one input plane (sample n, filter f)
+        n = task // f_count
+        f = task - n * f_count
+        for p in range(plane):
+            out[f, n * plane + p] = dy[n, f, p]
 
 
-def nchw_to_rows(dy, out=None):
+def nchw_to_cnhw(dy, out=None):
     n, f, oh, ow = dy.shape
     if out is None:
-        out = np.empty((n * oh * ow, f), dtype=dy.dtype)
-    _nchw_to_rows_kernel(np.ascontiguousarray(dy).reshape(n, f, oh * ow), out)
+        out = np.empty((f, n * oh * ow), dtype=dy.dtype)
+    _nchw_to_cnhw_kernel(np.ascontiguousarray(dy).reshape(n, f, oh * ow), out)
     return out
 
 

@@ -47,10 +47,10 @@ def im2col(x, kernel, stride, padding, out=None):
     kh, kw = kernel
     win = windows(_pad(x, padding), kernel, stride)  # (N, C, OH, OW, KH, KW)
     oh, ow = win.shape[2:4]
-    patches = win.transpose(0, 2, 3, 1, 4, 5)  # (N, OH, OW, C, KH, KW), still a view
+    columns = win.transpose(1, 4, 5, 0, 2, 3)  # (C, KH, KW, N, OH, OW), still a view
     if out is None:
-        return patches.reshape(n * oh * ow, c * kh * kw)  # the one copy
-    np.copyto(out.reshape(n, oh, ow, c, kh, kw), patches)
+        return columns.reshape(c * kh * kw, n * oh * ow)  # the one copy
+    np.copyto(out.reshape(c, kh, kw, n, oh, ow), columns)
     return out
 
 
@@ -60,11 +60,12 @@ def col2im(cols, x_shape, kernel, stride, padding):
     ph, pw = padding
     oh = conv_output_size(h, kh, stride[0], ph)
     ow = conv_output_size(w, kw, stride[1], pw)
-    patches = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)
+    columns = cols.reshape(c, kh, kw, n, oh, ow)
     dx_padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            dx_padded[_window_slab(i, j, (oh, ow), stride)] += patches[..., i, j]
+            # window position (i, j) of every window, as an (N, C, OH, OW) slab
+            dx_padded[_window_slab(i, j, (oh, ow), stride)] += columns[:, i, j].transpose(1, 0, 2, 3)
     return dx_padded[:, :, ph : ph + h, pw : pw + w]
 
 
@@ -103,16 +104,16 @@ def avgpool_backward(dy, x_shape, kernel, stride):
 
 
 # --- layout, activation and optimizer kernels ---------------------------------------------------
-# The convolution's GEMM works on "rows" (one row per output pixel, one column per filter); the
-# layers around it want NCHW. These two kernels move between the layouts (and add the bias on
-# the way), so that the numba/cupy backends can do it in one parallel pass.
+# The convolution's GEMM produces (F, N*OH*OW): one row per filter, the output pixels of every
+# sample side by side ("CNHW"); the layers around it want NCHW. These two kernels move between
+# the layouts (adding the bias on the way). Both copy whole OH*OW planes, so they are cheap.
 
 
-def rows_to_nchw(rows, bias, n, oh, ow):
-    """(N*OH*OW, F) rows -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None."""
-    f = rows.shape[1]
-    y = np.empty((n, f, oh, ow), dtype=rows.dtype)
-    by_sample = rows.reshape(n, oh * ow, f).transpose(0, 2, 1)
+def cnhw_to_nchw(out, bias, n, oh, ow):
+    """(F, N*OH*OW) -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None."""
+    f = out.shape[0]
+    y = np.empty((n, f, oh, ow), dtype=out.dtype)
+    by_sample = out.reshape(f, n, oh * ow).transpose(1, 0, 2)
     if bias is None:
         y.reshape(n, f, oh * ow)[...] = by_sample
     else:
@@ -120,12 +121,12 @@ def rows_to_nchw(rows, bias, n, oh, ow):
     return y
 
 
-def nchw_to_rows(dy, out=None):
-    """(N, F, OH, OW) -> (N*OH*OW, F) rows (the inverse layout change), into ``out`` if given."""
+def nchw_to_cnhw(dy, out=None):
+    """(N, F, OH, OW) -> (F, N*OH*OW) (the inverse layout change), into ``out`` if given."""
     n, f, oh, ow = dy.shape
     if out is None:
-        out = np.empty((n * oh * ow, f), dtype=dy.dtype)
-    out.reshape(n, oh * ow, f)[...] = dy.reshape(n, f, oh * ow).transpose(0, 2, 1)
+        out = np.empty((f, n * oh * ow), dtype=dy.dtype)
+    out.reshape(f, n, oh * ow)[...] = dy.reshape(n, f, oh * ow).transpose(1, 0, 2)
     return out
 
 

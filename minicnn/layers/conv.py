@@ -21,22 +21,29 @@ class Conv2D(Layer):
     where ``xpad`` is x with P zeros around each image. The output has shape (N, F, OH, OW)
     with ``OH = (H + 2*PH - KH) // SH + 1`` (and likewise OW).
 
-    **Forward as one matrix multiply.** ``im2col`` copies every receptive field into a row:
-    ``cols`` has shape (N*OH*OW, K) with K = C*KH*KW. With the filters flattened to
-    ``W2 = W.reshape(F, K)``, the convolution is ``out = cols @ W2.T + b``, shape (N*OH*OW, F),
-    which is reshaped and transposed to (N, F, OH, OW).
+    **Forward as one matrix multiply.** ``im2col`` copies every receptive field into a column:
+    ``cols`` has shape (K, N*OH*OW) with K = C*KH*KW, one column per output pixel. With the
+    filters flattened to ``W2 = W.reshape(F, K)``, the convolution is ``out = W2 @ cols + b``,
+    shape (F, N*OH*OW): row f holds filter f's response at every output pixel of every sample.
+    A layout change (adding b on the way) turns it into (N, F, OH, OW).
 
     **Backward.** Given ``dy = dL/dy`` of shape (N, F, OH, OW), first lay it out like ``out``:
-    ``dout = dy.transpose(0, 2, 3, 1).reshape(N*OH*OW, F)``. Then, since ``out = cols @ W2.T + b``
-    is an ordinary affine map of the rows of ``cols``:
+    ``dout`` of shape (F, N*OH*OW). Then, since ``out = W2 @ cols + b`` is an ordinary affine
+    map of the columns of ``cols``:
 
-    - ``dL/dW2 = dout.T @ cols``  — (F, N*OH*OW) @ (N*OH*OW, K) = (F, K), reshaped to W's shape.
+    - ``dL/dW2 = dout @ cols.T`` — (F, N*OH*OW) @ (N*OH*OW, K) = (F, K), reshaped to W's shape.
       Each filter's gradient sums, over every output pixel it produced, dy times the patch it saw.
-    - ``dL/db = dout.sum(axis=0)`` — (F,): the bias is added to every output pixel of its filter.
-    - ``dL/dcols = dout @ W2`` — (N*OH*OW, F) @ (F, K) = (N*OH*OW, K).
+    - ``dL/db = dout.sum(axis=1)`` — (F,): the bias is added to every output pixel of its filter.
+    - ``dL/dcols = W2.T @ dout`` — (K, F) @ (F, N*OH*OW) = (K, N*OH*OW).
     - ``dL/dx = col2im(dL/dcols)`` — (N, C, H, W). An input pixel was copied into every window
       that covers it, so its gradient is the *sum* of the gradients of those copies: col2im adds
-      each row entry back to the pixel it came from (and drops the padding).
+      each column entry back to the pixel it came from (and drops the padding).
+
+    Why columns, not rows (``cols.T``, the other common layout)? Both give the same numbers;
+    in this one a row of ``cols`` is a shifted copy of one input channel, and ``out``'s rows are
+    whole output planes, so im2col, col2im and the layout changes all move long contiguous runs
+    of memory — about twice as fast on a CPU as the row layout, where a 3x3 window is 9
+    scattered values.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -101,9 +108,11 @@ class Conv2D(Layer):
         return 2 * k * f * oh * ow + (f * oh * ow if self.bias is not None else 0)
 
     def workspace_bytes(self, input_shape, itemsize):
-        # the im2col rows of one sample: OH*OW receptive fields of C*KH*KW values each
-        _, oh, ow = self.output_shape(input_shape)
-        return oh * ow * self.in_channels * self.kernel_size[0] * self.kernel_size[1] * itemsize
+        # the im2col columns of one sample: OH*OW receptive fields of C*KH*KW values each, and
+        # the (F, OH*OW) GEMM output before the layout change
+        f, oh, ow = self.output_shape(input_shape)
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return oh * ow * (k + f) * itemsize
 
     def _workspace(self, name, shape, dtype):
         """A scratch array reused across calls (regrown only when a bigger one is needed), so
@@ -123,15 +132,23 @@ class Conv2D(Layer):
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return max(1, min(n, backend.im2col_budget() // max(1, oh * ow * k * itemsize)))
 
-    def _im2col(self, x, name="cols"):
+    def _im2col(self, x):
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         _, _, oh, ow = self._output_shape
-        out = self._workspace(name, (x.shape[0] * oh * ow, k), x.dtype)
-        return backend.kernels().im2col(x, self.kernel_size, self.stride, self.padding, out=out)
+        cols = self._workspace("cols", (k, x.shape[0] * oh * ow), x.dtype)
+        return backend.kernels().im2col(x, self.kernel_size, self.stride, self.padding, out=cols)
+
+    def _convolve(self, x, weight2d, bias):
+        """y for a batch (or chunk) x: im2col, one GEMM, then back to NCHW (adding the bias)."""
+        xp = backend.array_module(x)
+        n, f, oh, ow = (len(x),) + self._output_shape[1:]
+        cols = self._im2col(x)
+        dtype = xp.result_type(weight2d.dtype, x.dtype)
+        out = xp.matmul(weight2d, cols, out=self._workspace("out", (f, n * oh * ow), dtype))
+        return cols, backend.kernels().cnhw_to_nchw(out, bias, n, oh, ow)
 
     def _forward(self, x, training):
         xp = backend.array_module(x)
-        kernels = backend.kernels()
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
         self._output_shape = (n, f, oh, ow)
@@ -139,13 +156,10 @@ class Conv2D(Layer):
         bias = self.bias.data if self.bias is not None else None
         chunk = self._samples_per_chunk(n, x.dtype.itemsize)
         if chunk >= n:
-            cols = self._im2col(x)
-            y = kernels.rows_to_nchw(cols @ weight2d.T, bias, n, oh, ow)
+            cols, y = self._convolve(x, weight2d, bias)
         else:  # a batch too large for one im2col buffer: one chunk of samples at a time
-            y = xp.concatenate([
-                kernels.rows_to_nchw(self._im2col(x[s:s + chunk]) @ weight2d.T, bias,
-                                     len(x[s:s + chunk]), oh, ow)
-                for s in range(0, n, chunk)])
+            y = xp.concatenate([self._convolve(x[s:s + chunk], weight2d, bias)[1]
+                                for s in range(0, n, chunk)])
             cols = None  # backward rebuilds the columns chunk by chunk from x
         return self._remember(y, cache=(x, cols))
 
@@ -158,24 +172,21 @@ class Conv2D(Layer):
         n, f, oh, ow = dy.shape
         weight2d = self.weight.data.reshape(f, -1)
         chunk = n if cols is not None else self._samples_per_chunk(n, x.dtype.itemsize)
-        dtype = xp.result_type(dy.dtype, x.dtype)
+        dtype = xp.result_type(dy.dtype, x.dtype, weight2d.dtype)
         dweight = xp.zeros_like(weight2d, dtype=dtype)
         dbias = xp.zeros(f, dtype=dtype)
         dx = xp.empty(x.shape, dtype=dtype) if self._input_grad else None
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            dout = self._workspace("dout", ((stop - start) * oh * ow, f), dy.dtype)
-            kernels.nchw_to_rows(dy[start:stop], out=dout)
+            pixels = (stop - start) * oh * ow
+            dout = kernels.nchw_to_cnhw(dy[start:stop],
+                                        out=self._workspace("dout", (f, pixels), dy.dtype))
             chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
-            # dL/dW2 = dout.T @ cols, computed as its transpose (cols.T @ dout).T: the same
-            # numbers, but OpenBLAS runs this orientation of the long-K product up to 20x faster
-            # (measured: 24 ms vs 640 ms for conv2's 25088-long sums)
-            dweight += (chunk_cols.T @ dout).T
-            dbias += dout.sum(axis=0)
+            dweight += dout @ chunk_cols.T
+            dbias += dout.sum(axis=1)
             if dx is not None:
-                k = weight2d.shape[1]
-                dcols = self._workspace("dcols", ((stop - start) * oh * ow, k), dtype)
-                xp.matmul(dout, weight2d, out=dcols)
+                dcols = self._workspace("dcols", (weight2d.shape[1], pixels), dtype)
+                xp.matmul(weight2d.T, dout, out=dcols)
                 dx[start:stop] = kernels.col2im(dcols, (stop - start,) + tuple(x.shape[1:]),
                                                 self.kernel_size, self.stride, self.padding)
         self.weight.grad = dweight.reshape(self.weight.data.shape)

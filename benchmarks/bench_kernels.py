@@ -21,10 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+# isort: off
+import minicnn as mc  # before numpy: see common.py
 import numpy as np
+# isort: on
 from common import best_time, machine_info, try_import_torch, write_json
 
-import minicnn as mc
 from minicnn.layers import Conv2D
 
 HERE = Path(__file__).resolve().parent

@@ -23,7 +23,10 @@ import sys
 import time
 from pathlib import Path
 
+# isort: off
+import minicnn as mc  # before numpy: see common.py
 import numpy as np
+# isort: on
 from common import (
     best_time,
     machine_info,
@@ -33,8 +36,6 @@ from common import (
     try_import_torch,
     write_json,
 )
-
-import minicnn as mc
 
 HERE = Path(__file__).resolve().parent
 

@@ -9,9 +9,12 @@ import subprocess
 import time
 from datetime import datetime, timezone
 
-import numpy as np
-
+# isort: off
+# minicnn first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy loads it
+# (see minicnn/_process_tuning.py). PyTorch (MKL/oneDNN) does not use OpenBLAS.
 import minicnn as mc
+import numpy as np
+# isort: on
 from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
 

@@ -84,3 +84,37 @@ def test_float32_stays_float32(cpu_backend):
         assert y.dtype == np.float32
         assert layer.backward(np.ones_like(y)).dtype == np.float32
     assert conv.weight.grad.dtype == np.float32
+
+
+@given(n=st.integers(1, 2), c=st.integers(1, 3),
+       kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       extra=st.tuples(st.integers(0, 5), st.integers(0, 5)), nans=st.integers(0, 3),
+       seed=st.integers(0, 2**32 - 1))
+def test_maxpool_argmax_picks_the_first_maximum_or_nan(cpu_backend, n, c, kernel, stride, extra,
+                                                       nans, seed):
+    """Few distinct values (many ties) and a few NaNs: the winner is the first maximum in
+    row-major window order, or the first NaN (np.argmax's rule), and dy goes to that pixel."""
+    from minicnn import backend
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, (n, c, kernel[0] + extra[0], kernel[1] + extra[1])).astype(np.float64)
+    x.reshape(-1)[rng.integers(0, x.size, nans)] = np.nan
+    y, argmax = backend.kernels().maxpool_forward(x, kernel, stride)
+    (kh, kw), (sh, sw) = kernel, stride
+    expected_argmax = np.zeros(y.shape, dtype=np.int64)
+    for index in np.ndindex(*y.shape):
+        i, ch, r, s = index
+        window = x[i, ch, r * sh:r * sh + kh, s * sw:s * sw + kw].ravel()
+        expected_argmax[index] = np.argmax(window)
+    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(y, naive_pool(x, kernel, stride, np.max))
+
+    dy = rng.standard_normal(y.shape)
+    expected_dx = np.zeros_like(x)
+    for index in np.ndindex(*y.shape):
+        i, ch, r, s = index
+        a, b = divmod(int(expected_argmax[index]), kw)
+        expected_dx[i, ch, r * sh + a, s * sw + b] += dy[index]
+    np.testing.assert_allclose(backend.kernels().maxpool_backward(dy, argmax, x.shape, kernel, stride),
+                               expected_dx, rtol=1e-12, atol=1e-12)

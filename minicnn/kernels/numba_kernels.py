@@ -429,7 +429,7 @@ def relu_forward(x):
 @_jit
 def _relu_backward_kernel(dy, y, zero, dx):
     for i in prange(dy.shape[0]):
-        dx[i] = dy[i] if y[i] > zero else zero
+        dx[i] = dy[i] * (y[i] > zero)  # the reference's formula, non-finite dy included
 
 
 def relu_backward(dy, y):

@@ -61,31 +61,50 @@ def col2im(cols, x_shape, kernel, stride, padding):
     oh = conv_output_size(h, kh, stride[0], ph)
     ow = conv_output_size(w, kw, stride[1], pw)
     columns = cols.reshape(c, kh, kw, n, oh, ow)
-    dx_padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    # Accumulate channel-major, (C, N, H, W), the layout of cols: the adds then read cols in
+    # order; one transposed view at the end gives (N, C, H, W).
+    dx_padded = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            # window position (i, j) of every window, as an (N, C, OH, OW) slab
-            dx_padded[_window_slab(i, j, (oh, ow), stride)] += columns[:, i, j].transpose(1, 0, 2, 3)
-    return dx_padded[:, :, ph : ph + h, pw : pw + w]
+            # window position (i, j) of every window, as a (C, N, OH, OW) slab
+            dx_padded[_window_slab(i, j, (oh, ow), stride)] += columns[:, i, j]
+    return dx_padded[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3)
+
+
+# Max pooling loops over the KH*KW positions of a window, like col2im, so that every step is one
+# whole-array operation. Choices made with np.where or boolean masks run ~10x slower than
+# arithmetic on random data (they branch per element), hence the multiplications by 0/1 below.
 
 
 def maxpool_forward(x, kernel, stride):
     kh, kw = kernel
-    win = windows(x, kernel, stride)
-    flat = win.reshape(*win.shape[:4], kh * kw)
-    argmax = flat.argmax(axis=-1)  # the first maximum wins ties, as in PyTorch
-    y = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
-    return y, argmax.astype(np.int32)
+    oh, ow = windows(x, kernel, stride).shape[2:4]
+    slabs = [x[_window_slab(i, j, (oh, ow), stride)] for i in range(kh) for j in range(kw)]
+    y = slabs[0].copy()
+    for slab in slabs[1:]:
+        np.maximum(y, slab, out=y)  # propagates NaN, as max does
+    # argmax: the first position holding the maximum (a NaN if the window has one), found by
+    # walking the positions backwards and letting every match overwrite the answer
+    argmax = np.zeros(y.shape, dtype=np.int32)
+    has_nan = bool(np.isnan(y).any())
+    for t in range(len(slabs) - 1, -1, -1):
+        matches = slabs[t] == y
+        if has_nan:
+            matches |= slabs[t] != slabs[t]
+        argmax += (t - argmax) * matches
+    return y, argmax
 
 
 def maxpool_backward(dy, argmax, x_shape, kernel, stride):
+    """Each window's dy goes to its winner: ``dx[slab of position t] += dy * (argmax == t)``.
+
+    (The product also passes on a NaN or inf in dy to the window's other pixels, as 0 * inf is
+    NaN; by then training has diverged anyway.)"""
     kh, kw = kernel
     dx = np.zeros(x_shape, dtype=dy.dtype)
-    zero = dy.dtype.type(0)
     for i in range(kh):
         for j in range(kw):
-            won = argmax == i * kw + j
-            dx[_window_slab(i, j, dy.shape[2:], stride)] += np.where(won, dy, zero)
+            dx[_window_slab(i, j, dy.shape[2:], stride)] += dy * (argmax == i * kw + j)
     return dx
 
 
@@ -135,8 +154,8 @@ def relu_forward(x):
 
 
 def relu_backward(dy, y):
-    """dL/dx = dy where the output was positive (the input was), 0 elsewhere."""
-    return np.where(y > 0, dy, dy.dtype.type(0))
+    """dL/dx = dy * (y > 0): dy where the output was positive (the input was), 0 elsewhere."""
+    return dy * (y > 0)
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, weight_decay,

@@ -164,6 +164,17 @@ def test_batchnorm_gradients(n, c, hw, training, seed):
     assert_gradients_match(errors)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_gradients_on_every_cpu_backend(cpu_backend, training):
+    """The numba backend has its own BatchNorm kernels (float64 here, like every gradcheck)."""
+    rng = np.random.default_rng(7)
+    layer = BatchNorm2D(3)
+    layer.gamma.data = rng.uniform(0.5, 2.0, 3).astype(np.float32)
+    layer.beta.data = rng.standard_normal(3).astype(np.float32)
+    x = rng.standard_normal((4, 3, 3, 2)) * 2 + 1
+    assert_gradients_match(check_layer(layer, x, training=training, seed=3))
+
+
 @st.composite
 def residual_configs(draw):
     stride = draw(st.sampled_from([1, 2]))

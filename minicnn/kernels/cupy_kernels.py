@@ -153,6 +153,15 @@ def relu_backward(dy, y):
     return dy * (y > 0)
 
 
+# Batch normalization: the reference functions use only array methods and arithmetic, so on
+# CuPy arrays they run as CuPy reductions and element-wise kernels, all on the GPU.
+from .numpy_kernels import (  # noqa: E402
+    batchnorm_backward,  # noqa: F401
+    batchnorm_forward,  # noqa: F401
+    channel_mean_var,  # noqa: F401
+)
+
+
 @functools.cache
 def _adam_elementwise():
     cp = _cupy()

@@ -158,6 +158,39 @@ def relu_backward(dy, y):
     return dy * (y > 0)
 
 
+# --- batch normalization: per-channel statistics and the affine map -------------------------
+# Channel c's values are x[:, c, :, :]: the sums run over (N, H, W). The derivation of the
+# backward formula is in BatchNorm2D's docstring.
+
+_CHANNEL = (None, slice(None), None, None)  # a (C,) vector broadcast against (N, C, H, W)
+
+
+def channel_mean_var(x):
+    """Per-channel mean and biased variance of x (N, C, H, W), each of shape (C,)."""
+    mean = x.mean(axis=(0, 2, 3))
+    centered = x - mean[_CHANNEL]
+    return mean, (centered * centered).mean(axis=(0, 2, 3))
+
+
+def batchnorm_forward(x, mean, inv_std, gamma, beta):
+    """y = gamma * (x - mean) * inv_std + beta, per channel."""
+    return ((x - mean[_CHANNEL]) * inv_std[_CHANNEL]) * gamma[_CHANNEL] + beta[_CHANNEL]
+
+
+def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
+    """(dx, dgamma, dbeta). With ``batch_statistics`` mean and inv_std were computed from this
+    very batch, so x also reaches the loss through them; otherwise they are constants."""
+    xhat = (x - mean[_CHANNEL]) * inv_std[_CHANNEL]
+    dbeta = dy.sum(axis=(0, 2, 3))
+    dgamma = (dy * xhat).sum(axis=(0, 2, 3))
+    scale = (gamma * inv_std)[_CHANNEL]
+    if not batch_statistics:
+        return dy * scale, dgamma, dbeta
+    count = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    dx = scale * (dy - (dbeta / count)[_CHANNEL] - xhat * (dgamma / count)[_CHANNEL])
+    return dx, dgamma, dbeta
+
+
 def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, weight_decay,
                 decoupled):
     """One Adam/AdamW step on ``param`` in place (PyTorch's formulation; see optim.Adam)."""

@@ -81,7 +81,7 @@ class BatchNorm2D(Layer):
         return 4 * math.prod(input_shape)
 
     def _forward(self, x, training):
-        axes = (0, 2, 3)
+        kernels = backend.kernels()
         if training:
             count = x.shape[0] * x.shape[2] * x.shape[3]
             if count < 2:
@@ -89,29 +89,20 @@ class BatchNorm2D(Layer):
                     "BatchNorm2D: training needs more than one value per channel to estimate "
                     f"a variance, got input of shape {tuple(x.shape)}"
                 )
-            mean = x.mean(axis=axes)
-            centered = x - mean[None, :, None, None]
-            var = (centered * centered).mean(axis=axes)
+            mean, var = kernels.channel_mean_var(x)
             m = self.momentum
             self.running_mean.data = (1 - m) * self.running_mean.data + m * mean
             self.running_var.data = (1 - m) * self.running_var.data + m * var * (count / (count - 1))
         else:
             mean, var = self.running_mean.data, self.running_var.data
-            centered = x - mean[None, :, None, None]
         inv_std = 1 / backend.array_module(x).sqrt(var + self.eps)
-        xhat = centered * inv_std[None, :, None, None]
-        y = xhat * self.gamma.data[None, :, None, None] + self.beta.data[None, :, None, None]
-        return self._remember(y, cache=(xhat, inv_std, training))
+        y = kernels.batchnorm_forward(x, mean, inv_std, self.gamma.data, self.beta.data)
+        # x, not xhat, is kept: backward recomputes xhat = (x - mean) * inv_std on the fly,
+        # which saves writing (and holding) a second array as large as the input
+        return self._remember(y, cache=(x, mean, inv_std, training))
 
     def _backward(self, dy):
-        xhat, inv_std, training = self._cache
-        axes = (0, 2, 3)
-        dbeta = dy.sum(axis=axes)
-        dgamma = (dy * xhat).sum(axis=axes)
-        self.beta.grad, self.gamma.grad = dbeta, dgamma
-        scale = (self.gamma.data * inv_std)[None, :, None, None]
-        if not training:
-            return dy * scale
-        count = dy.shape[0] * dy.shape[2] * dy.shape[3]
-        return scale * (dy - (dbeta / count)[None, :, None, None]
-                        - xhat * (dgamma / count)[None, :, None, None])
+        x, mean, inv_std, training = self._cache
+        dx, self.gamma.grad, self.beta.grad = backend.kernels().batchnorm_backward(
+            dy, x, mean, inv_std, self.gamma.data, batch_statistics=training)
+        return dx

@@ -21,12 +21,20 @@ from .training import LRSchedule, evaluate, fit
 from .validation import check_learning_rate, check_positive_int
 
 RECIPES = {
-    # the default MNIST run: 99.37% test accuracy in 5 epochs (~75 s each on 2 CPU cores)
-    "mnist": dict(model="mnist_cnn", epochs=5, batch_size=128, lr=4e-3, weight_decay=5e-4,
-                  augment=False, label_smoothing=0.05),
-    # longer: augmentation on, more epochs
-    "mnist-long": dict(model="mnist_cnn", epochs=15, batch_size=128, lr=4e-3, weight_decay=5e-4,
-                       augment=True, label_smoothing=0.05),
+    # The default MNIST run (measured on 2 CPU cores, numba backend, see the README): a
+    # 24-wide mnist_cnn, 5 epochs without augmentation: 99.42% test accuracy, 163 s of training.
+    "mnist": dict(model="mnist_cnn", model_options={"width": 24, "dropout": 0.1}, epochs=5,
+                  batch_size=128, lr=1e-2, weight_decay=5e-4, augment=False,
+                  label_smoothing=0.05),
+    # the fastest road to 99% (issue target: <= 30 s): a 16-wide network without dropout, one
+    # epoch of small batches at a high peak learning rate: 99.05-99.17% (3 seeds) in 22-23 s
+    "mnist-fast": dict(model="mnist_cnn", model_options={"width": 16, "dropout": 0.0},
+                       epochs=1, batch_size=64, lr=1.5e-2, weight_decay=5e-4, augment=False,
+                       label_smoothing=0.05),
+    # longer: the full-width network, augmentation on, more epochs
+    "mnist-long": dict(model="mnist_cnn", model_options={"width": 32, "dropout": 0.1}, epochs=15,
+                       batch_size=128, lr=1e-2, weight_decay=5e-4, augment=True,
+                       label_smoothing=0.05),
     "fashion-mnist": dict(model="mnist_cnn", epochs=15, batch_size=128, lr=4e-3,
                           weight_decay=5e-4, augment=False, label_smoothing=0.1),
     "digits": dict(model="mnist_cnn", epochs=30, batch_size=32, lr=4e-3, weight_decay=5e-4,
@@ -38,6 +46,8 @@ RECIPES = {
     "folder": dict(model="mnist_cnn", epochs=20, batch_size=64, lr=3e-3, weight_decay=5e-4,
                    augment=True, label_smoothing=0.1),
 }
+# ``model_options`` (keyword arguments of the model preset, e.g. its width) apply only to the
+# recipe's own model: choosing another model with ``model=`` builds that one with its defaults.
 
 
 def augmentation_for(dataset: str, input_shape):
@@ -111,6 +121,8 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     from .data import DataLoader, Normalize
 
     settings = dict(RECIPES[recipe or dataset])
+    if model is not None and model != settings["model"]:
+        settings.pop("model_options", None)
     overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, augment=augment, label_smoothing=label_smoothing)
     settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -130,7 +142,8 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     x_test = normalize(x_test, None)
 
     input_shape = tuple(x_train.shape[1:])
-    net = models.PRESETS[settings["model"]](input_shape, len(class_names), seed=seed)
+    net = models.PRESETS[settings["model"]](input_shape, len(class_names), seed=seed,
+                                            **settings.get("model_options", {}))
     net.metadata = {
         "class_names": list(class_names), "input_shape": list(input_shape), "dataset": dataset,
         "normalization": {"mean": normalize.mean.tolist(), "std": normalize.std.tolist()},

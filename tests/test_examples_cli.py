@@ -84,3 +84,39 @@ def test_cli_help_explains_every_flag(capsys):
             cli.main([command, "--help"])
         text = capsys.readouterr().out
         assert text.count("--") >= 2
+
+
+def test_every_recipe_builds_its_model_with_its_options():
+    from minicnn import models
+    from minicnn.recipes import RECIPES
+
+    shapes = {"cifar10": (3, 32, 32), "digits": (1, 8, 8), "folder": (3, 32, 32)}
+    for name, recipe in RECIPES.items():
+        builder = models.PRESETS[recipe["model"]]
+        net = builder(shapes.get(name, (1, 28, 28)), 10, seed=0, **recipe.get("model_options", {}))
+        assert net.predict(np.zeros((2, *shapes.get(name, (1, 28, 28))), np.float32)).shape == (2, 10)
+    # the fast recipe really is narrower than the default, which is narrower than --long
+    widths = [RECIPES[r]["model_options"]["width"] for r in ("mnist-fast", "mnist", "mnist-long")]
+    assert widths == sorted(widths) and len(set(widths)) == 3
+
+
+def test_fast_mnist_recipe_and_model_override(tmp_path):
+    example = load_example("train_mnist")
+    out = tmp_path / "fast"
+    assert example.main(["--fast", "--limit", "300", "--quiet", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["model_options"] == {"width": 16, "dropout": 0.0}
+    assert results["settings"]["batch_size"] == 64 and results["epochs"] == 1
+    from minicnn import load_model
+
+    layers = load_model(out / "model.safetensors").config()["layers"]
+    assert [layer["out_channels"] for layer in layers if "out_channels" in layer] == [16, 32, 64]
+    with pytest.raises(SystemExit):  # --fast and --long are alternatives
+        example.main(["--fast", "--long"])
+
+    # another model than the recipe's is built with its own defaults (no width option)
+    from minicnn.recipes import train_classifier
+
+    results = train_classifier("mnist", recipe="mnist-fast", model="reference_cnn", limit=200,
+                               verbose=0, out=tmp_path / "reference")
+    assert "model_options" not in results["settings"]

@@ -182,7 +182,10 @@ class Conv2D(Layer):
             dout = kernels.nchw_to_cnhw(dy[start:stop],
                                         out=self._workspace("dout", (f, pixels), dy.dtype))
             chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
-            dweight += dout @ chunk_cols.T
+            # dL/dW2 = dout @ cols.T, computed as its transpose (cols @ dout.T).T: the same
+            # numbers, but when another process shares the cores OpenBLAS ran the first
+            # orientation of this long-K product 8-40x slower (conv2: 632 ms vs 17 ms)
+            dweight += (chunk_cols @ dout.T).T
             dbias += dout.sum(axis=1)
             if dx is not None:
                 dcols = self._workspace("dcols", (weight2d.shape[1], pixels), dtype)

@@ -2,7 +2,7 @@
 
     python examples/train_mnist.py                 # 5 epochs, ~3 minutes on 2 CPU cores: 99.4%
     python examples/train_mnist.py --fast          # 1 epoch, ~25 s: 99.1%
-    python examples/train_mnist.py --long          # 15 epochs with augmentation
+    python examples/train_mnist.py --long          # 15 epochs with augmentation, ~14 min: 99.65%
     python examples/train_mnist.py --epochs 1 --quiet
 
 The network (minicnn.models.mnist_cnn) has three conv-BatchNorm-ReLU-maxpool blocks and a

@@ -15,6 +15,10 @@ Every kernel takes NCHW arrays and (height, width) pairs for kernel size, stride
   (kh*KW + kw) of the winning element inside each window; ``maxpool_backward(dy, argmax,
   x_shape, kernel, stride) -> dx``.
 - ``avgpool_forward(x, kernel, stride) -> y``; ``avgpool_backward(dy, x_shape, kernel, stride)``.
+- ``channel_mean_var(x)``, ``batchnorm_forward(x, mean, inv_std, gamma, beta)`` and
+  ``batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics) -> (dx, dgamma, dbeta)``:
+  BatchNorm2D's per-channel sums and affine map; ``relu_forward``/``relu_backward`` and
+  ``adam_update``: element-wise.
 
 Kernel modules import nothing from the layers.
 """

@@ -2,8 +2,8 @@
 
 Same functions, signatures and results as :mod:`minicnn.kernels.numpy_kernels` (the readable
 reference; read it first). Each public function is a thin Python wrapper: it works out the output
-shape, allocates the result, makes the inputs C-contiguous and builds a small index table, then
-calls an ``@njit(parallel=True)`` kernel that does the work in explicit loops.
+shape, allocates the result, makes the inputs C-contiguous (and, for pooling, builds a small
+index table), then calls an ``@njit(parallel=True)`` kernel that does the work in explicit loops.
 
 **How the work is split.** Every kernel has one ``prange`` loop at the top, over independent
 pieces of the *output*, and numba gives each core a contiguous block of its iterations:
@@ -11,7 +11,8 @@ pieces of the *output*, and numba gives each core a contiguous block of its iter
 - im2col and col2im: one (sample, channel) plane of the input, i.e. the KH*KW rows of ``cols``
   that copy it, each over that sample's OH*OW columns;
 - pooling, forward and backward: one (sample, channel) plane;
-- the layout changes: one (sample, filter) plane.
+- the layout changes and BatchNorm's element-wise maps: one (sample, channel) plane;
+- BatchNorm's sums: one channel (its sums run over every sample).
 
 So each core writes its own part of the output and no two cores ever write the same element;
 inside an iteration the loops are ordinary and serial, and nothing needs a lock or an atomic.
@@ -36,9 +37,10 @@ pixels, and overlapping windows (stride < kernel) are added one after the other 
 **Same rounding as NumPy.** Float addition is not associative, so the kernels add in the order
 the reference does: window position (i, j) in row-major order (the reference loops over (i, j)
 and adds whole slabs). col2im loops over (i, j) in that order, and the pooling scatters walk
-their windows backwards, which is the same order seen from a pixel. ``fastmath`` stays off so that LLVM keeps
-it. The two backends therefore agree to the last bit, not just to a tolerance; the exception is
-average-pool forward, where ``np.mean`` chooses its own summation order (see that kernel).
+their windows backwards, which is the same order seen from a pixel. ``fastmath`` stays off so
+that LLVM keeps it. The two backends therefore agree to the last bit, not just to a tolerance;
+the exceptions are average-pool forward, where ``np.mean`` chooses its own summation order (see
+that kernel), and BatchNorm's per-channel sums, which accumulate in float64 (see there).
 
 **Unsigned indices.** numba supports negative indices (``a[-1]``), so for a signed index it
 emits a check-and-wrap on every access; an unsigned index cannot be negative and the check goes

@@ -13,21 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 import minicnn as mc
-from minicnn.recipes import load_data, train_classifier
+from minicnn.recipes import load_data, normalize_as_trained, train_classifier
 from minicnn.report import write_report
-
-
-def normalize(x, metadata):
-    """Normalize the images as the model's training data was (its metadata records how)."""
-    norm = metadata.get("normalization")
-    if not norm:
-        return x
-    mean = np.asarray(norm["mean"], dtype=x.dtype)[None, :, None, None]
-    std = np.asarray(norm["std"], dtype=x.dtype)[None, :, None, None]
-    return (x - mean) / std
 
 
 def main(argv=None) -> int:
@@ -51,7 +39,7 @@ def main(argv=None) -> int:
 
     model = mc.load_model(model_path)
     _, (x_test, y_test), class_names = load_data("mnist", args.data_dir)
-    x_test = normalize(x_test, model.metadata or {})
+    x_test = normalize_as_trained(x_test, model.metadata)
     write_report(model, x_test, y_test, class_names, out, dataset="mnist",
                  model_path=model_path, verbose=verbose)
     return 0

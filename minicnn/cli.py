@@ -154,15 +154,6 @@ def _load_eval_data(args, metadata):
     return dataset, load_data(dataset, args.data_dir)
 
 
-def _normalize(x, metadata):
-    norm = metadata.get("normalization")
-    if not norm:
-        return x
-    mean = np.asarray(norm["mean"], dtype=x.dtype)[None, :, None, None]
-    std = np.asarray(norm["std"], dtype=x.dtype)[None, :, None, None]
-    return (x - mean) / std
-
-
 def cmd_train(args) -> int:
     from .recipes import train_classifier
 
@@ -191,12 +182,13 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import load_model
     from .losses import SoftmaxCrossEntropy
+    from .recipes import normalize_as_trained
     from .training import evaluate
 
     model = load_model(args.model)
     metadata = model.metadata or {}
     dataset, (_, (x_test, y_test), class_names) = _load_eval_data(args, metadata)
-    x_test = _normalize(x_test, metadata)
+    x_test = normalize_as_trained(x_test, metadata)
     scores = evaluate(model, SoftmaxCrossEntropy(), x_test, y_test, batch_size=args.batch_size)
     print(f"{dataset} test set: accuracy {scores['acc']:.2%}, loss {scores['loss']:.4f} "
           f"({len(x_test):,} images)")
@@ -223,6 +215,7 @@ def cmd_predict(args) -> int:
     from PIL import UnidentifiedImageError
 
     from . import load_model
+    from .recipes import normalize_as_trained
 
     model = load_model(args.model)
     metadata = model.metadata or {}
@@ -239,7 +232,7 @@ def cmd_predict(args) -> int:
             print(f"{path}: cannot read image ({err})", file=sys.stderr)
             failed += 1
     if images:
-        probs = model.predict(_normalize(np.stack(images), metadata))
+        probs = model.predict(normalize_as_trained(np.stack(images), metadata))
         top = max(1, min(args.top, probs.shape[1]))
         for path, p in zip(names, probs):
             best = np.argsort(p)[::-1][:top]

@@ -67,6 +67,17 @@ def _timestamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def normalize_as_trained(x, metadata):
+    """Normalize images the way a model's training data was: its metadata (written by
+    ``train_classifier``) records the per-channel mean and std. Unchanged when it records none."""
+    from .data import Normalize
+
+    norm = (metadata or {}).get("normalization")
+    if not norm:
+        return x
+    return Normalize(norm["mean"], norm["std"])(x, None)
+
+
 def load_data(dataset: str, data_dir=None, image_size=None, channels=None, seed: int = 0,
               verbose: int = 1):
     """``(x_train, y_train), (x_test, y_test), class_names`` for a dataset name."""

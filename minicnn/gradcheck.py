@@ -20,6 +20,17 @@ Use it on your own layers::
     from minicnn.gradcheck import check_layer
     errors = check_layer(MyLayer(...), x)      # {"x": 3e-10, "weight": 1e-9, ...}
     assert max(errors.values()) < 1e-6
+
+**Scalars of a whole network.** :func:`check_layer` checks every element, and can: each output
+is differenced on its own before the weighted sum, so the noise stays that of one output. The
+gradient of one scalar (a loss, a class score) of a whole network is different: every finite
+difference carries the rounding noise of the full scalar (~1e-16 of its size), while single
+entries of the gradient can be arbitrarily close to zero (contributions that cancel), where
+that noise is a large *relative* error. :func:`check_gradient` and :func:`check_model` therefore
+compare *directional derivatives*: for a random unit direction v, ``d f(x + t v)/dt`` at t = 0
+(the five-point stencil along v) against ``analytic . v``. That number is about as large as the
+whole gradient, never accidentally tiny, and any wrong entry of the analytic gradient moves it
+(PyTorch's "fast" gradcheck uses the same projection).
 """
 
 from __future__ import annotations
@@ -117,23 +128,82 @@ def check_layer(layer, x, dy=None, training: bool = True, eps: float = DEFAULT_E
 
 
 def check_loss(loss_fn, logits, labels, eps: float = DEFAULT_EPS) -> float:
-    """Relative error of ``loss_fn.backward()`` against central differences of the mean loss.
-
-    The mean over N samples is ``(1/N) * sum_i loss_i`` and logit row i only moves loss_i, so
-    row i's numerical gradient is that of the one-sample loss divided by N (which keeps the
-    rounding noise of the other samples out of the difference).
-    """
+    """Relative error of ``loss_fn.backward()`` against the numerical gradient of the scalar
+    ``loss_fn.forward(logits, labels)`` returns: the loss exactly as defined, every logit
+    perturbed in turn. (A forward that summed over the batch while backward divided by N would
+    be off by a factor of N here.)"""
     logits = np.array(backend.to_numpy(logits), dtype=np.float64, copy=True, order="C")
     labels = np.asarray(backend.to_numpy(labels))
     loss_fn.forward(logits, labels)
     analytic = backend.to_numpy(loss_fn.backward()).copy()
-    n = logits.shape[0]
-    numeric = np.zeros_like(logits)
-    for i in range(n):
-        row = logits[i:i + 1].copy()
-        numeric[i] = numerical_gradient(lambda r=row, i=i: loss_fn.forward(r, labels[i:i + 1]) / n,
-                                        row, eps)[0]
+    numeric = numerical_gradient(lambda: loss_fn.forward(logits, labels), logits, eps)
     return relative_error(analytic, numeric)
+
+
+def directional_derivative(f, x: np.ndarray, direction: np.ndarray, eps: float = DEFAULT_EPS) -> float:
+    """``d f(x + t * direction) / dt`` at t = 0 for a scalar ``f()``, by the five-point stencil
+    along ``direction`` (x is moved in place and restored)."""
+    original = x.copy()
+    values = []
+    for step in (eps, -eps, 2 * eps, -2 * eps):
+        np.add(original, step * direction, out=x)
+        values.append(float(f()))
+    x[...] = original
+    plus, minus, plus2, minus2 = values
+    return (8 * (plus - minus) - (plus2 - minus2)) / (12 * eps)
+
+
+def check_gradient(f, x: np.ndarray, analytic, eps: float = DEFAULT_EPS, directions: int = 4,
+                   seed: int = 0) -> float:
+    """Relative error of ``analytic`` as the gradient of the scalar ``f()`` with respect to x.
+
+    Compares ``analytic . v`` with the directional derivative of f along ``directions`` random
+    unit vectors v (see the module docstring for why a whole network's scalar is checked along
+    directions rather than entry by entry); returns the largest relative error. ``x`` must be a
+    float64 array that ``f`` reads (it is perturbed in place and restored).
+    """
+    analytic = np.asarray(backend.to_numpy(analytic), dtype=np.float64)
+    if analytic.shape != x.shape:
+        raise ValueError(f"check_gradient: analytic gradient has shape {analytic.shape}, x has "
+                         f"shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for _ in range(directions):
+        v = rng.standard_normal(x.shape)
+        v /= np.linalg.norm(v)
+        worst = max(worst, relative_error(np.sum(analytic * v),
+                                          directional_derivative(f, x, v, eps)))
+    return worst
+
+
+def check_model(model, loss_fn, x, labels, training: bool = True, eps: float = DEFAULT_EPS,
+                directions: int = 4, seed: int = 0) -> dict[str, float]:
+    """The whole chain, network and loss, in float64: ``model.backward(loss_fn.backward())``
+    against the derivatives of the scalar ``loss_fn.forward(model.forward(x), labels)``.
+
+    Returns ``{"x": err, "<layer index>.<name>": err, ...}`` for the input and every parameter,
+    each the worst over ``directions`` random directions (:func:`check_gradient`). The model is
+    deep-copied first; stochastic layers are re-seeded before every forward pass. Keep x and
+    the weights away from kinks (a pre-activation within ~eps of ReLU's 0, a max-pool tie),
+    where no finite difference measures a derivative.
+    """
+    model = copy.deepcopy(model)
+    model.astype(np.float64)
+    x = np.array(backend.to_numpy(x), dtype=np.float64, copy=True, order="C")
+
+    def loss():
+        model.set_rng(np.random.default_rng(seed))
+        return loss_fn.forward(model.forward(x, training=training), labels)
+
+    loss()
+    dx = backend.to_numpy(model.backward(loss_fn.backward()))
+    named = _named_parameters(model)
+    errors = {"x": check_gradient(loss, x, dx, eps, directions, seed)}
+    for name, p in named.items():
+        analytic = backend.to_numpy(p.grad).copy()
+        p.data = np.ascontiguousarray(backend.to_numpy(p.data), dtype=np.float64)
+        errors[name] = check_gradient(loss, p.data, analytic, eps, directions, seed)
+    return errors
 
 
 def _named_parameters(layer) -> dict:

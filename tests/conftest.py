@@ -5,16 +5,14 @@ from hypothesis import HealthCheck, settings
 
 import minicnn
 
-# Property tests are derandomized in CI so a run is reproducible; locally they explore.
-settings.register_profile(
-    "default", deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-    derandomize=bool(os.environ.get("CI")),
-)
-settings.register_profile(
-    "explore", deadline=None, max_examples=500,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+# Property tests are derandomized: every run (CI or not) draws the same examples, so a failure
+# reproduces. "explore" draws fresh random examples, 500 per test, to look for new failures;
+# "margins" draws 50 per test for tests/gradcheck_margins.py.
+_COMMON = dict(deadline=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("default", derandomize=True, **_COMMON)
+settings.register_profile("explore", max_examples=500, **_COMMON)
+settings.register_profile("margins", max_examples=50, derandomize=True, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
@@ -35,3 +33,24 @@ def cpu_backend(request):
     """Run a test once per available CPU backend."""
     minicnn.set_backend(request.param)
     return request.param
+
+
+# --- gradient-check margins (tests/gradcheck_margins.py) ------------------------------------
+@pytest.fixture(autouse=True)
+def _name_the_running_test(request):
+    """Lets helpers.assert_gradients_match file each check's error under its test."""
+    import helpers
+
+    helpers.current_test[0] = request.node.nodeid
+    yield
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("MINICNN_GRADCHECK_MARGINS")
+    if path:
+        import json
+
+        import helpers
+
+        with open(path, "w") as handle:
+            json.dump(helpers.worst_errors, handle, indent=1)

@@ -1,14 +1,16 @@
 """Every layer's backward pass against central differences, in float64, on drawn shapes.
 
-A correct backward pass lands around 1e-9 relative error (float64, step 1e-6); a wrong one
-is off by order 1. The bound below leaves three orders of magnitude of room on both sides.
+A correct backward pass lands around 1e-9 relative error (float64, the five-point stencil with
+step 1e-4); a wrong one is off by order 1. The bound (helpers.GRADCHECK_BOUND, 1e-6) leaves
+orders of magnitude of room on both sides; ``python tests/gradcheck_margins.py`` measures the
+worst case of every check over 50 draws.
 """
 
 import copy
 
 import numpy as np
 import pytest
-from helpers import away_from_kinks, distinct_values
+from helpers import assert_gradients_match, away_from_kinks, distinct_values, draws
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -31,18 +33,12 @@ from minicnn.layers import (
 )
 from minicnn.losses import SoftmaxCrossEntropy
 
-MAX_RELATIVE_ERROR = 1e-6
 TESTED_LAYERS = set()
 
 
 def covers(*layer_types):
     TESTED_LAYERS.update(cls.__name__ for cls in layer_types)
     return lambda test: test
-
-
-def assert_gradients_match(errors):
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < MAX_RELATIVE_ERROR, f"gradient of {worst!r} is wrong: {errors}"
 
 
 seeds = st.integers(0, 2**32 - 1)
@@ -165,14 +161,16 @@ def test_batchnorm_gradients(n, c, hw, training, seed):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_gradients_on_every_cpu_backend(cpu_backend, training):
+@settings(max_examples=draws(10, minimum=5))
+@given(seed=seeds)
+def test_batchnorm_gradients_on_every_cpu_backend(cpu_backend, training, seed):
     """The numba backend has its own BatchNorm kernels (float64 here, like every gradcheck)."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     layer = BatchNorm2D(3)
     layer.gamma.data = rng.uniform(0.5, 2.0, 3).astype(np.float32)
     layer.beta.data = rng.standard_normal(3).astype(np.float32)
     x = rng.standard_normal((4, 3, 3, 2)) * 2 + 1
-    assert_gradients_match(check_layer(layer, x, training=training, seed=3))
+    assert_gradients_match(check_layer(layer, x, training=training, seed=seed % 1000))
 
 
 @st.composite
@@ -217,9 +215,9 @@ def residual_block(cfg, rng):
 
 
 @covers(Residual)
-# each example checks up to ~300 gradient entries, each by two forward passes through a
+# each example checks up to ~300 gradient entries, each by four forward passes through a
 # five-layer block: a third of the other tests' examples keeps this test near 10 s
-@settings(max_examples=max(30, settings().max_examples // 3))
+@settings(max_examples=draws(3, minimum=30))
 @given(cfg=residual_configs(), seed=seeds)
 def test_residual_gradients(cfg, seed):
     """x + f(x) and proj(x) + f(x), stride 1 and 2: gradients of x and of every inner parameter."""
@@ -270,7 +268,7 @@ def test_softmax_cross_entropy_gradient(n, classes, scale, smoothing, seed):
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((n, classes)) * scale
     labels = rng.integers(0, classes, n)
-    assert check_loss(SoftmaxCrossEntropy(smoothing), logits, labels) < MAX_RELATIVE_ERROR
+    assert_gradients_match(check_loss(SoftmaxCrossEntropy(smoothing), logits, labels))
 
 
 def test_every_layer_type_has_a_gradient_check():

@@ -14,11 +14,13 @@ Grad-CAM, not something a correct implementation can fix.)
 
 import numpy as np
 import pytest
-from helpers import distinct_values
+from helpers import assert_gradients_match, clear_input, distinct_values, draws
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minicnn as mc
 from minicnn import interpret
-from minicnn.gradcheck import numerical_gradient, relative_error
+from minicnn.gradcheck import check_gradient, directional_derivative
 from minicnn.layers import (
     BatchNorm2D,
     Conv2D,
@@ -47,7 +49,8 @@ def tiny_model(head="gap", seed=0):
     bn = model.layers[1]
     bn.running_mean.data = rng.normal(size=3)
     bn.running_var.data = rng.uniform(0.5, 2.0, size=3)
-    bn.gamma.data = rng.normal(size=3)
+    # |gamma| >= 0.5: a channel scaled towards 0 would crowd every value next to LeakyReLU's kink
+    bn.gamma.data = rng.uniform(0.5, 2.0, size=3) * rng.choice([-1.0, 1.0], size=3)
     bn.beta.data = rng.normal(size=3)
     return model
 
@@ -104,15 +107,19 @@ def test_layer_index_errors_name_the_problem():
 # -- gradients against central differences --------------------------------------------------------
 
 @pytest.mark.parametrize("head", ["gap", "flat"])
-def test_saliency_equals_the_numerical_gradient_of_the_class_score(head):
-    model, x = tiny_model(head), tiny_input()
+@settings(max_examples=draws(20, minimum=3))
+@given(seed=st.integers(0, 2**32 - 1))
+def test_saliency_equals_the_numerical_gradient_of_the_class_score(head, seed):
+    model = tiny_model(head, seed % 1000)
+    # no finite-difference step may cross a LeakyReLU kink or a max-pool tie
+    x = clear_input(model, np.random.default_rng(seed), (3, 2, 8, 8), training=False)
     classes = np.array([0, 2, 1])
     grads = interpret.class_score_gradient(model, x, classes)
     assert grads.shape == x.shape and grads.dtype == np.float64
     for n, c in enumerate(classes):
         xn = x[n:n + 1].copy()
-        numeric = numerical_gradient(lambda xn=xn, c=c: model.forward(xn)[0, c], xn, eps=1e-6)
-        assert relative_error(grads[n:n + 1], numeric) < 1e-6
+        assert_gradients_match(
+            check_gradient(lambda xn=xn, c=c: model.forward(xn)[0, c], xn, grads[n:n + 1]))
     # the saliency map: largest |gradient| over the channels, divided by its maximum
     expected = np.abs(grads).max(axis=1)
     expected /= expected.max(axis=(1, 2), keepdims=True)
@@ -128,17 +135,28 @@ def test_default_classes_are_the_predictions():
 
 
 @pytest.mark.parametrize("head, layer", [("gap", 5), ("gap", 4), ("flat", 2), ("flat", 5)])
-def test_grad_cam_weights_equal_the_numerical_gradient(head, layer):
-    model, x = tiny_model(head), tiny_input()
+@settings(max_examples=draws(20, minimum=3))
+@given(seed=st.integers(0, 2**32 - 1))
+def test_grad_cam_weights_equal_the_numerical_gradient(head, layer, seed):
+    model = tiny_model(head, seed % 1000)
+    x = clear_input(model, np.random.default_rng(seed), (3, 2, 8, 8), training=False)
     classes = np.array([1, 0, 2])
     result = interpret.grad_cam(model, x, classes, layer=layer)
     acts = model.forward_to(x, layer)
     np.testing.assert_allclose(result.activations, acts)
     for n, c in enumerate(classes):
         a = acts[n:n + 1].copy()
-        numeric = numerical_gradient(lambda a=a, c=c: model.forward_from(a, layer)[0, c], a,
-                                     eps=1e-6)
-        assert relative_error(result.weights[n], numeric[0].mean(axis=(1, 2))) < 1e-6
+        # alpha_f = mean over the positions of d score / d A_f: the gradient of the score along
+        # a direction that moves every position of map f alike, one map at a time
+        # (compared as a vector: one weight alone may be a near-zero sum of +- gradients)
+        score = lambda a=a, c=c: model.forward_from(a, layer)[0, c]  # noqa: E731
+        numeric = np.zeros(a.shape[1])
+        for f in range(a.shape[1]):
+            direction = np.zeros_like(a)
+            direction[0, f] = 1 / a[0, f].size
+            numeric[f] = directional_derivative(score, a, direction)
+        error = np.linalg.norm(result.weights[n] - numeric) / np.linalg.norm(numeric)
+        assert_gradients_match({"weights": error})
     # the map is ReLU(sum_f alpha_f A_f); the heatmap its bilinear upsampling, scaled to [0, 1]
     maps = np.maximum(np.einsum("nf,nfhw->nhw", result.weights, acts), 0)
     np.testing.assert_allclose(result.maps, maps, atol=1e-12)

@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
+from helpers import assert_gradients_match, clear_input
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minicnn as mc
-from minicnn.gradcheck import numerical_gradient, relative_error
+from minicnn.gradcheck import check_model
 from minicnn.layers import (
     AvgPool2D,
     BatchNorm2D,
@@ -26,32 +29,33 @@ def small_cnn(seed=0):
     ], seed=seed)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_whole_model_gradient_conv_relu_pool_dense_loss(seed):
-    """d(loss)/d(x) and d(loss)/d(every parameter) of the full model against central differences."""
+@given(seed=st.integers(0, 2**32 - 1))
+def test_whole_model_gradient_conv_relu_pool_dense_loss(cpu_backend, seed):
+    """d(loss)/d(x) and d(loss)/d(every parameter) of the full model and loss against the
+    derivatives of the scalar loss (gradcheck.check_model), on an input drawn clear of ReLU's
+    kink and of max-pool ties."""
     rng = np.random.default_rng(seed)
-    model = small_cnn(seed).astype(np.float64)
-    x = rng.standard_normal((3, 2, 8, 7))
+    model = small_cnn(seed % 1000).astype(np.float64)
+    x = clear_input(model, rng, (3, 2, 8, 7))
     labels = rng.integers(0, 4, 3)
-    loss_fn = SoftmaxCrossEntropy()
+    errors = check_model(model, SoftmaxCrossEntropy(), x, labels, seed=seed % 1000)
+    assert set(errors) == {"x", "0.weight", "0.bias", "4.weight", "4.bias"}
+    assert_gradients_match(errors)
 
-    conv_out = model.layers[0].forward(x)
-    assert np.min(np.abs(conv_out)) > 1e-4, "pre-activation too close to ReLU's kink; pick a seed"
 
-    loss_fn.forward(model.forward(x, training=True), labels)
-    dx = model.backward(loss_fn.backward())
-    analytic = {"x": dx} | {f"p{i}": p.grad.copy() for i, p in enumerate(model.parameters())}
+def test_whole_model_check_catches_a_broken_layer():
+    """check_model must fail a model whose max pool sends the gradient to the wrong pixel."""
 
-    def loss():
-        return loss_fn.forward(model.forward(x, training=True), labels)
+    class ShiftedMaxPool(MaxPool2D):
+        def _backward(self, dy):
+            return np.roll(super()._backward(dy), 1, axis=-1)
 
-    # a small step: the perturbations must not carry a pre-activation across ReLU's kink
-    numeric = {"x": numerical_gradient(loss, x, eps=1e-6)}
-    for i, p in enumerate(model.parameters()):
-        numeric[f"p{i}"] = numerical_gradient(loss, p.data, eps=1e-6)
-    errors = {k: relative_error(analytic[k], numeric[k]) for k in analytic}
-    assert len(errors) == 5  # x, conv weight and bias, dense weight and bias
-    assert max(errors.values()) < 1e-6, errors
+    rng = np.random.default_rng(0)
+    model = small_cnn(0).astype(np.float64)
+    model.layers[2] = ShiftedMaxPool(2)
+    x = clear_input(model, rng, (3, 2, 8, 7))
+    errors = check_model(model, SoftmaxCrossEntropy(), x, rng.integers(0, 4, 3))
+    assert errors["x"] > 1e-2 and errors["0.weight"] > 1e-2 and errors["4.weight"] < 1e-6
 
 
 def test_overfits_a_tiny_batch(cpu_backend):

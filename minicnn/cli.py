@@ -118,12 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(predict)
 
     bench = commands.add_parser("bench", help="training and inference speed of the backends",
-                                description="Images/s of the reference network on each backend.")
+                                description="Training and inference images/s of the reference "
+                                "network on each backend.")
     bench.add_argument("--backends", default=None,
                        help="comma-separated backends (default: all that run here)")
-    bench.add_argument("--batch-size", type=positive_int, default=128)
-    bench.add_argument("--steps", type=positive_int, default=20, help="timed training steps")
-    bench.add_argument("--quiet", action="store_true")
+    bench.add_argument("--batch-size", type=positive_int, default=128,
+                       help="images per training step and per inference batch (default 128)")
+    bench.add_argument("--steps", type=positive_int, default=20,
+                       help="timed training steps and inference batches (default 20)")
+    bench.add_argument("--quiet", action="store_true",
+                       help="print only one result line per backend")
 
     from .tune import add_arguments as add_tune_arguments  # cheap: Optuna loads only to run
 
@@ -242,7 +246,9 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _training_images_per_s(name: str, x, y, steps: int) -> float:
+def _images_per_s(name: str, x, y, steps: int) -> tuple[float, float]:
+    """Training (forward, loss, backward, Adam) and inference (``predict``) throughput of the
+    reference network on backend ``name``, in images per second."""
     import time
 
     from . import backend, models, optim
@@ -255,14 +261,19 @@ def _training_images_per_s(name: str, x, y, steps: int) -> float:
     opt = optim.Adam(model.parameters())
     loss_fn = SoftmaxCrossEntropy()
     for step in range(3 + steps):
-        if step == 3:  # the first steps compile kernels and warm up the allocators
+        if step == 3:  # the first steps compile kernels and warm up the caches
             start = time.perf_counter()
         loss_fn.forward(model.forward(xb, training=True), yb)
         opt.zero_grad()
         model.backward(loss_fn.backward(), input_grad=False)
         opt.step()
     float(opt.params[0].data.sum())  # waits for the GPU
-    return steps * len(x) / (time.perf_counter() - start)
+    training = steps * len(x) / (time.perf_counter() - start)
+    model.predict(x)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.predict(x, batch_size=len(x))
+    return training, steps * len(x) / (time.perf_counter() - start)
 
 
 def cmd_bench(args) -> int:
@@ -272,11 +283,12 @@ def cmd_bench(args) -> int:
     rng = np.random.default_rng(0)
     x = rng.random((args.batch_size, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, args.batch_size)
-    print(f"reference network, batch {args.batch_size}, Adam "
-          "(benchmarks/bench_train.py compares with PyTorch)")
+    if not args.quiet:
+        print(f"reference network, batches of {args.batch_size}, {args.steps} timed steps "
+              "(benchmarks/bench_train.py compares with PyTorch)")
     for name in names:
-        rate = _training_images_per_s(name, x, y, args.steps)
-        print(f"  {name:6s} training {rate:8,.0f} images/s")
+        training, inference = _images_per_s(name, x, y, args.steps)
+        print(f"{name:6s} training {training:8,.0f} images/s   inference {inference:8,.0f} images/s")
     return 0
 
 

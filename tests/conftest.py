@@ -1,9 +1,27 @@
+import importlib.abc
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import minicnn
+
+
+class _HiddenModule(importlib.abc.MetaPathFinder):
+    """Makes ``import torch`` fail as if PyTorch were not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden: MINICNN_HIDE_TORCH)",
+                                      name=name)
+        return None
+
+
+if os.environ.get("MINICNN_HIDE_TORCH"):
+    # tests/mutation_check.py: the cross-checks against PyTorch skip, so every planted bug
+    # must be caught by the tests that need no PyTorch
+    sys.meta_path.insert(0, _HiddenModule())
 
 # Property tests are derandomized: every run (CI or not) draws the same examples, so a failure
 # reproduces. "explore" draws fresh random examples, 500 per test, to look for new failures;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -25,6 +26,21 @@ def assert_gradients_match(errors, bound: float = GRADCHECK_BOUND) -> None:
     test = current_test[0]
     worst_errors[test] = max(worst_errors.get(test, 0.0), errors[worst] / bound * GRADCHECK_BOUND)
     assert errors[worst] < bound, f"gradient of {worst!r} is wrong: {errors}"
+
+
+def require(module: str):
+    """Import an optional test dependency (torch, optuna). Without it the test skips, with the
+    reason; in CI (``CI`` set) it fails instead, since CI installs every test dependency
+    (tests/mutation_check.py hides PyTorch on purpose: then it skips)."""
+    import pytest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        if os.environ.get("CI") and not os.environ.get("MINICNN_HIDE_TORCH"):
+            pytest.fail(f"{module} is not installed, but CI must run these tests (see .ci/run): "
+                        f"{err}", pytrace=False)
+        pytest.skip(f"{module} is not installed: {err}", allow_module_level=True)
 
 
 def draws(divisor: int, minimum: int) -> int:

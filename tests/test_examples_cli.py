@@ -79,11 +79,25 @@ def test_cli_train_evaluate_and_errors(tmp_path, capsys):
 
 
 def test_cli_help_explains_every_flag(capsys):
-    for command in ("train", "evaluate", "predict", "bench"):
-        with pytest.raises(SystemExit):
+    """Every option of every command has a help text, and ``--help`` shows each with it."""
+    import argparse
+
+    commands = next(action for action in cli.build_parser()._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    assert set(commands.choices) >= {"train", "evaluate", "explain", "predict", "bench", "tune"}
+    for command, parser in commands.choices.items():
+        with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--help"])
-        text = capsys.readouterr().out
-        assert text.count("--") >= 2
+        assert exit_info.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, f"{command} {action.option_strings[0]} has no help text"
+            assert action.option_strings[-1] in text, f"{command} --help omits {action.option_strings}"
+            first_words = " ".join(action.help.split()[:3]).replace("%%", "%")
+            if "%(" not in first_words:
+                assert first_words in text, f"{command} --help omits the help of {action.option_strings}"
 
 
 def test_every_recipe_builds_its_model_with_its_options():
@@ -111,8 +125,9 @@ def test_fast_mnist_recipe_and_model_override(tmp_path):
 
     layers = load_model(out / "model.safetensors").config()["layers"]
     assert [layer["out_channels"] for layer in layers if "out_channels" in layer] == [16, 32, 64]
-    with pytest.raises(SystemExit):  # --fast and --long are alternatives
+    with pytest.raises(SystemExit) as exit_info:  # --fast and --long are alternatives
         example.main(["--fast", "--long"])
+    assert exit_info.value.code == 2
 
     # another model than the recipe's is built with its own defaults (no width option)
     from minicnn.recipes import train_classifier

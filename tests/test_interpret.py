@@ -14,7 +14,7 @@ Grad-CAM, not something a correct implementation can fix.)
 
 import numpy as np
 import pytest
-from helpers import assert_gradients_match, clear_input, distinct_values, draws
+from helpers import assert_gradients_match, clear_input, distinct_values, draws, require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -190,7 +190,7 @@ def test_bilinear_resize_matches_pixel_centre_interpolation():
     np.testing.assert_allclose(out[0, 0], [0, 0.25, 0.75, 1])
     np.testing.assert_allclose(out[0, :, 0], [0, 0.5, 1.5, 2])
     np.testing.assert_array_equal(interpret.bilinear_resize(maps, (2, 2)), maps)
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     maps = np.random.default_rng(0).random((3, 5, 7))
     expected = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(16, 9),
                                                mode="bilinear", align_corners=False)[:, 0]

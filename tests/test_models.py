@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import assert_gradients_match
+from helpers import assert_gradients_match, require
 
 import minicnn as mc
 from minicnn import models
@@ -198,7 +198,7 @@ def test_gradcheck_catches_a_residual_that_drops_the_shortcut_gradient():
 
 
 def test_residual_block_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     F = torch.nn.functional  # noqa: N806 (torch's usual name)
     block = Residual.basic_block(3, 4, stride=2).astype(np.float64)
     block.initialize(np.random.default_rng(0))
@@ -226,7 +226,9 @@ def test_residual_block_matches_torch():
         np.testing.assert_allclose(p.grad, weights[name].grad.numpy(), rtol=1e-7, atol=1e-10)
 
 
-def test_residual_runs_identically_on_every_cpu_backend(cpu_backend):
+@pytest.mark.skipif(not mc.backend.backend_available("numba"), reason="numba is not installed")
+def test_residual_runs_identically_on_numba_and_numpy():
+    mc.set_backend("numba")
     model = mc.Sequential([Residual.basic_block(3, 4, stride=2), ReLU(), GlobalAvgPool2D()], seed=0)
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
     y = model.forward(x, training=True)

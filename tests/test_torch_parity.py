@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import require
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,7 @@ from minicnn.layers import (
 )
 from minicnn.losses import SoftmaxCrossEntropy
 
-torch = pytest.importorskip("torch")
+torch = require("torch")
 pytestmark = pytest.mark.torch
 TOL = dict(rtol=1e-7, atol=1e-10)
 seeds = st.integers(0, 2**32 - 1)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import require
 
 import minicnn
 from minicnn import models
@@ -22,7 +23,7 @@ TINY = ["--dataset", "digits", "--epochs", "1", "--limit", "500", "--width", "4,
 
 
 def _needs_optuna():
-    return pytest.importorskip("optuna")
+    return require("optuna")
 
 
 def _csv_rows(path):

@@ -1,0 +1,36 @@
+"""Layer semantics that a gradient check cannot see: running statistics, inference mode."""
+
+import numpy as np
+import pytest
+
+from minicnn.layers import BatchNorm2D
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, 1.0])
+def test_batchnorm_running_statistics_use_the_unbiased_batch_variance(cpu_backend, momentum):
+    """PyTorch's rule: running = (1 - momentum) * running + momentum * batch statistic, with the
+    batch variance computed with M - 1 in the denominator (M = N*H*W values per channel), while
+    the normalization itself divides by M."""
+    rng = np.random.default_rng(0)
+    layer = BatchNorm2D(3, momentum=momentum, dtype=np.float64)
+    start_mean, start_var = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+    layer.running_mean.data, layer.running_var.data = start_mean.copy(), start_var.copy()
+    x = rng.standard_normal((4, 3, 2, 3)) * [[[[1.0]], [[3.0]], [[0.5]]]] + 2.0
+    y = layer.forward(x, training=True)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    batch_mean = x.mean(axis=(0, 2, 3))
+    unbiased = ((x - batch_mean[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) / (m - 1)
+    np.testing.assert_allclose(layer.running_mean.data,
+                               (1 - momentum) * start_mean + momentum * batch_mean, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var.data,
+                               (1 - momentum) * start_var + momentum * unbiased, rtol=1e-12)
+    biased = unbiased * (m - 1) / m  # what training normalizes with
+    expected = (x - batch_mean[None, :, None, None]) / np.sqrt(biased[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+    # inference uses the running statistics, and does not move them
+    y = layer.forward(x, training=False)
+    running_var = layer.running_var.data.copy()
+    expected = (x - layer.running_mean.data[None, :, None, None]) / np.sqrt(
+        running_var[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(layer.running_var.data, running_var)

@@ -5,10 +5,11 @@ for every available backend and PyTorch, plus where the time goes (im2col/col2im
     python benchmarks/bench_kernels.py --backends numba --batch-size 64
 
 Layers: the two convolutions of the reference network (1->32 at 28x28, 32->64 at 14x14) and a
-CIFAR-size 64->64 3x3 convolution at 32x32, all stride 1, padding 1. "GEMM efficiency" compares
-the conv forward's GFLOP/s with numpy's own matmul at the same GEMM shape
-(N*OH*OW x C*KH*KW) @ (C*KH*KW x F). numba's JIT compile time is measured separately, cold
-(empty cache) and warm (cache on disk), in fresh subprocesses. GPU timings are synchronized.
+CIFAR-size 64->64 3x3 convolution at 32x32, all stride 1, padding 1. Each framework runs in its
+own fresh process. "GEMM efficiency" compares the conv forward's GFLOP/s with numpy's own matmul
+(every core) at the same GEMM shape (F x C*KH*KW) @ (C*KH*KW x N*OH*OW), measured in the same
+process. numba's JIT compile time is measured separately, cold (empty cache) and warm (cache on
+disk), in fresh subprocesses. GPU timings are synchronized.
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-# isort: off
-import minicnn as mc  # before numpy: see common.py
 import numpy as np
-# isort: on
-from common import best_time, machine_info, try_import_torch, write_json
-
-from minicnn.layers import Conv2D
+from common import best_time, environment, write_json
 
 HERE = Path(__file__).resolve().parent
 LAYERS = {
@@ -42,6 +38,9 @@ def conv_flops(n, c, f, size, k=3):
 
 
 def bench_minicnn_layer(backend, n, c, f, size, repeats):
+    import minicnn as mc
+    from minicnn.layers import Conv2D
+
     mc.set_backend(backend)
     xp = mc.backend.xp()
     kernels = mc.backend.kernels()
@@ -61,12 +60,12 @@ def bench_minicnn_layer(backend, n, c, f, size, repeats):
     cols = kernels.im2col(x, (3, 3), (1, 1), (1, 1))
     w2 = conv.weight.data.reshape(f, -1)
     dout = kernels.nchw_to_cnhw(dy)  # (F, N*OH*OW), as the layer lays it out
-    t_im2col = best_time(lambda: kernels.im2col(x, (3, 3), (1, 1), (1, 1), out=cols), repeats, sync)
-    dcols = w2.T @ dout
+    t_im2col = best_time(lambda: kernels.im2col(x, (3, 3), (1, 1), (1, 1)), repeats, sync)
+    dcols = kernels.matmul(w2.T, dout)
     t_col2im = best_time(lambda: kernels.col2im(dcols, x.shape, (3, 3), (1, 1), (1, 1)), repeats, sync)
-    t_gemm_fwd = best_time(lambda: w2 @ cols, repeats, sync)
-    t_gemm_dw = best_time(lambda: dout @ cols.T, repeats, sync)
-    t_gemm_dx = best_time(lambda: w2.T @ dout, repeats, sync)
+    t_gemm_fwd = best_time(lambda: kernels.matmul(w2, cols), repeats, sync)
+    t_gemm_dw = best_time(lambda: kernels.matmul(dout, cols.T), repeats, sync)
+    t_gemm_dx = best_time(lambda: kernels.matmul(w2.T, dout), repeats, sync)
     return {
         "forward_ms": 1e3 * t_forward,
         "backward_weight_ms": 1e3 * t_backward_weight,
@@ -104,6 +103,23 @@ def numpy_gemm_gflops(n, c, f, size, repeats):
     return conv_flops(n, c, f, size) / best_time(lambda: w @ cols, repeats) / 1e9
 
 
+def child(name, n, repeats) -> dict:
+    """Every layer on one framework, in this (fresh) process."""
+    results = {}
+    for layer, (c, f, size) in LAYERS.items():
+        if name.startswith("torch"):
+            import torch
+
+            r = bench_torch_layer(torch, "cuda" if name == "torch-cuda" else "cpu", n, c, f, size,
+                                  repeats)
+        else:
+            r = bench_minicnn_layer(name, n, c, f, size, repeats)
+        r["numpy_matmul_gflops"] = numpy_gemm_gflops(n, c, f, size, repeats)
+        results[layer] = r
+    results["environment"] = environment()
+    return results
+
+
 def numba_compile_times() -> dict:
     """First-call time of the reference network's kernels in fresh processes: cold, then warm."""
     code = (
@@ -130,41 +146,51 @@ def numba_compile_times() -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default=",".join(mc.available_backends()))
+    parser.add_argument("--backends", default=None, help="minicnn backends (default: all here)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
     n, repeats = args.batch_size, args.repeats
-    torch = None if args.no_torch else try_import_torch()
-    frameworks = [b for b in args.backends.split(",") if b]
-    if torch is not None:
+    if args.child:
+        print(json.dumps(child(args.child, n, repeats)))
+        return
+
+    import importlib.util
+
+    import minicnn as mc
+
+    frameworks = (args.backends.split(",") if args.backends else mc.available_backends())
+    if not args.no_torch and importlib.util.find_spec("torch") is not None:
         frameworks.append("torch-cpu")
-        if torch.cuda.is_available():
+        if "cupy" in frameworks:
             frameworks.append("torch-cuda")
+    measured = {}
+    for name in frameworks:
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        out = subprocess.run([sys.executable, __file__, "--child", name, "--batch-size", str(n),
+                              "--repeats", str(repeats)], capture_output=True, text=True, cwd=HERE)
+        if out.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+        measured[name] = json.loads(out.stdout.strip().splitlines()[-1])
 
     rows, results = [], {}
     for layer, (c, f, size) in LAYERS.items():
         flops = conv_flops(n, c, f, size)
-        matmul = numpy_gemm_gflops(n, c, f, size, repeats)
-        results[layer] = {"numpy_matmul_gflops": matmul}
+        results[layer] = {}
         for name in frameworks:
-            print(f"{layer}: {name} ...", file=sys.stderr, flush=True)
-            if name.startswith("torch"):
-                r = bench_torch_layer(torch, "cuda" if name == "torch-cuda" else "cpu", n, c, f,
-                                      size, repeats)
-            else:
-                r = bench_minicnn_layer(name, n, c, f, size, repeats)
+            r = measured[name][layer]
             for phase in ("forward", "backward_data", "backward_weight"):
                 r[f"{phase}_gflops"] = flops / (r[f"{phase}_ms"] / 1e3) / 1e9
             if "gemm_ms" in r:
                 total = r["gemm_ms"] + r["im2col_ms"] + r["col2im_ms"]
                 r["im2col_col2im_share"] = (r["im2col_ms"] + r["col2im_ms"]) / total
             results[layer][name] = r
-            eff = (f"{r['forward_gflops'] / matmul:.0%}" if not name.endswith("cuda")
-                   and name != "cupy" else "-")
+            matmul = r["numpy_matmul_gflops"]
+            eff = (f"{r['forward_gflops'] / matmul:.0%} of {matmul:.0f}"
+                   if not name.endswith("cuda") and name != "cupy" else "-")
             share = f"{r['im2col_col2im_share']:.0%}" if "im2col_col2im_share" in r else "-"
             rows.append(f"| {layer} | {name} | {r['forward_ms']:.2f} ({r['forward_gflops']:.0f}) | "
                         f"{r['backward_data_ms']:.2f} ({r['backward_data_gflops']:.0f}) | "
@@ -172,22 +198,21 @@ def main():
                         f"{eff} | {share} |")
 
     compile_times = numba_compile_times() if "numba" in frameworks else {}
-    info = machine_info()
-    info["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    env = {key: value for name in frameworks for key, value in measured[name]["environment"].items()}
+    env["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     header = [f"| layer (batch {n}) | framework | forward ms (GFLOP/s) | backward-data ms (GFLOP/s) "
-              "| backward-weight ms (GFLOP/s) | GEMM efficiency | im2col+col2im share |",
+              "| backward-weight ms (GFLOP/s) | forward vs numpy matmul | im2col+col2im share |",
               "|---|---|---:|---:|---:|---:|---:|"]
     table = "\n".join(header + rows)
-    print(f"\n{info['cpu']} ({info['cores']} cores), GPU: {info['gpu']}; {info['date']}\n")
+    print(f"\n{env['cpu']} ({env['cores']} cores), GPU: {env['gpu']}; {env['blas']}; "
+          f"numba threading layer: {env.get('numba_threading_layer', '-')}; {env['date']}\n")
     print(table)
-    print("\nnumpy matmul at the conv GEMM shapes: " + ", ".join(
-        f"{layer}: {results[layer]['numpy_matmul_gflops']:.0f} GFLOP/s" for layer in LAYERS))
     if compile_times:
         print(f"numba compile (first call, fresh process): {json.dumps(compile_times)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"kernels_b{n}" + ("_gpu" if info["gpu"] else "")
-    write_json(out / f"{tag}.json", {"machine": info, "results": results,
+    tag = f"kernels_b{n}" + ("_gpu" if env["gpu"] else "")
+    write_json(out / f"{tag}.json", {"machine": env, "results": results,
                                      "numba_compile": compile_times, "table": table})
     print(f"wrote {out / (tag + '.json')}")
 

@@ -1,89 +1,170 @@
-"""End-to-end training and inference throughput of the reference network, every backend and
-PyTorch side by side, in ONE process so that the ratios compare like with like.
+"""Training and inference throughput of minicnn and PyTorch, each framework in its own fresh
+process, in the settings a user meets: minicnn alone, after ``import numpy``, after PyTorch.
 
-    python benchmarks/bench_train.py                      # all available backends + PyTorch
-    python benchmarks/bench_train.py --backends numba --steps 50 --batch-size 128
+    python benchmarks/bench_train.py                           # reference network, 3 runs each
+    python benchmarks/bench_train.py --models reference,cifar_vgg --runs 5
+    python benchmarks/bench_train.py --settings alone --frameworks numba,torch
 
-Training: forward, softmax cross-entropy, backward and an Adam step (lr 1e-3) on batches of
-``--batch-size`` MNIST-shaped images (synthetic data: throughput does not depend on content).
-Inference: ``predict`` over ``--infer-images`` images in batches of ``--infer-batch``.
-Prints a markdown table and writes JSON and a PNG bar chart to ``--out``.
+Every measurement runs in a new Python process (``--child``), so no framework inherits another's
+thread pools, allocator state or environment, and each setting is repeated ``--runs`` times:
+the tables give the median and the spread (min-max) of those runs. Settings for minicnn:
 
-Peak RSS is measured per framework in a fresh subprocess (``--rss``), since a process's
-high-water mark cannot be split between frameworks that ran in it.
+- ``alone``: minicnn imported first, nothing else loaded;
+- ``numpy-first``: ``import numpy`` before minicnn (as in every notebook);
+- ``torch-first``: PyTorch imported and a few PyTorch training steps run, then minicnn.
+
+PyTorch runs alone; every ratio is to PyTorch alone. Training is forward, softmax cross-entropy,
+backward and an optimizer step (the reference network: Adam, batch 128, 1x28x28; cifar_vgg:
+AdamW, batch 128, 3x32x32), on synthetic data. Inference is ``predict`` in batches of
+``--infer-batch``. Each child also measures numpy's float32 matmul peak (a 2048^3 product on
+every core) and reports the training GFLOP/s (multiply-adds of the forward pass, the weight
+gradients and the input gradients) as a fraction of it, the threading layer numba runs on and
+the BLAS numpy uses. Prints markdown tables; writes JSON to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-# isort: off
-import minicnn as mc  # before numpy: see common.py
-import numpy as np
-# isort: on
-from common import (
-    best_time,
-    machine_info,
-    reference_minicnn,
-    reference_torch,
-    synthetic_mnist,
-    try_import_torch,
-    write_json,
-)
-
 HERE = Path(__file__).resolve().parent
+SETTINGS = ("alone", "numpy-first", "torch-first")
+MODELS = ("reference", "cifar_vgg")
 
 
-def bench_minicnn(backend, x, y, batch_size, steps, warmup, infer_x, infer_batch):
+# --- the child: one framework, one setting, one run --------------------------------------------
+
+
+def warm_up_torch_first():
+    """A few PyTorch training steps, as a notebook would have run before trying minicnn."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 26 * 26, 10))
+    opt = torch.optim.Adam(net.parameters())
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+
+def matmul_peak_gflops() -> float:
+    import numpy as np
+
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(5))
+    return 2 * 2048**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def child(framework: str, setting: str, model_name: str, args) -> dict:
+    if setting == "numpy-first":
+        import numpy  # noqa: F401
+    elif setting == "torch-first":
+        warm_up_torch_first()
+    from common import environment, synthetic_images, training_flops
+
+    shape = (1, 28, 28) if model_name == "reference" else (3, 32, 32)
+    x, y = synthetic_images(max(args.batch_size * 4, 512), shape)
+    infer_x, _ = synthetic_images(args.infer_images, shape, seed=1)
+    if framework == "torch":
+        result = bench_torch(model_name, x, y, infer_x, args)
+    else:
+        result = bench_minicnn(framework, model_name, x, y, infer_x, args)
+    result["flops_per_image"] = training_flops(model_name, shape)
+    result["train_gflops"] = result["train_images_per_s"] * result["flops_per_image"] / 1e9
+    result["matmul_peak_gflops"] = matmul_peak_gflops()
+    result["environment"] = environment()
+    return result
+
+
+def _measure(train, infer, args, sync=None) -> dict:
+    train(3)  # compiles numba kernels, warms caches
+    if sync:
+        sync()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        train(args.steps)
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    infer()
+    infer_time = min(_timed(infer) for _ in range(3))
+    return {"train_images_per_s": args.steps * args.batch_size / min(times),
+            "infer_images_per_s": args.infer_images / infer_time}
+
+
+def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
+    import minicnn as mc
+    from minicnn import models
+
     mc.set_backend(backend)
-    xp = mc.backend.xp()
-    sync = (lambda: xp.cuda.Device().synchronize()) if backend == "cupy" else None
-    model = reference_minicnn().to(backend)
+    if model_name == "reference":
+        model = models.reference_cnn(seed=0)
+        opt = mc.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        model = models.cifar_vgg(seed=0)
+        opt = mc.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = mc.losses.SoftmaxCrossEntropy()
-    opt = mc.optim.Adam(model.parameters(), lr=1e-3)
-    batches = [(xp.asarray(x[i:i + batch_size]), xp.asarray(y[i:i + batch_size]))
-               for i in range(0, len(x) - batch_size + 1, batch_size)]
+    n = args.batch_size
+    batches = [(x[i:i + n], y[i:i + n]) for i in range(0, len(x) - n + 1, n)]
 
-    def train(n_steps):
-        for step in range(n_steps):
+    def train(steps):
+        for step in range(steps):
             xb, yb = batches[step % len(batches)]
             loss_fn.forward(model.forward(xb, training=True), yb)
             opt.zero_grad()
             model.backward(loss_fn.backward(), input_grad=False)
             opt.step()
 
-    start = time.perf_counter()
-    train(warmup)  # compiles numba kernels / warms caches and allocators
-    if sync:
-        sync()
-    first_steps = time.perf_counter() - start
-    train_time = best_time(lambda: train(steps), repeats=3, sync=sync)
-    infer_time = best_time(lambda: model.predict(infer_x, batch_size=infer_batch), repeats=3,
-                           sync=sync)
-    return {"train_images_per_s": steps * batch_size / train_time,
-            "infer_images_per_s": len(infer_x) / infer_time,
-            "warmup_s": first_steps}
+    return _measure(train, lambda: model.predict(infer_x, batch_size=args.infer_batch), args)
 
 
-def bench_torch(torch, device, x, y, batch_size, steps, warmup, infer_x, infer_batch):
+def torch_model(torch, model_name: str):
+    nn = torch.nn
+    if model_name == "reference":
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10))
+    layers, channels = [], 3  # minicnn.models.cifar_vgg, width 32
+    for out in (32, 64, 128):
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out),
+                       nn.ReLU()]
+            channels = out
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 4 * 4, 10))
+
+
+def bench_torch(model_name: str, x, y, infer_x, args) -> dict:
+    import torch
+
     torch.manual_seed(0)
-    model = reference_torch(torch).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model = torch_model(torch, model_name)
+    optimizer = torch.optim.Adam if model_name == "reference" else torch.optim.AdamW
+    opt = optimizer(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    batches = [(torch.tensor(x[i:i + batch_size], device=device),
-                torch.tensor(y[i:i + batch_size], device=device))
-               for i in range(0, len(x) - batch_size + 1, batch_size)]
-    sync = torch.cuda.synchronize if device == "cuda" else None
+    n = args.batch_size
+    batches = [(torch.tensor(x[i:i + n]), torch.tensor(y[i:i + n]))
+               for i in range(0, len(x) - n + 1, n)]
 
-    def train(n_steps):
+    def train(steps):
         model.train()
-        for step in range(n_steps):
+        for step in range(steps):
             xb, yb = batches[step % len(batches)]
             opt.zero_grad(set_to_none=True)
             loss_fn(model(xb), yb).backward()
@@ -92,134 +173,105 @@ def bench_torch(torch, device, x, y, batch_size, steps, warmup, infer_x, infer_b
     def infer():
         model.eval()
         with torch.no_grad():
-            for i in range(0, len(infer_x), infer_batch):
-                xb = torch.as_tensor(infer_x[i:i + infer_batch]).to(device)
-                torch.softmax(model(xb), dim=1).cpu().numpy()
+            for i in range(0, len(infer_x), args.infer_batch):
+                torch.softmax(model(torch.as_tensor(infer_x[i:i + args.infer_batch])), 1).numpy()
 
-    start = time.perf_counter()
-    train(warmup)
-    if sync:
-        sync()
-    first_steps = time.perf_counter() - start
-    train_time = best_time(lambda: train(steps), repeats=3, sync=sync)
-    infer_time = best_time(infer, repeats=3, sync=sync)
-    return {"train_images_per_s": steps * batch_size / train_time,
-            "infer_images_per_s": len(infer_x) / infer_time,
-            "warmup_s": first_steps}
+    return _measure(train, infer, args)
 
 
-def peak_rss_mib(framework: str, args) -> float | None:
-    """Run one framework alone in a subprocess and return its peak RSS in MiB."""
-    cmd = [sys.executable, __file__, "--only", framework, "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size), "--infer-batch", str(args.infer_batch),
-           "--infer-images", str(args.infer_images), "--warmup", str(args.warmup)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+# --- the parent: every run in a fresh process, then the tables --------------------------------
+
+
+def run_child(framework, setting, model_name, args) -> dict:
+    command = [sys.executable, __file__, "--child", f"{framework}:{setting}:{model_name}",
+               "--steps", str(args.steps), "--repeats", str(args.repeats),
+               "--batch-size", str(args.batch_size), "--infer-batch", str(args.infer_batch),
+               "--infer-images", str(args.infer_images)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
     if out.returncode != 0:
-        print(f"RSS run for {framework} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+        raise SystemExit(f"{framework} ({setting}, {model_name}) failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_one(name, args, data):
-    x, y, infer_x = data
-    common = (x, y, args.batch_size, args.steps, args.warmup, infer_x, args.infer_batch)
-    if name.startswith("torch"):
-        torch = try_import_torch()
-        return bench_torch(torch, "cuda" if name == "torch-cuda" else "cpu", *common)
-    return bench_minicnn(name, *common)
+def spread(values, digits=0) -> str:
+    return (f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}-"
+            f"{max(values):,.{digits}f})")
 
 
-def markdown_table(results, baseline_cpu, baseline_gpu) -> str:
-    lines = ["| framework | train img/s | x PyTorch | infer img/s | x PyTorch | peak RSS (MiB) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for name, r in results.items():
-        base = baseline_gpu if name in ("cupy", "torch-cuda") else baseline_cpu
-        train_ratio = (f"{r['train_images_per_s'] / base['train_images_per_s']:.2f}x"
-                       if base else "-")
-        infer_ratio = (f"{r['infer_images_per_s'] / base['infer_images_per_s']:.2f}x"
-                       if base else "-")
-        rss = f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-"
-        lines.append(f"| {name} | {r['train_images_per_s']:,.0f} | {train_ratio} | "
-                     f"{r['infer_images_per_s']:,.0f} | {infer_ratio} | {rss} |")
+def table(model_name, rows, torch_runs) -> str:
+    base_train = statistics.median(r["train_images_per_s"] for r in torch_runs) if torch_runs else None
+    base_infer = statistics.median(r["infer_images_per_s"] for r in torch_runs) if torch_runs else None
+    lines = [f"| {model_name}: framework, setting | train img/s | x PyTorch alone | infer img/s "
+             "| x PyTorch alone | train GFLOP/s (% of matmul peak) | threads |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for label, runs in rows:
+        train = [r["train_images_per_s"] for r in runs]
+        infer = [r["infer_images_per_s"] for r in runs]
+        ratio = (spread([t / base_train for t in train], 2) + "x") if base_train else "-"
+        infer_ratio = (spread([t / base_infer for t in infer], 2) + "x") if base_infer else "-"
+        share = statistics.median(r["train_gflops"] / r["matmul_peak_gflops"] for r in runs)
+        gflops = statistics.median(r["train_gflops"] for r in runs)
+        env = runs[0]["environment"]
+        threads = (env.get("numba_threading_layer")
+                   or (f"torch, {env['torch_threads']} threads" if "torch_threads" in env else "-"))
+        lines.append(f"| {label} | {spread(train)} | {ratio} | {spread(infer)} | {infer_ratio} | "
+                     f"{gflops:.0f} ({share:.0%}) | {threads} |")
     return "\n".join(lines)
-
-
-def bar_chart(results, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    train = [results[n]["train_images_per_s"] for n in names]
-    infer = [results[n]["infer_images_per_s"] for n in names]
-    positions = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-    ax.bar(positions - 0.2, train, 0.4, label="training")
-    ax.bar(positions + 0.2, infer, 0.4, label="inference")
-    ax.set_xticks(positions, names)
-    ax.set_ylabel("images / s")
-    ax.set_title("Reference CNN throughput (higher is better)")
-    ax.legend()
-    fig.tight_layout()
-    from minicnn.plots import save_figure
-
-    save_figure(fig, path)  # atomic, like every file minicnn writes; closes the figure
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", default=",".join(mc.available_backends()),
-                        help="comma-separated minicnn backends (default: all available)")
-    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--frameworks", default="numba,numpy,torch",
+                        help="minicnn backends and/or torch (default numba,numpy,torch)")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="settings for the numba backend (numpy and torch run alone)")
+    parser.add_argument("--models", default="reference", help="reference and/or cifar_vgg")
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per setting")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=40, help="timed training steps per repeat")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats per process (best kept)")
     parser.add_argument("--infer-batch", type=int, default=1000)
     parser.add_argument("--infer-images", type=int, default=10000)
-    parser.add_argument("--rss", action="store_true", help="also measure peak RSS (subprocesses)")
-    parser.add_argument("--out", default=str(HERE / "results"), help="folder for JSON and PNG")
-    parser.add_argument("--only", help=argparse.SUPPRESS)  # internal: one framework, print RSS
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # framework:setting:model
     args = parser.parse_args()
 
-    x, y = synthetic_mnist(max(args.batch_size * 8, 1024))
-    infer_x, _ = synthetic_mnist(args.infer_images, seed=1)
-    data = (x, y, infer_x)
-
-    if args.only:
-        run_one(args.only, args, data)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"peak_rss_mib": peak}))
+    sys.path.insert(0, str(HERE))
+    if args.child:
+        print(json.dumps(child(*args.child.split(":"), args)))
         return
+    from common import write_json
 
-    frameworks = [b for b in args.backends.split(",") if b]
-    torch = None if args.no_torch else try_import_torch()
-    if torch is not None:
-        frameworks.append("torch-cpu")
-        if torch.cuda.is_available() and "cupy" in frameworks:
-            frameworks.append("torch-cuda")
-
-    results = {}
-    for name in frameworks:
-        print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_one(name, args, data)
-        if args.rss and name != "torch-cuda":
-            results[name]["peak_rss_mib"] = peak_rss_mib(name, args)
-
-    info = machine_info()
-    info["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    info["batch_size"], info["steps"] = args.batch_size, args.steps
-    info["infer_batch"] = args.infer_batch
-    table = markdown_table(results, results.get("torch-cpu"), results.get("torch-cuda"))
-    print(f"\nReference CNN, batch {args.batch_size}, Adam; inference batch {args.infer_batch}")
-    print(f"{info['cpu']} ({info['cores']} cores), GPU: {info['gpu']}; {info['date']}\n")
-    print(table)
+    frameworks = [f for f in args.frameworks.split(",") if f]
+    settings = [s for s in args.settings.split(",") if s]
+    report, tables = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(),
+                                                       *sys.argv[1:]])}, []
+    for model_name in [m for m in args.models.split(",") if m]:
+        runs = {}
+        plan = [("torch", "alone")] if "torch" in frameworks else []
+        plan += [("numba", s) for s in settings if "numba" in frameworks]
+        plan += [("numpy", "alone")] if "numpy" in frameworks else []
+        for framework, setting in plan:
+            key = f"{framework} {setting}"
+            print(f"{model_name}: {key} x{args.runs} ...", file=sys.stderr, flush=True)
+            runs[key] = [run_child(framework, setting, model_name, args) for _ in range(args.runs)]
+        torch_runs = runs.get("torch alone", [])
+        rows = [(f"minicnn {key}", r) for key, r in runs.items() if not key.startswith("torch")]
+        rows += [("PyTorch alone", torch_runs)] if torch_runs else []
+        tables.append(table(model_name, rows, torch_runs))
+        report[model_name] = runs
+    every_run = [r for k, v in report.items() if k != "command" for runs in v.values() for r in runs]
+    env = {key: value for r in every_run for key, value in r["environment"].items()}
+    header = (f"{env['cpu']} ({env['cores']} cores); Python {env['python']}, numpy {env['numpy']} "
+              f"({env['blas']}), numba {env.get('numba', '-')}, torch {env.get('torch', '-')}; "
+              f"{env['date']}; batch {args.batch_size}, {args.runs} fresh processes per row "
+              "(median, min-max)")
+    print("\n" + header + "\n\n" + "\n\n".join(tables))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"train_b{args.batch_size}" + ("_gpu" if info["gpu"] else "")
-    write_json(out / f"{tag}.json", {"machine": info, "results": results, "table": table})
-    bar_chart(results, out / f"{tag}.png")
-    print(f"\nwrote {out / (tag + '.json')} and {out / (tag + '.png')}")
+    path = out / f"train_b{args.batch_size}.json"
+    write_json(path, {"header": header, "tables": tables, **report})
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

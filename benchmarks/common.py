@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the reference network, machine description, timing."""
+"""Shared pieces of the benchmarks: data, FLOP counts, a description of the machine."""
 
 from __future__ import annotations
 
@@ -6,42 +6,35 @@ import json
 import os
 import platform
 import subprocess
-import time
+import sys
 from datetime import datetime, timezone
 
-# isort: off
-# minicnn first: it sets OpenBLAS's thread timeout, which OpenBLAS reads when numpy loads it
-# (see minicnn/_process_tuning.py). PyTorch (MKL/oneDNN) does not use OpenBLAS.
-import minicnn as mc
-import numpy as np
-# isort: on
-from minicnn.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+
+def synthetic_images(n: int, shape, seed: int = 0):
+    """Random float32 images and int labels (throughput does not depend on the content)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape), dtype=np.float32), rng.integers(0, 10, n)
 
 
-def reference_minicnn(seed=0):
-    """The benchmark network of the project (NCHW float32, MNIST-sized input)."""
-    return mc.Sequential([
-        Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2),
-        Conv2D(32, 64, 3, padding=1), ReLU(), MaxPool2D(2),
-        Flatten(), Dense(3136, 128), ReLU(), Dense(128, 10),
-    ], seed=seed, input_shape=(1, 28, 28))
+def training_flops(model_name: str, shape) -> int:
+    """FLOPs of one training image: 2 per multiply-add of every Conv2D and Dense layer, for the
+    forward pass, the weight gradient and the input gradient (none for the first layer, whose
+    input gradient training skips). Element-wise work (ReLU, pooling, BatchNorm) is not
+    counted: this is the work a matrix multiply does, to compare with the matmul peak."""
+    from minicnn import models
+    from minicnn.layers import Conv2D, Dense
 
-
-def reference_torch(torch):
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10),
-    )
-
-
-def try_import_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
+    model = models.reference_cnn() if model_name == "reference" else models.cifar_vgg()
+    total, first, current = 0, True, tuple(shape)
+    for layer in model.layers:
+        if isinstance(layer, (Conv2D, Dense)):
+            multiply_adds = layer.flops(current)  # forward, bias adds included (negligible)
+            total += multiply_adds * (2 if first else 3)
+            first = False
+        current = layer.output_shape(current)
+    return total
 
 
 def cpu_model() -> str:
@@ -64,38 +57,40 @@ def gpu_model() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def machine_info() -> dict:
+def environment() -> dict:
+    """Versions, the BLAS numpy uses and the threading layer numba runs on, in this process."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "gpu": gpu_model(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "minicnn": mc.__version__,
+        "cpu": cpu_model(), "cores": os.cpu_count(), "gpu": gpu_model(),
+        "python": platform.python_version(), "numpy": np.__version__,
+        "in_venv": sys.prefix != sys.base_prefix,
     }
-    try:
+    blas = sorted((lib for lib in threadpool_info() if lib["user_api"] == "blas"),
+                  key=lambda lib: "numpy" not in lib["filepath"])  # numpy's own BLAS first
+    info["blas"] = ", ".join(f"{lib['internal_api']} {lib['version']} {lib.get('architecture', '')}"
+                             f" kernels, {lib['num_threads']} threads" for lib in blas[:1])
+    if "minicnn.kernels.numba_kernels" in sys.modules:  # the numba backend ran here
         import numba
 
+        from minicnn.kernels import cpu_runtime
+
         info["numba"] = numba.__version__
-        info["numba_threads"] = numba.get_num_threads()
-    except ImportError:
-        pass
-    torch = try_import_torch()
-    if torch is not None:
+        info["numba_threading_layer"] = cpu_runtime.threading_layer()
+    if "torch" in sys.modules:
+        import torch
+
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
-    try:
-        import cupy
-
-        info["cupy"] = cupy.__version__
-    except ImportError:
-        pass
     return info
 
 
 def best_time(fn, repeats: int, sync=None) -> float:
     """Minimum wall time of ``fn()`` over ``repeats`` runs (``sync()`` waits for a GPU)."""
+    import time
+
     best = float("inf")
     for _ in range(repeats):
         if sync:
@@ -111,11 +106,4 @@ def best_time(fn, repeats: int, sync=None) -> float:
 def write_json(path, payload) -> None:
     from minicnn.atomic import atomic_write_bytes
 
-    atomic_write_bytes(path, json.dumps(payload, indent=2).encode())
-
-
-def synthetic_mnist(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, 1, 28, 28), dtype=np.float32)
-    y = rng.integers(0, 10, n)
-    return x, y
+    atomic_write_bytes(path, json.dumps(payload, indent=1).encode())

@@ -4,9 +4,6 @@ Every layer's forward and backward pass is hand-written and readable; the hot ke
 NumPy (the reference), numba (JIT-compiled CPU) or CuPy (GPU).
 """
 
-# Before anything imports NumPy: the OpenBLAS and malloc settings described in that module.
-from . import _process_tuning  # noqa: F401, I001
-
 from . import gradcheck, init, interpret, layers, losses, metrics, optim
 from .backend import BACKENDS, available_backends, get_backend, set_backend
 from .io import ModelFileError, load_model

@@ -35,10 +35,6 @@ _KERNEL_MODULES = {
 
 _active: str | None = None
 
-# Largest im2col buffer a Conv2D builds at once; bigger batches are processed in chunks.
-_im2col_budget_bytes = int(float(os.environ.get("MINICNN_IM2COL_BUDGET_MB", "512")) * 2**20)
-
-
 class BackendUnavailableError(ImportError):
     """The requested backend cannot run here (a package or a GPU is missing)."""
 
@@ -122,21 +118,6 @@ def set_backend(name: str) -> str:
     _require(name)
     previous = get_backend()
     _active = name
-    return previous
-
-
-def im2col_budget() -> int:
-    """The largest im2col buffer (bytes) a convolution builds at once."""
-    return _im2col_budget_bytes
-
-
-def set_im2col_budget(n_bytes: int) -> int:
-    """Set the im2col buffer budget in bytes (also ``$MINICNN_IM2COL_BUDGET_MB``); returns the
-    old one. A convolution whose buffer would be larger processes its batch in chunks."""
-    global _im2col_budget_bytes
-    if isinstance(n_bytes, bool) or not isinstance(n_bytes, int) or n_bytes < 1:
-        raise ValueError(f"im2col budget must be a positive number of bytes, got {n_bytes!r}")
-    previous, _im2col_budget_bytes = _im2col_budget_bytes, n_bytes
     return previous
 
 

@@ -116,7 +116,7 @@ class Sequential:
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
         for layer in self.layers:
-            x = layer._forward(x, training)
+            x = layer._run_forward(x, training)
         return x
 
     __call__ = forward
@@ -174,7 +174,7 @@ class Sequential:
         check_float_array(x, f"Sequential (first layer {self.layers[0].name})")
         self.output_shapes(x.shape[1:])
         for layer in self.layers[:stop + 1]:
-            x = layer._forward(x, training)
+            x = layer._run_forward(x, training)
         return x
 
     def forward_from(self, h, layer_index, training: bool = False):
@@ -191,7 +191,7 @@ class Sequential:
                 raise ValueError(f"{where}: layer {i} ({self.layers[i].name}) cannot take "
                                  f"per-sample shape {shape}: {err}") from None
         for layer in self.layers[start + 1:]:
-            h = layer._forward(h, training)
+            h = layer._run_forward(h, training)
         return h
 
     def backward_to(self, dy, layer_index):

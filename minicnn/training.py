@@ -435,7 +435,7 @@ class Trainer:
                             "gradient, for its input (backward pass)")
         x = xb
         for i, layer in enumerate(self.model.layers):
-            x = layer._forward(x, training=False)
+            x = layer._run_forward(x, training=False)
             if not bool(xp.isfinite(x).all()):
                 return f"layer {i} ({layer.name}) is the first to output a non-finite value"
         return "every layer's output is finite in inference mode (the loss itself overflowed?)"

@@ -1,24 +1,32 @@
 """Hot kernels, one module per backend, all with the same function names and signatures.
 
-Every kernel takes NCHW arrays and (height, width) pairs for kernel size, stride and padding:
+The layers hold the math; the kernels do the work, each backend its own way: ``numpy_kernels``
+(the readable reference: read it first), ``numba_kernels`` (parallel JIT-compiled loops, run on
+the cores as :mod:`minicnn.kernels.cpu_runtime` describes), ``cupy_kernels`` (CUDA). How a kernel
+is fast is its own business (loop order, reused buffers, how a matrix multiply is split over the
+cores); what it computes is defined by the reference, and the tests hold the others to it.
 
-- ``im2col(x, kernel, stride, padding, out=None) -> cols`` of shape (C*KH*KW, N*OH*OW):
-  column ``n*OH*OW + oh*OW + ow`` holds the receptive field of output pixel (oh, ow) of sample
-  n, flattened in (c, kh, kw) order down the rows, so that ``weight.reshape(F, -1) @ cols`` is
-  the convolution, laid out (F, N*OH*OW). (Row ``(c*KH + kh)*KW + kw`` is one shifted copy of
-  input channel c: every kernel fills and reads it in long contiguous runs.)
+Every kernel takes NCHW arrays and (height, width) pairs for kernel size, stride and padding,
+and returns new arrays (which a backend may recycle once nothing references them):
+
+- ``im2col(x, kernel, stride, padding) -> cols`` of shape (C*KH*KW, N*OH*OW): column
+  ``n*OH*OW + oh*OW + ow`` holds the receptive field of output pixel (oh, ow) of sample n,
+  flattened in (c, kh, kw) order down the rows, so that ``weight.reshape(F, -1) @ cols`` is the
+  convolution, laid out (F, N*OH*OW). (Row ``(c*KH + kh)*KW + kw`` is one shifted copy of input
+  channel c: every kernel fills and reads it in long contiguous runs.)
 - ``col2im(cols, x_shape, kernel, stride, padding) -> dx``: the adjoint of im2col: every
   column entry is added back to the input pixel it was copied from (overlaps accumulate).
-- ``cnhw_to_nchw(out, bias, n, oh, ow)`` and ``nchw_to_cnhw(dy, out=None)``: between the
-  GEMM's (F, N*OH*OW) layout and NCHW, adding the bias on the way there.
-- ``maxpool_forward(x, kernel, stride) -> (y, argmax)`` with argmax the flat index
+- ``matmul(a, b) -> a @ b`` for 2-D arrays: every matrix multiply of the layers.
+- ``cnhw_to_nchw(out, bias, n, oh, ow)`` and ``nchw_to_cnhw(dy)``: between the GEMM's
+  (F, N*OH*OW) layout and NCHW, adding the bias on the way there.
+- ``maxpool_forward(x, kernel, stride) -> (y, argmax)`` with argmax (int32) the flat index
   (kh*KW + kw) of the winning element inside each window; ``maxpool_backward(dy, argmax,
   x_shape, kernel, stride) -> dx``.
 - ``avgpool_forward(x, kernel, stride) -> y``; ``avgpool_backward(dy, x_shape, kernel, stride)``.
 - ``channel_mean_var(x)``, ``batchnorm_forward(x, mean, inv_std, gamma, beta)`` and
   ``batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics) -> (dx, dgamma, dbeta)``:
-  BatchNorm2D's per-channel sums and affine map; ``relu_forward``/``relu_backward`` and
-  ``adam_update``: element-wise.
+  BatchNorm2D's per-channel sums and affine map; ``relu_forward(x)``, ``relu_backward(dy, y)``
+  and ``adam_update(...)`` (in place): element-wise.
 
 Kernel modules import nothing from the layers.
 """

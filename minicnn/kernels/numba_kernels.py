@@ -2,14 +2,18 @@
 
 Same functions, signatures and results as :mod:`minicnn.kernels.numpy_kernels` (the readable
 reference; read it first). Each public function is a thin Python wrapper: it works out the output
-shape, allocates the result, makes the inputs C-contiguous (and, for pooling, builds a small
-index table), then calls an ``@njit(parallel=True)`` kernel that does the work in explicit loops.
+shape, takes the result array from the recycler (:mod:`minicnn.kernels.cpu_runtime`), makes the
+inputs C-contiguous (and, for pooling, builds a small index table), then calls an
+``@njit(parallel=True)`` kernel that does the work in explicit loops. ``matmul`` is
+cpu_runtime's: numpy's BLAS, one block per core.
 
 **How the work is split.** Every kernel has one ``prange`` loop at the top, over independent
 pieces of the *output*, and numba gives each core a contiguous block of its iterations:
 
-- im2col and col2im: one (sample, channel) plane of the input, i.e. the KH*KW rows of ``cols``
-  that copy it, each over that sample's OH*OW columns;
+- im2col: one row of ``cols`` (one shifted copy of one input channel) for a block of samples:
+  a long contiguous run of the output;
+- col2im: one input channel for a block of samples: the planes it adds into stay in the core's
+  cache while the KH*KW rows of ``cols`` that copied them stream past;
 - pooling, forward and backward: one (sample, channel) plane;
 - the layout changes and BatchNorm's element-wise maps: one (sample, channel) plane;
 - BatchNorm's sums: one channel (its sums run over every sample).
@@ -42,10 +46,12 @@ that LLVM keeps it. The two backends therefore agree to the last bit, not just t
 the exceptions are average-pool forward, where ``np.mean`` chooses its own summation order (see
 that kernel), and BatchNorm's per-channel sums, which accumulate in float64 (see there).
 
-**Unsigned indices.** numba supports negative indices (``a[-1]``), so for a signed index it
-emits a check-and-wrap on every access; an unsigned index cannot be negative and the check goes
-away. In loops that do little besides indexing, that check costs up to half the time, so every
-computed flat index is converted with ``_u`` (``numba.uint64``) where it is used.
+**Flat, unsigned indices.** Every kernel indexes flat 1-D views with computed offsets. numba
+supports negative indices (``a[-1]``), so for a signed index it emits a check-and-wrap on every
+access, and a multi-dimensional index multiplies that by the rank; an unsigned index cannot be
+negative and the check goes away. In loops that do little besides indexing, that check costs up
+to three quarters of the time (the layout changes run 4x faster flat), so every computed index
+is converted with ``_u`` (``numba.uint64``) where it is used.
 
 Nothing is compiled at import time: numba compiles each kernel on its first call, once per
 dtype (float32 and float64 get their own machine code), and with ``cache=True`` stores the
@@ -54,24 +60,23 @@ result in ``__pycache__`` so that later processes load it instead of compiling a
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
-# Threads: numba picks its TBB threading layer when the tbb package is installed (a minicnn
-# dependency on x86-64). Where it falls back to OpenMP, the OpenMP workers would spin for a
-# while after every parallel kernel and steal the cores from OpenBLAS's threads during the
-# matrix multiplies that follow; passive workers sleep at once. This must be set before the
-# OpenMP runtime starts (before the first kernel runs); a value the user set is respected.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import cpu_runtime
+
+# numba starts its threading layer with the first parallel kernel; the TBB library must be
+# loadable by then (see cpu_runtime: in a virtual environment numba would not find it)
+cpu_runtime.load_tbb()
 
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
-from numba import uint64 as _u
+from numba import uint64 as _u  # noqa: E402
 
-from . import conv_output_size
-from .numpy_kernels import windows  # a zero-copy view of every window; nothing to compile
+from . import conv_output_size  # noqa: E402
+from .cpu_runtime import matmul, recycler  # noqa: E402
 
 __all__ = [
+    "adam_update",
     "avgpool_backward",
     "avgpool_forward",
     "batchnorm_backward",
@@ -79,12 +84,13 @@ __all__ = [
     "channel_mean_var",
     "cnhw_to_nchw",
     "col2im",
-    "conv_output_size",
     "im2col",
+    "matmul",
     "maxpool_backward",
     "maxpool_forward",
     "nchw_to_cnhw",
-    "windows",
+    "relu_backward",
+    "relu_forward",
 ]
 
 # fastmath stays off: letting LLVM reorder the sums would break bit-for-bit agreement with NumPy.
@@ -120,56 +126,74 @@ def _inside(count, offset, stride, size):
     return min(first, stop), stop
 
 
+# im2col: one task per (row of cols, block of samples). A row of cols is one shifted copy of one
+# input channel, so each task writes one long contiguous run (the block's columns of that row)
+# and reads a few input planes; in the (C*KH*KW, N*OH*OW) layout this streams the large output
+# through memory in order, about twice as fast as one task per input plane.
+_SAMPLES_PER_TASK = 8
+
+
 @_jit
 def _im2col_kernel(x_flat, n_count, c_count, h_count, w_count, kh, kw, sh, sw, ph, pw,
                    oh_count, ow_count, cols_flat):
     plane = oh_count * ow_count
     row_length = n_count * plane  # cols is (C*KH*KW, N*OH*OW)
-    for task in prange(n_count * c_count):  # one input plane (n, c): KH*KW row pieces
-        n = task // c_count
-        c = task - n * c_count
-        x_plane = task * h_count * w_count
-        for i in range(kh):
-            oh_first, oh_stop = _inside(oh_count, i - ph, sh, h_count)
-            for j in range(kw):
-                ow_first, ow_stop = _inside(ow_count, j - pw, sw, w_count)
-                out = ((c * kh + i) * kw + j) * row_length + n * plane
-                for oh in range(oh_count):
-                    if oh < oh_first or oh >= oh_stop:  # the whole output row is padding
-                        for ow in range(ow_count):
-                            cols_flat[_u(out + ow)] = 0
-                    else:
-                        source = x_plane + (oh * sh + i - ph) * w_count + j - pw
-                        for ow in range(ow_first):
-                            cols_flat[_u(out + ow)] = 0
-                        for ow in range(ow_first, ow_stop):
-                            cols_flat[_u(out + ow)] = x_flat[_u(source + ow * sw)]
-                        for ow in range(ow_stop, ow_count):
-                            cols_flat[_u(out + ow)] = 0
-                    out += ow_count
+    blocks = (n_count + _SAMPLES_PER_TASK - 1) // _SAMPLES_PER_TASK
+    for task in prange(c_count * kh * kw * blocks):
+        row = task // blocks  # (c*KH + i)*KW + j
+        first_n = (task - row * blocks) * _SAMPLES_PER_TASK
+        c = row // (kh * kw)
+        i = (row // kw) % kh
+        j = row % kw
+        oh_first, oh_stop = _inside(oh_count, i - ph, sh, h_count)
+        ow_first, ow_stop = _inside(ow_count, j - pw, sw, w_count)
+        for n in range(first_n, min(n_count, first_n + _SAMPLES_PER_TASK)):
+            x_plane = (n * c_count + c) * h_count * w_count
+            out = row * row_length + n * plane
+            for oh in range(oh_count):
+                if oh < oh_first or oh >= oh_stop:  # the whole output row is padding
+                    for ow in range(ow_count):
+                        cols_flat[_u(out + ow)] = 0
+                else:
+                    source = x_plane + (oh * sh + i - ph) * w_count + j - pw
+                    for ow in range(ow_first):
+                        cols_flat[_u(out + ow)] = 0
+                    for ow in range(ow_first, ow_stop):
+                        cols_flat[_u(out + ow)] = x_flat[_u(source + ow * sw)]
+                    for ow in range(ow_stop, ow_count):
+                        cols_flat[_u(out + ow)] = 0
+                out += ow_count
 
 
+# col2im: one task per (input channel, block of samples). The task zeroes its planes of dx,
+# then adds window position (i, j) after window position (i, j), each a contiguous run of one
+# row of cols, into planes that stay in the core's cache.
 @_jit
 def _col2im_kernel(cols_flat, n_count, c_count, h_count, w_count, kh, kw, sh, sw, ph, pw,
                    oh_count, ow_count, zero, dx_flat):
     plane = oh_count * ow_count
     row_length = n_count * plane
-    for task in prange(n_count * c_count):  # one input plane (n, c), owned by this core
-        n = task // c_count
-        c = task - n * c_count
-        x_plane = task * h_count * w_count
-        for p in range(h_count * w_count):
-            dx_flat[_u(x_plane + p)] = zero
+    blocks = (n_count + _SAMPLES_PER_TASK - 1) // _SAMPLES_PER_TASK
+    for task in prange(c_count * blocks):  # the planes (n, c) of these samples: this core's
+        c = task // blocks
+        first_n = (task - c * blocks) * _SAMPLES_PER_TASK
+        last_n = min(n_count, first_n + _SAMPLES_PER_TASK)
+        for n in range(first_n, last_n):
+            x_plane = (n * c_count + c) * h_count * w_count
+            for p in range(h_count * w_count):
+                dx_flat[_u(x_plane + p)] = zero
         for i in range(kh):
             oh_first, oh_stop = _inside(oh_count, i - ph, sh, h_count)
             for j in range(kw):
                 ow_first, ow_stop = _inside(ow_count, j - pw, sw, w_count)
-                row = ((c * kh + i) * kw + j) * row_length + n * plane
-                for oh in range(oh_first, oh_stop):
-                    source = row + oh * ow_count
-                    target = x_plane + (oh * sh + i - ph) * w_count + j - pw
-                    for ow in range(ow_first, ow_stop):
-                        dx_flat[_u(target + ow * sw)] += cols_flat[_u(source + ow)]
+                row = ((c * kh + i) * kw + j) * row_length
+                for n in range(first_n, last_n):
+                    x_plane = (n * c_count + c) * h_count * w_count
+                    for oh in range(oh_first, oh_stop):
+                        source = row + n * plane + oh * ow_count
+                        target = x_plane + (oh * sh + i - ph) * w_count + j - pw
+                        for ow in range(ow_first, ow_stop):
+                            dx_flat[_u(target + ow * sw)] += cols_flat[_u(source + ow)]
 
 
 @_jit
@@ -279,28 +303,20 @@ def _geometry(x_shape, kernel, stride, padding):
     return n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow
 
 
-def im2col(x, kernel, stride, padding, out=None):
+def im2col(x, kernel, stride, padding):
     x = np.ascontiguousarray(x)
     geometry = _geometry(x.shape, kernel, stride, padding)
     n, c, _, _, kh, kw, *_, oh, ow = geometry
-    shape = (c * kh * kw, n * oh * ow)
-    if out is None:
-        target = np.empty(shape, dtype=x.dtype)
-    elif out.dtype == x.dtype and out.shape == shape and out.flags.c_contiguous:
-        target = out  # the kernel writes straight into the caller's buffer
-    else:  # any other buffer: let NumPy cast or complain, as the reference would
-        np.copyto(out, im2col(x, kernel, stride, padding))
-        return out
-    if target.size == 0:
-        return target
-    _im2col_kernel(x.reshape(-1), *geometry, target.reshape(-1))
-    return target
+    cols = recycler.empty((c * kh * kw, n * oh * ow), x.dtype)
+    if cols.size:
+        _im2col_kernel(x.reshape(-1), *geometry, cols.reshape(-1))
+    return cols
 
 
 def col2im(cols, x_shape, kernel, stride, padding):
     cols = np.ascontiguousarray(cols)
     geometry = _geometry(x_shape, kernel, stride, padding)
-    dx = np.empty(geometry[:4], dtype=cols.dtype)  # every plane is zeroed by its task
+    dx = recycler.empty(geometry[:4], cols.dtype)  # every plane is zeroed by its task
     if dx.size == 0:
         return dx
     if cols.size == 0:  # no windows at all (cannot happen through the layers)
@@ -315,8 +331,8 @@ def maxpool_forward(x, kernel, stride):
     n, c, h, w = x.shape
     (kh, kw), (sh, sw) = kernel, stride
     oh, ow = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
-    y = np.empty((n, c, oh, ow), dtype=x.dtype)
-    argmax = np.empty((n, c, oh, ow), dtype=np.int32)
+    y = recycler.empty((n, c, oh, ow), x.dtype)
+    argmax = recycler.empty((n, c, oh, ow), np.int32)
     if y.size == 0:
         return y, argmax
     offsets = _window_offsets(kh, kw, w)
@@ -331,7 +347,7 @@ def maxpool_backward(dy, argmax, x_shape, kernel, stride):
     n, c, h, w = (int(size) for size in x_shape)
     (kh, kw), (sh, sw) = kernel, stride
     oh, ow = dy.shape[2:]
-    dx = np.empty((n, c, h, w), dtype=dy.dtype)  # zeroed plane by plane by the kernel
+    dx = recycler.empty((n, c, h, w), dy.dtype)  # zeroed plane by plane by the kernel
     if dx.size == 0:
         return dx
     if dy.size == 0:  # no windows at all (cannot happen through the layers)
@@ -348,7 +364,7 @@ def avgpool_forward(x, kernel, stride):
     n, c, h, w = x.shape
     (kh, kw), (sh, sw) = kernel, stride
     oh, ow = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
-    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    y = recycler.empty((n, c, oh, ow), x.dtype)
     if y.size == 0:
         return y
     scalar = x.dtype.type
@@ -362,7 +378,7 @@ def avgpool_backward(dy, x_shape, kernel, stride):
     n, c, h, w = (int(size) for size in x_shape)
     (kh, kw), (sh, sw) = kernel, stride
     oh, ow = dy.shape[2:]
-    dx = np.empty((n, c, h, w), dtype=dy.dtype)
+    dx = recycler.empty((n, c, h, w), dy.dtype)
     if dx.size == 0:
         return dx
     if dy.size == 0:
@@ -381,52 +397,53 @@ def avgpool_backward(dy, x_shape, kernel, stride):
 
 
 @_jit
-def _cnhw_to_nchw_kernel(out, bias, y):
-    n_count, f_count, plane = y.shape
+def _cnhw_to_nchw_kernel(out_flat, bias, n_count, f_count, plane, y_flat):
     for task in prange(n_count * f_count):  # one output plane (sample n, filter f)
         n = task // f_count
         f = task - n * f_count
         b = bias[f]
+        source = (f * n_count + n) * plane
+        target = task * plane
         for p in range(plane):
-            y[n, f, p] = out[f, n * plane + p] + b
+            y_flat[_u(target + p)] = out_flat[_u(source + p)] + b
 
 
 def cnhw_to_nchw(out, bias, n, oh, ow):
     out = np.ascontiguousarray(out)
     f = out.shape[0]
-    y = np.empty((n, f, oh * ow), dtype=out.dtype)
+    y = recycler.empty((n, f, oh, ow), out.dtype)
     bias = np.zeros(f, dtype=out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
-    _cnhw_to_nchw_kernel(out, bias, y)
-    return y.reshape(n, f, oh, ow)
+    _cnhw_to_nchw_kernel(out.reshape(-1), bias, n, f, oh * ow, y.reshape(-1))
+    return y
 
 
 @_jit
-def _nchw_to_cnhw_kernel(dy, out):
-    n_count, f_count, plane = dy.shape
+def _nchw_to_cnhw_kernel(dy_flat, n_count, f_count, plane, out_flat):
     for task in prange(n_count * f_count):  # one input plane (sample n, filter f)
         n = task // f_count
         f = task - n * f_count
+        source = task * plane
+        target = (f * n_count + n) * plane
         for p in range(plane):
-            out[f, n * plane + p] = dy[n, f, p]
+            out_flat[_u(target + p)] = dy_flat[_u(source + p)]
 
 
-def nchw_to_cnhw(dy, out=None):
+def nchw_to_cnhw(dy):
     n, f, oh, ow = dy.shape
-    if out is None:
-        out = np.empty((f, n * oh * ow), dtype=dy.dtype)
-    _nchw_to_cnhw_kernel(np.ascontiguousarray(dy).reshape(n, f, oh * ow), out)
+    out = recycler.empty((f, n * oh * ow), dy.dtype)
+    _nchw_to_cnhw_kernel(np.ascontiguousarray(dy).reshape(-1), n, f, oh * ow, out.reshape(-1))
     return out
 
 
 @_jit
 def _relu_forward_kernel(x, zero, y):
     for i in prange(x.shape[0]):
-        y[i] = x[i] if x[i] > zero else zero
+        y[_u(i)] = x[_u(i)] if x[_u(i)] > zero else zero
 
 
 def relu_forward(x):
     x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
+    y = recycler.empty(x.shape, x.dtype)
     _relu_forward_kernel(x.reshape(-1), x.dtype.type(0), y.reshape(-1))
     return y
 
@@ -434,12 +451,12 @@ def relu_forward(x):
 @_jit
 def _relu_backward_kernel(dy, y, zero, dx):
     for i in prange(dy.shape[0]):
-        dx[i] = dy[i] * (y[i] > zero)  # the reference's formula, non-finite dy included
+        dx[_u(i)] = dy[_u(i)] * (y[_u(i)] > zero)  # the reference's formula, non-finite dy too
 
 
 def relu_backward(dy, y):
     dy, y = np.ascontiguousarray(dy), np.ascontiguousarray(y)
-    dx = np.empty_like(dy)
+    dx = recycler.empty(dy.shape, dy.dtype)
     _relu_backward_kernel(dy.reshape(-1), y.reshape(-1), dy.dtype.type(0), dx.reshape(-1))
     return dx
 
@@ -453,19 +470,20 @@ _jit_sums = njit(parallel=True, cache=True, fastmath={"reassoc"})
 
 
 @_jit_sums
-def _channel_mean_var_kernel(x, mean, var):
-    n_count, c_count, plane = x.shape
+def _channel_mean_var_kernel(x_flat, n_count, c_count, plane, mean, var):
     count = n_count * plane
     for c in prange(c_count):
         total = 0.0
         for n in range(n_count):
+            start = (n * c_count + c) * plane
             for p in range(plane):
-                total += x[n, c, p]
+                total += x_flat[_u(start + p)]
         mu = total / count
         squares = 0.0
         for n in range(n_count):
+            start = (n * c_count + c) * plane
             for p in range(plane):
-                d = x[n, c, p] - mu
+                d = x_flat[_u(start + p)] - mu
                 squares += d * d
         mean[c] = mu
         var[c] = squares / count
@@ -475,19 +493,18 @@ def channel_mean_var(x):
     x = np.ascontiguousarray(x)
     n, c, h, w = x.shape
     mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
-    _channel_mean_var_kernel(x.reshape(n, c, h * w), mean, var)
+    _channel_mean_var_kernel(x.reshape(-1), n, c, h * w, mean, var)
     return mean, var
 
 
 @_jit
-def _channel_affine_kernel(x, scale, shift, y):
-    n_count, c_count, plane = x.shape
-    for task in prange(n_count * c_count):  # one (sample, channel) plane
-        n = task // c_count
-        c = task - n * c_count
+def _channel_affine_kernel(x_flat, c_count, plane, scale, shift, y_flat):
+    for task in prange(x_flat.shape[0] // plane):  # one (sample, channel) plane
+        c = task % c_count
         a, b = scale[c], shift[c]
+        start = task * plane
         for p in range(plane):
-            y[n, c, p] = x[n, c, p] * a + b
+            y_flat[_u(start + p)] = x_flat[_u(start + p)] * a + b
 
 
 def batchnorm_forward(x, mean, inv_std, gamma, beta):
@@ -496,45 +513,47 @@ def batchnorm_forward(x, mean, inv_std, gamma, beta):
     n, c, h, w = x.shape
     scale = (gamma * inv_std).astype(x.dtype)
     shift = (beta - mean * scale).astype(x.dtype)
-    y = np.empty_like(x)
-    _channel_affine_kernel(x.reshape(n, c, h * w), scale, shift, y.reshape(n, c, h * w))
+    y = recycler.empty(x.shape, x.dtype)
+    if y.size:
+        _channel_affine_kernel(x.reshape(-1), c, h * w, scale, shift, y.reshape(-1))
     return y
 
 
 @_jit_sums
-def _batchnorm_sums_kernel(dy, x, mean, inv_std, dgamma, dbeta):
-    n_count, c_count, plane = dy.shape
+def _batchnorm_sums_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_std, dgamma,
+                           dbeta):
     for c in prange(c_count):
         sum_dy = 0.0
         sum_dy_xhat = 0.0
         mu, s = mean[c], inv_std[c]
         for n in range(n_count):
+            start = (n * c_count + c) * plane
             for p in range(plane):
-                g = dy[n, c, p]
+                g = dy_flat[_u(start + p)]
                 sum_dy += g
-                sum_dy_xhat += g * ((x[n, c, p] - mu) * s)
+                sum_dy_xhat += g * ((x_flat[_u(start + p)] - mu) * s)
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
 
 
 @_jit
-def _batchnorm_dx_kernel(dy, x, mean, inv_std, scale, dgamma_mean, dbeta_mean, dx):
-    n_count, c_count, plane = dy.shape
-    for task in prange(n_count * c_count):  # one (sample, channel) plane
-        n = task // c_count
-        c = task - n * c_count
+def _batchnorm_dx_kernel(dy_flat, x_flat, c_count, plane, mean, inv_std, scale, dgamma_mean,
+                         dbeta_mean, dx_flat):
+    for task in prange(dy_flat.shape[0] // plane):  # one (sample, channel) plane
+        c = task % c_count
         mu, s, a, gm, bm = mean[c], inv_std[c], scale[c], dgamma_mean[c], dbeta_mean[c]
+        start = task * plane
         for p in range(plane):
-            xhat = (x[n, c, p] - mu) * s
-            dx[n, c, p] = a * (dy[n, c, p] - bm - xhat * gm)
+            xhat = (x_flat[_u(start + p)] - mu) * s
+            dx_flat[_u(start + p)] = a * (dy_flat[_u(start + p)] - bm - xhat * gm)
 
 
 def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
     dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x, dtype=dy.dtype)
     n, c, h, w = dy.shape
-    dy3, x3 = dy.reshape(n, c, h * w), x.reshape(n, c, h * w)
+    mean, inv_std = mean.astype(dy.dtype), inv_std.astype(dy.dtype)
     dgamma, dbeta = np.empty(c, dtype=dy.dtype), np.empty(c, dtype=dy.dtype)
-    _batchnorm_sums_kernel(dy3, x3, mean.astype(dy.dtype), inv_std.astype(dy.dtype), dgamma,
+    _batchnorm_sums_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, dgamma,
                            dbeta)
     scale = (gamma * inv_std).astype(dy.dtype)
     count = n * h * w
@@ -542,10 +561,11 @@ def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
         dgamma_mean, dbeta_mean = dgamma / count, dbeta / count
     else:  # mean and inv_std are constants: dx = dy * scale
         dgamma_mean = dbeta_mean = np.zeros(c, dtype=dy.dtype)
-    dx = np.empty_like(dy)
-    _batchnorm_dx_kernel(dy3, x3, mean.astype(dy.dtype), inv_std.astype(dy.dtype), scale,
-                         dgamma_mean.astype(dy.dtype), dbeta_mean.astype(dy.dtype),
-                         dx.reshape(n, c, h * w))
+    dx = recycler.empty(dy.shape, dy.dtype)
+    if dx.size:
+        _batchnorm_dx_kernel(dy.reshape(-1), x.reshape(-1), c, h * w, mean, inv_std, scale,
+                             dgamma_mean.astype(dy.dtype), dbeta_mean.astype(dy.dtype),
+                             dx.reshape(-1))
     return dx, dgamma, dbeta
 
 

@@ -42,16 +42,13 @@ def _window_slab(kh_index: int, kw_index: int, out_hw, stride):
     )
 
 
-def im2col(x, kernel, stride, padding, out=None):
+def im2col(x, kernel, stride, padding):
     n, c = x.shape[:2]
     kh, kw = kernel
     win = windows(_pad(x, padding), kernel, stride)  # (N, C, OH, OW, KH, KW)
     oh, ow = win.shape[2:4]
     columns = win.transpose(1, 4, 5, 0, 2, 3)  # (C, KH, KW, N, OH, OW), still a view
-    if out is None:
-        return columns.reshape(c * kh * kw, n * oh * ow)  # the one copy
-    np.copyto(out.reshape(c, kh, kw, n, oh, ow), columns)
-    return out
+    return columns.reshape(c * kh * kw, n * oh * ow)  # the one copy
 
 
 def col2im(cols, x_shape, kernel, stride, padding):
@@ -122,6 +119,11 @@ def avgpool_backward(dy, x_shape, kernel, stride):
     return dx
 
 
+def matmul(a, b):
+    """``a @ b``: the matrix multiply of the layers (Conv2D's GEMMs, Dense)."""
+    return a @ b
+
+
 # --- layout, activation and optimizer kernels ---------------------------------------------------
 # The convolution's GEMM produces (F, N*OH*OW): one row per filter, the output pixels of every
 # sample side by side ("CNHW"); the layers around it want NCHW. These two kernels move between
@@ -140,13 +142,10 @@ def cnhw_to_nchw(out, bias, n, oh, ow):
     return y
 
 
-def nchw_to_cnhw(dy, out=None):
-    """(N, F, OH, OW) -> (F, N*OH*OW) (the inverse layout change), into ``out`` if given."""
+def nchw_to_cnhw(dy):
+    """(N, F, OH, OW) -> (F, N*OH*OW), the inverse layout change."""
     n, f, oh, ow = dy.shape
-    if out is None:
-        out = np.empty((f, n * oh * ow), dtype=dy.dtype)
-    out.reshape(f, n, oh * ow)[...] = dy.reshape(n, f, oh * ow).transpose(1, 0, 2)
-    return out
+    return dy.reshape(n, f, oh * ow).transpose(1, 0, 2).reshape(f, n * oh * ow)
 
 
 def relu_forward(x):

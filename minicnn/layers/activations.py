@@ -13,12 +13,12 @@ class ReLU(Layer):
     positive and 0 elsewhere (at exactly 0 we take 0, as PyTorch does)."""
 
     def _forward(self, x, training):
-        y = backend.kernels().relu_forward(x)
+        y = self.kernels.relu_forward(x)
         return self._remember(y, cache=y)
 
     def _backward(self, dy):
         # y > 0 exactly where x > 0, so the output doubles as the mask (no extra array kept)
-        return backend.kernels().relu_backward(dy, self._cache)
+        return self.kernels.relu_backward(dy, self._cache)
 
 
 class LeakyReLU(Layer):

@@ -92,10 +92,22 @@ class Layer:
     def name(self) -> str:
         return type(self).__name__
 
+    @property
+    def kernels(self):
+        """The hot kernels (im2col, matmul, pooling, ...) this layer computes with: those of the
+        active backend, see :mod:`minicnn.kernels`."""
+        return backend.kernels()
+
     def forward(self, x, training: bool = False):
         """Validate ``x`` (N, ...) and return the layer's output for it."""
         check_float_array(x, self.name)
         self.output_shape(tuple(x.shape[1:]))
+        return self._run_forward(x, training)
+
+    def _run_forward(self, x, training):
+        """``_forward`` on an input already checked (containers check the whole chain at once).
+        The previous batch's cache is dropped first, so that its arrays can be reused."""
+        self._cache = None
         return self._forward(x, training)
 
     def backward(self, dy, input_grad: bool = True):

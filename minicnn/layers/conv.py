@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import backend
@@ -42,8 +40,7 @@ class Conv2D(Layer):
     Why columns, not rows (``cols.T``, the other common layout)? Both give the same numbers;
     in this one a row of ``cols`` is a shifted copy of one input channel, and ``out``'s rows are
     whole output planes, so im2col, col2im and the layout changes all move long contiguous runs
-    of memory — about twice as fast on a CPU as the row layout, where a 3x3 window is 9
-    scattered values.
+    of memory, where in the row layout a 3x3 window is 9 scattered values.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -60,7 +57,6 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         self.weight = Parameter(np.zeros((out_channels, in_channels, kh, kw), dtype), "weight")
         self.bias = Parameter(np.zeros(out_channels, dtype), "bias") if bias else None
-        self._buffers = {}  # reusable im2col / gradient workspaces
         self.initialize(rng if rng is not None else np.random.default_rng())
 
     def initialize(self, rng):
@@ -114,85 +110,29 @@ class Conv2D(Layer):
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return oh * ow * (k + f) * itemsize
 
-    def _workspace(self, name, shape, dtype):
-        """A scratch array reused across calls (regrown only when a bigger one is needed), so
-        the largest buffers are not allocated afresh for every batch."""
-        size = math.prod(shape)
-        buffer = self._buffers.get(name)
-        xp = backend.xp()
-        if buffer is None or buffer.size < size or buffer.dtype != dtype \
-                or not isinstance(buffer, xp.ndarray):
-            buffer = xp.empty(size, dtype=dtype)
-            self._buffers[name] = buffer
-        return buffer[:size].reshape(shape)
-
-    def _samples_per_chunk(self, n, itemsize):
-        """How many samples fit in the im2col budget (at least one)."""
-        f, oh, ow = self._output_shape[1:]
-        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        return max(1, min(n, backend.im2col_budget() // max(1, oh * ow * k * itemsize)))
-
-    def _im2col(self, x):
-        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        _, _, oh, ow = self._output_shape
-        cols = self._workspace("cols", (k, x.shape[0] * oh * ow), x.dtype)
-        return backend.kernels().im2col(x, self.kernel_size, self.stride, self.padding, out=cols)
-
-    def _convolve(self, x, weight2d, bias):
-        """y for a batch (or chunk) x: im2col, one GEMM, then back to NCHW (adding the bias)."""
-        xp = backend.array_module(x)
-        n, f, oh, ow = (len(x),) + self._output_shape[1:]
-        cols = self._im2col(x)
-        dtype = xp.result_type(weight2d.dtype, x.dtype)
-        out = xp.matmul(weight2d, cols, out=self._workspace("out", (f, n * oh * ow), dtype))
-        return cols, backend.kernels().cnhw_to_nchw(out, bias, n, oh, ow)
-
     def _forward(self, x, training):
-        xp = backend.array_module(x)
+        ops = self.kernels  # im2col, matmul, ... of this layer's backend (minicnn.kernels)
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
-        self._output_shape = (n, f, oh, ow)
-        weight2d = self.weight.data.reshape(f, -1)
-        bias = self.bias.data if self.bias is not None else None
-        chunk = self._samples_per_chunk(n, x.dtype.itemsize)
-        if chunk >= n:
-            cols, y = self._convolve(x, weight2d, bias)
-        else:  # a batch too large for one im2col buffer: one chunk of samples at a time
-            y = xp.concatenate([self._convolve(x[s:s + chunk], weight2d, bias)[1]
-                                for s in range(0, n, chunk)])
-            cols = None  # backward rebuilds the columns chunk by chunk from x
+        W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
+        b = self.bias.data if self.bias is not None else None                 # (F,)
+        cols = ops.im2col(x, self.kernel_size, self.stride, self.padding)     # (K, N*OH*OW)
+        out = ops.matmul(W2, cols)                                            # (F, N*OH*OW)
+        y = ops.cnhw_to_nchw(out, b, n, oh, ow)           # + b, laid out as (N, F, OH, OW)
         return self._remember(y, cache=(x, cols))
 
     def _backward(self, dy):
-        # the derivation is in the class docstring; chunk by chunk when the forward pass
-        # could not keep the columns of the whole batch
+        # the derivation, with these names, is in the class docstring
+        ops = self.kernels
         x, cols = self._cache
-        xp = backend.array_module(dy)
-        kernels = backend.kernels()
-        n, f, oh, ow = dy.shape
-        weight2d = self.weight.data.reshape(f, -1)
-        chunk = n if cols is not None else self._samples_per_chunk(n, x.dtype.itemsize)
-        dtype = xp.result_type(dy.dtype, x.dtype, weight2d.dtype)
-        dweight = xp.zeros_like(weight2d, dtype=dtype)
-        dbias = xp.zeros(f, dtype=dtype)
-        dx = xp.empty(x.shape, dtype=dtype) if self._input_grad else None
-        for start in range(0, n, chunk):
-            stop = min(n, start + chunk)
-            pixels = (stop - start) * oh * ow
-            dout = kernels.nchw_to_cnhw(dy[start:stop],
-                                        out=self._workspace("dout", (f, pixels), dy.dtype))
-            chunk_cols = cols if cols is not None else self._im2col(x[start:stop])
-            # dL/dW2 = dout @ cols.T, computed as its transpose (cols @ dout.T).T: the same
-            # numbers, but when another process shares the cores OpenBLAS ran the first
-            # orientation of this long-K product 8-40x slower (conv2: 632 ms vs 17 ms)
-            dweight += (chunk_cols @ dout.T).T
-            dbias += dout.sum(axis=1)
-            if dx is not None:
-                dcols = self._workspace("dcols", (weight2d.shape[1], pixels), dtype)
-                xp.matmul(weight2d.T, dout, out=dcols)
-                dx[start:stop] = kernels.col2im(dcols, (stop - start,) + tuple(x.shape[1:]),
-                                                self.kernel_size, self.stride, self.padding)
-        self.weight.grad = dweight.reshape(self.weight.data.shape)
+        f = dy.shape[1]
+        W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
+        dout = ops.nchw_to_cnhw(dy)                                           # (F, N*OH*OW)
+        dW2 = ops.matmul(dout, cols.T)                                        # (F, K)
+        self.weight.grad = dW2.reshape(self.weight.data.shape)
         if self.bias is not None:
-            self.bias.grad = dbias
-        return dx
+            self.bias.grad = dout.sum(axis=1)                                 # (F,)
+        if not self._input_grad:
+            return None
+        dcols = ops.matmul(W2.T, dout)                                        # (K, N*OH*OW)
+        return ops.col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding)

@@ -70,17 +70,19 @@ class Dense(Layer):
             self.out_features if self.bias is not None else 0)
 
     def _forward(self, x, training):
-        y = x @ self.weight.data
+        y = self.kernels.matmul(x, self.weight.data)                 # x @ W, (N, out)
         if self.bias is not None:
             y += self.bias.data
         return self._remember(y, cache=x)
 
     def _backward(self, dy):
         x = self._cache
-        self.weight.grad = x.T @ dy
+        self.weight.grad = self.kernels.matmul(x.T, dy)               # x.T @ dy, (in, out)
         if self.bias is not None:
-            self.bias.grad = dy.sum(axis=0)
-        return dy @ self.weight.data.T
+            self.bias.grad = dy.sum(axis=0)                          # (out,)
+        if not self._input_grad:
+            return None
+        return self.kernels.matmul(dy, self.weight.data.T)           # dy @ W.T, (N, in)
 
 
 class Flatten(Layer):

@@ -81,7 +81,7 @@ class BatchNorm2D(Layer):
         return 4 * math.prod(input_shape)
 
     def _forward(self, x, training):
-        kernels = backend.kernels()
+        kernels = self.kernels
         if training:
             count = x.shape[0] * x.shape[2] * x.shape[3]
             if count < 2:
@@ -103,6 +103,6 @@ class BatchNorm2D(Layer):
 
     def _backward(self, dy):
         x, mean, inv_std, training = self._cache
-        dx, self.gamma.grad, self.beta.grad = backend.kernels().batchnorm_backward(
+        dx, self.gamma.grad, self.beta.grad = self.kernels.batchnorm_backward(
             dy, x, mean, inv_std, self.gamma.data, batch_statistics=training)
         return dx

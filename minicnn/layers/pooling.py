@@ -51,12 +51,12 @@ class MaxPool2D(_Pool2D):
     """
 
     def _forward(self, x, training):
-        y, argmax = backend.kernels().maxpool_forward(x, self.kernel_size, self.stride)
+        y, argmax = self.kernels.maxpool_forward(x, self.kernel_size, self.stride)
         return self._remember(y, cache=(x.shape, argmax))
 
     def _backward(self, dy):
         x_shape, argmax = self._cache
-        return backend.kernels().maxpool_backward(dy, argmax, x_shape, self.kernel_size,
+        return self.kernels.maxpool_backward(dy, argmax, x_shape, self.kernel_size,
                                                   self.stride)
 
 
@@ -71,11 +71,11 @@ class AvgPool2D(_Pool2D):
     """
 
     def _forward(self, x, training):
-        y = backend.kernels().avgpool_forward(x, self.kernel_size, self.stride)
+        y = self.kernels.avgpool_forward(x, self.kernel_size, self.stride)
         return self._remember(y, cache=x.shape)
 
     def _backward(self, dy):
-        return backend.kernels().avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
+        return self.kernels.avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
 
 
 class GlobalAvgPool2D(Layer):

@@ -194,10 +194,10 @@ class Residual(Layer):
         # so the inner layers run without re-validating
         a = x
         for layer in self.body:
-            a = layer._forward(a, training)
+            a = layer._run_forward(a, training)
         b = x
         for layer in self.shortcut or []:
-            b = layer._forward(b, training)
+            b = layer._run_forward(b, training)
         return self._remember(a + b)  # a new array: inner layers may cache their outputs
 
     def _backward(self, dy):

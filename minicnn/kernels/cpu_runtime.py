@@ -1,0 +1,215 @@
+"""How the numba backend uses the CPU cores, without changing anything else in the process.
+
+A training step alternates parallel numba kernels (im2col, pooling, ...) with matrix multiplies
+(GEMMs). Two thread pools that take turns like this on few cores only work if neither one keeps
+a core busy while the other runs, and that is what the defaults of the libraries involved do:
+OpenBLAS's workers spin for about 0.1 s after every multiply (``OPENBLAS_THREAD_TIMEOUT``),
+numba's OpenMP workers spin after every kernel, and a PyTorch imported first brings its own
+spinning OpenMP pool. Environment variables could quiet some of them, but only before those
+libraries load, and they would change how every other library in the process runs.
+minicnn arranges its own work instead:
+
+- **Kernels** run on numba's TBB threading layer, whose workers go to sleep right after a
+  parallel loop. The ``tbb`` package (a dependency) installs ``libtbb`` next to the Python
+  environment, where numba's loader does not look inside a virtual environment; :func:`load_tbb`
+  loads it by its path before the first kernel runs, so numba picks TBB in a venv too (check with
+  ``numba.threading_layer()``). Where TBB is missing, numba falls back to OpenMP or its
+  workqueue; minicnn still runs, a little slower.
+- **Matrix multiplies** run on minicnn's own threads (:func:`matmul`): the product is cut into
+  one block of columns per core, and each block is one single-threaded BLAS call. OpenBLAS's
+  own pool is held to one thread for the duration of the call (threadpoolctl), so its workers
+  are never woken and never spin; the previous setting is restored when the call returns, so
+  other code in the process sees numpy's BLAS as it was.
+- **Memory**: every training step allocates the same large arrays (im2col columns,
+  activations, gradients). Fresh large allocations cost a page fault per 4 KiB, so the kernels
+  take their outputs from :class:`Recycler`, which hands out again an array that nothing
+  references any more (glibc's allocator is left alone).
+
+None of this happens at import: the threads start with the first multiply, TBB loads with the
+first kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import math
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+# --- numba's threading layer -----------------------------------------------------------------
+
+_TBB_LIBRARIES = ("libtbb.so.12", "libtbb.12.dylib", "tbb12.dll")
+
+
+def load_tbb() -> str | None:
+    """Load the ``tbb`` package's library by its path, so that numba can start its TBB
+    threading layer from any install layout; returns the path, or None when not installed."""
+    try:
+        files = importlib.metadata.files("tbb") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name in _TBB_LIBRARIES:
+            path = str(file.locate())
+            try:
+                ctypes.CDLL(path)
+            except OSError:
+                return None
+            return path
+    return None
+
+
+def threading_layer() -> str:
+    """The threading layer numba runs minicnn's kernels on ("tbb", "omp" or "workqueue")."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: run one
+        from .numba_kernels import relu_forward
+
+        relu_forward(np.zeros(1, np.float32))
+        return numba.threading_layer()
+
+
+# --- matrix multiplies on minicnn's threads --------------------------------------------------
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_blas = None
+_parts = 1  # blocks per product: the caller's thread and the pool's
+
+# Below this many multiply-adds a product runs in one call: splitting it costs more than it saves.
+_SPLIT_MIN_MACS = 2_000_000
+
+
+def _workers() -> tuple[ThreadPoolExecutor, object]:
+    """The thread pool (one thread per core numba uses, less the caller's) and numpy's BLAS."""
+    global _pool, _blas, _parts
+    with _lock:
+        if _pool is None:
+            import numba
+            from threadpoolctl import ThreadpoolController
+
+            _blas = ThreadpoolController().select(user_api="blas")
+            _parts = max(1, numba.get_num_threads())
+            _pool = ThreadPoolExecutor(max(1, _parts - 1), thread_name_prefix="minicnn-matmul")
+        return _pool, _blas
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D float arrays, one block per core, numpy's BLAS held to one thread.
+
+    The output is cut into column blocks (``a @ b[:, block]``); when it is too narrow for that,
+    into row blocks (``a[block] @ b``), and when the product is long in its inner dimension and
+    small (a weight gradient, ``dout @ cols.T``), into blocks of the inner dimension whose
+    partial products are summed. Each block is an ordinary single-threaded BLAS call.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    out = recycler.empty((m, n), np.result_type(a.dtype, b.dtype))
+    pool, blas = _workers()
+    parts = _parts
+    # (two concurrent single-threaded OpenBLAS calls of a product with a side under 16 take
+    # longer than one: such products, e.g. the weight gradient of a first layer, run whole)
+    if m * n * k < _SPLIT_MIN_MACS or parts == 1 or min(m, n) < 16:
+        with blas.limit(limits=1):
+            np.matmul(a, b, out=out)
+        return out
+    if k > 4 * max(m, n):  # a long inner product: split k, add the partial products
+        bounds = _blocks(k, parts)
+        partial = [np.empty((m, n), out.dtype) for _ in bounds[1:]]
+        with blas.limit(limits=1):
+            futures = [pool.submit(np.matmul, a[:, lo:hi], b[lo:hi], out=p)
+                       for (lo, hi), p in zip(bounds[1:], partial)]
+            lo, hi = bounds[0]
+            np.matmul(a[:, lo:hi], b[lo:hi], out=out)
+            for future, p in zip(futures, partial):
+                future.result()
+                out += p
+        return out
+    if n >= parts * 64:
+        tasks = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in _blocks(n, parts)]
+    else:
+        tasks = [(a[lo:hi], b, out[lo:hi]) for lo, hi in _blocks(m, parts)]
+    with blas.limit(limits=1):
+        futures = [pool.submit(np.matmul, x, y, out=z) for x, y, z in tasks[1:]]
+        np.matmul(*tasks[0][:2], out=tasks[0][2])
+        for future in futures:
+            future.result()
+    return out
+
+
+def _blocks(size: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges covering [0, size), multiples of 16 where possible (whole
+    SIMD vectors and cache lines for each thread)."""
+    step = max(16, -(-math.ceil(size / parts) // 16) * 16)
+    return [(lo, min(size, lo + step)) for lo in range(0, size, step)]
+
+
+# --- recycled arrays --------------------------------------------------------------------------
+
+
+class Recycler:
+    """Hands out arrays for kernel outputs, reusing those that nothing references any more.
+
+    ``empty(shape, dtype)`` returns an uninitialized array, like ``np.empty``. Arrays of at least
+    ``min_bytes`` are remembered; a later request for the same shape and dtype gets one of them
+    back once no one else holds it, or a view of it (CPython's reference count tells: the
+    recycler's own reference is then the only one). Nothing can change under a caller: an array
+    is only reused when the caller has let go of it and of every view into it.
+
+    Keeps at most ``per_shape`` arrays of each shape and drops the least recently used free
+    arrays beyond ``max_bytes`` in total.
+    """
+
+    def __init__(self, min_bytes: int = 1 << 18, per_shape: int = 4, max_bytes: int = 1 << 30):
+        self.min_bytes, self.per_shape, self.max_bytes = min_bytes, per_shape, max_bytes
+        self._arrays: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        shape, dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        if math.prod(shape) * dtype.itemsize < self.min_bytes:
+            return np.empty(shape, dtype)
+        with self._lock:
+            arrays = self._arrays.setdefault((shape, dtype.str), [])
+            for index in range(len(arrays)):
+                if self._unused(arrays, index):
+                    array = arrays.pop(index)
+                    arrays.append(array)  # the most recently used last
+                    return array
+            array = np.empty(shape, dtype)
+            arrays.append(array)
+            if len(arrays) > self.per_shape:
+                del arrays[0]  # forgotten here; it lives on as long as its user holds it
+            self._trim()
+            return array
+
+    @staticmethod
+    def _unused(arrays: list, index: int) -> bool:
+        # the only references left: the list's and getrefcount's own argument
+        return sys.getrefcount(arrays[index]) == 2
+
+    def _trim(self) -> None:
+        """Forget unused arrays, oldest first, until the remembered ones fit ``max_bytes``."""
+        total = sum(a.nbytes for arrays in self._arrays.values() for a in arrays)
+        for arrays in list(self._arrays.values()):
+            index = 0
+            while total > self.max_bytes and index < len(arrays):
+                if self._unused(arrays, index):
+                    total -= arrays[index].nbytes
+                    del arrays[index]
+                else:
+                    index += 1
+
+    def clear(self) -> None:
+        with self._lock:
+            self._arrays.clear()
+
+
+recycler = Recycler()

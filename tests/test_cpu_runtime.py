@@ -1,0 +1,160 @@
+"""How the numba backend runs: recycled output arrays, matrix multiplies on minicnn's threads with
+numpy's BLAS held to one thread and restored, the TBB threading layer, no import side effects."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minicnn as mc
+from minicnn.layers import Conv2D, Dense, Flatten
+
+numba_only = pytest.mark.skipif(not mc.backend.backend_available("numba"),
+                                reason="numba is not installed")
+
+
+def test_recycler_reuses_only_arrays_nobody_holds():
+    from minicnn.kernels.cpu_runtime import Recycler
+
+    recycler = Recycler(min_bytes=0)
+    a = recycler.empty((10, 3), np.float32)
+    first = id(a)
+    b = recycler.empty((10, 3), np.float32)
+    assert b is not a  # a is still held
+    del a
+    assert id(recycler.empty((10, 3), np.float32)) == first  # released: handed out again
+    c = recycler.empty((10, 3), np.float32)
+    view = c[2:]
+    del c
+    held = [recycler.empty((10, 3), np.float32) for _ in range(3)]
+    assert all(h.base is None and not np.shares_memory(h, view) for h in held)  # a view holds it
+    assert recycler.empty((10, 3), np.float64).dtype == np.float64
+    small = Recycler(min_bytes=1 << 20)
+    assert small.empty((4,), np.float32) is not small.empty((4,), np.float32)
+
+
+def test_recycler_forgets_unused_arrays_beyond_its_limit():
+    from minicnn.kernels.cpu_runtime import Recycler
+
+    recycler = Recycler(min_bytes=0, max_bytes=1000)
+    for n in range(1, 20):
+        recycler.empty((n, 10), np.float32)  # dropped at once: all unused
+    assert sum(a.nbytes for arrays in recycler._arrays.values() for a in arrays) <= 1000
+
+
+@numba_only
+@pytest.mark.parametrize("shape", [(3, 5, 7), (64, 288, 25088), (288, 64, 25088), (64, 25088, 288),
+                                   (4, 70_000, 9), (200, 3136, 128), (1000, 128, 10)])
+def test_matmul_matches_numpy_for_every_way_of_splitting(shape):
+    from minicnn.kernels import cpu_runtime
+
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    expected = a.astype(np.float64) @ b
+    np.testing.assert_allclose(cpu_runtime.matmul(a, b), expected, rtol=1e-4, atol=1e-3)
+    # transposed operands, as the layers pass them (dout @ cols.T, W2.T @ dout)
+    np.testing.assert_allclose(cpu_runtime.matmul(b.T, a.T), expected.T, rtol=1e-4, atol=1e-3)
+
+
+@numba_only
+def test_matmul_leaves_numpys_blas_threads_as_it_found_them():
+    from threadpoolctl import threadpool_info
+
+    from minicnn.kernels import cpu_runtime
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    a = np.ones((256, 256), np.float32)
+    cpu_runtime.matmul(a, a)
+    assert blas_threads() == before
+
+
+@numba_only
+def test_training_reuses_the_large_arrays_of_the_previous_step():
+    mc.set_backend("numba")
+    model = mc.Sequential([Conv2D(3, 8, 3, padding=1), Flatten(), Dense(8 * 32 * 32, 2)], seed=0)
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    dy = np.ones((16, 2), np.float32)
+    addresses = []
+    for _ in range(3):
+        y = model.forward(x, training=True)
+        model.backward(dy)
+        addresses.append((y.ctypes.data, model.layers[0]._cache[1].ctypes.data))
+        del y
+    assert addresses[1] == addresses[2]  # the same memory, step after step
+
+
+def test_input_gradient_can_be_skipped(cpu_backend):
+    rng = np.random.default_rng(0)
+    conv = Conv2D(3, 5, (3, 2), stride=(2, 1), padding=1, rng=rng)
+    x = rng.standard_normal((7, 3, 9, 8)).astype(np.float32)
+    dy = rng.standard_normal((7, 5, 5, 9)).astype(np.float32)
+    conv.forward(x)
+    assert conv.backward(dy, input_grad=False) is None
+    dw = conv.weight.grad.copy()
+    conv.forward(x)
+    assert conv.backward(dy) is not None
+    np.testing.assert_array_equal(conv.weight.grad, dw)
+
+    model = mc.Sequential([Conv2D(3, 2, 3), Flatten(), Dense(2 * 7 * 6, 2)], seed=0)
+    model.forward(x)
+    assert model.backward(np.ones((7, 2), np.float32), input_grad=False) is None
+    assert model.layers[0].weight.grad.any()
+
+
+CHILD = r"""
+import os, sys, threading
+before = dict(os.environ)
+threads = threading.active_count()
+import minicnn
+import numpy as np
+assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())
+assert threading.active_count() == threads, threading.enumerate()
+assert "minicnn.kernels.numba_kernels" not in sys.modules  # nothing compiled or loaded yet
+if minicnn.backend.backend_available("numba"):
+    from minicnn import models
+    from minicnn.kernels import cpu_runtime
+    minicnn.set_backend("numba")
+    models.reference_cnn().forward(np.zeros((2, 1, 28, 28), np.float32))
+    print(cpu_runtime.threading_layer())
+    assert dict(os.environ) == before
+"""
+
+
+def test_import_changes_nothing_in_the_process_and_numba_runs_on_tbb(tmp_path):
+    """Importing minicnn sets no environment variable and starts no thread; the numba backend
+    then runs on TBB where the tbb package is installed (also inside a virtual environment)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_LIBRARY_PATH", "NUMBA_THREADING_LAYER")}
+    result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    if mc.backend.backend_available("numba") and _tbb_installed():
+        assert result.stdout.split()[-1] == "tbb"
+
+
+def _tbb_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def test_no_code_in_the_package_changes_the_process():
+    """A static check: no environment writes, no allocator calls anywhere in minicnn/."""
+    from pathlib import Path
+
+    root = Path(mc.__file__).parent
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        for forbidden in ("os.environ[", "os.environ.setdefault", "os.putenv", "mallopt",
+                          "environ.update"):
+            assert forbidden not in text, f"{path.relative_to(root)} uses {forbidden}"

@@ -86,9 +86,11 @@ def test_float32_stays_float32(cpu_backend):
     assert conv.weight.grad.dtype == np.float32
 
 
+# 2x2 windows at stride 2 (the common case, which the numba backend runs on a path of its own)
+# are drawn about half of the time
 @given(n=st.integers(1, 2), c=st.integers(1, 3),
-       kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
-       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       kernel=st.one_of(st.just((2, 2)), st.tuples(st.integers(1, 4), st.integers(1, 4))),
+       stride=st.one_of(st.just((2, 2)), st.tuples(st.integers(1, 3), st.integers(1, 3))),
        extra=st.tuples(st.integers(0, 5), st.integers(0, 5)), nans=st.integers(0, 3),
        seed=st.integers(0, 2**32 - 1))
 def test_maxpool_argmax_picks_the_first_maximum_or_nan(cpu_backend, n, c, kernel, stride, extra,

@@ -249,6 +249,56 @@ def _maxpool_backward_kernel(dy_flat, argmax_flat, offsets, oh_count, ow_count, 
                 dx_flat[_u(winner)] += dy_flat[q]
 
 
+# The 2x2 windows at stride 2 of almost every CNN: the four candidates of a window are two
+# adjacent pairs of two rows, read directly rather than through the offset table (5x faster).
+@_jit
+def _maxpool2x2_forward_kernel(x_flat, planes, h, w, oh_count, ow_count, y_flat, argmax_flat):
+    for plane in prange(planes):
+        for oh in range(oh_count):
+            top = (plane * h + 2 * oh) * w
+            bottom = top + w
+            out = (plane * oh_count + oh) * ow_count
+            for ow in range(ow_count):
+                v0, v1 = x_flat[_u(top + 2 * ow)], x_flat[_u(top + 2 * ow + 1)]
+                v2, v3 = x_flat[_u(bottom + 2 * ow)], x_flat[_u(bottom + 2 * ow + 1)]
+                best, best_at = v0, 0
+                better = v1 > best  # strict: the first maximum wins ties
+                best = v1 if better else best
+                best_at = 1 if better else best_at
+                better = v2 > best
+                best = v2 if better else best
+                best_at = 2 if better else best_at
+                better = v3 > best
+                best = v3 if better else best
+                best_at = 3 if better else best_at
+                if (v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3):  # the first NaN wins
+                    best_at = 0 if v0 != v0 else 1 if v1 != v1 else 2 if v2 != v2 else 3
+                    best = v0 if v0 != v0 else v1 if v1 != v1 else v2 if v2 != v2 else v3
+                y_flat[_u(out + ow)] = best
+                argmax_flat[_u(out + ow)] = best_at
+
+
+@_jit
+def _maxpool2x2_backward_kernel(dy_flat, argmax_flat, planes, h, w, oh_count, ow_count, zero,
+                                dx_flat):
+    for plane in prange(planes):
+        start = plane * h * w
+        if 2 * oh_count != h or 2 * ow_count != w:  # an odd last row or column no window covers
+            for p in range(h * w):
+                dx_flat[_u(start + p)] = zero
+        for oh in range(oh_count):
+            top = start + 2 * oh * w
+            for ow in range(ow_count):
+                q = _u((plane * oh_count + oh) * ow_count + ow)
+                corner = top + 2 * ow
+                dx_flat[_u(corner)] = zero
+                dx_flat[_u(corner + 1)] = zero
+                dx_flat[_u(corner + w)] = zero
+                dx_flat[_u(corner + w + 1)] = zero
+                winner = argmax_flat[q]  # window position (winner // 2, winner % 2)
+                dx_flat[_u(corner + (winner >> 1) * w + (winner & 1))] = dy_flat[q]
+
+
 @_jit
 def _avgpool_forward_kernel(x_flat, kh, kw, oh_count, ow_count, sh, sw, x_width, zero, count,
                             y_flat):
@@ -335,6 +385,10 @@ def maxpool_forward(x, kernel, stride):
     argmax = recycler.empty((n, c, oh, ow), np.int32)
     if y.size == 0:
         return y, argmax
+    if (kh, kw, sh, sw) == (2, 2, 2, 2):
+        _maxpool2x2_forward_kernel(x.reshape(-1), n * c, h, w, oh, ow, y.reshape(-1),
+                                   argmax.reshape(-1))
+        return y, argmax
     offsets = _window_offsets(kh, kw, w)
     _maxpool_forward_kernel(x.reshape(-1), offsets, oh, ow, sh, sw, w, y.reshape(-1),
                             argmax.reshape(-1))
@@ -352,6 +406,10 @@ def maxpool_backward(dy, argmax, x_shape, kernel, stride):
         return dx
     if dy.size == 0:  # no windows at all (cannot happen through the layers)
         dx.fill(0)
+        return dx
+    if (kh, kw, sh, sw) == (2, 2, 2, 2):
+        _maxpool2x2_backward_kernel(dy.reshape(-1), argmax.reshape(-1), n * c, h, w, oh, ow,
+                                    dy.dtype.type(0), dx.reshape(-1))
         return dx
     offsets = _window_offsets(kh, kw, w)
     _maxpool_backward_kernel(dy.reshape(-1), argmax.reshape(-1), offsets, oh, ow, sh, sw, w,

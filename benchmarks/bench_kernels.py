@@ -114,8 +114,11 @@ def child(name, n, repeats) -> dict:
                                   repeats)
         else:
             r = bench_minicnn_layer(name, n, c, f, size, repeats)
-        r["numpy_matmul_gflops"] = numpy_gemm_gflops(n, c, f, size, repeats)
         results[layer] = r
+    # numpy's own (multi-threaded) matmul last: its idle OpenBLAS workers keep spinning for
+    # ~0.1 s after it returns and would slow down whatever is measured next
+    for layer, (c, f, size) in LAYERS.items():
+        results[layer]["numpy_matmul_gflops"] = numpy_gemm_gflops(n, c, f, size, repeats)
     results["environment"] = environment()
     return results
 

@@ -46,7 +46,8 @@ def test_recycler_forgets_unused_arrays_beyond_its_limit():
 
 @numba_only
 @pytest.mark.parametrize("shape", [(3, 5, 7), (64, 288, 25088), (288, 64, 25088), (64, 25088, 288),
-                                   (4, 70_000, 9), (200, 3136, 128), (1000, 128, 10)])
+                                   (4, 70_000, 9), (32, 100_352, 9), (9, 5000, 40),
+                                   (200, 3136, 128), (1000, 128, 10)])
 def test_matmul_matches_numpy_for_every_way_of_splitting(shape):
     from minicnn.kernels import cpu_runtime
 
@@ -58,6 +59,8 @@ def test_matmul_matches_numpy_for_every_way_of_splitting(shape):
     np.testing.assert_allclose(cpu_runtime.matmul(a, b), expected, rtol=1e-4, atol=1e-3)
     # transposed operands, as the layers pass them (dout @ cols.T, W2.T @ dout)
     np.testing.assert_allclose(cpu_runtime.matmul(b.T, a.T), expected.T, rtol=1e-4, atol=1e-3)
+    bt = np.ascontiguousarray(b.T)  # a @ bt.T with both C-contiguous: a first layer's dW2
+    np.testing.assert_allclose(cpu_runtime.matmul(a, bt.T), expected, rtol=1e-4, atol=1e-3)
 
 
 @numba_only

@@ -1,0 +1,102 @@
+"""Where a training step's time goes, kernel by kernel (numba backend by default).
+
+    python benchmarks/profile_step.py                      # reference network, batch 128
+    python benchmarks/profile_step.py --model cifar_vgg --steps 5
+
+Wraps every kernel of the backend with a timer, runs some training steps and prints, per kernel
+(matrix multiplies per shape), the milliseconds per step, its share of the step and, for the
+multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak (a 2048^3 product,
+measured in the same process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+
+import numpy as np
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="reference", choices=("reference", "cifar_vgg"))
+    parser.add_argument("--backend", default="numba")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+
+    import minicnn as mc
+    from minicnn import models
+
+    mc.set_backend(args.backend)
+    kernels = mc.backend.kernels()
+    spent, calls, flops = collections.defaultdict(float), collections.Counter(), {}
+    def timer(name, kernel):
+        def timed(*a, **kw):
+            label = name
+            if name == "matmul":
+                (m, k), n = a[0].shape, a[1].shape[1]
+                label = f"matmul ({m}x{k}) @ ({k}x{n})"
+                flops[label] = 2 * m * k * n
+            start = time.perf_counter()
+            result = kernel(*a, **kw)
+            spent[label] += time.perf_counter() - start
+            calls[label] += 1
+            return result
+
+        return timed
+
+    for name in getattr(kernels, "__all__", dir(kernels)):
+        if not name.startswith("_") and callable(getattr(kernels, name)):
+            setattr(kernels, name, timer(name, getattr(kernels, name)))
+
+    shape = (1, 28, 28) if args.model == "reference" else (3, 32, 32)
+    model = models.reference_cnn(seed=0) if args.model == "reference" else models.cifar_vgg(seed=0)
+    loss_fn = mc.losses.SoftmaxCrossEntropy()
+    optimizer = mc.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch_size, *shape), dtype=np.float32)
+    y = rng.integers(0, 10, args.batch_size)
+
+    def step():
+        loss_fn.forward(model.forward(x, training=True), y)
+        optimizer.zero_grad()
+        model.backward(loss_fn.backward(), input_grad=False)
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    spent.clear()
+    calls.clear()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    per_step = (time.perf_counter() - start) / args.steps
+    a = rng.random((2048, 2048), dtype=np.float32)
+    a @ a
+    peak = max(2 * 2048**3 / t for t in [_timed(lambda: a @ a) for _ in range(5)]) / 1e9
+
+    print(f"{args.model}, batch {args.batch_size}, {args.backend}: {per_step * 1e3:.1f} ms per "
+          f"step ({args.batch_size / per_step:,.0f} images/s); numpy matmul peak {peak:.0f} GFLOP/s")
+    print(f"{'kernel':<36} {'ms/step':>8} {'share':>6} {'calls':>6}  GFLOP/s (of peak)")
+    for label, seconds in sorted(spent.items(), key=lambda item: -item[1]):
+        ms = seconds / args.steps * 1e3
+        rate = ""
+        if label in flops:
+            gflops = flops[label] * calls[label] / seconds / 1e9
+            rate = f"{gflops:.0f} ({gflops / peak:.0%})"
+        print(f"{label:<36} {ms:8.2f} {ms / (per_step * 1e3):6.0%} {calls[label] // args.steps:6d}  "
+              f"{rate}")
+    other = per_step - sum(spent.values()) / args.steps
+    print(f"{'(everything else: Python, NumPy)':<36} {other * 1e3:8.2f} {other / per_step:6.0%}")
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ AdamW, batch 128, 3x32x32), on synthetic data. Inference is ``predict`` in batch
 ``--infer-batch``. Each child also measures numpy's float32 matmul peak (a 2048^3 product on
 every core) and reports the training GFLOP/s (multiply-adds of the forward pass, the weight
 gradients and the input gradients) as a fraction of it, the threading layer numba runs on and
-the BLAS numpy uses. Prints markdown tables; writes JSON to ``--out``.
+the BLAS numpy uses. Prints markdown tables; writes them (and every run, as JSON) to ``--out``.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def child(framework: str, setting: str, model_name: str, args) -> dict:
     shape = (1, 28, 28) if model_name == "reference" else (3, 32, 32)
     x, y = synthetic_images(max(args.batch_size * 4, 512), shape)
     infer_x, _ = synthetic_images(args.infer_images, shape, seed=1)
-    if framework == "torch":
-        result = bench_torch(model_name, x, y, infer_x, args)
+    if framework.startswith("torch"):
+        result = bench_torch(model_name, x, y, infer_x, args,
+                             "cuda" if framework == "torch-cuda" else "cpu")
     else:
         result = bench_minicnn(framework, model_name, x, y, infer_x, args)
     result["flops_per_image"] = training_flops(model_name, shape)
@@ -90,19 +91,18 @@ def child(framework: str, setting: str, model_name: str, args) -> dict:
     return result
 
 
-def _measure(train, infer, args, sync=None) -> dict:
+def _measure(train, infer, args, sync=None) -> dict:  # sync: waits for a GPU
+    sync = sync or (lambda: None)
     train(3)  # compiles numba kernels, warms caches
-    if sync:
-        sync()
+    sync()
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         train(args.steps)
-        if sync:
-            sync()
+        sync()
         times.append(time.perf_counter() - start)
     infer()
-    infer_time = min(_timed(infer) for _ in range(3))
+    infer_time = min(_timed(lambda: (infer(), sync())) for _ in range(3))
     return {"train_images_per_s": args.steps * args.batch_size / min(times),
             "infer_images_per_s": args.infer_images / infer_time}
 
@@ -120,7 +120,10 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
         opt = mc.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = mc.losses.SoftmaxCrossEntropy()
     n = args.batch_size
-    batches = [(x[i:i + n], y[i:i + n]) for i in range(0, len(x) - n + 1, n)]
+    xp = mc.backend.xp(backend)  # cupy keeps the batches on the GPU
+    batches = [(xp.asarray(x[i:i + n]), xp.asarray(y[i:i + n]))
+               for i in range(0, len(x) - n + 1, n)]
+    sync = (lambda: xp.cuda.Device().synchronize()) if backend == "cupy" else None
 
     def train(steps):
         for step in range(steps):
@@ -130,7 +133,8 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
             model.backward(loss_fn.backward(), input_grad=False)
             opt.step()
 
-    return _measure(train, lambda: model.predict(infer_x, batch_size=args.infer_batch), args)
+    return _measure(train, lambda: model.predict(infer_x, batch_size=args.infer_batch), args,
+                    sync)
 
 
 def torch_model(torch, model_name: str):
@@ -150,17 +154,18 @@ def torch_model(torch, model_name: str):
     return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 4 * 4, 10))
 
 
-def bench_torch(model_name: str, x, y, infer_x, args) -> dict:
+def bench_torch(model_name: str, x, y, infer_x, args, device: str = "cpu") -> dict:
     import torch
 
     torch.manual_seed(0)
-    model = torch_model(torch, model_name)
+    model = torch_model(torch, model_name).to(device)
     optimizer = torch.optim.Adam if model_name == "reference" else torch.optim.AdamW
     opt = optimizer(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = args.batch_size
-    batches = [(torch.tensor(x[i:i + n]), torch.tensor(y[i:i + n]))
+    batches = [(torch.tensor(x[i:i + n], device=device), torch.tensor(y[i:i + n], device=device))
                for i in range(0, len(x) - n + 1, n)]
+    sync = torch.cuda.synchronize if device == "cuda" else None
 
     def train(steps):
         model.train()
@@ -174,9 +179,10 @@ def bench_torch(model_name: str, x, y, infer_x, args) -> dict:
         model.eval()
         with torch.no_grad():
             for i in range(0, len(infer_x), args.infer_batch):
-                torch.softmax(model(torch.as_tensor(infer_x[i:i + args.infer_batch])), 1).numpy()
+                batch = torch.as_tensor(infer_x[i:i + args.infer_batch]).to(device)
+                torch.softmax(model(batch), 1).cpu().numpy()
 
-    return _measure(train, infer, args)
+    return _measure(train, infer, args, sync)
 
 
 # --- the parent: every run in a fresh process, then the tables --------------------------------
@@ -222,7 +228,8 @@ def table(model_name, rows, torch_runs) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frameworks", default="numba,numpy,torch",
-                        help="minicnn backends and/or torch (default numba,numpy,torch)")
+                        help="minicnn backends (numba, numpy, cupy) and torch / torch-cuda "
+                             "(default numba,numpy,torch)")
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help="settings for the numba backend (numpy and torch run alone)")
     parser.add_argument("--models", default="reference", help="reference and/or cifar_vgg")
@@ -242,23 +249,31 @@ def main():
         return
     from common import write_json
 
+    from minicnn.atomic import atomic_write_bytes
+
     frameworks = [f for f in args.frameworks.split(",") if f]
     settings = [s for s in args.settings.split(",") if s]
     report, tables = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(),
                                                        *sys.argv[1:]])}, []
     for model_name in [m for m in args.models.split(",") if m]:
         runs = {}
-        plan = [("torch", "alone")] if "torch" in frameworks else []
+        plan = [(f, "alone") for f in ("torch", "torch-cuda") if f in frameworks]
         plan += [("numba", s) for s in settings if "numba" in frameworks]
-        plan += [("numpy", "alone")] if "numpy" in frameworks else []
+        plan += [(f, "alone") for f in ("numpy", "cupy") if f in frameworks]
         for framework, setting in plan:
             key = f"{framework} {setting}"
             print(f"{model_name}: {key} x{args.runs} ...", file=sys.stderr, flush=True)
             runs[key] = [run_child(framework, setting, model_name, args) for _ in range(args.runs)]
         torch_runs = runs.get("torch alone", [])
-        rows = [(f"minicnn {key}", r) for key, r in runs.items() if not key.startswith("torch")]
+        rows = [(f"minicnn {key}", r) for key, r in runs.items()
+                if not key.startswith(("torch", "cupy"))]
         rows += [("PyTorch alone", torch_runs)] if torch_runs else []
         tables.append(table(model_name, rows, torch_runs))
+        gpu_rows = [(f"minicnn {key}", r) for key, r in runs.items() if key.startswith("cupy")]
+        gpu_base = runs.get("torch-cuda alone", [])
+        if gpu_rows or gpu_base:  # the GPU against PyTorch on the GPU
+            rows = gpu_rows + ([("PyTorch CUDA alone", gpu_base)] if gpu_base else [])
+            tables.append(table(f"{model_name} (GPU)", rows, gpu_base))
         report[model_name] = runs
     every_run = [r for k, v in report.items() if k != "command" for runs in v.values() for r in runs]
     env = {key: value for r in every_run for key, value in r["environment"].items()}
@@ -271,7 +286,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"train_b{args.batch_size}.json"
     write_json(path, {"header": header, "tables": tables, **report})
-    print(f"\nwrote {path}")
+    markdown = out / f"train_b{args.batch_size}.md"
+    atomic_write_bytes(markdown, (f"{report['command']}\n\n{header}\n\n"
+                                  + "\n\n".join(tables) + "\n").encode())
+    print(f"\nwrote {path} and {markdown}")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,14 @@ def test_dropout_gradients(p, shape, training, seed):
     assert_gradients_match(check_layer(Dropout(p), x, training=training, seed=seed % 1000))
 
 
+# BatchNorm's dx is a difference of three terms (dy, its mean, xhat times the mean of dy*xhat),
+# so some entries land near zero, where the finite differences' rounding noise (~1e-11) is a
+# large *relative* error; a step of 1e-3 (BatchNorm is smooth: the stencil's O(h^4) truncation
+# stays negligible) keeps that noise 10x lower. Seen at step 1e-4: an entry of 7e-6 (against a
+# largest entry of 2.1) at 6e-7 relative error.
+BATCHNORM_STEP = 1e-3
+
+
 @covers(BatchNorm2D)
 @given(n=st.integers(1, 3), c=st.integers(1, 3), hw=st.tuples(st.integers(1, 4), st.integers(1, 4)),
        training=st.booleans(), seed=seeds)
@@ -155,7 +163,7 @@ def test_batchnorm_gradients(n, c, hw, training, seed):
     layer.running_mean.data = rng.standard_normal(c).astype(np.float32)
     layer.running_var.data = rng.uniform(0.5, 2.0, c).astype(np.float32)
     x = rng.standard_normal((n, c, *hw)) * 2 + 1
-    errors = check_layer(layer, x, training=training, seed=seed % 1000)
+    errors = check_layer(layer, x, training=training, seed=seed % 1000, eps=BATCHNORM_STEP)
     assert set(errors) == {"x", "gamma", "beta"}
     assert_gradients_match(errors)
 
@@ -170,7 +178,8 @@ def test_batchnorm_gradients_on_every_cpu_backend(cpu_backend, training, seed):
     layer.gamma.data = rng.uniform(0.5, 2.0, 3).astype(np.float32)
     layer.beta.data = rng.standard_normal(3).astype(np.float32)
     x = rng.standard_normal((4, 3, 3, 2)) * 2 + 1
-    assert_gradients_match(check_layer(layer, x, training=training, seed=seed % 1000))
+    assert_gradients_match(check_layer(layer, x, training=training, seed=seed % 1000,
+                                       eps=BATCHNORM_STEP))
 
 
 @st.composite

@@ -27,10 +27,12 @@ gradient of one scalar (a loss, a class score) of a whole network is different: 
 difference carries the rounding noise of the full scalar (~1e-16 of its size), while single
 entries of the gradient can be arbitrarily close to zero (contributions that cancel), where
 that noise is a large *relative* error. :func:`check_gradient` and :func:`check_model` therefore
-compare *directional derivatives*: for a random unit direction v, ``d f(x + t v)/dt`` at t = 0
-(the five-point stencil along v) against ``analytic . v``. That number is about as large as the
-whole gradient, never accidentally tiny, and any wrong entry of the analytic gradient moves it
-(PyTorch's "fast" gradcheck uses the same projection).
+compare *directional derivatives*: for a direction v, ``d f(x + t v)/dt`` at t = 0 (the
+five-point stencil along v) against ``analytic . v``. Each v is the unit analytic gradient plus a
+random unit vector: the derivative along it is about as large as the whole gradient, never
+accidentally tiny (as it can be along a purely random direction nearly orthogonal to the
+gradient), and the random part still sees any wrong entry of the analytic gradient (PyTorch's
+"fast" gradcheck uses projections the same way).
 """
 
 from __future__ import annotations
@@ -157,9 +159,10 @@ def check_gradient(f, x: np.ndarray, analytic, eps: float = DEFAULT_EPS, directi
                    seed: int = 0) -> float:
     """Relative error of ``analytic`` as the gradient of the scalar ``f()`` with respect to x.
 
-    Compares ``analytic . v`` with the directional derivative of f along ``directions`` random
-    unit vectors v (see the module docstring for why a whole network's scalar is checked along
-    directions rather than entry by entry); returns the largest relative error. ``x`` must be a
+    Compares ``analytic . v`` with the directional derivative of f along ``directions``
+    directions v, each the unit analytic gradient plus a random unit vector (see the module
+    docstring for why a whole network's scalar is checked along directions rather than entry by
+    entry); returns the largest relative error. ``x`` must be a
     float64 array that ``f`` reads (it is perturbed in place and restored).
     """
     analytic = np.asarray(backend.to_numpy(analytic), dtype=np.float64)
@@ -167,10 +170,13 @@ def check_gradient(f, x: np.ndarray, analytic, eps: float = DEFAULT_EPS, directi
         raise ValueError(f"check_gradient: analytic gradient has shape {analytic.shape}, x has "
                          f"shape {x.shape}")
     rng = np.random.default_rng(seed)
+    norm = np.linalg.norm(analytic)
     worst = 0.0
     for _ in range(directions):
         v = rng.standard_normal(x.shape)
         v /= np.linalg.norm(v)
+        if norm > 0:
+            v += analytic / norm  # see the module docstring
         worst = max(worst, relative_error(np.sum(analytic * v),
                                           directional_derivative(f, x, v, eps)))
     return worst

@@ -6,9 +6,9 @@ NumPy (the reference), numba (JIT-compiled CPU) or CuPy (GPU).
 
 from . import gradcheck, init, interpret, layers, losses, metrics, optim
 from .backend import BACKENDS, available_backends, get_backend, set_backend
-from .io import ModelFileError, load_model
-from .layers import Parameter
-from .model import Sequential
+from .io import ModelFileError
+from .layers import Parameter, Sequential
+from .layers.sequential import load_model
 from .training import History, TrainingDivergedError, evaluate, fit
 
 __version__ = "0.1.0"

@@ -12,9 +12,12 @@ name        arrays        kernels
 ``cupy``    cupy (GPU)    :mod:`minicnn.kernels.cupy_kernels` (CUDA kernels)
 ==========  ============  ==========================================================
 
-The active backend is process-wide. It starts as ``$MINICNN_BACKEND`` when set, else
-``numba`` when numba imports, else ``numpy``. Nothing is imported, compiled or
-initialised on the GPU until a backend is first used.
+The backend follows the arrays (as Chainer's ``get_array_module`` does): every layer remembers
+the backend it computes with (``layer.backend``) and ``model.to(name)`` moves one model, its
+arrays and its kernels, leaving the rest of the process alone. The *default* backend, which new
+layers start on, is ``$MINICNN_BACKEND`` when set, else ``numba`` when numba imports, else
+``numpy``; :func:`set_backend` changes it. Nothing is imported, compiled or initialised on the
+GPU until a backend is first used.
 """
 
 from __future__ import annotations
@@ -100,22 +103,30 @@ def _default_backend() -> str:
 
 
 def get_backend() -> str:
-    """The name of the active backend."""
+    """The name of the default backend (the one new layers start on)."""
     global _active
     if _active is None:
         _active = _default_backend()
     return _active
 
 
+def check_available(name: str) -> str:
+    """``name`` lower-cased, when it is a backend that can run here; else the errors of
+    :func:`set_backend` (ValueError, BackendUnavailableError)."""
+    name = _check_name(name)
+    _require(name)
+    return name
+
+
 def set_backend(name: str) -> str:
-    """Make ``name`` ("numpy", "numba" or "cupy") the active backend; returns the old one.
+    """Make ``name`` ("numpy", "numba" or "cupy") the default backend of new layers; returns the
+    old one. Existing models keep theirs (``model.to(name)`` moves one).
 
     Raises ValueError for an unknown name and BackendUnavailableError (an ImportError)
     when the backend cannot run here, saying what to install.
     """
     global _active
-    name = _check_name(name)
-    _require(name)
+    name = check_available(name)
     previous = get_backend()
     _active = name
     return previous

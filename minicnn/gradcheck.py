@@ -99,7 +99,7 @@ def check_layer(layer, x, dy=None, training: bool = True, eps: float = DEFAULT_E
     layers are re-seeded before every forward pass so they draw the same mask each time.
 
     Returns ``{"x": err, "<param name>": err, ...}``: the maximum relative error per input and
-    per parameter (for a Sequential, parameters are named ``"<layer index>.<name>"``).
+    per parameter (inside a Sequential, parameters are named ``"<layer index>.<name>"``).
     """
     layer = copy.deepcopy(layer)
     layer.astype(np.float64)
@@ -213,16 +213,9 @@ def check_model(model, loss_fn, x, labels, training: bool = True, eps: float = D
 
 
 def _named_parameters(layer) -> dict:
-    if hasattr(layer, "layers"):
-        return {f"{i}.{name}": p for i, sub in enumerate(layer.layers)
-                for name, p in _layer_parameters(sub).items()}
-    return _layer_parameters(layer)
-
-
-def _layer_parameters(layer) -> dict:
-    """A layer's parameters under unique names: the keys of ``named_arrays()`` ("weight", or
-    "body.0.weight" inside a Residual, whose inner layers all call theirs "weight"); for a layer
-    whose ``named_arrays`` does not list its parameters, their own names or positions."""
+    """A layer's parameters under unique names: the keys of ``named_arrays()`` ("weight";
+    "0.weight" in a Sequential, "body.0.weight" in a Residual); for a layer whose
+    ``named_arrays`` does not list its parameters, their own names or positions."""
     params = layer.parameters()
     named = {name: a for name, a in layer.named_arrays().items() if isinstance(a, Parameter)}
     if sorted(map(id, named.values())) == sorted(map(id, params)):

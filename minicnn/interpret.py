@@ -123,8 +123,7 @@ def _batches(n: int, batch_size: int):
         yield slice(start, min(n, start + batch_size))
 
 
-def _one_hot(classes, num_classes: int, dtype):
-    xp = backend.xp()
+def _one_hot(classes, num_classes: int, dtype, xp):
     onehot = xp.zeros((len(classes), num_classes), dtype=dtype)
     onehot[xp.arange(len(classes)), xp.asarray(classes)] = 1
     return onehot
@@ -192,7 +191,7 @@ def feature_maps(model, x, layer, batch_size: int = 64) -> np.ndarray:
     batch_size = check_positive_int(batch_size, "batch_size", "feature_maps")
     x = _check_input(model, x, "feature_maps")
     index = model.layer_index(layer)
-    xp = backend.xp()
+    xp = backend.xp(model.backend)
     return np.concatenate([
         backend.to_numpy(model.forward_to(xp.asarray(x[s]), index, training=False))
         for s in _batches(len(x), batch_size)], axis=0)
@@ -256,7 +255,7 @@ def grad_cam(model, x, classes=None, layer=None, batch_size: int = 64) -> CAMRes
     if index == len(model.layers) - 1:
         raise ValueError(f"grad_cam: layer {index} is the model's last layer; choose a "
                          "convolutional layer before the classifier")
-    xp = backend.xp()
+    xp = backend.xp(model.backend)
     parts = {"weights": [], "maps": [], "activations": [], "classes": []}
     with _gradients_preserved(model):
         for s in _batches(len(x), batch_size):
@@ -265,7 +264,7 @@ def grad_cam(model, x, classes=None, layer=None, batch_size: int = 64) -> CAMRes
             chosen = _chosen(logits, None if classes is None else classes[s])
             # sum over the batch of each image's class score: image n's score depends on image
             # n only (inference mode), so one backward pass gives every image's own gradient
-            grads = model.backward_to(_one_hot(chosen, logits.shape[1], logits.dtype), index)
+            grads = model.backward_to(_one_hot(chosen, logits.shape[1], logits.dtype, xp), index)
             weights = grads.mean(axis=(2, 3))
             maps = xp.maximum(xp.einsum("nf,nfhw->nhw", weights, acts), 0)
             parts["weights"].append(backend.to_numpy(weights))
@@ -312,7 +311,7 @@ def cam(model, x, classes=None, batch_size: int = 64) -> CAMResult:
     x = _check_input(model, x, "cam")
     index, dense = _cam_layers(model)
     classes = _check_classes(model, x, classes, "cam")
-    xp = backend.xp()
+    xp = backend.xp(model.backend)
     parts = {"weights": [], "maps": [], "activations": [], "classes": []}
     for s in _batches(len(x), batch_size):
         acts = model.forward_to(xp.asarray(x[s]), index, training=False)
@@ -333,13 +332,13 @@ def class_score_gradient(model, x, classes=None, batch_size: int = 64) -> np.nda
     batch_size = check_positive_int(batch_size, "batch_size", "class_score_gradient")
     x = _check_input(model, x, "class_score_gradient")
     classes = _check_classes(model, x, classes, "class_score_gradient")
-    xp = backend.xp()
+    xp = backend.xp(model.backend)
     grads = []
     with _gradients_preserved(model):
         for s in _batches(len(x), batch_size):
             logits = model.forward(xp.asarray(x[s]), training=False)
             chosen = _chosen(logits, None if classes is None else classes[s])
-            dy = _one_hot(chosen, logits.shape[1], logits.dtype)
+            dy = _one_hot(chosen, logits.shape[1], logits.dtype, xp)
             grads.append(backend.to_numpy(model.backward(dy, input_grad=True)))
     return np.concatenate(grads, axis=0)
 

@@ -18,9 +18,9 @@ from .layers import (
     MaxPool2D,
     ReLU,
     Residual,
+    Sequential,
     Tanh,
 )
-from .model import Sequential
 
 
 def _check_shape(input_shape, name, min_size):
@@ -189,11 +189,11 @@ PRESETS = {"reference_cnn": reference_cnn, "mnist_cnn": mnist_cnn, "lenet5": len
 
 def from_config(config: dict) -> Sequential:
     """Rebuild a model (fresh weights) from ``model.config()`` (the JSON a model file stores)."""
-    from .io import build_from_config
+    from .layers.build import build_model
 
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
         raise ValueError("from_config: expected a dict with a 'layers' list (model.config())")
-    return build_from_config(config, where="from_config")
+    return build_model(config, where="from_config")
 
 
 __all__ = ["PRESETS", "cifar_resnet", "cifar_vgg", "from_config", "lenet5", "mnist_cnn",

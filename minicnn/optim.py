@@ -129,7 +129,7 @@ class Adam(Optimizer):
             state["exp_avg_sq"] = xp.zeros_like(p.data)
         # the update itself is a kernel (kernels/numpy_kernels.adam_update is the readable
         # version) so that the numba and cupy backends do it in one fused pass
-        backend.kernels().adam_update(
+        backend.kernels(p.backend).adam_update(
             p.data, grad, state["exp_avg"], state["exp_avg_sq"], self.lr, *self.betas, self.eps,
             self.step_count, self.weight_decay, self.decoupled)
 

@@ -1,4 +1,4 @@
-"""The training loop: ``fit`` and ``evaluate``, history, callbacks, checkpoints and exact resume.
+"""The training loop: ``fit`` and ``evaluate``.
 
 One training step is the whole of backprop in four lines::
 
@@ -8,14 +8,14 @@ One training step is the whole of backprop in four lines::
     optimizer.step()
 
 Everything else here is bookkeeping around that step: batches (``minicnn.data.DataLoader``),
-progress bars, per-epoch history, callbacks, checkpoints that resume *exactly* (the same
-weights as an uninterrupted run, also from the middle of an epoch), a guard that stops when the
-loss or a gradient stops being finite, and a Ctrl-C that saves a resumable checkpoint.
+progress bars, a guard that stops when the loss or a gradient stops being finite, and a Ctrl-C
+that saves a resumable checkpoint. The history and the callbacks are in :mod:`minicnn.callbacks`,
+the checkpoints, which resume *exactly* (the same weights as an uninterrupted run, also from the
+middle of an epoch), in :mod:`minicnn.checkpoints`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
@@ -25,187 +25,24 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .atomic import atomic_write_bytes, remove_stale_temporaries
+from .atomic import remove_stale_temporaries
+from .callbacks import (  # noqa: F401 (the callbacks' public home is also minicnn.training)
+    Callback,
+    EarlyStopping,
+    History,
+    LRSchedule,
+    ModelCheckpoint,
+)
+from .checkpoints import restore_checkpoint, save_checkpoint
 from .validation import (
     check_float_array,
     check_labels,
-    check_learning_rate,
     check_positive_int,
 )
-
-CHECKPOINT_VERSION = 1
 
 
 class TrainingDivergedError(FloatingPointError):
     """The loss or a gradient became NaN/inf; the message says where it first appeared."""
-
-
-# -- history ------------------------------------------------------------------------------------
-
-class History:
-    """Per-epoch records: ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
-    ``lr``, ``time_s`` and ``images_per_s``. ``history["val_acc"]`` gives one column."""
-
-    def __init__(self, epochs: list[dict] | None = None):
-        self.epochs: list[dict] = list(epochs or [])
-
-    def append(self, record: dict) -> None:
-        self.epochs.append(dict(record))
-
-    def __getitem__(self, key: str) -> list:
-        return [record.get(key) for record in self.epochs]
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    def last(self) -> dict:
-        return self.epochs[-1] if self.epochs else {}
-
-    def to_dict(self) -> dict:
-        return {"epochs": self.epochs}
-
-    def save(self, path) -> Path:
-        """Write the history as JSON (atomically)."""
-        path = Path(path)
-        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode())
-        return path
-
-    @classmethod
-    def load(cls, path) -> History:
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("epochs"), list):
-            raise ValueError(f"{path}: not a minicnn history file")
-        return cls(data["epochs"])
-
-    def plot(self, path) -> Path:
-        """Save the training curves (loss and accuracy per epoch) as a PNG."""
-        from .plots import plot_history
-
-        return plot_history(self, path)
-
-
-# -- callbacks ----------------------------------------------------------------------------------
-
-class Callback:
-    """Hooks into ``fit``. ``trainer`` is the running :class:`Trainer`; set
-    ``trainer.stop_training = True`` to stop after the current epoch. Callbacks with state
-    implement ``state_dict``/``load_state_dict`` so that checkpoints resume them too."""
-
-    def on_train_begin(self, trainer) -> None: ...
-    def on_epoch_begin(self, trainer, epoch: int) -> None: ...
-    def on_batch_end(self, trainer, step: int, logs: dict) -> None: ...
-    def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None: ...
-    def on_train_end(self, trainer) -> None: ...
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-class LRSchedule(Callback):
-    """Step a learning-rate schedule (``minicnn.optim.*LR``) once per ``"epoch"`` or ``"batch"``."""
-
-    def __init__(self, scheduler, per: str = "epoch"):
-        if per not in ("epoch", "batch"):
-            raise ValueError(f"LRSchedule: per must be 'epoch' or 'batch', got {per!r}")
-        self.scheduler, self.per = scheduler, per
-
-    def on_batch_end(self, trainer, step, logs):
-        if self.per == "batch":
-            self.scheduler.step()
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        if self.per == "epoch":
-            self.scheduler.step()
-
-    def state_dict(self):
-        return {"last_step": self.scheduler.last_step}
-
-    def load_state_dict(self, state):
-        self.scheduler.last_step = int(state["last_step"])
-        self.scheduler.optimizer.lr = self.scheduler.lr_at(self.scheduler.last_step)
-
-
-def _improved(value, best, mode, min_delta) -> bool:
-    if value is None:
-        return False
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def _mode_for(monitor: str, mode: str) -> str:
-    if mode == "auto":
-        return "min" if "loss" in monitor else "max"
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
-    return mode
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` (e.g. ``"val_loss"``, ``"val_acc"``) has not improved by
-    ``min_delta`` for ``patience`` epochs; optionally put back the best weights at the end."""
-
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
-                 mode: str = "auto", restore_best: bool = True):
-        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.mode = _mode_for(monitor, mode)
-        self.restore_best = restore_best
-        self.best, self.wait, self.best_weights = None, 0, None
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        value = logs.get(self.monitor)
-        if value is None:
-            raise ValueError(f"EarlyStopping: metric {self.monitor!r} is not logged "
-                             f"(available: {', '.join(sorted(logs))}); pass val= to fit?")
-        if _improved(value, self.best, self.mode, self.min_delta):
-            self.best, self.wait = value, 0
-            if self.restore_best:
-                self.best_weights = [p.data.copy() for p in trainer.model.parameters()] + \
-                    [b.data.copy() for layer in trainer.model.layers for b in layer.buffers()]
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                trainer.stop_training = True
-                trainer.log(f"early stopping: {self.monitor} has not improved for "
-                            f"{self.patience} epochs (best {self.best:.4f})")
-
-    def on_train_end(self, trainer):
-        if self.restore_best and self.best_weights is not None and trainer.stop_training:
-            arrays = trainer.model.parameters() + \
-                [b for layer in trainer.model.layers for b in layer.buffers()]
-            for array, saved in zip(arrays, self.best_weights, strict=True):
-                array.data = saved
-
-    def state_dict(self):
-        return {"best": self.best, "wait": self.wait}
-
-    def load_state_dict(self, state):
-        self.best, self.wait = state["best"], state["wait"]
-
-
-class ModelCheckpoint(Callback):
-    """Save the model (a model file, atomically) whenever ``monitor`` improves
-    (``save_best_only=True``) or after every epoch."""
-
-    def __init__(self, path, monitor: str = "val_acc", mode: str = "auto",
-                 save_best_only: bool = True):
-        self.path, self.monitor, self.save_best_only = Path(path), monitor, save_best_only
-        self.mode = _mode_for(monitor, mode)
-        self.best = None
-
-    def on_epoch_end(self, trainer, epoch, logs):
-        value = logs.get(self.monitor)
-        if not self.save_best_only or _improved(value, self.best, self.mode, 0.0):
-            self.best = value if value is not None else self.best
-            trainer.model.save(self.path)
-
-    def state_dict(self):
-        return {"best": self.best}
-
-    def load_state_dict(self, state):
-        self.best = state["best"]
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -220,7 +57,7 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512) -> dict:
     check_float_array(x, "evaluate")
     y = check_labels(y, len(x), model.output_shape(x.shape[1:])[0], "evaluate")
     batch_size = model.inference_batch_size(x.shape[1:], x.dtype, batch_size, "evaluate")
-    xp = backend.xp()
+    xp = backend.xp(model.backend)
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         xb = xp.asarray(x[start:start + batch_size])
@@ -276,7 +113,7 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         self.global_step = 0
-        self._epoch_sums = [0.0, 0, 0, 0.0]  # loss * n, correct, seen, seconds
+        self.epoch_sums = [0.0, 0, 0, 0.0]  # loss * n, correct, seen, seconds
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -284,135 +121,17 @@ class Trainer:
 
             tqdm.write(message)
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def _rng_states(self) -> dict:
-        return {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.model.layers)
-                if isinstance(getattr(layer, "rng", None), np.random.Generator)}
-
+    # -- checkpoints (their format: minicnn.checkpoints) ------------------------------------
     def save_checkpoint(self, path=None) -> Path:
-        """Everything needed to continue exactly: weights, optimizer state, data position,
-        random generator states, callback states and history. Written atomically."""
-        path = Path(path) if path is not None else self.checkpoint
-        opt = self.optimizer
-        state = {
-            "version": CHECKPOINT_VERSION,
-            "loader": self.loader.state_dict(),
-            "global_step": self.global_step,
-            "epoch_sums": self._epoch_sums,
-            "optimizer": {"type": type(opt).__name__, "lr": opt.lr, "step_count": opt.step_count,
-                          "state_keys": sorted(opt.state_arrays())},
-            "rng": self._rng_states(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
-            "history": self.history.to_dict(),
-        }
-        tensors = {f"optimizer.{k}": v for k, v in opt.state_arrays().items()}
-        from .io import save_model
-
-        save_model(self.model, path, metadata=self.model.metadata, extra_tensors=tensors,
-                   training_state=state)
-        return path
+        return save_checkpoint(path if path is not None else self.checkpoint, self)
 
     def restore_checkpoint(self, path) -> None:
-        """Load a checkpoint written by :meth:`save_checkpoint` into this trainer's objects.
-
-        The file is checked before anything is changed: a damaged, foreign or mismatched
-        checkpoint raises ModelFileError (a mismatched data loader ValueError) and leaves the
-        model, the optimizer and the loader as they were.
-        """
-        from .io import ModelFileError, load_checkpoint
-
-        saved, optimizer_tensors, state = load_checkpoint(path)
-        if state is None:
-            raise ModelFileError(f"{path}: a model file, not a training checkpoint")
-        if saved.config()["layers"] != self.model.config()["layers"]:
-            raise ModelFileError(f"{path}: the checkpoint's architecture differs from the model "
-                                 "being trained")
-        try:
-            checked = self._check_training_state(state, optimizer_tensors)
-        except ModelFileError as err:
-            raise ModelFileError(f"{path}: {err}") from None
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-            raise ModelFileError(f"{path}: malformed training state "
-                                 f"({type(err).__name__}: {err})") from None
-        try:
-            self.loader.load_state_dict(state["loader"])  # checks the seed and batching first
-        except (KeyError, TypeError) as err:
-            raise ModelFileError(f"{path}: malformed data loader state "
-                                 f"({type(err).__name__}: {err})") from None
-        for mine, theirs in zip(self.model.layers, saved.layers, strict=True):
-            for name, array in mine.named_arrays().items():
-                array.data = backend.to_device(theirs.named_arrays()[name].data)
-        self.optimizer.load_state_arrays(optimizer_tensors, checked["step_count"])
-        self.optimizer.lr = checked["lr"]
-        for index, rng_state in state["rng"].items():
-            self.model.layers[int(index)].rng.bit_generator.state = rng_state
-        try:
-            for callback, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
-                callback.load_state_dict(cb_state)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-            raise ModelFileError(f"{path}: a callback cannot use its saved state "
-                                 f"({type(err).__name__}: {err})") from None
-        self.global_step = checked["global_step"]
-        self._epoch_sums = checked["epoch_sums"]
-        self.history = History(state["history"]["epochs"])
-
-    def _check_training_state(self, state: dict, optimizer_tensors: dict) -> dict:
-        """Validate a checkpoint's training state against this trainer; returns the numbers.
-
-        Raises ModelFileError naming what is wrong (or KeyError/TypeError/... for a structure
-        that is not a training state at all, which the caller reports the same way).
-        """
-        from .io import ModelFileError
-
-        def is_count(value):
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise ModelFileError(f"training state version {state.get('version')!r} is not "
-                                 f"supported (this minicnn writes and reads {CHECKPOINT_VERSION})")
-        opt = state["optimizer"]
-        if opt["type"] != type(self.optimizer).__name__:
-            raise ModelFileError(f"the checkpoint was trained with {opt['type']}, not "
-                                 f"{type(self.optimizer).__name__}")
-        lr = check_learning_rate(opt["lr"], "checkpoint")
-        if not is_count(opt["step_count"]) or not is_count(state["global_step"]):
-            raise ModelFileError("step counts must be non-negative integers")
-        if sorted(opt["state_keys"]) != sorted(optimizer_tensors):
-            raise ModelFileError("the optimizer tensors do not match the optimizer state's keys")
-        params = self.optimizer.params
-        for key, value in optimizer_tensors.items():
-            index, _, name = key.partition(".")
-            if not (index.isdigit() and int(index) < len(params) and name):
-                raise ModelFileError(f"optimizer tensor {key!r} names no parameter of the "
-                                     f"optimizer ({len(params)} parameters)")
-            if tuple(value.shape) != tuple(params[int(index)].data.shape):
-                raise ModelFileError(f"optimizer tensor {key!r} has shape {tuple(value.shape)}, "
-                                     f"but parameter {index} has {tuple(params[int(index)].data.shape)}")
-        for index, rng_state in state["rng"].items():
-            layer = self.model.layers[int(index)] if str(index).isdigit() \
-                and int(index) < len(self.model.layers) else None
-            if not isinstance(getattr(layer, "rng", None), np.random.Generator):
-                raise ModelFileError(f"random state for layer {index}, which has no generator")
-            # try the state on a scratch generator of the same kind (it validates the dict)
-            type(layer.rng.bit_generator)().state = rng_state
-        sums = state["epoch_sums"]
-        if not (isinstance(sums, list) and len(sums) == 4 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                for v in sums)):
-            raise ModelFileError("epoch_sums must be a list of 4 finite numbers")
-        epochs = state["history"]["epochs"]
-        if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
-            raise ModelFileError("history must be a list of per-epoch records")
-        if not isinstance(state["callbacks"], list) or not isinstance(state["loader"], dict) \
-                or not isinstance(state["rng"], dict):
-            raise ModelFileError("callbacks, loader and rng states have the wrong types")
-        return {"lr": lr, "step_count": opt["step_count"], "global_step": state["global_step"],
-                "epoch_sums": [float(sums[0]), int(sums[1]), int(sums[2]), float(sums[3])]}
+        restore_checkpoint(path, self)
 
     # -- the guard --------------------------------------------------------------------------
     def _diagnose(self, xb, what: str) -> str:
         """Find the first layer whose weights, gradient or output is not finite."""
-        xp = backend.xp()
+        xp = backend.xp(self.model.backend)
         for i, layer in enumerate(self.model.layers):
             for p in layer.parameters():
                 if not bool(xp.isfinite(p.data).all()):
@@ -463,17 +182,17 @@ class Trainer:
         return loss, correct
 
     def _grads_finite(self) -> bool:
-        xp = backend.xp()
+        xp = backend.xp(self.model.backend)
         return all(bool(xp.isfinite(p.grad).all()) for p in self.model.parameters())
 
     def run_epoch(self, epoch: int, interrupt: _DeferredInterrupt) -> dict:
         from tqdm import tqdm
 
-        xp = backend.xp()
+        xp = backend.xp(self.model.backend)
         start_batch = self.loader.state_dict()["start_batch"]
         bar = tqdm(total=len(self.loader), initial=start_batch, disable=not self.verbose,
                    desc=f"epoch {epoch + 1}", unit="batch", leave=False, dynamic_ncols=True)
-        sums = self._epoch_sums
+        sums = self.epoch_sums
         for callback in self.callbacks:
             callback.on_epoch_begin(self, epoch)
         t0 = time.perf_counter()
@@ -513,7 +232,7 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": sums[0] / max(sums[2], 1),
                   "train_acc": sums[1] / max(sums[2], 1), "lr": self.optimizer.lr,
                   "time_s": seconds, "images_per_s": sums[2] / max(seconds, 1e-9)}
-        self._epoch_sums = [0.0, 0, 0, 0.0]
+        self.epoch_sums = [0.0, 0, 0, 0.0]
         return record
 
     def fit(self, epochs: int, resume: bool = False) -> History:

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import minicnn as mc
-from minicnn import io as mio
+from minicnn.checkpoints import load_checkpoint
 from minicnn.data import (
     DataLoader,
     DatasetFileError,
@@ -53,6 +53,7 @@ from minicnn.layers import (
     LeakyReLU,
     MaxPool2D,
     ReLU,
+    build,
 )
 from minicnn.losses import SoftmaxCrossEntropy
 from minicnn.models import from_config
@@ -157,7 +158,7 @@ def valid_files() -> dict:
 def check_model_file(path):
     """load_checkpoint accepts the file or raises ModelFileError; what it accepts is usable."""
     try:
-        model, _, state = mio.load_checkpoint(path)
+        model, _, state = load_checkpoint(path)
     except mc.ModelFileError:
         return
     if model.input_shape is not None:
@@ -225,7 +226,7 @@ def test_fuzz_model_metadata(tmp_path, architecture, user, training_state, where
         shapes = {}
         try:  # give the file the tensors its layers imply, so that parsing goes further
             for i, spec in enumerate(architecture["layers"]):
-                for name, shape in mio.expected_arrays(spec).items():
+                for name, shape in build.expected_arrays(spec).items():
                     if np.prod(shape) <= 10_000:
                         shapes[f"layers.{i}.{name}"] = np.ones(shape, np.float32)
         except (mc.ModelFileError, TypeError, KeyError, IndexError):

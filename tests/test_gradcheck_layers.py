@@ -28,6 +28,7 @@ from minicnn.layers import (
     MaxPool2D,
     ReLU,
     Residual,
+    Sequential,
     Sigmoid,
     Tanh,
 )
@@ -214,7 +215,7 @@ def residual_block(cfg, rng):
         shortcut += [BatchNorm2D(f)] if cfg["projection_bn"] else []
     block = Residual(body, shortcut)
     block.initialize(rng)
-    for layer in block.body + (block.shortcut or []):
+    for layer in [*block.body, *(block.shortcut or [])]:
         if isinstance(layer, BatchNorm2D):  # not the identity: exercise gamma, beta, running stats
             layer.gamma.data = rng.uniform(0.5, 2.0, f).astype(np.float32)
             layer.beta.data = (rng.standard_normal(f) * 0.5).astype(np.float32)
@@ -278,6 +279,18 @@ def test_softmax_cross_entropy_gradient(n, classes, scale, smoothing, seed):
     logits = rng.standard_normal((n, classes)) * scale
     labels = rng.integers(0, classes, n)
     assert_gradients_match(check_loss(SoftmaxCrossEntropy(smoothing), logits, labels))
+
+
+@covers(Sequential)
+@given(seed=seeds)
+def test_sequential_gradients(cpu_backend, seed):
+    """A Sequential is a layer: nested in another, its parameters are named by their path."""
+    rng = np.random.default_rng(seed)
+    model = Sequential([Conv2D(2, 3, 3, padding=1, rng=rng), Tanh(),
+                        Sequential([AvgPool2D(2), Flatten()]), Dense(3 * 2 * 2, 4, rng=rng)])
+    errors = check_layer(model, rng.standard_normal((2, 2, 4, 5)), seed=seed % 1000)
+    assert set(errors) == {"x", "0.weight", "0.bias", "3.weight", "3.bias"}
+    assert_gradients_match(errors)
 
 
 def test_every_layer_type_has_a_gradient_check():

@@ -115,7 +115,7 @@ def test_truncated_and_garbage_files(tmp_path):
         with pytest.raises(mc.ModelFileError):
             mc.load_model(path)
     path.write_bytes(struct.pack("<Q", 2**60) + b"{}")
-    with pytest.raises(mc.ModelFileError, match="bad header length"):
+    with pytest.raises(mc.ModelFileError, match="not a safetensors model file .*header too large"):
         mc.load_model(path)
     assert issubclass(mc.ModelFileError, ValueError)
 

@@ -28,6 +28,7 @@ from safetensors.numpy import save as save_safetensors
 import minicnn as mc
 from minicnn import backend
 from minicnn import io as mio
+from minicnn.checkpoints import load_checkpoint
 from minicnn.data import cache as data_cache
 from minicnn.data import safe_pickle
 from minicnn.data.idx import DatasetFileError
@@ -41,6 +42,7 @@ from minicnn.layers import (
     Layer,
     MaxPool2D,
     ReLU,
+    build,
 )
 from minicnn.losses import SoftmaxCrossEntropy
 from minicnn.training import Trainer, TrainingDivergedError, evaluate, fit
@@ -201,7 +203,7 @@ def test_hostile_sizes_are_refused_before_anything_is_allocated(tmp_path):
         assert peak < 5 * 2**20  # refused before anything of the claimed size exists
     # without a file (from_config) the total is capped instead
     with pytest.raises(mc.ModelFileError, match="more than the 2,147,483,648 minicnn builds"):
-        mio.build_from_config({"layers": [{"type": "Dense", "in_features": 10**9,
+        build.build_model({"layers": [{"type": "Dense", "in_features": 10**9,
                                            "out_features": 10**9}]})
 
 
@@ -233,7 +235,7 @@ def test_hostile_sizes_are_refused_before_anything_is_allocated(tmp_path):
 def test_malformed_layer_arguments(tmp_path, spec, message):
     try:  # give the file the tensors the arguments imply, so the arguments are what fails
         tensors = {f"layers.0.{name}": np.zeros(shape, np.float32)
-                   for name, shape in mio.expected_arrays(spec).items()}
+                   for name, shape in build.expected_arrays(spec).items()}
     except mc.ModelFileError:
         tensors = {}
     path = write_file(tmp_path / "bad.safetensors", {"layers": [spec]}, tensors=tensors)
@@ -242,6 +244,8 @@ def test_malformed_layer_arguments(tmp_path, spec, message):
 
 
 def test_malformed_headers_and_metadata(tmp_path):
+    """The container (header length, JSON, tensor entries, offsets) is checked by the
+    safetensors library, whose own words the message carries; minicnn's metadata by minicnn."""
     good = small_model()
     good.save(tmp_path / "good.safetensors")
     data = (tmp_path / "good.safetensors").read_bytes()
@@ -259,20 +263,21 @@ def test_malformed_headers_and_metadata(tmp_path):
         return with_header(changed)
 
     cases = [
-        (with_header({**header, "__metadata__": {"format": 5}}), "__metadata__ must map strings"),
-        (with_header({**header, "__metadata__": ["format", "minicnn"]}), "__metadata__ must map"),
-        (with_header({**header, "layers.0.weight": "nonsense"}), "not a tensor description"),
+        (with_header({**header, "__metadata__": {"format": 5}}), "integer `5`, expected a string"),
+        (with_header({**header, "__metadata__": ["format", "minicnn"]}), "sequence, expected a map"),
+        (with_header({**header, "layers.0.weight": "nonsense"}), "expected struct TensorInfo"),
         (with_header({**header, "layers.0.weight": {**header["layers.0.weight"], "dtype": "F128"}}),
-         "unknown dtype 'F128'"),
+         "unknown variant `F128`"),
         (with_header({**header, "layers.0.weight": {**header["layers.0.weight"], "shape": [-1, 2]}}),
-         "invalid shape"),
+         "integer `-1`, expected usize"),
         (with_header({**header, "layers.0.weight": {**header["layers.0.weight"],
                                                      "data_offsets": [0, 2**62]}}),
-         "outside the file"),
+         "invalid offset for tensor `layers.0.weight`"),
         (with_header({**header, "layers.0.weight": {**header["layers.0.weight"],
-                                                     "shape": [2, 1, 3, 30]}}), "needs 720 bytes"),
-        (with_header([1, 2, 3]), "header is not an object"),
-        (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"[" * 16, "header is not JSON"),
+                                                     "shape": [2, 1, 3, 30]}}),
+         "invalid shape, data type, or offset"),
+        (with_header([1, 2, 3]), "not a safetensors model file .*invalid JSON in header"),
+        (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b"[" * 16, "not a safetensors model file"),
         (edited(architecture="[" * 50_000 + "]" * 50_000), "not valid JSON"),  # RecursionError
         (edited(architecture='{"layers": [{"type": "ReLU", "x": ' + "9" * 5000 + "}]}"),
          "not valid JSON"),
@@ -301,8 +306,9 @@ def test_malformed_headers_and_metadata(tmp_path):
 
 
 def test_every_layer_type_declares_its_array_shapes():
-    """io.expected_arrays computes each layer's arrays from its arguments (so sizes are checked
-    before building); it must agree with what the built layer really holds, for every type."""
+    """Every layer class computes its arrays from its config (``Layer.array_shapes``, so that
+    sizes are checked before building); it must agree with what the built layer really holds,
+    for every type."""
     examples = {
         "Conv2D": {"in_channels": 2, "out_channels": 3, "kernel_size": [3, 2], "bias": False},
         "Dense": {"in_features": 4, "out_features": 5},
@@ -315,14 +321,17 @@ def test_every_layer_type_declares_its_array_shapes():
                                                                  "num_features": 3}],
                      "shortcut": [{"type": "Conv2D", "in_channels": 3, "out_channels": 3,
                                    "kernel_size": 1}]},
+        "Sequential": {"layers": [{"type": "Dense", "in_features": 2, "out_features": 3},
+                                  {"type": "Sequential", "layers": [{"type": "BatchNorm2D",
+                                                                     "num_features": 2}]}]},
     }
     missing = sorted(set(LAYER_TYPES) - set(examples))
-    assert not missing, f"add an example for {missing} here and, if it has weights, to io.ARRAY_SHAPES"
+    assert not missing, f"add an example for {missing} here (give it array_shapes if it has arrays)"
     for kind in LAYER_TYPES:
         spec = {"type": kind, **examples[kind]}
-        layer = mio.build_layer(spec)
+        layer = build.build_layer(spec)
         actual = {name: tuple(a.data.shape) for name, a in layer.named_arrays().items()}
-        assert mio.expected_arrays(spec) == actual, kind
+        assert build.expected_arrays(spec) == actual, kind
 
 
 def test_save_model_records_the_input_shape_and_refuses_unloadable_models(tmp_path):
@@ -354,7 +363,7 @@ def test_pickled_checkpoint_is_refused_without_running_it(tmp_path):
     ckpt = tmp_path / "ckpt.safetensors"
     ckpt.write_bytes(pickle.dumps({"model": _Exploit(marker), "optimizer": _Exploit(marker)}))
     with pytest.raises(mc.ModelFileError):
-        mio.load_checkpoint(ckpt)
+        load_checkpoint(ckpt)
     model = small_model()
     x = np.zeros((8, 1, 8, 8), np.float32)
     with pytest.raises(mc.ModelFileError):  # resume reads the checkpoint first
@@ -433,11 +442,12 @@ def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
     model = toy_model()
     fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y), epochs=1,
         batch_size=32, verbose=0, checkpoint=ckpt)
-    model_file, opt_tensors, state = mio.load_checkpoint(ckpt)
+    model_file, opt_tensors, state = load_checkpoint(ckpt)
 
     def rewrite(state=state, opt_tensors=opt_tensors):
         extra = {f"optimizer.{k}": v for k, v in opt_tensors.items()}
-        mio.save_model(model_file, ckpt, extra_tensors=extra, training_state=state)
+        mio.write_model_file(ckpt, model_file.config(), model_file.named_arrays(), model_file.metadata,
+                             extra_tensors=extra, training_state=state)
 
     def changed(**updates):
         new = json.loads(json.dumps(state))
@@ -639,7 +649,7 @@ def test_sigkill_while_checkpointing_never_corrupts_the_checkpoint(tmp_path, chi
         if not ckpt.exists():  # killed before the first write of the first run was renamed
             assert not steps and (k, phase) in ((1, "write"), (1, "rename"))
             continue
-        _, _, state = mio.load_checkpoint(ckpt)  # never damaged
+        _, _, state = load_checkpoint(ckpt)  # never damaged
         # the kill came during the k-th write since the restart: the k-1 before it are on disk,
         # and the k-th too once its rename happened
         start = steps[-1] if steps else 0
@@ -651,7 +661,7 @@ def test_sigkill_while_checkpointing_never_corrupts_the_checkpoint(tmp_path, chi
     assert steps[-1] < CHILD_STEPS
     proc = run_child(child_script, ckpt, 1)
     assert proc.returncode == 0 and b"done" in proc.stdout, proc.stderr.decode()[-2000:]
-    final, _, state = mio.load_checkpoint(ckpt)
+    final, _, state = load_checkpoint(ckpt)
     assert state["global_step"] == CHILD_STEPS
     for a, b in zip(reference_weights, weights(final), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -669,7 +679,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, child_s
     proc = run_child(child_script, ckpt, 0, "interrupt:40")
     assert proc.returncode == 130, (proc.stdout, proc.stderr)
     assert b"interrupted" in proc.stdout and b"Traceback" not in proc.stderr, proc.stderr.decode()
-    _, _, state = mio.load_checkpoint(ckpt)
+    _, _, state = load_checkpoint(ckpt)
     assert state["global_step"] == 40  # the step in progress finished, not the epoch
     train = runpy.run_path(str(child_script), run_name="resume")["train"]
     for a, b in zip(reference_weights, weights(train(ckpt)), strict=True):
@@ -712,7 +722,7 @@ def test_ctrl_c_in_the_cli_exits_with_130_and_no_traceback(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert b"Traceback" not in err and b"--resume" in err
-    _, _, state = mio.load_checkpoint(out / "checkpoint.safetensors")
+    _, _, state = load_checkpoint(out / "checkpoint.safetensors")
     assert state["global_step"] > 0
 
 

@@ -14,6 +14,15 @@ forward pass of the same batch.
 Subclasses implement ``_forward``/``_backward`` and ``output_shape``; the public
 ``forward``/``backward`` wrappers validate inputs so a mistake surfaces as a clear error that
 names the layer instead of a traceback deep inside a kernel.
+
+**Layers inside layers.** A container (``Sequential``, ``Residual``) is a layer whose
+``children()`` are layers. Everything that walks a network, naming its arrays for a model file,
+listing its parameters, seeding its dropout layers, moving it to another backend, does so through
+``children()``, so a layer nested at any depth keeps all of its state.
+
+**Backends.** A layer computes with the kernels of its own backend (``self.backend``, see
+:mod:`minicnn.backend`): the default backend when it was created, or the one ``to()`` moved it to.
+Two models on different backends can live side by side in one process.
 """
 
 from __future__ import annotations
@@ -25,12 +34,16 @@ from ..validation import check_float_array
 
 
 class Parameter:
-    """A trainable array (``.data``) and the gradient of the loss with respect to it (``.grad``)."""
+    """A trainable array (``.data``) and the gradient of the loss with respect to it (``.grad``).
+
+    ``backend`` names the backend whose kernels update it (an optimizer asks); the layer that owns
+    the parameter keeps it in step with its own."""
 
     def __init__(self, data, name: str = ""):
         self.data = data
         self.grad = backend.array_module(data).zeros_like(data)
         self.name = name
+        self.backend = backend.get_backend()
 
     @property
     def shape(self):
@@ -82,10 +95,15 @@ def pair(value, what: str, layer: str, minimum: int) -> tuple[int, int]:
 class Layer:
     """Base class of every layer. See the module docstring for the contract."""
 
+    #: constructor arguments that hold lists of layers (containers): a config stores the inner
+    #: layers' own configs there, and building from a config builds them first
+    sublayer_fields: tuple[str, ...] = ()
+
     def __init__(self):
         self._cache = None
         self._output_shape = None
         self._input_grad = True  # set by backward(); layers may skip dL/dx when it is False
+        self.backend = backend.get_backend()
 
     # -- the public contract ------------------------------------------------------------
     @property
@@ -94,9 +112,9 @@ class Layer:
 
     @property
     def kernels(self):
-        """The hot kernels (im2col, matmul, pooling, ...) this layer computes with: those of the
-        active backend, see :mod:`minicnn.kernels`."""
-        return backend.kernels()
+        """The hot kernels (im2col, matmul, pooling, ...) of this layer's backend, see
+        :mod:`minicnn.kernels`."""
+        return backend.kernels(self.backend)
 
     def forward(self, x, training: bool = False):
         """Validate ``x`` (N, ...) and return the layer's output for it."""
@@ -132,17 +150,42 @@ class Layer:
         self._input_grad = input_grad
         return self._backward(dy)
 
-    def parameters(self) -> list[Parameter]:
-        """The trainable parameters, in a fixed order."""
-        return [v for v in vars(self).values() if isinstance(v, Parameter)]
+    def __call__(self, x, training: bool = False):
+        return self.forward(x, training)
 
-    def buffers(self) -> list[Buffer]:
-        return [v for v in vars(self).values() if isinstance(v, Buffer)]
+    # -- what the layer holds, its own and its children's ----------------------------------
+    def children(self) -> list[tuple[str, Layer]]:
+        """``(name, layer)`` for every layer inside this one, in a fixed order (none here)."""
+        return []
+
+    def _own(self, kind) -> dict:
+        return {k: v for k, v in vars(self).items() if isinstance(v, kind)}
 
     def named_arrays(self) -> dict[str, Parameter | Buffer]:
-        """Every Parameter and Buffer by attribute name (what a model file stores)."""
-        return {k: v for k, v in vars(self).items() if isinstance(v, (Parameter, Buffer))}
+        """Every Parameter and Buffer, own ones by attribute name (``"weight"``) and those of
+        inner layers prefixed with their path (``"body.0.weight"``): a model file's tensors."""
+        arrays = self._own((Parameter, Buffer))
+        for prefix, child in self.children():
+            arrays.update({f"{prefix}.{name}": a for name, a in child.named_arrays().items()})
+        return arrays
 
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters, in a fixed order."""
+        return [a for a in self.named_arrays().values() if isinstance(a, Parameter)]
+
+    def buffers(self) -> list[Buffer]:
+        return [a for a in self.named_arrays().values() if isinstance(a, Buffer)]
+
+    def named_generators(self) -> dict[str, np.random.Generator]:
+        """The random generators of the stochastic layers (Dropout) at any depth, by path."""
+        rng = getattr(self, "rng", None)
+        found = {"": rng} if isinstance(rng, np.random.Generator) else {}
+        for prefix, child in self.children():
+            found.update({f"{prefix}.{path}".rstrip("."): generator
+                          for path, generator in child.named_generators().items()})
+        return found
+
+    # -- shapes and costs ---------------------------------------------------------------
     def output_shape(self, input_shape: tuple) -> tuple:
         """Per-sample output shape for a per-sample input shape; raises on a mismatch."""
         return tuple(input_shape)
@@ -153,18 +196,20 @@ class Layer:
 
     def workspace_bytes(self, input_shape: tuple, itemsize: int) -> int:
         """Scratch memory of one forward pass for one sample, beyond the output itself (e.g.
-        Conv2D's im2col rows); used to size inference batches (``Sequential.predict``)."""
+        Conv2D's im2col columns); used to size inference batches (``Sequential.predict``)."""
         return 0
 
+    # -- initialization, dtype and backend, for the layer and everything inside it --------
     def initialize(self, rng: np.random.Generator) -> None:
-        """Draw fresh parameters from ``rng`` (layers without parameters ignore it)."""
+        """Draw fresh parameters from ``rng`` (inner layers in order; no parameters, no draw)."""
+        for _, child in self.children():
+            child.initialize(rng)
 
     def set_rng(self, rng: np.random.Generator) -> None:
-        """Give a stochastic layer (Dropout) its random generator; others ignore it."""
-
-    def config(self) -> dict:
-        """The constructor arguments, as plain JSON values (what a model file stores)."""
-        return {}
+        """Give every stochastic layer inside (Dropout) its own generator spawned from ``rng``."""
+        children = self.children()
+        for (_, child), spawned in zip(children, rng.spawn(len(children))):
+            child.set_rng(spawned)
 
     def astype(self, dtype) -> Layer:
         """Convert every parameter and buffer to ``dtype`` in place (e.g. float64 for gradchecks)."""
@@ -175,20 +220,40 @@ class Layer:
         return self
 
     def to(self, backend_name: str) -> Layer:
-        """Move parameters and buffers to the arrays of ``backend_name`` (GPU for cupy)."""
+        """Move this layer (and the layers inside it) to backend ``backend_name``: its arrays go
+        where that backend keeps them (the GPU for cupy) and it computes with that backend's
+        kernels from now on. Other layers and the default backend are not affected."""
+        backend.check_available(backend_name)
+        for layer in self._walk():
+            layer.backend = backend_name
+            layer._cache = None
         for array in self.named_arrays().values():
             array.data = backend.to_device(array.data, backend_name)
             if isinstance(array, Parameter):
                 array.grad = backend.to_device(array.grad, backend_name)
-        self._cache = None
+                array.backend = backend_name
         return self
+
+    def _walk(self):
+        yield self
+        for _, child in self.children():
+            yield from child._walk()
+
+    # -- configs ------------------------------------------------------------------------
+    def config(self) -> dict:
+        """The constructor arguments, as plain JSON values (what a model file stores)."""
+        return {}
+
+    @classmethod
+    def array_shapes(cls, config: dict) -> dict[str, tuple]:
+        """``{array name: shape}`` a layer built from ``config`` will hold, computed from the
+        config alone (nothing is allocated): a model file's tensors are checked against it
+        before anything is built. Layers with arrays override it."""
+        return {}
 
     def describe(self) -> str:
         """A short one-line description (used by ``Sequential.summary``)."""
         return f"{self.name}()"
-
-    def __call__(self, x, training: bool = False):
-        return self.forward(x, training)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

@@ -64,16 +64,26 @@ class Conv2D(Layer):
         shape, dtype = self.weight.data.shape, self.weight.data.dtype
         weight = initialize(self.init, rng, shape, fan_in=c * kh * kw, fan_out=f * kh * kw,
                             dtype=dtype)
-        self.weight.data = backend.to_device(weight)
+        self.weight.data = backend.to_device(weight, self.backend)
         self.weight.zero_grad()
         if self.bias is not None:
-            self.bias.data = backend.xp().zeros(f, dtype=dtype)
+            self.bias.data = backend.xp(self.backend).zeros(f, dtype=dtype)
             self.bias.zero_grad()
 
     def config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride),
                 "padding": list(self.padding), "bias": self.bias is not None, "init": self.init}
+
+    @classmethod
+    def array_shapes(cls, config):
+        cin = check_positive_int(config.get("in_channels"), "in_channels", "Conv2D")
+        cout = check_positive_int(config.get("out_channels"), "out_channels", "Conv2D")
+        kh, kw = pair(config.get("kernel_size"), "kernel_size", "Conv2D", minimum=1)
+        shapes = {"weight": (cout, cin, kh, kw)}
+        if config.get("bias", True):
+            shapes["bias"] = (cout,)
+        return shapes
 
     def describe(self):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding

@@ -40,15 +40,24 @@ class Dense(Layer):
         dtype = self.weight.data.dtype
         weight = initialize(self.init, rng, (self.in_features, self.out_features),
                             fan_in=self.in_features, fan_out=self.out_features, dtype=dtype)
-        self.weight.data = backend.to_device(weight)
+        self.weight.data = backend.to_device(weight, self.backend)
         self.weight.zero_grad()
         if self.bias is not None:
-            self.bias.data = backend.xp().zeros(self.out_features, dtype=dtype)
+            self.bias.data = backend.xp(self.backend).zeros(self.out_features, dtype=dtype)
             self.bias.zero_grad()
 
     def config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.bias is not None, "init": self.init}
+
+    @classmethod
+    def array_shapes(cls, config):
+        n_in = check_positive_int(config.get("in_features"), "in_features", "Dense")
+        n_out = check_positive_int(config.get("out_features"), "out_features", "Dense")
+        shapes = {"weight": (n_in, n_out)}
+        if config.get("bias", True):
+            shapes["bias"] = (n_out,)
+        return shapes
 
     def describe(self):
         return f"Dense({self.in_features}->{self.out_features})"

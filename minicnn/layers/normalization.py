@@ -45,14 +45,14 @@ class BatchNorm2D(Layer):
             raise ValueError(f"BatchNorm2D: eps must be > 0, got {eps}")
         self.momentum = float(momentum)
         self.eps = float(eps)
-        xp = backend.xp()
+        xp = backend.xp(self.backend)
         self.gamma = Parameter(xp.ones(num_features, dtype=dtype), "gamma")
         self.beta = Parameter(xp.zeros(num_features, dtype=dtype), "beta")
         self.running_mean = Buffer(xp.zeros(num_features, dtype=dtype), "running_mean")
         self.running_var = Buffer(xp.ones(num_features, dtype=dtype), "running_var")
 
     def initialize(self, rng):
-        xp = backend.xp()
+        xp = backend.xp(self.backend)
         dtype = self.gamma.data.dtype
         self.gamma.data = xp.ones(self.num_features, dtype=dtype)
         self.beta.data = xp.zeros(self.num_features, dtype=dtype)
@@ -63,6 +63,11 @@ class BatchNorm2D(Layer):
 
     def config(self):
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
+    @classmethod
+    def array_shapes(cls, config):
+        c = check_positive_int(config.get("num_features"), "num_features", "BatchNorm2D")
+        return {name: (c,) for name in ("gamma", "beta", "running_mean", "running_var")}
 
     def describe(self):
         return f"BatchNorm2D({self.num_features})"

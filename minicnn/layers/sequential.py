@@ -1,4 +1,4 @@
-"""Sequential: a stack of layers, run forward in order and backward in reverse."""
+"""Sequential: a stack of layers, run forward in order and backward in reverse; itself a layer."""
 
 from __future__ import annotations
 
@@ -6,23 +6,32 @@ import math
 
 import numpy as np
 
-from . import backend
-from .layers.base import Layer, Parameter
-from .validation import check_float_array, check_positive_int
+from .. import backend
+from ..validation import check_float_array, check_positive_int
+from .base import Layer
 
 
-class Sequential:
+class Sequential(Layer):
     """Layers applied one after another: ``y = layer_k(...layer_2(layer_1(x)))``.
 
     Backward applies the chain rule in reverse: each layer turns dL/d(its output) into
     dL/d(its input) (filling its parameters' gradients on the way) and hands it down.
+
+    A Sequential is itself a :class:`Layer` (its ``children()`` are its layers, named "0", "1",
+    ...), so it can sit inside another container: ``Residual`` is built from two of them.
 
     ``seed`` re-draws every layer's initial weights from ``np.random.default_rng(seed)``, in
     order, and gives each stochastic layer (Dropout) its own generator derived from the same
     seed, so one seed means one model and one training run.
     """
 
+    sublayer_fields = ("layers",)
+
     def __init__(self, layers, seed: int | None = None, input_shape=None):
+        super().__init__()
+        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"Sequential: expected a list of minicnn layers, got "
+                            f"{type(layers).__name__}")
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
@@ -39,19 +48,28 @@ class Sequential:
         if seed is not None:
             self.initialize(seed)
 
-    # -- construction -------------------------------------------------------------------
-    def initialize(self, seed: int) -> None:
-        """Re-draw all weights and reseed all stochastic layers from ``seed``."""
-        weights_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)
-        weights_rng = np.random.default_rng(weights_seq)
-        for layer in self.layers:
-            layer.initialize(weights_rng)
-        self.set_rng(np.random.default_rng(noise_seq))
+    def children(self):
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
 
-    def set_rng(self, rng: np.random.Generator) -> None:
-        """Give every stochastic layer its own generator spawned from ``rng``."""
-        for layer, child in zip(self.layers, rng.spawn(len(self.layers))):
-            layer.set_rng(child)
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        return self.layers[index]  # a layer, or a list of layers for a slice
+
+    # -- construction -------------------------------------------------------------------
+    def initialize(self, seed) -> None:
+        """Re-draw all weights. Given an int seed, also re-seed every stochastic layer from it
+        (as ``Sequential(..., seed=...)`` does); given a Generator, draw the weights from it."""
+        if isinstance(seed, np.random.Generator):
+            super().initialize(seed)
+            return
+        weights_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)
+        super().initialize(np.random.default_rng(weights_seq))
+        self.set_rng(np.random.default_rng(noise_seq))
 
     # -- shapes ---------------------------------------------------------------------------
     def output_shapes(self, input_shape) -> list[tuple]:
@@ -78,6 +96,22 @@ class Sequential:
     def output_shape(self, input_shape) -> tuple:
         return self.output_shapes(input_shape)[-1]
 
+    def flops(self, input_shape) -> int:
+        shapes = [tuple(input_shape), *self.output_shapes(input_shape)[:-1]]
+        return sum(layer.flops(shape) for layer, shape in zip(self.layers, shapes))
+
+    def workspace_bytes(self, input_shape, itemsize: int) -> int:
+        """Every layer's workspace, plus its output, which stays alive in its cache until the
+        next call, and the kernels' temporaries about as large as an output (the matmul
+        result before its NCHW layout, max pooling's indices): 3 outputs' worth, on the high
+        side."""
+        input_shape = tuple(int(d) for d in input_shape)
+        shapes = self.output_shapes(input_shape)
+        total = itemsize * 3 * sum(math.prod(s) for s in shapes)
+        for layer, shape in zip(self.layers, [input_shape, *shapes[:-1]]):
+            total += layer.workspace_bytes(shape, itemsize)
+        return int(total)
+
     def inference_bytes_per_sample(self, input_shape, dtype=np.float32) -> int:
         """Estimated memory of one sample's inference forward pass, in bytes (on the high side).
 
@@ -88,11 +122,7 @@ class Sequential:
         """
         input_shape = tuple(int(d) for d in input_shape)
         itemsize = np.dtype(dtype).itemsize
-        shapes = self.output_shapes(input_shape)
-        total = itemsize * (math.prod(input_shape) + 3 * sum(math.prod(s) for s in shapes))
-        for layer, shape in zip(self.layers, [input_shape, *shapes[:-1]]):
-            total += layer.workspace_bytes(shape, itemsize)
-        return int(total)
+        return itemsize * math.prod(input_shape) + self.workspace_bytes(input_shape, itemsize)
 
     def inference_batch_size(self, input_shape, dtype, requested: int, where: str) -> int:
         """The largest batch size <= ``requested`` whose forward pass fits the memory budget
@@ -115,11 +145,12 @@ class Sequential:
         self.output_shapes(x.shape[1:])  # validates the whole chain before any work
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
+        return self._run_forward(x, training)
+
+    def _forward(self, x, training):
         for layer in self.layers:
             x = layer._run_forward(x, training)
-        return x
-
-    __call__ = forward
+        return self._remember(x)
 
     def backward(self, dy, input_grad: bool = True):
         """Back-propagate dL/d(output); fills every parameter's ``.grad``; returns dL/dx.
@@ -138,10 +169,18 @@ class Sequential:
                 f"{last._output_shape} (layer {len(self.layers) - 1}, {last.name}), got "
                 f"{tuple(dy.shape)}"
             )
+        if dy.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{last.name}: backward expects a float32 or float64 gradient, got "
+                            f"dtype {dy.dtype}")
+        return super().backward(dy, input_grad)
+
+    def _backward(self, dy):
         first = self.layers[0]
         for layer in reversed(self.layers):
-            dy = layer.backward(dy, input_grad=input_grad or layer is not first)
+            dy = layer.backward(dy, input_grad=self._input_grad or layer is not first)
         return dy
+
+    __call__ = forward
 
     # -- intermediate outputs (for interpretation: feature maps, Grad-CAM) -------------------
     #
@@ -206,9 +245,6 @@ class Sequential:
             dy = layer.backward(dy, input_grad=True)
         return dy
 
-    def parameters(self) -> list[Parameter]:
-        return [p for layer in self.layers for p in layer.parameters()]
-
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.zero_grad()
@@ -226,7 +262,7 @@ class Sequential:
         check_float_array(x, f"Sequential.predict (first layer {self.layers[0].name})")
         batch_size = self.inference_batch_size(x.shape[1:], x.dtype, batch_size,
                                                "Sequential.predict")
-        xp = backend.xp()
+        xp = backend.xp(self.backend)
         outputs = []
         for start in range(0, x.shape[0], batch_size):
             batch = xp.asarray(x[start:start + batch_size])
@@ -284,25 +320,36 @@ class Sequential:
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
         }
 
-    # -- devices, dtypes, files -------------------------------------------------------------------
-    def to(self, backend_name: str) -> Sequential:
-        """Make ``backend_name`` the active backend and move every array there."""
-        backend.set_backend(backend_name)
-        for layer in self.layers:
-            layer.to(backend_name)
-        return self
+    @classmethod
+    def array_shapes(cls, config):
+        from .build import inner_arrays  # the inner layers' configs, checked one by one
 
-    def astype(self, dtype) -> Sequential:
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
+        return inner_arrays(config, "layers", prefix="")
 
+    def describe(self):
+        return f"Sequential[{' '.join(layer.describe() for layer in self.layers)}]"
+
+    # -- files -------------------------------------------------------------------------------
     def save(self, path, metadata: dict | None = None) -> None:
         """Write the model (weights + architecture) to one safetensors file, atomically."""
-        from .io import save_model
+        from .. import io
 
-        save_model(self, path, metadata=self.metadata if metadata is None else metadata)
+        io.write_model_file(path, self.config(), self.named_arrays(),
+                            self.metadata if metadata is None else metadata)
 
     def __repr__(self) -> str:
         inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
         return f"Sequential([\n{inner}\n])"
+
+
+def load_model(path) -> Sequential:
+    """Load a model written by ``Sequential.save``. Never executes code from the file.
+
+    Raises FileNotFoundError for a missing file and :class:`minicnn.ModelFileError` for anything
+    unreadable, damaged or inconsistent (with a message saying what). A training checkpoint is
+    also a model file: its optimizer state is ignored here (see ``minicnn.checkpoints``).
+    """
+    from .. import io
+    from .build import build_from_file
+
+    return build_from_file(io.read_model_file(path))

@@ -1,0 +1,174 @@
+"""What happens around the training loop: the per-epoch History and the callbacks that hook into
+``fit`` (learning-rate schedules, early stopping, saving the best model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+
+# -- history ------------------------------------------------------------------------------------
+
+class History:
+    """Per-epoch records: ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
+    ``lr``, ``time_s`` and ``images_per_s``. ``history["val_acc"]`` gives one column."""
+
+    def __init__(self, epochs: list[dict] | None = None):
+        self.epochs: list[dict] = list(epochs or [])
+
+    def append(self, record: dict) -> None:
+        self.epochs.append(dict(record))
+
+    def __getitem__(self, key: str) -> list:
+        return [record.get(key) for record in self.epochs]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def save(self, path) -> Path:
+        """Write the history as JSON (atomically)."""
+        path = Path(path)
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=2).encode())
+        return path
+
+    @classmethod
+    def load(cls, path) -> History:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("epochs"), list):
+            raise ValueError(f"{path}: not a minicnn history file")
+        return cls(data["epochs"])
+
+    def plot(self, path) -> Path:
+        """Save the training curves (loss and accuracy per epoch) as a PNG."""
+        from .plots import plot_history
+
+        return plot_history(self, path)
+
+
+# -- callbacks ----------------------------------------------------------------------------------
+
+class Callback:
+    """Hooks into ``fit``. ``trainer`` is the running :class:`Trainer`; set
+    ``trainer.stop_training = True`` to stop after the current epoch. Callbacks with state
+    implement ``state_dict``/``load_state_dict`` so that checkpoints resume them too."""
+
+    def on_train_begin(self, trainer) -> None: ...
+    def on_epoch_begin(self, trainer, epoch: int) -> None: ...
+    def on_batch_end(self, trainer, step: int, logs: dict) -> None: ...
+    def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class LRSchedule(Callback):
+    """Step a learning-rate schedule (``minicnn.optim.*LR``) once per ``"epoch"`` or ``"batch"``."""
+
+    def __init__(self, scheduler, per: str = "epoch"):
+        if per not in ("epoch", "batch"):
+            raise ValueError(f"LRSchedule: per must be 'epoch' or 'batch', got {per!r}")
+        self.scheduler, self.per = scheduler, per
+
+    def on_batch_end(self, trainer, step, logs):
+        if self.per == "batch":
+            self.scheduler.step()
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.per == "epoch":
+            self.scheduler.step()
+
+    def state_dict(self):
+        return {"last_step": self.scheduler.last_step}
+
+    def load_state_dict(self, state):
+        self.scheduler.last_step = int(state["last_step"])
+        self.scheduler.optimizer.lr = self.scheduler.lr_at(self.scheduler.last_step)
+
+
+def _improved(value, best, mode, min_delta) -> bool:
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode_for(monitor: str, mode: str) -> str:
+    if mode == "auto":
+        return "min" if "loss" in monitor else "max"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+    return mode
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` (e.g. ``"val_loss"``, ``"val_acc"``) has not improved by
+    ``min_delta`` for ``patience`` epochs; optionally put back the best weights at the end."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best: bool = True):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.mode = _mode_for(monitor, mode)
+        self.restore_best = restore_best
+        self.best, self.wait, self.best_weights = None, 0, None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs.get(self.monitor)
+        if value is None:
+            raise ValueError(f"EarlyStopping: metric {self.monitor!r} is not logged "
+                             f"(available: {', '.join(sorted(logs))}); pass val= to fit?")
+        if _improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            if self.restore_best:
+                self.best_weights = [a.data.copy() for a in trainer.model.named_arrays().values()]
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+                trainer.log(f"early stopping: {self.monitor} has not improved for "
+                            f"{self.patience} epochs (best {self.best:.4f})")
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_weights is not None and trainer.stop_training:
+            arrays = trainer.model.named_arrays().values()
+            for array, saved in zip(arrays, self.best_weights, strict=True):
+                array.data = saved
+
+    def state_dict(self):
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state):
+        self.best, self.wait = state["best"], state["wait"]
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (a model file, atomically) whenever ``monitor`` improves
+    (``save_best_only=True``) or after every epoch."""
+
+    def __init__(self, path, monitor: str = "val_acc", mode: str = "auto",
+                 save_best_only: bool = True):
+        self.path, self.monitor, self.save_best_only = Path(path), monitor, save_best_only
+        self.mode = _mode_for(monitor, mode)
+        self.best = None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        value = logs.get(self.monitor)
+        if not self.save_best_only or _improved(value, self.best, self.mode, 0.0):
+            self.best = value if value is not None else self.best
+            trainer.model.save(self.path)
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = state["best"]

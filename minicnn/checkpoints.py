@@ -1,0 +1,157 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a model file (``minicnn.io``) with two additions: the optimizer's arrays as
+tensors ``optimizer.<parameter index>.<name>``, and a JSON ``training_state`` in the metadata:
+
+- ``version`` (``CHECKPOINT_VERSION``), ``global_step``, ``epoch_sums`` (the running epoch's
+  loss, correct count, images and seconds so far);
+- ``loader``: the DataLoader's position (epoch, next batch, seed);
+- ``optimizer``: its type, learning rate, step count and state keys;
+- ``rng``: the random state of every stochastic layer, by its path in the network (``"6"``,
+  ``"3.body.1"``: a Dropout inside a Residual keeps its state too);
+- ``callbacks``: each callback's ``state_dict()``; ``history``: the epochs done.
+
+This module is the only one that knows these key names. Loading checks everything against the
+model, optimizer and loader being trained *before* changing any of them: a damaged, foreign or
+mismatched checkpoint raises ModelFileError and leaves the run as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from . import backend, io
+from .io import ModelFileError
+from .layers.build import build_from_file
+from .validation import check_learning_rate
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path, trainer) -> Path:
+    """Write ``trainer``'s whole state (``minicnn.training.Trainer``) to ``path``, atomically."""
+    path = Path(path)
+    opt, model = trainer.optimizer, trainer.model
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "loader": trainer.loader.state_dict(),
+        "global_step": trainer.global_step,
+        "epoch_sums": trainer.epoch_sums,
+        "optimizer": {"type": type(opt).__name__, "lr": opt.lr, "step_count": opt.step_count,
+                      "state_keys": sorted(opt.state_arrays())},
+        "rng": {name: rng.bit_generator.state for name, rng in model.named_generators().items()},
+        "callbacks": [callback.state_dict() for callback in trainer.callbacks],
+        "history": trainer.history.to_dict(),
+    }
+    tensors = {f"optimizer.{k}": v for k, v in opt.state_arrays().items()}
+    io.write_model_file(path, model.config(), model.named_arrays(), model.metadata,
+                        extra_tensors=tensors, training_state=state)
+    return path
+
+
+def load_checkpoint(path):
+    """``(model, optimizer_tensors, training_state)`` of a checkpoint (``training_state`` is None
+    for a plain model file). The model is checked as ``minicnn.load_model`` checks it."""
+    file = io.read_model_file(path)
+    model = build_from_file(file)
+    names = [name for name in file.shapes if name.startswith("optimizer.")]
+    optimizer_tensors = {name[len("optimizer."):]: value
+                         for name, value in file.tensors(names).items()}
+    return model, optimizer_tensors, file.training_state
+
+
+def restore_checkpoint(path, trainer) -> None:
+    """Put a checkpoint's state into ``trainer``'s model, optimizer, loader and callbacks."""
+    saved, optimizer_tensors, state = load_checkpoint(path)
+    if state is None:
+        raise ModelFileError(f"{path}: a model file, not a training checkpoint")
+    model = trainer.model
+    if saved.config()["layers"] != model.config()["layers"]:
+        raise ModelFileError(f"{path}: the checkpoint's architecture differs from the model "
+                             "being trained")
+    try:
+        checked = _check_training_state(state, optimizer_tensors, trainer)
+    except ModelFileError as err:
+        raise ModelFileError(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ModelFileError(f"{path}: malformed training state "
+                             f"({type(err).__name__}: {err})") from None
+    try:
+        trainer.loader.load_state_dict(state["loader"])  # checks the seed and batching first
+    except (KeyError, TypeError) as err:
+        raise ModelFileError(f"{path}: malformed data loader state "
+                             f"({type(err).__name__}: {err})") from None
+    theirs = saved.named_arrays()
+    for name, array in model.named_arrays().items():
+        array.data = backend.to_device(theirs[name].data, model.backend)
+    trainer.optimizer.load_state_arrays(optimizer_tensors, checked["step_count"])
+    trainer.optimizer.lr = checked["lr"]
+    generators = model.named_generators()
+    for name, rng_state in state["rng"].items():
+        generators[name].bit_generator.state = rng_state
+    try:
+        for callback, callback_state in zip(trainer.callbacks, state["callbacks"], strict=False):
+            callback.load_state_dict(callback_state)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise ModelFileError(f"{path}: a callback cannot use its saved state "
+                             f"({type(err).__name__}: {err})") from None
+    trainer.global_step = checked["global_step"]
+    trainer.epoch_sums = checked["epoch_sums"]
+    trainer.history = type(trainer.history)(state["history"]["epochs"])
+
+
+def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict:
+    """Validate a checkpoint's training state against ``trainer``; returns the numbers.
+
+    Raises ModelFileError naming what is wrong (or KeyError/TypeError/... for a structure that
+    is not a training state at all, which the caller reports the same way).
+    """
+
+    def is_count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ModelFileError(f"training state version {state.get('version')!r} is not "
+                             f"supported (this minicnn writes and reads {CHECKPOINT_VERSION})")
+    opt, optimizer = state["optimizer"], trainer.optimizer
+    if opt["type"] != type(optimizer).__name__:
+        raise ModelFileError(f"the checkpoint was trained with {opt['type']}, not "
+                             f"{type(optimizer).__name__}")
+    lr = check_learning_rate(opt["lr"], "checkpoint")
+    if not is_count(opt["step_count"]) or not is_count(state["global_step"]):
+        raise ModelFileError("step counts must be non-negative integers")
+    if sorted(opt["state_keys"]) != sorted(optimizer_tensors):
+        raise ModelFileError("the optimizer tensors do not match the optimizer state's keys")
+    params = optimizer.params
+    for key, value in optimizer_tensors.items():
+        index, _, name = key.partition(".")
+        if not (index.isdigit() and int(index) < len(params) and name):
+            raise ModelFileError(f"optimizer tensor {key!r} names no parameter of the "
+                                 f"optimizer ({len(params)} parameters)")
+        if tuple(value.shape) != tuple(params[int(index)].data.shape):
+            raise ModelFileError(f"optimizer tensor {key!r} has shape {tuple(value.shape)}, "
+                                 f"but parameter {index} has {tuple(params[int(index)].data.shape)}")
+    generators = trainer.model.named_generators()
+    if not isinstance(state["rng"], dict):
+        raise ModelFileError("the random states must be an object")
+    for name, rng_state in state["rng"].items():
+        if name not in generators:
+            raise ModelFileError(f"random state for layer {name}, which has no generator")
+        # try the state on a scratch generator of the same kind (it validates the dict)
+        type(generators[name].bit_generator)().state = rng_state
+    sums = state["epoch_sums"]
+    if not (isinstance(sums, list) and len(sums) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in sums)):
+        raise ModelFileError("epoch_sums must be a list of 4 finite numbers")
+    epochs = state["history"]["epochs"]
+    if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
+        raise ModelFileError("history must be a list of per-epoch records")
+    if not isinstance(state["callbacks"], list) or not isinstance(state["loader"], dict):
+        raise ModelFileError("callbacks and loader states have the wrong types")
+    return {"lr": lr, "step_count": opt["step_count"], "global_step": state["global_step"],
+            "epoch_sums": [float(sums[0]), int(sums[1]), int(sums[2]), float(sums[3])]}
+
+
+__all__ = ["CHECKPOINT_VERSION", "load_checkpoint", "restore_checkpoint", "save_checkpoint"]

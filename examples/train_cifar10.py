@@ -20,7 +20,7 @@ def main(argv=None):
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data-dir", help="folder with the CIFAR-10 python batches")
     source.add_argument("--image-folder", help="folder with train/ and test/ class folders")
-    parser.add_argument("--model", default=None, help=f"preset (default {defaults['model']})")
+    parser.add_argument("--model", default=None, help=f"preset (default {defaults.model})")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)

@@ -24,14 +24,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=None,
-                        help=f"training epochs (default {defaults['epochs']}; --fast: "
-                             f"{fast['epochs']}; --long: {long['epochs']})")
+                        help=f"training epochs (default {defaults.epochs}; --fast: "
+                             f"{fast.epochs}; --long: {long.epochs})")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"images per step (default {defaults['batch_size']}; --fast: "
-                             f"{fast['batch_size']}; --long: {long['batch_size']})")
+                        help=f"images per step (default {defaults.batch_size}; --fast: "
+                             f"{fast.batch_size}; --long: {long.batch_size})")
     parser.add_argument("--lr", type=float, default=None,
                         help=f"peak learning rate of the one-cycle schedule (default "
-                             f"{defaults['lr']:g}; --fast: {fast['lr']:g}; --long: {long['lr']:g})")
+                             f"{defaults.lr:g}; --fast: {fast.lr:g}; --long: {long.lr:g})")
     parser.add_argument("--backend", choices=("numpy", "numba", "cupy"), default=None,
                         help="compute backend (default: $MINICNN_BACKEND, else numba)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,

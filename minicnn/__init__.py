@@ -10,22 +10,14 @@ from .io import ModelFileError
 from .layers import Parameter, Sequential
 from .layers.sequential import load_model
 from .training import History, TrainingDivergedError, evaluate, fit
+from .tuning import tune  # Optuna itself is imported only when a search runs
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "History", "ModelFileError", "Parameter", "Sequential", "TrainingDivergedError",
     "available_backends", "evaluate", "fit", "get_backend", "gradcheck", "init", "interpret",
-    "layers", "load_model", "losses", "metrics", "optim", "set_backend",
+    "layers", "load_model", "losses", "metrics", "optim", "set_backend", "tune",
 ]
 
 
-def __getattr__(name):
-    # ``minicnn.tune`` (the hyperparameter search) is imported on first use: it needs the
-    # optional Optuna, and ``import minicnn`` must not pay for (or require) it.
-    if name == "tune":
-        from .tune import tune
-
-        globals()["tune"] = tune  # replaces the submodule attribute the import just set
-        return tune
-    raise AttributeError(f"module 'minicnn' has no attribute {name!r}")

@@ -16,6 +16,10 @@ import sys
 
 import numpy as np
 
+from .backend import BACKENDS
+from .models import PRESETS
+
+# the built-in datasets (minicnn.data.DATASETS without "folder", which --image-folder names)
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "digits")
 
 
@@ -32,10 +36,20 @@ def positive_int(text: str) -> int:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=("numpy", "numba", "cupy"), default=None,
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="compute backend (default: $MINICNN_BACKEND, else numba when "
                              "installed, else numpy)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+
+
+def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    parser.add_argument("--dataset", choices=DATASET_CHOICES,
+                        help="dataset to evaluate on (default: the one the model was trained on)")
+    parser.add_argument("--image-folder", metavar="DIR", help="evaluate on your own images")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    parser.add_argument("--batch-size", type=positive_int, default=512,
+                        help="images per forward pass")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", metavar="DIR",
                        help="folder holding the dataset's files (else the usual places are "
                             "searched: $MINICNN_DATA, ~/.cache/minicnn, data/, /usr/share/datasets)")
-    train.add_argument("--model", choices=("mnist_cnn", "reference_cnn", "lenet5", "cifar_vgg",
-                                           "cifar_resnet"), default=None,
+    train.add_argument("--model", choices=tuple(PRESETS), default=None,
                        help="network preset (default: the dataset's recipe: mnist_cnn, or "
                             "cifar_vgg for cifar10)")
     preset = train.add_mutually_exclusive_group()
@@ -85,12 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="accuracy and loss of a model on a test set",
                                    description="Evaluate a saved model on a dataset's test split.")
-    evaluate.add_argument("model", help="a model file written by minicnn (.safetensors)")
-    evaluate.add_argument("--dataset", choices=DATASET_CHOICES,
-                          help="dataset to evaluate on (default: the one the model was trained on)")
-    evaluate.add_argument("--image-folder", metavar="DIR", help="evaluate on your own images")
-    evaluate.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
-    evaluate.add_argument("--batch-size", type=positive_int, default=512, help="images per forward pass")
+    _add_evaluation_arguments(evaluate)
     evaluate.add_argument("--out", metavar="DIR",
                           help="also write a report (metrics, plots, report.html) into DIR")
     _add_common(evaluate)
@@ -101,12 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
         "feature maps) and one self-contained report.html into --out. The same as "
         "`minicnn evaluate MODEL --out DIR`.")
-    explain.add_argument("model", help="a model file written by minicnn (.safetensors)")
-    explain.add_argument("--dataset", choices=DATASET_CHOICES,
-                         help="dataset to evaluate on (default: the one the model was trained on)")
-    explain.add_argument("--image-folder", metavar="DIR", help="evaluate on your own images")
-    explain.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
-    explain.add_argument("--batch-size", type=positive_int, default=512, help="images per forward pass")
+    _add_evaluation_arguments(explain)
     explain.add_argument("--out", metavar="DIR", required=True, help="folder for the report")
     _add_common(explain)
 
@@ -129,8 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true",
                        help="print only one result line per backend")
 
-    from .tune import add_arguments as add_tune_arguments  # cheap: Optuna loads only to run
-
     tune = commands.add_parser(
         "tune", help='search hyperparameters with Optuna (pip install "minicnn[tune]")',
         description="Search learning rate, batch size, optimizer, weight decay, width, kernel "
@@ -138,9 +139,86 @@ def build_parser() -> argparse.ArgumentParser:
         "validation split of the training set; writes the trials, the best configuration and "
         "plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL as "
         "--storage lets several machines work on one study.")
-    add_tune_arguments(tune)
+    _add_tune_arguments(tune)
     _add_common(tune)
     return parser
+
+
+# -- minicnn tune --------------------------------------------------------------------------------
+
+def _add_tune_arguments(parser) -> None:
+    from .tuning import DEFAULT_SPACE, PARAMETERS
+
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
+                        help="a built-in dataset (default: digits)")
+    source.add_argument("--image-folder", metavar="DIR", help="your own images, one folder per class")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    parser.add_argument("--image-size", type=int, help="image folder: resize to this size square")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
+    parser.add_argument("--limit", type=int, help="use the first N training images only")
+    parser.add_argument("--trials", type=int, default=20,
+                        help="the study's total number of finished trials (default 20); "
+                             "re-running continues up to it")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of the training set held out for validation (default 0.2)")
+    parser.add_argument("--space", metavar="FILE",
+                        help="search space as JSON, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 0.1, "
+                             "\"log\": true}, \"batch_size\": [32, 64], \"activation\": \"relu\"}")
+    group = parser.add_argument_group(
+        "search space flags", "LOW:HIGH searches a range (log scale for --lr and "
+        "--weight-decay), A,B,C a list of choices, V fixes the value; they override --space")
+    for name in PARAMETERS:
+        flag = "--" + name.replace("_", "-")
+        default = DEFAULT_SPACE[name]
+        shown = (f"{default['low']:g}:{default['high']:g}" if isinstance(default, dict)
+                 else ",".join(map(str, default)))
+        group.add_argument(flag, dest=f"space_{name}", metavar="SPEC",
+                           help=f"default {shown}")
+    parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                        help="stop weak trials after an epoch: median (default) or successive "
+                             "halving")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="do not make the first trial the default configuration")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna storage (default sqlite:///<out>/study.db); an RDB URL "
+                             "shared by several machines runs one study on all of them")
+    parser.add_argument("--study-name", help="default minicnn-<dataset>; the same name resumes")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/tune-<dataset>)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the validation split, the trials' training and the sampler")
+    parser.add_argument("--sampler-seed", type=int,
+                        help="seed of the TPE sampler only (give each parallel worker its own)")
+    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    parser.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="do not draw the PNG plots")
+    parser.add_argument("--retrain-best", action="store_true",
+                        help="train the best configuration on the whole training set and report "
+                             "its test accuracy")
+
+
+def _run_tune(args) -> int:
+    """``minicnn tune``: the parsed arguments to :func:`minicnn.tuning.tune`."""
+    from .tuning import PARAMETERS, parse_flag, parse_space, read_space_file, tune
+
+    if args.image_folder:
+        dataset, data_dir = "folder", args.image_folder
+    else:
+        dataset, data_dir = args.dataset or "digits", args.data_dir
+    space = read_space_file(args.space) if args.space else {}
+    space.update({name: parse_flag(name, getattr(args, f"space_{name}")) for name in PARAMETERS
+                  if getattr(args, f"space_{name}") is not None})
+    parse_space(space)  # a mistake in the space is reported before any data is loaded
+    size = (args.image_size, args.image_size) if args.image_size else None
+    tune(dataset, trials=args.trials, epochs=args.epochs, space=space, out=args.out,
+         storage=args.storage, study_name=args.study_name, seed=args.seed,
+         sampler_seed=args.sampler_seed, val_fraction=args.val_fraction, pruner=args.pruner,
+         baseline=args.baseline, retrain_best=args.retrain_best, plots=args.plots,
+         data_dir=data_dir,
+         image_size=size, channels=args.channels, limit=args.limit, timeout=args.timeout,
+         verbose=0 if args.quiet else 1)
+    return 0
 
 
 def _load_eval_data(args, metadata):
@@ -293,10 +371,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune import run_from_args
-
     try:
-        return run_from_args(args)
+        return _run_tune(args)
     except ImportError as err:  # Optuna missing: the message names the extra to install
         print(f"minicnn tune: error: {err}", file=sys.stderr)
         return 2

@@ -185,6 +185,8 @@ def tunable_cnn(input_shape=(1, 28, 28), num_classes: int = 10, seed: int | None
 
 PRESETS = {"reference_cnn": reference_cnn, "mnist_cnn": mnist_cnn, "lenet5": lenet5,
            "cifar_vgg": cifar_vgg, "cifar_resnet": cifar_resnet}
+#: every network a recipe may name: the presets and the one ``minicnn tune`` searches over
+MODELS = {**PRESETS, "tunable_cnn": tunable_cnn}
 
 
 def from_config(config: dict) -> Sequential:
@@ -196,5 +198,5 @@ def from_config(config: dict) -> Sequential:
     return build_model(config, where="from_config")
 
 
-__all__ = ["PRESETS", "cifar_resnet", "cifar_vgg", "from_config", "lenet5", "mnist_cnn",
+__all__ = ["MODELS", "PRESETS", "cifar_resnet", "cifar_vgg", "from_config", "lenet5", "mnist_cnn",
            "reference_cnn", "tunable_cnn"]

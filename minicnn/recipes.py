@@ -1,14 +1,18 @@
-"""Training recipes: dataset + model + optimizer + schedule + augmentation, ready to run.
+"""Training recipes: network, data loader, augmentation, optimizer, schedule and loss, in one object.
 
-``train_classifier`` is what ``minicnn train`` and ``examples/train_*.py`` call. A recipe is a
-plain dict of defaults per dataset; every value can be overridden by an argument.
+A :class:`Recipe` holds the settings of a training run (besides the data) and builds every piece
+from them. ``RECIPES`` has one per dataset; ``train_classifier`` (what ``minicnn train`` and
+``examples/train_*.py`` call) runs one on a dataset and writes the results; ``minicnn tune``
+trains the recipes its trials propose with the same :meth:`Recipe.train`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -20,52 +24,135 @@ from .losses import SoftmaxCrossEntropy
 from .training import LRSchedule, evaluate, fit
 from .validation import check_learning_rate, check_positive_int
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+DIGIT_DATASETS = ("mnist", "fashion-mnist", "digits")  # not mirror-symmetric: no flips
+
+
+@dataclass
+class Recipe:
+    """How to train: the settings of a run, and the pieces built from them.
+
+    - ``model`` / ``model_options``: a :mod:`minicnn.models` preset and its keyword arguments
+      (width, dropout, ...);
+    - ``epochs``, ``batch_size``;
+    - ``optimizer`` (sgd with Nesterov momentum 0.9, adam or adamw), its peak ``lr`` under a
+      one-cycle schedule (25% warm-up, stepped every batch) and ``weight_decay``;
+    - ``augment``: the strength of the augmentation, 0 = none, 1 = the usual level (digits:
+      rotations up to 10 degrees, zooms up to 10%, shifts of 2 pixels (1 below 16 pixels);
+      photos: random crops after padding by 1/8 of the size, and horizontal flips);
+    - ``label_smoothing`` of the cross-entropy.
+    """
+
+    model: str = "mnist_cnn"
+    model_options: dict = field(default_factory=dict)
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-2
+    weight_decay: float = 5e-4
+    augment: float = 0.0
+    label_smoothing: float = 0.0
+
+    def replace(self, **changes) -> Recipe:
+        """A copy with ``changes`` (None values ignored); choosing another model drops the
+        ``model_options`` of this one (they belong to its preset)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "augment" in changes:
+            changes["augment"] = float(changes["augment"])  # True/False: the usual level / none
+        if changes.get("model", self.model) != self.model and "model_options" not in changes:
+            changes["model_options"] = {}
+        return dataclasses.replace(self, **changes)
+
+    def check(self, where: str = "recipe") -> Recipe:
+        """Refuse bad settings (before any data is loaded, which can take a while)."""
+        if self.model not in models.MODELS:
+            raise ValueError(f"{where}: unknown model {self.model!r}; choose one of "
+                             f"{', '.join(models.MODELS)}")
+        for key in ("epochs", "batch_size"):
+            check_positive_int(getattr(self, key), key, where)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{where}: optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                             f"{self.optimizer!r}")
+        # the optimizers accept lr=0 (frozen weights); a training run with it learns nothing
+        if check_learning_rate(self.lr, where) <= 0:
+            raise ValueError(f"{where}: lr must be > 0, got {self.lr}")
+        for key, high in (("weight_decay", math.inf), ("label_smoothing", 1.0),
+                          ("augment", math.inf)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value < high:
+                raise ValueError(f"{where}: {key} must be a number in [0, {high}), got {value!r}")
+        return self
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def build_model(self, input_shape, num_classes: int, seed: int):
+        return models.MODELS[self.model](tuple(input_shape), num_classes, seed=seed,
+                                         **self.model_options)
+
+    def augmentation(self, dataset: str, input_shape):
+        """The random transform of the training batches, or None (``augment`` = 0)."""
+        from .data import Compose, RandomAffine, RandomCrop, RandomHorizontalFlip
+
+        s = float(self.augment)
+        if s <= 0:
+            return None
+        _, h, w = input_shape
+        if dataset in DIGIT_DATASETS:
+            shift = (2 if h >= 16 else 1) / h  # a fraction of the size (RandomAffine's rule)
+            return RandomAffine(degrees=10 * s, scale=0.1 * s, translate=s * shift)
+        pad = max(1, round(s * h / 8))
+        return Compose([RandomCrop(padding=pad, mode="constant"), RandomHorizontalFlip()])
+
+    def build_optimizer(self, params):
+        if self.optimizer == "sgd":
+            return optim.SGD(params, lr=self.lr, momentum=0.9, nesterov=True,
+                             weight_decay=self.weight_decay)
+        kind = optim.Adam if self.optimizer == "adam" else optim.AdamW
+        return kind(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def loss(self) -> SoftmaxCrossEntropy:
+        return SoftmaxCrossEntropy(label_smoothing=self.label_smoothing)
+
+    def train(self, model, train, val=None, *, dataset: str, seed: int, callbacks=(),
+              verbose: int = 0, **fit_options):
+        """Train ``model`` on ``train`` = (x, y) with this recipe; returns its History.
+        ``fit_options`` go to :func:`minicnn.fit` (checkpoint, resume, val_name, ...)."""
+        from .data import DataLoader
+
+        x, y = train
+        loader = DataLoader(x, y, batch_size=self.batch_size, shuffle=True, seed=seed,
+                            transform=self.augmentation(dataset, x.shape[1:]))
+        optimizer = self.build_optimizer(model.parameters())
+        schedule = optim.OneCycleLR(optimizer, max_lr=self.lr,
+                                    total_steps=max(2, self.epochs * len(loader)), pct_start=0.25)
+        return fit(model, self.loss(), optimizer, loader, val=val, epochs=self.epochs,
+                   callbacks=[LRSchedule(schedule, per="batch"), *callbacks], verbose=verbose,
+                   **fit_options)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 RECIPES = {
     # The default MNIST run (measured on 2 CPU cores, numba backend, see the README): the
     # 32-wide mnist_cnn, 6 epochs without augmentation: 99.44-99.46% test accuracy over seeds
     # 0-2, 135-139 s of training (the 24-wide one for 5 epochs: 99.40-99.46%, 77-84 s).
-    "mnist": dict(model="mnist_cnn", model_options={"width": 32, "dropout": 0.1}, epochs=6,
-                  batch_size=128, lr=1e-2, weight_decay=5e-4, augment=False,
-                  label_smoothing=0.05),
+    "mnist": Recipe(model_options={"width": 32, "dropout": 0.1}, epochs=6, lr=1e-2,
+                    label_smoothing=0.05),
     # the fastest road to 99%: a 16-wide network without dropout, one epoch of small batches
     # at a high peak learning rate
-    "mnist-fast": dict(model="mnist_cnn", model_options={"width": 16, "dropout": 0.0},
-                       epochs=1, batch_size=64, lr=1.5e-2, weight_decay=5e-4, augment=False,
-                       label_smoothing=0.05),
-    # longer: the full-width network, augmentation on, 15 epochs: 99.65% (807 s on 2 cores)
-    "mnist-long": dict(model="mnist_cnn", model_options={"width": 32, "dropout": 0.1}, epochs=15,
-                       batch_size=128, lr=1e-2, weight_decay=5e-4, augment=True,
-                       label_smoothing=0.05),
-    "fashion-mnist": dict(model="mnist_cnn", epochs=15, batch_size=128, lr=4e-3,
-                          weight_decay=5e-4, augment=False, label_smoothing=0.1),
-    "digits": dict(model="mnist_cnn", epochs=30, batch_size=32, lr=4e-3, weight_decay=5e-4,
-                   augment=False, label_smoothing=0.0),
+    "mnist-fast": Recipe(model_options={"width": 16, "dropout": 0.0}, epochs=1, batch_size=64,
+                         lr=1.5e-2, label_smoothing=0.05),
+    # longer: the same network, augmentation on, 15 epochs: 99.65%
+    "mnist-long": Recipe(model_options={"width": 32, "dropout": 0.1}, epochs=15, lr=1e-2,
+                         augment=1.0, label_smoothing=0.05),
+    "fashion-mnist": Recipe(epochs=15, lr=4e-3, label_smoothing=0.1),
+    "digits": Recipe(epochs=30, batch_size=32, lr=4e-3),
     # the VGG-style preset with random crops + flips: on 2 CPU cores it trains as fast as
     # cifar_resnet and was more accurate after one epoch (see the presets' docstrings)
-    "cifar10": dict(model="cifar_vgg", epochs=20, batch_size=128, lr=4e-3, weight_decay=5e-4,
-                    augment=True, label_smoothing=0.1),
-    "folder": dict(model="mnist_cnn", epochs=20, batch_size=64, lr=3e-3, weight_decay=5e-4,
-                   augment=True, label_smoothing=0.1),
+    "cifar10": Recipe(model="cifar_vgg", epochs=20, lr=4e-3, augment=1.0, label_smoothing=0.1),
+    "folder": Recipe(epochs=20, batch_size=64, lr=3e-3, augment=1.0, label_smoothing=0.1),
 }
-# ``model_options`` (keyword arguments of the model preset, e.g. its width) apply only to the
-# recipe's own model: choosing another model with ``model=`` builds that one with its defaults.
-
-
-def augmentation_for(dataset: str, input_shape):
-    """The augmentation a dataset gets with ``augment=True``."""
-    from .data import Compose, RandomAffine, RandomCrop, RandomHorizontalFlip
-
-    _, h, w = input_shape
-    if dataset in ("mnist", "fashion-mnist", "digits"):
-        # digits are not mirror-symmetric: small rotations, zooms and shifts only
-        shift = 2 if h >= 16 else 1
-        return RandomAffine(degrees=10, scale=0.1, translate=shift)
-    return Compose([RandomCrop(padding=max(1, h // 8), mode="constant"),
-                    RandomHorizontalFlip()])
-
-
-def _timestamp() -> str:
-    return datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def normalize_as_trained(x, metadata):
@@ -96,26 +183,6 @@ def load_data(dataset: str, data_dir=None, image_size=None, channels=None, seed:
     return load_dataset(dataset, data_dir, **kwargs)
 
 
-def _check_settings(settings: dict, limit) -> None:
-    """Refuse bad settings before any data is loaded (which can take a while)."""
-    where = "train_classifier"
-    if settings["model"] not in models.PRESETS:
-        raise ValueError(f"{where}: unknown model {settings['model']!r}; choose one of "
-                         f"{', '.join(models.PRESETS)}")
-    for key in ("epochs", "batch_size"):
-        check_positive_int(settings[key], key, where)
-    if limit is not None:
-        check_positive_int(limit, "limit", where)
-    # the optimizer accepts lr=0 (frozen weights); a training run with it learns nothing
-    if check_learning_rate(settings["lr"], where) <= 0:
-        raise ValueError(f"{where}: lr must be > 0, got {settings['lr']}")
-    for key, high in (("weight_decay", math.inf), ("label_smoothing", 1.0)):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not 0 <= value < high:
-            raise ValueError(f"{where}: {key} must be a number in [0, {high}), got {value!r}")
-
-
 def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_dir=None,
                      model: str | None = None, epochs: int | None = None,
                      batch_size: int | None = None, lr: float | None = None,
@@ -123,25 +190,25 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
                      label_smoothing: float | None = None, seed: int = 0, out=None,
                      backend_name: str | None = None, verbose: int = 1, resume: bool = False,
                      limit: int | None = None, image_size=None, channels=None) -> dict:
-    """Train a classifier on ``dataset`` and write the results into ``out``.
+    """Train a classifier on ``dataset`` with ``RECIPES[recipe or dataset]`` (every setting can
+    be overridden) and write the results into ``out``.
 
     Writes ``model.safetensors`` (with class names, input shape and normalization in its
     metadata), ``history.json``, ``curves.png``, ``results.json`` and a resumable
     ``checkpoint.safetensors``. Returns the results dict (test accuracy, times, paths).
     ``limit`` uses only the first ``limit`` training and test images (for quick smoke runs).
     """
-    from .data import DataLoader, Normalize
+    from .data import Normalize
 
-    settings = dict(RECIPES[recipe or dataset])
-    if model is not None and model != settings["model"]:
-        settings.pop("model_options", None)
-    overrides = dict(model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-                     weight_decay=weight_decay, augment=augment, label_smoothing=label_smoothing)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    _check_settings(settings, limit)
+    settings = RECIPES[recipe or dataset].replace(
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        augment=augment, label_smoothing=label_smoothing).check("train_classifier")
+    if limit is not None:
+        check_positive_int(limit, "limit", "train_classifier")
     if backend_name:
         backend.set_backend(backend_name)
-    out = Path(out) if out is not None else Path("runs") / f"{dataset}-{_timestamp()}"
+    out = Path(out) if out is not None else \
+        Path("runs") / f"{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
 
     (x_train, y_train), (x_test, y_test), class_names = load_data(
@@ -150,35 +217,24 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
         x_train, y_train = x_train[:limit], y_train[:limit]
         x_test, y_test = x_test[:limit], y_test[:limit]
     normalize = Normalize.fit(x_train)
-    x_train = normalize(x_train, None)
-    x_test = normalize(x_test, None)
+    x_train, x_test = normalize(x_train, None), normalize(x_test, None)
 
     input_shape = tuple(x_train.shape[1:])
-    net = models.PRESETS[settings["model"]](input_shape, len(class_names), seed=seed,
-                                            **settings.get("model_options", {}))
+    net = settings.build_model(input_shape, len(class_names), seed)
     net.metadata = {
         "class_names": list(class_names), "input_shape": list(input_shape), "dataset": dataset,
         "normalization": {"mean": normalize.mean.tolist(), "std": normalize.std.tolist()},
-        "recipe": settings,
+        "recipe": settings.to_dict(),
     }
-    transform = augmentation_for(dataset, input_shape) if settings["augment"] else None
-    loader = DataLoader(x_train, y_train, batch_size=settings["batch_size"], shuffle=True,
-                        transform=transform, seed=seed)
-    optimizer = optim.AdamW(net.parameters(), lr=settings["lr"],
-                            weight_decay=settings["weight_decay"])
-    schedule = optim.OneCycleLR(optimizer, max_lr=settings["lr"],
-                                total_steps=max(2, settings["epochs"] * len(loader)),
-                                pct_start=0.25)
-    loss_fn = SoftmaxCrossEntropy(label_smoothing=settings["label_smoothing"])
     if verbose:
         net.summary()
         print(f"{dataset}: {len(x_train):,} training and {len(x_test):,} test images, "
-              f"{len(class_names)} classes; backend {backend.get_backend()}; output in {out}")
+              f"{len(class_names)} classes; backend {net.backend}; output in {out}")
 
     start = time.perf_counter()
-    history = fit(net, loss_fn, optimizer, loader, val=(x_test, y_test), val_name="test",
-                  epochs=settings["epochs"], callbacks=[LRSchedule(schedule, per="batch")],
-                  verbose=verbose, checkpoint=out / "checkpoint.safetensors", resume=resume)
+    history = settings.train(net, (x_train, y_train), val=(x_test, y_test), val_name="test",
+                             dataset=dataset, seed=seed, verbose=verbose,
+                             checkpoint=out / "checkpoint.safetensors", resume=resume)
     wall = time.perf_counter() - start
     train_seconds = sum(record["time_s"] for record in history.epochs)
     final = evaluate(net, SoftmaxCrossEntropy(), x_test, y_test)
@@ -190,7 +246,7 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
         "dataset": dataset, "test_accuracy": final["acc"], "test_loss": final["loss"],
         "epochs": len(history), "train_seconds": train_seconds, "wall_seconds": wall,
         "images_per_s": float(np.mean(history["images_per_s"])) if len(history) else None,
-        "backend": backend.get_backend(), "settings": settings, "seed": seed,
+        "backend": net.backend, "settings": settings.to_dict(), "seed": seed,
         "model_file": str(out / "model.safetensors"),
     }
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())

@@ -106,16 +106,20 @@ def test_every_recipe_builds_its_model_with_its_options():
 
     shapes = {"cifar10": (3, 32, 32), "digits": (1, 8, 8), "folder": (3, 32, 32)}
     for name, recipe in RECIPES.items():
-        builder = models.PRESETS[recipe["model"]]
-        net = builder(shapes.get(name, (1, 28, 28)), 10, seed=0, **recipe.get("model_options", {}))
-        assert net.predict(np.zeros((2, *shapes.get(name, (1, 28, 28))), np.float32)).shape == (2, 10)
+        shape = shapes.get(name, (1, 28, 28))
+        net = recipe.check(name).build_model(shape, 10, seed=0)
+        assert net.predict(np.zeros((2, *shape), np.float32)).shape == (2, 10)
+        assert recipe.build_optimizer(net.parameters()).lr == recipe.lr
+        transform = recipe.augmentation(name, shape)
+        assert (transform is None) == (recipe.augment == 0)
     # the fast recipe really is narrower and shorter than the default, which is shorter than
     # --long (which also augments)
     names = ("mnist-fast", "mnist", "mnist-long")
-    widths = [RECIPES[r]["model_options"]["width"] for r in names]
-    epochs = [RECIPES[r]["epochs"] for r in names]
+    widths = [RECIPES[r].model_options["width"] for r in names]
+    epochs = [RECIPES[r].epochs for r in names]
     assert widths[0] < widths[1] <= widths[2] and epochs[0] < epochs[1] < epochs[2]
-    assert RECIPES["mnist-long"]["augment"] and not RECIPES["mnist"]["augment"]
+    assert RECIPES["mnist-long"].augment and not RECIPES["mnist"].augment
+    assert models.MODELS[RECIPES["cifar10"].model] is models.cifar_vgg
 
 
 def test_fast_mnist_recipe_and_model_override(tmp_path):
@@ -138,4 +142,4 @@ def test_fast_mnist_recipe_and_model_override(tmp_path):
 
     results = train_classifier("mnist", recipe="mnist-fast", model="reference_cnn", limit=200,
                                verbose=0, out=tmp_path / "reference")
-    assert "model_options" not in results["settings"]
+    assert results["settings"]["model_options"] == {}

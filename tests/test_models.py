@@ -294,8 +294,8 @@ def test_cifar_presets_are_available_to_the_command_line_and_the_cifar10_recipe(
 
     for name in ("cifar_vgg", "cifar_resnet"):
         assert build_parser().parse_args(["train", "--model", name]).model == name
-    assert RECIPES["cifar10"]["model"] in ("cifar_vgg", "cifar_resnet")
-    assert RECIPES["cifar10"]["augment"]
+    assert RECIPES["cifar10"].model in ("cifar_vgg", "cifar_resnet")
+    assert RECIPES["cifar10"].augment
 
 
 def test_summary_counts_nested_parameters():

@@ -3,7 +3,6 @@ digits that writes its outputs and resumes, the search space, pruning, and the e
 Optuna. Everything but the last test needs Optuna and is skipped without it."""
 
 import builtins
-import importlib
 import json
 import subprocess
 import sys
@@ -32,7 +31,7 @@ def _csv_rows(path):
 
 def test_tiny_study_writes_its_outputs_resumes_and_retrains(tmp_path, capsys):
     optuna = _needs_optuna()
-    from minicnn.tune import PARAMETERS
+    from minicnn.tuning import PARAMETERS
 
     out = tmp_path / "tune"
     # first run through the command line: 3 trials of 1 epoch
@@ -95,7 +94,7 @@ def test_a_search_is_reproducible(tmp_path):
 
 
 def test_the_first_trial_is_the_default_configuration_when_the_space_holds_it():
-    from minicnn.tune import DEFAULT_CONFIG, _baseline_params, default_config, parse_space
+    from minicnn.tuning import DEFAULT_CONFIG, _baseline_params, default_config, parse_space
 
     params, exact = _baseline_params(parse_space(), default_config("digits"))
     assert exact and params == DEFAULT_CONFIG  # the digits recipe uses the defaults
@@ -107,7 +106,7 @@ def test_the_first_trial_is_the_default_configuration_when_the_space_holds_it():
 
 
 def test_the_validation_split_is_stratified_seeded_and_from_the_training_set():
-    from minicnn.tune import _split
+    from minicnn.tuning import _split
 
     rng = np.random.default_rng(0)
     x = rng.random((300, 1, 4, 4)).astype(np.float32)
@@ -123,7 +122,7 @@ def test_the_validation_split_is_stratified_seeded_and_from_the_training_set():
 
 
 def test_search_space_from_flags_files_and_defaults(tmp_path):
-    from minicnn.tune import DEFAULT_SPACE, parse_flag, parse_space
+    from minicnn.tuning import DEFAULT_SPACE, parse_flag, parse_space
 
     assert parse_flag("lr", "1e-4:1e-1") == {"low": 1e-4, "high": 1e-1, "log": True}
     assert parse_flag("dropout", "0:0.5") == {"low": 0, "high": 0.5, "log": False}
@@ -161,7 +160,7 @@ def test_command_line_reports_a_bad_space_before_loading_data(tmp_path, capsys):
 
 def test_pruned_trials_stop_after_the_epoch_that_reports(tmp_path):
     optuna = _needs_optuna()
-    from minicnn.tune import _report_callback
+    from minicnn.tuning import _report_callback
 
     class Trial:  # the two calls the callback makes, recorded
         def __init__(self):
@@ -188,15 +187,13 @@ def test_pruned_trials_stop_after_the_epoch_that_reports(tmp_path):
 def test_a_diverged_trial_is_pruned_not_failed(tmp_path, monkeypatch):
     """A run whose loss blew up tells the sampler "bad region" (failed trials it ignores)."""
     _needs_optuna()
+    from minicnn.recipes import Recipe
     from minicnn.training import TrainingDivergedError
-
-    # the module itself (``minicnn.tune`` the attribute is the function once it has been used)
-    tune_module = importlib.import_module("minicnn.tune")
 
     def diverge(*args, **kwargs):
         raise TrainingDivergedError("training diverged at epoch 1, batch 3: the loss is not finite")
 
-    monkeypatch.setattr(tune_module, "train_config", diverge)
+    monkeypatch.setattr(Recipe, "train", diverge)  # every trial trains through its recipe
     summary = minicnn.tune("digits", trials=2, epochs=1, limit=200, space=TINY_SPACE,
                            out=tmp_path, verbose=0, plots=False)
     assert summary["pruned"] == 2 and summary["best"] is None

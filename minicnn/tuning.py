@@ -37,9 +37,7 @@ import csv
 import io
 import json
 import math
-import sys
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -248,78 +246,26 @@ def default_config(dataset: str) -> dict:
     config = dict(DEFAULT_CONFIG)
     recipe = RECIPES.get(dataset)
     if recipe:
-        config.update(lr=recipe["lr"], batch_size=recipe["batch_size"],
-                      weight_decay=recipe["weight_decay"],
-                      augment=1.0 if recipe["augment"] else 0.0)
+        config.update(lr=recipe.lr, batch_size=recipe.batch_size,
+                      weight_decay=recipe.weight_decay, augment=recipe.augment)
     return config
 
 
 # -- training one configuration -----------------------------------------------------------------
 
-def augmentation(dataset: str, input_shape, strength: float):
-    """Augmentation of a given strength (0 = none, 1 = about the recipes' level).
-
-    Digits (mnist, fashion-mnist, digits): rotations up to 15*s degrees, zooms up to 15*s %,
-    shifts up to s/8 of the size. Photos: a random crop after padding by s*size/8 pixels, and
-    horizontal flips.
-    """
-    from .data import Compose, RandomAffine, RandomCrop, RandomHorizontalFlip
-
-    if strength <= 0:
-        return None
-    _, h, w = input_shape
-    if dataset in ("mnist", "fashion-mnist", "digits"):
-        return RandomAffine(degrees=15 * strength, scale=0.15 * strength,
-                            translate=min(0.125 * strength, 0.5))
-    pad = int(round(strength * h / 8))
-    steps = [RandomCrop((h, w), padding=pad, mode="constant")] if pad > 0 else []
-    return Compose(steps + [RandomHorizontalFlip()])
+NETWORK_PARAMETERS = ("width", "kernel_size", "activation", "dropout", "blocks")
 
 
-def build_model(config: dict, input_shape, num_classes: int, seed: int):
-    """The tunable network of a configuration (:func:`minicnn.models.tunable_cnn`)."""
-    from .models import tunable_cnn
+def recipe_of(config: dict, epochs: int, label_smoothing: float):
+    """The training recipe of a configuration: :func:`minicnn.models.tunable_cnn` with the
+    configuration's network parameters, trained as the recipes are (one-cycle schedule)."""
+    from .recipes import Recipe
 
-    return tunable_cnn(tuple(input_shape), num_classes, seed=seed, width=config["width"],
-                       kernel_size=config["kernel_size"], activation=config["activation"],
-                       dropout=config["dropout"], blocks=config["blocks"])
-
-
-def _optimizer(config, params):
-    from . import optim
-
-    if config["optimizer"] == "sgd":
-        return optim.SGD(params, lr=config["lr"], momentum=0.9, nesterov=True,
-                         weight_decay=config["weight_decay"])
-    if config["optimizer"] == "adam":
-        return optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"])
-    return optim.AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
-
-
-def train_config(config: dict, dataset: str, train, val=None, *, epochs: int, seed: int,
-                 num_classes: int, label_smoothing: float = 0.0, callbacks=(), verbose: int = 0):
-    """Train the network of ``config`` on ``train`` = (x, y); returns (model, history).
-
-    The learning rate follows a one-cycle schedule peaking at ``config["lr"]`` (as the
-    recipes do), stepped every batch. ``val`` is evaluated after every epoch.
-    """
-    from . import optim
-    from .data import DataLoader
-    from .losses import SoftmaxCrossEntropy
-    from .training import LRSchedule, fit
-
-    x, y = train
-    input_shape = tuple(x.shape[1:])
-    model = build_model(config, input_shape, num_classes, seed)
-    loader = DataLoader(x, y, batch_size=config["batch_size"], shuffle=True, seed=seed,
-                        transform=augmentation(dataset, input_shape, config["augment"]))
-    optimizer = _optimizer(config, model.parameters())
-    schedule = optim.OneCycleLR(optimizer, max_lr=config["lr"],
-                                total_steps=max(2, epochs * len(loader)), pct_start=0.25)
-    history = fit(model, SoftmaxCrossEntropy(label_smoothing=label_smoothing), optimizer, loader,
-                  val=val, epochs=epochs, callbacks=[LRSchedule(schedule, per="batch"),
-                                                     *callbacks], verbose=verbose)
-    return model, history
+    return Recipe(model="tunable_cnn",
+                  model_options={k: config[k] for k in NETWORK_PARAMETERS},
+                  epochs=epochs, batch_size=config["batch_size"], optimizer=config["optimizer"],
+                  lr=config["lr"], weight_decay=config["weight_decay"],
+                  augment=config["augment"], label_smoothing=label_smoothing)
 
 
 def _report_callback(trial, optuna):
@@ -423,7 +369,9 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study_name = study_name or f"minicnn-{dataset}"
-    label_smoothing = _recipe_value(dataset, "label_smoothing", 0.0)
+    from .recipes import RECIPES
+
+    label_smoothing = RECIPES[dataset].label_smoothing if dataset in RECIPES else 0.0
 
     (x_train, y_train), (x_test, y_test), class_names = _load(
         dataset, data_dir, image_size, channels, limit, seed, verbose)
@@ -456,10 +404,10 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
             trial.set_user_attr("config", config)
             start = time.perf_counter()
             try:
-                _, history = train_config(config, dataset, train, val, epochs=epochs, seed=seed,
-                                          num_classes=num_classes,
-                                          label_smoothing=label_smoothing,
-                                          callbacks=[_report_callback(trial, optuna)])
+                recipe = recipe_of(config, epochs, label_smoothing)
+                model = recipe.build_model(train[0].shape[1:], num_classes, seed)
+                history = recipe.train(model, train, val, dataset=dataset, seed=seed,
+                                       callbacks=[_report_callback(trial, optuna)])
             except TrainingDivergedError as err:
                 # a diverged run tells the sampler "bad region": pruned, not failed (failed
                 # trials are ignored by TPE)
@@ -500,12 +448,6 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
     if verbose:
         _print_summary(summary)
     return summary
-
-
-def _recipe_value(dataset, key, default):
-    from .recipes import RECIPES
-
-    return RECIPES.get(dataset, {}).get(key, default)
 
 
 def _open_study(optuna, study_name, storage, settings, seed, sampler_seed, pruner, epochs):
@@ -606,7 +548,8 @@ def _write_outputs(optuna, study, out, storage, settings, space, shapes, plots=T
     }
     if best is not None:
         config = best.user_attrs["config"]
-        model = build_model(config, input_shape, len(class_names), settings["seed"])
+        model = recipe_of(config, settings["epochs"], settings["label_smoothing"]).build_model(
+            input_shape, len(class_names), settings["seed"])
         summary["best"] = {"trial": best.number, "val_acc": best.value, "config": config}
         document = {
             "study_name": study.study_name, "storage": storage, "metric": "val_acc",
@@ -615,9 +558,7 @@ def _write_outputs(optuna, study, out, storage, settings, space, shapes, plots=T
             "hyperparameters": config,
             "model": model.config(),
             "model_builder": {"function": "minicnn.models.tunable_cnn",
-                              "kwargs": {k: config[k] for k in ("width", "kernel_size",
-                                                                "activation", "dropout",
-                                                                "blocks")},
+                              "kwargs": {k: config[k] for k in NETWORK_PARAMETERS},
                               "num_classes": len(class_names)},
             "training": {"optimizer": config["optimizer"], "lr": config["lr"],
                          "schedule": "one-cycle (peak lr, 25% warm-up), stepped per batch",
@@ -686,9 +627,9 @@ def _retrain(config, dataset, train, test, class_names, epochs, seed, label_smoo
         print(f"retraining the best configuration on all {len(x_train):,} training images "
               f"for {epochs} epoch(s)")
     start = time.perf_counter()
-    model, history = train_config(config, dataset, (x_train, y_train), None, epochs=epochs,
-                                  seed=seed, num_classes=len(class_names),
-                                  label_smoothing=label_smoothing, verbose=verbose)
+    recipe = recipe_of(config, epochs, label_smoothing)
+    model = recipe.build_model(x_train.shape[1:], len(class_names), seed)
+    recipe.train(model, (x_train, y_train), dataset=dataset, seed=seed, verbose=verbose)
     seconds = time.perf_counter() - start
     scores = evaluate(model, SoftmaxCrossEntropy(), x_test, test[1])
     model.metadata = {
@@ -718,88 +659,3 @@ def _print_summary(summary):
         print(f"best configuration retrained on the whole training set: test accuracy "
               f"{summary['test_accuracy']:.2%}")
     print(f"outputs in {summary['out']}")
-
-
-# -- command line -------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    """The ``minicnn tune`` options (``cli.build_parser`` adds --backend and --quiet)."""
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", choices=("mnist", "fashion-mnist", "cifar10", "digits"),
-                        default=None, help="a built-in dataset (default: digits)")
-    source.add_argument("--image-folder", metavar="DIR", help="your own images, one folder per class")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
-    parser.add_argument("--image-size", type=int, help="image folder: resize to this size square")
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
-    parser.add_argument("--limit", type=int, help="use the first N training images only")
-    parser.add_argument("--trials", type=int, default=20,
-                        help="the study's total number of finished trials (default 20); "
-                             "re-running continues up to it")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="share of the training set held out for validation (default 0.2)")
-    parser.add_argument("--space", metavar="FILE",
-                        help="search space as JSON, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 0.1, "
-                             "\"log\": true}, \"batch_size\": [32, 64], \"activation\": \"relu\"}")
-    group = parser.add_argument_group(
-        "search space flags", "LOW:HIGH searches a range (log scale for --lr and "
-        "--weight-decay), A,B,C a list of choices, V fixes the value; they override --space")
-    for name in PARAMETERS:
-        flag = "--" + name.replace("_", "-")
-        default = DEFAULT_SPACE[name]
-        shown = (f"{default['low']:g}:{default['high']:g}" if isinstance(default, dict)
-                 else ",".join(map(str, default)))
-        group.add_argument(flag, dest=f"space_{name}", metavar="SPEC",
-                           help=f"default {shown}")
-    parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
-                        help="stop weak trials after an epoch: median (default) or successive "
-                             "halving")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="do not make the first trial the default configuration")
-    parser.add_argument("--storage", metavar="URL",
-                        help="Optuna storage (default sqlite:///<out>/study.db); an RDB URL "
-                             "shared by several machines runs one study on all of them")
-    parser.add_argument("--study-name", help="default minicnn-<dataset>; the same name resumes")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/tune-<dataset>)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the validation split, the trials' training and the sampler")
-    parser.add_argument("--sampler-seed", type=int,
-                        help="seed of the TPE sampler only (give each parallel worker its own)")
-    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
-    parser.add_argument("--no-plots", dest="plots", action="store_false",
-                        help="do not draw the PNG plots")
-    parser.add_argument("--retrain-best", action="store_true",
-                        help="train the best configuration on the whole training set and report "
-                             "its test accuracy")
-
-
-def run_from_args(args) -> int:
-    """``minicnn tune``: the parsed arguments to :func:`tune`."""
-    if args.image_folder:
-        dataset, data_dir = "folder", args.image_folder
-    else:
-        dataset, data_dir = args.dataset or "digits", args.data_dir
-    space = read_space_file(args.space) if args.space else {}
-    space.update({name: parse_flag(name, getattr(args, f"space_{name}")) for name in PARAMETERS
-                  if getattr(args, f"space_{name}") is not None})
-    parse_space(space)  # a mistake in the space is reported before any data is loaded
-    size = (args.image_size, args.image_size) if args.image_size else None
-    tune(dataset, trials=args.trials, epochs=args.epochs, space=space, out=args.out,
-         storage=args.storage, study_name=args.study_name, seed=args.seed,
-         sampler_seed=args.sampler_seed, val_fraction=args.val_fraction, pruner=args.pruner,
-         baseline=args.baseline, retrain_best=args.retrain_best, plots=args.plots,
-         data_dir=data_dir,
-         image_size=size, channels=args.channels, limit=args.limit, timeout=args.timeout,
-         verbose=0 if args.quiet else 1)
-    return 0
-
-
-# ``minicnn.tune`` is this module's ``tune`` function (see minicnn/__init__.py). Python's import
-# system also stores the *module* as ``minicnn.tune`` when something imports ``minicnn.tune``
-# directly first; making the module callable keeps ``minicnn.tune(...)`` working in that order.
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return tune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

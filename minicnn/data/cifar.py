@@ -1,4 +1,4 @@
-"""CIFAR-10 from the canonical python-pickle batches, read without ``pickle.load``.
+"""CIFAR-10 from the canonical python-pickle batches, read by a restricted unpickler.
 
 The official distribution is ``cifar-10-python.tar.gz``, holding ``cifar-10-batches-py/`` with
 ``data_batch_1`` .. ``data_batch_5`` (10,000 training images each), ``test_batch`` and
@@ -8,7 +8,8 @@ of a 32x32 image, row-major), ``b"labels"`` a list of ints 0..9.
 
 Either form works: the extracted folder (or a folder holding ``cifar-10-batches-py/``) or the
 archive itself, which is read in memory (nothing extracted to disk). The pickles are decoded by
-:mod:`minicnn.data.safe_pickle`, which never executes anything from the file.
+:mod:`minicnn.data.safe_pickle`, whose unpickler resolves only numpy's array constructors
+(to checking stand-ins): nothing from the file is executed.
 """
 
 from __future__ import annotations

@@ -193,14 +193,7 @@ def xp(name: str | None = None) -> ModuleType:
     return np
 
 
-def array_module(array) -> ModuleType:
-    """The array module an array belongs to (cupy for GPU arrays, else numpy)."""
-    module = type(array).__module__
-    if module.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
+from .kernels import array_module  # noqa: E402, F401 (numpy, or cupy for a GPU array)
 
 
 def is_array(obj) -> bool:

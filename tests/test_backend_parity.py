@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import minicnn as mc
 from minicnn import backend
+from minicnn.kernels import conv_output_size
 from minicnn.kernels import numpy_kernels as reference
 from minicnn.layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
 
@@ -129,7 +130,7 @@ def test_im2col_matches_reference(name, dtype, config):
 def test_col2im_matches_reference(name, dtype, config):
     shape, kernel, stride, padding, seed = config
     n, c = shape[:2]
-    oh, ow = (reference.conv_output_size(shape[2 + a], kernel[a], stride[a], padding[a])
+    oh, ow = (conv_output_size(shape[2 + a], kernel[a], stride[a], padding[a])
               for a in (0, 1))
     cols = _normal(seed, (c * kernel[0] * kernel[1], n * oh * ow), dtype)
     expected = reference.col2im(cols, shape, kernel, stride, padding)

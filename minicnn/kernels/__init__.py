@@ -32,6 +32,46 @@ Kernel modules import nothing from the layers.
 """
 
 
+from typing import NamedTuple
+
+
+def array_module(array):
+    """numpy, or cupy for a GPU array: the module whose functions work on ``array``."""
+    if type(array).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    import numpy
+
+    return numpy
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output length of a convolution/pooling along one axis (floor mode, like PyTorch)."""
     return (size + 2 * padding - kernel) // stride + 1
+
+
+class Geometry(NamedTuple):
+    """Every size a window kernel needs, in the order the compiled kernels take them."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    oh: int
+    ow: int
+
+
+def geometry(x_shape, kernel, stride, padding=(0, 0)) -> Geometry:
+    """The sizes of sliding (kh, kw) windows at ``stride`` over an (N, C, H, W) input padded by
+    ``padding``: the input's, the window's, and the output's (OH, OW)."""
+    n, c, h, w = (int(size) for size in x_shape)
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return Geometry(n, c, h, w, kh, kw, sh, sw, ph, pw, conv_output_size(h, kh, sh, ph),
+                    conv_output_size(w, kw, sw, pw))

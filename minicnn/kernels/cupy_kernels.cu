@@ -9,6 +9,45 @@
 // This file is also compiled on the CPU by the tests (g++ with a tiny harness that emulates
 // blockIdx/threadIdx), so the index logic below is exercised in CI without a GPU.
 
+// The gathers (col2im, pooling backward) run the windows backwards, one thread per input pixel.
+// window_at: which output position o has input coordinate x at window position k, i.e.
+// o * stride - pad + k == x? True, with *o, when it exists in [0, count).
+__device__ __forceinline__ bool window_at(int x, int k, int pad, int stride, int count, int* o) {
+    int shifted = x + pad - k;
+    if (shifted < 0 || shifted % stride != 0) return false;
+    *o = shifted / stride;
+    return *o < count;
+}
+
+// for_each_window: visit(oh, ow, i, j) for every window (oh, ow) that holds pixel (h, w) at its
+// position (i, j), in row-major (i, j) order (the order the numpy reference adds in)
+template <typename Visit>
+__device__ __forceinline__ void for_each_window(int h, int w, int KH, int KW, int SH, int SW,
+                                                int PH, int PW, int OH, int OW, Visit visit) {
+    int oh, ow;
+    for (int i = 0; i < KH; ++i) {
+        if (!window_at(h, i, PH, SH, OH, &oh)) continue;
+        for (int j = 0; j < KW; ++j)
+            if (window_at(w, j, PW, SW, OW, &ow)) visit(oh, ow, i, j);
+    }
+}
+
+// pixel_of: the (plane, h, w) of flat index idx into planes of H x W pixels
+__device__ __forceinline__ long long pixel_of(long long idx, int H, int W, int* h, int* w) {
+    *w = (int)(idx % W);
+    *h = (int)((idx / W) % H);
+    return idx / ((long long)W * H);
+}
+
+// window_of: the top-left input pixel of pooling window number idx (plane, oh, ow)
+template <typename T>
+__device__ __forceinline__ const T* window_of(const T* x, long long idx, int H, int W, int SH,
+                                              int SW, int OH, int OW) {
+    int oh, ow;
+    long long plane = pixel_of(idx, OH, OW, &oh, &ow);
+    return x + (plane * H + (long long)oh * SH) * W + (long long)ow * SW;
+}
+
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, long long total,
                        int N, int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
@@ -37,25 +76,15 @@ __global__ void col2im(const T* __restrict__ cols, T* __restrict__ dx, long long
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     // one thread per input pixel (n, c, h, w): gather every column entry copied from it
-    int w = (int)(idx % W);
-    int h = (int)((idx / W) % H);
-    int c = (int)((idx / ((long long)W * H)) % C);
-    long long n = idx / ((long long)W * H * C);
+    int h, w;
+    long long plane = pixel_of(idx, H, W, &h, &w);  // n * C + c
+    int c = (int)(plane % C);
+    long long n = plane / C;
     const long long P = (long long)N * OH * OW;  // the length of a row of cols
     T sum = T(0);
-    for (int i = 0; i < KH; ++i) {
-        int hp = h + PH - i;  // = oh * SH for the window that puts this pixel at row i
-        if (hp < 0 || hp % SH != 0) continue;
-        int oh = hp / SH;
-        if (oh >= OH) continue;
-        for (int j = 0; j < KW; ++j) {
-            int wp = w + PW - j;
-            if (wp < 0 || wp % SW != 0) continue;
-            int ow = wp / SW;
-            if (ow >= OW) continue;
-            sum += cols[((long long)(c * KH + i) * KW + j) * P + (n * OH + oh) * OW + ow];
-        }
-    }
+    for_each_window(h, w, KH, KW, SH, SW, PH, PW, OH, OW, [&](int oh, int ow, int i, int j) {
+        sum += cols[((long long)(c * KH + i) * KW + j) * P + (n * OH + oh) * OW + ow];
+    });
     dx[idx] = sum;
 }
 
@@ -66,10 +95,7 @@ __global__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ y,
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     // one thread per output (plane, oh, ow); plane = n * C + c
-    int ow = (int)(idx % OW);
-    int oh = (int)((idx / OW) % OH);
-    long long plane = idx / ((long long)OW * OH);
-    const T* window = x + (plane * H + (long long)oh * SH) * W + (long long)ow * SW;
+    const T* window = window_of(x, idx, H, W, SH, SW, OH, OW);
     T best = window[0];
     int best_index = 0;
     for (int i = 0; i < KH; ++i) {
@@ -92,24 +118,13 @@ __global__ void maxpool_backward(const T* __restrict__ dy, const int* __restrict
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
     // one thread per input pixel: sum dy over the windows this pixel won
-    int w = (int)(idx % W);
-    int h = (int)((idx / W) % H);
-    long long plane = idx / ((long long)W * H);
+    int h, w;
+    long long plane = pixel_of(idx, H, W, &h, &w);
     T sum = T(0);
-    for (int i = 0; i < KH; ++i) {
-        int hp = h - i;
-        if (hp < 0 || hp % SH != 0) continue;
-        int oh = hp / SH;
-        if (oh >= OH) continue;
-        for (int j = 0; j < KW; ++j) {
-            int wp = w - j;
-            if (wp < 0 || wp % SW != 0) continue;
-            int ow = wp / SW;
-            if (ow >= OW) continue;
-            long long out = (plane * OH + oh) * OW + ow;
-            if (argmax[out] == i * KW + j) sum += dy[out];
-        }
-    }
+    for_each_window(h, w, KH, KW, SH, SW, 0, 0, OH, OW, [&](int oh, int ow, int i, int j) {
+        long long out = (plane * OH + oh) * OW + ow;
+        if (argmax[out] == i * KW + j) sum += dy[out];
+    });
     dx[idx] = sum;
 }
 
@@ -118,10 +133,7 @@ __global__ void avgpool_forward(const T* __restrict__ x, T* __restrict__ y, long
                                 int H, int W, int KH, int KW, int SH, int SW, int OH, int OW) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
-    int ow = (int)(idx % OW);
-    int oh = (int)((idx / OW) % OH);
-    long long plane = idx / ((long long)OW * OH);
-    const T* window = x + (plane * H + (long long)oh * SH) * W + (long long)ow * SW;
+    const T* window = window_of(x, idx, H, W, SH, SW, OH, OW);
     T sum = T(0);
     for (int i = 0; i < KH; ++i)
         for (int j = 0; j < KW; ++j) sum += window[i * W + j];
@@ -133,22 +145,11 @@ __global__ void avgpool_backward(const T* __restrict__ dy, T* __restrict__ dx, l
                                  int H, int W, int KH, int KW, int SH, int SW, int OH, int OW) {
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
-    int w = (int)(idx % W);
-    int h = (int)((idx / W) % H);
-    long long plane = idx / ((long long)W * H);
+    int h, w;
+    long long plane = pixel_of(idx, H, W, &h, &w);
     T sum = T(0);
-    for (int i = 0; i < KH; ++i) {
-        int hp = h - i;
-        if (hp < 0 || hp % SH != 0) continue;
-        int oh = hp / SH;
-        if (oh >= OH) continue;
-        for (int j = 0; j < KW; ++j) {
-            int wp = w - j;
-            if (wp < 0 || wp % SW != 0) continue;
-            int ow = wp / SW;
-            if (ow >= OW) continue;
-            sum += dy[(plane * OH + oh) * OW + ow];
-        }
-    }
+    for_each_window(h, w, KH, KW, SH, SW, 0, 0, OH, OW, [&](int oh, int ow, int, int) {
+        sum += dy[(plane * OH + oh) * OW + ow];
+    });
     dx[idx] = sum / T(KH * KW);
 }

@@ -1,9 +1,10 @@
 """The GPU kernels: CUDA C++ in ``cupy_kernels.cu``, compiled by CuPy on first use.
 
-Same functions, signatures and results as :mod:`minicnn.kernels.numpy_kernels`. Every kernel
-runs one thread per output element (im2col: per column entry; col2im and pooling backward:
-per input pixel, as gathers, so no atomics). The matrix multiplies of the layers go through
-cuBLAS via ``cupy.matmul``; nothing here copies data to or from the host.
+Same functions, signatures and results as :mod:`minicnn.kernels.numpy_kernels`. The window
+kernels (im2col, col2im, pooling) are CUDA C++, one thread per output element (im2col: per
+column entry; col2im and pooling backward: per input pixel, as gathers, so no atomics); Adam is
+one element-wise kernel; everything else is the reference's own array code, which CuPy runs on
+the GPU (the matrix multiplies through cuBLAS). Nothing here copies data to or from the host.
 
 The CUDA source is compiled lazily (the first call of each kernel), never at import, and CuPy
 caches the compiled module on disk. The same source is compiled for the CPU by the tests
@@ -17,7 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import conv_output_size
+from . import geometry
+
+__all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
+           "batchnorm_forward", "channel_mean_var", "cnhw_to_nchw", "col2im", "im2col",
+           "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw", "relu_backward",
+           "relu_forward"]
 
 SOURCE_PATH = Path(__file__).with_name("cupy_kernels.cu")
 KERNEL_NAMES = ("im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
@@ -54,107 +60,72 @@ def _cupy():
 
 
 def im2col(x, kernel, stride, padding):
-    cp = _cupy()
-    x = cp.ascontiguousarray(x)
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    cols = cp.empty((c * kh * kw, n * oh * ow), dtype=x.dtype)
-    _launch("im2col", x.dtype, cols.size, x, cols, (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    x = _cupy().ascontiguousarray(x)
+    g = geometry(x.shape, kernel, stride, padding)
+    cols = _cupy().empty((g.c * g.kh * g.kw, g.n * g.oh * g.ow), dtype=x.dtype)
+    _launch("im2col", x.dtype, cols.size, x, cols, g)
     return cols
 
 
 def col2im(cols, x_shape, kernel, stride, padding):
-    cp = _cupy()
-    cols = cp.ascontiguousarray(cols)
-    n, c, h, w = x_shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    dx = cp.empty(x_shape, dtype=cols.dtype)
-    _launch("col2im", cols.dtype, dx.size, cols, dx, (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    cols = _cupy().ascontiguousarray(cols)
+    dx = _cupy().empty(x_shape, dtype=cols.dtype)
+    _launch("col2im", cols.dtype, dx.size, cols, dx, geometry(x_shape, kernel, stride, padding))
     return dx
 
 
-def _pool_geometry(x_shape, kernel, stride):
-    n, c, h, w = x_shape
-    (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
-    return (n, c, oh, ow), (h, w, kh, kw, sh, sw, oh, ow)
+def _pool_sizes(g):
+    """The sizes the pooling kernels take (they index one (sample, channel) plane at a time)."""
+    return g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.oh, g.ow
 
 
 def maxpool_forward(x, kernel, stride):
     cp = _cupy()
     x = cp.ascontiguousarray(x)
-    out_shape, geometry = _pool_geometry(x.shape, kernel, stride)
-    y = cp.empty(out_shape, dtype=x.dtype)
-    argmax = cp.empty(out_shape, dtype=cp.int32)
-    _launch("maxpool_forward", x.dtype, y.size, x, y, argmax, geometry)
+    g = geometry(x.shape, kernel, stride)
+    y = cp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
+    argmax = cp.empty((g.n, g.c, g.oh, g.ow), dtype=cp.int32)
+    _launch("maxpool_forward", x.dtype, y.size, x, y, argmax, _pool_sizes(g))
     return y, argmax
 
 
 def maxpool_backward(dy, argmax, x_shape, kernel, stride):
     cp = _cupy()
     dy = cp.ascontiguousarray(dy)
-    _, geometry = _pool_geometry(x_shape, kernel, stride)
     dx = cp.empty(x_shape, dtype=dy.dtype)
-    _launch("maxpool_backward", dy.dtype, dx.size, dy, cp.ascontiguousarray(argmax), dx, geometry)
+    _launch("maxpool_backward", dy.dtype, dx.size, dy, cp.ascontiguousarray(argmax), dx,
+            _pool_sizes(geometry(x_shape, kernel, stride)))
     return dx
 
 
 def avgpool_forward(x, kernel, stride):
     cp = _cupy()
     x = cp.ascontiguousarray(x)
-    out_shape, geometry = _pool_geometry(x.shape, kernel, stride)
-    y = cp.empty(out_shape, dtype=x.dtype)
-    _launch("avgpool_forward", x.dtype, y.size, x, y, geometry)
+    g = geometry(x.shape, kernel, stride)
+    y = cp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
+    _launch("avgpool_forward", x.dtype, y.size, x, y, _pool_sizes(g))
     return y
 
 
 def avgpool_backward(dy, x_shape, kernel, stride):
-    cp = _cupy()
-    dy = cp.ascontiguousarray(dy)
-    _, geometry = _pool_geometry(x_shape, kernel, stride)
-    dx = cp.empty(x_shape, dtype=dy.dtype)
-    _launch("avgpool_backward", dy.dtype, dx.size, dy, dx, geometry)
+    dy = _cupy().ascontiguousarray(dy)
+    dx = _cupy().empty(x_shape, dtype=dy.dtype)
+    _launch("avgpool_backward", dy.dtype, dx.size, dy, dx,
+            _pool_sizes(geometry(x_shape, kernel, stride)))
     return dx
 
 
-# --- layout, activation and optimizer kernels: CuPy's element-wise operations already run
-# one thread per element on the GPU, so the numpy reference formulas serve as they are.
-
-
-def cnhw_to_nchw(out, bias, n, oh, ow):
-    cp = _cupy()
-    f = out.shape[0]
-    by_sample = out.reshape(f, n, oh * ow).transpose(1, 0, 2)
-    y = by_sample + bias[:, None] if bias is not None else by_sample.copy()
-    return cp.ascontiguousarray(y).reshape(n, f, oh, ow)
-
-
-def nchw_to_cnhw(dy):
-    n, f, oh, ow = dy.shape
-    return _cupy().ascontiguousarray(dy.reshape(n, f, oh * ow).transpose(1, 0, 2)).reshape(
-        f, n * oh * ow)
-
-
-def matmul(a, b):
-    return a @ b  # cuBLAS
-
-
-def relu_forward(x):
-    return _cupy().maximum(x, x.dtype.type(0))
-
-
-def relu_backward(dy, y):
-    return dy * (y > 0)
-
-
-# Batch normalization: the reference functions use only array methods and arithmetic, so on
-# CuPy arrays they run as CuPy reductions and element-wise kernels, all on the GPU.
+# The layout changes, ReLU, BatchNorm and the matrix multiply are the reference's formulas:
+# on CuPy arrays they run as CuPy's own GPU kernels (and cuBLAS for the multiply).
 from .numpy_kernels import (  # noqa: E402
-    batchnorm_backward,  # noqa: F401
-    batchnorm_forward,  # noqa: F401
-    channel_mean_var,  # noqa: F401
+    batchnorm_backward,
+    batchnorm_forward,
+    channel_mean_var,
+    cnhw_to_nchw,
+    matmul,
+    nchw_to_cnhw,
+    relu_backward,
+    relu_forward,
 )
 
 

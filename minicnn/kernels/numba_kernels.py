@@ -14,7 +14,7 @@ pieces of the *output*, and numba gives each core a contiguous block of its iter
   a long contiguous run of the output;
 - col2im: one input channel for a block of samples: the planes it adds into stay in the core's
   cache while the KH*KW rows of ``cols`` that copied them stream past;
-- pooling, forward and backward: one (sample, channel) plane;
+- pooling forward: one window; pooling backward: one (sample, channel) plane;
 - the layout changes and BatchNorm's element-wise maps: one (sample, channel) plane;
 - BatchNorm's sums: one channel (its sums run over every sample).
 
@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 from numba import uint64 as _u  # noqa: E402
 
-from . import conv_output_size  # noqa: E402
+from . import geometry  # noqa: E402
 from .cpu_runtime import matmul, recycler  # noqa: E402
 
 __all__ = [
@@ -196,38 +196,43 @@ def _col2im_kernel(cols_flat, n_count, c_count, h_count, w_count, kh, kw, sh, sw
                             dx_flat[_u(target + ow * sw)] += cols_flat[_u(source + ow)]
 
 
+@njit(inline="always")
+def _corner(window, oh_count, ow_count, plane_size, sh, sw, x_width):
+    """Where window number ``window`` (plane-major, then oh, then ow) starts in the input."""
+    plane = window // (oh_count * ow_count)
+    oh = (window // ow_count) % oh_count
+    ow = window % ow_count
+    return plane * plane_size + oh * sh * x_width + ow * sw
+
+
+# Pooling forward: one task per window (numba gives each core a contiguous block of them).
 @_jit
 def _maxpool_forward_kernel(x_flat, offsets, oh_count, ow_count, sh, sw, x_width, y_flat,
                             argmax_flat):
     taps = offsets.shape[0]
-    planes = y_flat.shape[0] // (oh_count * ow_count)
-    plane_size = x_flat.shape[0] // planes
-    for plane in prange(planes):
-        out = plane * oh_count * ow_count
-        for oh in range(oh_count):
-            for ow in range(ow_count):
-                corner = plane * plane_size + oh * sh * x_width + ow * sw
-                best = x_flat[_u(corner)]
-                best_at = 0
-                nan_seen = best != best
-                for t in range(1, taps):
-                    v = x_flat[_u(corner + offsets[t])]
-                    # Strict > keeps the first maximum on ties. Written as selects, not an if,
-                    # because with random data the branch would be mispredicted half the time.
-                    better = v > best
-                    best = v if better else best
-                    best_at = t if better else best_at
-                    nan_seen |= v != v
-                if nan_seen:  # np.argmax picks the first NaN; rare, so a slow exact pass is fine
-                    for t in range(taps):
-                        v = x_flat[_u(corner + offsets[t])]
-                        if v != v:
-                            best = v
-                            best_at = t
-                            break
-                y_flat[_u(out)] = best
-                argmax_flat[_u(out)] = best_at
-                out += 1
+    plane_size = x_flat.shape[0] // (y_flat.shape[0] // (oh_count * ow_count))
+    for window in prange(y_flat.shape[0]):
+        corner = _corner(window, oh_count, ow_count, plane_size, sh, sw, x_width)
+        best = x_flat[_u(corner)]
+        best_at = 0
+        nan_seen = best != best
+        for t in range(1, taps):
+            v = x_flat[_u(corner + offsets[t])]
+            # Strict > keeps the first maximum on ties. Written as selects, not an if,
+            # because with random data the branch would be mispredicted half the time.
+            better = v > best
+            best = v if better else best
+            best_at = t if better else best_at
+            nan_seen |= v != v
+        if nan_seen:  # np.argmax picks the first NaN; rare, so a slow exact pass is fine
+            for t in range(taps):
+                v = x_flat[_u(corner + offsets[t])]
+                if v != v:
+                    best = v
+                    best_at = t
+                    break
+        y_flat[_u(window)] = best
+        argmax_flat[_u(window)] = best_at
 
 
 @_jit
@@ -302,25 +307,20 @@ def _maxpool2x2_backward_kernel(dy_flat, argmax_flat, planes, h, w, oh_count, ow
 @_jit
 def _avgpool_forward_kernel(x_flat, kh, kw, oh_count, ow_count, sh, sw, x_width, zero, count,
                             y_flat):
-    planes = y_flat.shape[0] // (oh_count * ow_count)
-    plane_size = x_flat.shape[0] // planes
-    for plane in prange(planes):
-        out = plane * oh_count * ow_count
-        for oh in range(oh_count):
-            for ow in range(ow_count):
-                corner = plane * plane_size + oh * sh * x_width + ow * sw
-                # Sum each window row, then add up the row sums: the grouping NumPy's mean
-                # uses in the usual layouts, so the two backends agree to the bit there. (NumPy
-                # picks its reduction order from the memory layout, e.g. differently when the
-                # output is one pixel wide; then they differ in the last bit.)
-                total = zero
-                for i in range(kh):
-                    row_total = zero
-                    for j in range(kw):
-                        row_total += x_flat[_u(corner + i * x_width + j)]
-                    total += row_total
-                y_flat[_u(out)] = total / count
-                out += 1
+    plane_size = x_flat.shape[0] // (y_flat.shape[0] // (oh_count * ow_count))
+    for window in prange(y_flat.shape[0]):
+        corner = _corner(window, oh_count, ow_count, plane_size, sh, sw, x_width)
+        # Sum each window row, then add up the row sums: the grouping NumPy's mean uses in the
+        # usual layouts, so the two backends agree to the bit there. (NumPy picks its reduction
+        # order from the memory layout, e.g. differently when the output is one pixel wide; then
+        # they differ in the last bit.)
+        total = zero
+        for i in range(kh):
+            row_total = zero
+            for j in range(kw):
+                row_total += x_flat[_u(corner + i * x_width + j)]
+            total += row_total
+        y_flat[_u(window)] = total / count
 
 
 @_jit
@@ -346,106 +346,80 @@ def _avgpool_backward_kernel(dy_flat, offsets, oh_count, ow_count, sh, sw, x_wid
 # --- the public wrappers (same signatures as numpy_kernels) ---------------------------------
 
 
-def _geometry(x_shape, kernel, stride, padding):
-    n, c, h, w = (int(size) for size in x_shape)
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-    return n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow
-
-
 def im2col(x, kernel, stride, padding):
     x = np.ascontiguousarray(x)
-    geometry = _geometry(x.shape, kernel, stride, padding)
-    n, c, _, _, kh, kw, *_, oh, ow = geometry
-    cols = recycler.empty((c * kh * kw, n * oh * ow), x.dtype)
+    g = geometry(x.shape, kernel, stride, padding)
+    cols = recycler.empty((g.c * g.kh * g.kw, g.n * g.oh * g.ow), x.dtype)
     if cols.size:
-        _im2col_kernel(x.reshape(-1), *geometry, cols.reshape(-1))
+        _im2col_kernel(x.reshape(-1), *g, cols.reshape(-1))
     return cols
+
+
+def _gradient_of_input(x_shape, dtype, source):
+    """dx for a backward kernel that zeroes each plane itself, or the whole answer when there is
+    nothing to add (an empty input, or no windows at all, which no layer produces)."""
+    dx = recycler.empty(tuple(int(size) for size in x_shape), dtype)
+    if source.size == 0:
+        dx.fill(0)
+    return dx, dx.size > 0 and source.size > 0
 
 
 def col2im(cols, x_shape, kernel, stride, padding):
     cols = np.ascontiguousarray(cols)
-    geometry = _geometry(x_shape, kernel, stride, padding)
-    dx = recycler.empty(geometry[:4], cols.dtype)  # every plane is zeroed by its task
-    if dx.size == 0:
-        return dx
-    if cols.size == 0:  # no windows at all (cannot happen through the layers)
-        dx.fill(0)
-        return dx
-    _col2im_kernel(cols.reshape(-1), *geometry, cols.dtype.type(0), dx.reshape(-1))
+    g = geometry(x_shape, kernel, stride, padding)
+    dx, work = _gradient_of_input(x_shape, cols.dtype, cols)
+    if work:
+        _col2im_kernel(cols.reshape(-1), *g, cols.dtype.type(0), dx.reshape(-1))
     return dx
 
 
 def maxpool_forward(x, kernel, stride):
     x = np.ascontiguousarray(x)
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
-    y = recycler.empty((n, c, oh, ow), x.dtype)
-    argmax = recycler.empty((n, c, oh, ow), np.int32)
-    if y.size == 0:
-        return y, argmax
-    if (kh, kw, sh, sw) == (2, 2, 2, 2):
-        _maxpool2x2_forward_kernel(x.reshape(-1), n * c, h, w, oh, ow, y.reshape(-1),
-                                   argmax.reshape(-1))
-        return y, argmax
-    offsets = _window_offsets(kh, kw, w)
-    _maxpool_forward_kernel(x.reshape(-1), offsets, oh, ow, sh, sw, w, y.reshape(-1),
-                            argmax.reshape(-1))
+    g = geometry(x.shape, kernel, stride)
+    y = recycler.empty((g.n, g.c, g.oh, g.ow), x.dtype)
+    argmax = recycler.empty((g.n, g.c, g.oh, g.ow), np.int32)
+    if y.size and (g.kh, g.kw, g.sh, g.sw) == (2, 2, 2, 2):
+        _maxpool2x2_forward_kernel(x.reshape(-1), g.n * g.c, g.h, g.w, g.oh, g.ow,
+                                   y.reshape(-1), argmax.reshape(-1))
+    elif y.size:
+        _maxpool_forward_kernel(x.reshape(-1), _window_offsets(g.kh, g.kw, g.w), g.oh, g.ow,
+                                g.sh, g.sw, g.w, y.reshape(-1), argmax.reshape(-1))
     return y, argmax
 
 
 def maxpool_backward(dy, argmax, x_shape, kernel, stride):
     dy = np.ascontiguousarray(dy)
-    argmax = np.ascontiguousarray(argmax, dtype=np.int32)
-    n, c, h, w = (int(size) for size in x_shape)
-    (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = dy.shape[2:]
-    dx = recycler.empty((n, c, h, w), dy.dtype)  # zeroed plane by plane by the kernel
-    if dx.size == 0:
-        return dx
-    if dy.size == 0:  # no windows at all (cannot happen through the layers)
-        dx.fill(0)
-        return dx
-    if (kh, kw, sh, sw) == (2, 2, 2, 2):
-        _maxpool2x2_backward_kernel(dy.reshape(-1), argmax.reshape(-1), n * c, h, w, oh, ow,
+    argmax = np.ascontiguousarray(argmax, dtype=np.int32).reshape(-1)
+    g = geometry(x_shape, kernel, stride)
+    dx, work = _gradient_of_input(x_shape, dy.dtype, dy)
+    if work and (g.kh, g.kw, g.sh, g.sw) == (2, 2, 2, 2):
+        _maxpool2x2_backward_kernel(dy.reshape(-1), argmax, g.n * g.c, g.h, g.w, g.oh, g.ow,
                                     dy.dtype.type(0), dx.reshape(-1))
-        return dx
-    offsets = _window_offsets(kh, kw, w)
-    _maxpool_backward_kernel(dy.reshape(-1), argmax.reshape(-1), offsets, oh, ow, sh, sw, w,
-                             dy.dtype.type(0), dx.reshape(-1))
+    elif work:
+        _maxpool_backward_kernel(dy.reshape(-1), argmax, _window_offsets(g.kh, g.kw, g.w),
+                                 g.oh, g.ow, g.sh, g.sw, g.w, dy.dtype.type(0), dx.reshape(-1))
     return dx
 
 
 def avgpool_forward(x, kernel, stride):
     x = np.ascontiguousarray(x)
-    n, c, h, w = x.shape
-    (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = conv_output_size(h, kh, sh, 0), conv_output_size(w, kw, sw, 0)
-    y = recycler.empty((n, c, oh, ow), x.dtype)
-    if y.size == 0:
-        return y
-    scalar = x.dtype.type
-    _avgpool_forward_kernel(x.reshape(-1), kh, kw, oh, ow, sh, sw, w, scalar(0),
-                            scalar(kh * kw), y.reshape(-1))
+    g = geometry(x.shape, kernel, stride)
+    y = recycler.empty((g.n, g.c, g.oh, g.ow), x.dtype)
+    if y.size:
+        scalar = x.dtype.type
+        _avgpool_forward_kernel(x.reshape(-1), g.kh, g.kw, g.oh, g.ow, g.sh, g.sw, g.w,
+                                scalar(0), scalar(g.kh * g.kw), y.reshape(-1))
     return y
 
 
 def avgpool_backward(dy, x_shape, kernel, stride):
     dy = np.ascontiguousarray(dy)
-    n, c, h, w = (int(size) for size in x_shape)
-    (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = dy.shape[2:]
-    dx = recycler.empty((n, c, h, w), dy.dtype)
-    if dx.size == 0:
-        return dx
-    if dy.size == 0:
-        dx.fill(0)
-        return dx
-    offsets = _window_offsets(kh, kw, w)
-    scalar = dy.dtype.type
-    _avgpool_backward_kernel(dy.reshape(-1), offsets, oh, ow, sh, sw, w, scalar(0),
-                             scalar(kh * kw), dx.reshape(-1))
+    g = geometry(x_shape, kernel, stride)
+    dx, work = _gradient_of_input(x_shape, dy.dtype, dy)
+    if work:
+        scalar = dy.dtype.type
+        _avgpool_backward_kernel(dy.reshape(-1), _window_offsets(g.kh, g.kw, g.w), g.oh, g.ow,
+                                 g.sh, g.sw, g.w, scalar(0), scalar(g.kh * g.kw), dx.reshape(-1))
     return dx
 
 

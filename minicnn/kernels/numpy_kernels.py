@@ -3,6 +3,9 @@
 No Python loop runs over samples or pixels: windows are strided *views* of the input
 (``sliding_window_view``), and the adjoint operations (col2im, pooling backward) loop only over
 the KH*KW positions inside a window, each iteration adding a whole strided slab at once.
+
+The element-wise kernels (the layout changes, ReLU, BatchNorm's maps, the matrix multiply) are
+written against the array module of their inputs, so the cupy backend uses them as they are.
 """
 
 from __future__ import annotations
@@ -10,7 +13,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import conv_output_size
+from . import array_module, geometry
+
+__all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
+           "batchnorm_forward", "channel_mean_var", "cnhw_to_nchw", "col2im", "im2col",
+           "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw", "relu_backward",
+           "relu_forward"]
 
 
 def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
@@ -22,12 +30,9 @@ def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
 
 def windows(x: np.ndarray, kernel, stride) -> np.ndarray:
     """A read-only view of shape (N, C, OH, OW, KH, KW): every window of x, no copy."""
-    kh, kw = kernel
-    sh, sw = stride
-    oh = conv_output_size(x.shape[2], kh, sh, 0)
-    ow = conv_output_size(x.shape[3], kw, sw, 0)
-    view = sliding_window_view(x, (kh, kw), axis=(2, 3))
-    return view[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+    g = geometry(x.shape, kernel, stride)
+    view = sliding_window_view(x, (g.kh, g.kw), axis=(2, 3))
+    return view[:, :, : (g.oh - 1) * g.sh + 1 : g.sh, : (g.ow - 1) * g.sw + 1 : g.sw]
 
 
 def _window_slab(kh_index: int, kw_index: int, out_hw, stride):
@@ -52,11 +57,7 @@ def im2col(x, kernel, stride, padding):
 
 
 def col2im(cols, x_shape, kernel, stride, padding):
-    n, c, h, w = x_shape
-    kh, kw = kernel
-    ph, pw = padding
-    oh = conv_output_size(h, kh, stride[0], ph)
-    ow = conv_output_size(w, kw, stride[1], pw)
+    n, c, h, w, kh, kw, _, _, ph, pw, oh, ow = geometry(x_shape, kernel, stride, padding)
     columns = cols.reshape(c, kh, kw, n, oh, ow)
     # Accumulate channel-major, (C, N, H, W), the layout of cols: the adds then read cols in
     # order; one transposed view at the end gives (N, C, H, W).
@@ -132,13 +133,14 @@ def matmul(a, b):
 
 def cnhw_to_nchw(out, bias, n, oh, ow):
     """(F, N*OH*OW) -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None."""
+    xp = array_module(out)
     f = out.shape[0]
-    y = np.empty((n, f, oh, ow), dtype=out.dtype)
+    y = xp.empty((n, f, oh, ow), dtype=out.dtype)
     by_sample = out.reshape(f, n, oh * ow).transpose(1, 0, 2)
     if bias is None:
         y.reshape(n, f, oh * ow)[...] = by_sample
     else:
-        np.add(by_sample, bias[:, None], out=y.reshape(n, f, oh * ow))
+        xp.add(by_sample, bias[:, None], out=y.reshape(n, f, oh * ow))
     return y
 
 
@@ -149,7 +151,7 @@ def nchw_to_cnhw(dy):
 
 
 def relu_forward(x):
-    return np.maximum(x, x.dtype.type(0))
+    return array_module(x).maximum(x, x.dtype.type(0))
 
 
 def relu_backward(dy, y):

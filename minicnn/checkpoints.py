@@ -18,13 +18,12 @@ mismatched checkpoint raises ModelFileError and leaves the run as it was.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from . import backend, io
 from .io import ModelFileError
 from .layers.build import build_from_file
-from .validation import check_learning_rate
+from .validation import check_learning_rate, is_int, is_number
 
 CHECKPOINT_VERSION = 1
 
@@ -109,7 +108,7 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
     """
 
     def is_count(value):
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return is_int(value) and value >= 0
 
     if state.get("version") != CHECKPOINT_VERSION:
         raise ModelFileError(f"training state version {state.get('version')!r} is not "
@@ -142,8 +141,7 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
         type(generators[name].bit_generator)().state = rng_state
     sums = state["epoch_sums"]
     if not (isinstance(sums, list) and len(sums) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in sums)):
+            is_number(v) for v in sums)):
         raise ModelFileError("epoch_sums must be a list of 4 finite numbers")
     epochs = state["history"]["epochs"]
     if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):

@@ -32,7 +32,6 @@ keep loading (``SUPPORTED_VERSIONS``).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import numpy as np
 
 from . import backend
 from .atomic import atomic_write_bytes
+from .validation import is_number
 
 FORMAT_NAME = "minicnn"
 FORMAT_VERSION = 1
@@ -207,10 +207,6 @@ def check_architecture(architecture, where: str) -> None:
     check_input_shape(architecture.get("input_shape"), where)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_user_metadata(user: dict, where: str) -> None:
     """The keys minicnn itself uses (the CLI, reports) must have the right types."""
     names = user.get("class_names")
@@ -223,7 +219,7 @@ def _check_user_metadata(user: dict, where: str) -> None:
         mean = norm.get("mean") if isinstance(norm, dict) else None
         std = norm.get("std") if isinstance(norm, dict) else None
         if not (isinstance(mean, list) and isinstance(std, list) and mean
-                and len(mean) == len(std) and all(map(_is_number, mean + std))
+                and len(mean) == len(std) and all(map(is_number, mean + std))
                 and all(v > 0 for v in std)):
             raise ModelFileError(f"{where}: metadata normalization must be {{'mean': [...], "
                                  "'std': [...]}} with one finite value per channel and std > 0")

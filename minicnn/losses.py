@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from . import backend
-from .validation import check_float_array, check_labels
+from .validation import check_float_array, check_labels, is_number
 
 
 class SoftmaxCrossEntropy:
@@ -22,8 +22,7 @@ class SoftmaxCrossEntropy:
     """
 
     def __init__(self, label_smoothing: float = 0.0):
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-                or not 0 <= label_smoothing < 1:
+        if not is_number(label_smoothing) or not 0 <= label_smoothing < 1:
             raise ValueError(
                 f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1), got {label_smoothing!r}"
             )

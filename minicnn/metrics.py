@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from .validation import is_int
+
 __all__ = [
     "accuracy", "classification_report", "confident_mistakes", "confusion_matrix", "most_confused",
     "per_class_metrics", "summarize", "top_k_accuracy",
@@ -101,7 +103,7 @@ def top_k_accuracy(y_true, probs, k: int = 5) -> float:
 
     y_true = _labels(y_true, "y_true", "top_k_accuracy")
     probs = _check_probs(probs, len(y_true), "top_k_accuracy")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"top_k_accuracy: k must be an int >= 1, got {k!r}")
     _check_pair(y_true, y_true, probs.shape[1], "top_k_accuracy")
     num_classes = probs.shape[1]

@@ -21,6 +21,7 @@ from .layers import (
     Sequential,
     Tanh,
 )
+from .validation import is_int, is_number
 
 
 def _check_shape(input_shape, name, min_size):
@@ -162,11 +163,11 @@ def tunable_cnn(input_shape=(1, 28, 28), num_classes: int = 10, seed: int | None
     if activation not in ACTIVATIONS:
         raise ValueError(f"tunable_cnn: activation must be one of {ACTIVATIONS}, got {activation!r}")
     for name, value in (("width", width), ("blocks", blocks), ("kernel_size", kernel_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"tunable_cnn: {name} must be a positive int, got {value!r}")
     if kernel_size % 2 == 0:
         raise ValueError(f"tunable_cnn: kernel_size must be odd (for 'same' padding), got {kernel_size}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_number(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"tunable_cnn: dropout must be in [0, 1), got {dropout!r}")
     make = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh}[activation]
     init = "glorot" if activation == "tanh" else "he"

@@ -10,17 +10,8 @@ import math
 
 from . import backend
 from .layers.base import Parameter
-from .validation import check_learning_rate
-
-
-def _check_number(value, what, where, low=None, high=None, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where}: {what} must be a finite number, got {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{where}: {what} must be >= {low}, got {value}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{where}: {what} must be {'<' if high_open else '<='} {high}, got {value}")
-    return float(value)
+from .validation import check_learning_rate, check_positive_int
+from .validation import check_number as _check_number
 
 
 class Optimizer:
@@ -174,9 +165,7 @@ class StepLR(LRScheduler):
     """``lr = base_lr * gamma ** (step // step_size)``."""
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be an int >= 1, got {step_size!r}")
-        self.step_size = step_size
+        self.step_size = check_positive_int(step_size, "step_size", "StepLR")
         self.gamma = _check_number(gamma, "gamma", "StepLR", low=0)
         super().__init__(optimizer)
 
@@ -189,9 +178,7 @@ class CosineAnnealingLR(LRScheduler):
     eta_min after T_max steps."""
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803 (PyTorch name)
-        if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
-            raise ValueError(f"CosineAnnealingLR: T_max must be an int >= 1, got {T_max!r}")
-        self.T_max = T_max
+        self.T_max = check_positive_int(T_max, "T_max", "CosineAnnealingLR")
         self.eta_min = _check_number(eta_min, "eta_min", "CosineAnnealingLR", low=0)
         super().__init__(optimizer)
 
@@ -207,9 +194,7 @@ class LinearWarmup(LRScheduler):
 
     def __init__(self, optimizer, warmup_steps: int, start_factor: float = 0.1,
                  after: LRScheduler | None = None):
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-            raise ValueError(f"LinearWarmup: warmup_steps must be an int >= 1, got {warmup_steps!r}")
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = check_positive_int(warmup_steps, "warmup_steps", "LinearWarmup")
         self.start_factor = _check_number(start_factor, "start_factor", "LinearWarmup",
                                           low=0, high=1)
         self.after = after
@@ -232,10 +217,8 @@ class OneCycleLR(LRScheduler):
 
     def __init__(self, optimizer, max_lr: float, total_steps: int, pct_start: float = 0.3,
                  div_factor: float = 25.0, final_div_factor: float = 1e4):
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 2:
-            raise ValueError(f"OneCycleLR: total_steps must be an int >= 2, got {total_steps!r}")
+        self.total_steps = check_positive_int(total_steps, "total_steps", "OneCycleLR", minimum=2)
         self.max_lr = check_learning_rate(max_lr, "OneCycleLR")
-        self.total_steps = total_steps
         self.pct_start = _check_number(pct_start, "pct_start", "OneCycleLR", low=0, high=1)
         for what, value in (("div_factor", div_factor), ("final_div_factor", final_div_factor)):
             # they divide the peak rate: 0 or less would give an infinite or negative rate

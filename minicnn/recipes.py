@@ -22,7 +22,7 @@ from . import backend, models, optim
 from .atomic import atomic_write_bytes
 from .losses import SoftmaxCrossEntropy
 from .training import LRSchedule, evaluate, fit
-from .validation import check_learning_rate, check_positive_int
+from .validation import check_learning_rate, check_positive_int, is_number
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 DIGIT_DATASETS = ("mnist", "fashion-mnist", "digits")  # not mirror-symmetric: no flips
@@ -79,8 +79,7 @@ class Recipe:
         for key, high in (("weight_decay", math.inf), ("label_smoothing", 1.0),
                           ("augment", math.inf)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not 0 <= value < high:
+            if not is_number(value) or not 0 <= value < high:
                 raise ValueError(f"{where}: {key} must be a number in [0, {high}), got {value!r}")
         return self
 

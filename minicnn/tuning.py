@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes
+from .validation import check_positive_int, is_number
 
 #: what each hyperparameter is, for parsing command-line values and checking JSON files
 PARAMETERS = {
@@ -100,7 +101,7 @@ def _check_value(name, value):
         if value not in allowed:
             raise ValueError(f"tune: {name} must be one of {', '.join(allowed)}, got {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value):
         raise ValueError(f"tune: {name} must be a finite number, got {value!r}")
     if kind is int:
         if int(value) != value:
@@ -360,10 +361,8 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
 
     if backend_name:
         backend.set_backend(backend_name)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"tune: trials must be a positive int, got {trials!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"tune: epochs must be a positive int, got {epochs!r}")
+    check_positive_int(trials, "trials", "tune")
+    check_positive_int(epochs, "epochs", "tune")
     search_space = parse_space(space)
     out = Path(out) if out is not None else Path("runs") / f"tune-{dataset}"
     out.mkdir(parents=True, exist_ok=True)

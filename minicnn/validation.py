@@ -78,9 +78,32 @@ def check_learning_rate(lr, where: str) -> float:
     return float(lr)
 
 
-def check_positive_int(value, what: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+def is_int(value) -> bool:
+    """An integer (Python or NumPy), and not a bool (which Python counts as one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite real number (Python or NumPy), and not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) \
+        and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_positive_int(value, what: str, where: str, minimum: int = 1) -> int:
+    if not is_int(value):
         raise TypeError(f"{where}: {what} must be a positive int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{where}: {what} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{where}: {what} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_number(value, what: str, where: str, low=None, high=None, high_open: bool = False,
+                 error=ValueError) -> float:
+    """A finite real number (not a bool) in [low, high] (or [low, high) with ``high_open``)."""
+    if not is_number(value):
+        raise error(f"{where}: {what} must be a finite number, got {value!r}")
+    if low is not None and value < low:
+        raise error(f"{where}: {what} must be >= {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise error(f"{where}: {what} must be {'<' if high_open else '<='} {high}, got {value}")
+    return float(value)

@@ -277,8 +277,14 @@ def test_one_cycle_divisors_must_be_positive():
 
 def test_schedules_validate_their_arguments():
     opt = mc.optim.SGD(_toy()[0].parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="StepLR: step_size must be an int >= 1"):
+    with pytest.raises(ValueError, match=r"StepLR: step_size must be >= 1, got 0"):
         mc.optim.StepLR(opt, step_size=0)
+    with pytest.raises(TypeError, match=r"StepLR: step_size must be a positive int, got 1.5"):
+        mc.optim.StepLR(opt, step_size=1.5)
+    with pytest.raises(ValueError, match=r"StepLR: gamma must be >= 0, got -0.5"):
+        mc.optim.StepLR(opt, step_size=2, gamma=-0.5)
+    with pytest.raises(TypeError, match=r"CosineAnnealingLR: T_max must be a positive int, got True"):
+        mc.optim.CosineAnnealingLR(opt, T_max=True)
     with pytest.raises(TypeError, match="CosineAnnealingLR: expected an Optimizer"):
         mc.optim.CosineAnnealingLR("sgd", T_max=3)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import is_int
 from . import cache as _cache
 from . import safe_pickle
 from .idx import DatasetFileError
@@ -196,8 +197,7 @@ def _decode_batch(data: bytes, where: str, n_classes: int) -> tuple[np.ndarray, 
     if isinstance(labels, np.ndarray):
         ok = labels.ndim == 1 and labels.dtype.kind in "iu"
     else:
-        ok = isinstance(labels, list) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                              for v in labels)
+        ok = isinstance(labels, list) and all(is_int(v) for v in labels)
     if not ok:
         raise DatasetFileError(f"{where}: 'labels' must be a list of integers")
     labels = np.asarray(labels, dtype=np.int64)

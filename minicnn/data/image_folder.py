@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import is_int
 from . import cache as _cache
 from .idx import DatasetFileError
 from .sources import cache_key
@@ -151,7 +152,7 @@ def load_image_folder(
 
 
 def _check_size(size) -> tuple[int, int]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+    if is_int(size):
         size = (int(size), int(size))
     try:
         height, width = (int(s) for s in size)

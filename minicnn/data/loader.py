@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 
+from ..validation import is_int
+
 
 class DataLoader:
     """Iterate over ``(x_batch, y_batch)`` mini-batches of arrays ``x`` (N, ...) and ``y`` (N,).
@@ -44,13 +46,13 @@ class DataLoader:
             raise TypeError(f"DataLoader: x must be a numeric array (float images), got dtype {x.dtype}")
         if y.dtype.kind not in "iu":
             raise TypeError(f"DataLoader: y must hold integer class labels, got dtype {y.dtype}")
-        if not _is_int(batch_size) or batch_size <= 0:
+        if not is_int(batch_size) or batch_size <= 0:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"DataLoader: seed must be a non-negative int, got {seed!r}")
         if transform is not None and not callable(transform):
             raise TypeError(f"DataLoader: transform must be callable as t(x, rng), got {transform!r}")
-        if not _is_int(prefetch) or prefetch < 0:
+        if not is_int(prefetch) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be a non-negative int, got {prefetch!r}")
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
@@ -77,9 +79,9 @@ class DataLoader:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Make the next iteration run epoch ``epoch``, starting at batch ``start_batch``."""
-        if not _is_int(epoch) or epoch < 0:
+        if not is_int(epoch) or epoch < 0:
             raise ValueError(f"DataLoader.set_epoch: epoch must be a non-negative int, got {epoch!r}")
-        if not _is_int(start_batch) or not 0 <= start_batch <= len(self):
+        if not is_int(start_batch) or not 0 <= start_batch <= len(self):
             raise ValueError(
                 f"DataLoader.set_epoch: start_batch must be in 0..{len(self)}, got {start_batch!r}"
             )
@@ -191,5 +193,3 @@ class DataLoader:
             self._position = None
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from .. import backend
+from ..validation import check_number
 from .base import Layer
 
 
@@ -27,11 +26,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
-                or not math.isfinite(negative_slope):
-            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got "
-                             f"{negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check_number(negative_slope, "negative_slope", "LeakyReLU")
 
     def config(self):
         return {"negative_slope": self.negative_slope}

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..validation import check_float_array
+from ..validation import check_float_array, is_int
 
 
 class Parameter:
@@ -79,12 +79,12 @@ class Buffer:
 
 def pair(value, what: str, layer: str, minimum: int) -> tuple[int, int]:
     """Turn an int or a pair of ints into a validated (height, width) pair."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if is_int(value):
         value = (int(value), int(value))
     if (
         not isinstance(value, (tuple, list))
         or len(value) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+        or not all(is_int(v) for v in value)
     ):
         raise TypeError(f"{layer}: {what} must be an int or a pair of ints, got {value!r}")
     if min(value) < minimum:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ..validation import check_positive_int, check_rank
+from ..validation import check_number, check_positive_int, check_rank
 from .base import Buffer, Layer, Parameter
 
 
@@ -35,16 +35,10 @@ class BatchNorm2D(Layer):
                  dtype=np.float32):
         super().__init__()
         self.num_features = check_positive_int(num_features, "num_features", "BatchNorm2D")
-        for what, value in (("momentum", momentum), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value):
-                raise ValueError(f"BatchNorm2D: {what} must be a finite number, got {value!r}")
-        if not 0 <= momentum <= 1:
-            raise ValueError(f"BatchNorm2D: momentum must be in [0, 1], got {momentum}")
+        self.momentum = check_number(momentum, "momentum", "BatchNorm2D", low=0, high=1)
+        self.eps = check_number(eps, "eps", "BatchNorm2D")
         if eps <= 0:
             raise ValueError(f"BatchNorm2D: eps must be > 0, got {eps}")
-        self.momentum = float(momentum)
-        self.eps = float(eps)
         xp = backend.xp(self.backend)
         self.gamma = Parameter(xp.ones(num_features, dtype=dtype), "gamma")
         self.beta = Parameter(xp.zeros(num_features, dtype=dtype), "beta")

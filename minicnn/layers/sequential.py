@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ..validation import check_float_array, check_positive_int
+from ..validation import check_float_array, check_positive_int, is_int
 from .base import Layer
 
 
@@ -200,7 +200,7 @@ class Sequential(Layer):
                 if candidate is layer:
                     return i
             raise ValueError(f"Sequential: {layer.describe()} is not one of this model's layers")
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+        if not is_int(layer):
             raise TypeError(f"Sequential: a layer index must be an int or a Layer, got {layer!r}")
         if not -count <= layer < count:
             raise ValueError(f"Sequential: layer index {layer} is out of range; this model has "

@@ -256,27 +256,34 @@ def grad_cam(model, x, classes=None, layer=None, batch_size: int = 64) -> CAMRes
         raise ValueError(f"grad_cam: layer {index} is the model's last layer; choose a "
                          "convolutional layer before the classifier")
     xp = backend.xp(model.backend)
-    parts = {"weights": [], "maps": [], "activations": [], "classes": []}
+
+    def mean_gradients(acts, logits, chosen):
+        # sum over the batch of each image's class score: image n's score depends on image n
+        # only (inference mode), so one backward pass gives every image's own gradient
+        grads = model.backward_to(_one_hot(chosen, logits.shape[1], logits.dtype, xp), index)
+        return grads.mean(axis=(2, 3))
+
     with _gradients_preserved(model):
-        for s in _batches(len(x), batch_size):
-            acts = model.forward_to(xp.asarray(x[s]), index, training=False)
-            logits = model.forward_from(acts, index, training=False)
-            chosen = _chosen(logits, None if classes is None else classes[s])
-            # sum over the batch of each image's class score: image n's score depends on image
-            # n only (inference mode), so one backward pass gives every image's own gradient
-            grads = model.backward_to(_one_hot(chosen, logits.shape[1], logits.dtype, xp), index)
-            weights = grads.mean(axis=(2, 3))
-            maps = xp.maximum(xp.einsum("nf,nfhw->nhw", weights, acts), 0)
-            parts["weights"].append(backend.to_numpy(weights))
-            parts["maps"].append(backend.to_numpy(maps))
-            parts["activations"].append(backend.to_numpy(acts))
-            parts["classes"].append(chosen)
-    return _result(parts, x.shape[2:], index)
+        return _class_maps(model, x, classes, index, batch_size, mean_gradients)
 
 
-def _result(parts, size, index) -> CAMResult:
+def _class_maps(model, x, classes, index, batch_size, channel_weights) -> CAMResult:
+    """ReLU(sum_f w_f A_f) for each image, a batch at a time: A the maps layer ``index``
+    outputs, w = ``channel_weights(A, logits, chosen classes)`` of shape (n, F)."""
+    xp = backend.xp(model.backend)
+    parts = {"weights": [], "maps": [], "activations": [], "classes": []}
+    for s in _batches(len(x), batch_size):
+        acts = model.forward_to(xp.asarray(x[s]), index, training=False)
+        logits = model.forward_from(acts, index, training=False)
+        chosen = _chosen(logits, None if classes is None else classes[s])
+        weights = channel_weights(acts, logits, chosen)
+        maps = xp.maximum(xp.einsum("nf,nfhw->nhw", weights, acts), 0)
+        parts["weights"].append(backend.to_numpy(weights))
+        parts["maps"].append(backend.to_numpy(maps))
+        parts["activations"].append(backend.to_numpy(acts))
+        parts["classes"].append(chosen)
     maps = np.concatenate(parts["maps"], axis=0)
-    heatmaps = _normalize_maps(bilinear_resize(maps, size))
+    heatmaps = _normalize_maps(bilinear_resize(maps, x.shape[2:]))
     return CAMResult(heatmaps=heatmaps, maps=maps,
                      weights=np.concatenate(parts["weights"], axis=0),
                      activations=np.concatenate(parts["activations"], axis=0),
@@ -312,18 +319,11 @@ def cam(model, x, classes=None, batch_size: int = 64) -> CAMResult:
     index, dense = _cam_layers(model)
     classes = _check_classes(model, x, classes, "cam")
     xp = backend.xp(model.backend)
-    parts = {"weights": [], "maps": [], "activations": [], "classes": []}
-    for s in _batches(len(x), batch_size):
-        acts = model.forward_to(xp.asarray(x[s]), index, training=False)
-        logits = model.forward_from(acts, index, training=False)
-        chosen = _chosen(logits, None if classes is None else classes[s])
-        weights = dense.weight.data[:, xp.asarray(chosen)].T  # (n, F)
-        maps = xp.maximum(xp.einsum("nf,nfhw->nhw", weights, acts), 0)
-        parts["weights"].append(backend.to_numpy(weights))
-        parts["maps"].append(backend.to_numpy(maps))
-        parts["activations"].append(backend.to_numpy(acts))
-        parts["classes"].append(chosen)
-    return _result(parts, x.shape[2:], index)
+
+    def dense_weights(acts, logits, chosen):
+        return dense.weight.data[:, xp.asarray(chosen)].T  # (n, F)
+
+    return _class_maps(model, x, classes, index, batch_size, dense_weights)
 
 
 def class_score_gradient(model, x, classes=None, batch_size: int = 64) -> np.ndarray:

@@ -52,10 +52,10 @@ template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, long long total,
                        int N, int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
                        int OH, int OW) {
+    // cols is (C*KH*KW, N*OH*OW): row = (c, i, j) in the window, column = one output pixel
+    const long long P = (long long)N * OH * OW;  // the length of a row of cols
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
-    // cols is (C*KH*KW, N*OH*OW): row = (c, i, j) in the window, column = one output pixel
-    const long long P = (long long)N * OH * OW;
     int row = (int)(idx / P);
     long long col = idx % P;
     int ow = (int)(col % OW);
@@ -73,9 +73,9 @@ template <typename T>
 __global__ void col2im(const T* __restrict__ cols, T* __restrict__ dx, long long total,
                        int N, int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
                        int OH, int OW) {
+    // one thread per input pixel (n, c, h, w): gather every column entry copied from it
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
-    // one thread per input pixel (n, c, h, w): gather every column entry copied from it
     int h, w;
     long long plane = pixel_of(idx, H, W, &h, &w);  // n * C + c
     int c = (int)(plane % C);

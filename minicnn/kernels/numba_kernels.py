@@ -205,6 +205,13 @@ def _corner(window, oh_count, ow_count, plane_size, sh, sw, x_width):
     return plane * plane_size + oh * sh * x_width + ow * sw
 
 
+@njit(inline="always")
+def _fill(flat, start, count, value):
+    """flat[start : start + count] = value, as a loop inside a kernel's own parallel task."""
+    for p in range(start, start + count):
+        flat[_u(p)] = value
+
+
 # Pooling forward: one task per window (numba gives each core a contiguous block of them).
 @_jit
 def _maxpool_forward_kernel(x_flat, offsets, oh_count, ow_count, sh, sw, x_width, y_flat,
@@ -243,8 +250,7 @@ def _maxpool_backward_kernel(dy_flat, argmax_flat, offsets, oh_count, ow_count, 
     plane_size = dx_flat.shape[0] // planes
     for plane in prange(planes):
         start = plane * plane_size
-        for p in range(start, start + plane_size):
-            dx_flat[_u(p)] = zero
+        _fill(dx_flat, start, plane_size, zero)
         # Windows in reverse order: a pixel that wins several overlapping windows then receives
         # their gradients in increasing (i, j) order, the order the reference adds them in.
         for oh in range(oh_count - 1, -1, -1):
@@ -289,8 +295,7 @@ def _maxpool2x2_backward_kernel(dy_flat, argmax_flat, planes, h, w, oh_count, ow
     for plane in prange(planes):
         start = plane * h * w
         if 2 * oh_count != h or 2 * ow_count != w:  # an odd last row or column no window covers
-            for p in range(h * w):
-                dx_flat[_u(start + p)] = zero
+            _fill(dx_flat, start, h * w, zero)
         for oh in range(oh_count):
             top = start + 2 * oh * w
             for ow in range(ow_count):
@@ -332,8 +337,7 @@ def _avgpool_backward_kernel(dy_flat, offsets, oh_count, ow_count, sh, sw, x_wid
     plane_size = dx_flat.shape[0] // planes
     for plane in prange(planes):
         start = plane * plane_size
-        for p in range(start, start + plane_size):
-            dx_flat[_u(p)] = zero
+        _fill(dx_flat, start, plane_size, zero)
         for oh in range(oh_count - 1, -1, -1):  # reverse order, as in max-pool backward
             for ow in range(ow_count - 1, -1, -1):
                 # Divide before spreading, like the reference: every share rounds identically.

@@ -22,6 +22,7 @@ import base64
 import html
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,202 @@ def _html(title: str, summary: dict, sections: list[tuple[str, str]], model_text
 
 # -- the report ---------------------------------------------------------------------------------
 
+@dataclass
+class _Evaluation:
+    """What every section of the report draws from: the model, the test set, its predictions,
+    and the list of files written so far."""
+
+    model: object
+    x: np.ndarray
+    y: np.ndarray
+    probs: np.ndarray
+    names: list[str]
+    out: Path
+    where: str
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    def written(self, path) -> Path:
+        self.files.append(Path(path))
+        return Path(path)
+
+    def display(self, indices) -> np.ndarray:
+        return _display_images(self.model, self.x[indices])
+
+    def labels_for(self, indices) -> list[str]:
+        """Titles: the true class (and the probability) where right, true -> predicted where wrong."""
+        y, y_pred, names = self.y, self.y_pred, self.names
+        return [f"{names[y[i]]} \N{RIGHTWARDS ARROW} {names[y_pred[i]]} "
+                f"({self.probs[i, y_pred[i]]:.0%})" if y[i] != y_pred[i] else
+                f"{names[y[i]]} ({self.probs[i, y_pred[i]]:.0%})" for i in indices]
+
+    def heatmaps(self, indices, maps, file_name, title, **style) -> Path:
+        return self.written(plots.plot_heatmaps(self.display(indices), maps, self.out / file_name,
+                                                titles=self.labels_for(indices), title=title,
+                                                **style))
+
+
+def _class_names(class_names, model, num_classes: int) -> list[str]:
+    if class_names is None:
+        class_names = (model.metadata or {}).get("class_names")
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    return [str(c) for c in class_names]
+
+
+def _write_metrics(ev: _Evaluation, summary: dict, model_path) -> None:
+    atomic_write_bytes(ev.written(ev.out / "metrics.json"), json.dumps(summary, indent=2).encode())
+    report_text = (f"{ev.where}: {len(ev.y):,} images"
+                   + (f", model {model_path}" if model_path else "") + "\n\n"
+                   + metrics.classification_report(ev.y, ev.y_pred, ev.names) + "\n")
+    atomic_write_bytes(ev.written(ev.out / "classification_report.txt"), report_text.encode())
+
+
+def _results_sections(ev: _Evaluation, summary: dict, mistakes) -> list[tuple[str, str]]:
+    """Per-class results, the confusion matrix and the most confident mistakes."""
+    cm_png = ev.written(plots.plot_confusion_matrix(
+        np.asarray(summary["confusion_matrix"]), ev.names, ev.out / "confusion_matrix.png",
+        title=f"Confusion matrix ({ev.where})"))
+    pcm = metrics.per_class_metrics(ev.y, ev.y_pred, ev.names)
+    bars_png = ev.written(plots.plot_per_class_metrics(
+        pcm["precision"], pcm["recall"], pcm["f1"], ev.names, ev.out / "per_class_metrics.png",
+        support=pcm["support"]))
+    mistakes_png = ev.written(plots.plot_mistakes(
+        ev.display(mistakes), ev.y[mistakes], ev.probs[mistakes], ev.names,
+        ev.out / "mistakes.png",
+        title=f"Most confident mistakes ({len(mistakes)} shown of "
+              f"{summary['confidence']['num_wrong']:,} errors in {len(ev.y):,} images)"))
+    return [
+        ("Per-class results", _per_class_table(summary) + _figure_html(
+            bars_png, "<b>Precision</b>: of the images predicted as the class, the share that "
+            "belong to it. <b>Recall</b>: of the images of the class, the share found. "
+            "<b>F1</b>: their harmonic mean. Macro averages weigh each class equally; weighted "
+            "averages weigh them by support (their number of test images). The three weakest "
+            "classes are shaded.")),
+        ("Confusion matrix", _figure_html(
+            cm_png, "Rows are the true classes, columns the predictions; each cell shows a "
+            "count. The colour is the share of the row, so the diagonal is each class's recall "
+            "and a dark cell off the diagonal is a frequent confusion.")),
+        ("The most confident mistakes", _figure_html(
+            mistakes_png, "The misclassified images to which the model gave the highest "
+            "probability, with the true class, the prediction and that probability. Confident "
+            "mistakes are often mislabelled or genuinely ambiguous images; a recurring pattern "
+            "points at a blind spot of the model.")),
+    ]
+
+
+def _has_conv(model) -> bool:
+    try:
+        interpret.default_cam_layer(model)
+        return True
+    except ValueError:  # no convolution: no feature maps, filters or Grad-CAM, only saliency
+        return False
+
+
+def _class_activation_figures(ev: _Evaluation, examples, wrong) -> list[str]:
+    """Grad-CAM on one image per class and on the worst mistakes; CAM where the network allows."""
+    layer = interpret.default_cam_layer(ev.model)
+    described = f"layer {layer}, {ev.model.layers[layer].describe()}"
+    png = ev.heatmaps(examples, interpret.grad_cam(ev.model, ev.x[examples]).heatmaps,
+                      "gradcam.png", f"Grad-CAM of the predicted class ({described})")
+    figures = [_figure_html(
+        png, "<b>Grad-CAM</b> on one test image per class (correctly classified where there "
+        "is one): red marks the regions whose features raised the score of the predicted class "
+        f"the most (the gradient-weighted feature maps of {_esc(described)}, upsampled to the "
+        "image).")]
+    if len(wrong):
+        png = ev.heatmaps(wrong, interpret.grad_cam(ev.model, ev.x[wrong]).heatmaps,
+                          "gradcam_mistakes.png", "Grad-CAM of the wrong prediction")
+        figures.append(_figure_html(png, "Grad-CAM of the (wrong) predicted class on the most "
+                                    "confident mistakes (true &rarr; predicted): the part of "
+                                    "the image that misled the model."))
+    try:
+        cam_result = interpret.cam(ev.model, ev.x[examples])
+    except ValueError:
+        return figures  # CAM needs GlobalAvgPool2D -> Dense; Grad-CAM covers the rest
+    png = ev.heatmaps(examples, cam_result.heatmaps, "cam.png", "CAM of the predicted class")
+    figures.append(_figure_html(png, "<b>CAM</b>: the last feature maps weighted by the "
+                                "classifier's weights of the predicted class (exact for a "
+                                "network ending in global average pooling and one dense "
+                                "layer)."))
+    return figures
+
+
+def _where_the_model_looks(ev: _Evaluation, examples, wrong) -> list[tuple[str, str]]:
+    if not len(examples):
+        return []
+    look = _class_activation_figures(ev, examples, wrong) if _has_conv(ev.model) else []
+    png = ev.heatmaps(examples, interpret.saliency(ev.model, ev.x[examples]), "saliency.png",
+                      "Saliency: |d class score / d pixel|", cmap="hot", alpha=0.8)
+    look.append(_figure_html(png, "<b>Saliency</b>: the pixels whose change would move the "
+                             "class score most (the gradient of the score with respect to the "
+                             "input, largest over the colour channels). Sharper but noisier "
+                             "than Grad-CAM."))
+    intro = ("<p>Heatmaps over test images, for the class the model predicted. Heat on the "
+             "object itself means the model uses the right evidence; heat on empty background "
+             "means it relies on what is <i>not</i> there (which can be legitimate: a 1 is a 1 "
+             "partly because its sides are empty) or on artefacts.</p>")
+    return [("Where the model looks", intro + "".join(look))]
+
+
+def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, str]]:
+    """The first convolution's filters and the first block's feature maps for one image."""
+    model = ev.model
+    if not _has_conv(model):
+        return []
+    inside = []
+    first = next((i for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)), None)
+    if first is not None:
+        conv = model.layers[first]
+        png = ev.written(plots.plot_filters(
+            np.asarray(conv.weight), ev.out / "filters.png",
+            title=f"Filters of the first convolution (layer {first}, {conv.describe()})"))
+        inside.append(_figure_html(png, "The first layer's filters: each is a small pattern "
+                                   "(edges, strokes, blobs) matched at every position of the "
+                                   "image."))
+    block = interpret.conv_block_output(model, 0)
+    index = int(examples[0]) if len(examples) else 0
+    maps = interpret.feature_maps(model, ev.x[index:index + 1], block)[0]
+    png = ev.written(plots.plot_feature_maps(
+        maps, ev.out / "feature_maps.png", image=ev.display([index])[0],
+        title=f"Feature maps of layer {block} ({model.layers[block].describe()}) for one "
+              f"test image"))
+    inside.append(_figure_html(png, "The output of the first convolutional block for one test "
+                               "image: each channel is the image filtered by one filter (after "
+                               "normalization and ReLU); bright where its pattern is found."))
+    return [("What the first layer computes", "".join(inside))]
+
+
+def _history_section(ev: _Evaluation, history) -> tuple[str, str]:
+    if history is None or not len(history):
+        return ("Training history", "<p class='muted'>No training history found (history.json "
+                "beside the model file).</p>")
+    png = ev.written(plots.plot_history(history, ev.out / "curves.png"))
+    return ("Training history", _history_table(history) + _figure_html(
+        png, "Loss and accuracy per epoch. A training accuracy well above the validation/test "
+        "accuracy (a training loss well below) means over-fitting; curves still improving at "
+        "the end mean the model would gain from more epochs. (Dropout, augmentation and label "
+        "smoothing act in training only, so there the training numbers can be the worse "
+        "ones.)"))
+
+
+def _model_text(model, input_shape) -> str:
+    """The model's summary and the recorded facts about its training data."""
+    try:
+        text = model.summary(input_shape=tuple(input_shape), print_fn=None)
+    except ValueError as err:
+        text = f"(summary unavailable: {err})"
+    metadata = model.metadata or {}
+    details = {k: metadata[k] for k in ("dataset", "input_shape", "normalization", "recipe")
+               if k in metadata}
+    if details:
+        text += "\n\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in details.items())
+    return text
+
+
 def write_report(model, x_test, y_test, class_names, out_dir, dataset=None, model_path=None,
                  history=None, verbose: int = 1) -> dict:
     """Evaluate ``model`` on (x_test, y_test) and write metrics, figures and report.html.
@@ -254,191 +451,36 @@ def write_report(model, x_test, y_test, class_names, out_dir, dataset=None, mode
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metadata = model.metadata or {}
-    y_test = np.asarray(y_test)
-    if class_names is None:
-        class_names = metadata.get("class_names")
-    num_classes = model.output_shape(x_test.shape[1:])[0]
-    names = [str(c) for c in class_names] if class_names is not None else \
-        [str(i) for i in range(num_classes)]
     log = print if verbose else (lambda *args, **kwargs: None)
+    num_classes = model.output_shape(x_test.shape[1:])[0]
+    names = _class_names(class_names, model, num_classes)
     where = f"{dataset} test set" if dataset else "test set"
 
     log(f"report: classifying {len(x_test):,} images ...")
-    probs = model.predict(x_test)
-    y_pred = probs.argmax(axis=1)
-    summary = metrics.summarize(y_test, probs, names)
+    y_test = np.asarray(y_test)
+    ev = _Evaluation(model, x_test, y_test, model.predict(x_test), names, out, where)
     summary = {"dataset": dataset, "model_file": str(model_path) if model_path else None,
-               **summary}
-    files: list[Path] = []
-
-    def written(path) -> Path:
-        files.append(Path(path))
-        return Path(path)
-
-    atomic_write_bytes(written(out / "metrics.json"), json.dumps(summary, indent=2).encode())
-    report_text = (f"{where}: {len(y_test):,} images"
-                   + (f", model {model_path}" if model_path else "") + "\n\n"
-                   + metrics.classification_report(y_test, y_pred, names) + "\n")
-    atomic_write_bytes(written(out / "classification_report.txt"), report_text.encode())
+               **metrics.summarize(y_test, ev.probs, names)}
+    _write_metrics(ev, summary, model_path)
 
     log("report: drawing figures ...")
-    sections: list[tuple[str, str]] = []
-    # -- metrics --
-    cm = np.asarray(summary["confusion_matrix"])
-    cm_png = written(plots.plot_confusion_matrix(cm, names, out / "confusion_matrix.png",
-                                                 title=f"Confusion matrix ({where})"))
-    pcm = metrics.per_class_metrics(y_test, y_pred, names)
-    bars_png = written(plots.plot_per_class_metrics(
-        pcm["precision"], pcm["recall"], pcm["f1"], names, out / "per_class_metrics.png",
-        support=pcm["support"]))
-    sections.append(("Per-class results", _per_class_table(summary) + _figure_html(
-        bars_png, "<b>Precision</b>: of the images predicted as the class, the share that "
-        "belong to it. <b>Recall</b>: of the images of the class, the share found. <b>F1</b>: "
-        "their harmonic mean. Macro averages weigh each class equally; weighted averages "
-        "weigh them by support (their number of test images). The three weakest classes are "
-        "shaded.")))
-    sections.append(("Confusion matrix", _figure_html(
-        cm_png, "Rows are the true classes, columns the predictions; each cell shows a count. "
-        "The colour is the share of the row, so the diagonal is each class's recall and a "
-        "dark cell off the diagonal is a frequent confusion.")))
-    display = lambda index: _display_images(model, x_test[index])  # noqa: E731
-    mistakes = metrics.confident_mistakes(y_test, probs, 16)
-    mistakes_png = written(plots.plot_mistakes(
-        display(mistakes), y_test[mistakes], probs[mistakes], names, out / "mistakes.png",
-        title=f"Most confident mistakes ({len(mistakes)} shown of "
-              f"{summary['confidence']['num_wrong']:,} errors in {len(y_test):,} images)"))
-    sections.append(("The most confident mistakes", _figure_html(
-        mistakes_png, "The misclassified images to which the model gave the highest "
-        "probability, with the true class, the prediction and that probability. Confident "
-        "mistakes are often mislabelled or genuinely ambiguous images; a recurring pattern "
-        "points at a blind spot of the model.")))
-
-    # -- where the model looks --
-    examples = _example_per_class(y_test, y_pred, num_classes)
-    wrong = mistakes[:8]
-
-    def labels_for(indices):
-        return [f"{names[y_test[i]]} \N{RIGHTWARDS ARROW} {names[y_pred[i]]} "
-                f"({probs[i, y_pred[i]]:.0%})" if y_test[i] != y_pred[i] else
-                f"{names[y_test[i]]} ({probs[i, y_pred[i]]:.0%})" for i in indices]
-
-    try:
-        interpret.default_cam_layer(model)
-        has_conv = True
-    except ValueError:  # no convolution: no feature maps, filters or Grad-CAM, only saliency
-        has_conv = False
-    look = []
-    if has_conv and len(examples):
-        layer = interpret.default_cam_layer(model)
-        described = f"layer {layer}, {model.layers[layer].describe()}"
-        gc = interpret.grad_cam(model, x_test[examples])
-        png = written(plots.plot_heatmaps(display(examples), gc.heatmaps, out / "gradcam.png",
-                                          titles=labels_for(examples),
-                                          title=f"Grad-CAM of the predicted class ({described})"))
-        look.append(_figure_html(
-            png, "<b>Grad-CAM</b> on one test image per class (correctly classified where "
-            "there is one): red marks the regions whose features raised the score of the "
-            "predicted class the most (the gradient-weighted feature maps of "
-            f"{_esc(described)}, upsampled to the image)."))
-        if len(wrong):
-            gcw = interpret.grad_cam(model, x_test[wrong])
-            png = written(plots.plot_heatmaps(display(wrong), gcw.heatmaps,
-                                              out / "gradcam_mistakes.png",
-                                              titles=labels_for(wrong),
-                                              title="Grad-CAM of the wrong prediction"))
-            look.append(_figure_html(png, "Grad-CAM of the (wrong) predicted class on the most "
-                                     "confident mistakes (true &rarr; predicted): the part of "
-                                     "the image that misled the model."))
-        try:
-            cam_result = interpret.cam(model, x_test[examples])
-        except ValueError:
-            cam_result = None  # CAM needs GlobalAvgPool2D -> Dense; Grad-CAM covers the rest
-        if cam_result is not None:
-            png = written(plots.plot_heatmaps(display(examples), cam_result.heatmaps,
-                                              out / "cam.png", titles=labels_for(examples),
-                                              title="CAM of the predicted class"))
-            look.append(_figure_html(png, "<b>CAM</b>: the last feature maps weighted by the "
-                                     "classifier's weights of the predicted class (exact for a "
-                                     "network ending in global average pooling and one dense "
-                                     "layer)."))
-    if len(examples):
-        sal = interpret.saliency(model, x_test[examples])
-        png = written(plots.plot_heatmaps(display(examples), sal, out / "saliency.png",
-                                          titles=labels_for(examples), cmap="hot", alpha=0.8,
-                                          title="Saliency: |d class score / d pixel|"))
-        look.append(_figure_html(png, "<b>Saliency</b>: the pixels whose change would move the "
-                                 "class score most (the gradient of the score with respect to "
-                                 "the input, largest over the colour channels). Sharper but "
-                                 "noisier than Grad-CAM."))
-    if look:
-        intro = ("<p>Heatmaps over test images, for the class the model predicted. Heat on the "
-                 "object itself means the model uses the right evidence; heat on empty "
-                 "background means it relies on what is <i>not</i> there (which can be "
-                 "legitimate: a 1 is a 1 partly because its sides are empty) or on "
-                 "artefacts.</p>")
-        sections.append(("Where the model looks", intro + "".join(look)))
-
-    # -- what the network computes --
-    inside = []
-    if has_conv:
-        first = next((i for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)),
-                     None)
-        if first is not None:
-            conv = model.layers[first]
-            png = written(plots.plot_filters(
-                np.asarray(conv.weight), out / "filters.png",
-                title=f"Filters of the first convolution (layer {first}, {conv.describe()})"))
-            inside.append(_figure_html(png, "The first layer's filters: each is a small pattern "
-                                       "(edges, strokes, blobs) matched at every position of "
-                                       "the image."))
-        block = interpret.conv_block_output(model, 0)
-        index = int(examples[0]) if len(examples) else 0
-        maps = interpret.feature_maps(model, x_test[index:index + 1], block)[0]
-        png = written(plots.plot_feature_maps(
-            maps, out / "feature_maps.png", image=display([index])[0],
-            title=f"Feature maps of layer {block} ({model.layers[block].describe()}) for one "
-                  f"test image"))
-        inside.append(_figure_html(png, "The output of the first convolutional block for one "
-                                   "test image: each channel is the image filtered by one "
-                                   "filter (after normalization and ReLU); bright where its "
-                                   "pattern is found."))
-    if inside:
-        sections.append(("What the first layer computes", "".join(inside)))
-
-    # -- training --
-    history = _load_history(history, model_path)
-    if history is not None and len(history):
-        png = written(plots.plot_history(history, out / "curves.png"))
-        sections.append(("Training history", _history_table(history) + _figure_html(
-            png, "Loss and accuracy per epoch. A training accuracy well above the "
-            "validation/test accuracy (a training loss well below) means over-fitting; curves "
-            "still improving at the end mean the model would gain from more epochs. (Dropout, "
-            "augmentation and label smoothing act in training only, so there the training "
-            "numbers can be the worse ones.)")))
-    else:
-        sections.append(("Training history", "<p class='muted'>No training history found "
-                         "(history.json beside the model file).</p>"))
-
-    try:
-        model_text = model.summary(input_shape=tuple(x_test.shape[1:]), print_fn=None)
-    except ValueError as err:
-        model_text = f"(summary unavailable: {err})"
-    details = {k: metadata[k] for k in ("dataset", "input_shape", "normalization", "recipe")
-               if k in metadata}
-    if details:
-        model_text += "\n\n" + "\n".join(f"{k}: {json.dumps(v)}" for k, v in details.items())
-    written_names = ", ".join(f"<code>{_esc(p.name)}</code>" for p in files)
+    mistakes = metrics.confident_mistakes(y_test, ev.probs, 16)
+    examples = _example_per_class(y_test, ev.y_pred, num_classes)
+    sections = (_results_sections(ev, summary, mistakes)
+                + _where_the_model_looks(ev, examples, mistakes[:8])
+                + _first_layer_section(ev, examples)
+                + [_history_section(ev, _load_history(history, model_path))])
+    written_names = ", ".join(f"<code>{_esc(p.name)}</code>" for p in ev.files)
     sections.append(("Files", f"<p>Beside this page: {written_names} and <code>report.html"
                      "</code> (this page, self-contained).</p>"))
     source = f"model <code>{_esc(Path(model_path).name)}</code>, " if model_path else ""
     subtitle = (f"{source}{_esc(where)}: {len(y_test):,} images, {num_classes} classes; "
                 f"written {time.strftime('%Y-%m-%d %H:%M')} by minicnn")
     title = "Model report" + (f": {dataset}" if dataset else "")
-    page = _html(title, summary, sections, model_text, subtitle)
-    html_path = written(out / "report.html")
+    page = _html(title, summary, sections, _model_text(model, x_test.shape[1:]), subtitle)
+    html_path = ev.written(out / "report.html")
     atomic_write_bytes(html_path, page.encode("utf-8"))
     log(f"report: accuracy {_pct(summary['accuracy'])}, macro F1 "
-        f"{summary['macro_avg']['f1']:.4f}; {len(files)} files in {out} "
+        f"{summary['macro_avg']['f1']:.4f}; {len(ev.files)} files in {out} "
         f"({time.perf_counter() - start:.1f} s); open {html_path}")
-    return {"html": html_path, "files": files, "metrics": summary}
+    return {"html": html_path, "files": ev.files, "metrics": summary}

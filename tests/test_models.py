@@ -132,7 +132,7 @@ def test_residual_shapes_flops_description_and_errors():
         block.output_shape((4, 9, 9))
     with pytest.raises(ValueError, match="Residual"):
         Residual.basic_block(3, 8).forward(np.zeros((2, 4, 5, 5), np.float32))
-    with pytest.raises(TypeError, match="body item 1"):
+    with pytest.raises(TypeError, match="Residual: body: item 1 is a str"):
         Residual([ReLU(), "conv"])
     with pytest.raises(ValueError, match="at least one layer"):
         Residual([])

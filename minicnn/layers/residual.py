@@ -132,18 +132,10 @@ class Residual(Layer):
 def _sequential(layers, what: str) -> Sequential:
     if isinstance(layers, Sequential):
         return layers
-    if isinstance(layers, Layer):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple)):
-        raise TypeError(f"Residual: {what} must be a list of minicnn layers, got "
-                        f"{type(layers).__name__}")
-    if not layers:
-        raise ValueError(f"Residual: {what} must hold at least one layer")
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"Residual: {what} item {i} is a {type(layer).__name__}, expected a "
-                            "minicnn Layer")
-    return Sequential(layers)
+    try:
+        return Sequential([layers] if isinstance(layers, Layer) else layers)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"Residual: {what}: {str(err).removeprefix('Sequential: ')}") from None
 
 
 def _shape(layers: Sequential, input_shape, what: str) -> tuple:

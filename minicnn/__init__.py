@@ -8,7 +8,7 @@ from . import gradcheck, init, interpret, layers, losses, metrics, optim
 from .backend import BACKENDS, available_backends, get_backend, set_backend
 from .io import ModelFileError
 from .layers import Parameter, Sequential
-from .layers.sequential import load_model
+from .layers.build import load_model
 from .training import History, TrainingDivergedError, evaluate, fit
 from .tuning import tune  # Optuna itself is imported only when a search runs
 

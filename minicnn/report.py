@@ -29,6 +29,7 @@ import numpy as np
 
 from . import interpret, metrics, plots
 from .atomic import atomic_write_bytes
+from .callbacks import History
 from .layers import Conv2D
 
 __all__ = ["write_report"]
@@ -53,8 +54,6 @@ def _display_images(model, x) -> np.ndarray:
 
 def _load_history(history, model_path):
     """A History from an object, a dict, a path, or history.json beside the model file."""
-    from .training import History
-
     if history is None and model_path is not None:
         candidate = Path(model_path).parent / "history.json"
         history = candidate if candidate.is_file() else None

@@ -17,7 +17,8 @@ import inspect
 import math
 
 from .. import backend
-from ..io import ModelFile, ModelFileError, check_architecture, check_metadata_fits
+from ..io import ModelFile, ModelFileError, check_architecture, check_metadata_fits, read_model_file
+from .sequential import Sequential
 
 MAX_NESTING = 32  # a config cannot make the builder recurse without bound
 MAX_LAYERS = 10_000  # per list of layers; real networks have tens
@@ -130,8 +131,6 @@ def build_model(architecture: dict, where: str = "config", tensor_shapes: dict |
     they must match the file exactly; without, their total must stay under
     ``MAX_CONFIG_ELEMENTS``. Either way, an absurd size is refused before it is allocated.
     """
-    from .sequential import Sequential
-
     check_architecture(architecture, where)
     if len(architecture["layers"]) > MAX_LAYERS:
         raise ModelFileError(f"{where}: architecture has {len(architecture['layers'])} layers, "
@@ -202,3 +201,13 @@ def _is_plain(value) -> bool:
 def _short_repr(value) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def load_model(path) -> Sequential:
+    """Load a model written by ``Sequential.save``. Never executes code from the file.
+
+    Raises FileNotFoundError for a missing file and :class:`minicnn.ModelFileError` for anything
+    unreadable, damaged or inconsistent (with a message saying what). A training checkpoint is
+    also a model file: its optimizer state is ignored here (see ``minicnn.checkpoints``).
+    """
+    return build_from_file(read_model_file(path))

@@ -341,15 +341,3 @@ class Sequential(Layer):
         inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
         return f"Sequential([\n{inner}\n])"
 
-
-def load_model(path) -> Sequential:
-    """Load a model written by ``Sequential.save``. Never executes code from the file.
-
-    Raises FileNotFoundError for a missing file and :class:`minicnn.ModelFileError` for anything
-    unreadable, damaged or inconsistent (with a message saying what). A training checkpoint is
-    also a model file: its optimizer state is ignored here (see ``minicnn.checkpoints``).
-    """
-    from .. import io
-    from .build import build_from_file
-
-    return build_from_file(io.read_model_file(path))

@@ -75,10 +75,10 @@ def environment() -> dict:
     if "minicnn.kernels.numba_kernels" in sys.modules:  # the numba backend ran here
         import numba
 
-        from minicnn.kernels import cpu_runtime
+        from minicnn.kernels import numba_kernels
 
         info["numba"] = numba.__version__
-        info["numba_threading_layer"] = cpu_runtime.threading_layer()
+        info["numba_threading_layer"] = numba_kernels.threading_layer()
     if "torch" in sys.modules:
         import torch
 

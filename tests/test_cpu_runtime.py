@@ -122,10 +122,10 @@ assert threading.active_count() == threads, threading.enumerate()
 assert "minicnn.kernels.numba_kernels" not in sys.modules  # nothing compiled or loaded yet
 if minicnn.backend.backend_available("numba"):
     from minicnn import models
-    from minicnn.kernels import cpu_runtime
+    from minicnn.kernels import numba_kernels
     minicnn.set_backend("numba")
     models.reference_cnn().forward(np.zeros((2, 1, 28, 28), np.float32))
-    print(cpu_runtime.threading_layer())
+    print(numba_kernels.threading_layer())
     assert dict(os.environ) == before
 """
 

@@ -63,19 +63,6 @@ def load_tbb() -> str | None:
     return None
 
 
-def threading_layer() -> str:
-    """The threading layer numba runs minicnn's kernels on ("tbb", "omp" or "workqueue")."""
-    import numba
-
-    try:
-        return numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet: run one
-        from .numba_kernels import relu_forward
-
-        relu_forward(np.zeros(1, np.float32))
-        return numba.threading_layer()
-
-
 # --- matrix multiplies on minicnn's threads --------------------------------------------------
 
 _lock = threading.Lock()

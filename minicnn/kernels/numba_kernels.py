@@ -347,6 +347,17 @@ def _avgpool_backward_kernel(dy_flat, offsets, oh_count, ow_count, sh, sw, x_wid
                     dx_flat[_u(corner + offsets[t])] += share
 
 
+def threading_layer() -> str:
+    """The threading layer these kernels run on ("tbb", "omp" or "workqueue")."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: run one
+        relu_forward(np.zeros(1, np.float32))
+        return numba.threading_layer()
+
+
 # --- the public wrappers (same signatures as numpy_kernels) ---------------------------------
 
 

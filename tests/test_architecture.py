@@ -1,0 +1,103 @@
+"""docs/architecture.md draws minicnn as floors that import only downwards; this holds the code
+to that picture (every import, including the ones inside functions)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "minicnn"
+
+# The floors of docs/architecture.md. A module may import from its own floor or below.
+FLOORS = {
+    0: ["kernels"],
+    1: ["io", "validation", "atomic", "backend"],
+    2: ["layers", "init"],
+    3: ["losses", "optim", "gradcheck"],
+    4: ["training", "checkpoints", "callbacks", "interpret", "metrics", "plots", "models"],
+    5: ["recipes", "tuning", "report"],
+    6: ["cli", "__main__"],
+}
+DATA_FLOOR = 1  # data/ sits beside the stack and uses the foundation only
+FLOOR_OF = {name: floor for floor, names in FLOORS.items() for name in names}
+
+
+def _module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, root: Path = PACKAGE) -> set[str]:
+    """Every minicnn module ``path`` imports, as dotted names (``minicnn.layers.base``)."""
+    module = _module_name(path, root)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            if node.module is None:  # from . import x: x may be a module or a name
+                found.update(f"{target}.{alias.name}" for alias in node.names)
+            else:
+                found.add(target)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minicnn"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("minicnn"))
+    return found
+
+
+def _floor(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None  # the package itself (its __init__ gathers the public API)
+    if parts[1] == "data":
+        return DATA_FLOOR
+    return FLOOR_OF.get(parts[1])
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or
+                  p.parent != PACKAGE)
+
+
+def test_every_module_has_a_floor():
+    missing = [_module_name(p) for p in _modules() if _floor(_module_name(p)) is None]
+    assert not missing, f"add these modules to a floor (here and in docs/architecture.md): {missing}"
+
+
+def test_imports_only_go_down():
+    upward = []
+    for path in _modules():
+        module = _module_name(path)
+        for target in _imports(path):
+            target_floor = _floor(target)
+            if target_floor is None:
+                continue
+            if target_floor > _floor(module) or (module.startswith("minicnn.kernels")
+                                                 and not target.startswith("minicnn.kernels")):
+                upward.append(f"{module} (floor {_floor(module)}) imports {target} "
+                              f"(floor {target_floor})")
+    assert not upward, "\n".join(upward)
+
+
+def test_data_uses_only_the_foundation_and_nothing_uses_data_below_training():
+    wrong = []
+    for path in _modules():
+        module = _module_name(path)
+        for target in _imports(path):
+            if target.startswith("minicnn.data") and not module.startswith("minicnn.data") \
+                    and _floor(module) < FLOOR_OF["training"]:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, wrong
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The walk above must find imports inside functions and relative ones."""
+    source = PACKAGE / "layers" / "conv.py"
+    imports = _imports(source)
+    assert "minicnn.layers.base" in imports and "minicnn.backend" in imports
+    fake = tmp_path / "minicnn" / "kernels" / "fake.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("def f():\n    from ..training import fit\n")
+    assert _imports(fake, root=tmp_path / "minicnn") == {"minicnn.training"}

@@ -14,6 +14,7 @@ from helpers import assert_gradients_match, away_from_kinks, distinct_values, dr
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from minicnn import naive
 from minicnn.gradcheck import check_layer, check_loss
 from minicnn.layers import (
     LAYER_TYPES,
@@ -68,6 +69,16 @@ def test_conv2d_gradients(cpu_backend, cfg, seed):
     errors = check_layer(layer, x, seed=seed % 1000)
     assert set(errors) == ({"x", "weight", "bias"} if cfg["bias"] else {"x", "weight"})
     assert_gradients_match(errors)
+    # the second reference: the plain loops of minicnn.naive, which share no code with im2col
+    layer.astype(np.float64)
+    dy = rng.standard_normal(layer.forward(x).shape)
+    dx = layer.backward(dy)
+    expected_dx, expected_dW, expected_db = naive.conv2d_backward(
+        dy, x, layer.weight.data, cfg["stride"], cfg["padding"])
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, expected_dW, rtol=1e-10, atol=1e-12)
+    if cfg["bias"]:
+        np.testing.assert_allclose(layer.bias.grad, expected_db, rtol=1e-10, atol=1e-12)
 
 
 @st.composite
@@ -87,8 +98,14 @@ def test_pool_gradients(cpu_backend, pool, cfg, seed):
     rng = np.random.default_rng(seed)
     # distinct values: no two elements of a window tie, so the max is differentiable
     x = distinct_values(rng, (cfg["n"], cfg["c"], *cfg["hw"]))
-    errors = check_layer(pool(cfg["kernel"], cfg["stride"]), x, seed=seed % 1000)
-    assert_gradients_match(errors)
+    layer = pool(cfg["kernel"], cfg["stride"])
+    assert_gradients_match(check_layer(layer, x, seed=seed % 1000))
+    # the second reference: the plain loops of minicnn.naive
+    naive_backward = {MaxPool2D: naive.maxpool2d_backward, AvgPool2D: naive.avgpool2d_backward}
+    dy = rng.standard_normal(layer.forward(x).shape)
+    np.testing.assert_allclose(layer.backward(dy),
+                               naive_backward[pool](dy, x, cfg["kernel"], cfg["stride"]),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_overlapping_maxpool_accumulates_into_a_shared_winner():

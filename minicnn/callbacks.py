@@ -12,10 +12,14 @@ from .atomic import atomic_write_bytes
 
 class History:
     """Per-epoch records: ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
-    ``lr``, ``time_s`` and ``images_per_s``. ``history["val_acc"]`` gives one column."""
+    ``lr``, ``time_s`` and ``images_per_s``. ``history["val_acc"]`` gives one column.
 
-    def __init__(self, epochs: list[dict] | None = None):
+    ``diagnostics`` holds the gradient-flow records of ``fit(..., diagnostics=N)`` (one per
+    watched step, see :mod:`minicnn.diagnostics`); empty otherwise."""
+
+    def __init__(self, epochs: list[dict] | None = None, diagnostics: list[dict] | None = None):
         self.epochs: list[dict] = list(epochs or [])
+        self.diagnostics: list[dict] = list(diagnostics or [])
 
     def append(self, record: dict) -> None:
         self.epochs.append(dict(record))
@@ -30,7 +34,8 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs}
+        return {"epochs": self.epochs, **({"diagnostics": self.diagnostics}
+                                          if self.diagnostics else {})}
 
     def save(self, path) -> Path:
         """Write the history as JSON (atomically)."""
@@ -41,15 +46,22 @@ class History:
     @classmethod
     def load(cls, path) -> History:
         data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or not isinstance(data.get("epochs"), list):
+        if not isinstance(data, dict) or not isinstance(data.get("epochs"), list) or \
+                not isinstance(data.get("diagnostics", []), list):
             raise ValueError(f"{path}: not a minicnn history file")
-        return cls(data["epochs"])
+        return cls(data["epochs"], data.get("diagnostics"))
 
     def plot(self, path) -> Path:
         """Save the training curves (loss and accuracy per epoch) as a PNG."""
         from .plots import plot_history
 
         return plot_history(self, path)
+
+    def plot_gradient_flow(self, path) -> Path:
+        """Save the per-layer gradient-flow figure of ``diagnostics`` as a PNG."""
+        from .plots import plot_gradient_flow
+
+        return plot_gradient_flow(self.diagnostics, path)
 
 
 # -- callbacks ----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ tensors ``optimizer.<parameter index>.<name>``, and a JSON ``training_state`` in
 - ``optimizer``: its type, learning rate, step count and state keys;
 - ``rng``: the random state of every stochastic layer, by its path in the network (``"6"``,
   ``"3.body.1"``: a Dropout inside a Residual keeps its state too);
-- ``callbacks``: each callback's ``state_dict()``; ``history``: the epochs done.
+- ``callbacks``: each callback's ``state_dict()``; ``history``: the epochs done (and the
+  gradient-flow records so far, when diagnostics are on).
 
 This module is the only one that knows these key names. Loading checks everything against the
 model, optimizer and loader being trained *before* changing any of them: a damaged, foreign or
@@ -97,7 +98,8 @@ def restore_checkpoint(path, trainer) -> None:
                              f"({type(err).__name__}: {err})") from None
     trainer.global_step = checked["global_step"]
     trainer.epoch_sums = checked["epoch_sums"]
-    trainer.history = type(trainer.history)(state["history"]["epochs"])
+    trainer.history = type(trainer.history)(state["history"]["epochs"],
+                                            state["history"].get("diagnostics"))
 
 
 def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict:
@@ -146,6 +148,9 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
     epochs = state["history"]["epochs"]
     if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
         raise ModelFileError("history must be a list of per-epoch records")
+    diagnostics = state["history"].get("diagnostics", [])
+    if not isinstance(diagnostics, list) or not all(isinstance(r, dict) for r in diagnostics):
+        raise ModelFileError("history's diagnostics must be a list of per-step records")
     if not isinstance(state["callbacks"], list) or not isinstance(state["loader"], dict):
         raise ModelFileError("callbacks and loader states have the wrong types")
     return {"lr": lr, "step_count": opt["step_count"], "global_step": state["global_step"],

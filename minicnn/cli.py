@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue from --out/checkpoint.safetensors (after Ctrl-C)")
     train.add_argument("--limit", type=positive_int, help="train on the first N images only (smoke test)")
+    train.add_argument("--diagnostics", type=positive_int, nargs="?", const=50, default=None,
+                       metavar="N",
+                       help="record gradient flow every N steps (default 50): per-layer gradient "
+                            "norms, update/weight ratios, activations, dead ReLUs; writes "
+                            "gradient_flow.png and prints warnings (vanishing/exploding gradients)")
     _add_common(train)
 
     evaluate = commands.add_parser("evaluate", help="accuracy and loss of a model on a test set",
@@ -253,7 +258,7 @@ def cmd_train(args) -> int:
                          weight_decay=args.weight_decay, augment=args.augment, seed=args.seed,
                          out=args.out, backend_name=args.backend, verbose=0 if args.quiet else 1,
                          resume=args.resume, limit=args.limit, image_size=size,
-                         channels=args.channels)
+                         channels=args.channels, diagnostics=args.diagnostics)
     except KeyboardInterrupt:
         print("\ninterrupted; resume with the same command plus --resume --out <the run folder>",
               file=sys.stderr)

@@ -1,8 +1,9 @@
 """Figures as files (matplotlib's Agg backend: no window is ever opened).
 
-Training curves (:func:`plot_history`) and the figures of an evaluation report: confusion
-matrix, most confident mistakes, per-class precision/recall/F1, convolution filters, feature
-maps and heatmaps (CAM, Grad-CAM, saliency) over the images.
+Training curves (:func:`plot_history`), gradient flow (:func:`plot_gradient_flow`) and the
+figures of an evaluation report: confusion matrix, most confident mistakes, per-class
+precision/recall/F1, convolution filters, feature maps and heatmaps (CAM, Grad-CAM, saliency)
+over the images.
 
 Images are passed as (N, C, H, W) arrays with values in [0, 1] (un-normalized: what a person
 would see); one channel is drawn in grey, three as RGB. Every report figure takes ``figsize``
@@ -66,6 +67,52 @@ def plot_history(history, path) -> Path:
         if epochs:
             ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
     return save_figure(fig, path)
+
+
+_ACTIVATIONS = ("ReLU", "LeakyReLU", "Sigmoid", "Tanh")
+
+
+def plot_gradient_flow(diagnostics, path, title: str = "Gradient flow", dpi: int = 100) -> Path:
+    """The gradient-flow records of ``fit(..., diagnostics=N)`` over the training steps, one line
+    per layer coloured by depth (dark: first layers): ||dL/dW|| and the update/weight ratio of
+    the layers with parameters, the spread (std) of the activation layers' outputs and their
+    fraction of dead ReLUs."""
+    if not diagnostics:
+        raise ValueError("plot_gradient_flow: no diagnostics recorded (train with "
+                         "fit(..., diagnostics=N) or minicnn train --diagnostics)")
+    plt = _pyplot()
+    steps = [record["step"] for record in diagnostics]
+    layers = diagnostics[0]["layers"]
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.9, len(layers)))
+    with_params = [s["layer"] for s in layers if s.get("grad_norm") is not None]
+    activations = [s["layer"] for s in layers if s["name"] in _ACTIVATIONS] or \
+        [s["layer"] for s in layers]
+    relus = [s["layer"] for s in layers if s.get("dead_fraction") is not None]
+    panels = [("||dL/dW|| (gradient norm)", "grad_norm", with_params, "log"),
+              ("update / weight ratio per step", "update_ratio", with_params, "log"),
+              ("activation std", "act_std", activations, "linear"),
+              ("dead ReLU fraction", "dead_fraction", relus, "linear")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (panel_title, key, indices, scale) in zip(axes.ravel(), panels):
+        for index in indices:
+            values = [record["layers"][index].get(key) for record in diagnostics]
+            values = [np.nan if v is None else v for v in values]
+            ax.plot(steps, values, color=colors[index], marker=".",
+                    label=f"{index} {layers[index]['name']}")
+        if key == "update_ratio":
+            ax.axhline(1e-3, color="grey", linestyle="--", linewidth=0.8)
+        if key == "dead_fraction":
+            ax.set_ylim(-0.02, 1.02)
+        if indices:
+            ax.set_yscale(scale)
+            ax.legend(fontsize=7, ncol=2)
+        else:
+            ax.text(0.5, 0.5, "no such layer", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=panel_title, xlabel="training step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=dpi)
 
 
 # -- report figures -------------------------------------------------------------------------------

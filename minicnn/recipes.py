@@ -20,6 +20,7 @@ import numpy as np
 
 from . import backend, models, optim
 from .atomic import atomic_write_bytes
+from .diagnostics import gradient_flow_warnings
 from .losses import SoftmaxCrossEntropy
 from .training import LRSchedule, evaluate, fit
 from .validation import check_learning_rate, check_positive_int, is_number
@@ -188,7 +189,8 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
                      weight_decay: float | None = None, augment: bool | None = None,
                      label_smoothing: float | None = None, seed: int = 0, out=None,
                      backend_name: str | None = None, verbose: int = 1, resume: bool = False,
-                     limit: int | None = None, image_size=None, channels=None) -> dict:
+                     limit: int | None = None, image_size=None, channels=None,
+                     diagnostics: int | None = None) -> dict:
     """Train a classifier on ``dataset`` with ``RECIPES[recipe or dataset]`` (every setting can
     be overridden) and write the results into ``out``.
 
@@ -196,6 +198,9 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     metadata), ``history.json``, ``curves.png``, ``results.json`` and a resumable
     ``checkpoint.safetensors``. Returns the results dict (test accuracy, times, paths).
     ``limit`` uses only the first ``limit`` training and test images (for quick smoke runs).
+    ``diagnostics=N`` records gradient flow every N steps (``fit``'s option): it is kept in
+    ``history.json``, drawn into ``gradient_flow.png`` and its warnings are printed and returned
+    as ``results["gradient_flow_warnings"]``.
     """
     from .data import Normalize
 
@@ -233,7 +238,8 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     start = time.perf_counter()
     history = settings.train(net, (x_train, y_train), val=(x_test, y_test), val_name="test",
                              dataset=dataset, seed=seed, verbose=verbose,
-                             checkpoint=out / "checkpoint.safetensors", resume=resume)
+                             checkpoint=out / "checkpoint.safetensors", resume=resume,
+                             diagnostics=diagnostics)
     wall = time.perf_counter() - start
     train_seconds = sum(record["time_s"] for record in history.epochs)
     final = evaluate(net, SoftmaxCrossEntropy(), x_test, y_test)
@@ -248,7 +254,15 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
         "backend": net.backend, "settings": settings.to_dict(), "seed": seed,
         "model_file": str(out / "model.safetensors"),
     }
+    if history.diagnostics:
+        history.plot_gradient_flow(out / "gradient_flow.png")
+        results["gradient_flow_warnings"] = gradient_flow_warnings(history.diagnostics)
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    if verbose and history.diagnostics:
+        warnings = results["gradient_flow_warnings"]
+        print(f"gradient flow ({len(history.diagnostics)} steps recorded, "
+              f"{out / 'gradient_flow.png'}): " + ("; ".join(warnings) if warnings else
+                                                   "nothing alarming"))
     if verbose:
         print(f"test accuracy {final['acc']:.2%} after {len(history)} epochs; "
               f"training {train_seconds:.1f} s; files in {out}")

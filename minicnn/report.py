@@ -30,6 +30,7 @@ import numpy as np
 from . import interpret, metrics, plots
 from .atomic import atomic_write_bytes
 from .callbacks import History
+from .diagnostics import gradient_flow_warnings
 from .layers import Conv2D
 
 __all__ = ["write_report"]
@@ -62,7 +63,7 @@ def _load_history(history, model_path):
     if isinstance(history, (str, Path)):
         return History.load(history)
     if isinstance(history, dict):
-        return History(history.get("epochs", []))
+        return History(history.get("epochs", []), history.get("diagnostics"))
     return History(list(history))
 
 
@@ -412,7 +413,22 @@ def _history_section(ev: _Evaluation, history) -> tuple[str, str]:
         "accuracy (a training loss well below) means over-fitting; curves still improving at "
         "the end mean the model would gain from more epochs. (Dropout, augmentation and label "
         "smoothing act in training only, so there the training numbers can be the worse "
-        "ones.)"))
+        "ones.)") + _gradient_flow_html(ev, history))
+
+
+def _gradient_flow_html(ev: _Evaluation, history) -> str:
+    if not history.diagnostics:
+        return ""
+    png = ev.written(plots.plot_gradient_flow(history.diagnostics, ev.out / "gradient_flow.png"))
+    warnings = gradient_flow_warnings(history.diagnostics)
+    verdict = ("<ul>" + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>" if warnings
+               else "<p>Gradient flow: nothing alarming (no vanishing or exploding gradients, "
+                    "no dead ReLUs, no oversized steps).</p>")
+    return verdict + _figure_html(
+        png, f"Gradient flow, per layer, over {len(history.diagnostics)} recorded training steps "
+        "(darker lines: layers nearer the input). Healthy: gradient norms of similar size "
+        "across layers, update/weight ratios near 1e-3 (dashed), activation spreads that "
+        "neither collapse to 0 nor blow up, few dead ReLUs.")
 
 
 def _model_text(model, input_shape) -> str:

@@ -8,8 +8,9 @@ One training step is the whole of backprop in four lines::
     optimizer.step()
 
 Everything else here is bookkeeping around that step: batches (``minicnn.data.DataLoader``),
-progress bars, a guard that stops when the loss or a gradient stops being finite, and a Ctrl-C
-that saves a resumable checkpoint. The history and the callbacks are in :mod:`minicnn.callbacks`,
+progress bars, a guard that stops when the loss or a gradient stops being finite, a Ctrl-C
+that saves a resumable checkpoint, and optional gradient-flow diagnostics
+(:mod:`minicnn.diagnostics`). The history and the callbacks are in :mod:`minicnn.callbacks`,
 the checkpoints, which resume *exactly* (the same weights as an uninterrupted run, also from the
 middle of an epoch), in :mod:`minicnn.checkpoints`.
 """
@@ -34,6 +35,7 @@ from .callbacks import (  # noqa: F401 (the callbacks' public home is also minic
     ModelCheckpoint,
 )
 from .checkpoints import restore_checkpoint, save_checkpoint
+from .diagnostics import GradientFlow
 from .validation import (
     check_float_array,
     check_labels,
@@ -103,13 +105,14 @@ class Trainer:
 
     def __init__(self, model, loss_fn, optimizer, loader, val=None, callbacks=(), verbose=1,
                  checkpoint=None, checkpoint_every: int | None = None, eval_batch_size=512,
-                 val_name: str = "val"):
+                 val_name: str = "val", gradient_flow: GradientFlow | None = None):
         self.model, self.loss_fn, self.optimizer, self.loader = model, loss_fn, optimizer, loader
         self.val, self.callbacks, self.verbose = val, list(callbacks), verbose
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = checkpoint_every
         self.eval_batch_size = eval_batch_size
         self.val_name = val_name
+        self.gradient_flow = gradient_flow
         self.history = History()
         self.stop_training = False
         self.global_step = 0
@@ -169,8 +172,10 @@ class Trainer:
         )
 
     # -- the loop ---------------------------------------------------------------------------
-    def train_step(self, xb, yb) -> tuple[float, int]:
-        logits = self.model.forward(xb, training=True)
+    def train_step(self, xb, yb, watch: GradientFlow | None = None) -> tuple[float, int]:
+        """Forward, loss and backward of one batch (the optimizer step is the caller's). With
+        ``watch``, the passes go through it so that it sees every layer's output and gradient."""
+        logits = watch.forward(self.model, xb) if watch else self.model.forward(xb, training=True)
         if not bool(backend.array_module(logits).isfinite(logits).all()):
             return math.nan, 0  # the guard in run_epoch finds out where it came from
         loss = self.loss_fn.forward(logits, yb)
@@ -178,7 +183,10 @@ class Trainer:
             return loss, 0
         correct = int((logits.argmax(axis=1) == yb).sum())
         self.optimizer.zero_grad()
-        self.model.backward(self.loss_fn.backward(), input_grad=False)
+        if watch:
+            watch.backward(self.model, self.loss_fn.backward())
+        else:
+            self.model.backward(self.loss_fn.backward(), input_grad=False)
         return loss, correct
 
     def _grads_finite(self) -> bool:
@@ -199,13 +207,20 @@ class Trainer:
         batch = start_batch
         for xb, yb in self.loader:
             xb, yb = xp.asarray(xb), xp.asarray(yb)
-            loss, correct = self.train_step(xb, yb)
+            flow = self.gradient_flow
+            watch = flow if flow is not None and flow.watches(self.global_step + 1) else None
+            loss, correct = self.train_step(xb, yb, watch)
             if not math.isfinite(loss):
                 self._diverged(epoch, batch, xb, "loss")
             if not self._grads_finite():
                 self._diverged(epoch, batch, xb, "gradient")
+            if watch:
+                watch.before_update(self.model)
             self.optimizer.step()
             self.global_step += 1
+            if watch:
+                self.history.diagnostics.append(watch.record(self.model, self.global_step,
+                                                             epoch + 1))
             n = len(yb)
             sums[0] += loss * n
             sums[1] += correct
@@ -308,7 +323,7 @@ def check_training_lr(optimizer, callbacks=(), where: str = "fit") -> float:
 def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size: int = 32, *,
         callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
         checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
-        eval_batch_size: int = 512, val_name: str = "val") -> History:
+        eval_batch_size: int = 512, val_name: str = "val", diagnostics: int | None = None) -> History:
     """Train ``model`` and return its :class:`History`.
 
     Args:
@@ -324,6 +339,10 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
             KeyboardInterrupt once the checkpoint is safely on disk).
         resume: continue from ``checkpoint`` if it exists; the result is identical to a run
             that was never interrupted.
+        diagnostics: record gradient-flow diagnostics (per layer: gradient norms, update/weight
+            ratio, activation statistics, dead ReLUs) on the first step and every
+            ``diagnostics`` steps into ``History.diagnostics``; see :mod:`minicnn.diagnostics`.
+            The weights and the losses are exactly those of a run without it.
 
     Raises :class:`TrainingDivergedError` when the loss or a gradient stops being finite,
     naming the step and the first layer that produced a non-finite value; the last checkpoint
@@ -374,7 +393,11 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
                      "fit (validation labels)")
     if checkpoint_every is not None:
         checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every", "fit")
+    flow = GradientFlow(diagnostics) if diagnostics is not None else None
+    if flow is not None and not hasattr(model, "layers"):
+        raise TypeError(f"fit: diagnostics look inside a Sequential model's layers, got a "
+                        f"{type(model).__name__}")
     trainer = Trainer(model, loss_fn, optimizer, loader, val=val, callbacks=callbacks,
                       verbose=verbose, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                      eval_batch_size=eval_batch_size, val_name=val_name)
+                      eval_batch_size=eval_batch_size, val_name=val_name, gradient_flow=flow)
     return trainer.fit(epochs, resume=resume)

@@ -12,9 +12,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "minicnn"
 FLOORS = {
     0: ["kernels"],
     1: ["io", "validation", "atomic", "backend"],
-    2: ["layers", "init"],
+    2: ["layers", "init", "naive"],
     3: ["losses", "optim", "gradcheck"],
-    4: ["training", "checkpoints", "callbacks", "interpret", "metrics", "plots", "models"],
+    4: ["training", "checkpoints", "callbacks", "diagnostics", "interpret", "metrics", "plots",
+        "models"],
     5: ["recipes", "tuning", "report"],
     6: ["cli", "__main__"],
 }

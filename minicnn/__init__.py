@@ -14,6 +14,24 @@ from .tuning import tune  # Optuna itself is imported only when a search runs
 
 __version__ = "0.1.0"
 
+# The other submodules load on first use, so ``import minicnn`` stays cheap and yet
+# ``minicnn.models.mnist_cnn()`` works after it alone.
+_LAZY_SUBMODULES = ("atomic", "backend", "callbacks", "checkpoints", "cli", "data", "diagnostics",
+                    "io", "kernels", "models", "naive", "plots", "recipes", "report", "training",
+                    "tuning", "validation")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 __all__ = [
     "BACKENDS", "History", "ModelFileError", "Parameter", "Sequential", "TrainingDivergedError",
     "available_backends", "evaluate", "fit", "get_backend", "gradcheck", "init", "interpret",

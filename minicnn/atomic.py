@@ -14,6 +14,9 @@ def atomic_write_bytes(path, data: bytes) -> None:
     The bytes go to a temporary file in the same folder (same file system), are flushed and
     fsync'ed, and the temporary file is then renamed over ``path`` (an atomic operation on
     POSIX and Windows). On any failure the temporary file is removed and ``path`` is untouched.
+
+    The file gets the permissions any other program's new file would get (0666 less the umask;
+    the temporary file itself starts private), or keeps those of the file it replaces.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -21,6 +24,8 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -33,6 +38,29 @@ def atomic_write_bytes(path, data: bytes) -> None:
             pass
         raise
     _fsync_folder(folder)
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits ``path`` should end up with: those it has, or 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Linux shows the umask in /proc (reading it via os.umask means setting it, briefly, for
+    # every thread of the process)
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temporaries(path) -> list[Path]:

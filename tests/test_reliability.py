@@ -886,3 +886,26 @@ def _no_numpy_warnings_leak():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # overflow in the divergence tests
         yield
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_umask_permissions_or_keep_their_own(tmp_path, umask):
+    """Atomic writes go through a private temporary file; the result must still be readable as
+    the user's umask says (a report in a shared folder), or keep the mode of the file it
+    replaces."""
+    import stat
+
+    from minicnn.atomic import atomic_write_bytes
+
+    previous = os.umask(umask)
+    try:
+        model = mc.Sequential([mc.layers.Flatten(), mc.layers.Dense(4, 2)], seed=0)
+        model.save(tmp_path / "model.safetensors")
+        atomic_write_bytes(tmp_path / "notes.txt", b"x")
+    finally:
+        os.umask(previous)
+    for name in ("model.safetensors", "notes.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    (tmp_path / "notes.txt").chmod(0o640)
+    atomic_write_bytes(tmp_path / "notes.txt", b"y")
+    assert stat.S_IMODE((tmp_path / "notes.txt").stat().st_mode) == 0o640

@@ -114,6 +114,19 @@ def top_k_accuracy(y_true, probs, k: int = 5) -> float:
     return float(top_k_accuracy_score(y_true, scores, k=int(k), labels=np.arange(num_classes)))
 
 
+def log_loss(y_true, probs) -> float:
+    """Mean cross-entropy of the class probabilities (``sklearn.metrics.log_loss`` with every
+    class label given). Rows are renormalized in float64 first: float32 probabilities sum to 1
+    only to within rounding, which sklearn would warn about."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    y_true = _labels(y_true, "y_true", "log_loss")
+    probs = _check_probs(probs, len(y_true), "log_loss").astype(np.float64)
+    _check_pair(y_true, probs.argmax(axis=1), probs.shape[1], "log_loss")
+    probs /= probs.sum(axis=1, keepdims=True)
+    return float(sk_log_loss(y_true, probs, labels=np.arange(probs.shape[1])))
+
+
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None,
                      normalize: str | None = None) -> np.ndarray:
     """(K, K) matrix: entry [i, j] counts samples of true class i predicted as class j.
@@ -227,7 +240,6 @@ def summarize(y_true, probs, class_names=None, top_k=(1, 3, 5)) -> dict:
     counts = confusion_matrix(y_true, y_pred, num_classes)
     confidence = probs[np.arange(len(y_pred)), y_pred]
     correct = y_pred == y_true
-    p_true = np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)
 
     def mean_or_none(values):
         return float(values.mean()) if values.size else None
@@ -237,7 +249,7 @@ def summarize(y_true, probs, class_names=None, top_k=(1, 3, 5)) -> dict:
         "num_classes": int(num_classes),
         "class_names": names,
         "accuracy": accuracy(y_true, y_pred),
-        "log_loss": float(-np.log(p_true).mean()),
+        "log_loss": log_loss(y_true, probs),
         "top_k_accuracy": {str(k): top_k_accuracy(y_true, probs, k) for k in top_k
                            if k <= num_classes},
         "macro_avg": per_class["macro"],

@@ -110,7 +110,7 @@ def plot_gradient_flow(diagnostics, path, title: str = "Gradient flow", dpi: int
             ax.text(0.5, 0.5, "no such layer", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=panel_title, xlabel="training step")
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     fig.tight_layout()
     return save_figure(fig, path, dpi=dpi)
 
@@ -149,8 +149,15 @@ def _check_images(images, where: str) -> np.ndarray:
     return images
 
 
+def _literal(text) -> str:
+    """``text`` as matplotlib should draw it: as is. (A ``$`` would start its math syntax, and a
+    class name such as "$5 bill" would then fail to draw.)"""
+    return str(text).replace("$", r"\$")
+
+
 def _names(class_names, count: int) -> list[str]:
-    return [str(i) for i in range(count)] if class_names is None else [str(c) for c in class_names]
+    return [str(i) for i in range(count)] if class_names is None else \
+        [_literal(c) for c in class_names]
 
 
 def _hide_axes(ax) -> None:
@@ -188,7 +195,7 @@ def plot_confusion_matrix(matrix, class_names, path, *, title: str = "Confusion 
     ax.set_xticks(range(k), names, rotation=45 if max(map(len, names)) > 3 else 0,
                   ha="right" if max(map(len, names)) > 3 else "center")
     ax.set_yticks(range(k), names)
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    ax.set(xlabel="predicted class", ylabel="true class", title=_literal(title))
     return save_figure(fig, path, dpi=dpi, tight=False)
 
 
@@ -209,7 +216,8 @@ def plot_mistakes(images, y_true, probs, class_names, path, *, max_images: int =
     n_rows, n_cols = _grid_shape(len(order), max_cols)
     fig = _figure(figsize or (1.7 * n_cols + 0.3, 1.95 * n_rows + 0.5))
     total_wrong = int((probs.argmax(axis=1) != y_true).sum())
-    fig.suptitle(title or f"Most confident mistakes ({len(order)} of {total_wrong} errors in "
+    fig.suptitle(_literal(title) if title else
+                 f"Most confident mistakes ({len(order)} of {total_wrong} errors in "
                  f"{len(y_true):,} images)")
     if not len(order):
         ax = fig.add_subplot()
@@ -247,7 +255,7 @@ def plot_per_class_metrics(precision, recall, f1, class_names, path, *, support=
     bottom = max(0.0, math.floor((low - 0.02) * 50) / 50)
     ax.set_ylim(bottom, 1.0)
     ax.set_xticks(positions, names, fontsize=8 if support is not None else 9)
-    ax.set(title=title, ylabel=f"score (axis starts at {bottom:.2f})")
+    ax.set(title=_literal(title), ylabel=f"score (axis starts at {bottom:.2f})")
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=3)
     return save_figure(fig, path, dpi=dpi, tight=False)
@@ -268,7 +276,7 @@ def plot_filters(weights, path, *, title: str = "Convolution filters", max_filte
     weights = weights[:max_filters]
     n_rows, n_cols = _grid_shape(len(weights), max_cols)
     fig = _figure(figsize or (1.1 * n_cols + 1.4, 1.1 * n_rows + 0.6))
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     colour = weights.shape[1] == 3
     limit = float(np.abs(weights.mean(axis=1)).max()) or 1.0
     image = None
@@ -301,7 +309,7 @@ def plot_feature_maps(maps, path, *, image=None, title: str = "Feature maps",
     count = len(maps) + (image is not None)
     n_rows, n_cols = _grid_shape(count, max_cols)
     fig = _figure(figsize or (1.3 * n_cols + 1.4, 1.4 * n_rows + 0.6))
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     slot = 1
     if image is not None:
         ax = fig.add_subplot(n_rows, n_cols, slot)
@@ -336,7 +344,7 @@ def plot_heatmaps(images, heatmaps, path, *, titles=None, title: str = "Grad-CAM
                          f"got {heatmaps.shape}")
     n_rows, n_cols = _grid_shape(len(images), max_cols)
     fig = _figure(figsize or (1.7 * n_cols + 1.2, 1.9 * n_rows + 0.5))
-    fig.suptitle(title)
+    fig.suptitle(_literal(title))
     colours = _pyplot().get_cmap(cmap)
     axes = []
     for i, (image, heat) in enumerate(zip(images, heatmaps)):
@@ -348,7 +356,7 @@ def plot_heatmaps(images, heatmaps, path, *, titles=None, title: str = "Grad-CAM
         rgba[..., 3] = alpha * (0.15 + 0.85 * np.clip(heat, 0, 1))
         ax.imshow(rgba)
         if titles is not None:
-            ax.set_title(str(titles[i]), fontsize=8)
+            ax.set_title(_literal(titles[i]), fontsize=8)
         _hide_axes(ax)
         axes.append(ax)
     if axes:

@@ -166,3 +166,22 @@ def test_clear_errors():
         metrics.summarize(Y_TRUE, PROBS[:5], NAMES)
     with pytest.raises(ValueError, match="normalize"):
         metrics.confusion_matrix(Y_TRUE, Y_PRED, normalize="rows")
+
+
+def test_log_loss_is_sklearns_and_warning_free_on_float32_softmax_outputs():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((200, 10)).astype(np.float32) * 4
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)  # float32: sums ~1
+    labels = rng.integers(0, 10, 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = metrics.log_loss(labels, probs)
+    expected = -np.log(probs.astype(np.float64)[np.arange(200), labels]).mean()
+    assert value == pytest.approx(expected, rel=1e-6)
+    assert metrics.summarize(labels, probs)["log_loss"] == value
+    certain_and_wrong = np.eye(3)[[1, 2]]  # probability 0 for the true class: clipped, finite
+    assert np.isfinite(metrics.log_loss([0, 0], certain_and_wrong))
+    with pytest.raises(ValueError, match=r"class indices must be in \[0, 2\]"):
+        metrics.log_loss([0, 5], certain_and_wrong)

@@ -170,3 +170,20 @@ def test_report_of_other_models_and_without_history(tmp_path):
         assert written == EXPECTED_FILES - missing - {"curves.png"}
         assert {p.name for p in result["files"]} == written
         assert "No training history found" in result["html"].read_text()
+
+
+def test_strings_from_the_data_are_escaped_in_the_page_and_drawn_literally(tmp_path):
+    """Class names come from folder names: markup in them is shown, never run, and matplotlib's
+    $...$ math syntax in them is drawn as text, not parsed."""
+    (_, _), (x, y), _ = load_data("digits")
+    x, y = x[:60], y[:60] % 3
+    hostile = ["<script>alert('x')</script>", 'a & b "quoted"', "$\\frac{1}{$ price"]
+    model = mc.Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+                           Dense(4 * 4 * 4, 3)], seed=0)
+    result = write_report(model, x, y, hostile, tmp_path, dataset="<b>folder</b>", verbose=0)
+    page = result["html"].read_text()
+    assert "<script>" not in page and "<b>folder</b>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "a &amp; b &quot;quoted&quot;" in page
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["class_names"] == hostile

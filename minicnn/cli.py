@@ -7,12 +7,19 @@
     minicnn predict runs/mnist-.../model.safetensors digit.png
     minicnn bench --backends numpy,numba
     minicnn tune --dataset digits --trials 20 --retrain-best
+
+``python -m minicnn`` is the same command. Bad input ends with a one-line message and exit code 2;
+``--debug`` (or ``MINICNN_DEBUG=1``) shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -35,11 +42,42 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for seeds: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _float_type(check, expected: str):
+    """argparse type for a finite float that passes ``check``, e.g. a learning rate > 0."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not (value == value and abs(value) != float("inf") and check(value)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+    return parse
+
+
+positive_float = _float_type(lambda v: v > 0, "a number > 0")
+non_negative_float = _float_type(lambda v: v >= 0, "a number >= 0")
+fraction = _float_type(lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="compute backend (default: $MINICNN_BACKEND, else numba when "
                              "installed, else numpy)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: MINICNN_DEBUG=1)")
 
 
 def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minicnn", description="Train, evaluate and inspect convolutional networks "
         "written from scratch in NumPy.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a classifier on a dataset or image folder",
@@ -80,19 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MNIST only: the longer recipe (15 epochs, augmentation)")
     train.add_argument("--epochs", type=positive_int, help="number of epochs (default: the recipe's)")
     train.add_argument("--batch-size", type=positive_int, help="images per training step")
-    train.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--weight-decay", type=float, help="AdamW's decoupled weight decay")
+    train.add_argument("--lr", type=positive_float,
+                       help="peak learning rate of the one-cycle schedule")
+    train.add_argument("--weight-decay", type=non_negative_float,
+                       help="AdamW's decoupled weight decay")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="random rotations/zooms/shifts (digits) or crops+flips (photos)")
     train.add_argument("--image-size", type=positive_int, default=None,
                        help="image folder: resize images to this many pixels square (default 32)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=None,
                        help="image folder: 1 = grayscale, 3 = RGB (default 3)")
-    train.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling, augmentation")
+    train.add_argument("--seed", type=non_negative_int, default=0,
+                       help="seed of weights, shuffling, augmentation")
     train.add_argument("--out", metavar="DIR",
                        help="output folder (default runs/<dataset>-<timestamp>)")
     train.add_argument("--resume", action="store_true",
-                       help="continue from --out/checkpoint.safetensors (after Ctrl-C)")
+                       help="continue from --out/checkpoint.safetensors (after Ctrl-C); "
+                            "without --out, the latest run of this dataset under runs/")
     train.add_argument("--limit", type=positive_int, help="train on the first N images only (smoke test)")
     train.add_argument("--diagnostics", type=positive_int, nargs="?", const=50, default=None,
                        metavar="N",
@@ -127,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="training and inference speed of the backends",
                                 description="Training and inference images/s of the reference "
-                                "network on each backend.")
+                                "network on each backend, each backend in a fresh process of its "
+                                "own (benchmarks/bench_train.py compares with PyTorch).")
     bench.add_argument("--backends", default=None,
                        help="comma-separated backends (default: all that run here)")
     bench.add_argument("--batch-size", type=positive_int, default=128,
@@ -135,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=positive_int, default=20,
                        help="timed training steps and inference batches (default 20)")
     bench.add_argument("--quiet", action="store_true",
-                       help="print only one result line per backend")
+                       help="print only the result lines (no header)")
+    bench.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    bench.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
 
     tune = commands.add_parser(
         "tune", help='search hyperparameters with Optuna (pip install "minicnn[tune]")',
@@ -159,14 +207,16 @@ def _add_tune_arguments(parser) -> None:
                         help="a built-in dataset (default: digits)")
     source.add_argument("--image-folder", metavar="DIR", help="your own images, one folder per class")
     parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
-    parser.add_argument("--image-size", type=int, help="image folder: resize to this size square")
+    parser.add_argument("--image-size", type=positive_int,
+                        help="image folder: resize to this size square")
     parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
-    parser.add_argument("--limit", type=int, help="use the first N training images only")
-    parser.add_argument("--trials", type=int, default=20,
+    parser.add_argument("--limit", type=positive_int, help="use the first N training images only")
+    parser.add_argument("--trials", type=positive_int, default=20,
                         help="the study's total number of finished trials (default 20); "
                              "re-running continues up to it")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (default 10)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
+    parser.add_argument("--epochs", type=positive_int, default=10,
+                        help="epochs per trial (default 10)")
+    parser.add_argument("--val-fraction", type=fraction, default=0.2,
                         help="share of the training set held out for validation (default 0.2)")
     parser.add_argument("--space", metavar="FILE",
                         help="search space as JSON, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 0.1, "
@@ -191,11 +241,12 @@ def _add_tune_arguments(parser) -> None:
                              "shared by several machines runs one study on all of them")
     parser.add_argument("--study-name", help="default minicnn-<dataset>; the same name resumes")
     parser.add_argument("--out", metavar="DIR", help="output folder (default runs/tune-<dataset>)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of the validation split, the trials' training and the sampler")
-    parser.add_argument("--sampler-seed", type=int,
+    parser.add_argument("--sampler-seed", type=non_negative_int,
                         help="seed of the TPE sampler only (give each parallel worker its own)")
-    parser.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    parser.add_argument("--timeout", type=positive_float,
+                        help="start no new trial after this many seconds")
     parser.add_argument("--no-plots", dest="plots", action="store_false",
                         help="do not draw the PNG plots")
     parser.add_argument("--retrain-best", action="store_true",
@@ -241,6 +292,20 @@ def _load_eval_data(args, metadata):
     return dataset, load_data(dataset, args.data_dir)
 
 
+class UsageError(ValueError):
+    """A combination of options that does not apply (exit code 2, like argparse's own)."""
+
+
+def _latest_run(dataset: str) -> Path:
+    """The most recent ``runs/<dataset>-*`` folder holding a checkpoint (``--resume``)."""
+    runs = sorted(Path("runs").glob(f"{dataset}-*/checkpoint.safetensors"),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UsageError(f"--resume without --out: no run of {dataset} with a checkpoint under "
+                         f"{Path('runs').resolve()}; pass the run folder with --out")
+    return runs[-1].parent
+
+
 def cmd_train(args) -> int:
     from .recipes import train_classifier
 
@@ -248,15 +313,25 @@ def cmd_train(args) -> int:
         dataset, data_dir = "folder", args.image_folder
     else:
         dataset, data_dir = args.dataset or "mnist", args.data_dir
+    if dataset != "mnist" and (args.long or args.fast):
+        raise UsageError(f"--{'long' if args.long else 'fast'} is a preset of the MNIST recipe; "
+                         f"for {dataset} set --epochs, --lr, ... yourself")
+    if dataset != "folder" and (args.image_size or args.channels):
+        raise UsageError("--image-size and --channels apply to --image-folder only "
+                         f"({dataset} has a fixed image shape)")
     recipe = None
     if dataset == "mnist" and (args.long or args.fast):
         recipe = "mnist-long" if args.long else "mnist-fast"
     size = (args.image_size, args.image_size) if args.image_size else None
+    out = args.out
+    if args.resume and out is None:
+        out = _latest_run(dataset)
+        print(f"resuming the latest run of {dataset}: {out}", file=sys.stderr)
     try:
         train_classifier(dataset, recipe=recipe, data_dir=data_dir, model=args.model,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, augment=args.augment, seed=args.seed,
-                         out=args.out, backend_name=args.backend, verbose=0 if args.quiet else 1,
+                         out=out, backend_name=args.backend, verbose=0 if args.quiet else 1,
                          resume=args.resume, limit=args.limit, image_size=size,
                          channels=args.channels, diagnostics=args.diagnostics)
     except KeyboardInterrupt:
@@ -363,15 +438,31 @@ def cmd_bench(args) -> int:
     from . import backend
 
     names = args.backends.split(",") if args.backends else backend.available_backends()
-    rng = np.random.default_rng(0)
-    x = rng.random((args.batch_size, 1, 28, 28), dtype=np.float32)
-    y = rng.integers(0, 10, args.batch_size)
-    if not args.quiet:
-        print(f"reference network, batches of {args.batch_size}, {args.steps} timed steps "
-              "(benchmarks/bench_train.py compares with PyTorch)")
     for name in names:
-        training, inference = _images_per_s(name, x, y, args.steps)
-        print(f"{name:6s} training {training:8,.0f} images/s   inference {inference:8,.0f} images/s")
+        if name not in BACKENDS:
+            raise UsageError(f"--backends: unknown backend {name!r}; choose from {BACKENDS}")
+        backend.check_available(name)
+    if args.in_process:  # one backend, measured here; the parent process prints
+        rng = np.random.default_rng(0)
+        x = rng.random((args.batch_size, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, args.batch_size)
+        training, inference = _images_per_s(names[0], x, y, args.steps)
+        print(json.dumps({"training": training, "inference": inference}))
+        return 0
+    if not args.quiet:
+        print(f"reference network, batches of {args.batch_size}, {args.steps} timed training "
+              "steps and inference batches, each backend in a fresh process")
+    for name in names:
+        # a fresh process per backend: one backend's threads and caches never slow another's
+        done = subprocess.run(
+            [sys.executable, "-m", "minicnn", "bench", "--in-process", "--backends", name,
+             "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
+            capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"minicnn bench: the {name} backend failed:\n{done.stderr[-2000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{name:6s} training {result['training']:8,.0f} images/s   "
+              f"inference {result['inference']:8,.0f} images/s")
     return 0
 
 
@@ -393,18 +484,29 @@ def main(argv=None) -> int:
     from .data import DatasetFileError, DatasetNotFoundError
     from .io import ModelFileError
 
+    if getattr(args, "debug", False) or os.environ.get("MINICNN_DEBUG", "") not in ("", "0"):
+        if getattr(args, "backend", None):
+            backend.set_backend(args.backend)
+        return _HANDLERS[args.command](args)  # no safety net: the whole traceback
     try:
         if getattr(args, "backend", None):
             backend.set_backend(args.backend)
-        handler = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_evaluate,
-                   "predict": cmd_predict, "bench": cmd_bench, "tune": cmd_tune}[args.command]
-        return handler(args)
+        return _HANDLERS[args.command](args)
     # Bad input of any kind (arguments, files, settings; MemoryBudgetError is a ValueError)
-    # ends with a one-line message and exit code 2, never a traceback.
+    # ends with a one-line message and exit code 2, never a traceback (--debug shows it).
     except (DatasetNotFoundError, DatasetFileError, ModelFileError, FileNotFoundError,
             backend.BackendUnavailableError, ValueError, TypeError, OSError) as err:
         print(f"minicnn {args.command}: error: {err}", file=sys.stderr)
+        if not isinstance(err, (UsageError, DatasetNotFoundError, DatasetFileError,
+                                ModelFileError, FileNotFoundError,
+                                backend.BackendUnavailableError)):
+            print("(run again with --debug, or MINICNN_DEBUG=1, to see the full traceback)",
+                  file=sys.stderr)
         return 2
+
+
+_HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_evaluate,
+             "predict": cmd_predict, "bench": cmd_bench, "tune": cmd_tune}
 
 
 if __name__ == "__main__":

@@ -363,14 +363,13 @@ def cmd_evaluate(args) -> int:
 
 
 def _read_image(path, input_shape):
-    from PIL import Image
+    """An image file as the model's training images were read (the image-folder loader's
+    decoder: EXIF orientation, 16-bit, palette, alpha, grey/RGB), float32 in [0, 1]."""
+    from .data.images import decode_image
+    from .data.utils import to_float01
 
     channels, height, width = input_shape
-    with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB").resize((width, height),
-                                                                       Image.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.float32) / 255.0
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+    return to_float01(decode_image(path, (height, width), channels))
 
 
 def cmd_predict(args) -> int:

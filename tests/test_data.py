@@ -706,7 +706,7 @@ def test_image_folder_cache(image_tree, tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="broken.png"):
         first = load_image_folder(root, size=(8, 8), verbose=0)
     assert len(_entries(tmp_path, "image-folder")) == 1
-    monkeypatch.setattr(image_folder, "_decode_one", lambda *a: pytest.fail("cache not used"))
+    monkeypatch.setattr(image_folder, "decode_image", lambda *a: pytest.fail("cache not used"))
     with pytest.warns(UserWarning, match="broken.png"):  # still reported from the cache
         second = load_image_folder(root, size=(8, 8), verbose=0)
     np.testing.assert_array_equal(first[0][0], second[0][0])

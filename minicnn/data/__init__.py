@@ -17,6 +17,7 @@ from .cifar import load_cifar10
 from .digits import load_digits
 from .idx import DatasetFileError, parse_idx, read_idx
 from .image_folder import IMAGE_EXTENSIONS, load_image_folder
+from .images import decode_image
 from .loader import DataLoader
 from .mnist import load_fashion_mnist, load_mnist
 from .registry import DATASETS, load_dataset
@@ -38,6 +39,6 @@ from .transforms import (
 __all__ = [
     "DATASETS", "IMAGE_EXTENSIONS", "Compose", "DataLoader", "DatasetFileError", "DatasetNotFoundError",
     "Normalize", "RandomAffine", "RandomCrop", "RandomHorizontalFlip", "RandomRotation", "RandomScale",
-    "RandomTranslation", "Transform", "load_cifar10", "load_dataset", "load_digits", "load_fashion_mnist",
-    "load_image_folder", "load_mnist", "parse_idx", "preview", "read_idx", "user_cache_dir", "warp_affine",
+    "RandomTranslation", "Transform", "decode_image", "load_cifar10", "load_dataset", "load_digits",
+    "load_fashion_mnist", "load_image_folder", "load_mnist", "parse_idx", "preview", "read_idx", "user_cache_dir", "warp_affine",
 ]

@@ -23,11 +23,10 @@ import numpy as np
 from ..validation import is_int
 from . import cache as _cache
 from .idx import DatasetFileError
+from .images import IMAGE_EXTENSIONS, decode_image
 from .sources import cache_key
 from .utils import stratified_split, to_float01
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-_PIL_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _CACHE_NAME = "image-folder"
 _FORMAT_VERSION = 1
 _CHUNK = 256  # images per thread task: big enough to amortise scheduling, small for the progress bar
@@ -219,7 +218,7 @@ def _decode_all(files, size, channels, workers, verbose, split):
         errors = []
         for i in range(start, min(start + _CHUNK, n)):
             try:
-                images[i] = _decode_one(files[i], size, channels)  # distinct rows: no lock needed
+                images[i] = decode_image(files[i], size, channels)  # distinct rows: no lock needed
                 ok[i] = True
             except Exception as err:  # Pillow raises many types; any of them means "unreadable"
                 errors.append((files[i], f"{type(err).__name__}: {err}"))
@@ -235,44 +234,3 @@ def _decode_all(files, size, channels, workers, verbose, split):
             bar.update(count)
             all_errors += errors
     return images, ok, all_errors
-
-
-def _decode_one(path: str, size, channels) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    height, width = size
-    mode = "L" if channels == 1 else "RGB"
-    # Telling Pillow the format from the extension skips probing every other format (a good
-    # part of the per-file cost for small images); a misnamed file is retried with probing.
-    guess = _PIL_FORMAT.get(os.path.splitext(path)[1].lower())
-    try:
-        img = Image.open(path, formats=[guess] if guess else None)
-    except UnidentifiedImageError:
-        if guess is None:
-            raise
-        img = Image.open(path)
-    with img:
-        if img.format == "JPEG":
-            img.draft(mode, (width, height))  # lets libjpeg decode big photos at 1/2..1/8 scale
-        if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation (photos); skip the copy otherwise
-            img = ImageOps.exif_transpose(img)
-        img = _convert(img, mode)
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
-    return array[None, :, :] if channels == 1 else array.transpose(2, 0, 1)
-
-
-def _convert(img, mode: str):
-    """Convert to "L" or "RGB": alpha dropped, 16-bit and float images scaled to 8 bits."""
-    from PIL import Image
-
-    if img.mode.startswith("I;16") or img.mode == "I":
-        # Pillow's own I -> L conversion clips at 255 instead of scaling 16-bit values.
-        values = np.asarray(img).astype(np.int64)
-        img = Image.fromarray(np.clip(values // 257, 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
-        img = img.convert("RGBA")  # then dropped by the conversion below
-    return img if img.mode == mode else img.convert(mode)

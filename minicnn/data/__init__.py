@@ -40,5 +40,6 @@ __all__ = [
     "DATASETS", "IMAGE_EXTENSIONS", "Compose", "DataLoader", "DatasetFileError", "DatasetNotFoundError",
     "Normalize", "RandomAffine", "RandomCrop", "RandomHorizontalFlip", "RandomRotation", "RandomScale",
     "RandomTranslation", "Transform", "decode_image", "load_cifar10", "load_dataset", "load_digits",
-    "load_fashion_mnist", "load_image_folder", "load_mnist", "parse_idx", "preview", "read_idx", "user_cache_dir", "warp_affine",
+    "load_fashion_mnist", "load_image_folder", "load_mnist", "parse_idx", "preview", "read_idx",
+    "user_cache_dir", "warp_affine",
 ]

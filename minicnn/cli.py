@@ -278,18 +278,18 @@ def _run_tune(args) -> int:
 
 
 def _load_eval_data(args, metadata):
-    from .recipes import load_data
+    """``(dataset, (x_test, y_test, class_names))``: for the model's own dataset, exactly the
+    held-out images of the split it was trained beside (``recipes.load_test_data``)."""
+    from .recipes import load_test_data
 
     if args.image_folder:
-        shape = metadata.get("input_shape") or [3, 32, 32]
-        data = load_data("folder", args.image_folder, image_size=tuple(shape[1:]),
-                         channels=shape[0], verbose=0 if args.quiet else 1)
-        return "folder", data
-    dataset = args.dataset or metadata.get("dataset")
+        dataset, data_dir = "folder", args.image_folder
+    else:
+        dataset, data_dir = args.dataset or metadata.get("dataset"), args.data_dir
     if dataset is None:
         raise SystemExit("minicnn evaluate: --dataset is required (the model file does not "
                          "say which dataset it was trained on)")
-    return dataset, load_data(dataset, args.data_dir)
+    return dataset, load_test_data(dataset, data_dir, metadata, verbose=0 if args.quiet else 1)
 
 
 class UsageError(ValueError):
@@ -349,7 +349,7 @@ def cmd_evaluate(args) -> int:
 
     model = load_model(args.model)
     metadata = model.metadata or {}
-    dataset, (_, (x_test, y_test), class_names) = _load_eval_data(args, metadata)
+    dataset, (x_test, y_test, class_names) = _load_eval_data(args, metadata)
     x_test = normalize_as_trained(x_test, metadata)
     scores = evaluate(model, SoftmaxCrossEntropy(), x_test, y_test, batch_size=args.batch_size)
     print(f"{dataset} test set: accuracy {scores['acc']:.2%}, loss {scores['loss']:.4f} "

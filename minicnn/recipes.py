@@ -9,6 +9,7 @@ trains the recipes its trials propose with the same :meth:`Recipe.train`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -183,6 +184,75 @@ def load_data(dataset: str, data_dir=None, image_size=None, channels=None, seed:
     return load_dataset(dataset, data_dir, **kwargs)
 
 
+# -- which images a model was tested on -----------------------------------------------------------
+#
+# MNIST, Fashion-MNIST, CIFAR-10 and folders with train/ and test/ sub-folders come with their
+# test set. digits and flat image folders are *split* by a seed: evaluating such a model on a split
+# drawn with another seed would score images it was trained on. So a model file records its split
+# (the seed and a fingerprint of the held-out images), and evaluation draws exactly that split again.
+
+class SplitMismatchError(ValueError):
+    """The held-out images a model was tested on cannot be drawn again."""
+
+
+def split_is_drawn(dataset: str, data_dir=None) -> bool:
+    """Whether ``dataset``'s train/test split is drawn with a seed (rather than given)."""
+    if dataset == "digits":
+        return True
+    if dataset == "folder":
+        root = Path(data_dir)
+        return not ((root / "train").is_dir() and ((root / "test").is_dir() or
+                                                    (root / "val").is_dir()))
+    return False
+
+
+def held_out_fingerprint(x_test, y_test) -> str:
+    """SHA-256 of the held-out images and labels (their bytes, in order)."""
+    digest = hashlib.sha256(np.ascontiguousarray(x_test).tobytes())
+    digest.update(np.ascontiguousarray(y_test, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def split_record(dataset: str, data_dir, seed: int, x_test, y_test) -> dict:
+    """What a model file keeps of its train/test split (``metadata["split"]``)."""
+    return {"drawn": split_is_drawn(dataset, data_dir), "seed": int(seed),
+            "test_images": int(len(y_test)), "test_sha256": held_out_fingerprint(x_test, y_test)}
+
+
+def load_test_data(dataset: str, data_dir, metadata: dict, verbose: int = 1):
+    """``(x_test, y_test, class_names)`` to score a model with ``metadata`` on ``dataset``.
+
+    On the model's own dataset, when that dataset's split is drawn (digits, a flat image folder),
+    this is exactly the held-out part of the split the model was trained beside: drawn again with
+    the recorded seed and checked against the recorded fingerprint. A model that does not record
+    its split, or whose held-out images cannot be drawn again (the files changed, another flat
+    folder), raises :class:`SplitMismatchError`: scoring it would count images it was trained on.
+    """
+    shape = metadata.get("input_shape") or [3, 32, 32]
+    folder = {"image_size": tuple(shape[1:]), "channels": shape[0]} if dataset == "folder" else {}
+    if not (split_is_drawn(dataset, data_dir) and dataset == metadata.get("dataset")):
+        _, (x_test, y_test), names = load_data(dataset, data_dir, verbose=verbose, **folder)
+        return x_test, y_test, names
+    split = metadata.get("split")
+    where = "this image folder" if dataset == "folder" else dataset
+    if not isinstance(split, dict) or not isinstance(split.get("seed"), int):
+        raise SplitMismatchError(
+            f"the model file does not record the train/test split it was trained with, and "
+            f"{where} is split by a seed: its held-out images cannot be told apart from its "
+            "training images. Retrain it with this version of minicnn (model files now record "
+            "the split), or evaluate on a test set of its own (a folder with train/ and test/).")
+    _, (x_test, y_test), names = load_data(dataset, data_dir, seed=split["seed"], verbose=verbose,
+                                           **folder)
+    if held_out_fingerprint(x_test, y_test) != split.get("test_sha256"):
+        raise SplitMismatchError(
+            f"the held-out images of {where}, drawn again with the model's seed "
+            f"{split['seed']}, are not the {split.get('test_images', '?')} images it was tested "
+            "on (files added, removed or changed, or another folder): some of them may have been "
+            "trained on. Evaluate on a folder with train/ and test/ sub-folders instead, whose "
+            "test images are scored as they are.")
+    return x_test, y_test, names
+
+
 def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_dir=None,
                      model: str | None = None, epochs: int | None = None,
                      batch_size: int | None = None, lr: float | None = None,
@@ -217,6 +287,7 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
 
     (x_train, y_train), (x_test, y_test), class_names = load_data(
         dataset, data_dir, image_size=image_size, channels=channels, seed=seed, verbose=verbose)
+    split = split_record(dataset, data_dir, seed, x_test, y_test)
     if limit is not None:  # a quick run: at most `limit` training and `limit` test images
         x_train, y_train = x_train[:limit], y_train[:limit]
         x_test, y_test = x_test[:limit], y_test[:limit]
@@ -228,7 +299,7 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     net.metadata = {
         "class_names": list(class_names), "input_shape": list(input_shape), "dataset": dataset,
         "normalization": {"mean": normalize.mean.tolist(), "std": normalize.std.tolist()},
-        "recipe": settings.to_dict(),
+        "recipe": settings.to_dict(), "split": split,
     }
     if verbose:
         net.summary()

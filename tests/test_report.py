@@ -13,7 +13,7 @@ from minicnn import metrics, plots
 from minicnn.cli import main as cli_main
 from minicnn.data import Normalize
 from minicnn.layers import Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
-from minicnn.recipes import load_data
+from minicnn.recipes import load_data, split_record
 from minicnn.report import _display_images, write_report
 
 
@@ -92,7 +92,8 @@ def digits_run(tmp_path_factory):
                           input_shape=(1, 8, 8))
     model.metadata = {"class_names": names, "dataset": "digits", "input_shape": [1, 8, 8],
                       "normalization": {"mean": normalize.mean.tolist(),
-                                        "std": normalize.std.tolist()}}
+                                        "std": normalize.std.tolist()},
+                      "split": split_record("digits", None, 0, x_test, y_test)}
     history = mc.fit(model, mc.losses.SoftmaxCrossEntropy(),
                      mc.optim.Adam(model.parameters(), lr=1e-2),
                      (normalize(x_train, None), y_train), val=(normalize(x_test, None), y_test),

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # The other submodules load on first use, so ``import minicnn`` stays cheap and yet
 # ``minicnn.models.mnist_cnn()`` works after it alone.
 _LAZY_SUBMODULES = ("atomic", "backend", "callbacks", "checkpoints", "cli", "data", "diagnostics",
-                    "io", "kernels", "models", "naive", "plots", "recipes", "report", "training",
+                    "interop", "io", "kernels", "models", "naive", "plots", "recipes", "report", "training",
                     "tuning", "validation")
 
 

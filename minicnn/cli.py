@@ -6,6 +6,7 @@
     minicnn explain runs/mnist-.../model.safetensors --dataset mnist --out report/
     minicnn predict runs/mnist-.../model.safetensors digit.png
     minicnn bench --backends numpy,numba
+    minicnn export runs/mnist-.../model.safetensors --onnx mnist.onnx
     minicnn tune --dataset digits --trials 20 --retrain-best
 
 ``python -m minicnn`` is the same command. Bad input ends with a one-line message and exit code 2;
@@ -184,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print only the result lines (no header)")
     bench.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     bench.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+
+    export = commands.add_parser(
+        "export", help="write a model as ONNX (pip install \"minicnn[onnx]\")",
+        description="Write a minicnn model file as an ONNX model (inputs: normalized images "
+        "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker and, "
+        "when onnxruntime is installed, compare its probabilities with minicnn's.")
+    export.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    export.add_argument("--onnx", metavar="OUT", required=True, help="the .onnx file to write")
+    export.add_argument("--opset", type=positive_int, default=17,
+                        help="ONNX opset version (default 17)")
+    _add_common(export)
 
     tune = commands.add_parser(
         "tune", help='search hyperparameters with Optuna (pip install "minicnn[tune]")',
@@ -465,6 +477,35 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from . import load_model
+    from .interop import to_onnx
+
+    if args.opset < 17:
+        raise UsageError(f"--opset must be >= 17, got {args.opset}")
+    model = load_model(args.model)
+    try:
+        path = to_onnx(model, args.onnx, opset=args.opset)
+    except ImportError as err:
+        print(f"minicnn export: error: {err}", file=sys.stderr)
+        return 2
+    shape = tuple(model.input_shape or model.metadata.get("input_shape"))
+    message = f"wrote {path} (opset {args.opset}, input (N, {', '.join(map(str, shape))}))"
+    try:
+        import onnxruntime
+    except ImportError:
+        print(message + "; onnxruntime is not installed, so it was not run", file=sys.stderr)
+        return 0
+    x = np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {"images": x})[0]
+    difference = float(np.abs(probabilities - model.predict(x)).max())
+    if not args.quiet:
+        print(f"{message}; onnxruntime's probabilities differ from minicnn's by at most "
+              f"{difference:.1e} on 8 random inputs")
+    return 0
+
+
 def cmd_tune(args) -> int:
     try:
         return _run_tune(args)
@@ -505,7 +546,7 @@ def main(argv=None) -> int:
 
 
 _HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_evaluate,
-             "predict": cmd_predict, "bench": cmd_bench, "tune": cmd_tune}
+             "predict": cmd_predict, "bench": cmd_bench, "export": cmd_export, "tune": cmd_tune}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 what an earlier one defined, as a reader would), in a scratch folder: an API example that no
 longer matches the code fails here."""
 
+import os
 import re
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def test_every_python_block_of_the_readme_runs(tmp_path, monkeypatch):
         compiled = compile("\n" * (line - 1) + code, str(README), "exec")
         try:
             exec(compiled, namespace)
+        except ImportError as err:  # an optional extra (PyTorch, ONNX): CI installs them all
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"README.md, the python block at line {line} needs {err.name}: {err}")
         except Exception as err:
             pytest.fail(f"README.md, the python block at line {line}: "
                         f"{type(err).__name__}: {err}")

@@ -7,6 +7,7 @@
     minicnn predict runs/mnist-.../model.safetensors digit.png
     minicnn bench --backends numpy,numba
     minicnn export runs/mnist-.../model.safetensors --onnx mnist.onnx
+    minicnn studio
     minicnn tune --dataset digits --trials 20 --retrain-best
 
 ``python -m minicnn`` is the same command. Bad input ends with a one-line message and exit code 2;
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from --out/checkpoint.safetensors (after Ctrl-C); "
                             "without --out, the latest run of this dataset under runs/")
     train.add_argument("--limit", type=positive_int, help="train on the first N images only (smoke test)")
+    train.add_argument("--studio", action="store_true",
+                       help="watch the run live in minicnn studio (the URL is printed)")
     train.add_argument("--diagnostics", type=positive_int, nargs="?", const=50, default=None,
                        metavar="N",
                        help="record gradient flow every N steps (default 50): per-layer gradient "
@@ -185,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print only the result lines (no header)")
     bench.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     bench.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+
+    studio = commands.add_parser(
+        "studio", help="a local web page: draw a digit, watch both passes and a training run",
+        description="Serve minicnn studio on this machine: draw a digit (or pick a test image) "
+        "and see every layer's output and the gradient of a class score or of the loss with "
+        "respect to it, each with its formula; check a gradient numerically on the spot; watch "
+        "a short training run. Without MODEL a small MNIST model is trained first (once).")
+    studio.add_argument("model", nargs="?", help="a model file (default: a small MNIST model)")
+    studio.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    studio.add_argument("--port", type=non_negative_int, default=0,
+                        help="port (default 0: a free one; the URL is printed)")
+    _add_common(studio)
 
     export = commands.add_parser(
         "export", help="write a model as ONNX (pip install \"minicnn[onnx]\")",
@@ -335,6 +351,10 @@ def cmd_train(args) -> int:
     if dataset == "mnist" and (args.long or args.fast):
         recipe = "mnist-long" if args.long else "mnist-fast"
     size = (args.image_size, args.image_size) if args.image_size else None
+    callbacks, diagnostics = [], args.diagnostics
+    if args.studio:
+        callbacks.append(_start_studio_for_training(args))
+        diagnostics = diagnostics or 20  # the live view's gradient norms
     out = args.out
     if args.resume and out is None:
         out = _latest_run(dataset)
@@ -345,11 +365,34 @@ def cmd_train(args) -> int:
                          weight_decay=args.weight_decay, augment=args.augment, seed=args.seed,
                          out=out, backend_name=args.backend, verbose=0 if args.quiet else 1,
                          resume=args.resume, limit=args.limit, image_size=size,
-                         channels=args.channels, diagnostics=args.diagnostics)
+                         channels=args.channels, diagnostics=diagnostics, callbacks=callbacks)
     except KeyboardInterrupt:
         print("\ninterrupted; resume with the same command plus --resume --out <the run folder>",
               file=sys.stderr)
         return 130
+    return 0
+
+
+def _start_studio_for_training(args):
+    """Serve the studio's live view of this run from a background thread; returns the callback
+    that feeds it."""
+    import threading
+
+    from .studio import AttachedTraining, StudioApp, TrainingMonitor, make_server
+
+    monitor = TrainingMonitor(every=10)
+    server = make_server(StudioApp(None, AttachedTraining(monitor)), "127.0.0.1", 0)
+    host, port = server.server_address[:2]
+    threading.Thread(target=server.serve_forever, daemon=True, name="minicnn-studio").start()
+    print(f"minicnn studio: watch this run at http://{host}:{port}/", file=sys.stderr)
+    return monitor
+
+
+def cmd_studio(args) -> int:
+    from .studio import build_app, serve
+
+    app = build_app(args.model, verbose=0 if args.quiet else 1)
+    serve(app, args.host, args.port, verbose=0 if args.quiet else 1)
     return 0
 
 
@@ -546,7 +589,8 @@ def main(argv=None) -> int:
 
 
 _HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_evaluate,
-             "predict": cmd_predict, "bench": cmd_bench, "export": cmd_export, "tune": cmd_tune}
+             "predict": cmd_predict, "bench": cmd_bench, "export": cmd_export, "tune": cmd_tune,
+             "studio": cmd_studio}
 
 
 if __name__ == "__main__":

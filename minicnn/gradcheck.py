@@ -71,23 +71,41 @@ def numerical_gradient(f, x: np.ndarray, eps: float = DEFAULT_EPS, weights=None)
     unaffected outputs out of the difference.
     """
     grad = np.zeros(x.shape, dtype=np.float64)
-    flat_x = x.reshape(-1)  # a view: writes reach x
-    if not np.shares_memory(flat_x, x):
-        raise ValueError("numerical_gradient: x must be a contiguous array")
+    flat_x = _flat_view(x, "numerical_gradient")
     flat_grad = grad.reshape(-1)
     for i in range(flat_x.size):
-        original = flat_x[i]
-        values = []
-        for step in (eps, -eps, 2 * eps, -2 * eps):
-            flat_x[i] = original + step
-            values.append(np.asarray(f(), dtype=np.float64))
-        flat_x[i] = original
-        plus, minus, plus2, minus2 = values
-        difference = 8 * (plus - minus) - (plus2 - minus2)
+        difference = _stencil(f, flat_x, i, eps)
         if weights is not None:
             difference = np.sum(difference * weights)
         flat_grad[i] = difference / (12 * eps)
     return grad
+
+
+def partial_derivative(f, x: np.ndarray, index, eps: float = DEFAULT_EPS) -> float:
+    """``d f / d x[index]`` of a scalar ``f()`` by the same five-point stencil (``x`` is
+    perturbed in place and restored): one entry of :func:`numerical_gradient`."""
+    flat_x = _flat_view(x, "partial_derivative")
+    i = int(np.ravel_multi_index(tuple(index), x.shape))
+    return float(_stencil(f, flat_x, i, eps)) / (12 * eps)
+
+
+def _flat_view(x: np.ndarray, where: str) -> np.ndarray:
+    flat_x = x.reshape(-1)  # a view: writes reach x
+    if not np.shares_memory(flat_x, x):
+        raise ValueError(f"{where}: x must be a contiguous array")
+    return flat_x
+
+
+def _stencil(f, flat_x: np.ndarray, i: int, eps: float):
+    """``8 (f(x+h) - f(x-h)) - (f(x+2h) - f(x-2h))`` for a step h in entry ``i``."""
+    original = flat_x[i]
+    values = []
+    for step in (eps, -eps, 2 * eps, -2 * eps):
+        flat_x[i] = original + step
+        values.append(np.asarray(f(), dtype=np.float64))
+    flat_x[i] = original
+    plus, minus, plus2, minus2 = values
+    return 8 * (plus - minus) - (plus2 - minus2)
 
 
 def check_layer(layer, x, dy=None, training: bool = True, eps: float = DEFAULT_EPS,

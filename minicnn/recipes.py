@@ -260,7 +260,7 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
                      label_smoothing: float | None = None, seed: int = 0, out=None,
                      backend_name: str | None = None, verbose: int = 1, resume: bool = False,
                      limit: int | None = None, image_size=None, channels=None,
-                     diagnostics: int | None = None) -> dict:
+                     diagnostics: int | None = None, callbacks=()) -> dict:
     """Train a classifier on ``dataset`` with ``RECIPES[recipe or dataset]`` (every setting can
     be overridden) and write the results into ``out``.
 
@@ -268,9 +268,9 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     metadata), ``history.json``, ``curves.png``, ``results.json`` and a resumable
     ``checkpoint.safetensors``. Returns the results dict (test accuracy, times, paths).
     ``limit`` uses only the first ``limit`` training and test images (for quick smoke runs).
-    ``diagnostics=N`` records gradient flow every N steps (``fit``'s option): it is kept in
-    ``history.json``, drawn into ``gradient_flow.png`` and its warnings are printed and returned
-    as ``results["gradient_flow_warnings"]``.
+    ``callbacks`` go to ``fit`` too. ``diagnostics=N`` records gradient flow every N steps
+    (``fit``'s option): it is kept in ``history.json``, drawn into ``gradient_flow.png`` and its
+    warnings are printed and returned as ``results["gradient_flow_warnings"]``.
     """
     from .data import Normalize
 
@@ -310,7 +310,7 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
     history = settings.train(net, (x_train, y_train), val=(x_test, y_test), val_name="test",
                              dataset=dataset, seed=seed, verbose=verbose,
                              checkpoint=out / "checkpoint.safetensors", resume=resume,
-                             diagnostics=diagnostics)
+                             diagnostics=diagnostics, callbacks=callbacks)
     wall = time.perf_counter() - start
     train_seconds = sum(record["time_s"] for record in history.epochs)
     final = evaluate(net, SoftmaxCrossEntropy(), x_test, y_test)

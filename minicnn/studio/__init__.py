@@ -1,0 +1,85 @@
+"""minicnn studio: a local web page where you draw a digit and watch both passes.
+
+``minicnn studio [MODEL]`` serves it (127.0.0.1, a free port; the URL is printed; Ctrl-C
+stops it). The page shows every layer's output for one image (forward), the gradient of a class
+score or of the loss with respect to every layer's output (backward), the saliency map,
+Grad-CAM and the first layer's weight gradient, each panel with the formula that computed it in
+the symbols of the layer's docstring and this input's shapes; a click on a pixel or a weight
+compares the analytic gradient with a central difference computed on the spot. A Train button
+(and ``minicnn train --studio``) shows a run's curves, per-layer gradient norms and first-layer
+filters as they change.
+
+Everything runs on the standard library's HTTP server and the page's own three files (no CDN,
+no build step): :mod:`.compute` computes the panels, :mod:`.server` serves them,
+:mod:`.training` publishes a training run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .compute import Studio, StudioInputError, encode_maps, preprocess_drawing
+from .server import StudioApp, make_server
+from .training import AttachedTraining, DemoTraining, TrainingMonitor
+
+
+def default_model_path(verbose: int = 1) -> Path:
+    """A small MNIST model for the studio, trained once (``--fast`` recipe, about 10-15 s on 2
+    cores) and kept in the user cache."""
+    from ..data.sources import user_cache_dir
+    from ..recipes import train_classifier
+
+    folder = user_cache_dir() / "studio" / "mnist-fast"
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        if verbose:
+            print(f"No model given: training a small MNIST model first (one epoch of the --fast "
+                  f"recipe, about 15 s on 2 cores); it is kept in {folder}", file=sys.stderr)
+        train_classifier("mnist", recipe="mnist-fast", out=folder, verbose=verbose)
+    return path
+
+
+def _mnist_training_images():
+    from ..data import Normalize
+    from ..recipes import load_data
+
+    (x, y), _, _ = load_data("mnist", verbose=0)
+    return Normalize.fit(x)(x, None), y
+
+
+def build_app(model_path=None, verbose: int = 1, demo_training: bool = True) -> StudioApp:
+    """The studio for a model file (None: the cached small MNIST model, trained if needed),
+    with its dataset's held-out images in the picker."""
+    from .. import load_model
+    from ..recipes import load_test_data
+
+    path = Path(model_path) if model_path is not None else default_model_path(verbose)
+    model = load_model(path)
+    metadata = model.metadata or {}
+    images = labels = None
+    if metadata.get("dataset") and metadata["dataset"] != "folder":
+        images, labels, _ = load_test_data(metadata["dataset"], None, metadata, verbose=0)
+    studio = Studio(model, test_images=images, test_labels=labels)
+    training = DemoTraining(_mnist_training_images) if demo_training else None
+    return StudioApp(studio, training, verbose=verbose)
+
+
+def serve(app: StudioApp, host: str = "127.0.0.1", port: int = 0, verbose: int = 1) -> None:
+    """Serve ``app`` until Ctrl-C."""
+    server = make_server(app, host, port)
+    address, bound_port = server.server_address[:2]
+    print(f"minicnn studio: http://{address}:{bound_port}/  (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if verbose:
+            print("minicnn studio: stopped", file=sys.stderr)
+
+
+__all__ = ["AttachedTraining", "DemoTraining", "Studio", "StudioApp", "StudioInputError",
+           "TrainingMonitor", "build_app", "default_model_path", "encode_maps", "make_server",
+           "preprocess_drawing", "serve"]

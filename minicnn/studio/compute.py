@@ -1,0 +1,431 @@
+"""What the studio page shows, computed: one image through every layer and back.
+
+:class:`Studio` holds a model (a float64 copy on the numpy backend, so that gradients checked on
+the spot agree to ~1e-9) and answers three questions the page asks:
+
+- :meth:`Studio.analyze`: for one image and a chosen scalar (a class score, or the loss for a
+  label), every layer's output and the gradient of that scalar with respect to it, the input
+  gradient (saliency), Grad-CAM, the first layer's weight gradient, the prediction, and for each
+  layer its forward/backward formula with this input's shapes;
+- :meth:`Studio.check`: one entry of an analytic gradient (a pixel or a weight) next to a
+  central-difference estimate (``minicnn.gradcheck.partial_derivative``);
+- :func:`preprocess_drawing`: a drawn digit prepared as MNIST's digits were (the ink's bounding
+  box scaled into 20x20, then centred by its centre of mass in 28x28).
+
+Arrays go to the page as bytes: each map quantized to uint8 (activations between the layer's
+minimum and maximum, gradients symmetric around 128 so that 0 stays grey), base64-encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import time
+
+import numpy as np
+
+from .. import interpret
+from ..gradcheck import partial_derivative, relative_error
+from ..layers import (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Residual,
+    Sigmoid,
+    Tanh,
+)
+from ..recipes import normalize_as_trained
+
+
+class StudioInputError(ValueError):
+    """A request the studio cannot answer (the server turns it into a 400 with the message)."""
+
+
+# -- MNIST-style preprocessing --------------------------------------------------------------------
+
+def preprocess_drawing(ink: np.ndarray, size: int = 28, box: int = 20) -> np.ndarray:
+    """A drawing (H, W) with ink in [0, 1] (bright strokes on black) as MNIST prepared its
+    digits: the ink's bounding box scaled so its longer side is ``box`` pixels (anti-aliased),
+    then placed in a ``size`` x ``size`` image so that its centre of mass is the centre.
+    Returns float32 (size, size) in [0, 1]; an empty drawing gives zeros."""
+    from PIL import Image
+
+    ink = np.clip(np.asarray(ink, dtype=np.float32), 0.0, 1.0)
+    rows, cols = np.nonzero(ink > 0.05)
+    out = np.zeros((size, size), dtype=np.float32)
+    if rows.size == 0:
+        return out
+    crop = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = box / max(crop.shape)
+    height, width = (max(1, round(d * scale)) for d in crop.shape)
+    small = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize(
+        (width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    total = small.sum()
+    if total <= 0:
+        return out
+    ys, xs = np.indices(small.shape)
+    centre_y, centre_x = (ys * small).sum() / total, (xs * small).sum() / total
+    top = int(round(size / 2 - centre_y))
+    left = int(round(size / 2 - centre_x))
+    top, left = min(max(top, 0), size - height), min(max(left, 0), size - width)
+    out[top:top + height, left:left + width] = small
+    return np.clip(out, 0.0, 1.0)
+
+
+# -- encoding for the page ------------------------------------------------------------------------
+
+def _bytes(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=np.uint8).tobytes()).decode()
+
+
+def encode_maps(array, signed: bool = False) -> dict:
+    """``array`` as maps (C, H, W) of uint8: a 1-D output (a Dense layer's) becomes one row.
+    Unsigned: the layer's range [min, max] onto 0..255. Signed (gradients): [-m, m] onto
+    0..255 with m the largest magnitude, so 0 is 128 (grey) and the sign is the colour."""
+    a = np.asarray(array, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None, None, :]
+    elif a.ndim == 2:
+        a = a[None]
+    if signed:
+        bound = float(np.abs(a).max()) or 1.0
+        low, high = -bound, bound
+    else:
+        low, high = float(a.min()), float(a.max())
+    span = (high - low) or 1.0
+    quantized = np.rint((a - low) / span * 255.0)
+    return {"shape": list(a.shape), "min": low, "max": high, "signed": signed,
+            "data": _bytes(quantized)}
+
+
+# -- the formula behind each panel ----------------------------------------------------------------
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def formula(layer, input_shape, output_shape) -> dict:
+    """The forward and backward equations of ``layer`` in the symbols of its docstring, with the
+    shapes of this input (N = 1), and what the panel shows, in plain words."""
+    x, y = _shape(input_shape), _shape(output_shape)
+    if isinstance(layer, Conv2D):
+        (kh, kw), f = layer.kernel_size, layer.out_channels
+        k = layer.in_channels * kh * kw
+        pixels = int(np.prod(output_shape[2:]))
+        cols, out = _shape((k, pixels)), _shape((f, pixels))
+        bias = layer.bias is not None
+        return {
+            "forward": [f"cols = im2col(x)   {x} -> {cols}",
+                        f"out = W2 @ cols{' + b' if bias else ''}   {_shape((f, k))} @ {cols} = {out}",
+                        f"y = out laid out as (N, F, OH, OW)   {y}"],
+            "backward": [f"dout = dy laid out like out   {out}",
+                         f"dW2 = dout @ cols.T   {out} @ {_shape((pixels, k))} = {_shape((f, k))}",
+                         *([f"db = dout.sum(axis=1)   ({f},)"] if bias else []),
+                         f"dcols = W2.T @ dout   {_shape((k, f))} @ {out} = {cols}",
+                         f"dx = col2im(dcols)   {x}"],
+            "explain": f"Each of the {f} filters ({layer.in_channels}x{kh}x{kw}) slides over the "
+                       "input; bright where its pattern is. The gradient of a map says how the "
+                       "chosen score would change if that map's value moved.",
+        }
+    if isinstance(layer, Dense):
+        fan_in, fan_out = layer.weight.data.shape
+        bias = layer.bias is not None
+        return {"forward": [f"y = x @ W{' + b' if bias else ''}   {x} @ "
+                            f"{_shape((fan_in, fan_out))} = {y}"],
+                "backward": [f"dW = x.T @ dy   {_shape((fan_in, 1))} @ {y} = "
+                             f"{_shape((fan_in, fan_out))}",
+                             *(["db = dy.sum(axis=0)"] if bias else []),
+                             f"dx = dy @ W.T   {y} @ {_shape((fan_out, fan_in))} = {x}"],
+                "explain": "A fully connected layer: every output is a weighted sum of every "
+                           "input. Its backward pass sends dy back through the transposed "
+                           "weights."}
+    if isinstance(layer, BatchNorm2D):
+        return {"forward": ["xhat = (x - running_mean) / sqrt(running_var + eps)",
+                            f"y = gamma * xhat + beta   {y}"],
+                "backward": ["dx = dy * gamma / sqrt(running_var + eps)   (inference: the "
+                             "statistics are constants)"],
+                "explain": "Normalizes each channel with the statistics gathered in training, "
+                           "then scales and shifts it with learned gamma and beta."}
+    if isinstance(layer, ReLU):
+        return {"forward": [f"y = max(x, 0)   {y}"], "backward": ["dx = dy * (x > 0)"],
+                "explain": "Negative values become 0, and so does their gradient: only units "
+                           "that fired pass the gradient down."}
+    if isinstance(layer, LeakyReLU):
+        return {"forward": [f"y = x if x > 0 else {layer.negative_slope:g} * x"],
+                "backward": [f"dx = dy * (1 if x > 0 else {layer.negative_slope:g})"],
+                "explain": "Like ReLU, but negative inputs keep a small slope."}
+    if isinstance(layer, Sigmoid):
+        return {"forward": ["y = 1 / (1 + exp(-x))"], "backward": ["dx = dy * y * (1 - y)"],
+                "explain": "Squashes into (0, 1); its slope is at most 1/4."}
+    if isinstance(layer, Tanh):
+        return {"forward": ["y = tanh(x)"], "backward": ["dx = dy * (1 - y**2)"],
+                "explain": "Squashes into (-1, 1)."}
+    if isinstance(layer, MaxPool2D):
+        (kh, kw) = layer.kernel_size
+        return {"forward": [f"y = max over each {kh}x{kw} window   {x} -> {y}"],
+                "backward": ["dx = dy at each window's winner, 0 elsewhere"],
+                "explain": "Keeps the strongest response of each window; the gradient flows "
+                           "only to the winners."}
+    if isinstance(layer, AvgPool2D):
+        (kh, kw) = layer.kernel_size
+        return {"forward": [f"y = mean over each {kh}x{kw} window   {x} -> {y}"],
+                "backward": [f"dx = dy / {kh * kw} spread over each window"],
+                "explain": "Averages each window; the gradient is shared evenly."}
+    if isinstance(layer, GlobalAvgPool2D):
+        return {"forward": [f"y = x.mean(axis=(2, 3))   {x} -> {y}"],
+                "backward": ["dx = dy / (H * W) at every position"],
+                "explain": "One number per channel: its average over the image."}
+    if isinstance(layer, Flatten):
+        return {"forward": [f"y = x.reshape(N, -1)   {x} -> {y}"],
+                "backward": [f"dx = dy.reshape{x}"],
+                "explain": "Lays the maps out as one vector; nothing is computed."}
+    if isinstance(layer, Dropout):
+        return {"forward": ["y = x   (inference)"], "backward": ["dx = dy"],
+                "explain": "Zeroes random units in training only; here it passes x through."}
+    if isinstance(layer, Residual):
+        return {"forward": [f"y = body(x) + shortcut(x)   {y}"],
+                "backward": ["dx = body.backward(dy) + shortcut.backward(dy)"],
+                "explain": "Adds the input back: the gradient reaches x along both paths."}
+    return {"forward": [f"y = {layer.name}(x)   {x} -> {y}"], "backward": [],
+            "explain": ""}
+
+
+def _source_name(layer) -> str:
+    return type(layer).__name__
+
+
+# -- the studio ----------------------------------------------------------------------------------
+
+class Studio:
+    """A model ready to be looked into. ``test_images`` (N, C, H, W) in [0, 1] and
+    ``test_labels`` feed the page's picker (un-normalized: what a person sees)."""
+
+    def __init__(self, model, class_names=None, test_images=None, test_labels=None):
+        self.model = copy.deepcopy(model).to("numpy").astype(np.float64)
+        self.metadata = dict(model.metadata or {})
+        self.input_shape = tuple(self.metadata.get("input_shape") or model.input_shape or ())
+        if len(self.input_shape) != 3:
+            raise ValueError("studio: the model does not record its input shape")
+        self.num_classes = self.model.output_shape(self.input_shape)[0]
+        names = class_names or self.metadata.get("class_names")
+        self.class_names = [str(c) for c in names] if names else \
+            [str(i) for i in range(self.num_classes)]
+        self.test_images = test_images
+        self.test_labels = test_labels
+        self.cam_layer = self._cam_layer()
+
+    def _cam_layer(self):
+        try:
+            return interpret.default_cam_layer(self.model)
+        except ValueError:
+            return None
+
+    # -- inputs ----------------------------------------------------------------------------
+    def image_from_request(self, request: dict) -> tuple[np.ndarray, dict]:
+        """The image a request names: ``test_index``, ``image`` (a list of lists in [0, 1] of
+        the model's input size) or ``drawing`` (ink, any size up to 1024x1024, preprocessed
+        MNIST-style). Returns (image (C, H, W) in [0, 1], a description)."""
+        if "test_index" in request:
+            index = request["test_index"]
+            count = 0 if self.test_images is None else len(self.test_images)
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+                raise StudioInputError(f"test_index must be an int in [0, {count}), got {index!r}")
+            return np.asarray(self.test_images[index], dtype=np.float64), \
+                {"source": "test", "label": int(self.test_labels[index])}
+        if "drawing" in request:
+            ink = _float_grid(request["drawing"], "drawing", max_side=1024)
+            if self.input_shape[0] != 1:
+                raise StudioInputError("drawing needs a model of one-channel images")
+            image = preprocess_drawing(ink, self.input_shape[1])
+            if image.shape != self.input_shape[1:]:
+                raise StudioInputError(f"drawing: this model takes {self.input_shape[1:]} images")
+            return image[None].astype(np.float64), {"source": "drawing"}
+        if "image" in request:
+            image = _float_grid(request["image"], "image", max_side=1024)
+            if image.ndim == 2:
+                image = image[None]
+            if image.shape != self.input_shape:
+                raise StudioInputError(f"image must have shape {self.input_shape}, got "
+                                       f"{image.shape}")
+            return image, {"source": "image"}
+        raise StudioInputError("the request names no image: give test_index, image or drawing")
+
+    def target_from_request(self, request: dict, logits: np.ndarray) -> dict:
+        """``{"kind": "class", "class": c}`` (default: the prediction) or
+        ``{"kind": "loss", "label": l}``."""
+        kind = request.get("target", "class")
+        if kind not in ("class", "loss"):
+            raise StudioInputError(f"target must be 'class' or 'loss', got {kind!r}")
+        key = "class" if kind == "class" else "label"
+        value = request.get(key)
+        if value is None:
+            value = int(np.argmax(logits))
+        if not isinstance(value, int) or isinstance(value, bool) or \
+                not 0 <= value < self.num_classes:
+            raise StudioInputError(f"{key} must be an int in [0, {self.num_classes}), got "
+                                   f"{value!r}")
+        return {"kind": kind, key: value}
+
+    # -- the passes ------------------------------------------------------------------------
+    def _normalized(self, image: np.ndarray) -> np.ndarray:
+        return np.asarray(normalize_as_trained(image[None].astype(np.float64), self.metadata),
+                          dtype=np.float64)
+
+    def _scalar_gradient(self, logits: np.ndarray, target: dict) -> tuple[float, np.ndarray]:
+        """The chosen scalar and its gradient with respect to the logits (1, K)."""
+        if target["kind"] == "class":
+            seed = np.zeros_like(logits)
+            seed[0, target["class"]] = 1.0
+            return float(logits[0, target["class"]]), seed
+        shifted = logits - logits.max()
+        p = np.exp(shifted) / np.exp(shifted).sum()
+        label = target["label"]
+        loss = float(-np.log(max(p[0, label], 1e-300)))
+        seed = p.copy()
+        seed[0, label] -= 1.0
+        return loss, seed
+
+    def _forward(self, x):
+        outputs = []
+        for layer in self.model.layers:
+            x = layer.forward(x, training=False)
+            outputs.append(x)
+        return outputs
+
+    def _backward(self, seed):
+        gradients = [None] * len(self.model.layers)
+        dy = seed
+        for index in reversed(range(len(self.model.layers))):
+            gradients[index] = dy
+            dy = self.model.layers[index].backward(dy, input_grad=True)
+        return gradients, dy
+
+    def analyze(self, request: dict) -> dict:
+        start = time.perf_counter()
+        image, source = self.image_from_request(request)
+        x = self._normalized(image)
+        outputs = self._forward(x)
+        logits = outputs[-1]
+        target = self.target_from_request(request, logits[0])
+        value, seed = self._scalar_gradient(logits, target)
+        gradients, input_gradient = self._backward(seed)
+        shifted = logits[0] - logits[0].max()
+        probabilities = np.exp(shifted) / np.exp(shifted).sum()
+
+        layers, shape = [], (1, *self.input_shape)
+        for index, layer in enumerate(self.model.layers):
+            out_shape = outputs[index].shape
+            layers.append({
+                "index": index, "name": layer.name, "describe": layer.describe(),
+                "input_shape": list(shape), "output_shape": list(out_shape),
+                "forward": encode_maps(outputs[index][0]),
+                "backward": encode_maps(gradients[index][0], signed=True),
+                "formula": formula(layer, shape, out_shape), "source": _source_name(layer),
+            })
+            shape = out_shape
+        explained = target.get("class", target.get("label"))
+        result = {
+            "input": encode_maps(image), "source": source,
+            "probabilities": probabilities.tolist(), "predicted": int(np.argmax(probabilities)),
+            "class_names": self.class_names, "target": target, "value": value,
+            "layers": layers,
+            "input_gradient": encode_maps(input_gradient[0], signed=True),
+            "saliency": encode_maps(np.abs(input_gradient[0]).max(axis=0)),
+        }
+        first = self.model.layers[0]
+        if isinstance(first, Conv2D):
+            result["first_weight_gradient"] = encode_maps(
+                first.weight.grad.reshape(-1, *first.kernel_size), signed=True)
+            result["first_weights"] = encode_maps(
+                first.weight.data.reshape(-1, *first.kernel_size), signed=True)
+        if self.cam_layer is not None:
+            cam = interpret.grad_cam(self.model, x, classes=[explained], layer=self.cam_layer)
+            result["grad_cam"] = {**encode_maps(cam.heatmaps[0]), "layer": cam.layer}
+        result["server_ms"] = (time.perf_counter() - start) * 1e3
+        return result
+
+    def check(self, request: dict) -> dict:
+        """One gradient entry, analytic and numerical: ``{"kind": "pixel", "index": [c, h, w]}``
+        (d scalar / d input pixel, in the normalized input the network sees) or
+        ``{"kind": "weight", "layer": i, "index": [...]}`` (d scalar / d the first parameter of
+        layer i, e.g. a Conv2D's W[f, c, i, j])."""
+        image, _ = self.image_from_request(request)
+        x = self._normalized(image)
+        target = self.target_from_request(request, self._forward(x)[-1][0])
+        kind = request.get("kind")
+        if kind == "pixel":
+            array = x
+            index = _index(request.get("index"), x.shape[1:], "index")
+            full_index = (0, *index)
+        elif kind == "weight":
+            layer_index = request.get("layer", 0)
+            if not isinstance(layer_index, int) or isinstance(layer_index, bool) or \
+                    not 0 <= layer_index < len(self.model.layers):
+                raise StudioInputError(f"layer must be an int in [0, {len(self.model.layers)})")
+            params = self.model.layers[layer_index].parameters()
+            if not params:
+                raise StudioInputError(f"layer {layer_index} has no weights")
+            array = params[0].data
+            full_index = index = _index(request.get("index"), array.shape, "index")
+        else:
+            raise StudioInputError(f"kind must be 'pixel' or 'weight', got {kind!r}")
+
+        def scalar():
+            return self._scalar_gradient(self._forward(x)[-1], target)[0]
+
+        _, seed = self._scalar_gradient(self._forward(x)[-1], target)
+        _, input_gradient = self._backward(seed)
+        analytic = float(input_gradient[full_index] if kind == "pixel" else
+                         self.model.layers[request.get("layer", 0)].parameters()[0].grad[index])
+        numeric = partial_derivative(scalar, array, full_index)
+        left, right = _one_sided_slopes(scalar, array, full_index)
+        # At a kink (a ReLU input at 0) or a tie (two equal values in a max-pooling window, common
+        # in an image's flat background) the function has two slopes: the backward pass takes
+        # one side (the first winner, ReLU's 0), a central difference averages them.
+        kink = abs(left - right) > 1e-4 * (abs(left) + abs(right)) + 1e-9
+        return {"kind": kind, "index": list(index), "target": target, "analytic": analytic,
+                "numeric": numeric, "left_slope": left, "right_slope": right, "kink": kink,
+                "relative_error": relative_error(np.array([analytic]), np.array([numeric]))}
+
+
+def _one_sided_slopes(f, array, index, step: float = 1e-6) -> tuple[float, float]:
+    """``(f(x) - f(x - h)) / h`` and ``(f(x + h) - f(x)) / h``: equal where f is smooth."""
+    original = array[index]
+    center = f()
+    array[index] = original - step
+    below = f()
+    array[index] = original + step
+    above = f()
+    array[index] = original
+    return (center - below) / step, (above - center) / step
+
+
+def _float_grid(value, what: str, max_side: int) -> np.ndarray:
+    if not isinstance(value, list) or not value:
+        raise StudioInputError(f"{what} must be a non-empty list of rows of numbers")
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise StudioInputError(f"{what} must hold numbers only, in rows of equal length") from None
+    if array.ndim not in (2, 3) or max(array.shape) > max_side or array.size == 0:
+        raise StudioInputError(f"{what} must be 2-D (or 3-D), at most {max_side} a side, got "
+                               f"shape {array.shape}")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+        raise StudioInputError(f"{what} values must be finite and in [0, 1]")
+    return array
+
+
+def _index(value, shape, what: str) -> tuple:
+    if not isinstance(value, list) or len(value) != len(shape) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise StudioInputError(f"{what} must be a list of {len(shape)} ints (shape {shape})")
+    if not all(0 <= v < s for v, s in zip(value, shape)):
+        raise StudioInputError(f"{what} {value} is outside the shape {list(shape)}")
+    return tuple(value)

@@ -354,7 +354,7 @@ def cmd_train(args) -> int:
     callbacks, diagnostics = [], args.diagnostics
     if args.studio:
         callbacks.append(_start_studio_for_training(args))
-        diagnostics = diagnostics or 20  # the live view's gradient norms
+        diagnostics = diagnostics or 50  # the live view's gradient norms
     out = args.out
     if args.resume and out is None:
         out = _latest_run(dataset)

@@ -43,8 +43,8 @@ function paintMaps(container, encoded, maxWidth, onClick) {
   container.textContent = "";
   const [channels, height, width] = encoded.shape;
   const bytes = bytesOf(encoded);
-  const cssWidth = width === 1 && height === 1 ? 14 :
-    Math.min(maxWidth, Math.max(width * Math.max(1, Math.floor(56 / Math.max(height, width))), 8));
+  let cssWidth = Math.min(maxWidth, Math.max(width * Math.max(1, Math.floor(56 / Math.max(height, width))), 8));
+  if (height === 1) cssWidth = Math.min(560, Math.max(width * 4, 14));  // a vector: one long strip
   for (let c = 0; c < channels; c++) {
     const canvas = paint(document.createElement("canvas"), bytes, c * height * width, height,
                          width, encoded.signed, cssWidth);

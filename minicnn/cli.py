@@ -32,27 +32,24 @@ from .models import PRESETS
 DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "digits")
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts and sizes: a whole number >= 1, so that e.g. ``--epochs 0`` is
-    a usage error (message and exit code 2) before anything is loaded."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def _int_type(minimum: int):
+    """argparse type for a whole number >= ``minimum`` (counts and sizes: 1, seeds and ports: 0),
+    so that e.g. ``--epochs 0`` is a usage error (message and exit code 2) before anything is
+    loaded."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type for seeds: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
+positive_int = _int_type(1)
+non_negative_int = _int_type(0)
 
 
 def _float_type(check, expected: str):
@@ -353,7 +350,7 @@ def cmd_train(args) -> int:
     size = (args.image_size, args.image_size) if args.image_size else None
     callbacks, diagnostics = [], args.diagnostics
     if args.studio:
-        callbacks.append(_start_studio_for_training(args))
+        callbacks.append(_start_studio_for_training())
         diagnostics = diagnostics or 50  # the live view's gradient norms
     out = args.out
     if args.resume and out is None:
@@ -373,7 +370,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _start_studio_for_training(args):
+def _start_studio_for_training():
     """Serve the studio's live view of this run from a background thread; returns the callback
     that feeds it."""
     import threading
@@ -566,6 +563,7 @@ def main(argv=None) -> int:
     from . import backend
     from .data import DatasetFileError, DatasetNotFoundError
     from .io import ModelFileError
+    from .recipes import SplitMismatchError
 
     if getattr(args, "debug", False) or os.environ.get("MINICNN_DEBUG", "") not in ("", "0"):
         if getattr(args, "backend", None):
@@ -580,8 +578,8 @@ def main(argv=None) -> int:
     except (DatasetNotFoundError, DatasetFileError, ModelFileError, FileNotFoundError,
             backend.BackendUnavailableError, ValueError, TypeError, OSError) as err:
         print(f"minicnn {args.command}: error: {err}", file=sys.stderr)
-        if not isinstance(err, (UsageError, DatasetNotFoundError, DatasetFileError,
-                                ModelFileError, FileNotFoundError,
+        if not isinstance(err, (UsageError, SplitMismatchError, DatasetNotFoundError,
+                                DatasetFileError, ModelFileError, FileNotFoundError,
                                 backend.BackendUnavailableError)):
             print("(run again with --debug, or MINICNN_DEBUG=1, to see the full traceback)",
                   file=sys.stderr)

@@ -114,10 +114,9 @@ def _tensor(torch, parameter):
 
 def _torch_layer(torch, layer):
     nn = torch.nn
-    dtype = None
-    for p in layer.parameters():
-        dtype = torch.float64 if p.data.dtype == np.float64 else torch.float32
-        break
+    params = layer.parameters()
+    dtype = None if not params else \
+        (torch.float64 if params[0].data.dtype == np.float64 else torch.float32)
     if isinstance(layer, Conv2D):
         module = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                            stride=layer.stride, padding=layer.padding,

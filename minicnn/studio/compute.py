@@ -41,6 +41,7 @@ from ..layers import (
     Sigmoid,
     Tanh,
 )
+from ..losses import SoftmaxCrossEntropy
 from ..recipes import normalize_as_trained
 
 
@@ -197,10 +198,6 @@ def formula(layer, input_shape, output_shape) -> dict:
             "explain": ""}
 
 
-def _source_name(layer) -> str:
-    return type(layer).__name__
-
-
 # -- the studio ----------------------------------------------------------------------------------
 
 class Studio:
@@ -284,13 +281,9 @@ class Studio:
             seed = np.zeros_like(logits)
             seed[0, target["class"]] = 1.0
             return float(logits[0, target["class"]]), seed
-        shifted = logits - logits.max()
-        p = np.exp(shifted) / np.exp(shifted).sum()
-        label = target["label"]
-        loss = float(-np.log(max(p[0, label], 1e-300)))
-        seed = p.copy()
-        seed[0, label] -= 1.0
-        return loss, seed
+        loss_fn = SoftmaxCrossEntropy()  # the library's loss: softmax(z) - onehot(label) back
+        loss = loss_fn.forward(logits, [target["label"]])
+        return loss, loss_fn.backward()
 
     def _forward(self, x):
         outputs = []
@@ -327,7 +320,7 @@ class Studio:
                 "input_shape": list(shape), "output_shape": list(out_shape),
                 "forward": encode_maps(outputs[index][0]),
                 "backward": encode_maps(gradients[index][0], signed=True),
-                "formula": formula(layer, shape, out_shape), "source": _source_name(layer),
+                "formula": formula(layer, shape, out_shape), "source": layer.name,
             })
             shape = out_shape
         explained = target.get("class", target.get("label"))
@@ -358,7 +351,8 @@ class Studio:
         layer i, e.g. a Conv2D's W[f, c, i, j])."""
         image, _ = self.image_from_request(request)
         x = self._normalized(image)
-        target = self.target_from_request(request, self._forward(x)[-1][0])
+        logits = self._forward(x)[-1]
+        target = self.target_from_request(request, logits[0])
         kind = request.get("kind")
         if kind == "pixel":
             array = x
@@ -372,7 +366,8 @@ class Studio:
             params = self.model.layers[layer_index].parameters()
             if not params:
                 raise StudioInputError(f"layer {layer_index} has no weights")
-            array = params[0].data
+            weight = params[0]
+            array = weight.data
             full_index = index = _index(request.get("index"), array.shape, "index")
         else:
             raise StudioInputError(f"kind must be 'pixel' or 'weight', got {kind!r}")
@@ -380,10 +375,9 @@ class Studio:
         def scalar():
             return self._scalar_gradient(self._forward(x)[-1], target)[0]
 
-        _, seed = self._scalar_gradient(self._forward(x)[-1], target)
+        _, seed = self._scalar_gradient(logits, target)
         _, input_gradient = self._backward(seed)
-        analytic = float(input_gradient[full_index] if kind == "pixel" else
-                         self.model.layers[request.get("layer", 0)].parameters()[0].grad[index])
+        analytic = float(input_gradient[full_index] if kind == "pixel" else weight.grad[index])
         numeric = partial_derivative(scalar, array, full_index)
         left, right = _one_sided_slopes(scalar, array, full_index)
         # At a kink (a ReLU input at 0) or a tie (two equal values in a max-pooling window, common

@@ -99,7 +99,7 @@ async function analyze(request) {
 
 // -- rendering --------------------------------------------------------------------------------
 function render(result) {
-  const [channels, height, width] = result.input.shape;
+  const [, height, width] = result.input.shape;
   paint(document.getElementById("input-canvas"), bytesOf(result.input), 0, height, width, false, 112);
   paintPrediction(result);
   const { target } = result;
@@ -426,7 +426,7 @@ async function start() {
   if (info.drawing) setUpDrawing(); else document.getElementById("draw-card").remove();
   const picker = document.getElementById("picker");
   for (const item of info.test_images) {
-    const [c, h, w] = item.image.shape;
+    const [, h, w] = item.image.shape;
     const canvas = paint(document.createElement("canvas"), bytesOf(item.image), 0, h, w, false);
     canvas.title = `test image ${item.index}: ${info.class_names[item.label]}`;
     canvas.dataset.index = item.index;

@@ -3,7 +3,7 @@
 "use strict";
 
 const state = { info: null, request: null, result: null, targetKind: "class", chosen: null,
-                inFlight: false, pending: null, trainingTimer: null };
+                inFlight: false, pending: null, watchingTraining: false };
 
 // -- arrays from the server: {shape: [C, H, W], data: base64 uint8, signed} ---------------------
 function bytesOf(encoded) {
@@ -362,11 +362,15 @@ function plot(canvas, series, { log = false, yMax = null } = {}) {
 
 const PALETTE = ["#440154", "#3b528b", "#21918c", "#5ec962", "#c8b31b", "#e8833a", "#b42318"];
 
+// One request at a time, the next one asked for when this one is drawn: on a server busy
+// training, overlapping requests could answer out of order and draw an older curve over a newer.
 async function pollTraining() {
   const status = document.getElementById("training-status");
+  let finished = false;
   try {
     const s = await api("/api/training");
     if (!s.started) return;
+    finished = s.finished;
     const loss = s.records.map((r) => [r.step, r.loss]);
     const accuracy = s.records.map((r) => [r.step, r.accuracy]);
     const lossCanvas = document.getElementById("loss-curve");
@@ -385,18 +389,21 @@ async function pollTraining() {
       (last ? `step ${last.step}: loss ${last.loss.toFixed(3)}, accuracy ` +
               `${(100 * last.accuracy).toFixed(1)}%` : "starting ...") +
       (s.finished ? " (done)" : "");
-    if (s.finished && state.trainingTimer) {
-      clearInterval(state.trainingTimer); state.trainingTimer = null;
+  } catch (error) {
+    status.textContent = "error: " + error.message;
+  } finally {
+    if (!finished) {
+      setTimeout(pollTraining, 400);
+    } else {
+      state.watchingTraining = false;
       const button = document.getElementById("train-button");
       if (button) button.disabled = false;
     }
-  } catch (error) {
-    status.textContent = "error: " + error.message;
   }
 }
 
 function watchTraining() {
-  if (!state.trainingTimer) state.trainingTimer = setInterval(pollTraining, 400);
+  if (!state.watchingTraining) { state.watchingTraining = true; pollTraining(); }
 }
 
 // -- start -------------------------------------------------------------------------------------

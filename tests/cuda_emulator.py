@@ -183,9 +183,11 @@ _NUMPY_TYPES = {"bool": np.bool_, "int": np.int32, "float": np.float32, "double"
 class EmulatedElementwiseKernel:
     """``cupy.ElementwiseKernel(in_params, out_params, operation, name)`` as a C++ loop.
 
-    As in CuPy, an input parameter bound to an array is read element by element, one bound to a
-    scalar is a constant, output parameters are arrays written in place, and the type
-    placeholder T takes the dtype of the first array argument it describes."""
+    As in CuPy, an input parameter bound to an array is read element by element (arrays are
+    broadcast against each other, so a (1, C, 1, 1) vector serves every pixel of channel c), one
+    bound to a scalar is a constant, output parameters are arrays of the broadcast shape written
+    in place, and the type placeholder T takes the dtype of the arrays it describes, which must
+    all have that one dtype."""
 
     def __init__(self, folder: Path, in_params: str, out_params: str, operation: str, name: str,
                  **_):
@@ -198,18 +200,24 @@ class EmulatedElementwiseKernel:
         params = self.inputs + self.outputs
         if len(args) != len(params):
             raise TypeError(f"{self.name} takes {len(params)} arguments, got {len(args)}")
-        arrays = [a for a in args if isinstance(a, np.ndarray)]
-        t_dtype = next(a.dtype for a, (t, _) in zip(args, params)
-                       if isinstance(a, np.ndarray) and t == "T")
-        size = arrays[0].size
+        t_dtypes = {a.dtype for a, (t, _) in zip(args, params)
+                    if isinstance(a, np.ndarray) and t == "T"}
+        if len(t_dtypes) != 1:
+            raise TypeError(f"{self.name}: the arrays of type T have dtypes {t_dtypes}")
+        t_dtype = t_dtypes.pop()
+        shape = np.broadcast_shapes(*(a.shape for a in args if isinstance(a, np.ndarray)))
+        size = int(np.prod(shape))
+        args = [np.ascontiguousarray(np.broadcast_to(a, shape))
+                if isinstance(a, np.ndarray) and k < len(self.inputs) else a
+                for k, a in enumerate(args)]
         lines = []
         for k, ((ctype, name), value) in enumerate(zip(params, args)):
             ctype = _C_TYPE_NAMES[t_dtype] if ctype == "T" else ctype
             is_output = k >= len(self.inputs)
             if isinstance(value, np.ndarray):
-                if value.size != size or not value.flags.c_contiguous:
-                    raise ValueError(f"{self.name}: argument {name} must be contiguous, "
-                                     f"{size} elements")
+                if value.shape != shape or not value.flags.c_contiguous:
+                    raise ValueError(f"{self.name}: output {name} must be contiguous, of the "
+                                     f"broadcast shape {shape}, got {value.shape}")
                 ref = "&" if is_output else ""
                 lines.append(f"{ctype}{ref} {name} = (*({ctype}**)args[{k}])[i]; (void){name};")
             elif is_output:
@@ -219,8 +227,8 @@ class EmulatedElementwiseKernel:
         body = "\n".join(lines)
         source = ("#include <cmath>\nusing std::sqrt; using std::exp; using std::log;\n"
                   f'extern "C" void run(long long n, void** args) {{\n'
-                  f"  typedef {_C_TYPE_NAMES[t_dtype]} T;\n"
-                  f"  for (long long i = 0; i < n; ++i) {{\n{body}\n{self.operation}\n  }}\n}}\n")
+                  f"  typedef {_C_TYPE_NAMES[t_dtype]} T; (void)sizeof(T);\n"
+                  f"  for (long long i = 0; i < n; ++i) {{\n{body}\n{self.operation};\n  }}\n}}\n")
         library = self._compiled.get(source)
         if library is None:
             library = self._compiled[source] = _build(source, self.folder)

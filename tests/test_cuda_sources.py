@@ -141,8 +141,8 @@ def test_first_maximum_wins_ties(gpu_kernels):
 @given(n=st.integers(1, 3), f=st.integers(1, 5), oh=st.integers(1, 6), ow=st.integers(1, 6),
        seed=st.integers(0, 2**32 - 1))
 def test_element_wise_kernels_match_numpy(gpu_kernels, dtype, n, f, oh, ow, seed):
-    """The kernels CuPy runs as array expressions (layouts, ReLU, BatchNorm) and Adam's
-    ElementwiseKernel, whose CUDA C the emulator compiles."""
+    """The kernels CuPy runs as array expressions (layouts, ReLU) and Adam's ElementwiseKernel,
+    whose CUDA C the emulator compiles."""
     rng = np.random.default_rng(seed)
     out = rng.standard_normal((f, n * oh * ow)).astype(dtype)
     bias = rng.standard_normal(f).astype(dtype)
@@ -168,6 +168,33 @@ def test_element_wise_kernels_match_numpy(gpu_kernels, dtype, n, f, oh, ow, seed
             # float32: the kernel rounds its scalars (lr, bias corrections) to float32
             np.testing.assert_allclose(mine, expected, **(dict(rtol=1e-5, atol=1e-6)
                                        if dtype == np.float32 else TOLERANCE[dtype]))
+
+
+@DTYPES
+@settings(max_examples=25)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 5), w=st.integers(1, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_batchnorm_kernels_match_numpy(gpu_kernels, dtype, n, c, h, w, seed):
+    """BatchNorm's ElementwiseKernels (broadcast per channel) and per-channel sums."""
+    # float32: the sums run in another order than NumPy's; a wrong formula is off by O(1)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else TOLERANCE[dtype]
+    rng = np.random.default_rng(seed)
+    x = (3 * rng.standard_normal((n, c, h, w)) + 1).astype(dtype)
+    mean, var = reference.channel_mean_var(x)
+    for ours, theirs in zip(gpu_kernels.channel_mean_var(x), (mean, var)):
+        assert ours.dtype == theirs.dtype
+        np.testing.assert_allclose(ours, theirs, **tolerance)
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+    gamma, beta = rng.standard_normal((2, c)).astype(dtype)
+    close(gpu_kernels.batchnorm_forward(x, mean, inv_std, gamma, beta),
+          reference.batchnorm_forward(x, mean, inv_std, gamma, beta), dtype)
+    dy = rng.standard_normal((n, c, h, 2 * w)).astype(dtype)[..., ::2]  # not contiguous
+    for batch_statistics in (True, False):
+        ours = gpu_kernels.batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics)
+        theirs = reference.batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics)
+        for mine, expected in zip(ours, theirs):  # dx, dgamma, dbeta
+            assert mine.dtype == expected.dtype and mine.shape == expected.shape
+            np.testing.assert_allclose(mine, expected, **tolerance)
 
 
 def find_nvcc():

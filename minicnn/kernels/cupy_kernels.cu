@@ -1,7 +1,9 @@
-// CUDA kernels of minicnn's cupy backend: one thread per OUTPUT element, so every element
-// is written by exactly one thread. The adjoints (col2im, pooling backward) are gathers:
-// each input pixel sums the window entries that came from it, so no atomics are needed
-// and the sums are deterministic.
+// CUDA kernels of minicnn's cupy backend. Every output element is written by exactly one
+// thread: one thread per output element, except im2col, where a thread copies one channel of
+// one window (KH*KW entries), so that the index arithmetic (integer divisions, slow on a GPU)
+// is done once per window instead of once per entry. The adjoints (col2im, pooling
+// backward) are gathers: each input pixel sums the window entries that came from it, so no
+// atomics are needed and the sums are deterministic.
 //
 // T is float or double (cupy instantiates both through name expressions, e.g. im2col<float>).
 // Sizes are int; flat indices are long long so batches with more than 2^31 elements work.
@@ -14,8 +16,13 @@
 // o * stride - pad + k == x? True, with *o, when it exists in [0, count).
 __device__ __forceinline__ bool window_at(int x, int k, int pad, int stride, int count, int* o) {
     int shifted = x + pad - k;
-    if (shifted < 0 || shifted % stride != 0) return false;
-    *o = shifted / stride;
+    if (shifted < 0) return false;
+    if (stride == 1) {  // most convolutions: no division (and the same branch for every thread)
+        *o = shifted;
+    } else {
+        if (shifted % stride != 0) return false;
+        *o = shifted / stride;
+    }
     return *o < count;
 }
 
@@ -52,21 +59,26 @@ template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ cols, long long total,
                        int N, int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW,
                        int OH, int OW) {
-    // cols is (C*KH*KW, N*OH*OW): row = (c, i, j) in the window, column = one output pixel
+    // cols is (C*KH*KW, N*OH*OW): row = (c, i, j) in the window, column = one output pixel.
+    // One thread per (c, column): total = C * N*OH*OW. Neighbouring threads take neighbouring
+    // columns, so for every (i, j) they read neighbouring pixels and write neighbouring entries.
     const long long P = (long long)N * OH * OW;  // the length of a row of cols
     long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= total) return;
-    int row = (int)(idx / P);
+    int c = (int)(idx / P);
     long long col = idx % P;
-    int ow = (int)(col % OW);
-    int oh = (int)((col / OW) % OH);
-    long long n = col / ((long long)OW * OH);
-    int j = row % KW;
-    int i = (row / KW) % KH;
-    int c = row / (KW * KH);
-    int h = oh * SH - PH + i;
-    int w = ow * SW - PW + j;
-    cols[idx] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * C + c) * H + h) * W + w] : T(0);
+    int oh, ow;
+    long long n = pixel_of(col, OH, OW, &oh, &ow);
+    const T* plane = x + (n * C + c) * H * W;
+    T* column = cols + (long long)c * KH * KW * P + col;  // row (c, 0, 0) of this column
+    for (int i = 0; i < KH; ++i) {
+        int h = oh * SH - PH + i;
+        for (int j = 0; j < KW; ++j) {
+            int w = ow * SW - PW + j;
+            column[(long long)(i * KW + j) * P] =
+                (h >= 0 && h < H && w >= 0 && w < W) ? plane[h * W + w] : T(0);
+        }
+    }
 }
 
 template <typename T>

@@ -2,9 +2,10 @@
 
 Same functions, signatures and results as :mod:`minicnn.kernels.numpy_kernels`. The window
 kernels (im2col, col2im, pooling) are CUDA C++, one thread per output element (im2col: per
-column entry; col2im and pooling backward: per input pixel, as gathers, so no atomics); Adam is
-one element-wise kernel; everything else is the reference's own array code, which CuPy runs on
-the GPU (the matrix multiplies through cuBLAS). Nothing here copies data to or from the host.
+channel of a window; col2im and pooling backward: per input pixel, as gathers, so no atomics);
+Adam and the element-wise parts of BatchNorm are element-wise kernels; everything else is the
+reference's own array code, which CuPy runs on the GPU (the matrix multiplies through cuBLAS).
+Nothing here copies data to or from the host.
 
 The CUDA source is compiled lazily (the first call of each kernel), never at import, and CuPy
 caches the compiled module on disk. The same source is compiled for the CPU by the tests
@@ -14,6 +15,7 @@ caches the compiled module on disk. The same source is compiled for the CPU by t
 from __future__ import annotations
 
 import functools
+import types
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,7 @@ def im2col(x, kernel, stride, padding):
     x = _cupy().ascontiguousarray(x)
     g = geometry(x.shape, kernel, stride, padding)
     cols = _cupy().empty((g.c * g.kh * g.kw, g.n * g.oh * g.ow), dtype=x.dtype)
-    _launch("im2col", x.dtype, cols.size, x, cols, g)
+    _launch("im2col", x.dtype, g.c * g.n * g.oh * g.ow, x, cols, g)  # a thread per window channel
     return cols
 
 
@@ -115,18 +117,79 @@ def avgpool_backward(dy, x_shape, kernel, stride):
     return dx
 
 
-# The layout changes, ReLU, BatchNorm and the matrix multiply are the reference's formulas:
-# on CuPy arrays they run as CuPy's own GPU kernels (and cuBLAS for the multiply).
+# The layout changes, ReLU and the matrix multiply are the reference's formulas: on CuPy
+# arrays they run as CuPy's own GPU kernels (and cuBLAS for the multiply).
 from .numpy_kernels import (  # noqa: E402
-    batchnorm_backward,
-    batchnorm_forward,
-    channel_mean_var,
     cnhw_to_nchw,
     matmul,
     nchw_to_cnhw,
     relu_backward,
     relu_forward,
 )
+
+# --- batch normalization: the reference's formulas, fewer passes over the batch --------------
+# Written as array expressions, each formula is a chain of GPU kernels with a temporary array
+# between every two; here each element-wise part is one kernel, one pass over the batch.
+
+def _per_channel(vector, dtype):
+    """A (C,) vector as (1, C, 1, 1), broadcast against (N, C, H, W), in the batch's dtype (the
+    kernels take one element type)."""
+    return vector.astype(dtype, copy=False)[None, :, None, None]
+
+
+def _channel_sum(a):
+    """Per-channel sums of a (N, C, H, W) array, shape (C,): each sample's contiguous H*W
+    values first, then over the batch."""
+    n, c = a.shape[:2]
+    return a.reshape(n, c, -1).sum(axis=2).sum(axis=0)
+
+
+@functools.cache
+def _batchnorm_elementwise():
+    kernel = _cupy().ElementwiseKernel
+    xhat = "((x - mean) * inv_std)"
+    return types.SimpleNamespace(
+        squared_deviation=kernel("T x, T mean", "T y", "y = (x - mean) * (x - mean)",
+                                 "minicnn_bn_squared_deviation"),
+        forward=kernel("T x, T mean, T inv_std, T gamma, T beta", "T y",
+                       f"y = {xhat} * gamma + beta", "minicnn_bn_forward"),
+        dy_xhat=kernel("T dy, T x, T mean, T inv_std", "T y", f"y = dy * {xhat}",
+                       "minicnn_bn_dy_xhat"),
+        dx=kernel("T dy, T x, T mean, T inv_std, T scale, T dbeta_mean, T dgamma_mean", "T dx",
+                  f"dx = scale * (dy - dbeta_mean - {xhat} * dgamma_mean)", "minicnn_bn_dx"))
+
+
+def channel_mean_var(x):
+    count = x.size // x.shape[1]
+    mean = _channel_sum(x) / count
+    squared = _cupy().empty(x.shape, dtype=x.dtype)
+    _batchnorm_elementwise().squared_deviation(x, _per_channel(mean, x.dtype), squared)
+    return mean, _channel_sum(squared) / count
+
+
+def batchnorm_forward(x, mean, inv_std, gamma, beta):
+    y = _cupy().empty(x.shape, dtype=x.dtype)
+    _batchnorm_elementwise().forward(x, *(_per_channel(v, x.dtype)
+                                          for v in (mean, inv_std, gamma, beta)), y)
+    return y
+
+
+def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
+    kernels, dtype = _batchnorm_elementwise(), x.dtype
+    dy = dy.astype(dtype, copy=False)
+    mean_c, inv_std_c = _per_channel(mean, dtype), _per_channel(inv_std, dtype)
+    dbeta = _channel_sum(dy)
+    dy_xhat = _cupy().empty(dy.shape, dtype=dtype)
+    kernels.dy_xhat(dy, x, mean_c, inv_std_c, dy_xhat)
+    dgamma = _channel_sum(dy_xhat)
+    scale = gamma * inv_std
+    if not batch_statistics:
+        return dy * _per_channel(scale, dtype), dgamma, dbeta
+    count = dy.shape[0] * dy.shape[2] * dy.shape[3]
+    dx = dy_xhat  # its values are summed already: the buffer is free
+    kernels.dx(dy, x, mean_c, inv_std_c, _per_channel(scale, dtype),
+               _per_channel(dbeta / count, dtype), _per_channel(dgamma / count, dtype), dx)
+    return dx, dgamma, dbeta
 
 
 @functools.cache

@@ -79,6 +79,7 @@ def bench_minicnn_layer(backend, n, c, f, size, repeats):
 
 def bench_torch_layer(torch, device, n, c, f, size, repeats):
     sync = torch.cuda.synchronize if device == "cuda" else None
+    torch.backends.cudnn.allow_tf32 = False  # float32, as minicnn computes (TF32 is the default)
     x = torch.randn(n, c, size, size, device=device)
     w = torch.randn(f, c, 3, 3, device=device)
     b = torch.randn(f, device=device)

@@ -54,7 +54,21 @@ def warm_up_torch_first():
         opt.step()
 
 
-def matmul_peak_gflops() -> float:
+def matmul_peak_gflops(framework: str = "numpy") -> float:
+    """float32 matmul GFLOP/s on the device the framework trains on: numpy's BLAS on every core
+    (a 2048^3 product), or the GPU's (an 8192^3 product, TF32 off) for cupy and torch-cuda."""
+    if framework in ("cupy", "torch-cuda"):
+        if framework == "cupy":
+            import cupy as xp
+            a = xp.random.rand(8192, 8192, dtype=xp.float32)
+            sync = xp.cuda.Device().synchronize
+        else:
+            import torch as xp
+            a = xp.rand(8192, 8192, device="cuda")
+            sync = xp.cuda.synchronize
+        a @ a
+        sync()
+        return 2 * 8192**3 / min(_timed(lambda: (a @ a, sync())) for _ in range(5)) / 1e9
     import numpy as np
 
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
@@ -86,7 +100,8 @@ def child(framework: str, setting: str, model_name: str, args) -> dict:
         result = bench_minicnn(framework, model_name, x, y, infer_x, args)
     result["flops_per_image"] = training_flops(model_name, shape)
     result["train_gflops"] = result["train_images_per_s"] * result["flops_per_image"] / 1e9
-    result["matmul_peak_gflops"] = matmul_peak_gflops()
+    result["matmul_peak_gflops"] = matmul_peak_gflops(framework)
+    result["on_gpu"] = framework in ("cupy", "torch-cuda")
     result["environment"] = environment()
     return result
 
@@ -158,6 +173,9 @@ def bench_torch(model_name: str, x, y, infer_x, args, device: str = "cpu") -> di
     import torch
 
     torch.manual_seed(0)
+    # float32 as minicnn computes it: PyTorch's default runs cuDNN convolutions in TF32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     model = torch_model(torch, model_name).to(device)
     optimizer = torch.optim.Adam if model_name == "reference" else torch.optim.AdamW
     opt = optimizer(model.parameters(), lr=1e-3)
@@ -277,8 +295,11 @@ def main():
         report[model_name] = runs
     every_run = [r for k, v in report.items() if k != "command" for runs in v.values() for r in runs]
     env = {key: value for r in every_run for key, value in r["environment"].items()}
+    gpu = (f"; GPU {env['gpu']}, cupy {env.get('cupy', '-')}, CUDA runtime "
+           f"{env.get('cuda_runtime', '-')}, float32 with TF32 off, the GPU rows' matmul peak "
+           "the GPU's own" if any(r["on_gpu"] for r in every_run) else "")
     header = (f"{env['cpu']} ({env['cores']} cores); Python {env['python']}, numpy {env['numpy']} "
-              f"({env['blas']}), numba {env.get('numba', '-')}, torch {env.get('torch', '-')}; "
+              f"({env['blas']}), numba {env.get('numba', '-')}, torch {env.get('torch', '-')}{gpu}; "
               f"{env['date']}; batch {args.batch_size}, {args.runs} fresh processes per row "
               "(median, min-max)")
     print("\n" + header + "\n\n" + "\n\n".join(tables))

@@ -79,6 +79,11 @@ def environment() -> dict:
 
         info["numba"] = numba.__version__
         info["numba_threading_layer"] = numba_kernels.threading_layer()
+    if "cupy" in sys.modules:
+        import cupy
+
+        info["cupy"] = cupy.__version__
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
     if "torch" in sys.modules:
         import torch
 

@@ -286,7 +286,8 @@ def main():
         rows = [(f"minicnn {key}", r) for key, r in runs.items()
                 if not key.startswith(("torch", "cupy"))]
         rows += [("PyTorch alone", torch_runs)] if torch_runs else []
-        tables.append(table(model_name, rows, torch_runs))
+        if rows:  # the CPU frameworks
+            tables.append(table(model_name, rows, torch_runs))
         gpu_rows = [(f"minicnn {key}", r) for key, r in runs.items() if key.startswith("cupy")]
         gpu_base = runs.get("torch-cuda alone", [])
         if gpu_rows or gpu_base:  # the GPU against PyTorch on the GPU

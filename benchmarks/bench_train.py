@@ -14,18 +14,22 @@ the tables give the median and the spread (min-max) of those runs. Settings for 
 - ``torch-first``: PyTorch imported and a few PyTorch training steps run, then minicnn.
 
 PyTorch runs alone; every ratio is to PyTorch alone. Training is forward, softmax cross-entropy,
-backward and an optimizer step (the reference network: Adam, batch 128, 1x28x28; cifar_vgg:
-AdamW, batch 128, 3x32x32), on synthetic data. Inference is ``predict`` in batches of
-``--infer-batch``. Each child also measures numpy's float32 matmul peak (a 2048^3 product on
-every core) and reports the training GFLOP/s (multiply-adds of the forward pass, the weight
-gradients and the input gradients) as a fraction of it, the threading layer numba runs on and
-the BLAS numpy uses. Prints markdown tables; writes them (and every run, as JSON) to ``--out``.
+backward and an optimizer step (the reference network: Adam, batch 128, 1x28x28; cifar_vgg and
+cifar_resnet: AdamW, batch 128, 3x32x32; PyTorch runs the same networks, written out below), on
+synthetic data. ``--conv-algo im2col`` (or any value of ``MINICNN_CONV_ALGO``) adds a row of
+minicnn alone with that convolution algorithm forced, beside the automatic choice. Inference is
+``predict`` in batches of ``--infer-batch``. Each child also measures numpy's float32 matmul peak
+(a 2048^3 product on every core) and reports the training GFLOP/s (multiply-adds of the forward
+pass, the weight gradients and the input gradients) as a fraction of it, the threading layer numba
+runs on and the BLAS numpy uses. Prints markdown tables; writes them (and every run, as JSON) to
+``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SETTINGS = ("alone", "numpy-first", "torch-first")
-MODELS = ("reference", "cifar_vgg")
+MODELS = ("reference", "cifar_vgg", "cifar_resnet")
 
 
 # --- the child: one framework, one setting, one run --------------------------------------------
@@ -131,7 +135,7 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
         model = models.reference_cnn(seed=0)
         opt = mc.optim.Adam(model.parameters(), lr=1e-3)
     else:
-        model = models.cifar_vgg(seed=0)
+        model = models.PRESETS[model_name](seed=0)
         opt = mc.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = mc.losses.SoftmaxCrossEntropy()
     n = args.batch_size
@@ -152,8 +156,35 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
                     sync)
 
 
+def torch_resnet(nn, width=16, blocks_per_stage=2):
+    """minicnn.models.cifar_resnet, module for module."""
+
+    class Block(nn.Module):  # minicnn.layers.Residual.basic_block, then a ReLU
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                           nn.BatchNorm2d(cout))
+                             if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return (self.body(x) + self.shortcut(x)).relu()
+
+    layers, channels = [nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                        nn.ReLU()], width
+    for stage, out in enumerate((width, 2 * width, 4 * width)):
+        for block in range(blocks_per_stage):
+            layers.append(Block(channels, out, 2 if stage > 0 and block == 0 else 1))
+            channels = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+
+
 def torch_model(torch, model_name: str):
     nn = torch.nn
+    if model_name == "cifar_resnet":
+        return torch_resnet(nn)
     if model_name == "reference":
         return nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -207,11 +238,13 @@ def bench_torch(model_name: str, x, y, infer_x, args, device: str = "cpu") -> di
 
 
 def run_child(framework, setting, model_name, args) -> dict:
+    setting, _, algorithm = setting.partition("+")  # "alone+im2col": a forced conv algorithm
+    env = {**os.environ, "MINICNN_CONV_ALGO": algorithm} if algorithm else None
     command = [sys.executable, __file__, "--child", f"{framework}:{setting}:{model_name}",
                "--steps", str(args.steps), "--repeats", str(args.repeats),
                "--batch-size", str(args.batch_size), "--infer-batch", str(args.infer_batch),
                "--infer-images", str(args.infer_images)]
-    out = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
+    out = subprocess.run(command, capture_output=True, text=True, cwd=HERE, env=env)
     if out.returncode != 0:
         raise SystemExit(f"{framework} ({setting}, {model_name}) failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -250,7 +283,11 @@ def main():
                              "(default numba,numpy,torch)")
     parser.add_argument("--settings", default=",".join(SETTINGS),
                         help="settings for the numba backend (numpy and torch run alone)")
-    parser.add_argument("--models", default="reference", help="reference and/or cifar_vgg")
+    parser.add_argument("--models", default="reference",
+                        help="reference, cifar_vgg and/or cifar_resnet")
+    parser.add_argument("--conv-algo", default="",
+                        help="also run minicnn alone with this convolution algorithm forced "
+                             "(im2col, winograd, winograd2: MINICNN_CONV_ALGO)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per setting")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per repeat")
@@ -277,6 +314,8 @@ def main():
         runs = {}
         plan = [(f, "alone") for f in ("torch", "torch-cuda") if f in frameworks]
         plan += [("numba", s) for s in settings if "numba" in frameworks]
+        if args.conv_algo and "numba" in frameworks:
+            plan.append(("numba", f"alone+{args.conv_algo}"))
         plan += [(f, "alone") for f in ("numpy", "cupy") if f in frameworks]
         for framework, setting in plan:
             key = f"{framework} {setting}"

@@ -26,14 +26,27 @@ def training_flops(model_name: str, shape) -> int:
     from minicnn import models
     from minicnn.layers import Conv2D, Dense
 
-    model = models.reference_cnn() if model_name == "reference" else models.cifar_vgg()
-    total, first, current = 0, True, tuple(shape)
-    for layer in model.layers:
+    model = {"reference": models.reference_cnn, "cifar_vgg": models.cifar_vgg,
+             "cifar_resnet": models.cifar_resnet}[model_name]()
+    total, first = 0, True
+
+    def walk(layer, current):  # a Residual's body and shortcut both see its input
+        nonlocal total, first
         if isinstance(layer, (Conv2D, Dense)):
             multiply_adds = layer.flops(current)  # forward, bias adds included (negligible)
             total += multiply_adds * (2 if first else 3)
             first = False
-        current = layer.output_shape(current)
+        elif layer.name == "Residual":
+            for _, part in layer.children():
+                walk(part, current)
+        elif layer.name == "Sequential":
+            for inner in layer.layers:
+                walk(inner, current)
+                current = inner.output_shape(current)
+
+    for layer in model.layers:
+        walk(layer, tuple(shape))
+        shape = layer.output_shape(tuple(shape))
     return total
 
 
@@ -79,6 +92,10 @@ def environment() -> dict:
 
         info["numba"] = numba.__version__
         info["numba_threading_layer"] = numba_kernels.threading_layer()
+    if "minicnn.kernels" in sys.modules:
+        from minicnn import kernels
+
+        info["conv_algorithm"] = kernels.get_conv_algorithm()
     if "cupy" in sys.modules:
         import cupy
 

@@ -43,6 +43,18 @@ def _numpy_backend_by_default():
     minicnn.set_backend(previous)
 
 
+@pytest.fixture(autouse=True)
+def _automatic_conv_algorithm():
+    """Every test starts with the kernels choosing the convolution algorithm ("auto"), whatever
+    $MINICNN_CONV_ALGO says, and leaves the setting as it found it."""
+    from minicnn import kernels
+
+    previous = kernels.get_conv_algorithm()
+    kernels.set_conv_algorithm("auto")
+    yield
+    kernels.set_conv_algorithm(previous)
+
+
 CPU_BACKENDS = [name for name in ("numpy", "numba") if minicnn.backend.backend_available(name)]
 
 

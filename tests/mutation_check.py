@@ -64,6 +64,10 @@ MUTANTS = [
     Mutant("adam-step-count", "minicnn/optim.py",
            "self.step_count, self.weight_decay, self.decoupled)",
            "self.step_count + 1, self.weight_decay, self.decoupled)"),
+    Mutant("winograd-transform-entry", "minicnn/kernels/winograd.py",
+           "[0, -2, -1, 2, 1, 0],", "[0, -2, -1, 2, 2, 0],"),
+    Mutant("winograd-overlap-assign-numba", "minicnn/kernels/numba_winograd.py",
+           "dpadded[_u(corner + k * cols + l)] += dd[", "dpadded[_u(corner + k * cols + l)] = dd["),
     Mutant("cupy-grid-rounded-down", "minicnn/kernels/cupy_kernels.py",
            "blocks = (total + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK",
            "blocks = total // _THREADS_PER_BLOCK"),
@@ -72,7 +76,7 @@ MUTANTS = [
 # The tests most likely to catch a kernel or layer bug run first (pytest -x stops at the first
 # failure); the rest of the default suite follows.
 FIRST = ["test_gradcheck_layers.py", "test_loss.py", "test_layers.py", "test_model.py",
-         "test_optim.py", "test_backend_parity.py", "test_cuda_sources.py"]
+         "test_optim.py", "test_backend_parity.py", "test_winograd.py", "test_cuda_sources.py"]
 
 
 def copy_checkout(target: Path) -> None:

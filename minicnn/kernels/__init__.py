@@ -23,15 +23,30 @@ and returns new arrays (which a backend may recycle once nothing references them
   (kh*KW + kw) of the winning element inside each window; ``maxpool_backward(dy, argmax,
   x_shape, kernel, stride) -> dx``.
 - ``avgpool_forward(x, kernel, stride) -> y``; ``avgpool_backward(dy, x_shape, kernel, stride)``.
+- ``conv_algorithm(x_shape, weight_shape, stride, padding) -> ConvAlgorithm | None``: which
+  faster algorithm (Winograd, for a 3x3 stride-1 convolution) this backend runs a convolution
+  with, or None for the im2col + GEMM that Conv2D's own code spells out (see "Choosing the
+  convolution algorithm" below).
 - ``channel_mean_var(x)``, ``batchnorm_forward(x, mean, inv_std, gamma, beta)`` and
   ``batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics) -> (dx, dgamma, dbeta)``:
   BatchNorm2D's per-channel sums and affine map; ``relu_forward(x)``, ``relu_backward(dy, y)``
   and ``adam_update(...)`` (in place): element-wise.
 
 Kernel modules import nothing from the layers.
+
+**Choosing the convolution algorithm.** As cuDNN does, the kernels decide, per convolution
+shape, which algorithm computes it; the decision is made in one place, :func:`choose_conv`,
+from a rule each backend states (``numba_kernels.WINOGRAD_RULE``: where Winograd measured
+faster, benchmarks/README.md). ``$MINICNN_CONV_ALGO`` or :func:`set_conv_algorithm` overrides it
+for every layer: ``"auto"`` (the default: the backend's rule), ``"im2col"`` (exactly the code of
+Conv2D, what a learner reads), ``"winograd"`` (F(4x4, 3x3) wherever it applies) or
+``"winograd2"`` (F(2x2, 3x3)). Winograd applies to 3x3 kernels at stride 1 only; any other
+convolution runs im2col whatever is asked.
 """
 
 
+import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 
@@ -75,3 +90,89 @@ def geometry(x_shape, kernel, stride, padding=(0, 0)) -> Geometry:
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     return Geometry(n, c, h, w, kh, kw, sh, sw, ph, pw, conv_output_size(h, kh, sh, ph),
                     conv_output_size(w, kw, sw, pw))
+
+
+# --- which algorithm computes a convolution -----------------------------------------------------
+
+CONV_ALGORITHMS = ("auto", "im2col", "winograd", "winograd2")
+
+_conv_algorithm: str | None = None  # read from $MINICNN_CONV_ALGO on first use
+
+
+def _check_conv_algorithm(name, where: str) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in CONV_ALGORITHMS:
+        raise ValueError(f"{where} must be one of {', '.join(map(repr, CONV_ALGORITHMS))}, "
+                         f"got {name!r}")
+    return name.strip().lower()
+
+
+def get_conv_algorithm() -> str:
+    """The convolution algorithm setting: ``$MINICNN_CONV_ALGO``, else "auto"."""
+    global _conv_algorithm
+    if _conv_algorithm is None:
+        _conv_algorithm = _check_conv_algorithm(os.environ.get("MINICNN_CONV_ALGO") or "auto",
+                                                "MINICNN_CONV_ALGO")
+    return _conv_algorithm
+
+
+def set_conv_algorithm(name: str) -> str:
+    """Run every convolution with ``name`` ("auto", "im2col", "winograd", "winograd2") from now
+    on, in every model; returns the previous setting. "im2col" runs exactly the code of
+    ``Conv2D._forward`` / ``_backward``."""
+    global _conv_algorithm
+    name = _check_conv_algorithm(name, "the convolution algorithm")
+    previous = get_conv_algorithm()
+    _conv_algorithm = name
+    return previous
+
+
+class ConvAlgorithm(NamedTuple):
+    """A way to compute a convolution other than Conv2D's own im2col + GEMM.
+
+    ``forward(x, weight, bias, padding) -> (y, saved)`` and
+    ``backward(dy, saved, weight, x_shape, padding, input_grad) -> (dx or None, dweight)``:
+    the layer keeps ``saved`` between the two, and adds up dL/dbias itself."""
+
+    name: str
+    forward: Callable
+    backward: Callable
+
+
+def winograd_applies(weight_shape, stride) -> bool:
+    """Winograd F(m x m, 3x3) computes 3x3 convolutions at stride 1."""
+    return tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+
+
+def choose_conv(x_shape, weight_shape, stride, padding, implementation, rule) -> ConvAlgorithm | None:
+    """The algorithm for one convolution: the setting (:func:`get_conv_algorithm`) where it
+    forces one, else ``rule(x_shape, weight_shape, padding)`` -> tile size m (2 or 4) or None.
+    ``implementation`` is the backend's Winograd module (``conv_forward``, ``conv_backward``);
+    None means im2col."""
+    setting = get_conv_algorithm()
+    if setting == "im2col" or implementation is None or not winograd_applies(weight_shape, stride):
+        return None
+    if setting == "auto":
+        m = rule(tuple(x_shape), tuple(weight_shape), tuple(padding))
+    else:
+        m = 2 if setting == "winograd2" else 4
+    return None if m is None else _winograd(implementation, m)
+
+
+_chosen: dict = {}
+
+
+def _winograd(implementation, m: int) -> ConvAlgorithm:
+    key = (implementation.__name__, m)
+    if key not in _chosen:
+        from . import winograd
+
+        t = winograd.TRANSFORMS[m]
+
+        def forward(x, weight, bias, padding):
+            return implementation.conv_forward(x, weight, bias, padding, t)
+
+        def backward(dy, saved, weight, x_shape, padding, input_grad):
+            return implementation.conv_backward(dy, saved, weight, x_shape, padding, t, input_grad)
+
+        _chosen[key] = ConvAlgorithm(t.name, forward, backward)
+    return _chosen[key]

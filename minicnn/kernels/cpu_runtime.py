@@ -135,6 +135,27 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+def batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for stacks of matrices, (B, m, k) @ (B, k, n) -> (B, m, n): each core takes its
+    own share of the B products, one single-threaded BLAS call each (Winograd's a*a GEMMs)."""
+    batch, m, _ = a.shape
+    out = recycler.empty((batch, m, b.shape[2]), np.result_type(a.dtype, b.dtype))
+    pool, blas = _workers()
+    if _parts == 1 or batch == 1:
+        with blas.limit(limits=1):
+            np.matmul(a, b, out=out)
+        return out
+    bounds = [(lo * batch // _parts, (lo + 1) * batch // _parts) for lo in range(_parts)]
+    with blas.limit(limits=1):
+        futures = [pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
+                   for lo, hi in bounds[1:] if hi > lo]
+        lo, hi = bounds[0]
+        np.matmul(a[lo:hi], b[lo:hi], out=out[lo:hi])
+        for future in futures:
+            future.result()
+    return out
+
+
 # A product with one side under 16 and a long inner dimension, e.g. the weight gradient of a
 # first convolution, ``dout @ cols.T`` = (32 x 100352) @ (100352 x 9): BLAS runs it on one
 # core (two concurrent calls of that shape are slower than one), and an explicit loop of dot

@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 from numba import uint64 as _u  # noqa: E402
 
-from . import geometry  # noqa: E402
+from . import choose_conv, geometry  # noqa: E402
 from .cpu_runtime import matmul, recycler  # noqa: E402
 
 __all__ = [
@@ -84,6 +84,7 @@ __all__ = [
     "channel_mean_var",
     "cnhw_to_nchw",
     "col2im",
+    "conv_algorithm",
     "im2col",
     "matmul",
     "maxpool_backward",
@@ -359,6 +360,25 @@ def threading_layer() -> str:
 
 
 # --- the public wrappers (same signatures as numpy_kernels) ---------------------------------
+
+
+def winograd_rule(x_shape, weight_shape, padding):
+    """Where this backend runs Winograd F(4x4, 3x3) when left to choose (a 3x3, stride-1
+    convolution): wherever both sides have enough channels for its a*a matrix products to keep
+    the cores busy; the per-layer table in benchmarks/README.md is the evidence."""
+    f, c = weight_shape[:2]
+    return 4 if min(c, f) >= _WINOGRAD_MIN_CHANNELS else None
+
+
+_WINOGRAD_MIN_CHANNELS = 8
+
+
+def conv_algorithm(x_shape, weight_shape, stride, padding):
+    """The algorithm a convolution of these shapes runs with (None: Conv2D's im2col + GEMM)."""
+    from . import numba_winograd
+
+    return choose_conv(x_shape, weight_shape, stride, padding, numba_winograd, winograd_rule)
+
 
 
 def im2col(x, kernel, stride, padding):

@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import array_module, geometry
+from . import array_module, choose_conv, geometry, winograd
 
 __all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
-           "batchnorm_forward", "channel_mean_var", "cnhw_to_nchw", "col2im", "im2col",
+           "batchnorm_forward", "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm",
+           "im2col",
            "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw", "relu_backward",
            "relu_forward"]
 
@@ -54,6 +55,12 @@ def im2col(x, kernel, stride, padding):
     oh, ow = win.shape[2:4]
     columns = win.transpose(1, 4, 5, 0, 2, 3)  # (C, KH, KW, N, OH, OW), still a view
     return columns.reshape(c * kh * kw, n * oh * ow)  # the one copy
+
+
+def conv_algorithm(x_shape, weight_shape, stride, padding):
+    """Always im2col (None), the reference, unless the setting asks for Winograd: then
+    :mod:`minicnn.kernels.winograd`'s NumPy version of it (see :func:`minicnn.kernels.choose_conv`)."""
+    return choose_conv(x_shape, weight_shape, stride, padding, winograd, lambda *shapes: None)
 
 
 def col2im(cols, x_shape, kernel, stride, padding):

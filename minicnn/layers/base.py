@@ -194,6 +194,12 @@ class Layer:
         """Floating-point operations of one forward pass for one sample (multiply-add = 2)."""
         return 0
 
+    def algorithms(self, input_shape: tuple) -> list[str]:
+        """How the convolutions in this layer are computed for a per-sample input shape, in
+        order ("im2col", "winograd F(4x4,3x3)", ...: the kernels choose, see
+        :func:`minicnn.kernels.choose_conv`); reported by ``Sequential.summary``."""
+        return []
+
     def workspace_bytes(self, input_shape: tuple, itemsize: int) -> int:
         """Scratch memory of one forward pass for one sample, beyond the output itself (e.g.
         Conv2D's im2col columns); used to size inference batches (``Sequential.predict``)."""

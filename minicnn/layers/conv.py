@@ -41,6 +41,12 @@ class Conv2D(Layer):
     in this one a row of ``cols`` is a shifted copy of one input channel, and ``out``'s rows are
     whole output planes, so im2col, col2im and the layout changes all move long contiguous runs
     of memory, where in the row layout a 3x3 window is 9 scattered values.
+
+    **The same numbers by fewer multiplies.** For a 3x3 kernel at stride 1 the kernels may
+    compute y and the gradients with Winograd's algorithm instead (up to 4x fewer multiplies,
+    :mod:`minicnn.kernels.winograd`): ``self.kernels.conv_algorithm`` decides, per shape, and
+    :meth:`algorithms` / ``summary()`` say which runs. ``MINICNN_CONV_ALGO=im2col`` (or
+    ``minicnn.set_conv_algorithm("im2col")``) runs exactly the code below everywhere.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
@@ -120,21 +126,36 @@ class Conv2D(Layer):
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return oh * ow * (k + f) * itemsize
 
+    def algorithms(self, input_shape):
+        fast = self.kernels.conv_algorithm((1, *input_shape), self.weight.data.shape, self.stride,
+                                           self.padding)
+        return ["im2col" if fast is None else fast.name]
+
     def _forward(self, x, training):
         ops = self.kernels  # im2col, matmul, ... of this layer's backend (minicnn.kernels)
+        b = self.bias.data if self.bias is not None else None                 # (F,)
+        fast = ops.conv_algorithm(x.shape, self.weight.data.shape, self.stride, self.padding)
+        if fast is not None:  # the same y by another algorithm (Winograd), see the docstring
+            y, saved = fast.forward(x, self.weight.data, b, self.padding)
+            return self._remember(y, cache=(x, saved, fast))
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
         W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
-        b = self.bias.data if self.bias is not None else None                 # (F,)
         cols = ops.im2col(x, self.kernel_size, self.stride, self.padding)     # (K, N*OH*OW)
         out = ops.matmul(W2, cols)                                            # (F, N*OH*OW)
         y = ops.cnhw_to_nchw(out, b, n, oh, ow)           # + b, laid out as (N, F, OH, OW)
-        return self._remember(y, cache=(x, cols))
+        return self._remember(y, cache=(x, cols, None))
 
     def _backward(self, dy):
         # the derivation, with these names, is in the class docstring
         ops = self.kernels
-        x, cols = self._cache
+        x, cols, fast = self._cache  # fast: None, or the algorithm that ran (cols: what it saved)
+        if fast is not None:  # the forward pass ran another algorithm: its own backward
+            dx, self.weight.grad = fast.backward(dy, cols, self.weight.data, x.shape,
+                                                 self.padding, self._input_grad)
+            if self.bias is not None:
+                self.bias.grad = dy.sum(axis=(0, 2, 3))                       # (F,)
+            return dx
         f = dy.shape[1]
         W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
         dout = ops.nchw_to_cnhw(dy)                                           # (F, N*OH*OW)

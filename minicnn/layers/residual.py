@@ -110,6 +110,10 @@ class Residual(Layer):
         out = self.output_shape(input_shape)
         return self.body.flops(input_shape) + shortcut + math.prod(out)  # + the sum
 
+    def algorithms(self, input_shape):
+        shortcut = self.shortcut.algorithms(input_shape) if self.shortcut else []
+        return self.body.algorithms(input_shape) + shortcut
+
     def workspace_bytes(self, input_shape, itemsize):
         shortcut = self.shortcut.workspace_bytes(input_shape, itemsize) if self.shortcut else 0
         return self.body.workspace_bytes(input_shape, itemsize) + shortcut

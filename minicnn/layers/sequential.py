@@ -96,6 +96,10 @@ class Sequential(Layer):
     def output_shape(self, input_shape) -> tuple:
         return self.output_shapes(input_shape)[-1]
 
+    def algorithms(self, input_shape) -> list[str]:
+        shapes = [tuple(input_shape), *self.output_shapes(input_shape)[:-1]]
+        return [name for layer, shape in zip(self.layers, shapes) for name in layer.algorithms(shape)]
+
     def flops(self, input_shape) -> int:
         shapes = [tuple(input_shape), *self.output_shapes(input_shape)[:-1]]
         return sum(layer.flops(shape) for layer, shape in zip(self.layers, shapes))
@@ -275,7 +279,8 @@ class Sequential(Layer):
 
     # -- description ----------------------------------------------------------------------------
     def summary(self, input_shape=None, print_fn=print) -> str:
-        """A table of every layer's output shape, parameter count and FLOPs per sample.
+        """A table of every layer's output shape, parameter count and FLOPs per sample, and the
+        algorithm its convolutions run with on this model's backend (im2col or Winograd).
 
         ``input_shape`` is the per-sample shape (C, H, W); it defaults to the shape given at
         construction or seen by the first forward pass.
@@ -287,7 +292,7 @@ class Sequential(Layer):
                 "or build the model with Sequential(..., input_shape=(C, H, W))"
             )
         shapes = self.output_shapes(input_shape)
-        rows = [("#", "layer", "output shape", "params", "FLOPs")]
+        rows = [("#", "layer", "output shape", "params", "FLOPs", "algorithm")]
         total_params = total_flops = 0
         shape = input_shape
         for i, (layer, out) in enumerate(zip(self.layers, shapes)):
@@ -296,13 +301,14 @@ class Sequential(Layer):
             total_params += params
             total_flops += flops
             rows.append((str(i), layer.describe(), str(("N",) + out).replace("'", ""),
-                         f"{params:,}", f"{flops:,}"))
+                         f"{params:,}", f"{flops:,}", " + ".join(layer.algorithms(shape))))
             shape = out
-        widths = [max(len(r[k]) for r in rows) for k in range(5)]
+        widths = [max(len(r[k]) for r in rows) for k in range(6)]
         fmt = "  ".join(f"{{:{'>' if k in (0, 3, 4) else '<'}{w}}}" for k, w in enumerate(widths))
-        lines = [fmt.format(*rows[0]), "-" * (sum(widths) + 8)]
-        lines += [fmt.format(*r) for r in rows[1:]]
-        lines.append("-" * (sum(widths) + 8))
+        rule = "-" * (sum(widths) + 10)
+        lines = [fmt.format(*rows[0]).rstrip(), rule]
+        lines += [fmt.format(*r).rstrip() for r in rows[1:]]
+        lines.append(rule)
         lines.append(f"input (N, {', '.join(map(str, input_shape))}); "
                      f"{total_params:,} parameters; {total_flops:,} FLOPs per sample (forward)")
         text = "\n".join(lines)

@@ -21,7 +21,8 @@ import numpy as np
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="reference", choices=("reference", "cifar_vgg"))
+    parser.add_argument("--model", default="reference",
+                        choices=("reference", "cifar_vgg", "cifar_resnet"))
     parser.add_argument("--backend", default="numba")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
@@ -43,6 +44,10 @@ def main():
                 (m, k), n = a[0].shape, a[1].shape[1]
                 label = f"matmul ({m}x{k}) @ ({k}x{n})"
                 flops[label] = 2 * m * k * n
+            elif name == "batched_matmul":  # Winograd's a*a products
+                (b, m, k), n = a[0].shape, a[1].shape[2]
+                label = f"winograd {b} x ({m}x{k}) @ ({k}x{n})"
+                flops[label] = 2 * b * m * k * n
             sync()
             start = time.perf_counter()
             result = kernel(*a, **kw)
@@ -54,11 +59,23 @@ def main():
         return timed
 
     for name in getattr(kernels, "__all__", dir(kernels)):
-        if not name.startswith("_") and callable(getattr(kernels, name)):
+        if not name.startswith("_") and callable(getattr(kernels, name)) \
+                and name != "conv_algorithm":
             setattr(kernels, name, timer(name, getattr(kernels, name)))
+    if args.backend == "numba":  # the Winograd layers: their transforms and products
+        from minicnn.kernels import numba_winograd as winograd
+
+        for name in ("filter_transform", "batched_matmul", "_input_transform_kernel",
+                     "_output_transform_kernel", "_output_transform_transposed_kernel",
+                     "_input_transform_transposed_kernel"):
+            label = name if name == "batched_matmul" else \
+                "winograd " + name.strip("_").replace("_kernel", "")
+            setattr(winograd, name, timer(label if name != "batched_matmul" else name,
+                                          getattr(winograd, name)))
 
     shape = (1, 28, 28) if args.model == "reference" else (3, 32, 32)
-    model = models.reference_cnn(seed=0) if args.model == "reference" else models.cifar_vgg(seed=0)
+    model = {"reference": models.reference_cnn, "cifar_vgg": models.cifar_vgg,
+             "cifar_resnet": models.cifar_resnet}[args.model](seed=0)
     loss_fn = mc.losses.SoftmaxCrossEntropy()
     optimizer = mc.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)

@@ -35,6 +35,7 @@ class Mutant:
     path: str
     original: str
     mutated: str
+    first: tuple[str, ...] = ()  # test files likeliest to catch it, run before FIRST
 
 
 MUTANTS = [
@@ -65,9 +66,10 @@ MUTANTS = [
            "self.step_count, self.weight_decay, self.decoupled)",
            "self.step_count + 1, self.weight_decay, self.decoupled)"),
     Mutant("winograd-transform-entry", "minicnn/kernels/winograd.py",
-           "[0, -2, -1, 2, 1, 0],", "[0, -2, -1, 2, 2, 0],"),
+           "[0, -2, -1, 2, 1, 0],", "[0, -2, -1, 2, 2, 0],", first=("test_winograd.py",)),
     Mutant("winograd-overlap-assign-numba", "minicnn/kernels/numba_winograd.py",
-           "dpadded[_u(corner + k * cols + l)] += dd[", "dpadded[_u(corner + k * cols + l)] = dd["),
+           "dpadded[_u(corner + k * cols + l)] += dd[", "dpadded[_u(corner + k * cols + l)] = dd[",
+           first=("test_winograd.py",)),
     Mutant("cupy-grid-rounded-down", "minicnn/kernels/cupy_kernels.py",
            "blocks = (total + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK",
            "blocks = total // _THREADS_PER_BLOCK"),
@@ -107,8 +109,11 @@ def run(mutant: Mutant) -> dict:
         plant(folder, mutant)
         env = dict(os.environ, MINICNN_HIDE_TORCH="1", PYTHONPATH=str(folder),
                    NUMBA_CACHE_DIR=str(folder / ".numba-cache"), PYTHONDONTWRITEBYTECODE="1")
+        # every file named: given the folder too, pytest would collect in its own (alphabetical) order
+        first = list(dict.fromkeys(mutant.first + tuple(FIRST)))
+        rest = sorted(p.name for p in (folder / "tests").glob("test_*.py") if p.name not in first)
         command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                   *[f"tests/{name}" for name in FIRST], "tests"]
+                   *[f"tests/{name}" for name in first + rest]]
         start = time.perf_counter()
         result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start

@@ -218,10 +218,28 @@ def _matrices(t: winograd.Transform, dtype):
     return BT, np.ascontiguousarray(BT.T), AT, np.ascontiguousarray(AT.T)
 
 
+def _sandwich(L, X):
+    """``L @ X[k] @ L.T`` for a stack X (K, p, p) of small matrices, as two large products
+    (a stack of K tiny products would cost more in NumPy's per-matrix overhead than in work)."""
+    k, p, _ = X.shape
+    r = L.shape[0]
+    XLt = (X.reshape(k * p, p) @ L.T).reshape(k, p, r)                  # X[k] L^T
+    LXtLt = (XLt.transpose(0, 2, 1).reshape(k * r, p) @ L.T).reshape(k, r, r)  # (L X[k] L^T)^T
+    return LXtLt.transpose(0, 2, 1)
+
+
 def filter_transform(weight, t: winograd.Transform):
-    """U = G g G^T, computed in float64 (it is small) and rounded once to the weight's dtype."""
-    return np.ascontiguousarray(winograd.filter_transform(weight.astype(np.float64), t),
-                                dtype=weight.dtype)
+    """U = G g G^T as (a*a, F, C), computed in float64 and rounded once to the weight's dtype."""
+    f, c = weight.shape[:2]
+    U = _sandwich(t.G, weight.reshape(f * c, 3, 3).astype(np.float64))     # (F*C, a, a)
+    return np.ascontiguousarray(U.reshape(f, c, t.a * t.a).transpose(2, 0, 1), dtype=weight.dtype)
+
+
+def filter_transform_transposed(dU, t: winograd.Transform):
+    """dL/dg = G^T dU G: (a*a, F, C) -> (F, C, 3, 3), in float64, rounded once."""
+    _, f, c = dU.shape
+    dU = dU.astype(np.float64).transpose(1, 2, 0).reshape(f * c, t.a, t.a)
+    return _sandwich(t.G.T, dU).reshape(f, c, 3, 3)
 
 
 def input_transform(x, padding, t: winograd.Transform):
@@ -235,19 +253,23 @@ def input_transform(x, padding, t: winograd.Transform):
 
 
 def conv_forward(x, weight, bias, padding, t: winograd.Transform):
+    """(y, saved) as :func:`minicnn.kernels.winograd.conv_forward`; saved = (V, U)."""
     g = winograd.tile_grid(x.shape, padding, t.m)
     f = weight.shape[0]
     V = input_transform(x, padding, t)                        # (a*a, C, T)
-    M = batched_matmul(filter_transform(weight, t), V)        # (a*a, F, T)
+    U = filter_transform(weight, t)                           # (a*a, F, C)
+    M = batched_matmul(U, V)                                  # (a*a, F, T)
     _, _, AT, A = _matrices(t, x.dtype)
     bias = np.zeros(f, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     y = recycler.empty((g.n, f, g.oh, g.ow), x.dtype)
     _output_transform_kernel(M.reshape(-1), g.n, f, g.oh, g.ow, g.th, g.tw, _per_task(g), AT, A,
                              bias, y.reshape(-1))
-    return y, V
+    return y, (V, U)
 
 
-def conv_backward(dy, V, weight, x_shape, padding, t: winograd.Transform, input_grad=True):
+def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, input_grad=True):
+    """dL/dx (or None) and dL/dW from dL/dy and what :func:`conv_forward` saved (V and U)."""
+    V, U = saved
     dy = np.ascontiguousarray(dy)
     g = winograd.tile_grid(x_shape, padding, t.m)
     f = weight.shape[0]
@@ -256,10 +278,10 @@ def conv_backward(dy, V, weight, x_shape, padding, t: winograd.Transform, input_
     _output_transform_transposed_kernel(dy.reshape(-1), g.n, f, g.oh, g.ow, g.th, g.tw,
                                         _per_task(g), AT, A, dM.reshape(-1))
     dU = batched_matmul(dM, V.transpose(0, 2, 1))             # (a*a, F, C)
-    dW = winograd.filter_transform_transposed(dU.astype(np.float64), t).astype(dy.dtype)
+    dW = filter_transform_transposed(dU, t).astype(dy.dtype)
     if not input_grad:
         return None, dW
-    dV = batched_matmul(filter_transform(weight, t).transpose(0, 2, 1), dM)  # (a*a, C, T)
+    dV = batched_matmul(U.transpose(0, 2, 1), dM)            # (a*a, C, T)
     dx = recycler.empty(tuple(int(s) for s in x_shape), dy.dtype)
     _input_transform_transposed_kernel(dV.reshape(-1), g.n, g.c, g.h, g.w, g.ph, g.pw, g.th,
                                        g.tw, _per_task(g), BT, B, dx.reshape(-1))

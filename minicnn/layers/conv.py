@@ -121,10 +121,12 @@ class Conv2D(Layer):
 
     def workspace_bytes(self, input_shape, itemsize):
         # the im2col columns of one sample: OH*OW receptive fields of C*KH*KW values each, and
-        # the (F, OH*OW) GEMM output before the layout change
+        # the (F, OH*OW) GEMM output before the layout change; or, if more, what Winograd keeps
+        # of one sample: (m+2)^2 transformed values per tile of the input (C) and products (F)
         f, oh, ow = self.output_shape(input_shape)
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        return oh * ow * (k + f) * itemsize
+        winograd = max((m + 2) ** 2 * -(-oh // m) * -(-ow // m) for m in (2, 4))
+        return max(oh * ow * (k + f), winograd * (self.in_channels + f)) * itemsize
 
     def algorithms(self, input_shape):
         fast = self.kernels.conv_algorithm((1, *input_shape), self.weight.data.shape, self.stride,

@@ -161,3 +161,23 @@ def test_no_code_in_the_package_changes_the_process():
         for forbidden in ("os.environ[", "os.environ.setdefault", "os.putenv", "mallopt",
                           "environ.update"):
             assert forbidden not in text, f"{path.relative_to(root)} uses {forbidden}"
+
+
+def test_every_product_of_the_numba_backend_goes_through_cpu_runtime():
+    """A static check: the numba backend's kernel modules multiply matrices only through
+    cpu_runtime (matmul, batched_matmul), which holds numpy's BLAS to one thread. A plain ``@``
+    there wakes OpenBLAS's own threads, which then spin against the numba kernels that follow
+    (it cost a cifar_vgg training step 20% once)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(mc.__file__).parent / "kernels"
+    for name in ("numba_kernels.py", "numba_winograd.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in ast.walk(tree):
+            assert not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult)), \
+                f"{name}:{node.lineno}: a product with '@' (use cpu_runtime.matmul)"
+            if isinstance(node, ast.Attribute) and node.attr in ("matmul", "dot", "einsum",
+                                                                 "tensordot", "inner"):
+                assert not (isinstance(node.value, ast.Name) and node.value.id in ("np", "numpy")), \
+                    f"{name}:{node.lineno}: np.{node.attr} (use cpu_runtime.matmul)"

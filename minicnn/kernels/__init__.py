@@ -36,7 +36,7 @@ Kernel modules import nothing from the layers.
 
 **Choosing the convolution algorithm.** As cuDNN does, the kernels decide, per convolution
 shape, which algorithm computes it; the decision is made in one place, :func:`choose_conv`,
-from a rule each backend states (``numba_kernels.WINOGRAD_RULE``: where Winograd measured
+from a rule each backend states (``numba_kernels.winograd_rule``: where Winograd measured
 faster, benchmarks/README.md). ``$MINICNN_CONV_ALGO`` or :func:`set_conv_algorithm` overrides it
 for every layer: ``"auto"`` (the default: the backend's rule), ``"im2col"`` (exactly the code of
 Conv2D, what a learner reads), ``"winograd"`` (F(4x4, 3x3) wherever it applies) or

@@ -63,7 +63,7 @@ def algorithm_cost(algorithm, n, c, f, size, itemsize=4):
     x, y, w = n * c * size * size, n * f * size * size, f * c * 9
     if algorithm.startswith("winograd"):
         m = 2 if algorithm == "winograd2" else 4
-        tiles = n * -(-size // m) ** 2
+        tiles = n * (-(-size // m)) ** 2
         a2 = (m + 2) ** 2
         gemm = 2 * a2 * f * c * tiles
         v, mm = a2 * c * tiles, a2 * f * tiles  # transformed input (V) and products (M)

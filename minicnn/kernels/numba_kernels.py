@@ -362,6 +362,9 @@ def threading_layer() -> str:
 # --- the public wrappers (same signatures as numpy_kernels) ---------------------------------
 
 
+_WINOGRAD_MIN_CHANNELS = 8
+
+
 def winograd_rule(x_shape, weight_shape, padding):
     """Where this backend runs Winograd F(4x4, 3x3) when left to choose (a 3x3, stride-1
     convolution): wherever both sides have enough channels for its a*a matrix products to keep
@@ -370,15 +373,11 @@ def winograd_rule(x_shape, weight_shape, padding):
     return 4 if min(c, f) >= _WINOGRAD_MIN_CHANNELS else None
 
 
-_WINOGRAD_MIN_CHANNELS = 8
-
-
 def conv_algorithm(x_shape, weight_shape, stride, padding):
     """The algorithm a convolution of these shapes runs with (None: Conv2D's im2col + GEMM)."""
     from . import numba_winograd
 
     return choose_conv(x_shape, weight_shape, stride, padding, numba_winograd, winograd_rule)
-
 
 
 def im2col(x, kernel, stride, padding):

@@ -17,9 +17,8 @@ from . import array_module, choose_conv, geometry, winograd
 
 __all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm",
-           "im2col",
-           "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw", "relu_backward",
-           "relu_forward"]
+           "im2col", "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw",
+           "relu_backward", "relu_forward"]
 
 
 def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:

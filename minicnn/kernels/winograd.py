@@ -186,10 +186,9 @@ def input_transform(x, padding, t: Transform):
     fill the last tiles. Tiles are numbered n*TH*TW + th*TW + tw."""
     xp = array_module(x)
     g = tile_grid(x.shape, padding, t.m)
-    rows, cols = g.th * t.m + 2, g.tw * t.m + 2                # what the tiles cover
+    rows, cols = g.th * t.m + 2, g.tw * t.m + 2     # what the tiles cover: >= H + 2*PH, W + 2*PW
     padded = xp.zeros((g.n, g.c, rows, cols), dtype=x.dtype)
-    h, w = min(g.h, rows - g.ph), min(g.w, cols - g.pw)        # all of x, less what no tile sees
-    padded[:, :, g.ph : g.ph + h, g.pw : g.pw + w] = x[:, :, :h, :w]
+    padded[:, :, g.ph : g.ph + g.h, g.pw : g.pw + g.w] = x
     tiles = xp.lib.stride_tricks.sliding_window_view(padded, (t.a, t.a), axis=(2, 3))
     tiles = tiles[:, :, :: t.m, :: t.m]                        # (N, C, TH, TW, a, a), a view
     BT = _as(t.BT, x)
@@ -204,9 +203,7 @@ def input_transform_transposed(dV, x_shape, padding, t: Transform):
     dV = dV.reshape(t.a, t.a, g.c, g.n, g.th, g.tw).transpose(3, 2, 4, 5, 0, 1)
     BT = _as(t.BT, dV)
     dd = BT.T @ dV @ BT                                        # (N, C, TH, TW, a, a)
-    rows, cols = g.th * t.m + 2, g.tw * t.m + 2
-    dpadded = xp.zeros((g.n, g.c, max(rows, g.h + 2 * g.ph), max(cols, g.w + 2 * g.pw)),
-                       dtype=dV.dtype)
+    dpadded = xp.zeros((g.n, g.c, g.th * t.m + 2, g.tw * t.m + 2), dtype=dV.dtype)
     for i in range(t.a):
         for j in range(t.a):  # position (i, j) of every tile, one strided slab at a time
             dpadded[:, :, i : i + g.th * t.m : t.m, j : j + g.tw * t.m : t.m] += dd[..., i, j]

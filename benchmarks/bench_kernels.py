@@ -32,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,7 @@ def numba_compile_times() -> dict:
         "print(time.perf_counter() - t)\n"
     )
     results = {}
-    with __import__("tempfile").TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for label in ("cold_s", "warm_s"):
             out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

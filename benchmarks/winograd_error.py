@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
 
 
 def images(args, shape):
@@ -36,7 +33,7 @@ def images(args, shape):
         return x.reshape(len(files), *shape), np.zeros(len(files), np.int64)
     import minicnn as mc
 
-    (_, _), (x, y) = mc.data.load_mnist(verbose=0)
+    _, (x, y), _ = mc.data.load_mnist(verbose=0)
     return x[: args.batch_size].astype(np.float64), y[: args.batch_size]
 
 
@@ -46,7 +43,6 @@ def main():
     parser.add_argument("--image-folder", help="images to feed it (default: MNIST test images)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    sys.path.insert(0, str(HERE))
 
     import minicnn as mc
     from minicnn.layers import Conv2D

@@ -70,8 +70,15 @@ def _right(src, src_at, src_step, K, outer, length, dst, dst_at, dst_step):
                         dst[_u(out + t)] += coef * src[_u(source + t)]
 
 
-# Every kernel: one task per (channel, block of ``per_task`` samples), whose tiles are consecutive
-# in the tile numbering: ``length`` = per_task*TH*TW of them (fewer in the last block).
+@njit(inline="always")
+def _task_tiles(task, blocks, per_task, n_count, plane_tiles):
+    """Every kernel runs one task per (channel, block of ``per_task`` samples), whose tiles are
+    consecutive in the tile numbering. Returns the channel, the block's first sample and the one
+    past its last, and how many tiles it holds (per_task*TH*TW, fewer in the last block)."""
+    channel = task // blocks
+    first_n = (task - channel * blocks) * per_task
+    last_n = min(n_count, first_n + per_task)
+    return channel, first_n, last_n, (last_n - first_n) * plane_tiles
 
 
 @_jit
@@ -84,10 +91,7 @@ def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw
     tiles = n_count * plane_tiles
     blocks = (n_count + per_task - 1) // per_task
     for task in prange(c_count * blocks):
-        c = task // blocks
-        first_n = (task - c * blocks) * per_task
-        last_n = min(n_count, first_n + per_task)
-        length = (last_n - first_n) * plane_tiles
+        c, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
         padded = np.zeros(rows * cols, dtype=x_flat.dtype)
         d = np.empty(a * a * length, dtype=x_flat.dtype)  # d[k, l, tile]: the tiles, gathered
         mixed = np.empty(a * a * length, dtype=x_flat.dtype)
@@ -118,10 +122,7 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
     tiles = n_count * plane_tiles
     blocks = (n_count + per_task - 1) // per_task
     for task in prange(c_count * blocks):
-        c = task // blocks
-        first_n = (task - c * blocks) * per_task
-        last_n = min(n_count, first_n + per_task)
-        length = (last_n - first_n) * plane_tiles
+        c, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
         mixed = np.empty(a * a * length, dtype=dV_flat.dtype)
         dd = np.empty(a * a * length, dtype=dV_flat.dtype)
         _left(B, dV_flat, c * tiles + first_n * plane_tiles, c_count * tiles, a, length, mixed, 0,
@@ -152,10 +153,7 @@ def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_coun
     tiles = n_count * plane_tiles
     blocks = (n_count + per_task - 1) // per_task
     for task in prange(f_count * blocks):
-        f = task // blocks
-        first_n = (task - f * blocks) * per_task
-        last_n = min(n_count, first_n + per_task)
-        length = (last_n - first_n) * plane_tiles
+        f, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
         mixed = np.empty(m * a * length, dtype=M_flat.dtype)
         blocks_out = np.empty(m * m * length, dtype=M_flat.dtype)
         _left(AT, M_flat, f * tiles + first_n * plane_tiles, f_count * tiles, a, length, mixed, 0,
@@ -181,10 +179,7 @@ def _output_transform_transposed_kernel(dy_flat, n_count, f_count, oh, ow, th_co
     tiles = n_count * plane_tiles
     blocks = (n_count + per_task - 1) // per_task
     for task in prange(f_count * blocks):
-        f = task // blocks
-        first_n = (task - f * blocks) * per_task
-        last_n = min(n_count, first_n + per_task)
-        length = (last_n - first_n) * plane_tiles
+        f, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
         dY = np.zeros(m * m * length, dtype=dy_flat.dtype)  # dY[r, s, tile], zeros past the edge
         mixed = np.empty(a * m * length, dtype=dy_flat.dtype)
         for n in range(first_n, last_n):

@@ -31,7 +31,6 @@ def main(argv=None) -> None:
 
     import minicnn as mc
     from minicnn import models
-    from minicnn.diagnostics import GradientFlow
     from minicnn.training import Trainer
 
     (x, y), _, _ = mc.data.load_mnist(verbose=0)
@@ -44,23 +43,21 @@ def main(argv=None) -> None:
 
     # 1. step by step
     model, optimizer = make()
-    trainer = Trainer(model, mc.losses.SoftmaxCrossEntropy(), optimizer, loader=None, verbose=0)
-    flow = GradientFlow(1)
+    trainer = Trainer(model, mc.losses.SoftmaxCrossEntropy(), optimizer, (x, y), verbose=0,
+                      diagnostics=2)
+    flow = trainer.gradient_flow
     plain, watched = [], []
     for step in range(2 * args.steps + 20):
         xb, yb = x[(step * batch) % 59_000:][:batch], y[(step * batch) % 59_000:][:batch]
         start = time.perf_counter()
-        if step % 2:
-            trainer.train_step(xb, yb, flow)
-            flow.before_update(model)
-            optimizer.step()
-            flow.record(model, step, 1)
-        else:
-            trainer.train_step(xb, yb)
-            optimizer.step()
+        trainer.train_step(xb, yb)  # watched when flow.watches_layers(global_step + 1)
+        flow.on_before_update(trainer)
+        optimizer.step()
+        trainer.global_step += 1
+        flow.on_batch_end(trainer, trainer.global_step, {})
         seconds = time.perf_counter() - start
         if step >= 20:  # after the JIT warm-up
-            (watched if step % 2 else plain).append(seconds)
+            (watched if flow.watches_layers(trainer.global_step) else plain).append(seconds)
     p, w = statistics.median(plain), statistics.median(watched)
     print(f"step by step ({len(plain)} plain, {len(watched)} watched steps, batch {batch}): "
           f"plain {p * 1e3:.1f} ms, watched {w * 1e3:.1f} ms (+{(w - p) * 1e3:.1f} ms); "

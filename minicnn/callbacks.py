@@ -1,12 +1,16 @@
-"""What happens around the training loop: the per-epoch History and the callbacks that hook into
-``fit`` (learning-rate schedules, early stopping, saving the best model)."""
+"""What happens around the training loop: the records it keeps (the per-epoch History, the
+running EpochTotals) and the callbacks that hook into ``fit`` (learning-rate schedules, early
+stopping, saving the best model, the progress bar, checkpoints; gradient-flow watching is
+:class:`minicnn.diagnostics.GradientFlow`)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
+from .validation import is_int, is_number
 
 # -- history ------------------------------------------------------------------------------------
 
@@ -64,23 +68,121 @@ class History:
         return plot_gradient_flow(self.diagnostics, path)
 
 
+@dataclass
+class EpochTotals:
+    """What the epoch in progress has added up so far. A checkpoint keeps it (by name), so an
+    epoch resumed in its middle reports the whole epoch."""
+
+    loss_sum: float = 0.0  # each batch's mean loss times its size
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0  # in the training steps (data loading included, callbacks not)
+
+    def add(self, loss: float, correct: int, images: int, seconds: float) -> None:
+        self.loss_sum += loss * images
+        self.correct += correct
+        self.seen += images
+        self.seconds += seconds
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.seen / max(self.seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EpochTotals:
+        """Totals from ``to_dict()``; raises ValueError unless it holds exactly the four finite
+        numbers (counts as whole numbers >= 0)."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(values, dict) or sorted(values) != sorted(names) or not all(
+                is_number(values[n]) and values[n] >= 0 for n in names) or not all(
+                is_int(values[n]) for n in ("correct", "seen")):
+            raise ValueError(f"epoch totals must be {{{', '.join(names)}}}: finite numbers >= 0 "
+                             f"(correct and seen whole), got {values!r}")
+        return cls(**values)
+
+
 # -- callbacks ----------------------------------------------------------------------------------
 
 class Callback:
-    """Hooks into ``fit``. ``trainer`` is the running :class:`Trainer`; set
+    """Hooks into ``fit``. ``trainer`` is the running :class:`minicnn.training.Trainer`; set
     ``trainer.stop_training = True`` to stop after the current epoch. Callbacks with state
-    implement ``state_dict``/``load_state_dict`` so that checkpoints resume them too."""
+    implement ``state_dict``/``load_state_dict`` so that checkpoints resume them too.
+
+    A callback that answers True to ``watches_layers(step)`` sees that step's pass one layer at
+    a time: ``on_layer_forward`` after each layer's output y, from the first layer up, and
+    ``on_layer_backward`` after each layer turned dy into dx (its parameters' ``.grad``
+    filled), from the last layer down; ``on_before_update`` comes just before
+    ``optimizer.step()``. A step nobody watches runs ``model.forward``/``backward`` whole."""
 
     def on_train_begin(self, trainer) -> None: ...
     def on_epoch_begin(self, trainer, epoch: int) -> None: ...
+    def watches_layers(self, step: int) -> bool:
+        return False
+    def on_layer_forward(self, trainer, index: int, layer, y) -> None: ...
+    def on_layer_backward(self, trainer, index: int, layer, dy, dx) -> None: ...
+    def on_before_update(self, trainer) -> None: ...
     def on_batch_end(self, trainer, step: int, logs: dict) -> None: ...
     def on_epoch_end(self, trainer, epoch: int, logs: dict) -> None: ...
+    def on_interrupt(self, trainer) -> None: ...
     def on_train_end(self, trainer) -> None: ...
 
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with the running loss, accuracy and images/s (``verbose=1``)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_epoch_begin(self, trainer, epoch):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=len(trainer.loader), initial=trainer.loader.state_dict()["start_batch"],
+                        desc=f"epoch {epoch + 1}", unit="batch", leave=False, dynamic_ncols=True)
+
+    def on_batch_end(self, trainer, step, logs):
+        totals = trainer.totals
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{totals.mean_loss:.4f}", acc=f"{totals.accuracy:.4f}",
+                             img_s=f"{totals.images_per_s:,.0f}", refresh=False)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.on_interrupt(trainer)
+
+    def on_interrupt(self, trainer):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TrainingCheckpoint(Callback):
+    """Write ``trainer.checkpoint`` (a resumable checkpoint, atomically) after every epoch and,
+    with ``every``, every ``every`` steps. Runs after the other callbacks, so that their state
+    at the end of the epoch is what is saved."""
+
+    def __init__(self, every: int | None = None):
+        self.every = every
+
+    def on_batch_end(self, trainer, step, logs):
+        if self.every and step % self.every == 0:
+            trainer.save_checkpoint()
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        trainer.save_checkpoint()
 
 
 class LRSchedule(Callback):

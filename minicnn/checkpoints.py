@@ -3,8 +3,9 @@
 A checkpoint is a model file (``minicnn.io``) with two additions: the optimizer's arrays as
 tensors ``optimizer.<parameter index>.<name>``, and a JSON ``training_state`` in the metadata:
 
-- ``version`` (``CHECKPOINT_VERSION``), ``global_step``, ``epoch_sums`` (the running epoch's
-  loss, correct count, images and seconds so far);
+- ``version`` (``CHECKPOINT_VERSION``), ``global_step``, ``epoch_totals`` (the running epoch's
+  ``loss_sum``, ``correct``, ``seen`` and ``seconds`` so far; version 1 kept them as a list,
+  ``epoch_sums``, in that order, and is still read);
 - ``loader``: the DataLoader's position (epoch, next batch, seed);
 - ``optimizer``: its type, learning rate, step count and state keys;
 - ``rng``: the random state of every stochastic layer, by its path in the network (``"6"``,
@@ -22,11 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import backend, io
+from .callbacks import EpochTotals
 from .io import ModelFileError
 from .layers.build import build_from_file
 from .validation import check_learning_rate, is_int, is_number
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: the epoch totals as a list, "epoch_sums"
 
 
 def save_checkpoint(path, trainer) -> Path:
@@ -37,7 +40,7 @@ def save_checkpoint(path, trainer) -> Path:
         "version": CHECKPOINT_VERSION,
         "loader": trainer.loader.state_dict(),
         "global_step": trainer.global_step,
-        "epoch_sums": trainer.epoch_sums,
+        "epoch_totals": trainer.totals.to_dict(),
         "optimizer": {"type": type(opt).__name__, "lr": opt.lr, "step_count": opt.step_count,
                       "state_keys": sorted(opt.state_arrays())},
         "rng": {name: rng.bit_generator.state for name, rng in model.named_generators().items()},
@@ -97,7 +100,7 @@ def restore_checkpoint(path, trainer) -> None:
         raise ModelFileError(f"{path}: a callback cannot use its saved state "
                              f"({type(err).__name__}: {err})") from None
     trainer.global_step = checked["global_step"]
-    trainer.epoch_sums = checked["epoch_sums"]
+    trainer.totals = checked["epoch_totals"]
     trainer.history = type(trainer.history)(state["history"]["epochs"],
                                             state["history"].get("diagnostics"))
 
@@ -112,9 +115,10 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
     def is_count(value):
         return is_int(value) and value >= 0
 
-    if state.get("version") != CHECKPOINT_VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise ModelFileError(f"training state version {state.get('version')!r} is not "
-                             f"supported (this minicnn writes and reads {CHECKPOINT_VERSION})")
+                             f"supported (this minicnn writes {CHECKPOINT_VERSION} and reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))})")
     opt, optimizer = state["optimizer"], trainer.optimizer
     if opt["type"] != type(optimizer).__name__:
         raise ModelFileError(f"the checkpoint was trained with {opt['type']}, not "
@@ -141,10 +145,16 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
             raise ModelFileError(f"random state for layer {name}, which has no generator")
         # try the state on a scratch generator of the same kind (it validates the dict)
         type(generators[name].bit_generator)().state = rng_state
-    sums = state["epoch_sums"]
-    if not (isinstance(sums, list) and len(sums) == 4 and all(
-            is_number(v) for v in sums)):
-        raise ModelFileError("epoch_sums must be a list of 4 finite numbers")
+    if state["version"] == 1:
+        sums = state["epoch_sums"]
+        if not (isinstance(sums, list) and len(sums) == 4 and all(is_number(v) for v in sums)):
+            raise ModelFileError("epoch_sums must be a list of 4 finite numbers")
+        state = {**state, "epoch_totals": {"loss_sum": float(sums[0]), "correct": int(sums[1]),
+                                           "seen": int(sums[2]), "seconds": float(sums[3])}}
+    try:
+        totals = EpochTotals.from_dict(state["epoch_totals"])
+    except ValueError as err:
+        raise ModelFileError(str(err)) from None
     epochs = state["history"]["epochs"]
     if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
         raise ModelFileError("history must be a list of per-epoch records")
@@ -154,7 +164,7 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
     if not isinstance(state["callbacks"], list) or not isinstance(state["loader"], dict):
         raise ModelFileError("callbacks and loader states have the wrong types")
     return {"lr": lr, "step_count": opt["step_count"], "global_step": state["global_step"],
-            "epoch_sums": [float(sums[0]), int(sums[1]), int(sums[2]), float(sums[3])]}
+            "epoch_totals": totals}
 
 
 __all__ = ["CHECKPOINT_VERSION", "load_checkpoint", "restore_checkpoint", "save_checkpoint"]

@@ -17,7 +17,7 @@ gradient at all: it is *dead*, and stays dead. All of this is visible in a few n
   of the batch.
 
 ``fit(..., diagnostics=50)`` records them every 50 steps into ``History.diagnostics``
-(:class:`GradientFlow` does the recording), ``minicnn.plots.plot_gradient_flow`` draws them and
+(:class:`GradientFlow`, a callback, does the recording), ``minicnn.plots.plot_gradient_flow`` draws them and
 :func:`gradient_flow_warnings` turns them into plain words.
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 from . import backend
+from .callbacks import Callback
 from .layers import ReLU
 from .validation import check_positive_int
 
@@ -41,57 +42,54 @@ def _norm(xp, arrays) -> float:
     return math.sqrt(sum(float(xp.vdot(a.ravel(), a.ravel()).real) for a in arrays))
 
 
-class GradientFlow:
+class GradientFlow(Callback):
     """Records the per-layer numbers of the module docstring every ``every`` training steps.
 
-    The training loop (:class:`minicnn.training.Trainer`) asks :meth:`watches` before a step;
-    for a watched step it runs the forward and backward pass through :meth:`forward` and
-    :meth:`backward` (one layer at a time, looking at what passes between them, computing
-    exactly what ``model.forward`` / ``model.backward`` compute), calls :meth:`before_update`
-    before the optimizer step and :meth:`record` after it. Other steps run untouched.
+    A callback of the training loop (:class:`minicnn.training.Trainer`, ``fit(...,
+    diagnostics=N)``): it watches the first step and every ``every``-th one, seeing each
+    layer's output and gradient as the step's own pass computes them
+    (``Sequential.forward_steps`` / ``backward_steps``), takes a copy of the weights before the
+    optimizer step and appends the step's record to ``trainer.history.diagnostics`` after it.
+    Other steps run untouched.
     """
 
     def __init__(self, every: int = 50):
         self.every = check_positive_int(every, "every", "GradientFlow")
         self._layers: list[dict] = []
         self._weights_before: list = []
-        self._xp = None
 
-    def watches(self, step: int) -> bool:
+    def watches_layers(self, step: int) -> bool:
         """Whether training step ``step`` (counted from 1) is recorded: the first, then every
         ``every``-th."""
         return step == 1 or step % self.every == 0
 
-    def forward(self, model, x):
-        """``model.forward(x, training=True)``, keeping each layer's output statistics."""
-        self._xp = backend.xp(model.backend)
-        self._layers = []
-        for index, layer in enumerate(model.layers):
-            x = layer.forward(x, training=True)
-            stats = {"layer": index, "name": layer.name, "act_mean": float(x.mean()),
-                     "act_std": float(x.std()), "dead_fraction": None}
-            if isinstance(layer, ReLU):
-                alive = (x > 0).any(axis=0)  # a unit that fires for at least one image
-                stats["dead_fraction"] = 1.0 - float(alive.mean())
-            self._layers.append(stats)
-        return x
+    def on_layer_forward(self, trainer, index, layer, y):
+        if index == 0:
+            self._layers = []
+        stats = {"layer": index, "name": layer.name, "act_mean": float(y.mean()),
+                 "act_std": float(y.std()), "dead_fraction": None}
+        if isinstance(layer, ReLU):
+            alive = (y > 0).any(axis=0)  # a unit that fires for at least one image
+            stats["dead_fraction"] = 1.0 - float(alive.mean())
+        self._layers.append(stats)
 
-    def backward(self, model, dy) -> None:
-        """``model.backward(dy, input_grad=False)``, keeping each layer's gradient norms."""
-        for index in reversed(range(len(model.layers))):
-            layer, stats = model.layers[index], self._layers[index]
-            stats["dy_norm"] = _norm(self._xp, [dy])
-            dy = layer.backward(dy, input_grad=index > 0)
-            params = layer.parameters()
-            stats["grad_norm"] = _norm(self._xp, [p.grad for p in params]) if params else None
+    def on_layer_backward(self, trainer, index, layer, dy, dx):
+        xp = backend.array_module(dy)
+        stats = self._layers[index]
+        stats["dy_norm"] = _norm(xp, [dy])
+        params = layer.parameters()
+        stats["grad_norm"] = _norm(xp, [p.grad for p in params]) if params else None
 
-    def before_update(self, model) -> None:
-        self._weights_before = [[p.data.copy() for p in layer.parameters()]
-                                for layer in model.layers]
+    def on_before_update(self, trainer):
+        if self.watches_layers(trainer.global_step + 1):
+            self._weights_before = [[p.data.copy() for p in layer.parameters()]
+                                    for layer in trainer.model.layers]
 
-    def record(self, model, step: int, epoch: int) -> dict:
-        """The record of this step (after the optimizer step): ``{"step", "epoch", "layers"}``."""
-        xp = self._xp
+    def on_batch_end(self, trainer, step, logs):
+        if not self.watches_layers(step):
+            return
+        model = trainer.model
+        xp = backend.xp(model.backend)
         for layer, before, stats in zip(model.layers, self._weights_before, self._layers):
             params = layer.parameters()
             if not params:
@@ -100,7 +98,8 @@ class GradientFlow:
             change = _norm(xp, [p.data - old for p, old in zip(params, before)])
             stats["update_ratio"] = change / max(_norm(xp, before), 1e-30)
         self._weights_before = []
-        return {"step": step, "epoch": epoch, "layers": self._layers}
+        trainer.history.diagnostics.append({"step": step, "epoch": trainer.epoch + 1,
+                                            "layers": self._layers})
 
 
 def _label(stats: dict) -> str:

@@ -30,9 +30,12 @@ from .atomic import remove_stale_temporaries
 from .callbacks import (  # noqa: F401 (the callbacks' public home is also minicnn.training)
     Callback,
     EarlyStopping,
+    EpochTotals,
     History,
     LRSchedule,
     ModelCheckpoint,
+    ProgressBar,
+    TrainingCheckpoint,
 )
 from .checkpoints import restore_checkpoint, save_checkpoint
 from .diagnostics import GradientFlow
@@ -101,28 +104,55 @@ class _DeferredInterrupt:
 
 
 class Trainer:
-    """Runs :func:`fit`. Holds the model, loss, optimizer, data and the position in training."""
+    """A training job: the model, loss, optimizer, data, and the loop over epochs and batches
+    around one step of backprop (the module docstring). :func:`fit` is ``Trainer(...).fit(epochs)``
+    and takes the same arguments.
 
-    def __init__(self, model, loss_fn, optimizer, loader, val=None, callbacks=(), verbose=1,
-                 checkpoint=None, checkpoint_every: int | None = None, eval_batch_size=512,
-                 val_name: str = "val", gradient_flow: GradientFlow | None = None):
-        self.model, self.loss_fn, self.optimizer, self.loader = model, loss_fn, optimizer, loader
-        self.val, self.callbacks, self.verbose = val, list(callbacks), verbose
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.checkpoint_every = checkpoint_every
-        self.eval_batch_size = eval_batch_size
+    The loop keeps only what must sit between two lines of the step: the guard that stops
+    before ``optimizer.step()`` when the loss or a gradient is not finite, and Ctrl-C, honoured
+    between steps. Everything else is a callback (:mod:`minicnn.callbacks`), run in this order:
+    gradient-flow watching (``diagnostics=N``, :class:`minicnn.diagnostics.GradientFlow`), the
+    ``callbacks`` given (whose state a checkpoint keeps), the progress bar (``verbose=1``) and
+    the checkpoints (``checkpoint=``, every ``checkpoint_every`` steps and after each epoch).
+    Every argument is checked here, before the first step.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, train, val=None, *, batch_size: int = 32,
+                 shuffle: bool = True, transform=None, seed: int = 0, callbacks=(),
+                 verbose: int = 1, checkpoint=None, checkpoint_every: int | None = None,
+                 eval_batch_size: int = 512, val_name: str = "val",
+                 diagnostics: int | None = None):
+        self.loader = _check_training_job(model, optimizer, train, val, callbacks, checkpoint,
+                                          batch_size, shuffle, transform, seed)
+        self.model, self.loss_fn, self.optimizer, self.val = model, loss_fn, optimizer, val
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+        self.eval_batch_size = check_positive_int(eval_batch_size, "eval_batch_size", "fit")
         self.val_name = val_name
-        self.gradient_flow = gradient_flow
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if checkpoint_every is not None:
+            checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every", "fit")
+        self.gradient_flow = GradientFlow(diagnostics) if diagnostics is not None else None
         self.history = History()
         self.stop_training = False
         self.global_step = 0
-        self.epoch_sums = [0.0, 0, 0, 0.0]  # loss * n, correct, seen, seconds
+        self.epoch = 0
+        self.totals = EpochTotals()
+        self.extensions = [
+            *([self.gradient_flow] if self.gradient_flow else []), *self.callbacks,
+            *([ProgressBar()] if verbose else []),
+            *([TrainingCheckpoint(checkpoint_every)] if self.checkpoint is not None else []),
+        ]
 
     def log(self, message: str) -> None:
         if self.verbose:
             from tqdm import tqdm
 
             tqdm.write(message)
+
+    def _call(self, hook: str, *args) -> None:
+        for extension in self.extensions:
+            getattr(extension, hook)(self, *args)
 
     # -- checkpoints (their format: minicnn.checkpoints) ------------------------------------
     def save_checkpoint(self, path=None) -> Path:
@@ -131,51 +161,19 @@ class Trainer:
     def restore_checkpoint(self, path) -> None:
         restore_checkpoint(path, self)
 
-    # -- the guard --------------------------------------------------------------------------
-    def _diagnose(self, xb, what: str) -> str:
-        """Find the first layer whose weights, gradient or output is not finite."""
-        xp = backend.xp(self.model.backend)
-        for i, layer in enumerate(self.model.layers):
-            for p in layer.parameters():
-                if not bool(xp.isfinite(p.data).all()):
-                    return f"layer {i} ({layer.name}) has non-finite {p.name} values"
-        if what == "gradient":
-            # The forward pass and the loss were finite. The layers still hold this step's
-            # caches, so replay the backward pass one layer at a time (it recomputes the same
-            # values) and stop at the first layer, from the output down, whose gradient is not.
-            # (Before the inference pass below, which would replace those caches.)
-            dy = self.loss_fn.backward()
-            for i in reversed(range(len(self.model.layers))):
-                layer = self.model.layers[i]
-                dy = layer.backward(dy, input_grad=True)
-                for p in layer.parameters():
-                    if not bool(xp.isfinite(p.grad).all()):
-                        return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
-                                f"gradient, for its {p.name} (backward pass)")
-                if not bool(xp.isfinite(dy).all()):
-                    return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
-                            "gradient, for its input (backward pass)")
-        x = xb
-        for i, layer in enumerate(self.model.layers):
-            x = layer._run_forward(x, training=False)
-            if not bool(xp.isfinite(x).all()):
-                return f"layer {i} ({layer.name}) is the first to output a non-finite value"
-        return "every layer's output is finite in inference mode (the loss itself overflowed?)"
-
-    def _diverged(self, epoch, batch, xb, what) -> None:
-        where = self._diagnose(xb, what)
-        kept = (f"; the last good checkpoint is {self.checkpoint}"
-                if self.checkpoint is not None and self.checkpoint.exists() else "")
-        raise TrainingDivergedError(
-            f"training diverged at epoch {epoch + 1}, batch {batch + 1} (step {self.global_step + 1}): "
-            f"the {what} is not finite; {where}. Try a lower learning rate{kept}."
-        )
-
-    # -- the loop ---------------------------------------------------------------------------
-    def train_step(self, xb, yb, watch: GradientFlow | None = None) -> tuple[float, int]:
-        """Forward, loss and backward of one batch (the optimizer step is the caller's). With
-        ``watch``, the passes go through it so that it sees every layer's output and gradient."""
-        logits = watch.forward(self.model, xb) if watch else self.model.forward(xb, training=True)
+    # -- one step -----------------------------------------------------------------------------
+    def train_step(self, xb, yb) -> tuple[float, int]:
+        """Forward, loss and backward of one batch (the optimizer step is the loop's). A step
+        that a callback watches (``Callback.watches_layers``) runs the same pass one layer at a
+        time (``Sequential.forward_steps`` / ``backward_steps``), showing each layer's output
+        and gradient to the watchers."""
+        watchers = [e for e in self.extensions if e.watches_layers(self.global_step + 1)]
+        if watchers:
+            for index, layer, logits in self.model.forward_steps(xb, training=True):
+                for watcher in watchers:
+                    watcher.on_layer_forward(self, index, layer, logits)
+        else:
+            logits = self.model.forward(xb, training=True)
         if not bool(backend.array_module(logits).isfinite(logits).all()):
             return math.nan, 0  # the guard in run_epoch finds out where it came from
         loss = self.loss_fn.forward(logits, yb)
@@ -183,74 +181,90 @@ class Trainer:
             return loss, 0
         correct = int((logits.argmax(axis=1) == yb).sum())
         self.optimizer.zero_grad()
-        if watch:
-            watch.backward(self.model, self.loss_fn.backward())
+        if watchers:
+            for index, layer, dy, dx in self.model.backward_steps(self.loss_fn.backward(),
+                                                                  input_grad=False):
+                for watcher in watchers:
+                    watcher.on_layer_backward(self, index, layer, dy, dx)
         else:
             self.model.backward(self.loss_fn.backward(), input_grad=False)
         return loss, correct
 
+    # -- the guard --------------------------------------------------------------------------
     def _grads_finite(self) -> bool:
         xp = backend.xp(self.model.backend)
         return all(bool(xp.isfinite(p.grad).all()) for p in self.model.parameters())
 
-    def run_epoch(self, epoch: int, interrupt: _DeferredInterrupt) -> dict:
-        from tqdm import tqdm
-
+    def _diagnose(self, xb, what: str) -> str:
+        """Find the first layer whose weights, gradient or output is not finite."""
         xp = backend.xp(self.model.backend)
-        start_batch = self.loader.state_dict()["start_batch"]
-        bar = tqdm(total=len(self.loader), initial=start_batch, disable=not self.verbose,
-                   desc=f"epoch {epoch + 1}", unit="batch", leave=False, dynamic_ncols=True)
-        sums = self.epoch_sums
-        for callback in self.callbacks:
-            callback.on_epoch_begin(self, epoch)
-        t0 = time.perf_counter()
-        batch = start_batch
+
+        def finite(array):
+            return bool(xp.isfinite(array).all())
+
+        for i, layer in enumerate(self.model.layers):
+            for p in layer.parameters():
+                if not finite(p.data):
+                    return f"layer {i} ({layer.name}) has non-finite {p.name} values"
+        if what == "gradient":
+            # The forward pass and the loss were finite. The layers still hold this step's
+            # caches, so replay the backward pass (it recomputes the same values) and stop at
+            # the first layer, from the output down, whose gradient is not finite. (Before the
+            # inference pass below, which would replace those caches.)
+            for i, layer, _, dx in self.model.backward_steps(self.loss_fn.backward()):
+                for p in layer.parameters():
+                    if not finite(p.grad):
+                        return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
+                                f"gradient, for its {p.name} (backward pass)")
+                if not finite(dx):
+                    return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
+                            "gradient, for its input (backward pass)")
+        for i, layer, y in self.model.forward_steps(xb, training=False):
+            if not finite(y):
+                return f"layer {i} ({layer.name}) is the first to output a non-finite value"
+        return "every layer's output is finite in inference mode (the loss itself overflowed?)"
+
+    def _diverged(self, batch, xb, what) -> None:
+        where = self._diagnose(xb, what)
+        kept = (f"; the last good checkpoint is {self.checkpoint}"
+                if self.checkpoint is not None and self.checkpoint.exists() else "")
+        raise TrainingDivergedError(
+            f"training diverged at epoch {self.epoch + 1}, batch {batch + 1} (step "
+            f"{self.global_step + 1}): the {what} is not finite; {where}. Try a lower learning "
+            f"rate{kept}."
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run_epoch(self, epoch: int, interrupt: _DeferredInterrupt) -> dict:
+        xp = backend.xp(self.model.backend)
+        self.epoch = epoch
+        self._call("on_epoch_begin", epoch)
+        batch = self.loader.state_dict()["start_batch"]
+        start = time.perf_counter()
         for xb, yb in self.loader:
             xb, yb = xp.asarray(xb), xp.asarray(yb)
-            flow = self.gradient_flow
-            watch = flow if flow is not None and flow.watches(self.global_step + 1) else None
-            loss, correct = self.train_step(xb, yb, watch)
+            loss, correct = self.train_step(xb, yb)
             if not math.isfinite(loss):
-                self._diverged(epoch, batch, xb, "loss")
+                self._diverged(batch, xb, "loss")
             if not self._grads_finite():
-                self._diverged(epoch, batch, xb, "gradient")
-            if watch:
-                watch.before_update(self.model)
+                self._diverged(batch, xb, "gradient")
+            self._call("on_before_update")
             self.optimizer.step()
             self.global_step += 1
-            if watch:
-                self.history.diagnostics.append(watch.record(self.model, self.global_step,
-                                                             epoch + 1))
-            n = len(yb)
-            sums[0] += loss * n
-            sums[1] += correct
-            sums[2] += n
-            elapsed = sums[3] + time.perf_counter() - t0
-            bar.update(1)
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}",
-                            img_s=f"{sums[2] / max(elapsed, 1e-9):,.0f}", refresh=False)
-            logs = {"loss": loss, "lr": self.optimizer.lr}
-            for callback in self.callbacks:
-                callback.on_batch_end(self, self.global_step, logs)
+            self.totals.add(loss, correct, len(yb), time.perf_counter() - start)
+            self._call("on_batch_end", self.global_step, {"loss": loss, "lr": self.optimizer.lr})
             batch += 1
-            if self.checkpoint is not None and self.checkpoint_every and \
-                    self.global_step % self.checkpoint_every == 0:
-                sums[3] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                self.save_checkpoint()
             if interrupt.requested:
-                sums[3] += time.perf_counter() - t0
-                bar.close()
                 raise _CleanInterrupt
-        bar.close()
-        seconds = sums[3] + time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "train_loss": sums[0] / max(sums[2], 1),
-                  "train_acc": sums[1] / max(sums[2], 1), "lr": self.optimizer.lr,
-                  "time_s": seconds, "images_per_s": sums[2] / max(seconds, 1e-9)}
-        self.epoch_sums = [0.0, 0, 0, 0.0]
-        return record
+            start = time.perf_counter()
+        totals, self.totals = self.totals, EpochTotals()
+        return {"epoch": epoch + 1, "train_loss": totals.mean_loss, "train_acc": totals.accuracy,
+                "lr": self.optimizer.lr, "time_s": totals.seconds,
+                "images_per_s": totals.images_per_s}
 
     def fit(self, epochs: int, resume: bool = False) -> History:
+        """Train until ``epochs`` epochs are done (counting a resumed run's earlier ones)."""
+        epochs = check_positive_int(epochs, "epochs", "fit")
         if self.checkpoint is not None:
             # temporary files of checkpoint writes cut short by a SIGKILL or a power loss
             remove_stale_temporaries(self.checkpoint)
@@ -258,8 +272,7 @@ class Trainer:
             self.restore_checkpoint(self.checkpoint)
             self.log(f"resumed from {self.checkpoint} at epoch {self.loader.epoch + 1}, "
                      f"batch {self.loader.state_dict()['start_batch']}")
-        for callback in self.callbacks:
-            callback.on_train_begin(self)
+        self._call("on_train_begin")
         with _DeferredInterrupt() as interrupt:
             try:
                 while self.loader.epoch < epochs and not self.stop_training:
@@ -270,12 +283,10 @@ class Trainer:
                         record[f"{self.val_name}_loss"] = scores["loss"]
                         record[f"{self.val_name}_acc"] = scores["acc"]
                     self.history.append(record)
-                    for callback in self.callbacks:
-                        callback.on_epoch_end(self, epoch, record)
+                    self._call("on_epoch_end", epoch, record)
                     self.log(_summary_line(record, epochs))
-                    if self.checkpoint is not None:
-                        self.save_checkpoint()
             except KeyboardInterrupt as err:
+                self._call("on_interrupt")
                 if self.checkpoint is not None and isinstance(err, _CleanInterrupt):
                     self.save_checkpoint()
                     self.log(f"interrupted: resumable checkpoint saved to {self.checkpoint} "
@@ -284,8 +295,7 @@ class Trainer:
                     self.log(f"interrupted in the middle of a step: {self.checkpoint} keeps the "
                              "last consistent state")
                 raise
-        for callback in self.callbacks:
-            callback.on_train_end(self)
+        self._call("on_train_end")
         return self.history
 
 
@@ -320,40 +330,13 @@ def check_training_lr(optimizer, callbacks=(), where: str = "fit") -> float:
     return peak
 
 
-def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size: int = 32, *,
-        callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
-        checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
-        eval_batch_size: int = 512, val_name: str = "val", diagnostics: int | None = None) -> History:
-    """Train ``model`` and return its :class:`History`.
-
-    Args:
-        train: ``(x, y)`` arrays or a :class:`minicnn.data.DataLoader` (which then carries the
-            batch size, shuffling, augmentation and seed).
-        val: optional ``(x, y)``, evaluated after every epoch (``val_loss``, ``val_acc``; the
-            prefix is ``val_name``, e.g. ``"test"`` when it is the test set).
-        epochs: train until this many epochs are done (counting a resumed run's earlier ones).
-        callbacks: e.g. :class:`LRSchedule`, :class:`EarlyStopping`, :class:`ModelCheckpoint`.
-        verbose: 1 shows a progress bar per epoch and a summary line; 0 is silent.
-        checkpoint: path of a resumable checkpoint, written atomically after every epoch, every
-            ``checkpoint_every`` steps if given, and on Ctrl-C (which then re-raises
-            KeyboardInterrupt once the checkpoint is safely on disk).
-        resume: continue from ``checkpoint`` if it exists; the result is identical to a run
-            that was never interrupted.
-        diagnostics: record gradient-flow diagnostics (per layer: gradient norms, update/weight
-            ratio, activation statistics, dead ReLUs) on the first step and every
-            ``diagnostics`` steps into ``History.diagnostics``; see :mod:`minicnn.diagnostics`.
-            The weights and the losses are exactly those of a run without it.
-
-    Raises :class:`TrainingDivergedError` when the loss or a gradient stops being finite,
-    naming the step and the first layer that produced a non-finite value; the last checkpoint
-    on disk is left as it was. Every argument is checked before the first step (ValueError /
-    TypeError naming it), including a learning rate of 0: see :func:`check_training_lr`.
-    """
+def _check_training_job(model, optimizer, train, val, callbacks, checkpoint, batch_size,
+                        shuffle, transform, seed):
+    """Check a training job's arguments (TypeError / ValueError naming the one that is wrong);
+    returns the DataLoader of ``train``."""
     from .data.loader import DataLoader
     from .optim import Optimizer
 
-    epochs = check_positive_int(epochs, "epochs", "fit")
-    eval_batch_size = check_positive_int(eval_batch_size, "eval_batch_size", "fit")
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"fit: optimizer must be a minicnn.optim optimizer, got "
                         f"{type(optimizer).__name__}")
@@ -364,6 +347,8 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
     check_training_lr(optimizer, callbacks, "fit")
     if checkpoint is not None and not Path(checkpoint).parent.is_dir():
         raise FileNotFoundError(f"fit: the folder of checkpoint {checkpoint} does not exist")
+    if not hasattr(model, "forward_steps"):
+        raise TypeError(f"fit: expected a minicnn Sequential model, got {type(model).__name__}")
     if isinstance(train, DataLoader):
         loader = train
         if loader.num_samples == 0 or len(loader) == 0:
@@ -391,13 +376,43 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
         check_float_array(val[0], "fit (validation images)")
         check_labels(val[1], len(val[0]), model.output_shape(val[0].shape[1:])[0],
                      "fit (validation labels)")
-    if checkpoint_every is not None:
-        checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every", "fit")
-    flow = GradientFlow(diagnostics) if diagnostics is not None else None
-    if flow is not None and not hasattr(model, "layers"):
-        raise TypeError(f"fit: diagnostics look inside a Sequential model's layers, got a "
-                        f"{type(model).__name__}")
-    trainer = Trainer(model, loss_fn, optimizer, loader, val=val, callbacks=callbacks,
+    return loader
+
+
+def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size: int = 32, *,
+        callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
+        checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
+        eval_batch_size: int = 512, val_name: str = "val", diagnostics: int | None = None) -> History:
+    """Train ``model`` and return its :class:`History`.
+
+    Args:
+        train: ``(x, y)`` arrays or a :class:`minicnn.data.DataLoader` (which then carries the
+            batch size, shuffling, augmentation and seed).
+        val: optional ``(x, y)``, evaluated after every epoch (``val_loss``, ``val_acc``; the
+            prefix is ``val_name``, e.g. ``"test"`` when it is the test set).
+        epochs: train until this many epochs are done (counting a resumed run's earlier ones).
+        callbacks: e.g. :class:`LRSchedule`, :class:`EarlyStopping`, :class:`ModelCheckpoint`.
+        verbose: 1 shows a progress bar per epoch and a summary line; 0 is silent.
+        checkpoint: path of a resumable checkpoint, written atomically after every epoch, every
+            ``checkpoint_every`` steps if given, and on Ctrl-C (which then re-raises
+            KeyboardInterrupt once the checkpoint is safely on disk).
+        resume: continue from ``checkpoint`` if it exists; the result is identical to a run
+            that was never interrupted.
+        diagnostics: record gradient-flow diagnostics (per layer: gradient norms, update/weight
+            ratio, activation statistics, dead ReLUs) on the first step and every
+            ``diagnostics`` steps into ``History.diagnostics``; see :mod:`minicnn.diagnostics`.
+            The weights and the losses are exactly those of a run without it.
+
+    Raises :class:`TrainingDivergedError` when the loss or a gradient stops being finite,
+    naming the step and the first layer that produced a non-finite value; the last checkpoint
+    on disk is left as it was. Every argument is checked before the first step (ValueError /
+    TypeError naming it, see :class:`Trainer`), including a learning rate of 0: see
+    :func:`check_training_lr`.
+    """
+    epochs = check_positive_int(epochs, "epochs", "fit")
+    trainer = Trainer(model, loss_fn, optimizer, train, val, batch_size=batch_size,
+                      shuffle=shuffle, transform=transform, seed=seed, callbacks=callbacks,
                       verbose=verbose, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                      eval_batch_size=eval_batch_size, val_name=val_name, gradient_flow=flow)
+                      eval_batch_size=eval_batch_size, val_name=val_name,
+                      diagnostics=diagnostics)
     return trainer.fit(epochs, resume=resume)

@@ -318,7 +318,7 @@ def test_gradcheck_catches_a_broken_backward():
     """The checker itself must fail a wrong gradient (here: ReLU's slope doubled)."""
 
     class BrokenReLU(ReLU):
-        def _backward(self, dy):
+        def _backward(self, dy, input_grad):
             return 2 * dy * self._cache
 
     x = away_from_kinks(np.random.default_rng(0).standard_normal((2, 5)))

@@ -47,8 +47,8 @@ def test_whole_model_check_catches_a_broken_layer():
     """check_model must fail a model whose max pool sends the gradient to the wrong pixel."""
 
     class ShiftedMaxPool(MaxPool2D):
-        def _backward(self, dy):
-            return np.roll(super()._backward(dy), 1, axis=-1)
+        def _backward(self, dy, input_grad):
+            return np.roll(super()._backward(dy, input_grad), 1, axis=-1)
 
     rng = np.random.default_rng(0)
     model = small_cnn(0).astype(np.float64)

@@ -187,7 +187,7 @@ def test_gradcheck_catches_a_residual_that_drops_the_shortcut_gradient():
     """The gradient check must fail a block whose backward forgets one of the two paths."""
 
     class BodyOnlyBackward(Residual):
-        def _backward(self, dy):
+        def _backward(self, dy, input_grad):
             for layer in reversed(self.body):
                 dy = layer.backward(dy)
             return dy

@@ -487,7 +487,10 @@ def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
         (dict(state=changed(rng={"6": {"bit_generator": "MT19937", "state": 3}})),
          "malformed training state"),
         (dict(state=changed(rng={"0": {}})), "random state for layer 0, which has no generator"),
-        (dict(state=changed(epoch_sums=[0, "x"])), "epoch_sums must be a list of 4 finite numbers"),
+        (dict(state=changed(epoch_totals__correct="x")), "epoch totals must be"),
+        (dict(state=changed(epoch_totals={"seen": 3})), "epoch totals must be"),
+        (dict(state=changed(version=1, epoch_sums=[0, "x"])),
+         "epoch_sums must be a list of 4 finite numbers"),
         (dict(state=changed(history=5)), "malformed training state"),
         (dict(state=changed(loader=[])), "loader"),
     ]
@@ -502,6 +505,29 @@ def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
         for a, b in zip(before, weights(victim)):
             np.testing.assert_array_equal(a, b)
         assert opt.step_count == 0
+
+
+def test_a_version_1_checkpoint_keeps_its_epoch_totals_as_a_list_and_is_still_read(tmp_path):
+    x, y = toy_data()
+    ckpt = tmp_path / "ckpt.safetensors"
+    model = toy_model()
+    fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y), epochs=1,
+        batch_size=32, verbose=0, checkpoint=ckpt)
+    saved, opt_tensors, state = load_checkpoint(ckpt)
+    assert state["version"] == 2 and set(state["epoch_totals"]) == {"loss_sum", "correct", "seen",
+                                                                  "seconds"}
+    old = {k: v for k, v in state.items() if k != "epoch_totals"}
+    old.update(version=1, epoch_sums=[1.5, 10, 32, 2.25])  # loss * n, correct, seen, seconds
+    mio.write_model_file(ckpt, saved.config(), saved.named_arrays(), saved.metadata,
+                         extra_tensors={f"optimizer.{k}": v for k, v in opt_tensors.items()},
+                         training_state=old)
+    fresh = toy_model()
+    trainer = Trainer(fresh, SoftmaxCrossEntropy(), mc.optim.Adam(fresh.parameters()),
+                      mc.data.DataLoader(x, y, batch_size=32))
+    trainer.restore_checkpoint(ckpt)
+    assert trainer.totals == mc.training.EpochTotals(loss_sum=1.5, correct=10, seen=32,
+                                                     seconds=2.25)
+    assert trainer.global_step == state["global_step"]
 
 
 # The training run the subprocess tests start, kill and resume. The parent imports it too
@@ -754,7 +780,7 @@ class InfGrad(Layer):
     def _forward(self, x, training):
         return self._remember(x)
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         return dy * np.inf if self.broken else dy
 
 

@@ -4,21 +4,17 @@
 such as a model file's architecture, back into layers.
 """
 
-from .activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from .activations import ELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Buffer, Layer, Parameter
 from .conv import Conv2D
 from .dense import Dense, Flatten
 from .dropout import Dropout
 from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .registry import LAYER_TYPES  # every layer above, by name (each module registers its own)
 from .residual import Residual
 from .sequential import Sequential
 
-#: every layer type a config (a model file) may name
-LAYER_TYPES = {
-    cls.__name__: cls
-    for cls in (Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dense, Flatten, ReLU, LeakyReLU,
-                Sigmoid, Tanh, Dropout, BatchNorm2D, Residual, Sequential)
-}
-
-__all__ = ["Layer", "Parameter", "Buffer", "LAYER_TYPES", *LAYER_TYPES]
+__all__ = ["LAYER_TYPES", "AvgPool2D", "BatchNorm2D", "Buffer", "Conv2D", "Dense", "Dropout", "ELU",
+           "Flatten", "GlobalAvgPool2D", "Layer", "LeakyReLU", "MaxPool2D", "Parameter", "ReLU",
+           "Residual", "Sequential", "Sigmoid", "Tanh"]

@@ -11,7 +11,8 @@ A layer is two functions and their bookkeeping:
 ``backward`` *overwrites* ``.grad`` (one backward call describes one batch); call it after the
 forward pass of the same batch.
 
-Subclasses implement ``_forward``/``_backward`` and ``output_shape``; the public
+Subclasses implement ``_forward(x, training)``, ``_backward(dy, input_grad)`` (``input_grad``
+False: nobody needs dL/dx, return None if skipping it saves work) and ``output_shape``; the public
 ``forward``/``backward`` wrappers validate inputs so a mistake surfaces as a clear error that
 names the layer instead of a traceback deep inside a kernel.
 
@@ -92,17 +93,25 @@ def pair(value, what: str, layer: str, minimum: int) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def shape_text(shape) -> str:
+    """``(1, 32, 28, 28)``: a shape as the studio's formulas print it."""
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
 class Layer:
     """Base class of every layer. See the module docstring for the contract."""
 
     #: constructor arguments that hold lists of layers (containers): a config stores the inner
     #: layers' own configs there, and building from a config builds them first
     sublayer_fields: tuple[str, ...] = ()
+    #: the torch.nn module this layer is (``minicnn.interop``), when there is exactly one
+    torch_name: str | None = None
+    #: the ONNX operator this layer is, when it is one operator without attributes
+    onnx_op: str | None = None
 
     def __init__(self):
         self._cache = None
         self._output_shape = None
-        self._input_grad = True  # set by backward(); layers may skip dL/dx when it is False
         self.backend = backend.get_backend()
 
     # -- the public contract ------------------------------------------------------------
@@ -135,6 +144,12 @@ class Layer:
         layer of a network never needs it during training; Conv2D and Dense then save a
         matrix multiply and, for Conv2D, the whole col2im).
         """
+        self._check_output_gradient(dy)
+        return self._backward(dy, input_grad)
+
+    def _check_output_gradient(self, dy) -> None:
+        """Refuse a dL/dy that cannot belong to the last forward pass (a TypeError/ValueError
+        naming the layer and the expected shape)."""
         if self._output_shape is None:
             raise RuntimeError(f"{self.name}: backward() called before forward()")
         if not backend.is_array(dy):
@@ -147,8 +162,6 @@ class Layer:
                 f"{self.name}: backward expects a gradient shaped like the last output "
                 f"{self._output_shape}, got {tuple(dy.shape)}"
             )
-        self._input_grad = input_grad
-        return self._backward(dy)
 
     def __call__(self, x, training: bool = False):
         return self.forward(x, training)
@@ -265,6 +278,39 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{self.name}({args})"
 
+    # -- what the tools built on the layers need to know ------------------------------------
+    #
+    # The studio shows a layer's formula, minicnn.interop turns it into PyTorch and ONNX and back.
+    # Each layer answers for itself here, so a new layer is one file (and ``@register``): the
+    # defaults below serve a layer without arguments that is one torch module and one ONNX op.
+
+    def formula(self, input_shape: tuple, output_shape: tuple) -> dict:
+        """The forward and backward equations in the symbols of the docstring with these
+        shapes (batch included), and what the layer does in plain words (the studio's panel):
+        ``{"forward": [lines], "backward": [lines], "explain": text}``."""
+        return {"forward": [f"y = {self.name}(x)   {shape_text(input_shape)} -> "
+                            f"{shape_text(output_shape)}"], "backward": [], "explain": ""}
+
+    def to_torch(self, bridge):
+        """The equivalent ``torch.nn`` module, weights copied (``bridge``: see
+        :class:`minicnn.interop.TorchBridge`)."""
+        if self.torch_name is None:
+            raise TypeError(f"to_torch: no PyTorch counterpart for {self.name}")
+        return getattr(bridge.nn, self.torch_name)()
+
+    @classmethod
+    def from_torch(cls, module, bridge, path: str) -> Layer:
+        """The layer equivalent to ``module``, a ``torch.nn`` module named ``torch_name``
+        (``path`` names it in errors); raises TypeError when its settings have no counterpart."""
+        return cls()
+
+    def to_onnx(self, graph, x: str, name: str) -> str:
+        """Add this layer to an ONNX graph (:class:`minicnn.interop.OnnxGraph`) reading tensor
+        ``x``; returns the name of its output."""
+        if self.onnx_op is None:
+            raise TypeError(f"to_onnx: no ONNX counterpart for {self.name}")
+        return graph.node(self.onnx_op, [x], name)
+
     # -- helpers for subclasses -----------------------------------------------------------
     def _remember(self, output, cache=None):
         """Keep what backward needs and the output shape it must check ``dy`` against."""
@@ -275,5 +321,5 @@ class Layer:
     def _forward(self, x, training):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _backward(self, dy):  # pragma: no cover - abstract
+    def _backward(self, dy, input_grad):  # pragma: no cover - abstract
         raise NotImplementedError

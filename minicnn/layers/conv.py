@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import backend
 from ..init import INITIALIZERS, initialize
 from ..kernels import conv_output_size
 from ..validation import check_positive_int, check_rank
-from .base import Layer, Parameter, pair
+from .base import Layer, Parameter, pair, shape_text
+from .registry import register
 
 
+@register
 class Conv2D(Layer):
     """Cross-correlation of an (N, C, H, W) input with F filters of shape (C, KH, KW).
 
@@ -148,13 +152,13 @@ class Conv2D(Layer):
         y = ops.cnhw_to_nchw(out, b, n, oh, ow)           # + b, laid out as (N, F, OH, OW)
         return self._remember(y, cache=(x, cols, None))
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         # the derivation, with these names, is in the class docstring
         ops = self.kernels
         x, cols, fast = self._cache  # fast: None, or the algorithm that ran (cols: what it saved)
         if fast is not None:  # the forward pass ran another algorithm: its own backward
             dx, self.weight.grad = fast.backward(dy, cols, self.weight.data, x.shape,
-                                                 self.padding, self._input_grad)
+                                                 self.padding, input_grad)
             if self.bias is not None:
                 self.bias.grad = dy.sum(axis=(0, 2, 3))                       # (F,)
             return dx
@@ -165,7 +169,63 @@ class Conv2D(Layer):
         self.weight.grad = dW2.reshape(self.weight.data.shape)
         if self.bias is not None:
             self.bias.grad = dout.sum(axis=1)                                 # (F,)
-        if not self._input_grad:
+        if not input_grad:
             return None
         dcols = ops.matmul(W2.T, dout)                                        # (K, N*OH*OW)
         return ops.col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding)
+
+    # -- the studio, PyTorch and ONNX --------------------------------------------------------
+    def formula(self, input_shape, output_shape):
+        (kh, kw), f = self.kernel_size, self.out_channels
+        k = self.in_channels * kh * kw
+        pixels = math.prod(output_shape) // f
+        x, y = shape_text(input_shape), shape_text(output_shape)
+        cols, out = shape_text((k, pixels)), shape_text((f, pixels))
+        bias = self.bias is not None
+        return {
+            "forward": [f"cols = im2col(x)   {x} -> {cols}",
+                        f"out = W2 @ cols{' + b' if bias else ''}   {shape_text((f, k))} @ {cols} "
+                        f"= {out}",
+                        f"y = out laid out as (N, F, OH, OW)   {y}"],
+            "backward": [f"dout = dy laid out like out   {out}",
+                         f"dW2 = dout @ cols.T   {out} @ {shape_text((pixels, k))} = "
+                         f"{shape_text((f, k))}",
+                         *([f"db = dout.sum(axis=1)   ({f},)"] if bias else []),
+                         f"dcols = W2.T @ dout   {shape_text((k, f))} @ {out} = {cols}",
+                         f"dx = col2im(dcols)   {x}"],
+            "explain": f"Each of the {f} filters ({self.in_channels}x{kh}x{kw}) slides over the "
+                       "input; bright where its pattern is. The gradient of a map says how the "
+                       "chosen score would change if that map's value moved.",
+        }
+
+    torch_name = "Conv2d"
+
+    def to_torch(self, bridge):
+        module = bridge.nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
+                                  stride=self.stride, padding=self.padding,
+                                  bias=self.bias is not None, dtype=bridge.dtype(self))
+        bridge.copy_weights(module, weight=self.weight, bias=self.bias)
+        return module
+
+    @classmethod
+    def from_torch(cls, module, bridge, path):
+        if isinstance(module.padding, str) or tuple(module.dilation) != (1, 1) or \
+                module.groups != 1 or module.padding_mode != "zeros":
+            raise TypeError(f"from_torch: {path} ({module}): only zero-padded, undilated, "
+                            "ungrouped convolutions with numeric padding have a counterpart")
+        weight = bridge.array(module.weight)
+        layer = cls(module.in_channels, module.out_channels, module.kernel_size,
+                    stride=module.stride, padding=module.padding, bias=module.bias is not None,
+                    dtype=weight.dtype)
+        layer.weight.data = weight
+        if module.bias is not None:
+            layer.bias.data = bridge.array(module.bias)
+        return layer
+
+    def to_onnx(self, graph, x, name):
+        (ph, pw) = self.padding
+        inputs = [x, graph.weight(f"{name}.weight", self.weight)]
+        if self.bias is not None:
+            inputs.append(graph.weight(f"{name}.bias", self.bias))
+        return graph.node("Conv", inputs, name, kernel_shape=list(self.kernel_size),
+                          strides=list(self.stride), pads=[ph, pw, ph, pw])

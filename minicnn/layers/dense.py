@@ -9,9 +9,11 @@ import numpy as np
 from .. import backend
 from ..init import INITIALIZERS, initialize
 from ..validation import check_positive_int
-from .base import Layer, Parameter
+from .base import Layer, Parameter, shape_text
+from .registry import register
 
 
+@register
 class Dense(Layer):
     """Affine map ``y = x @ W + b`` with x (N, in_features), W (in_features, out_features).
 
@@ -84,16 +86,57 @@ class Dense(Layer):
             y += self.bias.data
         return self._remember(y, cache=x)
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         x = self._cache
         self.weight.grad = self.kernels.matmul(x.T, dy)               # x.T @ dy, (in, out)
         if self.bias is not None:
             self.bias.grad = dy.sum(axis=0)                          # (out,)
-        if not self._input_grad:
+        if not input_grad:
             return None
         return self.kernels.matmul(dy, self.weight.data.T)           # dy @ W.T, (N, in)
 
+    # -- the studio, PyTorch and ONNX --------------------------------------------------------
+    def formula(self, input_shape, output_shape):
+        x, y = shape_text(input_shape), shape_text(output_shape)
+        fan_in, fan_out = self.weight.data.shape
+        bias = self.bias is not None
+        return {"forward": [f"y = x @ W{' + b' if bias else ''}   {x} @ "
+                            f"{shape_text((fan_in, fan_out))} = {y}"],
+                "backward": [f"dW = x.T @ dy   {shape_text((fan_in, input_shape[0]))} @ {y} = "
+                             f"{shape_text((fan_in, fan_out))}",
+                             *(["db = dy.sum(axis=0)"] if bias else []),
+                             f"dx = dy @ W.T   {y} @ {shape_text((fan_out, fan_in))} = {x}"],
+                "explain": "A fully connected layer: every output is a weighted sum of every "
+                           "input. Its backward pass sends dy back through the transposed "
+                           "weights."}
 
+    torch_name = "Linear"  # y = x @ weight.T + bias: the weight travels transposed
+
+    def to_torch(self, bridge):
+        fan_in, fan_out = self.weight.data.shape
+        module = bridge.nn.Linear(fan_in, fan_out, bias=self.bias is not None,
+                                  dtype=bridge.dtype(self))
+        bridge.copy_weights(module, weight=self.weight, bias=self.bias, transpose_weight=True)
+        return module
+
+    @classmethod
+    def from_torch(cls, module, bridge, path):
+        weight = bridge.array(module.weight).T.copy()
+        layer = cls(module.in_features, module.out_features, bias=module.bias is not None,
+                    dtype=weight.dtype)
+        layer.weight.data = weight
+        if module.bias is not None:
+            layer.bias.data = bridge.array(module.bias)
+        return layer
+
+    def to_onnx(self, graph, x, name):
+        weight = graph.weight(f"{name}.weight", self.weight)
+        if self.bias is None:
+            return graph.node("MatMul", [x, weight], name)
+        return graph.node("Gemm", [x, weight, graph.weight(f"{name}.bias", self.bias)], name)
+
+
+@register
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1*d2*...). Backward reshapes dy back to the input's shape:
     flattening only relabels the elements, so each gradient goes back to where it came from."""
@@ -104,8 +147,25 @@ class Flatten(Layer):
     def _forward(self, x, training):
         return self._remember(x.reshape(x.shape[0], -1), cache=x.shape)
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         return dy.reshape(self._cache)
+
+    def formula(self, input_shape, output_shape):
+        return {"forward": [f"y = x.reshape(N, -1)   {shape_text(input_shape)} -> "
+                            f"{shape_text(output_shape)}"],
+                "backward": [f"dx = dy.reshape{shape_text(input_shape)}"],
+                "explain": "Lays the maps out as one vector; nothing is computed."}
+
+    torch_name = "Flatten"
+
+    @classmethod
+    def from_torch(cls, module, bridge, path):
+        if module.start_dim != 1 or module.end_dim != -1:
+            raise TypeError(f"from_torch: {path} ({module}): only Flatten(1, -1) has a counterpart")
+        return cls()
+
+    def to_onnx(self, graph, x, name):
+        return graph.node("Flatten", [x], name, axis=1)
 
 
 __all__ = ["Dense", "Flatten"]

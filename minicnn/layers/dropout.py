@@ -7,8 +7,10 @@ import numpy as np
 from .. import backend
 from ..validation import is_number
 from .base import Layer
+from .registry import register
 
 
+@register
 class Dropout(Layer):
     """Zero each element with probability ``p`` during training, scale survivors by 1/(1-p).
 
@@ -47,5 +49,21 @@ class Dropout(Layer):
         mask = (uniform >= self.p).astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
         return self._remember(x * mask, cache=mask)
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         return dy if self._cache is None else dy * self._cache
+
+    def formula(self, input_shape, output_shape):
+        return {"forward": ["y = x   (inference)"], "backward": ["dx = dy"],
+                "explain": "Zeroes random units in training only; here it passes x through."}
+
+    torch_name = "Dropout"
+
+    def to_torch(self, bridge):
+        return bridge.nn.Dropout(self.p)
+
+    @classmethod
+    def from_torch(cls, module, bridge, path):
+        return cls(module.p)
+
+    def to_onnx(self, graph, x, name):
+        return x  # the identity in inference

@@ -8,9 +8,11 @@ import numpy as np
 
 from .. import backend
 from ..validation import check_number, check_positive_int, check_rank
-from .base import Buffer, Layer, Parameter
+from .base import Buffer, Layer, Parameter, shape_text
+from .registry import register
 
 
+@register
 class BatchNorm2D(Layer):
     """Normalize each channel over (N, H, W), then scale by gamma and shift by beta.
 
@@ -100,8 +102,45 @@ class BatchNorm2D(Layer):
         # which saves writing (and holding) a second array as large as the input
         return self._remember(y, cache=(x, mean, inv_std, training))
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         x, mean, inv_std, training = self._cache
         dx, self.gamma.grad, self.beta.grad = self.kernels.batchnorm_backward(
             dy, x, mean, inv_std, self.gamma.data, batch_statistics=training)
         return dx
+
+    # -- the studio, PyTorch and ONNX --------------------------------------------------------
+    def formula(self, input_shape, output_shape):
+        return {"forward": ["xhat = (x - running_mean) / sqrt(running_var + eps)",
+                            f"y = gamma * xhat + beta   {shape_text(output_shape)}"],
+                "backward": ["dx = dy * gamma / sqrt(running_var + eps)   (inference: the "
+                             "statistics are constants)"],
+                "explain": "Normalizes each channel with the statistics gathered in training, "
+                           "then scales and shifts it with learned gamma and beta."}
+
+    torch_name = "BatchNorm2d"  # gamma -> weight, beta -> bias, the running statistics
+
+    def to_torch(self, bridge):
+        module = bridge.nn.BatchNorm2d(self.num_features, eps=self.eps, momentum=self.momentum,
+                                       dtype=bridge.dtype(self))
+        bridge.copy_weights(module, weight=self.gamma, bias=self.beta,
+                            running_mean=self.running_mean, running_var=self.running_var)
+        return module
+
+    @classmethod
+    def from_torch(cls, module, bridge, path):
+        if module.momentum is None or not module.track_running_stats:
+            raise TypeError(f"from_torch: {path} ({module}): BatchNorm2d needs a momentum and "
+                            "running statistics")
+        running_mean = bridge.array(module.running_mean)
+        layer = cls(module.num_features, momentum=module.momentum, eps=module.eps,
+                    dtype=running_mean.dtype)
+        if module.affine:
+            layer.gamma.data, layer.beta.data = bridge.array(module.weight), bridge.array(module.bias)
+        layer.running_mean.data = running_mean
+        layer.running_var.data = bridge.array(module.running_var)
+        return layer
+
+    def to_onnx(self, graph, x, name):
+        arrays = [graph.weight(f"{name}.{key}", getattr(self, key))
+                  for key in ("gamma", "beta", "running_mean", "running_var")]
+        return graph.node("BatchNormalization", [x, *arrays], name, epsilon=float(self.eps))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from .. import backend
 from ..kernels import conv_output_size
 from ..validation import check_rank
-from .base import Layer, pair
+from .base import Layer, pair, shape_text
+from .registry import register
 
 
 class _Pool2D(Layer):
@@ -37,7 +38,26 @@ class _Pool2D(Layer):
         c, oh, ow = self.output_shape(input_shape)
         return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
 
+    def to_torch(self, bridge):
+        return getattr(bridge.nn, self.torch_name)(self.kernel_size, self.stride)
 
+    @classmethod
+    def from_torch(cls, module, bridge, path):
+        def pair_of(value):
+            return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+        if pair_of(module.padding) != (0, 0) or module.ceil_mode or \
+                pair_of(getattr(module, "dilation", 1)) != (1, 1):
+            raise TypeError(f"from_torch: {path} ({module}): only unpadded pooling without "
+                            "ceil_mode or dilation has a counterpart")
+        return cls(pair_of(module.kernel_size), pair_of(module.stride or module.kernel_size))
+
+    def to_onnx(self, graph, x, name):
+        return graph.node(self.onnx_op, [x], name, kernel_shape=list(self.kernel_size),
+                          strides=list(self.stride))
+
+
+@register
 class MaxPool2D(_Pool2D):
     """Maximum over each KH x KW window, moved by ``stride`` (default: the kernel size).
 
@@ -50,16 +70,27 @@ class MaxPool2D(_Pool2D):
     windows and its gradients add up. Ties go to the first maximum in the window, as in PyTorch.
     """
 
+    torch_name, onnx_op = "MaxPool2d", "MaxPool"
+
     def _forward(self, x, training):
         y, argmax = self.kernels.maxpool_forward(x, self.kernel_size, self.stride)
         return self._remember(y, cache=(x.shape, argmax))
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         x_shape, argmax = self._cache
         return self.kernels.maxpool_backward(dy, argmax, x_shape, self.kernel_size,
                                                   self.stride)
 
+    def formula(self, input_shape, output_shape):
+        (kh, kw) = self.kernel_size
+        return {"forward": [f"y = max over each {kh}x{kw} window   {shape_text(input_shape)} -> "
+                            f"{shape_text(output_shape)}"],
+                "backward": ["dx = dy at each window's winner, 0 elsewhere"],
+                "explain": "Keeps the strongest response of each window; the gradient flows "
+                           "only to the winners."}
 
+
+@register
 class AvgPool2D(_Pool2D):
     """Mean over each KH x KW window, moved by ``stride`` (default: the kernel size).
 
@@ -70,14 +101,24 @@ class AvgPool2D(_Pool2D):
     overlap). Shape of dx: (N, C, H, W); pixels no window covers get zero.
     """
 
+    torch_name, onnx_op = "AvgPool2d", "AveragePool"
+
     def _forward(self, x, training):
         y = self.kernels.avgpool_forward(x, self.kernel_size, self.stride)
         return self._remember(y, cache=x.shape)
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         return self.kernels.avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
 
+    def formula(self, input_shape, output_shape):
+        (kh, kw) = self.kernel_size
+        return {"forward": [f"y = mean over each {kh}x{kw} window   {shape_text(input_shape)} -> "
+                            f"{shape_text(output_shape)}"],
+                "backward": [f"dx = dy / {kh * kw} spread over each window"],
+                "explain": "Averages each window; the gradient is shared evenly."}
 
+
+@register
 class GlobalAvgPool2D(Layer):
     """Average of each channel over all pixels: (N, C, H, W) -> (N, C).
 
@@ -99,8 +140,21 @@ class GlobalAvgPool2D(Layer):
     def _forward(self, x, training):
         return self._remember(x.mean(axis=(2, 3), dtype=x.dtype), cache=x.shape)
 
-    def _backward(self, dy):
+    def _backward(self, dy, input_grad):
         n, c, h, w = self._cache
         xp = backend.array_module(dy)
         share = dy / dy.dtype.type(h * w)
         return xp.broadcast_to(share[:, :, None, None], (n, c, h, w)).copy()
+
+    def formula(self, input_shape, output_shape):
+        return {"forward": [f"y = x.mean(axis=(2, 3))   {shape_text(input_shape)} -> "
+                            f"{shape_text(output_shape)}"],
+                "backward": ["dx = dy / (H * W) at every position"],
+                "explain": "One number per channel: its average over the image."}
+
+    def to_torch(self, bridge):  # PyTorch keeps (N, C, 1, 1): flatten it as here
+        return bridge.nn.Sequential(bridge.nn.AdaptiveAvgPool2d(1), bridge.nn.Flatten())
+
+    def to_onnx(self, graph, x, name):
+        pooled = graph.node("GlobalAveragePool", [x], f"{name}.pool")
+        return graph.node("Flatten", [pooled], name, axis=1)

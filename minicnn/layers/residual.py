@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 from .activations import ReLU
-from .base import Layer
+from .base import Layer, shape_text
 from .conv import Conv2D
 from .normalization import BatchNorm2D
+from .registry import inner_arrays, register
 from .sequential import Sequential
 
 
+@register
 class Residual(Layer):
     """A block that adds its input back to what its layers make of it: ``y = f(x) + g(x)``.
 
@@ -79,8 +81,6 @@ class Residual(Layer):
 
     @classmethod
     def array_shapes(cls, config):
-        from .build import inner_arrays
-
         return {**inner_arrays(config, "body", "body."),
                 **inner_arrays(config, "shortcut", "shortcut.")}
 
@@ -124,13 +124,37 @@ class Residual(Layer):
         b = x if self.shortcut is None else self.shortcut._run_forward(x, training)
         return self._remember(a + b)  # a new array: inner layers may cache their outputs
 
-    def _backward(self, dy):
-        dx_body = self.body.backward(dy, input_grad=self._input_grad)
+    def _backward(self, dy, input_grad):
+        dx_body = self.body.backward(dy, input_grad=input_grad)
         dx_short = dy if self.shortcut is None else \
-            self.shortcut.backward(dy, input_grad=self._input_grad)
-        if not self._input_grad:
+            self.shortcut.backward(dy, input_grad=input_grad)
+        if not input_grad:
             return None
         return dx_body + dx_short
+
+    # -- the studio, PyTorch and ONNX --------------------------------------------------------
+    def formula(self, input_shape, output_shape):
+        return {"forward": [f"y = body(x) + shortcut(x)   {shape_text(output_shape)}"],
+                "backward": ["dx = body.backward(dy) + shortcut.backward(dy)"],
+                "explain": "Adds the input back: the gradient reaches x along both paths."}
+
+    torch_name = "TorchResidual"  # minicnn.interop.torch_residual_class(): body + shortcut
+
+    def to_torch(self, bridge):
+        shortcut = None if self.shortcut is None else self.shortcut.to_torch(bridge)
+        return bridge.residual(self.body.to_torch(bridge), shortcut)
+
+    @classmethod
+    def from_torch(cls, module, bridge, path):
+        shortcut = None if isinstance(module.shortcut, bridge.nn.Identity) else \
+            bridge.layers(module.shortcut, f"{path}.shortcut")
+        return cls(bridge.layers(module.body, f"{path}.body"), shortcut)
+
+    def to_onnx(self, graph, x, name):
+        body = self.body.to_onnx(graph, x, f"{name}.body")
+        shortcut = x if self.shortcut is None else \
+            self.shortcut.to_onnx(graph, x, f"{name}.shortcut")
+        return graph.node("Add", [body, shortcut], name)
 
 
 def _sequential(layers, what: str) -> Sequential:

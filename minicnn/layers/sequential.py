@@ -9,8 +9,10 @@ import numpy as np
 from .. import backend
 from ..validation import check_float_array, check_positive_int, is_int
 from .base import Layer
+from .registry import inner_arrays, register
 
 
+@register
 class Sequential(Layer):
     """Layers applied one after another: ``y = layer_k(...layer_2(layer_1(x)))``.
 
@@ -142,32 +144,71 @@ class Sequential(Layer):
             )
         return max(1, min(int(requested), budget // max(1, per_sample)))
 
-    # -- forward / backward ------------------------------------------------------------------
+    # -- forward / backward: one pass, which can be watched layer by layer ------------------
+    #
+    # forward_steps and backward_steps are *the* pass: forward() and backward() run them to the
+    # end, and everything that looks between the layers (gradient-flow diagnostics, the studio,
+    # the trainer's search for the layer that diverged, Grad-CAM's forward_to/backward_to) reads
+    # the values they hand out. A generator rather than hooks: the loop that watches is plain
+    # code at the call site, it can stop at any layer, and nothing is left registered on the
+    # layers. A Residual's body and shortcut are Sequentials, so the same steps open it up.
+
     def forward(self, x, training: bool = False):
         """Run x (N, C, H, W) through every layer; returns the last layer's output (logits)."""
+        self._check_input(x)
+        return self._run_forward(x, training)
+
+    def _check_input(self, x) -> None:
         check_float_array(x, f"Sequential (first layer {self.layers[0].name})")
         self.output_shapes(x.shape[1:])  # validates the whole chain before any work
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
-        return self._run_forward(x, training)
+
+    def forward_steps(self, x, training: bool = False):
+        """The forward pass one layer at a time: yields ``(index, layer, y)`` right after
+        ``layers[index]`` computed its output y from the previous one (x for the first).
+        Running it to the end is ``forward(x, training)``."""
+        self._check_input(x)
+        return self._steps_forward(x, training, 0)
+
+    def _steps_forward(self, x, training, start):
+        for index in range(start, len(self.layers)):
+            layer = self.layers[index]
+            x = layer._run_forward(x, training)
+            yield index, layer, x
 
     def _forward(self, x, training):
-        for layer in self.layers:
-            x = layer._run_forward(x, training)
-        return self._remember(x)
+        return self._remember(_last_value(self._steps_forward(x, training, 0), x))
 
-    def backward(self, dy, input_grad: bool = True):
-        """Back-propagate dL/d(output); fills every parameter's ``.grad``; returns dL/dx.
+    def backward_steps(self, dy, input_grad: bool = True):
+        """The backward pass one layer at a time, from the output down: yields
+        ``(index, layer, dy, dx)`` once ``layers[index]`` has turned dy = dL/d(its output) into
+        dx = dL/d(its input) and filled its parameters' ``.grad``; dx is the next dy. Running it
+        to the end is ``backward(dy, input_grad)`` (the first layer's dx is None when
+        ``input_grad`` is False: training never needs the gradient with respect to the images,
+        and for a first Conv2D it is the most expensive part of its backward pass)."""
+        self._check_output_gradient(dy)
+        return self._steps_backward(dy, input_grad)
 
-        ``input_grad=False`` skips dL/dx of the first layer (returns None): training never
-        needs the gradient with respect to the images, and for a first Conv2D it is the most
-        expensive part of its backward pass.
-        """
+    def _steps_backward(self, dy, input_grad):
+        for index in reversed(range(len(self.layers))):
+            layer = self.layers[index]
+            dx = layer.backward(dy, input_grad=input_grad or index > 0)
+            yield index, layer, dy, dx
+            dy = dx
+
+    def _backward(self, dy, input_grad):
+        return _last_value(self._steps_backward(dy, input_grad), dy)
+
+    def _check_output_gradient(self, dy) -> None:
+        # against the last layer's output: forward_to/forward_from run the steps without forward
         last = self.layers[-1]
+        if last._output_shape is None:
+            raise RuntimeError("Sequential: backward() called before forward()")
         if not backend.is_array(dy):
             raise TypeError(f"Sequential.backward: expected dL/d(output) as a float array, got "
                             f"{type(dy).__name__}")
-        if last._output_shape is not None and tuple(dy.shape) != last._output_shape:
+        if tuple(dy.shape) != last._output_shape:
             raise ValueError(
                 f"Sequential.backward: expected dL/d(output) shaped like the last output "
                 f"{last._output_shape} (layer {len(self.layers) - 1}, {last.name}), got "
@@ -176,23 +217,15 @@ class Sequential(Layer):
         if dy.dtype not in (np.float32, np.float64):
             raise TypeError(f"{last.name}: backward expects a float32 or float64 gradient, got "
                             f"dtype {dy.dtype}")
-        return super().backward(dy, input_grad)
-
-    def _backward(self, dy):
-        first = self.layers[0]
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy, input_grad=self._input_grad or layer is not first)
-        return dy
 
     __call__ = forward
 
-    # -- intermediate outputs (for interpretation: feature maps, Grad-CAM) -------------------
+    # -- part of a pass (for interpretation: feature maps, Grad-CAM) -------------------------
     #
     # forward() == forward_from(forward_to(x, k), k) for every k, and backward_to(dy, k) is the
-    # part of backward() that runs through the layers after k. Splitting the pass at a layer
-    # this way hands back that layer's output and dL/d(that output) without hooks and without
-    # touching forward/backward: each layer still caches its own last forward, so call
-    # forward_to and forward_from (in that order) before backward_to, exactly as for backward.
+    # part of backward() that runs through the layers after k: the same steps, stopped or
+    # started at layer k. Each layer still caches its own last forward, so call forward_to and
+    # forward_from (in that order) before backward_to, exactly as for backward.
 
     def layer_index(self, layer) -> int:
         """The position of ``layer`` in ``self.layers``: an int (negative counts from the end,
@@ -214,11 +247,9 @@ class Sequential(Layer):
     def forward_to(self, x, layer_index, training: bool = False):
         """The output of ``layers[layer_index]`` for x: runs layers 0..layer_index only."""
         stop = self.layer_index(layer_index)
-        check_float_array(x, f"Sequential (first layer {self.layers[0].name})")
-        self.output_shapes(x.shape[1:])
-        for layer in self.layers[:stop + 1]:
-            x = layer._run_forward(x, training)
-        return x
+        for index, _, y in self.forward_steps(x, training):
+            if index == stop:
+                return y
 
     def forward_from(self, h, layer_index, training: bool = False):
         """Finish a forward pass: run the layers *after* ``layers[layer_index]`` on h, which is
@@ -233,9 +264,7 @@ class Sequential(Layer):
             except ValueError as err:
                 raise ValueError(f"{where}: layer {i} ({self.layers[i].name}) cannot take "
                                  f"per-sample shape {shape}: {err}") from None
-        for layer in self.layers[start + 1:]:
-            h = layer._run_forward(h, training)
-        return h
+        return _last_value(self._steps_forward(h, training, start + 1), h)
 
     def backward_to(self, dy, layer_index):
         """dL/d(output of ``layers[layer_index]``) from dy = dL/d(model output).
@@ -245,9 +274,11 @@ class Sequential(Layer):
         touched. ``backward_to(dy, -1)`` returns dy itself.
         """
         stop = self.layer_index(layer_index)
-        for layer in reversed(self.layers[stop + 1:]):
-            dy = layer.backward(dy, input_grad=True)
-        return dy
+        if stop == len(self.layers) - 1:
+            return dy
+        for index, _, _, dx in self.backward_steps(dy):
+            if index == stop + 1:
+                return dx
 
     def zero_grad(self) -> None:
         for p in self.parameters():
@@ -328,9 +359,15 @@ class Sequential(Layer):
 
     @classmethod
     def array_shapes(cls, config):
-        from .build import inner_arrays  # the inner layers' configs, checked one by one
+        return inner_arrays(config, "layers", prefix="")  # the inner layers', one by one
 
-        return inner_arrays(config, "layers", prefix="")
+    def to_torch(self, bridge):
+        return bridge.nn.Sequential(*[layer.to_torch(bridge) for layer in self.layers])
+
+    def to_onnx(self, graph, x, name):
+        for index, layer in enumerate(self.layers):
+            x = layer.to_onnx(graph, x, f"{name}.{index}" if name else str(index))
+        return x
 
     def describe(self):
         return f"Sequential[{' '.join(layer.describe() for layer in self.layers)}]"
@@ -347,3 +384,10 @@ class Sequential(Layer):
         inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
         return f"Sequential([\n{inner}\n])"
 
+
+def _last_value(steps, value):
+    """Run a pass's steps to the end; returns the value the last step handed on (the output, or
+    dL/dx), or ``value`` when there are no steps."""
+    for step in steps:
+        value = step[-1]
+    return value

@@ -6,7 +6,7 @@ the spot agree to ~1e-9) and answers three questions the page asks:
 - :meth:`Studio.analyze`: for one image and a chosen scalar (a class score, or the loss for a
   label), every layer's output and the gradient of that scalar with respect to it, the input
   gradient (saliency), Grad-CAM, the first layer's weight gradient, the prediction, and for each
-  layer its forward/backward formula with this input's shapes;
+  layer its forward/backward formula with this input's shapes (``Layer.formula``);
 - :meth:`Studio.check`: one entry of an analytic gradient (a pixel or a weight) next to a
   central-difference estimate (``minicnn.gradcheck.partial_derivative``);
 - :func:`preprocess_drawing`: a drawn digit prepared as MNIST's digits were (the ink's bounding
@@ -26,21 +26,7 @@ import numpy as np
 
 from .. import interpret
 from ..gradcheck import partial_derivative, relative_error
-from ..layers import (
-    AvgPool2D,
-    BatchNorm2D,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    GlobalAvgPool2D,
-    LeakyReLU,
-    MaxPool2D,
-    ReLU,
-    Residual,
-    Sigmoid,
-    Tanh,
-)
+from ..layers import Conv2D
 from ..losses import SoftmaxCrossEntropy
 from ..recipes import normalize_as_trained
 
@@ -104,98 +90,6 @@ def encode_maps(array, signed: bool = False) -> dict:
     quantized = np.rint((a - low) / span * 255.0)
     return {"shape": list(a.shape), "min": low, "max": high, "signed": signed,
             "data": _bytes(quantized)}
-
-
-# -- the formula behind each panel ----------------------------------------------------------------
-
-def _shape(shape) -> str:
-    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
-
-
-def formula(layer, input_shape, output_shape) -> dict:
-    """The forward and backward equations of ``layer`` in the symbols of its docstring, with the
-    shapes of this input (N = 1), and what the panel shows, in plain words."""
-    x, y = _shape(input_shape), _shape(output_shape)
-    if isinstance(layer, Conv2D):
-        (kh, kw), f = layer.kernel_size, layer.out_channels
-        k = layer.in_channels * kh * kw
-        pixels = int(np.prod(output_shape[2:]))
-        cols, out = _shape((k, pixels)), _shape((f, pixels))
-        bias = layer.bias is not None
-        return {
-            "forward": [f"cols = im2col(x)   {x} -> {cols}",
-                        f"out = W2 @ cols{' + b' if bias else ''}   {_shape((f, k))} @ {cols} = {out}",
-                        f"y = out laid out as (N, F, OH, OW)   {y}"],
-            "backward": [f"dout = dy laid out like out   {out}",
-                         f"dW2 = dout @ cols.T   {out} @ {_shape((pixels, k))} = {_shape((f, k))}",
-                         *([f"db = dout.sum(axis=1)   ({f},)"] if bias else []),
-                         f"dcols = W2.T @ dout   {_shape((k, f))} @ {out} = {cols}",
-                         f"dx = col2im(dcols)   {x}"],
-            "explain": f"Each of the {f} filters ({layer.in_channels}x{kh}x{kw}) slides over the "
-                       "input; bright where its pattern is. The gradient of a map says how the "
-                       "chosen score would change if that map's value moved.",
-        }
-    if isinstance(layer, Dense):
-        fan_in, fan_out = layer.weight.data.shape
-        bias = layer.bias is not None
-        return {"forward": [f"y = x @ W{' + b' if bias else ''}   {x} @ "
-                            f"{_shape((fan_in, fan_out))} = {y}"],
-                "backward": [f"dW = x.T @ dy   {_shape((fan_in, 1))} @ {y} = "
-                             f"{_shape((fan_in, fan_out))}",
-                             *(["db = dy.sum(axis=0)"] if bias else []),
-                             f"dx = dy @ W.T   {y} @ {_shape((fan_out, fan_in))} = {x}"],
-                "explain": "A fully connected layer: every output is a weighted sum of every "
-                           "input. Its backward pass sends dy back through the transposed "
-                           "weights."}
-    if isinstance(layer, BatchNorm2D):
-        return {"forward": ["xhat = (x - running_mean) / sqrt(running_var + eps)",
-                            f"y = gamma * xhat + beta   {y}"],
-                "backward": ["dx = dy * gamma / sqrt(running_var + eps)   (inference: the "
-                             "statistics are constants)"],
-                "explain": "Normalizes each channel with the statistics gathered in training, "
-                           "then scales and shifts it with learned gamma and beta."}
-    if isinstance(layer, ReLU):
-        return {"forward": [f"y = max(x, 0)   {y}"], "backward": ["dx = dy * (x > 0)"],
-                "explain": "Negative values become 0, and so does their gradient: only units "
-                           "that fired pass the gradient down."}
-    if isinstance(layer, LeakyReLU):
-        return {"forward": [f"y = x if x > 0 else {layer.negative_slope:g} * x"],
-                "backward": [f"dx = dy * (1 if x > 0 else {layer.negative_slope:g})"],
-                "explain": "Like ReLU, but negative inputs keep a small slope."}
-    if isinstance(layer, Sigmoid):
-        return {"forward": ["y = 1 / (1 + exp(-x))"], "backward": ["dx = dy * y * (1 - y)"],
-                "explain": "Squashes into (0, 1); its slope is at most 1/4."}
-    if isinstance(layer, Tanh):
-        return {"forward": ["y = tanh(x)"], "backward": ["dx = dy * (1 - y**2)"],
-                "explain": "Squashes into (-1, 1)."}
-    if isinstance(layer, MaxPool2D):
-        (kh, kw) = layer.kernel_size
-        return {"forward": [f"y = max over each {kh}x{kw} window   {x} -> {y}"],
-                "backward": ["dx = dy at each window's winner, 0 elsewhere"],
-                "explain": "Keeps the strongest response of each window; the gradient flows "
-                           "only to the winners."}
-    if isinstance(layer, AvgPool2D):
-        (kh, kw) = layer.kernel_size
-        return {"forward": [f"y = mean over each {kh}x{kw} window   {x} -> {y}"],
-                "backward": [f"dx = dy / {kh * kw} spread over each window"],
-                "explain": "Averages each window; the gradient is shared evenly."}
-    if isinstance(layer, GlobalAvgPool2D):
-        return {"forward": [f"y = x.mean(axis=(2, 3))   {x} -> {y}"],
-                "backward": ["dx = dy / (H * W) at every position"],
-                "explain": "One number per channel: its average over the image."}
-    if isinstance(layer, Flatten):
-        return {"forward": [f"y = x.reshape(N, -1)   {x} -> {y}"],
-                "backward": [f"dx = dy.reshape{x}"],
-                "explain": "Lays the maps out as one vector; nothing is computed."}
-    if isinstance(layer, Dropout):
-        return {"forward": ["y = x   (inference)"], "backward": ["dx = dy"],
-                "explain": "Zeroes random units in training only; here it passes x through."}
-    if isinstance(layer, Residual):
-        return {"forward": [f"y = body(x) + shortcut(x)   {y}"],
-                "backward": ["dx = body.backward(dy) + shortcut.backward(dy)"],
-                "explain": "Adds the input back: the gradient reaches x along both paths."}
-    return {"forward": [f"y = {layer.name}(x)   {x} -> {y}"], "backward": [],
-            "explain": ""}
 
 
 # -- the studio ----------------------------------------------------------------------------------
@@ -286,19 +180,14 @@ class Studio:
         return loss, loss_fn.backward()
 
     def _forward(self, x):
-        outputs = []
-        for layer in self.model.layers:
-            x = layer.forward(x, training=False)
-            outputs.append(x)
-        return outputs
+        return [y for _, _, y in self.model.forward_steps(x)]
 
     def _backward(self, seed):
-        gradients = [None] * len(self.model.layers)
-        dy = seed
-        for index in reversed(range(len(self.model.layers))):
-            gradients[index] = dy
-            dy = self.model.layers[index].backward(dy, input_grad=True)
-        return gradients, dy
+        """dL/d(output) of every layer, in layer order, and dL/d(input)."""
+        gradients, input_gradient = [None] * len(self.model.layers), None
+        for index, _, dy, dx in self.model.backward_steps(seed):
+            gradients[index], input_gradient = dy, dx
+        return gradients, input_gradient
 
     def analyze(self, request: dict) -> dict:
         start = time.perf_counter()
@@ -320,7 +209,7 @@ class Studio:
                 "input_shape": list(shape), "output_shape": list(out_shape),
                 "forward": encode_maps(outputs[index][0]),
                 "backward": encode_maps(gradients[index][0], signed=True),
-                "formula": formula(layer, shape, out_shape), "source": layer.name,
+                "formula": layer.formula(shape, out_shape), "source": layer.name,
             })
             shape = out_shape
         explained = target.get("class", target.get("label"))

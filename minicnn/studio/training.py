@@ -39,9 +39,9 @@ class TrainingMonitor(Callback):
         self._losses.append(float(logs["loss"]))
         if step % self.every:
             return
-        loss_sum, correct, seen, _ = trainer.epoch_sums
+        totals = trainer.totals
         record = {"step": step, "loss": float(np.mean(self._losses)),
-                  "accuracy": correct / seen if seen else None, "lr": float(logs["lr"])}
+                  "accuracy": totals.accuracy if totals.seen else None, "lr": float(logs["lr"])}
         self._losses = []
         first = next((layer for layer in trainer.model.layers if layer.parameters()), None)
         filters = None

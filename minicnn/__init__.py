@@ -11,7 +11,6 @@ from .kernels import CONV_ALGORITHMS, get_conv_algorithm, set_conv_algorithm
 from .layers import Parameter, Sequential
 from .layers.build import load_model
 from .training import History, TrainingDivergedError, evaluate, fit
-from .tuning import tune  # Optuna itself is imported only when a search runs
 
 __version__ = "0.1.0"
 
@@ -27,6 +26,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
+    if name == "tune":  # minicnn.tuning.tune, loaded (with the recipes and data) on first use
+        from .tuning import tune
+
+        return tune
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -26,10 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from .backend import BACKENDS
+from .data.registry import BUILT_IN as DATASET_CHOICES  # --image-folder names the other one
 from .models import PRESETS
-
-# the built-in datasets (minicnn.data.DATASETS without "folder", which --image-folder names)
-DATASET_CHOICES = ("mnist", "fashion-mnist", "cifar10", "digits")
 
 
 def _int_type(minimum: int):
@@ -70,46 +68,30 @@ non_negative_float = _float_type(lambda v: v >= 0, "a number >= 0")
 fraction = _float_type(lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
-                        help="compute backend (default: $MINICNN_BACKEND, else numba when "
-                             "installed, else numpy)")
+def _add_common(parser: argparse.ArgumentParser, backend: bool = True) -> None:
+    if backend:  # bench chooses its backends with --backends
+        parser.add_argument("--backend", choices=BACKENDS, default=None,
+                            help="compute backend (default: $MINICNN_BACKEND, else numba when "
+                                 "installed, else numpy)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also: MINICNN_DEBUG=1)")
 
 
-def _add_evaluation_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a model file written by minicnn (.safetensors)")
-    parser.add_argument("--dataset", choices=DATASET_CHOICES,
-                        help="dataset to evaluate on (default: the one the model was trained on)")
-    parser.add_argument("--image-folder", metavar="DIR", help="evaluate on your own images")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
-    parser.add_argument("--batch-size", type=positive_int, default=512,
-                        help="images per forward pass")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="minicnn", description="Train, evaluate and inspect convolutional networks "
-        "written from scratch in NumPy.")
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = commands.add_parser("train", help="train a classifier on a dataset or image folder",
-                                description="Train a CNN and write the model, history and "
-                                "training curves into --out.")
-    source = train.add_mutually_exclusive_group()
+def _source_arguments(parser, default: str, folder_help: str) -> None:
+    """--dataset or --image-folder (one of them), and --data-dir."""
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
-                        help="a built-in dataset (default: mnist)")
-    source.add_argument("--image-folder", metavar="DIR",
-                        help="your own images: one sub-folder per class (or train/ and test/ "
-                             "sub-folders holding the class folders)")
-    train.add_argument("--data-dir", metavar="DIR",
-                       help="folder holding the dataset's files (else the usual places are "
-                            "searched: $MINICNN_DATA, ~/.cache/minicnn, data/, /usr/share/datasets)")
+                        help=f"a built-in dataset (default: {default})")
+    source.add_argument("--image-folder", metavar="DIR", help=folder_help)
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="folder holding the dataset's files (else the usual places are "
+                             "searched: $MINICNN_DATA, ~/.cache/minicnn, data/, /usr/share/datasets)")
+
+
+def _train_arguments(train) -> None:
+    _source_arguments(train, "mnist", "your own images: one sub-folder per class (or train/ and "
+                                      "test/ sub-folders holding the class folders)")
     train.add_argument("--model", choices=tuple(PRESETS), default=None,
                        help="network preset (default: the dataset's recipe: mnist_cnn, or "
                             "cifar_vgg for cifar10)")
@@ -145,80 +127,100 @@ def build_parser() -> argparse.ArgumentParser:
                        help="record gradient flow every N steps (default 50): per-layer gradient "
                             "norms, update/weight ratios, activations, dead ReLUs; writes "
                             "gradient_flow.png and prints warnings (vanishing/exploding gradients)")
-    _add_common(train)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy and loss of a model on a test set",
-                                   description="Evaluate a saved model on a dataset's test split.")
-    _add_evaluation_arguments(evaluate)
-    evaluate.add_argument("--out", metavar="DIR",
-                          help="also write a report (metrics, plots, report.html) into DIR")
-    _add_common(evaluate)
 
-    explain = commands.add_parser(
-        "explain", help="write a report: metrics, mistakes, Grad-CAM, filters (report.html)",
-        description="Evaluate a saved model and write metrics.json, classification_report.txt, "
-        "the figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
-        "feature maps) and one self-contained report.html into --out. The same as "
-        "`minicnn evaluate MODEL --out DIR`.")
-    _add_evaluation_arguments(explain)
-    explain.add_argument("--out", metavar="DIR", required=True, help="folder for the report")
-    _add_common(explain)
+def _evaluate_arguments(parser, report_required: bool = False) -> None:
+    parser.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    _source_arguments(parser, "the one the model was trained on", "evaluate on your own images")
+    parser.add_argument("--batch-size", type=positive_int, default=512,
+                        help="images per forward pass")
+    parser.add_argument("--out", metavar="DIR", required=report_required,
+                        help="folder for the report" if report_required else
+                        "also write a report (metrics, plots, report.html) into DIR")
 
-    predict = commands.add_parser("predict", help="classify image files",
-                                  description="Print the most likely classes of each image.")
+
+def _predict_arguments(predict) -> None:
     predict.add_argument("model", help="a model file written by minicnn (.safetensors)")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     predict.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image")
-    _add_common(predict)
 
-    bench = commands.add_parser("bench", help="training and inference speed of the backends",
-                                description="Training and inference images/s of the reference "
-                                "network on each backend, each backend in a fresh process of its "
-                                "own (benchmarks/bench_train.py compares with PyTorch).")
+
+def _bench_arguments(bench) -> None:
     bench.add_argument("--backends", default=None,
                        help="comma-separated backends (default: all that run here)")
     bench.add_argument("--batch-size", type=positive_int, default=128,
                        help="images per training step and per inference batch (default 128)")
     bench.add_argument("--steps", type=positive_int, default=20,
                        help="timed training steps and inference batches (default 20)")
-    bench.add_argument("--quiet", action="store_true",
-                       help="print only the result lines (no header)")
-    bench.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     bench.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
 
-    studio = commands.add_parser(
-        "studio", help="a local web page: draw a digit, watch both passes and a training run",
-        description="Serve minicnn studio on this machine: draw a digit (or pick a test image) "
-        "and see every layer's output and the gradient of a class score or of the loss with "
-        "respect to it, each with its formula; check a gradient numerically on the spot; watch "
-        "a short training run. Without MODEL a small MNIST model is trained first (once).")
+
+def _studio_arguments(studio) -> None:
     studio.add_argument("model", nargs="?", help="a model file (default: a small MNIST model)")
     studio.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     studio.add_argument("--port", type=non_negative_int, default=0,
                         help="port (default 0: a free one; the URL is printed)")
-    _add_common(studio)
 
-    export = commands.add_parser(
-        "export", help="write a model as ONNX (pip install \"minicnn[onnx]\")",
-        description="Write a minicnn model file as an ONNX model (inputs: normalized images "
-        "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker and, "
-        "when onnxruntime is installed, compare its probabilities with minicnn's.")
+
+def _export_arguments(export) -> None:
     export.add_argument("model", help="a model file written by minicnn (.safetensors)")
     export.add_argument("--onnx", metavar="OUT", required=True, help="the .onnx file to write")
     export.add_argument("--opset", type=positive_int, default=17,
                         help="ONNX opset version (default 17)")
-    _add_common(export)
 
-    tune = commands.add_parser(
-        "tune", help='search hyperparameters with Optuna (pip install "minicnn[tune]")',
-        description="Search learning rate, batch size, optimizer, weight decay, width, kernel "
-        "size, activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
-        "validation split of the training set; writes the trials, the best configuration and "
-        "plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL as "
-        "--storage lets several machines work on one study.")
-    _add_tune_arguments(tune)
-    _add_common(tune)
+
+#: every command: (its help line, its description, the function that adds its arguments)
+COMMANDS = {
+    "train": ("train a classifier on a dataset or image folder",
+              "Train a CNN and write the model, history and training curves into --out.",
+              _train_arguments),
+    "evaluate": ("accuracy and loss of a model on a test set",
+                 "Evaluate a saved model on a dataset's test split.", _evaluate_arguments),
+    "explain": ("write a report: metrics, mistakes, Grad-CAM, filters (report.html)",
+                "Evaluate a saved model and write metrics.json, classification_report.txt, the "
+                "figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
+                "feature maps) and one self-contained report.html into --out. The same as "
+                "`minicnn evaluate MODEL --out DIR`.",
+                lambda parser: _evaluate_arguments(parser, report_required=True)),
+    "predict": ("classify image files", "Print the most likely classes of each image.",
+                _predict_arguments),
+    "bench": ("training and inference speed of the backends",
+              "Training and inference images/s of the reference network on each backend, each "
+              "backend in a fresh process of its own (benchmarks/bench_train.py compares with "
+              "PyTorch).", _bench_arguments),
+    "studio": ("a local web page: draw a digit, watch both passes and a training run",
+               "Serve minicnn studio on this machine: draw a digit (or pick a test image) and "
+               "see every layer's output and the gradient of a class score or of the loss with "
+               "respect to it, each with its formula; check a gradient numerically on the spot; "
+               "watch a short training run. Without MODEL a small MNIST model is trained first "
+               "(once).", _studio_arguments),
+    "export": ('write a model as ONNX (pip install "minicnn[onnx]")',
+               "Write a minicnn model file as an ONNX model (inputs: normalized images "
+               "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker "
+               "and, when onnxruntime is installed, compare its probabilities with minicnn's.",
+               _export_arguments),
+    "tune": ('search hyperparameters with Optuna (pip install "minicnn[tune]")',
+             "Search learning rate, batch size, optimizer, weight decay, width, kernel size, "
+             "activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
+             "validation split of the training set; writes the trials, the best configuration "
+             "and plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL "
+             "as --storage lets several machines work on one study.", None),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="minicnn", description="Train, evaluate and inspect convolutional networks "
+        "written from scratch in NumPy.")
+    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, description, add_arguments) in COMMANDS.items():
+        command = commands.add_parser(name, help=summary, description=description)
+        (add_arguments or _add_tune_arguments)(command)
+        _add_common(command, backend=name != "bench")
     return parser
 
 
@@ -227,11 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_tune_arguments(parser) -> None:
     from .tuning import DEFAULT_SPACE, PARAMETERS
 
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
-                        help="a built-in dataset (default: digits)")
-    source.add_argument("--image-folder", metavar="DIR", help="your own images, one folder per class")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset's files")
+    _source_arguments(parser, "digits", "your own images, one folder per class")
     parser.add_argument("--image-size", type=positive_int,
                         help="image folder: resize to this size square")
     parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
@@ -283,10 +281,7 @@ def _run_tune(args) -> int:
     """``minicnn tune``: the parsed arguments to :func:`minicnn.tuning.tune`."""
     from .tuning import PARAMETERS, parse_flag, parse_space, read_space_file, tune
 
-    if args.image_folder:
-        dataset, data_dir = "folder", args.image_folder
-    else:
-        dataset, data_dir = args.dataset or "digits", args.data_dir
+    dataset, data_dir = _dataset_and_folder(args, default="digits")
     space = read_space_file(args.space) if args.space else {}
     space.update({name: parse_flag(name, getattr(args, f"space_{name}")) for name in PARAMETERS
                   if getattr(args, f"space_{name}") is not None})
@@ -302,15 +297,19 @@ def _run_tune(args) -> int:
     return 0
 
 
+def _dataset_and_folder(args, default):
+    """``(dataset, data folder)`` that --image-folder, --dataset and --data-dir name."""
+    if args.image_folder:
+        return "folder", args.image_folder
+    return args.dataset or default, args.data_dir
+
+
 def _load_eval_data(args, metadata):
     """``(dataset, (x_test, y_test, class_names))``: for the model's own dataset, exactly the
     held-out images of the split it was trained beside (``recipes.load_test_data``)."""
     from .recipes import load_test_data
 
-    if args.image_folder:
-        dataset, data_dir = "folder", args.image_folder
-    else:
-        dataset, data_dir = args.dataset or metadata.get("dataset"), args.data_dir
+    dataset, data_dir = _dataset_and_folder(args, default=metadata.get("dataset"))
     if dataset is None:
         raise SystemExit("minicnn evaluate: --dataset is required (the model file does not "
                          "say which dataset it was trained on)")
@@ -334,10 +333,7 @@ def _latest_run(dataset: str) -> Path:
 def cmd_train(args) -> int:
     from .recipes import train_classifier
 
-    if args.image_folder:
-        dataset, data_dir = "folder", args.image_folder
-    else:
-        dataset, data_dir = args.dataset or "mnist", args.data_dir
+    dataset, data_dir = _dataset_and_folder(args, default="mnist")
     if dataset != "mnist" and (args.long or args.fast):
         raise UsageError(f"--{'long' if args.long else 'fast'} is a preset of the MNIST recipe; "
                          f"for {dataset} set --epochs, --lr, ... yourself")
@@ -360,7 +356,7 @@ def cmd_train(args) -> int:
         train_classifier(dataset, recipe=recipe, data_dir=data_dir, model=args.model,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, augment=args.augment, seed=args.seed,
-                         out=out, backend_name=args.backend, verbose=0 if args.quiet else 1,
+                         out=out, verbose=0 if args.quiet else 1,
                          resume=args.resume, limit=args.limit, image_size=size,
                          channels=args.channels, diagnostics=diagnostics, callbacks=callbacks)
     except KeyboardInterrupt:
@@ -565,18 +561,17 @@ def main(argv=None) -> int:
     from .io import ModelFileError
     from .recipes import SplitMismatchError
 
-    if getattr(args, "debug", False) or os.environ.get("MINICNN_DEBUG", "") not in ("", "0"):
-        if getattr(args, "backend", None):
-            backend.set_backend(args.backend)
-        return _HANDLERS[args.command](args)  # no safety net: the whole traceback
+    debug = getattr(args, "debug", False) or os.environ.get("MINICNN_DEBUG", "") not in ("", "0")
     try:
         if getattr(args, "backend", None):
-            backend.set_backend(args.backend)
+            backend.set_backend(args.backend)  # the one place the command chooses a backend
         return _HANDLERS[args.command](args)
     # Bad input of any kind (arguments, files, settings; MemoryBudgetError is a ValueError)
     # ends with a one-line message and exit code 2, never a traceback (--debug shows it).
     except (DatasetNotFoundError, DatasetFileError, ModelFileError, FileNotFoundError,
             backend.BackendUnavailableError, ValueError, TypeError, OSError) as err:
+        if debug:
+            raise
         print(f"minicnn {args.command}: error: {err}", file=sys.stderr)
         if not isinstance(err, (UsageError, SplitMismatchError, DatasetNotFoundError,
                                 DatasetFileError, ModelFileError, FileNotFoundError,

@@ -100,6 +100,14 @@ class TorchBridge:
     def array(self, tensor) -> np.ndarray:
         return tensor.detach().cpu().numpy().copy()
 
+    def with_weights(self, layer, weight: np.ndarray, bias):
+        """``layer`` with ``weight`` (already in minicnn's layout) and ``bias`` (a tensor, or
+        None for a layer without)."""
+        layer.weight.data = weight
+        if bias is not None:
+            layer.bias.data = self.array(bias)
+        return layer
+
     def layers(self, module, where: str) -> list:
         """The minicnn layers of a torch module (a Sequential's children, in order)."""
         if not isinstance(module, self.nn.Sequential):

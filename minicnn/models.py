@@ -1,7 +1,8 @@
 """Model presets: functions that return a ``Sequential`` for an input shape and a class count.
 
 Each docstring gives the parameter count and forward FLOPs per image at the default input
-shape (from ``model.summary()``) and the accuracy measured with the repository's scripts.
+shape (from ``model.summary()``); what they reach and how fast they train is measured in
+benchmarks/README.md (figures live there, next to the commands that produce them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .layers import (
     Sequential,
     Tanh,
 )
-from .validation import is_int, is_number
+from .validation import Number, OneOf, check_settings
 
 
 def _check_shape(input_shape, name, min_size):
@@ -90,13 +91,8 @@ def cifar_vgg(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | None =
     """A small VGG-style network: three blocks of two conv-BatchNorm-ReLU layers and a 2x2
     max pool (width, 2*width, 4*width channels), then dropout and one dense classifier.
 
-    At 3x32x32 and width 32: 307,946 parameters, 77.8 MFLOPs per image (forward).
-    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128, AMD EPYC with AVX2): about
-    330 training and 830 inference images/s (Winograd F(4x4,3x3) for every 3x3 convolution but
-    the first; 196 and 540 with im2col alone). One epoch of the cifar10 recipe
-    (AdamW, one-cycle, crops + flips): 62.1% test accuracy (all 10,000 test images) after
-    one epoch of the 50,000 training images (313 s), 43.8% after one epoch of a 10,000-image
-    subset. The recipe's 20 epochs: not measured yet.
+    At 3x32x32 and width 32: 307,946 parameters, 77.8 MFLOPs per image (forward). Its speed
+    and accuracy on CIFAR-10: benchmarks/README.md.
     """
     c, h, w = _check_shape(input_shape, "cifar_vgg", 8)
     layers, channels = [], c
@@ -121,14 +117,7 @@ def cifar_resnet(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | Non
     ``blocks_per_stage=3`` is the paper's ResNet-20; the default 2 is a ResNet-14.
 
     At 3x32x32, width 16 and 2 blocks per stage: 175,258 parameters, 53.9 MFLOPs per
-    image (forward).
-    CIFAR-10, measured on 2 CPU cores (numba backend, batch 128, AMD EPYC with AVX2): about
-    270 training and 640 inference images/s (a third fewer FLOPs than cifar_vgg, but no faster
-    to train: its narrow 16- and 32-channel convolutions make small matrix products, which run
-    further from the CPU's peak). The cifar10 recipe's settings (AdamW,
-    one-cycle, crops + flips): 59.5% test accuracy (all 10,000 test images) after one epoch
-    of the 50,000 training images (307 s), 37.7% after one epoch of a 10,000-image subset.
-    Longer runs: not measured yet.
+    image (forward). Its speed and accuracy on CIFAR-10: benchmarks/README.md.
     """
     c, h, w = _check_shape(input_shape, "cifar_resnet", 4)
     width = int(width)
@@ -146,31 +135,33 @@ def cifar_resnet(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | Non
     return Sequential(layers, seed=seed, input_shape=input_shape)
 
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+#: the activations :func:`tunable_cnn` offers
+ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh}
+#: the rules of :func:`tunable_cnn`'s arguments (``minicnn tune`` checks its search space by them)
+TUNABLE_CNN_RULES = {
+    "width": Number(int, low=1), "kernel_size": Number(int, low=1, odd=True),
+    "activation": OneOf(tuple(ACTIVATIONS)), "dropout": Number(low=0, high=1, open_high=True),
+    "blocks": Number(int, low=1),
+}
 
 
 def tunable_cnn(input_shape=(1, 28, 28), num_classes: int = 10, seed: int | None = 0, *,
                 width: int = 32, kernel_size: int = 3, activation: str = "relu",
                 dropout: float = 0.25, blocks: int = 3) -> Sequential:
     """The network ``minicnn tune`` searches over: ``blocks`` conv-BatchNorm-activation-pool
-    blocks (width, 2*width, 4*width, ... channels; "same" padding), then dropout and a dense
-    classifier. A block whose input is already 1 pixel wide skips the pool.
+    blocks (width, 2*width, 4*width, ... channels; "same" padding, so the kernel size is odd),
+    then dropout and a dense classifier. A block whose input is already 1 pixel wide skips the
+    pool.
 
     ``activation`` is ``"relu"``, ``"leaky_relu"`` (slope 0.01) or ``"tanh"`` (then the
     convolutions start from Glorot instead of He initialization, which assumes ReLU). With the
     defaults it is exactly :func:`mnist_cnn`.
     """
     c, h, w = _check_shape(input_shape, "tunable_cnn", 1)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"tunable_cnn: activation must be one of {ACTIVATIONS}, got {activation!r}")
-    for name, value in (("width", width), ("blocks", blocks), ("kernel_size", kernel_size)):
-        if not is_int(value) or value < 1:
-            raise ValueError(f"tunable_cnn: {name} must be a positive int, got {value!r}")
-    if kernel_size % 2 == 0:
-        raise ValueError(f"tunable_cnn: kernel_size must be odd (for 'same' padding), got {kernel_size}")
-    if not is_number(dropout) or not 0 <= dropout < 1:
-        raise ValueError(f"tunable_cnn: dropout must be in [0, 1), got {dropout!r}")
-    make = {"relu": ReLU, "leaky_relu": LeakyReLU, "tanh": Tanh}[activation]
+    check_settings(TUNABLE_CNN_RULES, {"width": width, "kernel_size": kernel_size,
+                                       "activation": activation, "dropout": dropout,
+                                       "blocks": blocks}, "tunable_cnn")
+    make = ACTIVATIONS[activation]
     init = "glorot" if activation == "tanh" else "he"
     layers, channels = [], c
     for i in range(blocks):

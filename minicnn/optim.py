@@ -54,10 +54,14 @@ class Optimizer:
         return {f"{i}.{k}": v for i, s in enumerate(self.state) for k, v in s.items()}
 
     def load_state_arrays(self, arrays: dict, step_count: int) -> None:
+        """Put back ``state_arrays()`` (from a checkpoint), each array on the backend of the
+        parameter it belongs to (a model on the GPU gets its moments on the GPU, whatever the
+        process's default backend)."""
         self.state = [{} for _ in self.params]
         for key, value in arrays.items():
             index, name = key.split(".", 1)
-            self.state[int(index)][name] = backend.to_device(value)
+            owner = self.params[int(index)]
+            self.state[int(index)][name] = backend.to_device(value, owner.backend)
         self.step_count = int(step_count)
 
 

@@ -1,9 +1,16 @@
-"""Training recipes: network, data loader, augmentation, optimizer, schedule and loss, in one object.
+"""Training recipes and training runs: one way to train a network and write what it made.
 
-A :class:`Recipe` holds the settings of a training run (besides the data) and builds every piece
-from them. ``RECIPES`` has one per dataset; ``train_classifier`` (what ``minicnn train`` and
-``examples/train_*.py`` call) runs one on a dataset and writes the results; ``minicnn tune``
-trains the recipes its trials propose with the same :meth:`Recipe.train`.
+- A :class:`Recipe` holds the settings of a training run (besides the data) and builds every
+  piece from them: network, data loader, augmentation, optimizer, schedule and loss.
+  ``RECIPES`` has one per dataset; ``minicnn tune``'s trials train theirs with the same
+  :meth:`Recipe.train`.
+- :func:`prepare_data` loads a dataset (``minicnn.data.DATASETS``) and normalizes it by its
+  training images, keeping what a model file must record about it (classes, input shape,
+  normalization, the train/test split).
+- :func:`train_run` trains a recipe on prepared data and writes a *run folder*: the model file
+  (which ``minicnn evaluate``, ``predict``, ``explain`` and the studio accept), the history,
+  the curves, ``results.json`` and a resumable checkpoint. ``minicnn train``
+  (:func:`train_classifier`) and ``minicnn tune --retrain-best`` both write theirs with it.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,15 +25,23 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, models, optim
+from . import models, optim
 from .atomic import atomic_write_bytes
+from .data import Normalize
+from .data import dataset as dataset_record
 from .diagnostics import gradient_flow_warnings
 from .losses import SoftmaxCrossEntropy
 from .training import LRSchedule, evaluate, fit
-from .validation import check_learning_rate, check_positive_int, is_number
+from .validation import Number, OneOf, check_positive_int, check_settings
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-DIGIT_DATASETS = ("mnist", "fashion-mnist", "digits")  # not mirror-symmetric: no flips
+#: the rules of a recipe's settings (``minicnn tune`` checks its search space by them too)
+RECIPE_RULES = {
+    "epochs": Number(int, low=1), "batch_size": Number(int, low=1),
+    "optimizer": OneOf(OPTIMIZERS), "lr": Number(low=0, open_low=True),
+    "weight_decay": Number(low=0), "augment": Number(low=0),
+    "label_smoothing": Number(low=0, high=1, open_high=True),
+}
 
 
 @dataclass
@@ -70,19 +84,7 @@ class Recipe:
         if self.model not in models.MODELS:
             raise ValueError(f"{where}: unknown model {self.model!r}; choose one of "
                              f"{', '.join(models.MODELS)}")
-        for key in ("epochs", "batch_size"):
-            check_positive_int(getattr(self, key), key, where)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"{where}: optimizer must be one of {', '.join(OPTIMIZERS)}, got "
-                             f"{self.optimizer!r}")
-        # the optimizers accept lr=0 (frozen weights); a training run with it learns nothing
-        if check_learning_rate(self.lr, where) <= 0:
-            raise ValueError(f"{where}: lr must be > 0, got {self.lr}")
-        for key, high in (("weight_decay", math.inf), ("label_smoothing", 1.0),
-                          ("augment", math.inf)):
-            value = getattr(self, key)
-            if not is_number(value) or not 0 <= value < high:
-                raise ValueError(f"{where}: {key} must be a number in [0, {high}), got {value!r}")
+        check_settings(RECIPE_RULES, {name: getattr(self, name) for name in RECIPE_RULES}, where)
         return self
 
     # -- the pieces ---------------------------------------------------------------------------
@@ -91,14 +93,16 @@ class Recipe:
                                          **self.model_options)
 
     def augmentation(self, dataset: str, input_shape):
-        """The random transform of the training batches, or None (``augment`` = 0)."""
+        """The random transform of the training batches, or None (``augment`` = 0): crops and
+        flips for a dataset whose mirrored images keep their class (photos), small rotations,
+        zooms and shifts for one whose don't (digits)."""
         from .data import Compose, RandomAffine, RandomCrop, RandomHorizontalFlip
 
         s = float(self.augment)
         if s <= 0:
             return None
         _, h, w = input_shape
-        if dataset in DIGIT_DATASETS:
+        if not dataset_record(dataset).flips:
             shift = (2 if h >= 16 else 1) / h  # a fraction of the size (RandomAffine's rule)
             return RandomAffine(degrees=10 * s, scale=0.1 * s, translate=s * shift)
         pad = max(1, round(s * h / 8))
@@ -135,25 +139,27 @@ class Recipe:
 
 
 RECIPES = {
-    # The default MNIST run (measured on 2 CPU cores, numba backend, see the README): the
-    # 32-wide mnist_cnn, 6 epochs without augmentation: 99.44-99.46% test accuracy over seeds
-    # 0-2, 135-139 s of training (the 24-wide one for 5 epochs: 99.40-99.46%, 77-84 s).
+    # the default MNIST run: the 32-wide mnist_cnn, 6 epochs without augmentation
     "mnist": Recipe(model_options={"width": 32, "dropout": 0.1}, epochs=6, lr=1e-2,
                     label_smoothing=0.05),
     # the fastest road to 99%: a 16-wide network without dropout, one epoch of small batches
     # at a high peak learning rate
     "mnist-fast": Recipe(model_options={"width": 16, "dropout": 0.0}, epochs=1, batch_size=64,
                          lr=1.5e-2, label_smoothing=0.05),
-    # longer: the same network, augmentation on, 15 epochs: 99.65%
+    # longer: the same network, augmentation on, 15 epochs
     "mnist-long": Recipe(model_options={"width": 32, "dropout": 0.1}, epochs=15, lr=1e-2,
                          augment=1.0, label_smoothing=0.05),
     "fashion-mnist": Recipe(epochs=15, lr=4e-3, label_smoothing=0.1),
     "digits": Recipe(epochs=30, batch_size=32, lr=4e-3),
-    # the VGG-style preset with random crops + flips: on 2 CPU cores it trains as fast as
-    # cifar_resnet and was more accurate after one epoch (see the presets' docstrings)
+    # the VGG-style preset with random crops + flips (why not cifar_resnet: benchmarks/README.md)
     "cifar10": Recipe(model="cifar_vgg", epochs=20, lr=4e-3, augment=1.0, label_smoothing=0.1),
     "folder": Recipe(epochs=20, batch_size=64, lr=3e-3, augment=1.0, label_smoothing=0.1),
+    # the studio's Train button: a narrow network, a short run to watch
+    "studio-demo": Recipe(model_options={"width": 8, "dropout": 0.0}, epochs=1, batch_size=64,
+                          lr=3e-3),
 }
+#: the results of each recipe (accuracy, time) are measured in the README and
+#: benchmarks/README.md, with the commands that produce them
 
 
 def normalize_as_trained(x, metadata):
@@ -169,19 +175,10 @@ def normalize_as_trained(x, metadata):
 
 def load_data(dataset: str, data_dir=None, image_size=None, channels=None, seed: int = 0,
               verbose: int = 1):
-    """``(x_train, y_train), (x_test, y_test), class_names`` for a dataset name."""
-    from .data import load_dataset
-
-    kwargs = {}
-    if dataset == "folder":
-        kwargs = {"seed": seed, "verbose": verbose}
-        if image_size is not None:
-            kwargs["size"] = image_size
-        if channels is not None:
-            kwargs["channels"] = channels
-    elif dataset == "digits":
-        kwargs = {"seed": seed}
-    return load_dataset(dataset, data_dir, **kwargs)
+    """``(x_train, y_train), (x_test, y_test), class_names`` of a dataset (its record in
+    ``minicnn.data.DATASETS`` says which of these options its loader takes)."""
+    return dataset_record(dataset).load(data_dir, size=image_size, channels=channels, seed=seed,
+                                        verbose=verbose)
 
 
 # -- which images a model was tested on -----------------------------------------------------------
@@ -195,17 +192,6 @@ class SplitMismatchError(ValueError):
     """The held-out images a model was tested on cannot be drawn again."""
 
 
-def split_is_drawn(dataset: str, data_dir=None) -> bool:
-    """Whether ``dataset``'s train/test split is drawn with a seed (rather than given)."""
-    if dataset == "digits":
-        return True
-    if dataset == "folder":
-        root = Path(data_dir)
-        return not ((root / "train").is_dir() and ((root / "test").is_dir() or
-                                                    (root / "val").is_dir()))
-    return False
-
-
 def held_out_fingerprint(x_test, y_test) -> str:
     """SHA-256 of the held-out images and labels (their bytes, in order)."""
     digest = hashlib.sha256(np.ascontiguousarray(x_test).tobytes())
@@ -215,7 +201,7 @@ def held_out_fingerprint(x_test, y_test) -> str:
 
 def split_record(dataset: str, data_dir, seed: int, x_test, y_test) -> dict:
     """What a model file keeps of its train/test split (``metadata["split"]``)."""
-    return {"drawn": split_is_drawn(dataset, data_dir), "seed": int(seed),
+    return {"drawn": dataset_record(dataset).split_is_drawn(data_dir), "seed": int(seed),
             "test_images": int(len(y_test)), "test_sha256": held_out_fingerprint(x_test, y_test)}
 
 
@@ -230,7 +216,7 @@ def load_test_data(dataset: str, data_dir, metadata: dict, verbose: int = 1):
     """
     shape = metadata.get("input_shape") or [3, 32, 32]
     folder = {"image_size": tuple(shape[1:]), "channels": shape[0]} if dataset == "folder" else {}
-    if not (split_is_drawn(dataset, data_dir) and dataset == metadata.get("dataset")):
+    if not (dataset_record(dataset).split_is_drawn(data_dir) and dataset == metadata.get("dataset")):
         _, (x_test, y_test), names = load_data(dataset, data_dir, verbose=verbose, **folder)
         return x_test, y_test, names
     split = metadata.get("split")
@@ -253,76 +239,95 @@ def load_test_data(dataset: str, data_dir, metadata: dict, verbose: int = 1):
     return x_test, y_test, names
 
 
-def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_dir=None,
-                     model: str | None = None, epochs: int | None = None,
-                     batch_size: int | None = None, lr: float | None = None,
-                     weight_decay: float | None = None, augment: bool | None = None,
-                     label_smoothing: float | None = None, seed: int = 0, out=None,
-                     backend_name: str | None = None, verbose: int = 1, resume: bool = False,
-                     limit: int | None = None, image_size=None, channels=None,
-                     diagnostics: int | None = None, callbacks=()) -> dict:
-    """Train a classifier on ``dataset`` with ``RECIPES[recipe or dataset]`` (every setting can
-    be overridden) and write the results into ``out``.
+# -- a training run and its folder -----------------------------------------------------------------
 
-    Writes ``model.safetensors`` (with class names, input shape and normalization in its
-    metadata), ``history.json``, ``curves.png``, ``results.json`` and a resumable
-    ``checkpoint.safetensors``. Returns the results dict (test accuracy, times, paths).
-    ``limit`` uses only the first ``limit`` training and test images (for quick smoke runs).
-    ``callbacks`` go to ``fit`` too. ``diagnostics=N`` records gradient flow every N steps
-    (``fit``'s option): it is kept in ``history.json``, drawn into ``gradient_flow.png`` and its
-    warnings are printed and returned as ``results["gradient_flow_warnings"]``.
-    """
-    from .data import Normalize
+@dataclass
+class PreparedData:
+    """A dataset ready to train on: normalized by its training images' statistics, with what a
+    model file records about it (:meth:`metadata`)."""
 
-    settings = RECIPES[recipe or dataset].replace(
-        model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        augment=augment, label_smoothing=label_smoothing).check("train_classifier")
-    if limit is not None:
-        check_positive_int(limit, "limit", "train_classifier")
-    if backend_name:
-        backend.set_backend(backend_name)
-    out = Path(out) if out is not None else \
-        Path("runs") / f"{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
+    dataset: str
+    train: tuple  # (x, y), normalized
+    test: tuple  # (x, y), normalized
+    class_names: list
+    normalize: Normalize  # fitted on the training images
+    split: dict  # split_record(): which test images, so evaluation can draw them again
 
-    (x_train, y_train), (x_test, y_test), class_names = load_data(
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.train[0].shape[1:])
+
+    def metadata(self) -> dict:
+        """What a model trained on these data records in its file: ``minicnn evaluate``,
+        ``predict``, ``explain`` and the studio read it."""
+        return {"class_names": list(self.class_names), "input_shape": list(self.input_shape),
+                "dataset": self.dataset,
+                "normalization": {"mean": self.normalize.mean.tolist(),
+                                  "std": self.normalize.std.tolist()},
+                "split": self.split}
+
+
+def prepare_data(dataset: str, data_dir=None, *, seed: int = 0, limit: int | None = None,
+                 limit_test: bool = True, image_size=None, channels=None, verbose: int = 1,
+                 loaded=None) -> PreparedData:
+    """Load ``dataset`` (or take ``loaded``, what :func:`load_data` returned) and normalize it by
+    its training images. ``limit`` keeps the first ``limit`` training images (and test images,
+    with ``limit_test``); the split record always describes the whole test set, which is what
+    evaluation draws again."""
+    (x_train, y_train), (x_test, y_test), class_names = loaded or load_data(
         dataset, data_dir, image_size=image_size, channels=channels, seed=seed, verbose=verbose)
     split = split_record(dataset, data_dir, seed, x_test, y_test)
-    if limit is not None:  # a quick run: at most `limit` training and `limit` test images
+    if limit is not None:  # a quick run: at most `limit` training (and test) images
         x_train, y_train = x_train[:limit], y_train[:limit]
-        x_test, y_test = x_test[:limit], y_test[:limit]
+        if limit_test:
+            x_test, y_test = x_test[:limit], y_test[:limit]
     normalize = Normalize.fit(x_train)
-    x_train, x_test = normalize(x_train, None), normalize(x_test, None)
+    return PreparedData(dataset, (normalize(x_train, None), y_train),
+                        (normalize(x_test, None), y_test), list(class_names), normalize, split)
 
-    input_shape = tuple(x_train.shape[1:])
-    net = settings.build_model(input_shape, len(class_names), seed)
-    net.metadata = {
-        "class_names": list(class_names), "input_shape": list(input_shape), "dataset": dataset,
-        "normalization": {"mean": normalize.mean.tolist(), "std": normalize.std.tolist()},
-        "recipe": settings.to_dict(), "split": split,
-    }
+
+def train_run(recipe: Recipe, data: PreparedData, out, *, seed: int = 0, watch_test: bool = True,
+              backend_name: str | None = None, verbose: int = 1, resume: bool = False,
+              diagnostics: int | None = None, callbacks=(), metadata: dict | None = None) -> dict:
+    """Train ``recipe``'s network on ``data`` and write the run folder ``out``.
+
+    Writes ``model.safetensors`` (the data's :meth:`PreparedData.metadata`, the recipe and
+    ``metadata`` in its metadata), ``history.json``, ``curves.png``, ``results.json`` (returned)
+    and a resumable ``checkpoint.safetensors`` (``resume`` continues from it); with
+    ``diagnostics=N`` also ``gradient_flow.png``. ``watch_test`` scores the test set after every
+    epoch (``test_loss``, ``test_acc`` in the history); without, it is scored once, at the end.
+    ``backend_name`` moves the network to that backend (the default backend is left alone).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    net = recipe.build_model(data.input_shape, len(data.class_names), seed)
+    if backend_name:
+        net.to(backend_name)
+    net.metadata = {**data.metadata(), "recipe": recipe.to_dict(), **(metadata or {})}
     if verbose:
         net.summary()
-        print(f"{dataset}: {len(x_train):,} training and {len(x_test):,} test images, "
-              f"{len(class_names)} classes; backend {net.backend}; output in {out}")
+        print(f"{data.dataset}: {len(data.train[1]):,} training and {len(data.test[1]):,} test "
+              f"images, {len(data.class_names)} classes; backend {net.backend}; output in {out}")
 
     start = time.perf_counter()
-    history = settings.train(net, (x_train, y_train), val=(x_test, y_test), val_name="test",
-                             dataset=dataset, seed=seed, verbose=verbose,
-                             checkpoint=out / "checkpoint.safetensors", resume=resume,
-                             diagnostics=diagnostics, callbacks=callbacks)
+    history = recipe.train(net, data.train, val=data.test if watch_test else None,
+                           val_name="test", dataset=data.dataset, seed=seed, verbose=verbose,
+                           checkpoint=out / "checkpoint.safetensors", resume=resume,
+                           diagnostics=diagnostics, callbacks=callbacks)
     wall = time.perf_counter() - start
-    train_seconds = sum(record["time_s"] for record in history.epochs)
-    final = evaluate(net, SoftmaxCrossEntropy(), x_test, y_test)
+    final = evaluate(net, SoftmaxCrossEntropy(), *data.test)
 
     net.save(out / "model.safetensors")
     history.save(out / "history.json")
     history.plot(out / "curves.png")
     results = {
-        "dataset": dataset, "test_accuracy": final["acc"], "test_loss": final["loss"],
-        "epochs": len(history), "train_seconds": train_seconds, "wall_seconds": wall,
+        "dataset": data.dataset, "test_accuracy": final["acc"], "test_loss": final["loss"],
+        "epochs": len(history), "train_images": len(data.train[1]),
+        "test_images": len(data.test[1]),
+        "train_seconds": sum(record["time_s"] for record in history.epochs),
+        "wall_seconds": wall,
         "images_per_s": float(np.mean(history["images_per_s"])) if len(history) else None,
-        "backend": net.backend, "settings": settings.to_dict(), "seed": seed,
+        "backend": net.backend, "settings": recipe.to_dict(), "seed": seed,
         "model_file": str(out / "model.safetensors"),
     }
     if history.diagnostics:
@@ -335,6 +340,35 @@ def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_
               f"{out / 'gradient_flow.png'}): " + ("; ".join(warnings) if warnings else
                                                    "nothing alarming"))
     if verbose:
-        print(f"test accuracy {final['acc']:.2%} after {len(history)} epochs; "
-              f"training {train_seconds:.1f} s; files in {out}")
+        print(f"test accuracy {final['acc']:.2%} after {len(history)} epochs; training "
+              f"{results['train_seconds']:.1f} s; files in {out}")
     return results
+
+
+def train_classifier(dataset: str = "mnist", *, recipe: str | None = None, data_dir=None,
+                     model: str | None = None, epochs: int | None = None,
+                     batch_size: int | None = None, lr: float | None = None,
+                     weight_decay: float | None = None, augment: bool | None = None,
+                     label_smoothing: float | None = None, seed: int = 0, out=None,
+                     backend_name: str | None = None, verbose: int = 1, resume: bool = False,
+                     limit: int | None = None, image_size=None, channels=None,
+                     diagnostics: int | None = None, callbacks=()) -> dict:
+    """Train a classifier on ``dataset`` with ``RECIPES[recipe or dataset]`` (every setting can
+    be overridden) and write the run folder ``out`` (default ``runs/<dataset>-<time>``; see
+    :func:`train_run`, which returns the results dict this returns). ``limit`` uses only the
+    first ``limit`` training and test images (for quick smoke runs). ``diagnostics=N`` records
+    gradient flow every N steps: it is kept in ``history.json``, drawn into
+    ``gradient_flow.png`` and its warnings are printed and returned as
+    ``results["gradient_flow_warnings"]``.
+    """
+    settings = RECIPES[recipe or dataset].replace(
+        model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        augment=augment, label_smoothing=label_smoothing).check("train_classifier")
+    if limit is not None:
+        check_positive_int(limit, "limit", "train_classifier")
+    out = Path(out) if out is not None else \
+        Path("runs") / f"{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    data = prepare_data(dataset, data_dir, seed=seed, limit=limit, image_size=image_size,
+                        channels=channels, verbose=verbose)
+    return train_run(settings, data, out, seed=seed, backend_name=backend_name, verbose=verbose,
+                     resume=resume, diagnostics=diagnostics, callbacks=callbacks)

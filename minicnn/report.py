@@ -10,7 +10,10 @@
   ``feature_maps.png``, ``cam.png`` (networks ending in GlobalAvgPool2D -> Dense only) and
   ``curves.png`` (when a training history is known);
 - ``report.html`` — one file, images embedded as base64 ``data:`` URIs, no outside
-  references: it can be mailed or attached to an issue as it is.
+  references: it can be mailed or attached to an issue as it is. It is rendered from
+  ``minicnn/templates/report.html`` by Jinja2 with autoescaping: every string reaches the page
+  escaped, except the captions written here, which are marked safe on purpose
+  (``markupsafe.Markup``, whose ``format`` escapes what is put into them).
 
 Every file is written atomically. The images are un-normalized for display with the model's
 ``metadata["normalization"]`` (mean/std), when present.
@@ -19,13 +22,13 @@ Every file is written atomically. The images are un-normalized for display with 
 from __future__ import annotations
 
 import base64
-import html
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from markupsafe import Markup
 
 from . import interpret, metrics, plots
 from .atomic import atomic_write_bytes
@@ -83,72 +86,54 @@ def _example_per_class(y_true, y_pred, num_classes: int, limit: int = 16) -> np.
 
 # -- HTML ---------------------------------------------------------------------------------------
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-       max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-.muted { color: #666; }
-.cards { display: flex; flex-wrap: wrap; gap: 0.8em; margin: 1em 0; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 1em; min-width: 9em; }
-.card .value { font-size: 1.5em; font-weight: 600; }
-.card .label { color: #666; font-size: 0.85em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f4f4f4; }
-td.name, th.name { text-align: left; }
-tr.weak td { background: #fff1f0; }
-pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9em; }
-"""
-
-
-def _esc(value) -> str:
-    return html.escape(str(value))
 
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def _figure_html(png_path: Path, caption: str) -> str:
-    data = base64.b64encode(png_path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{_esc(png_path.name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+def _figure(png_path: Path, caption) -> dict:
+    """A figure block: the PNG embedded, ``caption`` text (or Markup written here)."""
+    return {"kind": "figure", "alt": png_path.name, "caption": caption,
+            "data": base64.b64encode(png_path.read_bytes()).decode("ascii")}
 
 
-def _findings(summary: dict) -> list[str]:
+def _text(text, muted: bool = False) -> dict:
+    return {"kind": "text", "text": text, "muted": muted}
+
+
+def _bold_names(names) -> Markup:
+    return Markup(", ").join(Markup("<b>{}</b>").format(name) for name in names)
+
+
+def _findings(summary: dict) -> list[Markup]:
     """Plain-language strengths and weaknesses, from the numbers."""
     per_class = summary["per_class"]
     by_f1 = sorted(per_class, key=lambda c: c["f1"])
-    items = []
-    best = by_f1[::-1][:3]
-    items.append("Best recognized: " + ", ".join(
-        f"<b>{_esc(c['name'])}</b> (F1 {c['f1']:.3f})" for c in best) + ".")
+    items = [Markup("Best recognized: {}.").format(Markup(", ").join(
+        Markup("<b>{}</b> (F1 {:.3f})").format(c["name"], c["f1"]) for c in by_f1[::-1][:3]))]
     for c in by_f1[:3]:
         if c["support"] == 0:
-            items.append(f"Class <b>{_esc(c['name'])}</b> has no test images: its recall and F1 "
-                         "are undefined and reported as 0.")
+            items.append(Markup("Class <b>{}</b> has no test images: its recall and F1 are "
+                                "undefined and reported as 0.").format(c["name"]))
             continue
         if c["precision"] < c["recall"]:
             why = (f"its precision is the weak side ({c['precision']:.3f}): other classes are "
-                   f"often predicted as {_esc(c['name'])}")
+                   f"often predicted as {c['name']}")
         else:
             why = (f"its recall is the weak side ({c['recall']:.3f}): "
                    f"{c['support'] - round(c['recall'] * c['support']):,} of its "
                    f"{c['support']:,} images were given another class")
-        items.append(f"Weaker: <b>{_esc(c['name'])}</b> (F1 {c['f1']:.3f}); {why}.")
+        items.append(Markup("Weaker: <b>{}</b> (F1 {:.3f}); {}.").format(c["name"], c["f1"], why))
     never = [c["name"] for c in per_class if c["predicted"] == 0]
     if never:
-        items.append("Never predicted: " + ", ".join(f"<b>{_esc(n)}</b>" for n in never) +
-                     " (precision reported as 0).")
+        items.append(Markup("Never predicted: {} (precision reported as 0).").format(
+            _bold_names(never)))
     pairs = summary["most_confused"][:5]
     if pairs:
         items.append("Most frequent confusions: " + "; ".join(
-            f"{_esc(p['true'])} &rarr; {_esc(p['predicted'])} ({p['count']}, "
-            f"{_pct(p['fraction_of_true'])} of the {_esc(p['true'])} images)" for p in pairs) + ".")
+            f"{p['true']} \N{RIGHTWARDS ARROW} {p['predicted']} ({p['count']}, "
+            f"{_pct(p['fraction_of_true'])} of the {p['true']} images)" for p in pairs) + ".")
     conf = summary["confidence"]
     if conf["wrong"] is not None and conf["correct"] is not None:
         note = (" It is often sure of its mistakes: look at the mistakes below for mislabelled "
@@ -161,24 +146,21 @@ def _findings(summary: dict) -> list[str]:
     return items
 
 
-def _per_class_table(summary: dict) -> str:
+def _per_class_table(summary: dict) -> dict:
     weakest = {c["name"] for c in sorted(summary["per_class"], key=lambda c: c["f1"])[:3]}
-    rows = ["<tr><th class='name'>class</th><th>precision</th><th>recall</th><th>F1</th>"
-            "<th>support</th><th>predicted</th></tr>"]
-    for c in summary["per_class"]:
-        css = " class='weak'" if c["name"] in weakest else ""
-        rows.append(f"<tr{css}><td class='name'>{_esc(c['name'])}</td><td>{c['precision']:.4f}"
-                    f"</td><td>{c['recall']:.4f}</td><td>{c['f1']:.4f}</td>"
-                    f"<td>{c['support']:,}</td><td>{c['predicted']:,}</td></tr>")
+    rows = [{"cells": [c["name"], f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}",
+                       f"{c['support']:,}", f"{c['predicted']:,}"],
+             "weak": c["name"] in weakest} for c in summary["per_class"]]
     for key, label in (("macro_avg", "macro average"), ("weighted_avg", "weighted average")):
         avg = summary[key]
-        rows.append(f"<tr><th class='name'>{label}</th><th>{avg['precision']:.4f}</th>"
-                    f"<th>{avg['recall']:.4f}</th><th>{avg['f1']:.4f}</th>"
-                    f"<th>{summary['num_samples']:,}</th><th></th></tr>")
-    return "<table>" + "".join(rows) + "</table>"
+        rows.append({"header": True, "cells": [
+            label, f"{avg['precision']:.4f}", f"{avg['recall']:.4f}", f"{avg['f1']:.4f}",
+            f"{summary['num_samples']:,}", ""]})
+    return {"kind": "table", "names": True, "rows": rows,
+            "head": ["class", "precision", "recall", "F1", "support", "predicted"]}
 
 
-def _history_table(history) -> str:
+def _history_table(history) -> dict:
     columns = [("epoch", "epoch", "{}"), ("train_loss", "train loss", "{:.4f}"),
                ("train_acc", "train acc", "{:.2%}")]
     for prefix in ("val", "test"):
@@ -186,50 +168,28 @@ def _history_table(history) -> str:
             columns += [(f"{prefix}_loss", f"{prefix} loss", "{:.4f}"),
                         (f"{prefix}_acc", f"{prefix} acc", "{:.2%}")]
     columns += [("lr", "last lr", "{:.2e}"), ("time_s", "time (s)", "{:.1f}")]
-    head = "".join(f"<th>{label}</th>" for _, label, _ in columns)
-    body = []
-    for record in history.epochs:
-        cells = []
-        for key, _, fmt in columns:
-            value = record.get(key)
-            cells.append(f"<td>{'' if value is None else _esc(fmt.format(value))}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    rows = [{"cells": ["" if record.get(key) is None else fmt.format(record[key])
+                       for key, _, fmt in columns]} for record in history.epochs]
+    return {"kind": "table", "head": [label for _, label, _ in columns], "rows": rows}
 
 
-def _html(title: str, summary: dict, sections: list[tuple[str, str]], model_text: str,
-          subtitle: str) -> str:
+def _cards(summary: dict) -> list[tuple[str, str]]:
     cards = [("accuracy", _pct(summary["accuracy"])),
              ("macro F1", f"{summary['macro_avg']['f1']:.4f}"),
              ("weighted F1", f"{summary['weighted_avg']['f1']:.4f}")]
     cards += [(f"top-{k} accuracy", _pct(v)) for k, v in summary["top_k_accuracy"].items()
               if k != "1"][:1]
-    cards += [("errors", f"{summary['confidence']['num_wrong']:,} / {summary['num_samples']:,}"),
-              ("log loss", f"{summary['log_loss']:.4f}")]
-    card_html = "".join(f"<div class='card'><div class='value'>{_esc(v)}</div>"
-                        f"<div class='label'>{_esc(k)}</div></div>" for k, v in cards)
-    findings = "".join(f"<li>{item}</li>" for item in _findings(summary))
-    body = "".join(f"<h2>{_esc(heading)}</h2>{content}" for heading, content in sections)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>{_esc(title)}</h1>
-<p class="muted">{subtitle}</p>
-<div class="cards">{card_html}</div>
-<h2>Strengths and weaknesses</h2>
-<ul>{findings}</ul>
-{body}
-<h2>The model</h2>
-<pre>{_esc(model_text)}</pre>
-</body>
-</html>
-"""
+    return cards + [("errors", f"{summary['confidence']['num_wrong']:,} / "
+                               f"{summary['num_samples']:,}"),
+                    ("log loss", f"{summary['log_loss']:.4f}")]
+
+
+def _render(**context) -> str:
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("minicnn", "templates"),
+                                     autoescape=True, undefined=jinja2.StrictUndefined)
+    return environment.get_template("report.html").render(**context)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -288,7 +248,7 @@ def _write_metrics(ev: _Evaluation, summary: dict, model_path) -> None:
     atomic_write_bytes(ev.written(ev.out / "classification_report.txt"), report_text.encode())
 
 
-def _results_sections(ev: _Evaluation, summary: dict, mistakes) -> list[tuple[str, str]]:
+def _results_sections(ev: _Evaluation, summary: dict, mistakes) -> list[tuple[str, list]]:
     """Per-class results, the confusion matrix and the most confident mistakes."""
     cm_png = ev.written(plots.plot_confusion_matrix(
         np.asarray(summary["confusion_matrix"]), ev.names, ev.out / "confusion_matrix.png",
@@ -303,21 +263,21 @@ def _results_sections(ev: _Evaluation, summary: dict, mistakes) -> list[tuple[st
         title=f"Most confident mistakes ({len(mistakes)} shown of "
               f"{summary['confidence']['num_wrong']:,} errors in {len(ev.y):,} images)"))
     return [
-        ("Per-class results", _per_class_table(summary) + _figure_html(
-            bars_png, "<b>Precision</b>: of the images predicted as the class, the share that "
-            "belong to it. <b>Recall</b>: of the images of the class, the share found. "
+        ("Per-class results", [_per_class_table(summary), _figure(
+            bars_png, Markup("<b>Precision</b>: of the images predicted as the class, the share "
+            "that belong to it. <b>Recall</b>: of the images of the class, the share found. "
             "<b>F1</b>: their harmonic mean. Macro averages weigh each class equally; weighted "
             "averages weigh them by support (their number of test images). The three weakest "
-            "classes are shaded.")),
-        ("Confusion matrix", _figure_html(
+            "classes are shaded."))]),
+        ("Confusion matrix", [_figure(
             cm_png, "Rows are the true classes, columns the predictions; each cell shows a "
             "count. The colour is the share of the row, so the diagonal is each class's recall "
-            "and a dark cell off the diagonal is a frequent confusion.")),
-        ("The most confident mistakes", _figure_html(
+            "and a dark cell off the diagonal is a frequent confusion.")]),
+        ("The most confident mistakes", [_figure(
             mistakes_png, "The misclassified images to which the model gave the highest "
             "probability, with the true class, the prediction and that probability. Confident "
             "mistakes are often mislabelled or genuinely ambiguous images; a recurring pattern "
-            "points at a blind spot of the model.")),
+            "points at a blind spot of the model.")]),
     ]
 
 
@@ -329,53 +289,54 @@ def _has_conv(model) -> bool:
         return False
 
 
-def _class_activation_figures(ev: _Evaluation, examples, wrong) -> list[str]:
+def _class_activation_figures(ev: _Evaluation, examples, wrong) -> list[dict]:
     """Grad-CAM on one image per class and on the worst mistakes; CAM where the network allows."""
     layer = interpret.default_cam_layer(ev.model)
     described = f"layer {layer}, {ev.model.layers[layer].describe()}"
     png = ev.heatmaps(examples, interpret.grad_cam(ev.model, ev.x[examples]).heatmaps,
                       "gradcam.png", f"Grad-CAM of the predicted class ({described})")
-    figures = [_figure_html(
-        png, "<b>Grad-CAM</b> on one test image per class (correctly classified where there "
-        "is one): red marks the regions whose features raised the score of the predicted class "
-        f"the most (the gradient-weighted feature maps of {_esc(described)}, upsampled to the "
-        "image).")]
+    figures = [_figure(
+        png, Markup("<b>Grad-CAM</b> on one test image per class (correctly classified where "
+        "there is one): red marks the regions whose features raised the score of the predicted "
+        "class the most (the gradient-weighted feature maps of {}, upsampled to the "
+        "image).").format(described))]
     if len(wrong):
         png = ev.heatmaps(wrong, interpret.grad_cam(ev.model, ev.x[wrong]).heatmaps,
                           "gradcam_mistakes.png", "Grad-CAM of the wrong prediction")
-        figures.append(_figure_html(png, "Grad-CAM of the (wrong) predicted class on the most "
-                                    "confident mistakes (true &rarr; predicted): the part of "
-                                    "the image that misled the model."))
+        figures.append(_figure(png, "Grad-CAM of the (wrong) predicted class on the most "
+                               "confident mistakes (true \N{RIGHTWARDS ARROW} predicted): the "
+                               "part of the image that misled the model."))
     try:
         cam_result = interpret.cam(ev.model, ev.x[examples])
     except ValueError:
         return figures  # CAM needs GlobalAvgPool2D -> Dense; Grad-CAM covers the rest
     png = ev.heatmaps(examples, cam_result.heatmaps, "cam.png", "CAM of the predicted class")
-    figures.append(_figure_html(png, "<b>CAM</b>: the last feature maps weighted by the "
-                                "classifier's weights of the predicted class (exact for a "
-                                "network ending in global average pooling and one dense "
-                                "layer)."))
+    figures.append(_figure(png, Markup("<b>CAM</b>: the last feature maps weighted by the "
+                                       "classifier's weights of the predicted class (exact for a "
+                                       "network ending in global average pooling and one dense "
+                                       "layer).")))
     return figures
 
 
-def _where_the_model_looks(ev: _Evaluation, examples, wrong) -> list[tuple[str, str]]:
+def _where_the_model_looks(ev: _Evaluation, examples, wrong) -> list[tuple[str, list]]:
     if not len(examples):
         return []
     look = _class_activation_figures(ev, examples, wrong) if _has_conv(ev.model) else []
     png = ev.heatmaps(examples, interpret.saliency(ev.model, ev.x[examples]), "saliency.png",
                       "Saliency: |d class score / d pixel|", cmap="hot", alpha=0.8)
-    look.append(_figure_html(png, "<b>Saliency</b>: the pixels whose change would move the "
-                             "class score most (the gradient of the score with respect to the "
-                             "input, largest over the colour channels). Sharper but noisier "
-                             "than Grad-CAM."))
-    intro = ("<p>Heatmaps over test images, for the class the model predicted. Heat on the "
-             "object itself means the model uses the right evidence; heat on empty background "
-             "means it relies on what is <i>not</i> there (which can be legitimate: a 1 is a 1 "
-             "partly because its sides are empty) or on artefacts.</p>")
-    return [("Where the model looks", intro + "".join(look))]
+    look.append(_figure(png, Markup("<b>Saliency</b>: the pixels whose change would move the "
+                                    "class score most (the gradient of the score with respect "
+                                    "to the input, largest over the colour channels). Sharper "
+                                    "but noisier than Grad-CAM.")))
+    intro = _text(Markup(
+        "Heatmaps over test images, for the class the model predicted. Heat on the object "
+        "itself means the model uses the right evidence; heat on empty background means it "
+        "relies on what is <i>not</i> there (which can be legitimate: a 1 is a 1 partly because "
+        "its sides are empty) or on artefacts."))
+    return [("Where the model looks", [intro, *look])]
 
 
-def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, str]]:
+def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, list]]:
     """The first convolution's filters and the first block's feature maps for one image."""
     model = ev.model
     if not _has_conv(model):
@@ -387,7 +348,7 @@ def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, str]]:
         png = ev.written(plots.plot_filters(
             np.asarray(conv.weight), ev.out / "filters.png",
             title=f"Filters of the first convolution (layer {first}, {conv.describe()})"))
-        inside.append(_figure_html(png, "The first layer's filters: each is a small pattern "
+        inside.append(_figure(png, "The first layer's filters: each is a small pattern "
                                    "(edges, strokes, blobs) matched at every position of the "
                                    "image."))
     block = interpret.conv_block_output(model, 0)
@@ -397,38 +358,38 @@ def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, str]]:
         maps, ev.out / "feature_maps.png", image=ev.display([index])[0],
         title=f"Feature maps of layer {block} ({model.layers[block].describe()}) for one "
               f"test image"))
-    inside.append(_figure_html(png, "The output of the first convolutional block for one test "
+    inside.append(_figure(png, "The output of the first convolutional block for one test "
                                "image: each channel is the image filtered by one filter (after "
                                "normalization and ReLU); bright where its pattern is found."))
-    return [("What the first layer computes", "".join(inside))]
+    return [("What the first layer computes", inside)]
 
 
-def _history_section(ev: _Evaluation, history) -> tuple[str, str]:
+def _history_section(ev: _Evaluation, history) -> tuple[str, list]:
     if history is None or not len(history):
-        return ("Training history", "<p class='muted'>No training history found (history.json "
-                "beside the model file).</p>")
+        return ("Training history", [_text("No training history found (history.json beside "
+                                           "the model file).", muted=True)])
     png = ev.written(plots.plot_history(history, ev.out / "curves.png"))
-    return ("Training history", _history_table(history) + _figure_html(
+    return ("Training history", [_history_table(history), _figure(
         png, "Loss and accuracy per epoch. A training accuracy well above the validation/test "
         "accuracy (a training loss well below) means over-fitting; curves still improving at "
         "the end mean the model would gain from more epochs. (Dropout, augmentation and label "
         "smoothing act in training only, so there the training numbers can be the worse "
-        "ones.)") + _gradient_flow_html(ev, history))
+        "ones.)"), *_gradient_flow_blocks(ev, history)])
 
 
-def _gradient_flow_html(ev: _Evaluation, history) -> str:
+def _gradient_flow_blocks(ev: _Evaluation, history) -> list[dict]:
     if not history.diagnostics:
-        return ""
+        return []
     png = ev.written(plots.plot_gradient_flow(history.diagnostics, ev.out / "gradient_flow.png"))
     warnings = gradient_flow_warnings(history.diagnostics)
-    verdict = ("<ul>" + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>" if warnings
-               else "<p>Gradient flow: nothing alarming (no vanishing or exploding gradients, "
-                    "no dead ReLUs, no oversized steps).</p>")
-    return verdict + _figure_html(
+    verdict = {"kind": "list", "items": warnings} if warnings else \
+        _text("Gradient flow: nothing alarming (no vanishing or exploding gradients, no dead "
+              "ReLUs, no oversized steps).")
+    return [verdict, _figure(
         png, f"Gradient flow, per layer, over {len(history.diagnostics)} recorded training steps "
         "(darker lines: layers nearer the input). Healthy: gradient norms of similar size "
         "across layers, update/weight ratios near 1e-3 (dashed), activation spreads that "
-        "neither collapse to 0 nor blow up, few dead ReLUs.")
+        "neither collapse to 0 nor blow up, few dead ReLUs.")]
 
 
 def _model_text(model, input_shape) -> str:
@@ -485,14 +446,13 @@ def write_report(model, x_test, y_test, class_names, out_dir, dataset=None, mode
                 + _where_the_model_looks(ev, examples, mistakes[:8])
                 + _first_layer_section(ev, examples)
                 + [_history_section(ev, _load_history(history, model_path))])
-    written_names = ", ".join(f"<code>{_esc(p.name)}</code>" for p in ev.files)
-    sections.append(("Files", f"<p>Beside this page: {written_names} and <code>report.html"
-                     "</code> (this page, self-contained).</p>"))
-    source = f"model <code>{_esc(Path(model_path).name)}</code>, " if model_path else ""
-    subtitle = (f"{source}{_esc(where)}: {len(y_test):,} images, {num_classes} classes; "
-                f"written {time.strftime('%Y-%m-%d %H:%M')} by minicnn")
-    title = "Model report" + (f": {dataset}" if dataset else "")
-    page = _html(title, summary, sections, _model_text(model, x_test.shape[1:]), subtitle)
+    page = _render(
+        title="Model report" + (f": {dataset}" if dataset else ""),
+        model_name=Path(model_path).name if model_path else None, where=where,
+        num_images=len(y_test), num_classes=num_classes,
+        written=time.strftime("%Y-%m-%d %H:%M"), cards=_cards(summary),
+        findings=_findings(summary), sections=sections,
+        files=[p.name for p in ev.files], model_text=_model_text(model, x_test.shape[1:]))
     html_path = ev.written(out / "report.html")
     atomic_write_bytes(html_path, page.encode("utf-8"))
     log(f"report: accuracy {_pct(summary['accuracy'])}, macro F1 "

@@ -24,11 +24,15 @@ Outputs (``out``): ``trials.csv`` / ``trials.json`` (every trial: state, validat
 epoch, hyperparameters), ``best.json`` (the best trial's hyperparameters, its model config from
 ``model.config()`` and its training settings), plots (``optimization_history.png``,
 ``param_importances.png``, ``parallel_coordinate.png``, ``intermediate_values.png``) and, with
-``retrain_best``, ``best_model.safetensors`` plus ``retrain.json``: the best configuration
-trained on the whole training set and scored once on the test set.
+``retrain_best``, ``best_run/``: the best configuration trained on the whole training set and
+scored once on the test set, written as ``minicnn train`` writes a run
+(:func:`minicnn.recipes.train_run`: ``model.safetensors``, which ``minicnn evaluate`` accepts,
+``results.json``, the history and curves).
 
-Optuna is an optional dependency (``pip install "minicnn[tune]"``); this module imports it only
-when a search runs, so ``import minicnn`` never does.
+The module is three parts: setting a search up (the space, the data, the study), the objective
+(one trial trains one recipe) and the outputs. Optuna is an optional dependency
+(``pip install "minicnn[tune]"``), imported only when a search runs; ``import minicnn`` does not
+even import this module until ``minicnn.tune`` is first used.
 """
 
 from __future__ import annotations
@@ -39,21 +43,25 @@ import json
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .validation import check_positive_int, is_number
+from .data import Normalize
+from .data.utils import stratified_split
+from .models import ACTIVATIONS, TUNABLE_CNN_RULES
+from .recipes import OPTIMIZERS, RECIPE_RULES, RECIPES, Recipe, load_data, prepare_data, train_run
+from .training import Callback, TrainingDivergedError
+from .validation import check_positive_int
 
-#: what each hyperparameter is, for parsing command-line values and checking JSON files
-PARAMETERS = {
-    "lr": float, "batch_size": int, "optimizer": str, "weight_decay": float,
-    "width": int, "kernel_size": int, "activation": str, "dropout": float,
-    "augment": float, "blocks": int,
-}
-OPTIMIZERS = ("sgd", "adam", "adamw")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+TRAINING_PARAMETERS = ("lr", "batch_size", "optimizer", "weight_decay", "augment")
+NETWORK_PARAMETERS = tuple(TUNABLE_CNN_RULES)  # width, kernel_size, activation, dropout, blocks
+#: every hyperparameter and its rule: a recipe's training settings, tunable_cnn's arguments
+RULES = {**{name: RECIPE_RULES[name] for name in TRAINING_PARAMETERS}, **TUNABLE_CNN_RULES}
+#: what each hyperparameter is (int, float or str), for parsing command-line values
+PARAMETERS = {name: rule.kind for name, rule in RULES.items()}
 LOG_SCALE = ("lr", "weight_decay")  # ranges given as LOW:HIGH are searched on a log scale
 
 #: the search space used for every hyperparameter not given by a flag or a space file
@@ -94,30 +102,8 @@ def _require_optuna():
 # -- the search space ---------------------------------------------------------------------------
 
 def _check_value(name, value):
-    """One value of hyperparameter ``name``, checked and converted; raises ValueError."""
-    kind = PARAMETERS[name]
-    if kind is str:
-        allowed = OPTIMIZERS if name == "optimizer" else ACTIVATIONS
-        if value not in allowed:
-            raise ValueError(f"tune: {name} must be one of {', '.join(allowed)}, got {value!r}")
-        return value
-    if not is_number(value):
-        raise ValueError(f"tune: {name} must be a finite number, got {value!r}")
-    if kind is int:
-        if int(value) != value:
-            raise ValueError(f"tune: {name} must be an integer, got {value!r}")
-        value = int(value)
-    else:
-        value = float(value)
-    low = {"lr": 0.0, "weight_decay": 0.0, "dropout": 0.0, "augment": 0.0}.get(name, 1)
-    if value < low or (name == "lr" and value == 0):
-        raise ValueError(f"tune: {name} must be {'> 0' if name == 'lr' else f'>= {low}'}, "
-                         f"got {value!r}")
-    if name == "dropout" and value >= 1:
-        raise ValueError(f"tune: dropout must be < 1, got {value!r}")
-    if name == "kernel_size" and value % 2 == 0:
-        raise ValueError(f"tune: kernel_size must be odd ('same' padding), got {value}")
-    return value
+    """One value of hyperparameter ``name``, checked by its rule and converted; ValueError."""
+    return RULES[name].check(value, name, "tune")
 
 
 def _parse_entry(name, entry) -> dict:
@@ -242,8 +228,6 @@ def _baseline_params(space: dict, defaults: dict) -> tuple[dict, bool]:
 
 def default_config(dataset: str) -> dict:
     """:data:`DEFAULT_CONFIG` with the dataset's recipe settings (lr, batch size, ...)."""
-    from .recipes import RECIPES
-
     config = dict(DEFAULT_CONFIG)
     recipe = RECIPES.get(dataset)
     if recipe:
@@ -252,16 +236,11 @@ def default_config(dataset: str) -> dict:
     return config
 
 
-# -- training one configuration -----------------------------------------------------------------
+# -- the objective: one trial trains one recipe ----------------------------------------------------
 
-NETWORK_PARAMETERS = ("width", "kernel_size", "activation", "dropout", "blocks")
-
-
-def recipe_of(config: dict, epochs: int, label_smoothing: float):
+def recipe_of(config: dict, epochs: int, label_smoothing: float) -> Recipe:
     """The training recipe of a configuration: :func:`minicnn.models.tunable_cnn` with the
     configuration's network parameters, trained as the recipes are (one-cycle schedule)."""
-    from .recipes import Recipe
-
     return Recipe(model="tunable_cnn",
                   model_options={k: config[k] for k in NETWORK_PARAMETERS},
                   epochs=epochs, batch_size=config["batch_size"], optimizer=config["optimizer"],
@@ -271,8 +250,6 @@ def recipe_of(config: dict, epochs: int, label_smoothing: float):
 
 def _report_callback(trial, optuna):
     """A fit callback that reports each epoch's validation accuracy and obeys the pruner."""
-    from .training import Callback
-
     class ReportToOptuna(Callback):
         def on_epoch_end(self, trainer, epoch, logs):
             trial.report(logs["val_acc"], step=epoch + 1)
@@ -284,23 +261,63 @@ def _report_callback(trial, optuna):
     return ReportToOptuna()
 
 
-# -- the search ---------------------------------------------------------------------------------
+def _objective(search: Search, optuna):
+    """The function Optuna calls per trial: draw a configuration, train it on the search's
+    training part, return its last validation accuracy (a diverged run counts as pruned)."""
 
-def _load(dataset, data_dir, image_size, channels, limit, seed, verbose):
-    from .recipes import load_data
+    def objective(trial):
+        config = _suggest(trial, search.space)
+        trial.set_user_attr("config", config)
+        start = time.perf_counter()
+        try:
+            recipe = recipe_of(config, search.epochs, search.label_smoothing)
+            model = recipe.build_model(search.train[0].shape[1:], len(search.class_names),
+                                       search.seed)
+            if search.backend_name:
+                model.to(search.backend_name)
+            history = recipe.train(model, search.train, search.val, dataset=search.dataset,
+                                   seed=search.seed, callbacks=[_report_callback(trial, optuna)])
+        except TrainingDivergedError as err:
+            # a diverged run tells the sampler "bad region": pruned, not failed (failed trials
+            # are ignored by TPE)
+            trial.set_user_attr("note", f"diverged: {err}")
+            raise optuna.TrialPruned(str(err)) from None
+        except optuna.TrialPruned as err:
+            trial.set_user_attr("note", f"pruned: {err}")
+            raise
+        finally:
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+        return history.last()["val_acc"]
 
-    (x_train, y_train), test, class_names = load_data(
-        dataset, data_dir, image_size=image_size, channels=channels, seed=seed, verbose=verbose)
-    if limit is not None:
-        x_train, y_train = x_train[:limit], y_train[:limit]
-    return (x_train, y_train), test, class_names
+    return objective
+
+
+# -- setting a search up ------------------------------------------------------------------------
+
+@dataclass
+class Search:
+    """Everything a search needs besides Optuna: the space, the data and where it all goes."""
+
+    dataset: str
+    data_dir: object
+    space: dict
+    epochs: int
+    seed: int
+    label_smoothing: float
+    loaded: tuple  # what load_data returned (the retrain starts from it)
+    train: tuple  # (x, y) the trials train on ...
+    val: tuple  # ... and are scored on, both normalized by the training part
+    class_names: list
+    out: Path
+    storage: str
+    study_name: str
+    settings: dict  # what the study records and checks when it continues
+    limit: int | None = None
+    backend_name: str | None = None
 
 
 def _split(x, y, val_fraction, seed):
     """The validation split: stratified, depends only on the labels and ``seed``."""
-    from .data import Normalize
-    from .data.utils import stratified_split
-
     if not 0 < val_fraction < 1:
         raise ValueError(f"tune: val_fraction must be in (0, 1), got {val_fraction}")
     keep, held = stratified_split(y, val_fraction, seed)
@@ -312,11 +329,32 @@ def _split(x, y, val_fraction, seed):
     return (normalize(x[keep], None), y[keep]), (normalize(x[held], None), y[held])
 
 
-def _study_settings(dataset, epochs, val_fraction, seed, limit, image_size, channels,
-                    label_smoothing):
-    return {"dataset": dataset, "epochs": epochs, "val_fraction": val_fraction, "seed": seed,
-            "limit": limit, "image_size": list(image_size) if image_size else None,
-            "channels": channels, "label_smoothing": label_smoothing}
+def set_up(dataset="digits", *, trials=20, epochs=10, space=None, out=None, storage=None,
+           study_name=None, seed=0, val_fraction=0.2, data_dir=None, image_size=None,
+           channels=None, limit=None, backend_name=None, verbose=1) -> Search:
+    """Check a search's arguments (before any data is loaded), load the data and carve the
+    validation split out of the training set; see :func:`tune` for the arguments."""
+    check_positive_int(trials, "trials", "tune")
+    check_positive_int(epochs, "epochs", "tune")
+    if limit is not None:
+        check_positive_int(limit, "limit", "tune")
+    search_space = parse_space(space)
+    out = Path(out) if out is not None else Path("runs") / f"tune-{dataset}"
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_data(dataset, data_dir, image_size=image_size, channels=channels, seed=seed,
+                       verbose=verbose)
+    (x_train, y_train), _, class_names = loaded
+    if limit is not None:
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    train, val = _split(x_train, y_train, val_fraction, seed)
+    label_smoothing = RECIPES[dataset].label_smoothing if dataset in RECIPES else 0.0
+    settings = {"dataset": dataset, "epochs": epochs, "val_fraction": val_fraction, "seed": seed,
+                "limit": limit, "image_size": list(image_size) if image_size else None,
+                "channels": channels, "label_smoothing": label_smoothing}
+    return Search(dataset, data_dir, search_space, epochs, seed, label_smoothing, loaded, train,
+                  val, list(class_names), out,
+                  storage or f"sqlite:///{(out / 'study.db').resolve()}",
+                  study_name or f"minicnn-{dataset}", settings, limit, backend_name)
 
 
 def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=None,
@@ -346,79 +384,37 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
         baseline: make the first trial of a new study the default configuration
             (:func:`default_config`), so the best is compared with it on the same split.
         retrain_best: afterwards train the best configuration on the whole training set and
-            evaluate it once on the test set.
+            evaluate it once on the test set, into the run folder ``<out>/best_run``.
         plots: draw the PNG plots (a few seconds of matplotlib each time outputs are written).
         limit: use only the first ``limit`` training images (quick runs).
         timeout: stop starting new trials after this many seconds.
+        backend_name: train on this backend (the default backend is left alone).
 
     Returns a dict with the study name, storage, trial counts, the best trial (value, number,
     configuration), the baseline's value, the output files and, with ``retrain_best``, the
     test accuracy. Raises ImportError naming the extra to install when Optuna is missing.
     """
     optuna = _require_optuna()
-    from . import backend
-    from .training import TrainingDivergedError
-
-    if backend_name:
-        backend.set_backend(backend_name)
-    check_positive_int(trials, "trials", "tune")
-    check_positive_int(epochs, "epochs", "tune")
-    search_space = parse_space(space)
-    out = Path(out) if out is not None else Path("runs") / f"tune-{dataset}"
-    out.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    study_name = study_name or f"minicnn-{dataset}"
-    from .recipes import RECIPES
-
-    label_smoothing = RECIPES[dataset].label_smoothing if dataset in RECIPES else 0.0
-
-    (x_train, y_train), (x_test, y_test), class_names = _load(
-        dataset, data_dir, image_size, channels, limit, seed, verbose)
-    train, val = _split(x_train, y_train, val_fraction, seed)
-    num_classes = len(class_names)
-    settings = _study_settings(dataset, epochs, val_fraction, seed, limit, image_size, channels,
-                               label_smoothing)
-
+    search = set_up(dataset, trials=trials, epochs=epochs, space=space, out=out,
+                    storage=storage, study_name=study_name, seed=seed,
+                    val_fraction=val_fraction, data_dir=data_dir, image_size=image_size,
+                    channels=channels, limit=limit, backend_name=backend_name, verbose=verbose)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial instead
     try:
-        study = _open_study(optuna, study_name, storage, settings, seed, sampler_seed, pruner,
-                            epochs)
-        defaults = default_config(dataset)
+        study = _open_study(optuna, search, sampler_seed, pruner)
         if baseline and not study.trials:
             # the first trial starts from the defaults; it is "the baseline" (the default
             # configuration, to compare the best with) only when the space contains all of it
-            params, exact = _baseline_params(search_space, defaults)
+            params, exact = _baseline_params(search.space, default_config(dataset))
             study.enqueue_trial(params, user_attrs={"baseline": exact})
         done = _count_finished(study)
         to_run = max(0, trials - done)
         if verbose:
-            print(f"study {study_name!r} in {storage}: {done} finished trials, running "
-                  f"{to_run} more (target {trials}); {len(train[0]):,} training and "
-                  f"{len(val[0]):,} validation images ({val_fraction:.0%} held out of the "
-                  f"training set), {epochs} epoch(s) per trial")
-
-        def objective(trial):
-            config = _suggest(trial, search_space)
-            trial.set_user_attr("config", config)
-            start = time.perf_counter()
-            try:
-                recipe = recipe_of(config, epochs, label_smoothing)
-                model = recipe.build_model(train[0].shape[1:], num_classes, seed)
-                history = recipe.train(model, train, val, dataset=dataset, seed=seed,
-                                       callbacks=[_report_callback(trial, optuna)])
-            except TrainingDivergedError as err:
-                # a diverged run tells the sampler "bad region": pruned, not failed (failed
-                # trials are ignored by TPE)
-                trial.set_user_attr("note", f"diverged: {err}")
-                raise optuna.TrialPruned(str(err)) from None
-            except optuna.TrialPruned as err:
-                trial.set_user_attr("note", f"pruned: {err}")
-                raise
-            finally:
-                trial.set_user_attr("seconds", time.perf_counter() - start)
-            return history.last()["val_acc"]
-
+            print(f"study {search.study_name!r} in {search.storage}: {done} finished trials, "
+                  f"running {to_run} more (target {trials}); {len(search.train[1]):,} training "
+                  f"and {len(search.val[1]):,} validation images ({val_fraction:.0%} held out "
+                  f"of the training set), {epochs} epoch(s) per trial")
         callbacks = [optuna.study.MaxTrialsCallback(
             trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED_STATES))]
         if verbose:
@@ -426,22 +422,19 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
         interrupted = False
         if to_run:
             try:
-                study.optimize(objective, n_trials=to_run, timeout=timeout, callbacks=callbacks,
-                               gc_after_trial=False)
+                study.optimize(_objective(search, optuna), n_trials=to_run, timeout=timeout,
+                               callbacks=callbacks, gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True  # write what is finished, then re-raise below
-        summary = _write_outputs(optuna, study, out, storage, settings, search_space,
-                                 (class_names, tuple(train[0].shape[1:]), len(val[0])), plots)
+        summary = _write_outputs(optuna, study, search, plots)
         if interrupted:
             raise KeyboardInterrupt
         if retrain_best and summary["best"] is not None:
-            result = _retrain(summary["best"]["config"], dataset, (x_train, y_train),
-                              (x_test, y_test), class_names, epochs, seed, label_smoothing, out,
-                              verbose)
-            summary["test_accuracy"], summary["test_loss"] = result["test_accuracy"], \
-                result["test_loss"]
+            result = _retrain(search, summary["best"]["config"], verbose)
+            summary["test_accuracy"] = result["test_accuracy"]
+            summary["test_loss"] = result["test_loss"]
             summary["files"].update(model=result["model_file"],
-                                    retrain_json=str(out / "retrain.json"))
+                                    retrain_json=str(search.out / "best_run" / "results.json"))
     finally:
         optuna.logging.set_verbosity(previous_verbosity)
     if verbose:
@@ -449,12 +442,13 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
     return summary
 
 
-def _open_study(optuna, study_name, storage, settings, seed, sampler_seed, pruner, epochs):
+def _open_study(optuna, search: Search, sampler_seed, pruner):
     # A trial may be stopped after any epoch once the learning-rate warm-up (the first quarter
     # of the one-cycle schedule) is over: before that, a slowly rising learning rate looks like
     # a weak configuration. Steps are epochs done (1, 2, ...); the pruners ignore steps below
     # ``warmup``. The median needs 5 finished trials to mean something.
-    warmup = math.ceil(epochs / 4)
+    warmup = math.ceil(search.epochs / 4)
+    study_name, storage, settings = search.study_name, search.storage, search.settings
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup,
@@ -467,7 +461,7 @@ def _open_study(optuna, study_name, storage, settings, seed, sampler_seed, prune
                                 load_if_exists=True, pruner=pruners[pruner]())
     # The sampler's seed includes the number of trials already there: on a resumed study the
     # bare seed would replay the first run's random start-up draws as duplicate trials.
-    base = seed if sampler_seed is None else sampler_seed
+    base = search.seed if sampler_seed is None else sampler_seed
     state = int(np.random.SeedSequence([base, len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=state, n_startup_trials=5)
     recorded = study.user_attrs.get("settings")
@@ -505,7 +499,7 @@ def _short(value):
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-# -- outputs ------------------------------------------------------------------------------------
+# -- the outputs ------------------------------------------------------------------------------------
 
 def _trial_rows(study) -> list[dict]:
     rows = []
@@ -520,8 +514,9 @@ def _trial_rows(study) -> list[dict]:
     return rows
 
 
-def _write_outputs(optuna, study, out, storage, settings, space, shapes, plots=True) -> dict:
-    class_names, input_shape, val_size = shapes
+def _write_outputs(optuna, study, search: Search, plots=True) -> dict:
+    out, storage, settings, class_names = search.out, search.storage, search.settings, \
+        search.class_names
     rows = _trial_rows(study)
     atomic_write_bytes(out / "trials.json", json.dumps(rows, indent=2).encode())
     fields = ["number", "state", "val_acc", "epochs_run", "seconds", "baseline", *PARAMETERS,
@@ -548,7 +543,7 @@ def _write_outputs(optuna, study, out, storage, settings, space, shapes, plots=T
     if best is not None:
         config = best.user_attrs["config"]
         model = recipe_of(config, settings["epochs"], settings["label_smoothing"]).build_model(
-            input_shape, len(class_names), settings["seed"])
+            search.train[0].shape[1:], len(class_names), settings["seed"])
         summary["best"] = {"trial": best.number, "val_acc": best.value, "config": config}
         document = {
             "study_name": study.study_name, "storage": storage, "metric": "val_acc",
@@ -566,10 +561,10 @@ def _write_outputs(optuna, study, out, storage, settings, space, shapes, plots=T
                          "epochs": settings["epochs"],
                          "label_smoothing": settings["label_smoothing"],
                          "seed": settings["seed"]},
-            "validation": {"fraction": settings["val_fraction"], "images": val_size,
+            "validation": {"fraction": settings["val_fraction"], "images": len(search.val[1]),
                            "seed": settings["seed"], "stratified": True},
             "dataset": settings["dataset"], "class_names": list(class_names),
-            "search_space": space,
+            "search_space": search.space,
         }
         atomic_write_bytes(out / "best.json", json.dumps(document, indent=2).encode())
         summary["files"]["best_json"] = str(out / "best.json")
@@ -612,37 +607,18 @@ def _plots(optuna, study, out) -> dict:
     return made
 
 
-def _retrain(config, dataset, train, test, class_names, epochs, seed, label_smoothing, out,
-             verbose) -> dict:
-    """Train ``config`` on the whole training set; evaluate once on the test set."""
-    from .data import Normalize
-    from .losses import SoftmaxCrossEntropy
-    from .training import evaluate
-
-    x_train, y_train = train
-    normalize = Normalize.fit(x_train)
-    x_train, x_test = normalize(x_train, None), normalize(test[0], None)
+def _retrain(search: Search, config: dict, verbose) -> dict:
+    """Train ``config`` on the whole training set and score it once on the test set, written
+    as a run folder (``<out>/best_run``) as ``minicnn train`` writes one."""
+    data = prepare_data(search.dataset, search.data_dir, seed=search.seed, limit=search.limit,
+                        limit_test=False, loaded=search.loaded)
     if verbose:
-        print(f"retraining the best configuration on all {len(x_train):,} training images "
-              f"for {epochs} epoch(s)")
-    start = time.perf_counter()
-    recipe = recipe_of(config, epochs, label_smoothing)
-    model = recipe.build_model(x_train.shape[1:], len(class_names), seed)
-    recipe.train(model, (x_train, y_train), dataset=dataset, seed=seed, verbose=verbose)
-    seconds = time.perf_counter() - start
-    scores = evaluate(model, SoftmaxCrossEntropy(), x_test, test[1])
-    model.metadata = {
-        "class_names": list(class_names), "input_shape": list(x_train.shape[1:]),
-        "dataset": dataset, "hyperparameters": config,
-        "normalization": {"mean": normalize.mean.tolist(), "std": normalize.std.tolist()},
-    }
-    model.save(out / "best_model.safetensors")
-    result = {"test_accuracy": scores["acc"], "test_loss": scores["loss"],
-              "train_images": len(x_train), "test_images": len(x_test), "epochs": epochs,
-              "train_seconds": seconds, "hyperparameters": config,
-              "model_file": str(out / "best_model.safetensors")}
-    atomic_write_bytes(out / "retrain.json", json.dumps(result, indent=2).encode())
-    return result
+        print(f"retraining the best configuration on all {len(data.train[1]):,} training images "
+              f"for {search.epochs} epoch(s)")
+    return train_run(recipe_of(config, search.epochs, search.label_smoothing), data,
+                     search.out / "best_run", seed=search.seed, watch_test=False,
+                     backend_name=search.backend_name, verbose=verbose,
+                     metadata={"hyperparameters": config})
 
 
 def _print_summary(summary):

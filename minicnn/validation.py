@@ -7,6 +7,7 @@ layer and the expected vs actual shape or dtype instead of a traceback from insi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -107,3 +108,61 @@ def check_number(value, what: str, where: str, low=None, high=None, high_open: b
     if high is not None and (value >= high if high_open else value > high):
         raise error(f"{where}: {what} must be {'<' if high_open else '<='} {high}, got {value}")
     return float(value)
+
+
+# -- rules for settings, declared once where the setting is defined -------------------------------
+#
+# A table of rules, ``{name: rule}``, sits next to what it describes (tunable_cnn's arguments in
+# minicnn.models, a recipe's settings in minicnn.recipes), and every place that takes those
+# settings (the function itself, a recipe, minicnn tune's search space) checks them with it.
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number (not a bool) of ``kind`` (int or float) with optional bounds; ``open_low``
+    / ``open_high`` exclude the bound itself; ``odd`` asks for an odd integer."""
+
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    odd: bool = False
+
+    def check(self, value, name: str, where: str):
+        """``value`` converted to ``kind``; a ValueError naming ``name`` and the rule otherwise."""
+        if not is_number(value):
+            raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+        if self.kind is int:
+            if int(value) != value:
+                raise ValueError(f"{where}: {name} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            raise ValueError(f"{where}: {name} must be {'>' if self.open_low else '>='} "
+                             f"{self.low:g}, got {value!r}")
+        if self.high is not None and (value > self.high or (self.open_high and value == self.high)):
+            raise ValueError(f"{where}: {name} must be {'<' if self.open_high else '<='} "
+                             f"{self.high:g}, got {value!r}")
+        if self.odd and value % 2 == 0:
+            raise ValueError(f"{where}: {name} must be odd, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few names."""
+
+    choices: tuple[str, ...]
+    kind: type = str
+
+    def check(self, value, name: str, where: str):
+        if value not in self.choices:
+            raise ValueError(f"{where}: {name} must be one of {', '.join(self.choices)}, got "
+                             f"{value!r}")
+        return value
+
+
+def check_settings(rules: dict, values: dict, where: str) -> dict:
+    """Every value of ``values`` checked (and converted) by its rule in ``rules``."""
+    return {name: rules[name].check(value, name, where) for name, value in values.items()}

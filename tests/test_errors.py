@@ -240,13 +240,13 @@ def test_data_loader_refuses_object_images_and_float_labels():
 def test_sequential_backward_validates_the_gradient():
     model, x, _ = _toy()
     model.forward(x, training=True)
-    with pytest.raises(ValueError, match=r"Sequential.backward: expected dL/d\(output\) shaped like "
-                                         r"the last output \(6, 3\).*got \(6, 2\)"):
+    with pytest.raises(ValueError, match=r"Dense \(layer 4, the model's last\): backward expects "
+                                         r"dL/dy shaped like the last output \(6, 3\), got \(6, 2\)"):
         model.backward(np.zeros((6, 2), np.float32))
-    with pytest.raises(TypeError, match="expected dL/d\\(output\\) as a float array, got list"):
+    with pytest.raises(TypeError, match="expects dL/dy as a float array, got list"):
         model.backward([[0.0] * 3] * 6)
-    with pytest.raises(TypeError, match="Dense: backward expects a float32 or float64 gradient, "
-                                        "got dtype int64"):
+    with pytest.raises(TypeError, match=r"Dense \(layer 4, the model's last\): backward expects a "
+                                        r"float32 or float64 gradient, got dtype int64"):
         model.backward(np.zeros((6, 3), np.int64))
 
 

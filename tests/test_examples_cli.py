@@ -105,12 +105,13 @@ def test_every_recipe_builds_its_model_with_its_options():
     from minicnn.recipes import RECIPES
 
     shapes = {"cifar10": (3, 32, 32), "digits": (1, 8, 8), "folder": (3, 32, 32)}
+    datasets = {"mnist-fast": "mnist", "mnist-long": "mnist", "studio-demo": "mnist"}
     for name, recipe in RECIPES.items():
         shape = shapes.get(name, (1, 28, 28))
         net = recipe.check(name).build_model(shape, 10, seed=0)
         assert net.predict(np.zeros((2, *shape), np.float32)).shape == (2, 10)
         assert recipe.build_optimizer(net.parameters()).lr == recipe.lr
-        transform = recipe.augmentation(name, shape)
+        transform = recipe.augmentation(datasets.get(name, name), shape)
         assert (transform is None) == (recipe.augment == 0)
     # the fast recipe really is narrower and shorter than the default, which is shorter than
     # --long (which also augments)

@@ -114,3 +114,31 @@ def test_optimizer_argument_errors():
         SGD([param([0.0])], lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="beta must be < 1"):
         Adam([param([0.0])], betas=(0.9, 1.0))
+
+
+def test_restored_state_goes_to_each_parameters_own_backend(monkeypatch):
+    """Two models on two backends share one optimizer; the process default is a third choice.
+    A checkpoint's moments must land where their parameter lives (for a GPU model: the GPU),
+    not on the default backend. On the CPU both backends hold numpy arrays, so the test watches
+    which backend each array is sent to."""
+    from minicnn import backend
+    from minicnn.layers import Dense
+
+    first = mc.Sequential([Dense(3, 2)], seed=0).to("numpy")
+    second = mc.Sequential([Dense(2, 2)], seed=1).to("numba")
+    opt = Adam(first.parameters() + second.parameters())
+    for p in opt.params:
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    saved = opt.state_arrays()
+    sent = {}
+    real = backend.to_device
+    monkeypatch.setattr(backend, "to_device", lambda array, name=None: sent.setdefault(
+        id(array), name) and real(array, name))
+    fresh = Adam(first.parameters() + second.parameters())
+    fresh.load_state_arrays(saved, opt.step_count)
+    owners = {key: opt.params[int(key.split(".")[0])].backend for key in saved}
+    assert {key: sent[id(saved[key])] for key in saved} == owners
+    assert set(owners.values()) == {"numpy", "numba"}
+    for key, value in fresh.state_arrays().items():
+        np.testing.assert_array_equal(value, saved[key])

@@ -184,7 +184,8 @@ def test_strings_from_the_data_are_escaped_in_the_page_and_drawn_literally(tmp_p
     result = write_report(model, x, y, hostile, tmp_path, dataset="<b>folder</b>", verbose=0)
     page = result["html"].read_text()
     assert "<script>" not in page and "<b>folder</b>" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
-    assert "a &amp; b &quot;quoted&quot;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    assert "a &amp; b &#34;quoted&#34;" in page
+    assert "&lt;b&gt;folder&lt;/b&gt;" in page
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["class_names"] == hostile

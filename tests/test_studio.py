@@ -134,8 +134,12 @@ def test_bad_requests_are_refused_with_a_message(studio, request_, message):
 
 @pytest.fixture(scope="module")
 def server(studio):
-    training = DemoTraining(lambda: (np.random.default_rng(0).standard_normal(
-        (4000, 1, 28, 28)).astype(np.float32), np.arange(4000) % 10))
+    from minicnn.recipes import prepare_data
+
+    x = np.random.default_rng(0).standard_normal((4000, 1, 28, 28)).astype(np.float32)
+    y = np.arange(4000) % 10
+    noise = ((x, y), (x[:20], y[:20]), [str(c) for c in range(10)])
+    training = DemoTraining(lambda limit: prepare_data("mnist", loaded=noise, limit=limit))
     server = make_server(StudioApp(studio, training, verbose=0))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -67,12 +67,16 @@ def test_tiny_study_writes_its_outputs_resumes_and_retrains(tmp_path, capsys):
     assert rows[:3] == first  # earlier trials are kept as they were
     assert len(_csv_rows(out / "trials.csv")) == 5
     assert 0 <= summary["test_accuracy"] <= 1
-    retrain = json.loads((out / "retrain.json").read_text())
+    retrain = json.loads((out / "best_run" / "results.json").read_text())
     assert retrain["train_images"] == 500
     assert retrain["test_images"] == len(minicnn.data.load_digits()[1][1])
-    model = minicnn.load_model(out / "best_model.safetensors")
+    model = minicnn.load_model(out / "best_run" / "model.safetensors")
     assert model.config()["layers"] == json.loads((out / "best.json").read_text())["model"]["layers"]
     assert model.metadata["normalization"] and model.metadata["class_names"][0] == "0"
+    # the best model is evaluated on exactly the test images it was scored on
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "best_run" / "model.safetensors"), "--quiet"]) == 0
+    assert f"accuracy {summary['test_accuracy']:.2%}" in capsys.readouterr().out
 
     # a finished study runs nothing more, and other settings are refused instead of mixed in
     assert minicnn.tune("digits", trials=5, epochs=1, limit=500, space=TINY_SPACE, out=out,
@@ -226,3 +230,29 @@ def test_without_optuna_the_error_names_the_extra_to_install(monkeypatch, tmp_pa
         minicnn.tune("digits", trials=1, out=tmp_path)
     assert main(["tune", "--dataset", "digits", "--trials", "1", "--out", str(tmp_path)]) == 2
     assert 'pip install "minicnn[tune]"' in capsys.readouterr().err
+
+
+def test_the_best_model_of_a_search_on_a_flat_image_folder_can_be_evaluated(tmp_path, capsys):
+    """A flat folder's test images are drawn with the seed: the retrained model records which,
+    so ``minicnn evaluate`` scores exactly those (and refuses once the folder changed)."""
+    _needs_optuna()
+    from PIL import Image
+
+    folder = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    for name in ("circle", "square"):
+        (folder / name).mkdir(parents=True)
+        for i in range(15):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                folder / name / f"{i}.png")
+    out = tmp_path / "tune"
+    assert main(["tune", "--image-folder", str(folder), "--image-size", "8", "--trials", "2",
+                 "--epochs", "1", "--width", "4", "--blocks", "1", "--kernel-size", "3",
+                 "--seed", "2", "--retrain-best", "--no-plots", "--quiet", "--out",
+                 str(out)]) == 0
+    results = json.loads((out / "best_run" / "results.json").read_text())
+    assert main(["evaluate", str(out / "best_run" / "model.safetensors"), "--image-folder",
+                 str(folder), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"accuracy {results['test_accuracy']:.2%}" in printed
+    assert f"({results['test_images']:,} images)" in printed

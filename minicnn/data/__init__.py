@@ -7,7 +7,8 @@ images in [0, 1] and int64 labels. Nothing is read, downloaded or compiled at im
 - :func:`load_cifar10`: the python-pickle batches, read safely (``minicnn.data.cifar``)
 - :func:`load_digits`: scikit-learn's 8x8 digits
 - :func:`load_image_folder`: your own images, one folder per class
-- :func:`load_dataset`: any of these by name
+- :data:`DATASETS`: each dataset's record (its loader, whether its split is drawn by a seed,
+  whether flips keep the class, classes, channels); :func:`load_dataset`: any of them by name
 
 Where the files are looked for (and downloaded to) is described in ``minicnn.data.sources``;
 parsed arrays are cached as .npy (``minicnn.data.cache``).
@@ -20,7 +21,7 @@ from .image_folder import IMAGE_EXTENSIONS, load_image_folder
 from .images import decode_image
 from .loader import DataLoader
 from .mnist import load_fashion_mnist, load_mnist
-from .registry import DATASETS, load_dataset
+from .registry import BUILT_IN, DATASETS, Dataset, dataset, load_dataset
 from .sources import DatasetNotFoundError, user_cache_dir
 from .transforms import (
     Compose,
@@ -37,9 +38,9 @@ from .transforms import (
 )
 
 __all__ = [
-    "DATASETS", "IMAGE_EXTENSIONS", "Compose", "DataLoader", "DatasetFileError", "DatasetNotFoundError",
-    "Normalize", "RandomAffine", "RandomCrop", "RandomHorizontalFlip", "RandomRotation", "RandomScale",
-    "RandomTranslation", "Transform", "decode_image", "load_cifar10", "load_dataset", "load_digits",
-    "load_fashion_mnist", "load_image_folder", "load_mnist", "parse_idx", "preview", "read_idx",
-    "user_cache_dir", "warp_affine",
+    "BUILT_IN", "DATASETS", "IMAGE_EXTENSIONS", "Compose", "DataLoader", "Dataset", "DatasetFileError",
+    "DatasetNotFoundError", "Normalize", "RandomAffine", "RandomCrop", "RandomHorizontalFlip",
+    "RandomRotation", "RandomScale", "RandomTranslation", "Transform", "dataset", "decode_image",
+    "load_cifar10", "load_dataset", "load_digits", "load_fashion_mnist", "load_image_folder",
+    "load_mnist", "parse_idx", "preview", "read_idx", "user_cache_dir", "warp_affine",
 ]

@@ -162,6 +162,12 @@ def _check_size(size) -> tuple[int, int]:
     return height, width
 
 
+def split_is_drawn(root) -> bool:
+    """Whether a folder's images are split into train and test by a seed (one folder per
+    class), rather than given (``train/`` and ``test/`` or ``val/``)."""
+    return "all" in _find_layout(Path(root))
+
+
 def _find_layout(root: Path) -> dict[str, Path]:
     if (root / "train").is_dir():
         for test_name in ("test", "val"):

@@ -93,6 +93,20 @@ def pair(value, what: str, layer: str, minimum: int) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def check_output_gradient(dy, output_shape: tuple, where: str) -> None:
+    """Refuse a dL/dy that cannot belong to the last forward pass, whose output had
+    ``output_shape``: a TypeError/ValueError starting with ``where`` (the layer's name)."""
+    if not backend.is_array(dy):
+        raise TypeError(f"{where}: backward expects dL/dy as a float array, got "
+                        f"{type(dy).__name__}")
+    if dy.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{where}: backward expects a float32 or float64 gradient, got dtype "
+                        f"{dy.dtype}")
+    if tuple(dy.shape) != output_shape:
+        raise ValueError(f"{where}: backward expects dL/dy shaped like the last output "
+                         f"{output_shape}, got {tuple(dy.shape)}")
+
+
 def shape_text(shape) -> str:
     """``(1, 32, 28, 28)``: a shape as the studio's formulas print it."""
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"
@@ -148,20 +162,9 @@ class Layer:
         return self._backward(dy, input_grad)
 
     def _check_output_gradient(self, dy) -> None:
-        """Refuse a dL/dy that cannot belong to the last forward pass (a TypeError/ValueError
-        naming the layer and the expected shape)."""
         if self._output_shape is None:
             raise RuntimeError(f"{self.name}: backward() called before forward()")
-        if not backend.is_array(dy):
-            raise TypeError(f"{self.name}: backward expects an array, got {type(dy).__name__}")
-        if dy.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{self.name}: backward expects a float32 or float64 gradient, got "
-                            f"dtype {dy.dtype}")
-        if tuple(dy.shape) != self._output_shape:
-            raise ValueError(
-                f"{self.name}: backward expects a gradient shaped like the last output "
-                f"{self._output_shape}, got {tuple(dy.shape)}"
-            )
+        check_output_gradient(dy, self._output_shape, self.name)
 
     def __call__(self, x, training: bool = False):
         return self.forward(x, training)

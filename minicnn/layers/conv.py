@@ -217,10 +217,7 @@ class Conv2D(Layer):
         layer = cls(module.in_channels, module.out_channels, module.kernel_size,
                     stride=module.stride, padding=module.padding, bias=module.bias is not None,
                     dtype=weight.dtype)
-        layer.weight.data = weight
-        if module.bias is not None:
-            layer.bias.data = bridge.array(module.bias)
-        return layer
+        return bridge.with_weights(layer, weight, module.bias)
 
     def to_onnx(self, graph, x, name):
         (ph, pw) = self.padding

@@ -124,10 +124,7 @@ class Dense(Layer):
         weight = bridge.array(module.weight).T.copy()
         layer = cls(module.in_features, module.out_features, bias=module.bias is not None,
                     dtype=weight.dtype)
-        layer.weight.data = weight
-        if module.bias is not None:
-            layer.bias.data = bridge.array(module.bias)
-        return layer
+        return bridge.with_weights(layer, weight, module.bias)
 
     def to_onnx(self, graph, x, name):
         weight = graph.weight(f"{name}.weight", self.weight)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..validation import check_float_array, check_positive_int, is_int
-from .base import Layer
+from .base import Layer, check_output_gradient
 from .registry import inner_arrays, register
 
 
@@ -205,18 +205,8 @@ class Sequential(Layer):
         last = self.layers[-1]
         if last._output_shape is None:
             raise RuntimeError("Sequential: backward() called before forward()")
-        if not backend.is_array(dy):
-            raise TypeError(f"Sequential.backward: expected dL/d(output) as a float array, got "
-                            f"{type(dy).__name__}")
-        if tuple(dy.shape) != last._output_shape:
-            raise ValueError(
-                f"Sequential.backward: expected dL/d(output) shaped like the last output "
-                f"{last._output_shape} (layer {len(self.layers) - 1}, {last.name}), got "
-                f"{tuple(dy.shape)}"
-            )
-        if dy.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{last.name}: backward expects a float32 or float64 gradient, got "
-                            f"dtype {dy.dtype}")
+        check_output_gradient(dy, last._output_shape,
+                              f"{last.name} (layer {len(self.layers) - 1}, the model's last)")
 
     __call__ = forward
 

@@ -25,8 +25,8 @@ from .training import AttachedTraining, DemoTraining, TrainingMonitor
 
 
 def default_model_path(verbose: int = 1) -> Path:
-    """A small MNIST model for the studio, trained once (``--fast`` recipe, about 10-15 s on 2
-    cores) and kept in the user cache."""
+    """A small MNIST model for the studio, trained once (one epoch of the ``mnist-fast`` recipe)
+    and kept in the user cache."""
     from ..data.sources import user_cache_dir
     from ..recipes import train_classifier
 
@@ -35,17 +35,9 @@ def default_model_path(verbose: int = 1) -> Path:
     if not path.is_file():
         if verbose:
             print(f"No model given: training a small MNIST model first (one epoch of the --fast "
-                  f"recipe, about 15 s on 2 cores); it is kept in {folder}", file=sys.stderr)
+                  f"recipe, less than a minute); it is kept in {folder}", file=sys.stderr)
         train_classifier("mnist", recipe="mnist-fast", out=folder, verbose=verbose)
     return path
-
-
-def _mnist_training_images():
-    from ..data import Normalize
-    from ..recipes import load_data
-
-    (x, y), _, _ = load_data("mnist", verbose=0)
-    return Normalize.fit(x)(x, None), y
 
 
 def build_app(model_path=None, verbose: int = 1, demo_training: bool = True) -> StudioApp:
@@ -61,7 +53,7 @@ def build_app(model_path=None, verbose: int = 1, demo_training: bool = True) -> 
     if metadata.get("dataset") and metadata["dataset"] != "folder":
         images, labels, _ = load_test_data(metadata["dataset"], None, metadata, verbose=0)
     studio = Studio(model, test_images=images, test_labels=labels)
-    training = DemoTraining(_mnist_training_images) if demo_training else None
+    training = DemoTraining() if demo_training else None
     return StudioApp(studio, training, verbose=verbose)
 
 

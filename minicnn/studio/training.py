@@ -77,12 +77,15 @@ class TrainingMonitor(Callback):
 
 
 class DemoTraining:
-    """A short run the page can start: ``mnist_cnn`` 8 channels wide on the first 12,800 MNIST
-    training images, AdamW, batches of 64, gradient flow every 20 steps."""
+    """The short run the page can start: the ``studio-demo`` recipe (``mnist_cnn`` 8 channels
+    wide, one epoch) on the first ``steps`` batches of MNIST, gradient flow every 20 steps.
+    ``prepare`` gives its data (default: :func:`minicnn.recipes.prepare_data` on MNIST)."""
 
-    def __init__(self, load_data=None):
-        self.load_data = load_data
-        self.available = load_data is not None
+    def __init__(self, prepare=None):
+        from ..recipes import prepare_data
+
+        self.prepare = prepare or (lambda limit: prepare_data("mnist", limit=limit, verbose=0))
+        self.available = True
         self.monitor = None
         self.thread = None
         self.error = None
@@ -100,15 +103,14 @@ class DemoTraining:
         return {"started": True, "steps": steps}
 
     def _run(self, steps: int) -> None:
-        from .. import fit, losses, models, optim
+        from ..recipes import RECIPES
 
         try:
-            x, y = self.load_data()
-            x, y = x[:steps * 64], y[:steps * 64]
-            model = models.mnist_cnn(width=8, dropout=0.0)
-            fit(model, losses.SoftmaxCrossEntropy(), optim.AdamW(model.parameters(), lr=3e-3),
-                (x, y), epochs=1, batch_size=64, verbose=0, callbacks=[self.monitor],
-                diagnostics=20)
+            recipe = RECIPES["studio-demo"]
+            data = self.prepare(steps * recipe.batch_size)
+            model = recipe.build_model(data.input_shape, len(data.class_names), seed=0)
+            recipe.train(model, data.train, dataset=data.dataset, seed=0,
+                         callbacks=[self.monitor], diagnostics=20)
         except Exception as err:  # shown on the page; the server keeps serving
             self.error = f"{type(err).__name__}: {err}"
             with self.monitor.lock:

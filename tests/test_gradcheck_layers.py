@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from minicnn import naive
 from minicnn.gradcheck import check_layer, check_loss
 from minicnn.layers import (
+    ELU,
     LAYER_TYPES,
     AvgPool2D,
     BatchNorm2D,
@@ -138,9 +139,10 @@ def test_dense_gradients(n, fan_in, fan_out, bias, seed):
     assert_gradients_match(errors)
 
 
-@covers(ReLU, LeakyReLU, Sigmoid, Tanh)
-@pytest.mark.parametrize("make", [ReLU, lambda: LeakyReLU(0.1), LeakyReLU, Sigmoid, Tanh],
-                         ids=["relu", "leaky0.1", "leaky", "sigmoid", "tanh"])
+@covers(ReLU, LeakyReLU, Sigmoid, Tanh, ELU)
+@pytest.mark.parametrize("make", [ReLU, lambda: LeakyReLU(0.1), LeakyReLU, Sigmoid, Tanh,
+                                  lambda: ELU(0.5)],
+                         ids=["relu", "leaky0.1", "leaky", "sigmoid", "tanh", "elu0.5"])
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)),
        scale=st.floats(0.1, 1.0), seed=seeds)
 def test_activation_gradients(make, shape, scale, seed):

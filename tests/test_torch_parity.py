@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import minicnn as mc
 from minicnn.layers import (
+    ELU,
     AvgPool2D,
     BatchNorm2D,
     Conv2D,
@@ -77,6 +78,7 @@ def test_simple_layers_match_torch():
     F = torch.nn.functional
     run_both(ReLU(), F.relu, x)
     run_both(LeakyReLU(0.2), lambda t: F.leaky_relu(t, 0.2), x)
+    run_both(ELU(0.7), lambda t: F.elu(t, 0.7), x)
     run_both(Sigmoid(), torch.sigmoid, x)
     run_both(Tanh(), torch.tanh, x)
     run_both(Flatten(), lambda t: t.flatten(1), x)

@@ -6,11 +6,10 @@ stopping, saving the best model, the progress bar, checkpoints; gradient-flow wa
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
-from .validation import is_int, is_number
 
 # -- history ------------------------------------------------------------------------------------
 
@@ -96,21 +95,6 @@ class EpochTotals:
     def images_per_s(self) -> float:
         return self.seen / max(self.seconds, 1e-9)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> EpochTotals:
-        """Totals from ``to_dict()``; raises ValueError unless it holds exactly the four finite
-        numbers (counts as whole numbers >= 0)."""
-        names = [f.name for f in fields(cls)]
-        if not isinstance(values, dict) or sorted(values) != sorted(names) or not all(
-                is_number(values[n]) and values[n] >= 0 for n in names) or not all(
-                is_int(values[n]) for n in ("correct", "seen")):
-            raise ValueError(f"epoch totals must be {{{', '.join(names)}}}: finite numbers >= 0 "
-                             f"(correct and seen whole), got {values!r}")
-        return cls(**values)
-
 
 # -- callbacks ----------------------------------------------------------------------------------
 
@@ -123,7 +107,7 @@ class Callback:
     a time: ``on_layer_forward`` after each layer's output y, from the first layer up, and
     ``on_layer_backward`` after each layer turned dy into dx (its parameters' ``.grad``
     filled), from the last layer down; ``on_before_update`` comes just before
-    ``optimizer.step()``. A step nobody watches runs ``model.forward``/``backward`` whole."""
+    ``optimizer.step()``."""
 
     def on_train_begin(self, trainer) -> None: ...
     def on_epoch_begin(self, trainer, epoch: int) -> None: ...

@@ -20,6 +20,7 @@ mismatched checkpoint raises ModelFileError and leaves the run as it was.
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import backend, io
@@ -40,7 +41,7 @@ def save_checkpoint(path, trainer) -> Path:
         "version": CHECKPOINT_VERSION,
         "loader": trainer.loader.state_dict(),
         "global_step": trainer.global_step,
-        "epoch_totals": trainer.totals.to_dict(),
+        "epoch_totals": asdict(trainer.totals),
         "optimizer": {"type": type(opt).__name__, "lr": opt.lr, "step_count": opt.step_count,
                       "state_keys": sorted(opt.state_arrays())},
         "rng": {name: rng.bit_generator.state for name, rng in model.named_generators().items()},
@@ -145,16 +146,16 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
             raise ModelFileError(f"random state for layer {name}, which has no generator")
         # try the state on a scratch generator of the same kind (it validates the dict)
         type(generators[name].bit_generator)().state = rng_state
-    if state["version"] == 1:
+    names = [f.name for f in fields(EpochTotals)]
+    if state["version"] == 1:  # the totals as a list, in the order of EpochTotals' fields
         sums = state["epoch_sums"]
-        if not (isinstance(sums, list) and len(sums) == 4 and all(is_number(v) for v in sums)):
-            raise ModelFileError("epoch_sums must be a list of 4 finite numbers")
-        state = {**state, "epoch_totals": {"loss_sum": float(sums[0]), "correct": int(sums[1]),
-                                           "seen": int(sums[2]), "seconds": float(sums[3])}}
-    try:
-        totals = EpochTotals.from_dict(state["epoch_totals"])
-    except ValueError as err:
-        raise ModelFileError(str(err)) from None
+        totals = dict(zip(names, sums)) if isinstance(sums, list) and len(sums) == 4 else sums
+    else:
+        totals = state["epoch_totals"]
+    if not (isinstance(totals, dict) and sorted(totals) == sorted(names)
+            and all(is_number(totals[n]) and totals[n] >= 0 for n in names)):
+        raise ModelFileError(f"the epoch totals must be {', '.join(names)}: numbers >= 0, got "
+                             f"{totals!r}")
     epochs = state["history"]["epochs"]
     if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
         raise ModelFileError("history must be a list of per-epoch records")
@@ -164,7 +165,8 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
     if not isinstance(state["callbacks"], list) or not isinstance(state["loader"], dict):
         raise ModelFileError("callbacks and loader states have the wrong types")
     return {"lr": lr, "step_count": opt["step_count"], "global_step": state["global_step"],
-            "epoch_totals": totals}
+            "epoch_totals": EpochTotals(float(totals["loss_sum"]), int(totals["correct"]),
+                                        int(totals["seen"]), float(totals["seconds"]))}
 
 
 __all__ = ["CHECKPOINT_VERSION", "load_checkpoint", "restore_checkpoint", "save_checkpoint"]

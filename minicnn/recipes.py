@@ -27,7 +27,7 @@ import numpy as np
 
 from . import models, optim
 from .atomic import atomic_write_bytes
-from .data import Normalize
+from .data import Compose, DataLoader, Normalize, RandomAffine, RandomCrop, RandomHorizontalFlip
 from .data import dataset as dataset_record
 from .diagnostics import gradient_flow_warnings
 from .losses import SoftmaxCrossEntropy
@@ -96,8 +96,6 @@ class Recipe:
         """The random transform of the training batches, or None (``augment`` = 0): crops and
         flips for a dataset whose mirrored images keep their class (photos), small rotations,
         zooms and shifts for one whose don't (digits)."""
-        from .data import Compose, RandomAffine, RandomCrop, RandomHorizontalFlip
-
         s = float(self.augment)
         if s <= 0:
             return None
@@ -122,8 +120,6 @@ class Recipe:
               verbose: int = 0, **fit_options):
         """Train ``model`` on ``train`` = (x, y) with this recipe; returns its History.
         ``fit_options`` go to :func:`minicnn.fit` (checkpoint, resume, val_name, ...)."""
-        from .data import DataLoader
-
         x, y = train
         loader = DataLoader(x, y, batch_size=self.batch_size, shuffle=True, seed=seed,
                             transform=self.augmentation(dataset, x.shape[1:]))
@@ -165,8 +161,6 @@ RECIPES = {
 def normalize_as_trained(x, metadata):
     """Normalize images the way a model's training data was: its metadata (written by
     ``train_classifier``) records the per-channel mean and std. Unchanged when it records none."""
-    from .data import Normalize
-
     norm = (metadata or {}).get("normalization")
     if not norm:
         return x
@@ -214,21 +208,25 @@ def load_test_data(dataset: str, data_dir, metadata: dict, verbose: int = 1):
     its split, or whose held-out images cannot be drawn again (the files changed, another flat
     folder), raises :class:`SplitMismatchError`: scoring it would count images it was trained on.
     """
-    shape = metadata.get("input_shape") or [3, 32, 32]
-    folder = {"image_size": tuple(shape[1:]), "channels": shape[0]} if dataset == "folder" else {}
-    if not (dataset_record(dataset).split_is_drawn(data_dir) and dataset == metadata.get("dataset")):
-        _, (x_test, y_test), names = load_data(dataset, data_dir, verbose=verbose, **folder)
+    record = dataset_record(dataset)
+    shape = metadata.get("input_shape") or [3, 32, 32]  # an image folder is read at this size
+
+    def held_out(seed=0):
+        _, (x_test, y_test), names = load_data(dataset, data_dir, tuple(shape[1:]), shape[0],
+                                               seed=seed, verbose=verbose)
         return x_test, y_test, names
+
+    if not (record.split_is_drawn(data_dir) and dataset == metadata.get("dataset")):
+        return held_out()
     split = metadata.get("split")
-    where = "this image folder" if dataset == "folder" else dataset
+    where = "this image folder" if record.needs_path else dataset
     if not isinstance(split, dict) or not isinstance(split.get("seed"), int):
         raise SplitMismatchError(
             f"the model file does not record the train/test split it was trained with, and "
             f"{where} is split by a seed: its held-out images cannot be told apart from its "
             "training images. Retrain it with this version of minicnn (model files now record "
             "the split), or evaluate on a test set of its own (a folder with train/ and test/).")
-    _, (x_test, y_test), names = load_data(dataset, data_dir, seed=split["seed"], verbose=verbose,
-                                           **folder)
+    x_test, y_test, names = held_out(split["seed"])
     if held_out_fingerprint(x_test, y_test) != split.get("test_sha256"):
         raise SplitMismatchError(
             f"the held-out images of {where}, drawn again with the model's seed "

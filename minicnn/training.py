@@ -39,11 +39,8 @@ from .callbacks import (  # noqa: F401 (the callbacks' public home is also minic
 )
 from .checkpoints import restore_checkpoint, save_checkpoint
 from .diagnostics import GradientFlow
-from .validation import (
-    check_float_array,
-    check_labels,
-    check_positive_int,
-)
+from .optim import Optimizer
+from .validation import check_float_array, check_labels, check_positive_int
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -163,17 +160,14 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------
     def train_step(self, xb, yb) -> tuple[float, int]:
-        """Forward, loss and backward of one batch (the optimizer step is the loop's). A step
-        that a callback watches (``Callback.watches_layers``) runs the same pass one layer at a
-        time (``Sequential.forward_steps`` / ``backward_steps``), showing each layer's output
-        and gradient to the watchers."""
+        """Forward, loss and backward of one batch (the optimizer step is the loop's), one layer
+        at a time (``Sequential.forward_steps`` / ``backward_steps``: ``model.forward`` and
+        ``model.backward``, step by step), so that the callbacks watching this step
+        (``Callback.watches_layers``) see each layer's output and gradient."""
         watchers = [e for e in self.extensions if e.watches_layers(self.global_step + 1)]
-        if watchers:
-            for index, layer, logits in self.model.forward_steps(xb, training=True):
-                for watcher in watchers:
-                    watcher.on_layer_forward(self, index, layer, logits)
-        else:
-            logits = self.model.forward(xb, training=True)
+        for index, layer, logits in self.model.forward_steps(xb, training=True):
+            for watcher in watchers:
+                watcher.on_layer_forward(self, index, layer, logits)
         if not bool(backend.array_module(logits).isfinite(logits).all()):
             return math.nan, 0  # the guard in run_epoch finds out where it came from
         loss = self.loss_fn.forward(logits, yb)
@@ -181,13 +175,10 @@ class Trainer:
             return loss, 0
         correct = int((logits.argmax(axis=1) == yb).sum())
         self.optimizer.zero_grad()
-        if watchers:
-            for index, layer, dy, dx in self.model.backward_steps(self.loss_fn.backward(),
-                                                                  input_grad=False):
-                for watcher in watchers:
-                    watcher.on_layer_backward(self, index, layer, dy, dx)
-        else:
-            self.model.backward(self.loss_fn.backward(), input_grad=False)
+        for index, layer, dy, dx in self.model.backward_steps(self.loss_fn.backward(),
+                                                              input_grad=False):
+            for watcher in watchers:
+                watcher.on_layer_backward(self, index, layer, dy, dx)
         return loss, correct
 
     # -- the guard --------------------------------------------------------------------------
@@ -334,8 +325,7 @@ def _check_training_job(model, optimizer, train, val, callbacks, checkpoint, bat
                         shuffle, transform, seed):
     """Check a training job's arguments (TypeError / ValueError naming the one that is wrong);
     returns the DataLoader of ``train``."""
-    from .data.loader import DataLoader
-    from .optim import Optimizer
+    from .data.loader import DataLoader  # minicnn.data loads on first use, not with minicnn
 
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"fit: optimizer must be a minicnn.optim optimizer, got "

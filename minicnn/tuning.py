@@ -38,6 +38,7 @@ even import this module until ``minicnn.tune`` is first used.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
@@ -51,7 +52,7 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .data import Normalize
 from .data.utils import stratified_split
-from .models import ACTIVATIONS, TUNABLE_CNN_RULES
+from .models import ACTIVATIONS, TUNABLE_CNN_RULES, tunable_cnn
 from .recipes import OPTIMIZERS, RECIPE_RULES, RECIPES, Recipe, load_data, prepare_data, train_run
 from .training import Callback, TrainingDivergedError
 from .validation import check_positive_int
@@ -76,14 +77,6 @@ DEFAULT_SPACE = {
     "dropout": {"low": 0.0, "high": 0.5},
     "augment": {"low": 0.0, "high": 1.0},
     "blocks": [1, 2, 3],
-}
-
-#: the configuration trained when nothing is tuned: the ``mnist_cnn`` network with the
-#: training settings of the dataset's recipe (``minicnn.recipes.RECIPES``) where it has one
-DEFAULT_CONFIG = {
-    "lr": 4e-3, "batch_size": 32, "optimizer": "adamw", "weight_decay": 5e-4,
-    "width": 32, "kernel_size": 3, "activation": "relu", "dropout": 0.25,
-    "augment": 0.0, "blocks": 3,
 }
 
 INSTALL_HINT = 'pip install "minicnn[tune]"'
@@ -227,13 +220,12 @@ def _baseline_params(space: dict, defaults: dict) -> tuple[dict, bool]:
 
 
 def default_config(dataset: str) -> dict:
-    """:data:`DEFAULT_CONFIG` with the dataset's recipe settings (lr, batch size, ...)."""
-    config = dict(DEFAULT_CONFIG)
-    recipe = RECIPES.get(dataset)
-    if recipe:
-        config.update(lr=recipe.lr, batch_size=recipe.batch_size,
-                      weight_decay=recipe.weight_decay, augment=recipe.augment)
-    return config
+    """The configuration trained when nothing is tuned: :func:`minicnn.models.tunable_cnn`'s
+    defaults (the ``mnist_cnn`` network) with the training settings of the dataset's recipe."""
+    recipe = RECIPES.get(dataset, Recipe())
+    network = inspect.signature(tunable_cnn).parameters
+    return {**{name: getattr(recipe, name) for name in TRAINING_PARAMETERS},
+            **{name: network[name].default for name in NETWORK_PARAMETERS}}
 
 
 # -- the objective: one trial trains one recipe ----------------------------------------------------
@@ -241,11 +233,9 @@ def default_config(dataset: str) -> dict:
 def recipe_of(config: dict, epochs: int, label_smoothing: float) -> Recipe:
     """The training recipe of a configuration: :func:`minicnn.models.tunable_cnn` with the
     configuration's network parameters, trained as the recipes are (one-cycle schedule)."""
-    return Recipe(model="tunable_cnn",
-                  model_options={k: config[k] for k in NETWORK_PARAMETERS},
-                  epochs=epochs, batch_size=config["batch_size"], optimizer=config["optimizer"],
-                  lr=config["lr"], weight_decay=config["weight_decay"],
-                  augment=config["augment"], label_smoothing=label_smoothing)
+    return Recipe(model="tunable_cnn", model_options={k: config[k] for k in NETWORK_PARAMETERS},
+                  epochs=epochs, label_smoothing=label_smoothing,
+                  **{k: config[k] for k in TRAINING_PARAMETERS})
 
 
 def _report_callback(trial, optuna):
@@ -542,8 +532,8 @@ def _write_outputs(optuna, study, search: Search, plots=True) -> dict:
     }
     if best is not None:
         config = best.user_attrs["config"]
-        model = recipe_of(config, settings["epochs"], settings["label_smoothing"]).build_model(
-            search.train[0].shape[1:], len(class_names), settings["seed"])
+        recipe = recipe_of(config, search.epochs, search.label_smoothing)
+        model = recipe.build_model(search.train[0].shape[1:], len(class_names), search.seed)
         summary["best"] = {"trial": best.number, "val_acc": best.value, "config": config}
         document = {
             "study_name": study.study_name, "storage": storage, "metric": "val_acc",
@@ -554,13 +544,8 @@ def _write_outputs(optuna, study, search: Search, plots=True) -> dict:
             "model_builder": {"function": "minicnn.models.tunable_cnn",
                               "kwargs": {k: config[k] for k in NETWORK_PARAMETERS},
                               "num_classes": len(class_names)},
-            "training": {"optimizer": config["optimizer"], "lr": config["lr"],
-                         "schedule": "one-cycle (peak lr, 25% warm-up), stepped per batch",
-                         "weight_decay": config["weight_decay"],
-                         "batch_size": config["batch_size"], "augment": config["augment"],
-                         "epochs": settings["epochs"],
-                         "label_smoothing": settings["label_smoothing"],
-                         "seed": settings["seed"]},
+            "training": {**recipe.to_dict(), "seed": search.seed,
+                         "schedule": "one-cycle (peak lr, 25% warm-up), stepped per batch"},
             "validation": {"fraction": settings["val_fraction"], "images": len(search.val[1]),
                            "seed": settings["seed"], "stratified": True},
             "dataset": settings["dataset"], "class_names": list(class_names),

@@ -98,16 +98,10 @@ def check_positive_int(value, what: str, where: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_number(value, what: str, where: str, low=None, high=None, high_open: bool = False,
-                 error=ValueError) -> float:
+def check_number(value, what: str, where: str, low=None, high=None,
+                 high_open: bool = False) -> float:
     """A finite real number (not a bool) in [low, high] (or [low, high) with ``high_open``)."""
-    if not is_number(value):
-        raise error(f"{where}: {what} must be a finite number, got {value!r}")
-    if low is not None and value < low:
-        raise error(f"{where}: {what} must be >= {low}, got {value}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise error(f"{where}: {what} must be {'<' if high_open else '<='} {high}, got {value}")
-    return float(value)
+    return Number(low=low, high=high, open_high=high_open).check(value, what, where)
 
 
 # -- rules for settings, declared once where the setting is defined -------------------------------
@@ -131,7 +125,7 @@ class Number:
     def check(self, value, name: str, where: str):
         """``value`` converted to ``kind``; a ValueError naming ``name`` and the rule otherwise."""
         if not is_number(value):
-            raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+            raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
         if self.kind is int:
             if int(value) != value:
                 raise ValueError(f"{where}: {name} must be an integer, got {value!r}")

@@ -1,8 +1,8 @@
 """The walk-through of docs/architecture.md ("how to add a layer"), checked: ELU was added by
-writing its class in minicnn/layers/activations.py (forward, backward, config, formula, to_torch,
-from_torch, to_onnx) with ``@register`` and exporting it from minicnn/layers/__init__.py. Nothing
-else in minicnn/ names it, yet it trains, saves and loads, shows its formula in the studio and
-travels to PyTorch and ONNX and back."""
+writing its class in minicnn/layers/activations.py (forward, backward, config, formula, its
+PyTorch and ONNX names and arguments) with ``@register`` and exporting it from
+minicnn/layers/__init__.py. Nothing else in minicnn/ names it, yet it trains, saves and loads,
+shows its formula in the studio and travels to PyTorch and ONNX and back."""
 
 import subprocess
 from pathlib import Path

@@ -328,7 +328,7 @@ def test_train_classifier_checks_settings_before_loading_data(tmp_path):
     for kwargs, message in [({"lr": 0.0}, "lr must be > 0"), ({"epochs": 0}, "epochs must be >= 1"),
                             ({"batch_size": -4}, "batch_size must be >= 1"),
                             ({"model": "gpt"}, "unknown model 'gpt'"),
-                            ({"weight_decay": float("nan")}, "weight_decay must be a number"),
+                            ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
                             ({"limit": 0}, "limit must be >= 1")]:
         with pytest.raises(ValueError, match=message):  # a missing dataset would say otherwise
             train_classifier("mnist", data_dir=tmp_path / "nothing", out=tmp_path / "run",

@@ -489,8 +489,7 @@ def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
         (dict(state=changed(rng={"0": {}})), "random state for layer 0, which has no generator"),
         (dict(state=changed(epoch_totals__correct="x")), "epoch totals must be"),
         (dict(state=changed(epoch_totals={"seen": 3})), "epoch totals must be"),
-        (dict(state=changed(version=1, epoch_sums=[0, "x"])),
-         "epoch_sums must be a list of 4 finite numbers"),
+        (dict(state=changed(version=1, epoch_sums=[0, "x"])), "epoch totals must be"),
         (dict(state=changed(history=5)), "malformed training state"),
         (dict(state=changed(loader=[])), "loader"),
     ]

@@ -98,7 +98,11 @@ def test_a_search_is_reproducible(tmp_path):
 
 
 def test_the_first_trial_is_the_default_configuration_when_the_space_holds_it():
-    from minicnn.tuning import DEFAULT_CONFIG, _baseline_params, default_config, parse_space
+    from minicnn.tuning import _baseline_params, default_config, parse_space
+
+    DEFAULT_CONFIG = {"lr": 4e-3, "batch_size": 32, "optimizer": "adamw", "weight_decay": 5e-4,
+                      "width": 32, "kernel_size": 3, "activation": "relu", "dropout": 0.25,
+                      "augment": 0.0, "blocks": 3}  # mnist_cnn, trained as the digits recipe
 
     params, exact = _baseline_params(parse_space(), default_config("digits"))
     assert exact and params == DEFAULT_CONFIG  # the digits recipe uses the defaults

@@ -35,7 +35,8 @@ class LeakyReLU(Layer):
     """``y = x`` for x > 0 and ``negative_slope * x`` otherwise.
     Backward: ``dx = dy * (1 if x > 0 else negative_slope)``."""
 
-    torch_name = "LeakyReLU"
+    torch_name, torch_arguments = "LeakyReLU", ("negative_slope",)
+    onnx_op, onnx_attributes = "LeakyRelu", {"alpha": "negative_slope"}
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
@@ -59,16 +60,6 @@ class LeakyReLU(Layer):
         return {"forward": [f"y = x if x > 0 else {self.negative_slope:g} * x"],
                 "backward": [f"dx = dy * (1 if x > 0 else {self.negative_slope:g})"],
                 "explain": "Like ReLU, but negative inputs keep a small slope."}
-
-    def to_torch(self, bridge):
-        return bridge.nn.LeakyReLU(self.negative_slope)
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        return cls(module.negative_slope)
-
-    def to_onnx(self, graph, x, name):
-        return graph.node("LeakyRelu", [x], name, alpha=float(self.negative_slope))
 
 
 @register
@@ -123,7 +114,8 @@ class ELU(Layer):
     ``alpha * exp(x)``, which is ``y + alpha``, so the cached output gives it without another
     exp."""
 
-    torch_name = "ELU"
+    torch_name, torch_arguments = "ELU", ("alpha",)
+    onnx_op, onnx_attributes = "Elu", {"alpha": "alpha"}
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
@@ -150,13 +142,3 @@ class ELU(Layer):
                 "backward": [f"dx = dy * (1 if x > 0 else y + {self.alpha:g})"],
                 "explain": "Like ReLU for positive inputs; negative ones bend smoothly towards "
                            f"-{self.alpha:g} and keep a gradient."}
-
-    def to_torch(self, bridge):
-        return bridge.nn.ELU(self.alpha)
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        return cls(module.alpha)
-
-    def to_onnx(self, graph, x, name):
-        return graph.node("Elu", [x], name, alpha=float(self.alpha))

@@ -118,10 +118,14 @@ class Layer:
     #: constructor arguments that hold lists of layers (containers): a config stores the inner
     #: layers' own configs there, and building from a config builds them first
     sublayer_fields: tuple[str, ...] = ()
-    #: the torch.nn module this layer is (``minicnn.interop``), when there is exactly one
+    #: the torch.nn module this layer is (``minicnn.interop``), when there is exactly one, and
+    #: the attributes it shares with it, in the order its constructor takes them
     torch_name: str | None = None
-    #: the ONNX operator this layer is, when it is one operator without attributes
+    torch_arguments: tuple[str, ...] = ()
+    #: the ONNX operator this layer is, when it is one, and its attributes: ``{ONNX name: this
+    #: layer's attribute}`` (floats)
     onnx_op: str | None = None
+    onnx_attributes: dict[str, str] = {}
 
     def __init__(self):
         self._cache = None
@@ -285,7 +289,8 @@ class Layer:
     #
     # The studio shows a layer's formula, minicnn.interop turns it into PyTorch and ONNX and back.
     # Each layer answers for itself here, so a new layer is one file (and ``@register``): the
-    # defaults below serve a layer without arguments that is one torch module and one ONNX op.
+    # defaults below serve a layer that is one torch module and one ONNX operator, named by
+    # the class attributes above.
 
     def formula(self, input_shape: tuple, output_shape: tuple) -> dict:
         """The forward and backward equations in the symbols of the docstring with these
@@ -299,20 +304,21 @@ class Layer:
         :class:`minicnn.interop.TorchBridge`)."""
         if self.torch_name is None:
             raise TypeError(f"to_torch: no PyTorch counterpart for {self.name}")
-        return getattr(bridge.nn, self.torch_name)()
+        return getattr(bridge.nn, self.torch_name)(*(getattr(self, a) for a in self.torch_arguments))
 
     @classmethod
     def from_torch(cls, module, bridge, path: str) -> Layer:
         """The layer equivalent to ``module``, a ``torch.nn`` module named ``torch_name``
         (``path`` names it in errors); raises TypeError when its settings have no counterpart."""
-        return cls()
+        return cls(*(getattr(module, a) for a in cls.torch_arguments))
 
     def to_onnx(self, graph, x: str, name: str) -> str:
         """Add this layer to an ONNX graph (:class:`minicnn.interop.OnnxGraph`) reading tensor
         ``x``; returns the name of its output."""
         if self.onnx_op is None:
             raise TypeError(f"to_onnx: no ONNX counterpart for {self.name}")
-        return graph.node(self.onnx_op, [x], name)
+        return graph.node(self.onnx_op, [x], name, **{
+            key: float(getattr(self, attribute)) for key, attribute in self.onnx_attributes.items()})
 
     # -- helpers for subclasses -----------------------------------------------------------
     def _remember(self, output, cache=None):

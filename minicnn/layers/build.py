@@ -1,14 +1,11 @@
 """Building layers from configs that may come from an untrusted model file.
 
-A config is ``{"type": <a layer name>, <constructor arguments>}``; a network is
-``{"layers": [config, ...], "input_shape": [C, H, W] or null}`` (``Sequential.config()``).
-Everything is checked before anything is built: the layer type must be one of minicnn's, the
-arguments the constructor's own (never ``dtype`` or ``rng``), plain JSON values of the right
-kind, nested layers no deeper than 32 levels; and the arrays every layer will hold, computed
-from its arguments by the layer class itself (``Layer.array_shapes``), are compared with the
-tensors present in the file (or, without a file, their total is capped) *before* they are
-allocated, so a hostile ``Dense(10**9, 10**9)`` is refused instead of allocating 4 EB.
-Any problem raises :class:`minicnn.io.ModelFileError` saying where.
+A network's config is ``{"layers": [config, ...], "input_shape": [C, H, W] or null}``
+(``Sequential.config()``). Everything is checked before anything is built: each layer's config
+by :mod:`minicnn.layers.registry`, and the arrays every layer will hold, computed from its
+arguments, against the tensors present in the file (or, without a file, their total is capped)
+*before* they are allocated, so a hostile ``Dense(10**9, 10**9)`` is refused instead of
+allocating 4 EB. Any problem raises :class:`minicnn.io.ModelFileError` saying where.
 """
 
 from __future__ import annotations

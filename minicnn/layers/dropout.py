@@ -56,14 +56,7 @@ class Dropout(Layer):
         return {"forward": ["y = x   (inference)"], "backward": ["dx = dy"],
                 "explain": "Zeroes random units in training only; here it passes x through."}
 
-    torch_name = "Dropout"
-
-    def to_torch(self, bridge):
-        return bridge.nn.Dropout(self.p)
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        return cls(module.p)
+    torch_name, torch_arguments = "Dropout", ("p",)
 
     def to_onnx(self, graph, x, name):
         return x  # the identity in inference

@@ -38,8 +38,7 @@ class _Pool2D(Layer):
         c, oh, ow = self.output_shape(input_shape)
         return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
 
-    def to_torch(self, bridge):
-        return getattr(bridge.nn, self.torch_name)(self.kernel_size, self.stride)
+    torch_arguments = ("kernel_size", "stride")
 
     @classmethod
     def from_torch(cls, module, bridge, path):

@@ -128,7 +128,8 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with the running loss, accuracy and images/s (``verbose=1``)."""
+    """A tqdm bar per epoch with the running loss, accuracy and images/s, and a line per epoch
+    done (``verbose=1``)."""
 
     def __init__(self):
         self.bar = None
@@ -147,6 +148,13 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         self.on_interrupt(trainer)
+        line = f"epoch {logs['epoch']}/{trainer.epochs}: loss {logs['train_loss']:.4f}, " \
+               f"acc {logs['train_acc']:.4f}"
+        for name in ("val", "test"):
+            if f"{name}_loss" in logs:
+                line += f", {name}_loss {logs[f'{name}_loss']:.4f}, {name}_acc {logs[f'{name}_acc']:.4f}"
+        trainer.log(line + f", lr {logs['lr']:.2e}, {logs['time_s']:.1f} s "
+                           f"({logs['images_per_s']:,.0f} img/s)")
 
     def on_interrupt(self, trainer):
         if self.bar is not None:

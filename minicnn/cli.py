@@ -306,8 +306,8 @@ def _dataset_and_folder(args, default):
 
 def _load_eval_data(args, metadata):
     """``(dataset, (x_test, y_test, class_names))``: for the model's own dataset, exactly the
-    held-out images of the split it was trained beside (``recipes.load_test_data``)."""
-    from .recipes import load_test_data
+    held-out images of the split it was trained beside (``data.splits.load_test_data``)."""
+    from .data.splits import load_test_data
 
     dataset, data_dir = _dataset_and_folder(args, default=metadata.get("dataset"))
     if dataset is None:
@@ -558,8 +558,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import backend
     from .data import DatasetFileError, DatasetNotFoundError
+    from .data.splits import SplitMismatchError
     from .io import ModelFileError
-    from .recipes import SplitMismatchError
 
     debug = getattr(args, "debug", False) or os.environ.get("MINICNN_DEBUG", "") not in ("", "0")
     try:

@@ -7,12 +7,11 @@ One training step is the whole of backprop in four lines::
     model.backward(loss_fn.backward(), input_grad=False)
     optimizer.step()
 
-Everything else here is bookkeeping around that step: batches (``minicnn.data.DataLoader``),
-progress bars, a guard that stops when the loss or a gradient stops being finite, a Ctrl-C
-that saves a resumable checkpoint, and optional gradient-flow diagnostics
-(:mod:`minicnn.diagnostics`). The history and the callbacks are in :mod:`minicnn.callbacks`,
-the checkpoints, which resume *exactly* (the same weights as an uninterrupted run, also from the
-middle of an epoch), in :mod:`minicnn.checkpoints`.
+The :class:`Trainer` runs that step over batches (``minicnn.data.DataLoader``) and epochs, with
+a guard that stops when the loss or a gradient stops being finite and a Ctrl-C that saves a
+resumable checkpoint; everything else around it is a callback (:mod:`minicnn.callbacks`). The
+checkpoints, which resume *exactly* (the same weights as an uninterrupted run, also from the
+middle of an epoch), are :mod:`minicnn.checkpoints`.
 """
 
 from __future__ import annotations
@@ -133,7 +132,7 @@ class Trainer:
         self.history = History()
         self.stop_training = False
         self.global_step = 0
-        self.epoch = 0
+        self.epoch, self.epochs = 0, 0  # the epoch running, the epoch count fit() trains to
         self.totals = EpochTotals()
         self.extensions = [
             *([self.gradient_flow] if self.gradient_flow else []), *self.callbacks,
@@ -255,7 +254,7 @@ class Trainer:
 
     def fit(self, epochs: int, resume: bool = False) -> History:
         """Train until ``epochs`` epochs are done (counting a resumed run's earlier ones)."""
-        epochs = check_positive_int(epochs, "epochs", "fit")
+        self.epochs = check_positive_int(epochs, "epochs", "fit")
         if self.checkpoint is not None:
             # temporary files of checkpoint writes cut short by a SIGKILL or a power loss
             remove_stale_temporaries(self.checkpoint)
@@ -266,7 +265,7 @@ class Trainer:
         self._call("on_train_begin")
         with _DeferredInterrupt() as interrupt:
             try:
-                while self.loader.epoch < epochs and not self.stop_training:
+                while self.loader.epoch < self.epochs and not self.stop_training:
                     epoch = self.loader.epoch
                     record = self.run_epoch(epoch, interrupt)
                     if self.val is not None:
@@ -275,7 +274,6 @@ class Trainer:
                         record[f"{self.val_name}_acc"] = scores["acc"]
                     self.history.append(record)
                     self._call("on_epoch_end", epoch, record)
-                    self.log(_summary_line(record, epochs))
             except KeyboardInterrupt as err:
                 self._call("on_interrupt")
                 if self.checkpoint is not None and isinstance(err, _CleanInterrupt):
@@ -288,16 +286,6 @@ class Trainer:
                 raise
         self._call("on_train_end")
         return self.history
-
-
-def _summary_line(record: dict, epochs: int) -> str:
-    line = (f"epoch {record['epoch']}/{epochs}: loss {record['train_loss']:.4f}, "
-            f"acc {record['train_acc']:.4f}")
-    for name in ("val", "test"):
-        if f"{name}_loss" in record:
-            line += f", {name}_loss {record[f'{name}_loss']:.4f}, {name}_acc {record[f'{name}_acc']:.4f}"
-    return line + (f", lr {record['lr']:.2e}, {record['time_s']:.1f} s "
-                   f"({record['images_per_s']:,.0f} img/s)")
 
 
 def check_training_lr(optimizer, callbacks=(), where: str = "fit") -> float:
@@ -399,7 +387,6 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
     TypeError naming it, see :class:`Trainer`), including a learning rate of 0: see
     :func:`check_training_lr`.
     """
-    epochs = check_positive_int(epochs, "epochs", "fit")
     trainer = Trainer(model, loss_fn, optimizer, train, val, batch_size=batch_size,
                       shuffle=shuffle, transform=transform, seed=seed, callbacks=callbacks,
                       verbose=verbose, checkpoint=checkpoint, checkpoint_every=checkpoint_every,

@@ -12,8 +12,9 @@ import minicnn as mc
 from minicnn import metrics, plots
 from minicnn.cli import main as cli_main
 from minicnn.data import Normalize
+from minicnn.data.splits import split_record
 from minicnn.layers import Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
-from minicnn.recipes import load_data, split_record
+from minicnn.recipes import load_data
 from minicnn.report import _display_images, write_report
 
 

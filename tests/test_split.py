@@ -8,7 +8,8 @@ from PIL import Image
 
 import minicnn as mc
 from minicnn import cli
-from minicnn.recipes import held_out_fingerprint, load_data, load_test_data
+from minicnn.data.splits import held_out_fingerprint, load_test_data
+from minicnn.recipes import load_data
 
 
 def rows(x):

@@ -44,7 +44,7 @@ def build_app(model_path=None, verbose: int = 1, demo_training: bool = True) -> 
     """The studio for a model file (None: the cached small MNIST model, trained if needed),
     with its dataset's held-out images in the picker."""
     from .. import load_model
-    from ..recipes import load_test_data
+    from ..data.splits import load_test_data
 
     path = Path(model_path) if model_path is not None else default_model_path(verbose)
     model = load_model(path)

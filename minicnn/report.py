@@ -102,10 +102,6 @@ def _text(text, muted: bool = False) -> dict:
     return {"kind": "text", "text": text, "muted": muted}
 
 
-def _bold_names(names) -> Markup:
-    return Markup(", ").join(Markup("<b>{}</b>").format(name) for name in names)
-
-
 def _findings(summary: dict) -> list[Markup]:
     """Plain-language strengths and weaknesses, from the numbers."""
     per_class = summary["per_class"]
@@ -128,7 +124,7 @@ def _findings(summary: dict) -> list[Markup]:
     never = [c["name"] for c in per_class if c["predicted"] == 0]
     if never:
         items.append(Markup("Never predicted: {} (precision reported as 0).").format(
-            _bold_names(never)))
+            Markup(", ").join(Markup("<b>{}</b>").format(name) for name in never)))
     pairs = summary["most_confused"][:5]
     if pairs:
         items.append("Most frequent confusions: " + "; ".join(

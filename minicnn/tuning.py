@@ -123,9 +123,6 @@ def _parse_entry(name, entry) -> dict:
                 raise ValueError(f"tune: {name}: low {low} is above high {high}")
             if log and low <= 0:
                 raise ValueError(f"tune: {name}: a log-scale range needs low > 0, got {low}")
-            if name == "kernel_size" and low != high:
-                raise ValueError("tune: kernel_size must be odd: give a list of choices, "
-                                 "e.g. [3, 5], not a range")
             return {"fixed": low} if low == high else {"low": low, "high": high, "log": log}
     if isinstance(entry, (list, tuple)):
         if not entry:
@@ -196,8 +193,9 @@ def _suggest(trial, space: dict) -> dict:
             config[name] = entry["fixed"]
         elif "choices" in entry:
             config[name] = trial.suggest_categorical(name, entry["choices"])
-        elif PARAMETERS[name] is int:
-            config[name] = trial.suggest_int(name, entry["low"], entry["high"], log=entry["log"])
+        elif PARAMETERS[name] is int:  # odd ones (kernel sizes) in steps of 2 from an odd low
+            config[name] = trial.suggest_int(name, entry["low"], entry["high"], log=entry["log"],
+                                             step=2 if RULES[name].odd else 1)
         else:
             config[name] = trial.suggest_float(name, entry["low"], entry["high"], log=entry["log"])
     return config

@@ -160,6 +160,17 @@ def test_search_space_from_flags_files_and_defaults(tmp_path):
         parse_space(space_file)
 
 
+def test_a_range_of_kernel_sizes_draws_odd_sizes_only():
+    optuna = _needs_optuna()
+    from minicnn.tuning import _suggest, parse_space
+
+    space = parse_space({"kernel_size": {"low": 3, "high": 7}})
+    assert space["kernel_size"] == {"low": 3, "high": 7, "log": False}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = {_suggest(study.ask(), space)["kernel_size"] for _ in range(40)}
+    assert drawn == {3, 5, 7}
+
+
 def test_command_line_reports_a_bad_space_before_loading_data(tmp_path, capsys):
     assert main(["tune", "--dataset", "digits", "--activation", "gelu",
                  "--out", str(tmp_path)]) == 2

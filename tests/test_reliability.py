@@ -454,13 +454,19 @@ def weights(model):
     return [np.array(a.data) for layer in model.layers for a in layer.named_arrays().values()]
 
 
-def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
+def one_epoch_checkpoint(tmp_path):
+    """A toy model trained one epoch with a checkpoint: (its path, what load_checkpoint reads)."""
     x, y = toy_data()
     ckpt = tmp_path / "ckpt.safetensors"
     model = toy_model()
     fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y), epochs=1,
         batch_size=32, verbose=0, checkpoint=ckpt)
-    model_file, opt_tensors, state = load_checkpoint(ckpt)
+    return ckpt, load_checkpoint(ckpt)
+
+
+def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
+    x, y = toy_data()
+    ckpt, (model_file, opt_tensors, state) = one_epoch_checkpoint(tmp_path)
 
     def rewrite(state=state, opt_tensors=opt_tensors):
         extra = {f"optimizer.{k}": v for k, v in opt_tensors.items()}
@@ -508,11 +514,7 @@ def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
 
 def test_a_version_1_checkpoint_keeps_its_epoch_totals_as_a_list_and_is_still_read(tmp_path):
     x, y = toy_data()
-    ckpt = tmp_path / "ckpt.safetensors"
-    model = toy_model()
-    fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y), epochs=1,
-        batch_size=32, verbose=0, checkpoint=ckpt)
-    saved, opt_tensors, state = load_checkpoint(ckpt)
+    ckpt, (saved, opt_tensors, state) = one_epoch_checkpoint(tmp_path)
     assert state["version"] == 2 and set(state["epoch_totals"]) == {"loss_sum", "correct", "seen",
                                                                   "seconds"}
     old = {k: v for k, v in state.items() if k != "epoch_totals"}

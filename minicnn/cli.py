@@ -170,63 +170,7 @@ def _export_arguments(export) -> None:
                         help="ONNX opset version (default 17)")
 
 
-#: every command: (its help line, its description, the function that adds its arguments)
-COMMANDS = {
-    "train": ("train a classifier on a dataset or image folder",
-              "Train a CNN and write the model, history and training curves into --out.",
-              _train_arguments),
-    "evaluate": ("accuracy and loss of a model on a test set",
-                 "Evaluate a saved model on a dataset's test split.", _evaluate_arguments),
-    "explain": ("write a report: metrics, mistakes, Grad-CAM, filters (report.html)",
-                "Evaluate a saved model and write metrics.json, classification_report.txt, the "
-                "figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
-                "feature maps) and one self-contained report.html into --out. The same as "
-                "`minicnn evaluate MODEL --out DIR`.",
-                lambda parser: _evaluate_arguments(parser, report_required=True)),
-    "predict": ("classify image files", "Print the most likely classes of each image.",
-                _predict_arguments),
-    "bench": ("training and inference speed of the backends",
-              "Training and inference images/s of the reference network on each backend, each "
-              "backend in a fresh process of its own (benchmarks/bench_train.py compares with "
-              "PyTorch).", _bench_arguments),
-    "studio": ("a local web page: draw a digit, watch both passes and a training run",
-               "Serve minicnn studio on this machine: draw a digit (or pick a test image) and "
-               "see every layer's output and the gradient of a class score or of the loss with "
-               "respect to it, each with its formula; check a gradient numerically on the spot; "
-               "watch a short training run. Without MODEL a small MNIST model is trained first "
-               "(once).", _studio_arguments),
-    "export": ('write a model as ONNX (pip install "minicnn[onnx]")',
-               "Write a minicnn model file as an ONNX model (inputs: normalized images "
-               "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker "
-               "and, when onnxruntime is installed, compare its probabilities with minicnn's.",
-               _export_arguments),
-    "tune": ('search hyperparameters with Optuna (pip install "minicnn[tune]")',
-             "Search learning rate, batch size, optimizer, weight decay, width, kernel size, "
-             "activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
-             "validation split of the training set; writes the trials, the best configuration "
-             "and plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL "
-             "as --storage lets several machines work on one study.", None),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="minicnn", description="Train, evaluate and inspect convolutional networks "
-        "written from scratch in NumPy.")
-    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (summary, description, add_arguments) in COMMANDS.items():
-        command = commands.add_parser(name, help=summary, description=description)
-        (add_arguments or _add_tune_arguments)(command)
-        _add_common(command, backend=name != "bench")
-    return parser
-
-
-# -- minicnn tune --------------------------------------------------------------------------------
-
-def _add_tune_arguments(parser) -> None:
+def _tune_arguments(parser) -> None:
     from .tuning import DEFAULT_SPACE, PARAMETERS
 
     _source_arguments(parser, "digits", "your own images, one folder per class")
@@ -276,6 +220,62 @@ def _add_tune_arguments(parser) -> None:
                         help="train the best configuration on the whole training set and report "
                              "its test accuracy")
 
+
+#: every command: (its help line, its description, the function that adds its arguments)
+COMMANDS = {
+    "train": ("train a classifier on a dataset or image folder",
+              "Train a CNN and write the model, history and training curves into --out.",
+              _train_arguments),
+    "evaluate": ("accuracy and loss of a model on a test set",
+                 "Evaluate a saved model on a dataset's test split.", _evaluate_arguments),
+    "explain": ("write a report: metrics, mistakes, Grad-CAM, filters (report.html)",
+                "Evaluate a saved model and write metrics.json, classification_report.txt, the "
+                "figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
+                "feature maps) and one self-contained report.html into --out. The same as "
+                "`minicnn evaluate MODEL --out DIR`.",
+                lambda parser: _evaluate_arguments(parser, report_required=True)),
+    "predict": ("classify image files", "Print the most likely classes of each image.",
+                _predict_arguments),
+    "bench": ("training and inference speed of the backends",
+              "Training and inference images/s of the reference network on each backend, each "
+              "backend in a fresh process of its own (benchmarks/bench_train.py compares with "
+              "PyTorch).", _bench_arguments),
+    "studio": ("a local web page: draw a digit, watch both passes and a training run",
+               "Serve minicnn studio on this machine: draw a digit (or pick a test image) and "
+               "see every layer's output and the gradient of a class score or of the loss with "
+               "respect to it, each with its formula; check a gradient numerically on the spot; "
+               "watch a short training run. Without MODEL a small MNIST model is trained first "
+               "(once).", _studio_arguments),
+    "export": ('write a model as ONNX (pip install "minicnn[onnx]")',
+               "Write a minicnn model file as an ONNX model (inputs: normalized images "
+               "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker "
+               "and, when onnxruntime is installed, compare its probabilities with minicnn's.",
+               _export_arguments),
+    "tune": ('search hyperparameters with Optuna (pip install "minicnn[tune]")',
+             "Search learning rate, batch size, optimizer, weight decay, width, kernel size, "
+             "activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
+             "validation split of the training set; writes the trials, the best configuration "
+             "and plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL "
+             "as --storage lets several machines work on one study.", _tune_arguments),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="minicnn", description="Train, evaluate and inspect convolutional networks "
+        "written from scratch in NumPy.")
+    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (summary, description, add_arguments) in COMMANDS.items():
+        command = commands.add_parser(name, help=summary, description=description)
+        add_arguments(command)
+        _add_common(command, backend=name != "bench")
+    return parser
+
+
+# -- minicnn tune --------------------------------------------------------------------------------
 
 def _run_tune(args) -> int:
     """``minicnn tune``: the parsed arguments to :func:`minicnn.tuning.tune`."""

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import backend
 from ..callbacks import Callback
+from ..recipes import RECIPES, prepare_data
 from .compute import StudioInputError, encode_maps
 
 
@@ -81,11 +82,10 @@ class DemoTraining:
     wide, one epoch) on the first ``steps`` batches of MNIST, gradient flow every 20 steps.
     ``prepare`` gives its data (default: :func:`minicnn.recipes.prepare_data` on MNIST)."""
 
-    def __init__(self, prepare=None):
-        from ..recipes import prepare_data
+    available = True
 
+    def __init__(self, prepare=None):
         self.prepare = prepare or (lambda limit: prepare_data("mnist", limit=limit, verbose=0))
-        self.available = True
         self.monitor = None
         self.thread = None
         self.error = None
@@ -103,8 +103,6 @@ class DemoTraining:
         return {"started": True, "steps": steps}
 
     def _run(self, steps: int) -> None:
-        from ..recipes import RECIPES
-
         try:
             recipe = RECIPES["studio-demo"]
             data = self.prepare(steps * recipe.batch_size)

@@ -115,7 +115,7 @@ class TorchBridge:
         layers = []
         for name, child in module.named_children():
             path = f"{where}.{name}"
-            inner = list(child.children())
+            inner = list(child.children()) if isinstance(child, self.nn.Sequential) else []
             if (len(inner) == 2 and isinstance(inner[0], self.nn.AdaptiveAvgPool2d)
                     and _pair(inner[0].output_size) == (1, 1)
                     and isinstance(inner[1], self.nn.Flatten)):
@@ -130,7 +130,7 @@ class TorchBridge:
         cls = self.counterparts.get(type(module).__name__)
         if cls is None:
             raise TypeError(f"from_torch: {path} is a {type(module).__name__}, which has no "
-                            "minicnn counterpart (see minicnn.interop's table)")
+                            "minicnn counterpart (docs/architecture.md lists them)")
         return cls.from_torch(module, self, path)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from .backend import BACKENDS
 from .data.registry import BUILT_IN as DATASET_CHOICES  # --image-folder names the other one
+from .data.registry import DATASETS
 from .models import PRESETS
 
 
@@ -337,7 +338,7 @@ def cmd_train(args) -> int:
     if dataset != "mnist" and (args.long or args.fast):
         raise UsageError(f"--{'long' if args.long else 'fast'} is a preset of the MNIST recipe; "
                          f"for {dataset} set --epochs, --lr, ... yourself")
-    if dataset != "folder" and (args.image_size or args.channels):
+    if DATASETS[dataset].channels is not None and (args.image_size or args.channels):
         raise UsageError("--image-size and --channels apply to --image-folder only "
                          f"({dataset} has a fixed image shape)")
     recipe = None

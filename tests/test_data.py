@@ -618,6 +618,20 @@ def test_load_dataset_by_name():
         data.load_dataset("imagenet")
 
 
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_a_dataset_record_says_what_its_loader_returns(name):
+    """The records the rest of minicnn reads instead of the dataset's name: classes, channels,
+    a split drawn by the seed or given (the two with their files here: digits and the vendored
+    MNIST)."""
+    record = data.DATASETS[name]
+    (x_train, y_train), (x_test, y_test), names = record.load(REPO / "data", seed=3, verbose=0)
+    assert len(names) == record.classes and x_train.shape[1] == record.channels
+    assert set(np.unique(y_test)) == set(range(record.classes))
+    drawn_again = record.load(REPO / "data", seed=4, verbose=0)[1][1]
+    assert record.split_is_drawn() == (not np.array_equal(drawn_again, y_test))
+    assert data.DATASETS["folder"].split == "layout" and data.DATASETS["cifar10"].flips
+
+
 # --------------------------------------------------------------------------- image folder
 
 

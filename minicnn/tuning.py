@@ -299,15 +299,24 @@ class Search:
     out: Path
     storage: str
     study_name: str
-    settings: dict  # what the study records and checks when it continues
+    val_fraction: float
     limit: int | None = None
+    image_size: tuple | None = None
+    channels: int | None = None
     backend_name: str | None = None
+
+    @property
+    def settings(self) -> dict:
+        """What the study records, and checks when it is continued: trials run with other
+        settings would not be comparable."""
+        return {"dataset": self.dataset, "epochs": self.epochs, "val_fraction": self.val_fraction,
+                "seed": self.seed, "limit": self.limit, "channels": self.channels,
+                "image_size": list(self.image_size) if self.image_size else None,
+                "label_smoothing": self.label_smoothing}
 
 
 def _split(x, y, val_fraction, seed):
     """The validation split: stratified, depends only on the labels and ``seed``."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"tune: val_fraction must be in (0, 1), got {val_fraction}")
     keep, held = stratified_split(y, val_fraction, seed)
     if len(held) == 0 or len(keep) == 0:
         raise ValueError(f"tune: {len(y)} training images are too few to hold out "
@@ -326,6 +335,8 @@ def set_up(dataset="digits", *, trials=20, epochs=10, space=None, out=None, stor
     check_positive_int(epochs, "epochs", "tune")
     if limit is not None:
         check_positive_int(limit, "limit", "tune")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"tune: val_fraction must be in (0, 1), got {val_fraction}")
     search_space = parse_space(space)
     out = Path(out) if out is not None else Path("runs") / f"tune-{dataset}"
     out.mkdir(parents=True, exist_ok=True)
@@ -336,13 +347,11 @@ def set_up(dataset="digits", *, trials=20, epochs=10, space=None, out=None, stor
         x_train, y_train = x_train[:limit], y_train[:limit]
     train, val = _split(x_train, y_train, val_fraction, seed)
     label_smoothing = RECIPES[dataset].label_smoothing if dataset in RECIPES else 0.0
-    settings = {"dataset": dataset, "epochs": epochs, "val_fraction": val_fraction, "seed": seed,
-                "limit": limit, "image_size": list(image_size) if image_size else None,
-                "channels": channels, "label_smoothing": label_smoothing}
     return Search(dataset, data_dir, search_space, epochs, seed, label_smoothing, loaded, train,
                   val, list(class_names), out,
                   storage or f"sqlite:///{(out / 'study.db').resolve()}",
-                  study_name or f"minicnn-{dataset}", settings, limit, backend_name)
+                  study_name or f"minicnn-{dataset}", val_fraction, limit, image_size, channels,
+                  backend_name)
 
 
 def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=None,
@@ -503,8 +512,7 @@ def _trial_rows(study) -> list[dict]:
 
 
 def _write_outputs(optuna, study, search: Search, plots=True) -> dict:
-    out, storage, settings, class_names = search.out, search.storage, search.settings, \
-        search.class_names
+    out, storage, class_names = search.out, search.storage, search.class_names
     rows = _trial_rows(study)
     atomic_write_bytes(out / "trials.json", json.dumps(rows, indent=2).encode())
     fields = ["number", "state", "val_acc", "epochs_run", "seconds", "baseline", *PARAMETERS,
@@ -544,9 +552,9 @@ def _write_outputs(optuna, study, search: Search, plots=True) -> dict:
                               "num_classes": len(class_names)},
             "training": {**recipe.to_dict(), "seed": search.seed,
                          "schedule": "one-cycle (peak lr, 25% warm-up), stepped per batch"},
-            "validation": {"fraction": settings["val_fraction"], "images": len(search.val[1]),
-                           "seed": settings["seed"], "stratified": True},
-            "dataset": settings["dataset"], "class_names": list(class_names),
+            "validation": {"fraction": search.val_fraction, "images": len(search.val[1]),
+                           "seed": search.seed, "stratified": True},
+            "dataset": search.dataset, "class_names": list(class_names),
             "search_space": search.space,
         }
         atomic_write_bytes(out / "best.json", json.dumps(document, indent=2).encode())

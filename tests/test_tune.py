@@ -113,8 +113,8 @@ def test_the_first_trial_is_the_default_configuration_when_the_space_holds_it():
     assert default_config("cifar10")["augment"] == 1.0 and default_config("cifar10")["batch_size"] == 128
 
 
-def test_the_validation_split_is_stratified_seeded_and_from_the_training_set():
-    from minicnn.tuning import _split
+def test_the_validation_split_is_stratified_seeded_and_from_the_training_set(tmp_path):
+    from minicnn.tuning import _split, set_up
 
     rng = np.random.default_rng(0)
     x = rng.random((300, 1, 4, 4)).astype(np.float32)
@@ -125,8 +125,8 @@ def test_the_validation_split_is_stratified_seeded_and_from_the_training_set():
     np.testing.assert_array_equal(xv, xv2)
     # normalized with the statistics of the part that is trained on
     assert abs(float(xt.mean())) < 1e-5 and abs(float(xv.mean())) < 0.1
-    with pytest.raises(ValueError, match="val_fraction"):
-        _split(x, y, 0.0, seed=1)
+    with pytest.raises(ValueError, match="val_fraction must be in"):  # before any data is read
+        set_up("mnist", val_fraction=0.0, data_dir=tmp_path / "nothing", out=tmp_path / "out")
 
 
 def test_search_space_from_flags_files_and_defaults(tmp_path):

@@ -159,7 +159,8 @@ def _bench_arguments(bench) -> None:
 def _studio_arguments(studio) -> None:
     studio.add_argument("model", nargs="?", help="a model file (default: a small MNIST model)")
     studio.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only)")
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
+                             "opens it to the network, with a warning)")
     studio.add_argument("--port", type=non_negative_int, default=0,
                         help="port (default 0: a free one; the URL is printed)")
 
@@ -376,9 +377,8 @@ def _start_studio_for_training():
 
     monitor = TrainingMonitor(every=10)
     server = make_server(StudioApp(None, AttachedTraining(monitor)), "127.0.0.1", 0)
-    host, port = server.server_address[:2]
     threading.Thread(target=server.serve_forever, daemon=True, name="minicnn-studio").start()
-    print(f"minicnn studio: watch this run at http://{host}:{port}/", file=sys.stderr)
+    print(f"minicnn studio: watch this run at {server.url}", file=sys.stderr)
     return monitor
 
 

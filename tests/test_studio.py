@@ -1,9 +1,7 @@
-"""minicnn studio without a browser: the panels' numbers, the MNIST-style preprocessing, and a
-real server that answers bad requests with a 4xx and keeps serving."""
+"""minicnn studio without a browser: the panels' numbers, the MNIST-style preprocessing, the
+gradient checks the page offers (and what they say about kinks). The server is in
+test_studio_server.py."""
 
-import http.client
-import json
-import threading
 
 import numpy as np
 import pytest
@@ -12,15 +10,12 @@ import minicnn as mc
 from minicnn import interpret
 from minicnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 from minicnn.studio import (
-    DemoTraining,
     Studio,
-    StudioApp,
     StudioInputError,
     TrainingMonitor,
-    make_server,
     preprocess_drawing,
 )
-from minicnn.studio.compute import encode_maps
+from minicnn.studio.compute import _close, encode_maps
 
 
 def small_model():
@@ -112,6 +107,52 @@ def test_check_compares_analytic_and_numerical_gradients(studio, request_):
     assert result["analytic"] != 0 or request_.get("layer") == 5  # an input the ReLU silenced
 
 
+def drawn_seven() -> list:
+    """A 7 as the page sends it: ink in [0, 1] on a 112 x 112 canvas."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (112, 112))
+    ImageDraw.Draw(canvas).line([(28, 22), (84, 22), (50, 95)], fill=255, width=9)
+    return (np.asarray(canvas) / 255).round(2).tolist()
+
+
+@pytest.mark.parametrize("target", [{}, {"target": "loss", "label": 7}])
+def test_what_the_check_says_about_kinks_holds_on_every_pixel_of_a_digit(studio, target):
+    """What the page tells a learner after a click, for all 784 pixels of a drawn 7: where no
+    output switches within the step, the analytic and the numerical derivative agree; where
+    some do (a kink: the page says which layer), the backward pass just left of the point
+    gives the left slope and just right of it the right slope, and the central difference is
+    their mean."""
+    drawing, kinks, first_switch = drawn_seven(), 0, set()
+    for row in range(28):
+        for col in range(28):
+            r = studio.check({"drawing": drawing, "kind": "pixel", "index": [0, row, col],
+                              **target})
+            assert r["index"] == [0, row, col]
+            assert r["numeric"] == pytest.approx((r["left_slope"] + r["right_slope"]) / 2,
+                                                 rel=1e-6, abs=1e-9 * r["gradient_scale"])
+            if not r["kink"]:
+                assert r["agrees"] and not r["bends"], r
+                continue
+            kinks += 1
+            assert _close(r["analytic_left"], r["left_slope"], r["gradient_scale"]), r
+            assert _close(r["analytic_right"], r["right_slope"], r["gradient_scale"]), r
+            if r["bends"]:
+                first_switch.add(type(studio.model.layers[r["bends"][0]["layer"]]).__name__)
+    # the flat background makes ties in max-pooling windows: most pixels sit on a kink
+    assert 20 < kinks < 784
+    assert first_switch <= {"ReLU", "MaxPool2D"}
+
+
+def test_a_smooth_pixel_agrees_and_a_tie_is_reported_where_it_is(studio):
+    drawing = drawn_seven()
+    stroke = studio.check({"drawing": drawing, "kind": "pixel", "index": [0, 20, 14]})
+    assert not stroke["kink"] and stroke["agrees"] and stroke["relative_error"] < 1e-5
+    corner = studio.check({"drawing": drawing, "kind": "pixel", "index": [0, 8, 10]})
+    assert corner["kink"] and corner["left_slope"] != pytest.approx(corner["right_slope"])
+    assert corner["bends"][0]["name"].startswith(("MaxPool2D", "ReLU"))
+
+
 @pytest.mark.parametrize("request_, message", [
     ({}, "names no image"),
     ({"test_index": 99}, "test_index must be an int in [0, 30)"),
@@ -130,75 +171,6 @@ def test_bad_requests_are_refused_with_a_message(studio, request_, message):
     with pytest.raises(StudioInputError, match=message.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[")):
         (studio.check if "kind" in request_ else studio.analyze)(request_)
-
-
-@pytest.fixture(scope="module")
-def server(studio):
-    from minicnn.recipes import prepare_data
-
-    x = np.random.default_rng(0).standard_normal((4000, 1, 28, 28)).astype(np.float32)
-    y = np.arange(4000) % 10
-    noise = ((x, y), (x[:20], y[:20]), [str(c) for c in range(10)])
-    training = DemoTraining(lambda limit: prepare_data("mnist", loaded=noise, limit=limit))
-    server = make_server(StudioApp(studio, training, verbose=0))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def call(server, method, path, body=None, raw=None, headers=None):
-    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=30)
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    connection.request(method, path, body=data, headers=headers or {})
-    reply = connection.getresponse()
-    content = reply.read()
-    connection.close()
-    return reply.status, content
-
-
-def test_server_binds_to_loopback_and_serves_its_own_files_only(server):
-    assert server.server_address[0] == "127.0.0.1"
-    for path in ("/", "/static/studio.js", "/static/studio.css", "/source/Conv2D"):
-        status, content = call(server, "GET", path)
-        assert status == 200 and content, path
-    for path in ("/../../etc/passwd", "/static/../../../etc/passwd", "/static/%2e%2e/server.py",
-                 "/source/os", "/source/../compute", "/api/nothing", "/minicnn/studio/server.py"):
-        status, content = call(server, "GET", path)
-        assert status == 404, path
-        assert b"root:" not in content
-
-
-def test_server_answers_bad_requests_with_4xx_and_keeps_serving(server):
-    bad = [
-        (dict(raw=b"not json"), 400, "not JSON"),
-        (dict(raw=b"[1, 2]"), 400, "JSON object"),
-        (dict(raw=b"\xff\xfe"), 400, "not JSON"),
-        (dict(body={"drawing": [[5]]}), 400, "in [0, 1]"),
-        # a huge body is refused by its Content-Length, before a byte of it is read
-        (dict(raw=b"{}", headers={"Content-Length": str(3 * 1024 * 1024)}), 413, "at most"),
-        (dict(body={"test_index": 0, "kind": "weight", "layer": 99, "index": [0]}), 400, "layer"),
-    ]
-    for kwargs, status, message in bad:
-        path = "/api/check" if "kind" in kwargs.get("body", {}) else "/api/analyze"
-        got, content = call(server, "POST", path, **kwargs)
-        assert got == status and message in json.loads(content)["error"], (kwargs, content)
-    status, content = call(server, "POST", "/api/analyze", body={"test_index": 3})
-    assert status == 200 and json.loads(content)["layers"]
-
-
-def test_the_training_view_reports_progress(server):
-    status, content = call(server, "POST", "/api/train", body={"steps": 5})
-    assert status == 400 and "steps must be" in json.loads(content)["error"]
-    status, _ = call(server, "POST", "/api/train", body={"steps": 40})
-    assert status == 200
-    app_training = server.RequestHandlerClass.app.training
-    app_training.thread.join(timeout=120)
-    state = json.loads(call(server, "GET", "/api/training")[1])
-    assert state["finished"] and not state.get("error")
-    assert [r["step"] for r in state["records"]] == [10, 20, 30, 40]
-    assert state["gradient_norms"] and state["filters"]["shape"][0] == 8
 
 
 def test_monitor_state_is_cheap_and_complete():

@@ -58,10 +58,13 @@ def build_app(model_path=None, verbose: int = 1, demo_training: bool = True) -> 
 
 
 def serve(app: StudioApp, host: str = "127.0.0.1", port: int = 0, verbose: int = 1) -> None:
-    """Serve ``app`` until Ctrl-C."""
+    """Serve ``app`` until Ctrl-C. The printed URL carries the token the page's API needs."""
     server = make_server(app, host, port)
-    address, bound_port = server.server_address[:2]
-    print(f"minicnn studio: http://{address}:{bound_port}/  (Ctrl-C stops it)", flush=True)
+    if not _is_loopback(host):
+        print(f"minicnn studio: listening on {host}, not only on this machine: anyone who can "
+              "reach this port can load the page (the API still needs the URL's token)",
+              file=sys.stderr)
+    print(f"minicnn studio: {server.url}  (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -70,6 +73,15 @@ def serve(app: StudioApp, host: str = "127.0.0.1", port: int = 0, verbose: int =
         server.server_close()
         if verbose:
             print("minicnn studio: stopped", file=sys.stderr)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 __all__ = ["AttachedTraining", "DemoTraining", "Studio", "StudioApp", "StudioInputError",

@@ -5,10 +5,10 @@ the spot agree to ~1e-9) and answers three questions the page asks:
 
 - :meth:`Studio.analyze`: for one image and a chosen scalar (a class score, or the loss for a
   label), every layer's output and the gradient of that scalar with respect to it, the input
-  gradient (saliency), Grad-CAM, the first layer's weight gradient, the prediction, and for each
+  gradient and gradient x input, Grad-CAM, the first layer's weight gradient, the prediction, and for each
   layer its forward/backward formula with this input's shapes (``Layer.formula``);
 - :meth:`Studio.check`: one entry of an analytic gradient (a pixel or a weight) next to a
-  central-difference estimate (``minicnn.gradcheck.partial_derivative``);
+  central difference, and the slopes on either side where the point sits on a kink;
 - :func:`preprocess_drawing`: a drawn digit prepared as MNIST's digits were (the ink's bounding
   box scaled into 20x20, then centred by its centre of mass in 28x28).
 
@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from .. import interpret
-from ..gradcheck import partial_derivative, relative_error
+from ..gradcheck import relative_error
 from ..layers import Conv2D
 from ..losses import SoftmaxCrossEntropy
 from ..recipes import normalize_as_trained
@@ -131,7 +131,7 @@ class Studio:
             return np.asarray(self.test_images[index], dtype=np.float64), \
                 {"source": "test", "label": int(self.test_labels[index])}
         if "drawing" in request:
-            ink = _float_grid(request["drawing"], "drawing", max_side=1024)
+            ink = _float_grid(request["drawing"], "drawing", max_side=1024, dimensions=(2,))
             if self.input_shape[0] != 1:
                 raise StudioInputError("drawing needs a model of one-channel images")
             image = preprocess_drawing(ink, self.input_shape[1])
@@ -139,7 +139,7 @@ class Studio:
                 raise StudioInputError(f"drawing: this model takes {self.input_shape[1:]} images")
             return image[None].astype(np.float64), {"source": "drawing"}
         if "image" in request:
-            image = _float_grid(request["image"], "image", max_side=1024)
+            image = _float_grid(request["image"], "image", max_side=1024, dimensions=(2, 3))
             if image.ndim == 2:
                 image = image[None]
             if image.shape != self.input_shape:
@@ -189,6 +189,14 @@ class Studio:
             gradients[index], input_gradient = dy, dx
         return gradients, input_gradient
 
+    def _gradient_times_input(self, x, input_gradient) -> np.ndarray:
+        """Gradient x input, (H, W): each pixel's first-order contribution to the scalar against
+        a black image, ``sum_c d value/d x[c] * (x[c] - x_black[c])`` (in the normalized input,
+        where a black pixel is not 0). Unlike the raw gradient, which also lights up the
+        background (where adding ink would change the score), it shows what the ink there does."""
+        black = self._normalized(np.zeros(self.input_shape))
+        return (input_gradient[0] * (x[0] - black[0])).sum(axis=0)
+
     def analyze(self, request: dict) -> dict:
         start = time.perf_counter()
         image, source = self.image_from_request(request)
@@ -219,7 +227,8 @@ class Studio:
             "class_names": self.class_names, "target": target, "value": value,
             "layers": layers,
             "input_gradient": encode_maps(input_gradient[0], signed=True),
-            "saliency": encode_maps(np.abs(input_gradient[0]).max(axis=0)),
+            "gradient_times_input": encode_maps(self._gradient_times_input(x, input_gradient),
+                                                signed=True),
         }
         first = self.model.layers[0]
         if isinstance(first, Conv2D):
@@ -234,17 +243,32 @@ class Studio:
         return result
 
     def check(self, request: dict) -> dict:
-        """One gradient entry, analytic and numerical: ``{"kind": "pixel", "index": [c, h, w]}``
-        (d scalar / d input pixel, in the normalized input the network sees) or
-        ``{"kind": "weight", "layer": i, "index": [...]}`` (d scalar / d the first parameter of
-        layer i, e.g. a Conv2D's W[f, c, i, j])."""
+        """One gradient entry, analytic and numerical, and what the network does around it:
+        ``{"kind": "pixel", "index": [c, h, w]}`` (d scalar / d input pixel, in the normalized
+        input the network sees) or ``{"kind": "weight", "layer": i, "index": [...]}`` (d scalar
+        / d the first parameter of layer i, e.g. a Conv2D's W[f, c, i, j]).
+
+        The network is piecewise smooth: every ReLU and every max-pooling window switches
+        between pieces, where a ReLU input crosses 0 or two values of a window swap places. A
+        pixel can sit exactly on such a switch (in a flat background, a window of equal values
+        is a tie), and moving it by a tiny step h then switches several units at once, one way
+        for +h and the other way for -h. The scalar then has a *left slope*
+        ``(f(w) - f(w - h)) / h`` and a different *right slope* ``(f(w + h) - f(w)) / h``, and the
+        central difference ``(f(w + h) - f(w - h)) / (2 h)`` is their mean. The backward pass at
+        w itself breaks every tie by a fixed rule (a window's first maximum wins; ReLU's slope
+        at 0 is 0), each tie on its own, so its value can be either slope or neither. What
+        always holds, and what the reply reports: the backward pass at ``w - h`` gives the left
+        slope and at ``w + h`` the right slope (``analytic_left`` / ``analytic_right``), and
+        ``bends`` lists the layers whose outputs switch within the step (the first one is where
+        the switch is).
+        """
         image, _ = self.image_from_request(request)
         x = self._normalized(image)
         logits = self._forward(x)[-1]
         target = self.target_from_request(request, logits[0])
         kind = request.get("kind")
         if kind == "pixel":
-            array = x
+            array, weight = x, None
             index = _index(request.get("index"), x.shape[1:], "index")
             full_index = (0, *index)
         elif kind == "weight":
@@ -261,45 +285,70 @@ class Studio:
         else:
             raise StudioInputError(f"kind must be 'pixel' or 'weight', got {kind!r}")
 
-        def scalar():
-            return self._scalar_gradient(self._forward(x)[-1], target)[0]
+        def both_passes():
+            """(the scalar, its analytic gradient entry, the whole gradient, every layer's
+            output) at the array's current value."""
+            outputs = self._forward(x)
+            value, seed = self._scalar_gradient(outputs[-1], target)
+            _, input_gradient = self._backward(seed)
+            gradient = input_gradient if weight is None else weight.grad
+            return value, float(gradient[full_index]), gradient, outputs
 
-        _, seed = self._scalar_gradient(logits, target)
-        _, input_gradient = self._backward(seed)
-        analytic = float(input_gradient[full_index] if kind == "pixel" else weight.grad[index])
-        numeric = partial_derivative(scalar, array, full_index)
-        left, right = _one_sided_slopes(scalar, array, full_index)
-        # At a kink (a ReLU input at 0) or a tie (two equal values in a max-pooling window, common
-        # in an image's flat background) the function has two slopes: the backward pass takes
-        # one side (the first winner, ReLU's 0), a central difference averages them.
-        kink = abs(left - right) > 1e-4 * (abs(left) + abs(right)) + 1e-9
-        return {"kind": kind, "index": list(index), "target": target, "analytic": analytic,
-                "numeric": numeric, "left_slope": left, "right_slope": right, "kink": kink,
+        step = CHECK_STEP
+        original = array[full_index]
+        try:
+            array[full_index] = original + step
+            value_right, analytic_right, _, outputs_right = both_passes()
+            array[full_index] = original - step
+            value_left, analytic_left, _, outputs_left = both_passes()
+        finally:
+            array[full_index] = original
+        value, analytic, gradient, outputs = both_passes()  # last: the layers keep this pass
+        scale = float(np.abs(gradient).max())
+        left = (value - value_left) / step
+        right = (value_right - value) / step
+        numeric = (value_right - value_left) / (2 * step)
+        bends = [{"layer": i, "name": layer.describe(), "units": units}
+                 for i, layer in enumerate(self.model.layers)
+                 if (units := _bending_units(outputs_left[i], outputs[i], outputs_right[i]))]
+        kink = bool(bends) or not _close(left, right, scale)
+        return {"kind": kind, "index": list(index), "target": target, "step": step,
+                "analytic": analytic, "numeric": numeric, "left_slope": left,
+                "right_slope": right, "analytic_left": analytic_left,
+                "analytic_right": analytic_right, "kink": kink, "bends": bends,
+                "agrees": _close(analytic, numeric, scale), "gradient_scale": scale,
                 "relative_error": relative_error(np.array([analytic]), np.array([numeric]))}
 
 
-def _one_sided_slopes(f, array, index, step: float = 1e-6) -> tuple[float, float]:
-    """``(f(x) - f(x - h)) / h`` and ``(f(x + h) - f(x)) / h``: equal where f is smooth."""
-    original = array[index]
-    center = f()
-    array[index] = original - step
-    below = f()
-    array[index] = original + step
-    above = f()
-    array[index] = original
-    return (center - below) / step, (above - center) / step
+CHECK_STEP = 1e-6  # small enough to cross only the switches at the point itself
 
 
-def _float_grid(value, what: str, max_side: int) -> np.ndarray:
+def _close(a: float, b: float, scale: float) -> bool:
+    """Equal up to finite-difference noise: a step of 1e-6 on a float64 scalar leaves ~1e-9 of
+    the gradient's scale (its largest entry) in a slope."""
+    return abs(a - b) <= 1e-5 * (abs(a) + abs(b)) + 1e-7 * scale + 1e-12
+
+
+def _bending_units(below: np.ndarray, here: np.ndarray, above: np.ndarray) -> int:
+    """How many outputs bend at this point: their change over the step up differs from their
+    change over the step down (smooth curvature over a 1e-6 step changes it by ~1e-6)."""
+    up, down = above - here, here - below
+    return int(np.count_nonzero(np.abs(up - down) > 1e-3 * (np.abs(up) + np.abs(down)) + 1e-13))
+
+
+def _float_grid(value, what: str, max_side: int, dimensions: tuple[int, ...]) -> np.ndarray:
+    rows = "rows" if dimensions == (2,) else "rows (or channels of rows)"
     if not isinstance(value, list) or not value:
-        raise StudioInputError(f"{what} must be a non-empty list of rows of numbers")
+        raise StudioInputError(f"{what} must be a non-empty list of {rows} of numbers")
     try:
         array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise StudioInputError(f"{what} must hold numbers only, in rows of equal length") from None
-    if array.ndim not in (2, 3) or max(array.shape) > max_side or array.size == 0:
-        raise StudioInputError(f"{what} must be 2-D (or 3-D), at most {max_side} a side, got "
-                               f"shape {array.shape}")
+    except (TypeError, ValueError, RecursionError):
+        raise StudioInputError(f"{what} must hold numbers only, in {rows} of equal length") \
+            from None
+    if array.ndim not in dimensions or max(array.shape) > max_side or array.size == 0:
+        shape = " or ".join(f"{d}-D" for d in dimensions)
+        raise StudioInputError(f"{what} must be {shape}, at most {max_side} a side, got shape "
+                               f"{array.shape}")
     if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
         raise StudioInputError(f"{what} values must be finite and in [0, 1]")
     return array

@@ -1,10 +1,26 @@
 """The studio's web server: the page's three files and a small JSON API, on the standard
 library's HTTP server (nothing to install).
 
-Safety: it binds to 127.0.0.1 unless a host is given; it serves a fixed list of its own files
-(any other path, ``../`` tricks included, is a 404), request bodies are limited to
-``MAX_BODY`` bytes and must be JSON objects of the expected fields (anything else is a 400 with
-a message, and the server keeps serving); nothing is unpickled or evaluated.
+Every request gets an answer, and nothing a client sends prints a traceback: a malformed
+request line, header or body is a 4xx with a message (JSON for the API), an unknown method a
+405, a body over ``MAX_BODY`` bytes a 413 sent after the body was read and thrown away (up to
+``MAX_DISCARD``; beyond that the answer says ``Connection: close``), a client that stalls is
+dropped after ``TIMEOUT`` seconds. Nothing is unpickled or evaluated; only a fixed list of the
+studio's own files is served (``../`` tricks are a 404).
+
+It is safe to run on a machine with a browser, which any web page can make send requests to
+``127.0.0.1``:
+
+- **Host.** A request whose ``Host`` is not this server's loopback name or address with its
+  port is refused (403): a DNS-rebinding page, whose own name now points at 127.0.0.1, is not
+  answered. With ``--host`` an address other than loopback, that address is allowed too; with
+  ``0.0.0.0`` every name is (the CLI warns).
+- **Token.** The API (``/api/...``) needs the run's token, which the printed URL carries
+  (``?token=...``) and the page sends back as the ``X-Studio-Token`` header; as in Jupyter, a
+  page elsewhere cannot learn it. A cross-site page cannot even send that header without a
+  CORS preflight, which this server never approves.
+- **Origin.** A POST that comes with an ``Origin`` (every browser sends one) must come from this
+  server's own origin (403 otherwise).
 
 API (JSON in and out):
 
@@ -22,24 +38,43 @@ API (JSON in and out):
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import json
+import re
+import secrets
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from urllib.parse import parse_qs, urlsplit
 
 from .. import layers as layer_module
 from .compute import StudioInputError, encode_maps
 
 MAX_BODY = 2 * 1024 * 1024  # bytes: a drawing of 1024x1024 numbers fits, a flood does not
+MAX_DISCARD = 64 * 1024 * 1024  # an oversized body up to this size is read (and dropped) first
+TIMEOUT = 30  # seconds a connection may stall before it is dropped
+TOKEN_HEADER = "X-Studio-Token"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 ASSETS = {"/": ("index.html", "text/html; charset=utf-8"),
           "/index.html": ("index.html", "text/html; charset=utf-8"),
           "/static/studio.js": ("studio.js", "text/javascript; charset=utf-8"),
           "/static/studio.css": ("studio.css", "text/css; charset=utf-8")}
+_DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: "²".isdigit() is True but int("²") fails
+
+
+class _Refused(Exception):
+    """A request answered with ``status`` and ``message`` (a 4xx)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "minicnn-studio"
+    timeout = TIMEOUT
     app = None  # set per server (see make_server)
 
     def log_message(self, format, *args):  # quiet: the terminal shows the URL and errors only
@@ -47,87 +82,207 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     # -- replies ---------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, close: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Content-Security-Policy", "default-src 'self'; img-src 'self' data:")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, value, close: bool = False) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json", close)
+
+    def _error(self, status: int, message: str, close: bool = False) -> None:
+        self._json(status, {"error": message}, close)
+
+    def send_error(self, code, message=None, explain=None):
+        # The standard library answers an unsupported HTTP version with a 505; to a client that
+        # sent one it is a malformed request like any other (and HTTP/0.9 has no status line)
+        if code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            code, message = HTTPStatus.BAD_REQUEST, "only HTTP/1.0 and HTTP/1.1 are spoken here"
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        super().send_error(code, message, explain)
+
+    def parse_request(self):
+        if not self.raw_requestline.strip():
+            self.request_version = "HTTP/1.0"
+            self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
+            return False
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not answered")
+            return False
+        return True
+
+    def __getattr__(self, name):
+        if name.startswith("do_"):  # any other method: 405, not the standard library's 501
+            return self._not_allowed
+        raise AttributeError(name)
+
+    def _not_allowed(self):
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", "GET, HEAD, POST")
+        body = json.dumps({"error": f"method {self.command} is not allowed here; "
+                                    "use GET, HEAD or POST"}).encode()
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
-    def _json(self, status: int, value) -> None:
-        self._send(status, json.dumps(value).encode(), "application/json")
+    def _answer(self, route) -> None:
+        """Run ``route`` and turn every way a request can be wrong into a 4xx: a refusal, bad
+        input, and (last resort, reported as a bug) anything else."""
+        try:
+            path, query = self._split_path()
+            self._check_host()
+            route(path, query)
+        except _Refused as err:
+            self._error(err.status, str(err), close=err.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        except StudioInputError as err:
+            self._error(HTTPStatus.BAD_REQUEST, str(err))
+        except RecursionError:
+            self._error(HTTPStatus.BAD_REQUEST, "the request is nested too deeply")
+        except OSError:  # the client went away or stalled: nobody to answer
+            self.close_connection = True
+        except Exception as err:  # a bug in the studio: one line on the terminal, a 500 to the page
+            print(f"minicnn studio: {type(err).__name__} answering {self.command} "
+                  f"{self.path[:80]!r}: {err}", file=sys.stderr)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(err).__name__}: {err}",
+                        close=True)
 
-    def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
+    def _split_path(self):
+        try:
+            parts = urlsplit(self.path)
+        except ValueError:
+            raise _Refused(HTTPStatus.BAD_REQUEST, "the request target is not a URL path") from None
+        return parts.path, parse_qs(parts.query)
 
-    # -- GET -------------------------------------------------------------------------------
+    # -- who may ask -----------------------------------------------------------------------
+    def _check_host(self) -> None:
+        host = self.headers.get("Host")
+        if not host_allowed(host, self.server.allowed_hosts):
+            raise _Refused(HTTPStatus.FORBIDDEN,
+                           f"Host {host!r} is not this studio's address; open the URL it printed")
+
+    def _check_token(self, query) -> None:
+        given = self.headers.get(TOKEN_HEADER) or (query.get("token") or [""])[0]
+        if not secrets.compare_digest(given.encode("utf-8", "replace"),
+                                      self.app.token.encode()):
+            raise _Refused(HTTPStatus.FORBIDDEN, "the API needs the token of the URL the studio "
+                                                 "printed (open that URL)")
+
+    def _check_origin(self) -> None:
+        origin = self.headers.get("Origin")
+        if origin is not None and origin != f"http://{self.headers.get('Host')}":
+            raise _Refused(HTTPStatus.FORBIDDEN, f"a request from {origin!r}, another site: "
+                                                 "the studio only answers its own page")
+
+    # -- GET and HEAD ----------------------------------------------------------------------
     def do_GET(self):
-        path = self.path.split("?", 1)[0]
+        self._answer(self._get)
+
+    def do_HEAD(self):
+        self._answer(self._get)
+
+    def _get(self, path, query):
         if path in ASSETS:
             name, content_type = ASSETS[path]
             body = resources.files(__package__).joinpath("static", name).read_bytes()
             return self._send(HTTPStatus.OK, body, content_type)
         if path == "/favicon.ico":
             return self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
-        if path == "/api/info":
-            return self._json(HTTPStatus.OK, self.app.info())
-        if path == "/api/training":
-            state = self.app.training.state() if self.app.training is not None else \
-                {"started": False, "records": []}
-            return self._json(HTTPStatus.OK, state)
         if path.startswith("/source/"):
-            name = path[len("/source/"):]
-            cls = layer_module.LAYER_TYPES.get(name)
+            cls = layer_module.LAYER_TYPES.get(path[len("/source/"):])
             if cls is not None:
                 return self._send(HTTPStatus.OK, inspect.getsource(cls).encode(),
                                   "text/plain; charset=utf-8")
-        self._error(HTTPStatus.NOT_FOUND, f"not found: {path}")
+        if path in ("/api/info", "/api/training"):
+            self._check_token(query)
+            if path == "/api/info":
+                return self._json(HTTPStatus.OK, self.app.info())
+            return self._json(HTTPStatus.OK, self.app.training_state())
+        raise _Refused(HTTPStatus.NOT_FOUND, f"not found: {path[:200]}")
 
     # -- POST ------------------------------------------------------------------------------
-    def _read_json(self):
+    def do_POST(self):
+        self._answer(self._post)
+
+    def _post(self, path, query):
+        handlers = {"/api/analyze": self.app.analyze, "/api/check": self.app.check,
+                    "/api/train": self.app.start_training}
+        if path not in handlers:
+            self._discard_body()
+            raise _Refused(HTTPStatus.NOT_FOUND, f"not found: {path[:200]}")
+        request = self._read_json()  # read first: an answer sent over an unread body is lost
+        self._check_origin()
+        self._check_token(query)
+        self._json(HTTPStatus.OK, handlers[path](request))
+
+    def _content_length(self) -> int:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise StudioInputError("the request needs a Content-Length")
-        if int(length) > MAX_BODY:
-            raise _TooLarge(f"request body of {int(length):,} bytes; at most {MAX_BODY:,}")
+        if length is None:
+            raise _Refused(HTTPStatus.LENGTH_REQUIRED, "the request needs a Content-Length")
+        if not _DIGITS.fullmatch(length.strip()):
+            self.close_connection = True  # where this body ends is unknown
+            raise _Refused(HTTPStatus.BAD_REQUEST, f"Content-Length must be a whole number of "
+                                                   f"bytes, got {length[:40]!r}")
+        return int(length)
+
+    def _discard_body(self) -> None:
         try:
-            value = json.loads(self.rfile.read(int(length)) or b"null")
+            length = self._content_length()
+        except _Refused:
+            self.close_connection = True
+            return
+        self._drain(length)
+
+    def _drain(self, length: int) -> None:
+        if length > MAX_DISCARD:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 16))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _read_json(self):
+        length = self._content_length()
+        if length > MAX_BODY:
+            self._drain(length)
+            raise _Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"request body of {length:,} bytes; at most {MAX_BODY:,}")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise StudioInputError(f"the body ended after {len(body)} of its {length} bytes")
+        try:
+            value = json.loads(body or b"null")
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise StudioInputError(f"the body is not JSON: {err}") from None
         if not isinstance(value, dict):
             raise StudioInputError("the body must be a JSON object")
         return value
 
-    def do_POST(self):
-        path = self.path.split("?", 1)[0]
-        handlers = {"/api/analyze": self.app.analyze, "/api/check": self.app.check,
-                    "/api/train": self.app.start_training}
-        if path not in handlers:
-            return self._error(HTTPStatus.NOT_FOUND, f"not found: {path}")
-        try:
-            request = self._read_json()
-            return self._json(HTTPStatus.OK, handlers[path](request))
-        except _TooLarge as err:
-            self.close_connection = True  # the unread body must not be taken for a request
-            return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(err))
-        except StudioInputError as err:
-            return self._error(HTTPStatus.BAD_REQUEST, str(err))
-
-
-class _TooLarge(StudioInputError):
-    pass
-
 
 class StudioApp:
     """The server's state: the :class:`Studio` (one request at a time: the layers keep their
-    last pass) and the background training run."""
+    last pass), the background training run, and the token the API asks for (new per app)."""
 
     def __init__(self, studio, training, verbose: int = 1):
         self.studio, self.training, self.verbose = studio, training, verbose
         self.lock = threading.Lock()
+        self.token = secrets.token_urlsafe(24)
 
     def info(self) -> dict:
         studio = self.studio
@@ -163,10 +318,49 @@ class StudioApp:
             raise StudioInputError("this studio has no training run to start")
         return self.training.start(request)
 
+    def training_state(self) -> dict:
+        if self.training is None:
+            return {"started": False, "records": []}
+        return self.training.state()
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The ``Host`` headers a server bound to ``host``:``port`` answers: the loopback names and
+    the bound address, each with the port; None (any) for a wildcard address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and address.is_unspecified:
+        return None
+    bound = f"[{host}]" if address is not None and address.version == 6 else host
+    return frozenset(f"{name}:{port}" for name in (*LOOPBACK_NAMES, bound.lower()))
+
+
+def host_allowed(host: str | None, allowed: frozenset[str] | None) -> bool:
+    if host is None:
+        return False
+    return allowed is None or host.strip().lower() in allowed
+
 
 def make_server(app: StudioApp, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    """An HTTP server for ``app`` (port 0: a free port; ``server.server_address`` says which)."""
+    """An HTTP server for ``app`` (port 0: a free port). ``server.url`` is the address to open,
+    token included; ``server.server_address`` the bound address."""
     handler = type("StudioHandler", (_Handler,), {"app": app})
-    server = ThreadingHTTPServer((host, port), handler)
+    server = _Server((host, port), handler)
     server.daemon_threads = True
+    bound_port = server.server_address[1]
+    server.allowed_hosts = allowed_hosts(host, bound_port)
+    shown = "127.0.0.1" if server.allowed_hosts is None else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    server.url = f"http://{shown}:{bound_port}/?token={app.token}"
     return server
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-answer is not the studio's error; anything else is one line
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            print(f"minicnn studio: {type(error).__name__}: {error}", file=sys.stderr)

@@ -112,8 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_error(code, message, explain)
 
     def parse_request(self):
-        if not self.raw_requestline.strip():
-            self.request_version = "HTTP/1.0"
+        if not str(self.raw_requestline, "iso-8859-1").split():  # as the standard library splits it
+            self.command, self.requestline, self.request_version = None, "", "HTTP/1.0"
             self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
             return False
         if not super().parse_request():

@@ -44,8 +44,9 @@ from .layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from .validation import check_float_array, check_positive_int
 
 __all__ = [
-    "CAMResult", "bilinear_resize", "cam", "class_score_gradient", "conv_block_output",
-    "conv_filters", "default_cam_layer", "feature_maps", "grad_cam", "saliency",
+    "CAMResult", "bilinear_resize", "cam", "class_maps", "class_score_gradient",
+    "conv_block_output", "conv_filters", "default_cam_layer", "feature_maps", "grad_cam",
+    "heatmaps", "saliency",
 ]
 
 # Layers that keep a convolution's (C, H, W) grid and act per channel: the default Grad-CAM
@@ -267,6 +268,19 @@ def grad_cam(model, x, classes=None, layer=None, batch_size: int = 64) -> CAMRes
         return _class_maps(model, x, classes, index, batch_size, mean_gradients)
 
 
+def class_maps(weights, activations):
+    """``ReLU(sum_f w_f A_f)``: weights (N, F), activations A (N, F, h, w) -> (N, h, w). With
+    ``w`` the spatial mean of the class score's gradient at A, Grad-CAM's map (before it is
+    resized to the image and scaled to [0, 1] with :func:`heatmaps`)."""
+    xp = backend.array_module(activations)
+    return xp.maximum(xp.einsum("nf,nfhw->nhw", weights, activations), 0)
+
+
+def heatmaps(maps, size) -> np.ndarray:
+    """Class maps (N, h, w) as heatmaps: resized to ``size`` (bilinear), each scaled to [0, 1]."""
+    return _normalize_maps(bilinear_resize(maps, size))
+
+
 def _class_maps(model, x, classes, index, batch_size, channel_weights) -> CAMResult:
     """ReLU(sum_f w_f A_f) for each image, a batch at a time: A the maps layer ``index``
     outputs, w = ``channel_weights(A, logits, chosen classes)`` of shape (n, F)."""
@@ -277,14 +291,13 @@ def _class_maps(model, x, classes, index, batch_size, channel_weights) -> CAMRes
         logits = model.forward_from(acts, index, training=False)
         chosen = _chosen(logits, None if classes is None else classes[s])
         weights = channel_weights(acts, logits, chosen)
-        maps = xp.maximum(xp.einsum("nf,nfhw->nhw", weights, acts), 0)
+        maps = class_maps(weights, acts)
         parts["weights"].append(backend.to_numpy(weights))
         parts["maps"].append(backend.to_numpy(maps))
         parts["activations"].append(backend.to_numpy(acts))
         parts["classes"].append(chosen)
     maps = np.concatenate(parts["maps"], axis=0)
-    heatmaps = _normalize_maps(bilinear_resize(maps, x.shape[2:]))
-    return CAMResult(heatmaps=heatmaps, maps=maps,
+    return CAMResult(heatmaps=heatmaps(maps, x.shape[2:]), maps=maps,
                      weights=np.concatenate(parts["weights"], axis=0),
                      activations=np.concatenate(parts["activations"], axis=0),
                      classes=np.concatenate(parts["classes"], axis=0), layer=index)

@@ -84,7 +84,17 @@ def test_analyze_shows_the_real_forward_and_backward_passes(studio):
     assert "cols = im2col(x)   (1, 1, 28, 28) -> (9, 784)" in conv["forward"]
     assert "dW2 = dout @ cols.T   (4, 784) @ (784, 9) = (4, 9)" in conv["backward"]
     assert result["first_weight_gradient"]["shape"] == [4, 3, 3]
-    assert result["grad_cam"]["shape"] == [28, 28] or result["grad_cam"]["shape"] == [1, 28, 28]
+    # Grad-CAM from the pass just made is interpret's (which makes its own passes)
+    cam = interpret.grad_cam(model, x, classes=[predicted], layer=studio.cam_layer).heatmaps[0]
+    assert result["grad_cam"]["shape"] == [1, 28, 28]
+    assert (decode(result["grad_cam"])[0] == decode(encode_maps(cam))[0]).all()
+    loss = studio.analyze({"test_index": 4, "target": "loss", "label": 3})
+    cam = interpret.grad_cam(model, x, classes=[3], layer=studio.cam_layer).heatmaps[0]
+    assert (decode(loss["grad_cam"])[0] == decode(encode_maps(cam))[0]).all()
+    # gradient x input: zero where there is no ink, the gradient times the ink elsewhere
+    product = decode(result["gradient_times_input"])[0]
+    image = studio.test_images[4][0]
+    assert (product[image == 0] == 128).all() and (product[image > 0.5] != 128).any()
 
 
 def test_the_backward_maps_follow_the_chosen_gradient(studio):

@@ -76,16 +76,27 @@ _SPLIT_MIN_MACS = 2_000_000
 
 def _workers() -> tuple[ThreadPoolExecutor, object]:
     """The thread pool (one thread per core numba uses, less the caller's) and numpy's BLAS."""
-    global _pool, _blas, _parts
+    global _pool, _parts
+    blas = numpy_blas()
     with _lock:
         if _pool is None:
             import numba
+
+            _parts = max(1, numba.get_num_threads())
+            _pool = ThreadPoolExecutor(max(1, _parts - 1), thread_name_prefix="minicnn-matmul")
+        return _pool, blas
+
+
+def numpy_blas():
+    """numpy's BLAS as a threadpoolctl controller: ``with numpy_blas().limit(limits=1):`` runs
+    the block's multiplies on the calling thread and restores the setting after."""
+    global _blas
+    with _lock:
+        if _blas is None:
             from threadpoolctl import ThreadpoolController
 
             _blas = ThreadpoolController().select(user_api="blas")
-            _parts = max(1, numba.get_num_threads())
-            _pool = ThreadPoolExecutor(max(1, _parts - 1), thread_name_prefix="minicnn-matmul")
-        return _pool, _blas
+        return _blas
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

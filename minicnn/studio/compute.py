@@ -189,6 +189,18 @@ class Studio:
             gradients[index], input_gradient = dy, dx
         return gradients, input_gradient
 
+    def _grad_cam(self, x, target, outputs, gradients) -> np.ndarray:
+        """Grad-CAM of the explained class (H, W). For a class score the pass just made holds
+        what it needs (the maps A and dS_c/dA); for the loss, Grad-CAM still explains the
+        label's score, which takes its own backward pass."""
+        if target["kind"] == "loss":
+            cam = interpret.grad_cam(self.model, x, classes=[target["label"]],
+                                     layer=self.cam_layer)
+            return cam.heatmaps[0]
+        weights = gradients[self.cam_layer].mean(axis=(2, 3))
+        maps = interpret.class_maps(weights, outputs[self.cam_layer])
+        return interpret.heatmaps(maps, x.shape[2:])[0]
+
     def _gradient_times_input(self, x, input_gradient) -> np.ndarray:
         """Gradient x input, (H, W): each pixel's first-order contribution to the scalar against
         a black image, ``sum_c d value/d x[c] * (x[c] - x_black[c])`` (in the normalized input,
@@ -220,7 +232,6 @@ class Studio:
                 "formula": layer.formula(shape, out_shape), "source": layer.name,
             })
             shape = out_shape
-        explained = target.get("class", target.get("label"))
         result = {
             "input": encode_maps(image), "source": source,
             "probabilities": probabilities.tolist(), "predicted": int(np.argmax(probabilities)),
@@ -237,8 +248,8 @@ class Studio:
             result["first_weights"] = encode_maps(
                 first.weight.data.reshape(-1, *first.kernel_size), signed=True)
         if self.cam_layer is not None:
-            cam = interpret.grad_cam(self.model, x, classes=[explained], layer=self.cam_layer)
-            result["grad_cam"] = {**encode_maps(cam.heatmaps[0]), "layer": cam.layer}
+            result["grad_cam"] = {**encode_maps(self._grad_cam(x, target, outputs, gradients)),
+                                  "layer": self.cam_layer}
         result["server_ms"] = (time.perf_counter() - start) * 1e3
         return result
 

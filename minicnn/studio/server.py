@@ -50,6 +50,7 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from .. import layers as layer_module
+from ..kernels.cpu_runtime import numpy_blas
 from .compute import StudioInputError, encode_maps
 
 MAX_BODY = 2 * 1024 * 1024  # bytes: a drawing of 1024x1024 numbers fits, a flood does not
@@ -75,6 +76,7 @@ class _Refused(Exception):
 class _Handler(BaseHTTPRequestHandler):
     server_version = "minicnn-studio"
     timeout = TIMEOUT
+    disable_nagle_algorithm = True  # a reply's last segment must not wait for the client's ACK
     app = None  # set per server (see make_server)
 
     def log_message(self, format, *args):  # quiet: the terminal shows the URL and errors only
@@ -300,12 +302,15 @@ class StudioApp:
                 "drawing": studio.input_shape[0] == 1, "test_images": picker, "model": True,
                 "training": training, "attached": False}
 
+    # One image is a pass of small products, where BLAS's threads cost more than they give, and
+    # the page's browser needs the other cores while it draws: the studio's passes run on the
+    # request's thread (the setting is restored after each).
     def analyze(self, request):
-        with self.lock:
+        with self.lock, numpy_blas().limit(limits=1):
             return self._studio().analyze(request)
 
     def check(self, request):
-        with self.lock:
+        with self.lock, numpy_blas().limit(limits=1):
             return self._studio().check(request)
 
     def _studio(self):

@@ -2,8 +2,9 @@
 run that the studio watches.
 
 1. Latency: MNIST test digits, drawn large (112x112, as the page sends them) go through
-   ``Studio.analyze`` (preprocessing, forward and backward through every layer for one class,
-   saliency, Grad-CAM, the first layer's dL/dW, encoding): median and 90th percentile of the
+   ``StudioApp.analyze`` (preprocessing, forward and backward through every layer for one
+   class, gradient x input, Grad-CAM, the first layer's dS/dW, encoding): median and 90th
+   percentile of the
    server time, for the studio's default model and any other model file given.
 2. Training overhead: the page's demo run (mnist_cnn 8 wide, batch 64, AdamW) with and without
    the studio watching (a ``TrainingMonitor``, gradient flow every ``--every`` steps, a client polling
@@ -54,15 +55,18 @@ def training_seconds(steps: int, watched: bool, every: int = 50) -> float:
     if watched:
         monitor = TrainingMonitor(every=10)
         callbacks.append(monitor)
-        server = make_server(StudioApp(None, AttachedTraining(monitor), verbose=0))
+        app = StudioApp(None, AttachedTraining(monitor), verbose=0)
+        server = make_server(app)
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
         def poll():
             while not stop.wait(0.4):
                 connection = http.client.HTTPConnection(*server.server_address[:2])
-                connection.request("GET", "/api/training")
-                connection.getresponse().read()
+                connection.request("GET", "/api/training", headers={"X-Studio-Token": app.token})
+                reply = connection.getresponse()
+                reply.read()
                 connection.close()
+                assert reply.status == 200, reply.status
 
         threading.Thread(target=poll, daemon=True).start()
     history = mc.fit(model, mc.losses.SoftmaxCrossEntropy(),
@@ -81,7 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("models", nargs="*", help="model files (default: the studio's own)")
     parser.add_argument("--drawings", type=int, default=50)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=7, help="0: the latency only")
     parser.add_argument("--every", type=int, default=50,
                         help="gradient flow every N steps (minicnn train --studio: 50)")
     args = parser.parse_args(argv)
@@ -91,6 +95,8 @@ def main(argv=None) -> None:
         print(f"{path or 'studio default model'}: one drawn digit to every panel in "
               f"{median:.1f} ms server time (median of {args.drawings}; 90th percentile "
               f"{p90:.1f} ms)")
+    if args.runs == 0:
+        return
     times = {False: [], True: []}
     training_seconds(20, False)  # JIT warm-up
     for _ in range(args.runs):

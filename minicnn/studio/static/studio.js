@@ -456,13 +456,15 @@ function explainCheck(r, what, name) {
       "point: the network is smooth here, and both numbers are the same derivative." :
       "\n\nThe network is smooth here, yet the two disagree: a wrong backward pass?");
   }
-  const where = r.bends.map((b, i) => `${b.units} output${b.units > 1 ? "s" : ""} of layer ` +
-    `${b.layer} · ${b.name}${i === 0 ? " (where it starts)" : ""}`);
+  const first = r.bends[0];
+  const where = first ? `${first.units} output${first.units > 1 ? "s" : ""} of layer ` +
+    `${first.layer} · ${first.name}` + (r.bends.length > 1 ? ` (the bend then passes through ` +
+    `layers ${r.bends[1].layer}-${r.bends[r.bends.length - 1].layer} to the score)` : "") :
+    "units of the network";
   const side = close(r.analytic, r.left_slope, r.gradient_scale) ? "the left slope" :
     close(r.analytic, r.right_slope, r.gradient_scale) ? "the right slope" :
     "neither slope: the ties it broke went different ways";
-  text += "\n\nA kink: a step of ±h switches " + (where.length ? where.join(", ") :
-    "units of the network") + ". ReLUs whose input is exactly 0 and max-pooling windows " +
+  text += `\n\nA kink: a step of ±h switches ${where}. ReLUs whose input is exactly 0 and max-pooling windows ` +
     "that tie (common in a flat background) turn one way for +h and the other for -h, so " +
     `${name} has two slopes here:\n` +
     `  from the left  ${e(r.left_slope)}   backward pass at -h: ${e(r.analytic_left)}\n` +

@@ -277,6 +277,39 @@ def test_check_it_yourself_agrees_or_explains_the_kink(page):
             assert error < 1e-4 and "smooth" in text, text
 
 
+def test_the_kink_explanation_holds_on_every_pixel_of_a_digit_for_a_trained_model(studio_url):
+    """The page's claims for a trained network (not a browser test: the page only words them):
+    over all 784 pixels of a drawn 7, either nothing switches within the step and the two
+    derivatives agree, or the backward pass just left and just right of the pixel gives the
+    left and the right slope. A trained MNIST network's flat background is full of max-pooling
+    ties, so most pixels are kinks."""
+    import http.client
+    from urllib.parse import parse_qs, urlsplit
+
+    from test_studio import drawn_seven
+
+    from minicnn.studio.compute import _close
+
+    url = urlsplit(studio_url)
+    headers = {"X-Studio-Token": parse_qs(url.query)["token"][0]}
+    kinds = {"smooth": 0, "kink": 0}
+    for row in range(28):
+        for col in range(28):
+            connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+            connection.request("POST", "/api/check", json.dumps(
+                {"drawing": drawn_seven(), "kind": "pixel", "index": [0, row, col]}), headers)
+            r = json.loads(connection.getresponse().read())
+            connection.close()
+            if not r["kink"]:
+                assert r["agrees"], r
+                kinds["smooth"] += 1
+                continue
+            kinds["kink"] += 1
+            assert _close(r["analytic_left"], r["left_slope"], r["gradient_scale"]), r
+            assert _close(r["analytic_right"], r["right_slope"], r["gradient_scale"]), r
+    assert kinds["kink"] > 392, kinds  # most of the image
+
+
 # The first answer of /api/training that holds records arrives 1.5 s late, as from a server
 # busy training, and every drawing of the loss curve is recorded: a page that asked again
 # before that answer came would draw it, an older curve, over newer ones.

@@ -164,7 +164,7 @@ def test_a_bad_content_length_is_named(server, length, status, message):
 def test_an_oversized_body_is_read_before_the_413_so_the_client_sees_it(server):
     # http.client sends the whole body before it reads: had the server closed the connection
     # unread, it would see a broken pipe, not the status
-    status, content = call(server, "POST", "/api/analyze", raw=b" " * (MAX_BODY + 10))
+    status, content = call(server, "POST", "/api/analyze", raw=b" " * (4 * MAX_BODY))
     assert status == 413 and "at most" in json.loads(content)["error"]
     still_serves(server)
 
@@ -183,6 +183,10 @@ def test_the_host_must_be_this_studio(server):
         assert status == 403 and "not this studio's address" in json.loads(body)["error"], host
     status, _ = exchange(server, request_bytes(server, "GET", "/", headers={"Host": "evil.example"}))
     assert status == 403
+    # refused before its body was wanted, a POST's body is still read, so the client sees the 403
+    status, content = call(server, "POST", "/api/analyze", raw=b" " * 8_000_000,
+                           headers={"Host": "evil.example"})
+    assert status == 403 and "not this studio's address" in json.loads(content)["error"]
 
 
 def test_the_api_needs_the_token_the_printed_url_carries(server):

@@ -143,13 +143,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _answer(self, route) -> None:
-        """Run ``route`` and turn every way a request can be wrong into a 4xx: a refusal, bad
-        input, and (last resort, reported as a bug) anything else."""
+        """Run ``route`` and turn every way a request can be wrong into a 4xx with a message (a
+        refusal, bad input); anything else is a bug of the studio's: a 500, and one line on the
+        terminal."""
+        self._body_read = False
         try:
             path, query = self._split_path()
             self._check_host()
             route(path, query)
         except _Refused as err:
+            if self.command == "POST" and not self._body_read:
+                self._discard_body()  # an answer sent over an unread body may never arrive
             self._error(err.status, str(err), close=err.status == HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         except StudioInputError as err:
             self._error(HTTPStatus.BAD_REQUEST, str(err))
@@ -157,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, "the request is nested too deeply")
         except OSError:  # the client went away or stalled: nobody to answer
             self.close_connection = True
-        except Exception as err:  # a bug in the studio: one line on the terminal, a 500 to the page
+        except Exception as err:
             print(f"minicnn studio: {type(err).__name__} answering {self.command} "
                   f"{self.path[:80]!r}: {err}", file=sys.stderr)
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(err).__name__}: {err}",
@@ -224,9 +228,8 @@ class _Handler(BaseHTTPRequestHandler):
         handlers = {"/api/analyze": self.app.analyze, "/api/check": self.app.check,
                     "/api/train": self.app.start_training}
         if path not in handlers:
-            self._discard_body()
             raise _Refused(HTTPStatus.NOT_FOUND, f"not found: {path[:200]}")
-        request = self._read_json()  # read first: an answer sent over an unread body is lost
+        request = self._read_json()  # the body first: then every answer reaches the client
         self._check_origin()
         self._check_token(query)
         self._json(HTTPStatus.OK, handlers[path](request))
@@ -242,6 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         return int(length)
 
     def _discard_body(self) -> None:
+        self._body_read = True
         try:
             length = self._content_length()
         except _Refused:
@@ -260,6 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
             length -= len(chunk)
 
     def _read_json(self):
+        self._body_read = True
         length = self._content_length()
         if length > MAX_BODY:
             self._drain(length)

@@ -5,8 +5,8 @@ the spot agree to ~1e-9) and answers three questions the page asks:
 
 - :meth:`Studio.analyze`: for one image and a chosen scalar (a class score, or the loss for a
   label), every layer's output and the gradient of that scalar with respect to it, the input
-  gradient and gradient x input, Grad-CAM, the first layer's weight gradient, the prediction, and for each
-  layer its forward/backward formula with this input's shapes (``Layer.formula``);
+  gradient and gradient x input, Grad-CAM, the first layer's weight gradient, the prediction,
+  and for each layer its forward/backward formula with this input's shapes (``Layer.formula``);
 - :meth:`Studio.check`: one entry of an analytic gradient (a pixel or a weight) next to a
   central difference, and the slopes on either side where the point sits on a kink;
 - :func:`preprocess_drawing`: a drawn digit prepared as MNIST's digits were (the ink's bounding
@@ -270,8 +270,8 @@ class Studio:
         at 0 is 0), each tie on its own, so its value can be either slope or neither. What
         always holds, and what the reply reports: the backward pass at ``w - h`` gives the left
         slope and at ``w + h`` the right slope (``analytic_left`` / ``analytic_right``), and
-        ``bends`` lists the layers whose outputs switch within the step (the first one is where
-        the switch is).
+        ``bends`` lists the layers whose outputs bend within the step: the first is where the
+        switch is, the later ones carry the bend on to the scalar.
         """
         image, _ = self.image_from_request(request)
         x = self._normalized(image)

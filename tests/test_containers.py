@@ -105,3 +105,37 @@ def test_containers_index_iterate_and_describe():
     assert "Residual[Conv2D(2->2" in model.summary(input_shape=(2, 6, 6), print_fn=None)
     with pytest.raises(TypeError, match="expected a list of minicnn layers"):
         Sequential(Dense(2, 2))
+
+
+def test_a_layer_used_twice_is_refused_where_the_model_is_built():
+    """A layer keeps what its last forward pass saw for its backward pass, so one object in two
+    places would get silently wrong gradients: refused, with why and what to do instead."""
+    dense = Dense(3, 3)
+    with pytest.raises(ValueError, match=r"layer 2 \(Dense\(3->3\)\) is the same object as "
+                                         r"layer 0.*wrong gradients.*copy.deepcopy"):
+        Sequential([dense, mc.layers.Tanh(), dense])
+    relu = ReLU()  # no weights, but a mask from the last pass: just as wrong
+    with pytest.raises(ValueError, match=r"layer 2.body.1 \(ReLU\(\)\) is the same object as "
+                                         r"layer 1"):
+        Sequential([Conv2D(1, 1, 3, padding=1), relu,
+                    Residual([Conv2D(1, 1, 3, padding=1), relu])])
+    # two copies with the same starting weights are two layers: their gradients are right
+    import copy
+
+    model = Sequential([dense, mc.layers.Tanh(), copy.deepcopy(dense)])
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    errors = mc.gradcheck.check_layer(model, x)
+    assert max(errors.values()) < 1e-6, errors
+
+
+def test_a_forward_that_skips_remember_is_named_at_once():
+    class Twice(mc.layers.Layer):
+        def _forward(self, x, training):
+            return 2 * x  # forgot self._remember(...)
+
+        def _backward(self, dy, input_grad):
+            return 2 * dy
+
+    with pytest.raises(RuntimeError, match=r"Twice: _forward must return its output through "
+                                           r"self._remember"):
+        mc.gradcheck.check_layer(Twice(), np.ones((2, 3)))

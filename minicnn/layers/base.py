@@ -152,8 +152,14 @@ class Layer:
     def _run_forward(self, x, training):
         """``_forward`` on an input already checked (containers check the whole chain at once).
         The previous batch's cache is dropped first, so that its arrays can be reused."""
-        self._cache = None
-        return self._forward(x, training)
+        self._cache, self._output_shape = None, None
+        y = self._forward(x, training)
+        if self._output_shape is None:
+            raise RuntimeError(
+                f"{self.name}: _forward must return its output through "
+                "self._remember(output, cache=...), which keeps what backward needs and the "
+                "output shape backward checks dy against (see Layer._remember)")
+        return y
 
     def backward(self, dy, input_grad: bool = True):
         """Given dL/dy (shaped like the last output), fill parameter grads and return dL/dx.

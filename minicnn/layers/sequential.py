@@ -42,6 +42,7 @@ class Sequential(Layer):
                 )
         if not layers:
             raise ValueError("Sequential: expected at least one layer")
+        _check_each_layer_once(layers)
         self.layers = layers
         self.seed = seed
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -381,3 +382,29 @@ def _last_value(steps, value):
     for step in steps:
         value = step[-1]
     return value
+
+
+def _check_each_layer_once(layers) -> None:
+    """Refuse a layer object that appears twice (directly or inside a Residual).
+
+    A layer keeps what its last forward pass saw (its input, mask or winners) for its backward
+    pass. Used twice, its backward would run on the second use's input for both uses, and its
+    weight gradient would hold one use's share where the two must add up: every gradient would
+    be silently wrong, so such a model is refused here, where it is built."""
+    seen: dict[int, str] = {}
+
+    def visit(layer, path: str) -> None:
+        if id(layer) in seen:
+            raise ValueError(
+                f"Sequential: layer {path} ({layer.describe()}) is the same object as layer "
+                f"{seen[id(layer)]}. A layer keeps what its last forward pass saw for its "
+                "backward pass, so one object used in two places would get wrong gradients "
+                "(each use's share must add up). Use a new layer for each place "
+                "(copy.deepcopy(layer) copies one, weights included); sharing weights between "
+                "two places is not supported.")
+        seen[id(layer)] = path
+        for name, child in layer.children():
+            visit(child, f"{path}.{name}")
+
+    for index, layer in enumerate(layers):
+        visit(layer, str(index))

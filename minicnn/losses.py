@@ -16,9 +16,13 @@ class SoftmaxCrossEntropy:
     exponential ever overflows (logits of 1e4 are fine), and ``L = -mean_n log p[n, y_n]``.
     With ``label_smoothing = s`` the target is ``(1 - s) * onehot(y) + s / C``, as in PyTorch.
 
-    Backward: dL/dz for one sample is ``softmax(z) - target`` — the fused form avoids the
-    softmax's own (C x C) Jacobian entirely. Averaging over the batch divides by N, so
-    ``backward()`` returns ``(p - target) / N`` of shape (N, C).
+    Backward: with p = softmax(z), the softmax's Jacobian is ``dp_i/dz_j = p_i (delta_ij - p_j)``
+    and ``dL/dp_i = -target_i / p_i``; the chain rule sums them to
+    ``dL/dz_j = -target_j + p_j * sum_i target_i = p_j - target_j`` (a target sums to 1, with
+    label smoothing too). So dL/dz for one sample is ``softmax(z) - target``: the fused form never
+    forms the (C x C) Jacobian. Averaging over the batch divides by N, so ``backward()`` returns
+    ``(p - target) / N`` of shape (N, C). (Derived step by step, with numbers, in
+    docs/notebooks/derivations.ipynb.)
     """
 
     def __init__(self, label_smoothing: float = 0.0):

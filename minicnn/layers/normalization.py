@@ -27,8 +27,17 @@ class BatchNorm2D(Layer):
 
     - ``dL/dbeta = sum(dy)`` and ``dL/dgamma = sum(dy * xhat)`` — both shape (C,);
     - ``dL/dxhat = dy * gamma``. Because mu and var depend on every x of the channel, x reaches
-      the loss through three paths (directly, through mu, through var). Adding them gives the
-      compact form ``dx = gamma / (M * sqrt(var + eps)) * (M*dy - sum(dy) - xhat * sum(dy * xhat))``.
+      the loss through three paths, whose gradients add up (with ``sigma = sqrt(var + eps)``):
+
+      1. directly, mu and sigma held fixed: ``dxhat / sigma``;
+      2. through the mean: ``dmu = -sum(dxhat) / sigma`` (var's own dependence on mu adds
+         ``dvar * -2/M * sum(x - mu)``, which is 0), and ``dmu/dx = 1/M``: ``dmu / M``;
+      3. through the variance: ``dvar = sum(dxhat * (x - mu)) * -1/2 * sigma**-3`` and
+         ``dvar/dx = 2 (x - mu) / M``: ``dvar * 2 (x - mu) / M``.
+
+      With ``x - mu = sigma * xhat`` the three add up to the compact form
+      ``dx = gamma / (M * sigma) * (M*dy - sum(dy) - xhat * sum(dy * xhat))``
+      (each step checked by numbers in docs/notebooks/derivations.ipynb).
 
     Backward (inference): mu and var are constants, so ``dx = dy * gamma / sqrt(running_var + eps)``.
     """

@@ -165,6 +165,35 @@ def _studio_arguments(studio) -> None:
                         help="port (default 0: a free one; the URL is printed)")
 
 
+def _exercises_arguments(exercises) -> None:
+    actions = exercises.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = actions.add_parser("start", help="write the exercise files into DIR",
+                               description="Write one file per exercise into DIR (files already "
+                                           "there are kept).")
+    start.add_argument("folder", metavar="DIR")
+    check = actions.add_parser("check", help="grade your answers (all, or NAME)",
+                               description="Grade the exercises in --dir (default: here): "
+                                           "which are right, where the others are wrong, and "
+                                           "the classic mistake when it recognizes one.")
+    check.add_argument("name", nargs="?", metavar="NAME",
+                       help="one exercise (its function's name or number)")
+    check.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
+    check.add_argument("--hint", action="store_true",
+                       help="show NAME's next hint (one more each time)")
+    check.add_argument("--reveal", action="store_true",
+                       help="show NAME's reference solution (it is also shown after a pass)")
+    progress = actions.add_parser("list", help="the exercises and your progress")
+    progress.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
+    train = actions.add_parser("train", help="train on MNIST with your own backward passes",
+                               description="Train a small CNN on MNIST whose layers run your "
+                                           "answers to exercises 1-7 and 9 (each must pass "
+                                           "first); 98%% or more proves them end to end.")
+    train.add_argument("folder", metavar="DIR", nargs="?", default=".")
+    train.add_argument("--epochs", type=positive_int, default=1)
+    train.add_argument("--limit", type=positive_int, default=None,
+                       help="train on the first N training images only")
+
+
 def _export_arguments(export) -> None:
     export.add_argument("model", help="a model file written by minicnn (.safetensors)")
     export.add_argument("--onnx", metavar="OUT", required=True, help="the .onnx file to write")
@@ -253,6 +282,11 @@ COMMANDS = {
                "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker "
                "and, when onnxruntime is installed, compare its probabilities with minicnn's.",
                _export_arguments),
+    "exercises": ("a graded course in backprop: write the backward passes yourself",
+                  "Write the backward passes of the Dense layer, ReLU, softmax cross-entropy, "
+                  "max pooling, im2col, the convolution and col2im, and BatchNorm yourself; "
+                  "`check` grades them on drawn shapes, says which entries are wrong and names "
+                  "the classic mistakes; `train` trains MNIST with them.", _exercises_arguments),
     "tune": ('search hyperparameters with Optuna (pip install "minicnn[tune]")',
              "Search learning rate, batch size, optimizer, weight decay, width, kernel size, "
              "activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
@@ -543,6 +577,61 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_exercises(args) -> int:
+    from . import exercises
+
+    if args.action == "start":
+        written = exercises.start(args.folder)
+        folder = Path(args.folder)
+        print(f"{len(written)} exercise file(s) written to {folder}"
+              + (f" ({len(exercises.EXERCISES) - len(written)} already there, kept)"
+                 if len(written) < len(exercises.EXERCISES) else "") + ". Next:")
+        print(f"  cd {folder}\n  (edit {exercises.EXERCISES[0].file_name})\n"
+              f"  minicnn exercises check {exercises.EXERCISES[0].name}")
+        return 0
+    if args.action == "list":
+        progress = exercises.load_progress(args.dir)
+        for item in exercises.EXERCISES:
+            mark = "passed" if item.name in progress["passed"] else "      "
+            print(f"{mark}  {item.number}. {item.name}: {item.title}")
+        return 0
+    if args.action == "train":
+        from .exercises.training import train_with_your_layers
+
+        train_with_your_layers(args.folder, epochs=args.epochs, limit=args.limit,
+                               verbose=0 if args.quiet else 1)
+        return 0
+    if (args.hint or args.reveal) and not args.name:
+        raise UsageError("--hint and --reveal need the exercise's NAME")
+    if args.hint:
+        hints = exercises.next_hint(args.dir, args.name)
+        total = len(exercises.exercise(args.name).hints)
+        for number, hint in enumerate(hints, 1):
+            print(f"hint {number} of {total}: {hint}")
+        return 0
+    if args.reveal:
+        print(exercises.solution_source(args.name))
+        return 0
+    grades = exercises.check(args.dir, args.name)
+    for result in grades:
+        item = result.exercise
+        print(f"{'PASS' if result.passed else 'FAIL'}  {item.number}. {item.name}: "
+              f"{result.report[0]}")
+        for line in result.report[1:]:
+            print(f"      {line}")
+    failed = [result.exercise for result in grades if not result.passed]
+    if args.name and not failed:
+        print("\nThe reference solution, to compare with yours:\n")
+        print(exercises.solution_source(args.name))
+    elif len(grades) > 1:
+        print(f"\n{len(grades) - len(failed)} of {len(grades)} passed" +
+              (f"; next: minicnn exercises check {failed[0].name} (--hint for a hint)"
+               if failed else ""))
+    elif failed:
+        print(f"\nA hint: minicnn exercises check {failed[0].name} --hint")
+    return 1 if failed else 0
+
+
 def cmd_tune(args) -> int:
     try:
         return _run_tune(args)
@@ -584,7 +673,7 @@ def main(argv=None) -> int:
 
 _HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_evaluate,
              "predict": cmd_predict, "bench": cmd_bench, "export": cmd_export, "tune": cmd_tune,
-             "studio": cmd_studio}
+             "studio": cmd_studio, "exercises": cmd_exercises}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ FLOORS = {
     4: ["training", "checkpoints", "callbacks", "diagnostics", "interpret", "interop", "metrics",
         "plots", "models"],
     5: ["recipes", "tuning", "report"],
-    6: ["cli", "__main__", "studio"],
+    6: ["cli", "__main__", "studio", "exercises"],
 }
 DATA_FLOOR = 1  # data/ sits beside the stack and uses the foundation only
 FLOOR_OF = {name: floor for floor, names in FLOORS.items() for name in names}

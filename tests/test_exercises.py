@@ -1,0 +1,263 @@
+"""minicnn exercises: the reference solutions are right (held to minicnn's layers, naive loops
+and central differences), every classic mistake planted into a solution is caught and named, a
+stub fails with a clear message, and the command line does what the templates tell a learner."""
+
+import copy
+import inspect
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minicnn as mc
+from minicnn import exercises, naive
+from minicnn.exercises import solutions
+from minicnn.exercises.grading import grade
+from minicnn.gradcheck import numerical_gradient, relative_error
+from minicnn.kernels import numpy_kernels as K
+from minicnn.layers import BatchNorm2D, Dense, MaxPool2D, ReLU
+
+CASES = [(item, case) for item in exercises.EXERCISES for case in item.cases()]
+
+
+def ids(pair):
+    item, case = pair
+    return f"{item.name}-{case.description}"
+
+
+def agree(a, b, tolerance=1e-9):
+    assert relative_error(np.asarray(a), np.asarray(b)) <= tolerance
+
+
+# -- the reference solutions, against minicnn -------------------------------------------------------
+
+@pytest.mark.parametrize("pair", CASES, ids=[ids(p) for p in CASES])
+def test_every_reference_solution_agrees_with_minicnn(pair):
+    item, case = pair
+    a = copy.deepcopy(case.arguments)
+    answer = item.solution(**copy.deepcopy(a))
+    if item.name == "dense_backward":
+        layer = Dense(*a["W"].shape).astype(np.float64)
+        layer.weight.data = a["W"]
+        layer.forward(a["x"])
+        dx = layer.backward(a["dy"])
+        for mine, theirs in zip(answer, (dx, layer.weight.grad, layer.bias.grad)):
+            agree(mine, theirs)
+    elif item.name == "relu_backward":
+        layer = ReLU()
+        layer.forward(a["x"])
+        agree(answer, layer.backward(a["dy"]))
+    elif item.name == "softmax_cross_entropy_backward":
+        loss = mc.losses.SoftmaxCrossEntropy()
+        loss.forward(a["logits"], a["labels"])
+        agree(answer, loss.backward())
+    elif item.name == "maxpool_backward":
+        agree(answer, naive.maxpool2d_backward(a["dy"], a["x"], a["kernel"], a["stride"]))
+        layer = MaxPool2D(a["kernel"], a["stride"])
+        layer.forward(a["x"])
+        agree(answer, layer.backward(a["dy"]))
+    elif item.name == "im2col":
+        agree(answer, K.im2col(a["x"], a["kernel"], a["stride"], a["padding"]), 0)
+    elif item.name == "conv_backward_cols":
+        dW2, dcols = answer
+        agree(dW2, a["dout"] @ a["cols"].T)
+        agree(dcols, a["W2"].T @ a["dout"])
+    elif item.name == "col2im":
+        agree(answer, K.col2im(a["dcols"], a["x_shape"], a["kernel"], a["stride"],
+                               a["padding"]))
+    else:  # BatchNorm, both forms: the layer in training mode, and central differences
+        layer = BatchNorm2D(a["x"].shape[1], eps=a["eps"]).astype(np.float64)
+        layer.gamma.data = a["gamma"]
+        layer.forward(a["x"], training=True)
+        dx = layer.backward(a["dy"])
+        for mine, theirs in zip(answer, (dx, layer.gamma.grad, layer.beta.grad)):
+            agree(mine, theirs)
+        x = a["x"].copy()
+        numeric = numerical_gradient(lambda: (layer.forward(x, training=True) * a["dy"]).sum(),
+                                     x)
+        agree(answer[0], numeric, 1e-6)
+
+
+def test_the_convolution_exercises_compose_into_the_naive_convolution():
+    """im2col, then the columns' backward, then col2im: the naive loops' dx and dW."""
+    rng = np.random.default_rng(3)
+    x, W = rng.standard_normal((2, 3, 6, 5)), rng.standard_normal((4, 3, 3, 2))
+    stride, padding = (2, 1), (1, 1)
+    y = naive.conv2d_forward(x, W, None, stride, padding)
+    dy = rng.standard_normal(y.shape)
+    cols = solutions.im2col(x, (3, 2), stride, padding)
+    dout = dy.transpose(1, 0, 2, 3).reshape(4, -1)
+    dW2, dcols = solutions.conv_backward_cols(cols, W.reshape(4, -1), dout)
+    dx = solutions.col2im(dcols, x.shape, (3, 2), stride, padding)
+    dx_naive, dW_naive, _ = naive.conv2d_backward(dy, x, W, stride, padding)
+    agree(dx, dx_naive)
+    agree(dW2.reshape(W.shape), dW_naive)
+
+
+# -- grading -------------------------------------------------------------------------------------
+
+def write(folder, item, source: str):
+    (folder / item.file_name).write_text("import numpy as np\n\n\n" + source)
+
+
+def answer_file(folder, item, function):
+    """A learner's file whose function returns what ``function`` returns."""
+    source = inspect.getsource(function)
+    name = function.__name__
+    write(folder, item, source + f"\n\n{item.name} = {name}\n" if name != item.name else source)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    exercises.start(tmp_path)
+    return tmp_path
+
+
+def test_the_stubs_fail_with_a_clear_message(folder):
+    grades = exercises.check(folder)
+    assert len(grades) == len(exercises.EXERCISES) >= 8
+    for result in grades:
+        assert not result.passed
+        assert result.report == [f"not written yet: replace the TODO in "
+                                 f"{result.exercise.file_name}"]
+
+
+def test_the_reference_solutions_pass_and_the_pass_is_recorded(folder):
+    for item in exercises.EXERCISES:
+        write(folder, item, inspect.getsource(item.solution))
+    grades = exercises.check(folder)
+    assert all(result.passed for result in grades), [r.report for r in grades]
+    assert all(result.cases >= 3 for result in grades)
+    progress = json.loads((folder / "progress.json").read_text())
+    assert set(progress["passed"]) == {item.name for item in exercises.EXERCISES}
+
+
+MISTAKES = [(item, mistake) for item in exercises.EXERCISES for mistake in item.mistakes]
+
+
+@pytest.mark.parametrize("pair", MISTAKES, ids=[f"{i.name}-{n}" for n, (i, m) in
+                                                 enumerate(MISTAKES)])
+def test_every_classic_mistake_is_caught_and_named(tmp_path, pair):
+    item, mistake = pair
+    module = inspect.getmodule(mistake.answer)
+    source = inspect.getsource(module) if mistake.answer.__name__ == "<lambda>" else None
+    path = tmp_path / item.file_name
+    # the mistake as a learner's file: the planted function under the exercise's name
+    if source is None:
+        path.write_text(f"from {module.__name__} import {mistake.answer.__name__} as "
+                        f"{item.name}\n")
+    else:
+        index = item.mistakes.index(mistake)
+        path.write_text(f"from {module.__name__} import BY_NAME\n\n"
+                        f"{item.name} = BY_NAME[{item.name!r}].mistakes[{index}].answer\n")
+    result = grade(item, path)
+    assert not result.passed
+    text = "\n".join(result.report)
+    assert f"This looks like a classic mistake: {mistake.words}." in text, text
+    assert "case " in result.report[0]  # which case, with its shapes
+
+
+def test_a_wrong_answer_says_where(folder):
+    item = exercises.exercise("dense_backward")
+    write(folder, item, """def dense_backward(x, W, dy):
+    return dy @ W.T, x.T @ dy, dy.sum(axis=0) + 1.0
+""")
+    report = grade(item, folder / item.file_name).report
+    assert report[0].startswith("case 1 of 3 (x (4, 5), W (5, 3), dy (4, 3)): db: 3 of 3 "
+                                "entries wrong")
+    assert report[1].startswith("  db[0] = ")
+
+
+def test_shapes_factors_errors_and_syntax_are_named(folder):
+    item = exercises.exercise("softmax_cross_entropy_backward")
+    write(folder, item, "def softmax_cross_entropy_backward(logits, labels):\n"
+                        "    return np.zeros((2, 2))\n")
+    assert "dlogits has shape (2, 2); expected (4, 3)" in grade(item, folder /
+                                                                 item.file_name).report[0]
+    write(folder, item, inspect.getsource(solutions.softmax_cross_entropy_backward).replace(
+        "return (p - onehot) / n", "return 2 * (p - onehot) / n"))
+    assert "  every entry is 2 times the expected one" in grade(item, folder /
+                                                                item.file_name).report
+    write(folder, item, "def softmax_cross_entropy_backward(logits, labels):\n"
+                        "    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)\n"
+                        "    p[np.arange(len(p)), labels] -= 1\n    return p / len(p)\n")
+    report = grade(item, folder / item.file_name).report
+    assert "huge logits" in report[0] and "NaN or infinite" in report[0]
+    write(folder, item, "def softmax_cross_entropy_backward(logits, labels):\n"
+                        "    return logits @ labels\n")
+    report = grade(item, folder / item.file_name).report
+    assert "your function raised line 5: return logits @ labels: ValueError" in report[0]
+    write(folder, item, "def softmax_cross_entropy_backward(logits, labels)\n    pass\n")
+    assert "does not run: line 4: SyntaxError" in grade(item, folder / item.file_name).report[0]
+    (folder / item.file_name).unlink()
+    assert "is not there: run `minicnn exercises start" in grade(
+        item, folder / item.file_name).report[0]
+
+
+def test_start_keeps_a_learners_work(folder):
+    path = folder / exercises.EXERCISES[0].file_name
+    path.write_text("# my work\n")
+    assert exercises.start(folder) == []
+    assert path.read_text() == "# my work\n"
+
+
+def test_hints_come_one_more_each_time_and_are_remembered(folder):
+    item = exercises.exercise("maxpool_backward")
+    assert exercises.next_hint(folder, "maxpool_backward") == list(item.hints[:1])
+    assert exercises.next_hint(folder, "4") == list(item.hints[:2])
+    for _ in range(5):
+        hints = exercises.next_hint(folder, "maxpool_backward")
+    assert hints == list(item.hints)
+    assert exercises.load_progress(folder)["hints"]["maxpool_backward"] == len(item.hints)
+    with pytest.raises(ValueError, match="no exercise 'nope'; the exercises are: dense_backward"):
+        exercises.exercise("nope")
+
+
+def minicnn(*arguments, cwd):
+    return subprocess.run([sys.executable, "-m", "minicnn", "exercises", *arguments], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_as_the_templates_describe_it(tmp_path):
+    run = minicnn("start", "course", cwd=tmp_path)
+    assert run.returncode == 0 and "9 exercise file(s) written" in run.stdout
+    course = tmp_path / "course"
+    run = minicnn("check", "dense_backward", cwd=course)
+    assert run.returncode == 1 and "FAIL  1. dense_backward: not written yet" in run.stdout
+    assert "minicnn exercises check dense_backward --hint" in run.stdout
+    assert "def dense_backward" not in run.stdout  # no solution before a pass
+    run = minicnn("check", "dense_backward", "--hint", cwd=course)
+    assert run.stdout.startswith("hint 1 of 3: ")
+    write(course, exercises.exercise("dense_backward"),
+          inspect.getsource(solutions.dense_backward))
+    run = minicnn("check", "dense_backward", cwd=course)
+    assert run.returncode == 0 and "PASS  1. dense_backward: all 3 cases right" in run.stdout
+    assert "The reference solution" in run.stdout and "dW = x.T @ dy" in run.stdout
+    run = minicnn("check", "--dir", str(course), cwd=tmp_path)
+    assert run.returncode == 1 and "1 of 9 passed; next: minicnn exercises check relu_backward" \
+        in run.stdout
+    run = minicnn("check", "col2im", "--reveal", cwd=course)
+    assert "def col2im(dcols, x_shape, kernel, stride, padding):" in run.stdout
+    run = minicnn("list", "--dir", str(course), cwd=tmp_path)
+    assert "passed  1. dense_backward" in run.stdout
+    run = minicnn("check", "--hint", cwd=course)
+    assert run.returncode == 2 and "--hint and --reveal need the exercise's NAME" in run.stderr
+
+
+def test_train_refuses_until_the_exercises_pass(folder):
+    from minicnn.exercises.training import train_with_your_layers
+
+    with pytest.raises(ValueError, match="train needs every exercise it uses to pass first; "
+                                         "not yet: 1. dense_backward"):
+        train_with_your_layers(folder, verbose=0)
+
+
+def test_train_learns_with_the_reference_solutions(folder):
+    from minicnn.exercises.training import train_with_your_layers
+
+    for item in exercises.EXERCISES:
+        write(folder, item, inspect.getsource(item.solution))
+    result = train_with_your_layers(folder, epochs=1, limit=4000, verbose=0)
+    assert result["test_accuracy"] > 0.8, result  # a network that does not learn: 10%

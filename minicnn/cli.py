@@ -163,6 +163,9 @@ def _studio_arguments(studio) -> None:
                              "opens it to the network, with a warning)")
     studio.add_argument("--port", type=non_negative_int, default=0,
                         help="port (default 0: a free one; the URL is printed)")
+    studio.add_argument("--layers", metavar="DIR",
+                        help="a `minicnn exercises` folder: the page runs your backward passes "
+                             "(those whose exercises pass) instead of minicnn's")
 
 
 def _exercises_arguments(exercises) -> None:
@@ -419,7 +422,7 @@ def _start_studio_for_training():
 def cmd_studio(args) -> int:
     from .studio import build_app, serve
 
-    app = build_app(args.model, verbose=0 if args.quiet else 1)
+    app = build_app(args.model, verbose=0 if args.quiet else 1, your_layers=args.layers)
     serve(app, args.host, args.port, verbose=0 if args.quiet else 1)
     return 0
 

@@ -261,3 +261,33 @@ def test_train_learns_with_the_reference_solutions(folder):
         write(folder, item, inspect.getsource(item.solution))
     result = train_with_your_layers(folder, epochs=1, limit=4000, verbose=0)
     assert result["test_accuracy"] > 0.8, result  # a network that does not learn: 10%
+
+
+def test_the_studio_runs_your_layers_and_they_match_minicnns(folder):
+    """`minicnn studio --layers DIR`: the page's backward maps come from the learner's
+    functions (those that pass); with the reference answers they equal minicnn's own."""
+    from test_studio import small_model
+
+    from minicnn.exercises.training import with_your_layers
+    from minicnn.studio import Studio
+
+    model = small_model()
+    for item in exercises.EXERCISES[:4]:  # dense, ReLU, softmax, max pooling; not the conv
+        write(folder, item, inspect.getsource(item.solution))
+    yours, kept = with_your_layers(model, folder)
+    assert [type(layer).__name__ for layer in yours.layers] == [
+        "Conv2D", "BatchNorm2D", "YourReLU", "YourMaxPool2D", "Flatten", "YourDense"]
+    assert kept == ["BatchNorm2D stays minicnn's: batchnorm_backward_compact not passed",
+                    "Conv2D stays minicnn's: im2col, conv_backward_cols, col2im not passed"]
+    image = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28))
+    theirs = Studio(model).analyze({"image": image[0].tolist()})
+    mine = Studio(yours).analyze({"image": image[0].tolist()})
+    assert "[your backward]" in mine["layers"][5]["describe"]
+    for a, b in zip(theirs["layers"], mine["layers"]):
+        assert a["backward"]["data"] == b["backward"]["data"]
+    assert theirs["input_gradient"]["data"] == mine["input_gradient"]["data"]
+    # the page really runs the learner's function: swap in a wrong one (the ReLU's slope taken
+    # as x, which the grader would refuse) and the input gradient changes
+    yours.layers[2].yours.functions["relu_backward"] = lambda x, dy: dy * np.maximum(x, 0)
+    wrong = Studio(yours).analyze({"image": image[0].tolist()})
+    assert wrong["input_gradient"]["data"] != theirs["input_gradient"]["data"]

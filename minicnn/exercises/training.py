@@ -9,6 +9,7 @@ grader would show here as a network that does not learn.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -26,34 +27,51 @@ USED = ("dense_backward", "relu_backward", "softmax_cross_entropy_backward", "ma
 
 
 class _Yours:
-    """The learner's functions, by exercise name."""
+    """The learner's functions that pass their exercise, by exercise name; ``failed`` says
+    which of ``USED`` do not pass yet, and why."""
 
     def __init__(self, folder: Path):
-        self.functions = {}
-        failed = []
+        self.functions, self.failed = {}, []
         for name in USED:
             exercise = BY_NAME[name]
             result = grade(exercise, folder / exercise.file_name)
             if not result.passed:
-                failed.append(f"{exercise.number}. {name} ({result.report[0]})")
+                self.failed.append(f"{exercise.number}. {name} ({result.report[0]})")
             else:
                 self.functions[name] = load_function(exercise, folder / exercise.file_name)
-        if failed:
-            raise ValueError("train needs every exercise it uses to pass first; not yet: "
-                             + "; ".join(failed))
+
+    def passed(self, *names) -> bool:
+        return all(name in self.functions for name in names)
 
     def __getattr__(self, name):
-        return self.functions[name]
+        try:
+            return self.__dict__["functions"][name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
-class YourDense(Dense):
+class _YourLayer:
+    """A layer whose backward pass (part of it, for the convolution) is the learner's."""
+
+    needs: tuple[str, ...] = ()  # the exercises it runs
+
+    def describe(self):
+        return f"{super().describe()} [your backward]"
+
+
+class YourDense(_YourLayer, Dense):
+    needs = ("dense_backward",)
+
     def _backward(self, dy, input_grad):
-        dx, self.weight.grad, self.bias.grad = self.yours.dense_backward(
-            self._cache, self.weight.data, dy)
+        dx, self.weight.grad, db = self.yours.dense_backward(self._cache, self.weight.data, dy)
+        if self.bias is not None:
+            self.bias.grad = db
         return dx
 
 
-class YourReLU(ReLU):
+class YourReLU(_YourLayer, ReLU):
+    needs = ("relu_backward",)
+
     def _forward(self, x, training):
         return self._remember(np.maximum(x, 0), cache=x)
 
@@ -61,7 +79,9 @@ class YourReLU(ReLU):
         return self.yours.relu_backward(self._cache, dy)
 
 
-class YourMaxPool2D(MaxPool2D):
+class YourMaxPool2D(_YourLayer, MaxPool2D):
+    needs = ("maxpool_backward",)
+
     def _forward(self, x, training):
         y, _ = self.kernels.maxpool_forward(x, self.kernel_size, self.stride)
         return self._remember(y, cache=x)
@@ -70,15 +90,19 @@ class YourMaxPool2D(MaxPool2D):
         return self.yours.maxpool_backward(self._cache, dy, self.kernel_size, self.stride)
 
 
-class YourConv2D(Conv2D):
+class YourConv2D(_YourLayer, Conv2D):
     """Conv2D's im2col story with the learner's im2col, dW2/dcols and col2im."""
+
+    needs = ("im2col", "conv_backward_cols", "col2im")
 
     def _forward(self, x, training):
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
         W2 = self.weight.data.reshape(f, -1)
         cols = self.yours.im2col(x, self.kernel_size, self.stride, self.padding)
-        out = W2 @ cols + self.bias.data[:, None]                      # (F, N*OH*OW)
+        out = W2 @ cols                                                # (F, N*OH*OW)
+        if self.bias is not None:
+            out = out + self.bias.data[:, None]
         y = out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
         return self._remember(np.ascontiguousarray(y), cache=(x.shape, cols))
 
@@ -88,19 +112,27 @@ class YourConv2D(Conv2D):
         dout = dy.transpose(1, 0, 2, 3).reshape(f, -1)                # (F, N*OH*OW)
         dW2, dcols = self.yours.conv_backward_cols(cols, self.weight.data.reshape(f, -1), dout)
         self.weight.grad = dW2.reshape(self.weight.data.shape)
-        self.bias.grad = dy.sum(axis=(0, 2, 3))
+        if self.bias is not None:
+            self.bias.grad = dy.sum(axis=(0, 2, 3))
         if not input_grad:
             return None
         return self.yours.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
 
 
-class YourBatchNorm2D(BatchNorm2D):
+class YourBatchNorm2D(_YourLayer, BatchNorm2D):
+    """Your training-mode backward; in inference mode (the studio) the statistics are
+    constants, and minicnn's backward (dx = dy * gamma / sqrt(running_var + eps)) runs."""
+
+    needs = ("batchnorm_backward_compact",)
+
     def _forward(self, x, training):
         y = super()._forward(x, training)
-        self._input = x
+        self._input, self._training = x, training
         return y
 
     def _backward(self, dy, input_grad):
+        if not self._training:
+            return super()._backward(dy, input_grad)
         dx, self.gamma.grad, self.beta.grad = self.yours.batchnorm_backward_compact(
             self._input, self.gamma.data, dy, self.eps)
         return dx
@@ -115,6 +147,31 @@ class YourLoss(SoftmaxCrossEntropy):
 
     def backward(self, scale: float = 1.0):
         return self.yours.softmax_cross_entropy_backward(self._logits, self._labels) * scale
+
+
+YOUR_LAYERS = {Conv2D: YourConv2D, BatchNorm2D: YourBatchNorm2D, ReLU: YourReLU,
+               MaxPool2D: YourMaxPool2D, Dense: YourDense}
+
+
+def with_your_layers(model: Sequential, folder) -> tuple[Sequential, list[str]]:
+    """A copy of ``model`` whose layers run your backward passes wherever the exercises they
+    need pass (the weights are the model's); returns it and one line per layer type kept as
+    minicnn's, saying why. For ``minicnn studio --layers DIR``."""
+    yours = _Yours(Path(folder))
+    layers, kept = [], set()
+    for layer in model.layers:
+        mine = YOUR_LAYERS.get(type(layer))
+        if mine is not None and yours.passed(*mine.needs):
+            layer = copy.deepcopy(layer)
+            layer.__class__ = mine  # the same arrays and settings, your backward pass
+            layer.yours = yours
+        elif mine is not None:
+            kept.add(f"{type(layer).__name__} stays minicnn's: "
+                     + ", ".join(n for n in mine.needs if not yours.passed(n)) + " not passed")
+        layers.append(layer)
+    copied = Sequential(layers, input_shape=model.input_shape)
+    copied.metadata = dict(model.metadata or {})
+    return copied, sorted(kept)
 
 
 def your_network(yours: _Yours, seed: int = 0) -> Sequential:
@@ -135,6 +192,9 @@ def train_with_your_layers(folder, epochs: int = 1, limit: int | None = None, se
     from ..training import evaluate, fit
 
     yours = _Yours(Path(folder))
+    if yours.failed:
+        raise ValueError("train needs every exercise it uses to pass first; not yet: "
+                         + "; ".join(yours.failed))
     previous = backend.get_backend()
     backend.set_backend("numpy")  # your functions are NumPy code
     try:

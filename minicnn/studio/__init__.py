@@ -40,14 +40,23 @@ def default_model_path(verbose: int = 1) -> Path:
     return path
 
 
-def build_app(model_path=None, verbose: int = 1, demo_training: bool = True) -> StudioApp:
+def build_app(model_path=None, verbose: int = 1, demo_training: bool = True,
+              your_layers=None) -> StudioApp:
     """The studio for a model file (None: the cached small MNIST model, trained if needed),
-    with its dataset's held-out images in the picker."""
+    with its dataset's held-out images in the picker. ``your_layers``: a folder of
+    ``minicnn exercises``, whose passing backward passes replace minicnn's in the page."""
     from .. import load_model
     from ..data.splits import load_test_data
 
     path = Path(model_path) if model_path is not None else default_model_path(verbose)
     model = load_model(path)
+    if your_layers is not None:
+        from ..exercises.training import with_your_layers
+
+        model, kept = with_your_layers(model, your_layers)
+        if verbose:
+            for line in kept:
+                print(f"minicnn studio: {line}", file=sys.stderr)
     metadata = model.metadata or {}
     images = labels = None
     if metadata.get("dataset") and metadata["dataset"] != "folder":

@@ -192,7 +192,9 @@ def _exercises_arguments(exercises) -> None:
                                            "answers to exercises 1-7 and 9 (each must pass "
                                            "first); 98%% or more proves them end to end.")
     train.add_argument("folder", metavar="DIR", nargs="?", default=".")
-    train.add_argument("--epochs", type=positive_int, default=1)
+    train.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
+    train.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bar")
     train.add_argument("--limit", type=positive_int, default=None,
                        help="train on the first N training images only")
 

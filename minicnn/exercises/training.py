@@ -184,7 +184,7 @@ def your_network(yours: _Yours, seed: int = 0) -> Sequential:
     return Sequential(layers, seed=seed, input_shape=(1, 28, 28))
 
 
-def train_with_your_layers(folder, epochs: int = 1, limit: int | None = None, seed: int = 0,
+def train_with_your_layers(folder, epochs: int = 3, limit: int | None = None, seed: int = 0,
                            verbose: int = 1) -> dict:
     """Train :func:`your_network` on MNIST (Adam, batches of 64) and evaluate it on the 10,000
     test images. Returns ``{"test_accuracy", "train_seconds", "epochs", "images"}``."""

@@ -196,6 +196,18 @@ def test_shapes_factors_errors_and_syntax_are_named(folder):
         item, folder / item.file_name).report[0]
 
 
+def test_answers_as_a_list_count_and_a_folder_without_exercises_is_left_alone(folder, tmp_path):
+    item = exercises.exercise("dense_backward")
+    write(folder, item, "def dense_backward(x, W, dy):\n"
+                        "    return [dy @ W.T, x.T @ dy, dy.sum(axis=0)]\n")
+    assert grade(item, folder / item.file_name).passed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    grades = exercises.check(elsewhere)
+    assert "is not there: run `minicnn exercises start" in grades[0].report[0]
+    assert list(elsewhere.iterdir()) == []  # no progress.json dropped into a random folder
+
+
 def test_start_keeps_a_learners_work(folder):
     path = folder / exercises.EXERCISES[0].file_name
     path.write_text("# my work\n")

@@ -67,7 +67,7 @@ def check(folder, name: str | None = None) -> list[Grade]:
         if result.passed:
             progress["passed"].setdefault(result.exercise.name,
                                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if folder.is_dir():
+    if any((folder / item.file_name).is_file() for item in EXERCISES):  # an exercises folder
         _save_progress(folder, progress)
     return grades
 

@@ -64,9 +64,10 @@ def _where(err: BaseException, path: Path) -> str:
     return f"{place}{type(err).__name__}: {err}"
 
 
-def _as_tuple(value, count: int):
-    if count == 1 and not isinstance(value, tuple):
-        return (value,)
+def _as_tuple(value, count: int) -> tuple:
+    """What a function returned, as a tuple of its ``count`` arrays (a list of them is fine)."""
+    if count > 1 and isinstance(value, list):
+        return tuple(value)
     return value if isinstance(value, tuple) else (value,)
 
 

@@ -190,44 +190,38 @@ def _maxpool_cases(rng):
     return cases
 
 
-def _maxpool_assign(x, dy, kernel, stride):
+def _pool_backward_with(x, dy, kernel, stride, send):
+    """The max-pool backward's loop, with what each window sends back left to ``send(into,
+    window, g)``: ``into`` is the window's view of dx, ``g`` its dy."""
     (kh, kw), (sh, sw) = kernel, stride
     dx = np.zeros_like(x)
-    for n in range(dy.shape[0]):
-        for c in range(dy.shape[1]):
-            for oh in range(dy.shape[2]):
-                for ow in range(dy.shape[3]):
-                    window = x[n, c, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw]
-                    i, j = np.unravel_index(np.argmax(window), window.shape)
-                    dx[n, c, oh * sh + i, ow * sw + j] = dy[n, c, oh, ow]
+    for n, c, oh, ow in np.ndindex(*dy.shape):
+        rows, cols = slice(oh * sh, oh * sh + kh), slice(ow * sw, ow * sw + kw)
+        send(dx[n, c, rows, cols], x[n, c, rows, cols], dy[n, c, oh, ow])
     return dx
+
+
+def _first_max(window):
+    return np.unravel_index(np.argmax(window), window.shape)
+
+
+def _maxpool_assign(x, dy, kernel, stride):
+    def send(into, window, g):
+        into[_first_max(window)] = g  # overwrites what an overlapping window sent
+    return _pool_backward_with(x, dy, kernel, stride, send)
 
 
 def _maxpool_all_ties(x, dy, kernel, stride):
-    (kh, kw), (sh, sw) = kernel, stride
-    dx = np.zeros_like(x)
-    for n in range(dy.shape[0]):
-        for c in range(dy.shape[1]):
-            for oh in range(dy.shape[2]):
-                for ow in range(dy.shape[3]):
-                    rows, cols = slice(oh * sh, oh * sh + kh), slice(ow * sw, ow * sw + kw)
-                    window = x[n, c, rows, cols]
-                    dx[n, c, rows, cols] += dy[n, c, oh, ow] * (window == window.max())
-    return dx
+    def send(into, window, g):
+        into += g * (window == window.max())
+    return _pool_backward_with(x, dy, kernel, stride, send)
 
 
 def _maxpool_last_max(x, dy, kernel, stride):
-    (kh, kw), (sh, sw) = kernel, stride
-    dx = np.zeros_like(x)
-    for n in range(dy.shape[0]):
-        for c in range(dy.shape[1]):
-            for oh in range(dy.shape[2]):
-                for ow in range(dy.shape[3]):
-                    window = x[n, c, oh * sh:oh * sh + kh, ow * sw:ow * sw + kw]
-                    flat = window.size - 1 - np.argmax(window.ravel()[::-1])
-                    i, j = np.unravel_index(flat, window.shape)
-                    dx[n, c, oh * sh + i, ow * sw + j] += dy[n, c, oh, ow]
-    return dx
+    def send(into, window, g):
+        last = window.size - 1 - np.argmax(window.ravel()[::-1])
+        into[np.unravel_index(last, window.shape)] += g
+    return _pool_backward_with(x, dy, kernel, stride, send)
 
 
 MAXPOOL = Exercise(

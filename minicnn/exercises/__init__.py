@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
+from ..atomic import atomic_write_bytes
 from .course import BY_NAME, EXERCISES, Exercise
 from .grading import Grade, grade
 
@@ -49,8 +50,8 @@ def start(folder) -> list[Path]:
         path = folder / item.file_name
         if path.exists():
             continue
-        text = resources.files(__package__).joinpath("templates", item.file_name).read_text()
-        path.write_text(text)
+        text = resources.files(__package__).joinpath("templates", item.file_name).read_bytes()
+        atomic_write_bytes(path, text)
         written.append(path)
     if not (folder / PROGRESS).exists():
         _save_progress(folder, {"passed": {}, "hints": {}})
@@ -101,8 +102,6 @@ def load_progress(folder) -> dict:
 
 
 def _save_progress(folder: Path, progress: dict) -> None:
-    from ..atomic import atomic_write_bytes
-
     atomic_write_bytes(folder / PROGRESS, (json.dumps(progress, indent=1) + "\n").encode())
 
 

@@ -5,6 +5,8 @@ is wrong (a classic mistake recognized by its answer, a constant factor, a trans
 from __future__ import annotations
 
 import copy
+import importlib.machinery
+import importlib.util
 import linecache
 import traceback
 from dataclasses import dataclass
@@ -34,18 +36,28 @@ def load_function(exercise: Exercise, path: Path):
     if not path.is_file():
         raise _Stop(f"{path.name} is not there: run `minicnn exercises start {path.parent}` "
                     "to write the exercise files")
-    # compiled from the text each time (no bytecode cache: an edit made within the same second
-    # as the last check must not be graded as the old code)
-    namespace = {"__name__": f"_minicnn_exercise_{exercise.number:02d}", "__file__": str(path)}
+    # the learner's own file, imported as a module (it is their code, run at their request)
+    name = f"_minicnn_exercise_{exercise.number:02d}"
+    loader = _FreshSourceLoader(name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
     try:
-        exec(compile(path.read_text(), str(path), "exec"), namespace)
+        loader.exec_module(module)
     except Exception as err:
         raise _Stop(f"{path.name} does not run: {_where(err, path)}") from None
-    function = namespace.get(exercise.name)
+    function = getattr(module, exercise.name, None)
     if not callable(function):
         raise _Stop(f"{path.name} has no function {exercise.name}(): keep the name the "
                     "template gave it")
     return function
+
+
+class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles the file's text every time, with no bytecode cache: an edit made within the
+    same second as the last check (same size, same modification time) is still seen, and
+    nothing is written into the learner's folder."""
+
+    def get_code(self, fullname):
+        return self.source_to_code(self.get_data(self.path), self.path)
 
 
 def _where(err: BaseException, path: Path) -> str:

@@ -91,6 +91,8 @@ def numpy_blas():
     """numpy's BLAS as a threadpoolctl controller: ``with numpy_blas().limit(limits=1):`` runs
     the block's multiplies on the calling thread and restores the setting after."""
     global _blas
+    if _blas is not None:  # every multiply asks: no lock once it exists
+        return _blas
     with _lock:
         if _blas is None:
             from threadpoolctl import ThreadpoolController

@@ -443,7 +443,7 @@ function setUpTargets(names) {
 }
 
 // -- check it yourself --------------------------------------------------------------------------
-function close(a, b, scale) {  // as the server's _close: equal up to finite-difference noise
+function nearlyEqual(a, b, scale) {  // as the server's _close: equal up to finite-difference noise
   return Math.abs(a - b) <= 1e-5 * (Math.abs(a) + Math.abs(b)) + 1e-7 * scale + 1e-12;
 }
 
@@ -461,8 +461,8 @@ function explainCheck(r, what, name) {
     `${first.layer} · ${first.name}` + (r.bends.length > 1 ? ` (the bend then passes through ` +
     `layers ${r.bends[1].layer}-${r.bends[r.bends.length - 1].layer} to the score)` : "") :
     "units of the network";
-  const side = close(r.analytic, r.left_slope, r.gradient_scale) ? "the left slope" :
-    close(r.analytic, r.right_slope, r.gradient_scale) ? "the right slope" :
+  const side = nearlyEqual(r.analytic, r.left_slope, r.gradient_scale) ? "the left slope" :
+    nearlyEqual(r.analytic, r.right_slope, r.gradient_scale) ? "the right slope" :
     "neither slope: the ties it broke went different ways";
   text += `\n\nA kink: a step of ±h switches ${where}. ReLUs whose input is exactly 0 and max-pooling windows ` +
     "that tie (common in a flat background) turn one way for +h and the other for -h, so " +

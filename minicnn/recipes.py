@@ -154,7 +154,7 @@ RECIPES = {
     "studio-demo": Recipe(model_options={"width": 8, "dropout": 0.0}, epochs=1, batch_size=64,
                           lr=3e-3),
 }
-#: the results of each recipe (accuracy, time) are measured in the README and
+#: the results of each recipe (accuracy, time) are measured in docs/usage.md and
 #: benchmarks/README.md, with the commands that produce them
 
 

@@ -147,8 +147,8 @@ def test_fast_mnist_recipe_and_model_override(tmp_path):
 
 
 def test_beautiful_mnist_runs_its_loop_and_learns():
-    """The plain-code example (README's Quick start): 2 epochs of 20 steps already beat chance
-    by far; the full run's accuracy is measured, not tested (README)."""
+    """The plain-code example (docs/usage.md, quick start): 2 epochs of 20 steps beat chance
+    by far; the full run's accuracy is measured, not tested (docs/usage.md)."""
     import subprocess
     import sys
 

@@ -5,8 +5,10 @@ stub fails with a clear message, and the command line does what the templates te
 import copy
 import inspect
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +305,29 @@ def test_the_studio_runs_your_layers_and_they_match_minicnns(folder):
     yours.layers[2].yours.functions["relu_backward"] = lambda x, dy: dy * np.maximum(x, 0)
     wrong = Studio(yours).analyze({"image": image[0].tolist()})
     assert wrong["input_gradient"]["data"] != theirs["input_gradient"]["data"]
+
+
+def test_the_exercises_page_shows_what_a_learner_sees(tmp_path):
+    """docs/exercises.md walks through the first exercise: its excerpt of the file and the
+    grader's answers must be what the files and the grader say now."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "exercises.md").read_text()
+    excerpt, wrong_dw, passed, wrong_softmax = re.findall(r"(?ms)^```text\n(.*?)^```", page)
+    template = (Path(exercises.__file__).parent / "templates" / "01_dense_backward.py").read_text()
+    for line in excerpt.splitlines():
+        assert line.replace(" [...]", "") in template, line
+    course = tmp_path / "course"
+    exercises.start(course)
+    dense, softmax = (exercises.exercise(name) for name in
+                      ("dense_backward", "softmax_cross_entropy_backward"))
+    write(course, dense, "def dense_backward(x, W, dy):\n"
+                         "    return dy @ W.T, (x.T @ dy) / len(x), dy.sum(axis=0)\n")
+    write(course, softmax, inspect.getsource(solutions.softmax_cross_entropy_backward).replace(
+        "return (p - onehot) / n", "return p - onehot"))  # the mean over the batch forgotten
+    for name, shown in (("dense_backward", wrong_dw),
+                        ("softmax_cross_entropy_backward", wrong_softmax)):
+        run = minicnn("check", name, cwd=course)
+        assert run.returncode == 1
+        for line in shown.splitlines():
+            assert line in run.stdout.splitlines(), (line, run.stdout)
+    write(course, dense, inspect.getsource(solutions.dense_backward))
+    assert passed.strip() in minicnn("check", "dense_backward", cwd=course).stdout

@@ -52,7 +52,7 @@ def prose(markdown: str) -> str:
 
 def first_use_unlinked(markdown: str, glossary: str) -> list[str]:
     """The glossary terms whose first use in ``markdown`` is not a link to their entry."""
-    text = prose(markdown)
+    text = re.sub(r"\s+", " ", prose(markdown))  # a term may be wrapped onto the next line
     unlinked = []
     for term, (anchor, pattern) in GLOSSARY_TERMS.items():
         position = 0
@@ -125,6 +125,7 @@ def test_the_glossary_check_catches_an_unlinked_first_use():
     assert "im2col" in first_use_unlinked("First im2col, then [im2col](glossary.md#im2col).",
                                           "glossary.md")
     assert "im2col" in first_use_unlinked("[im2col](other.md#im2col)", "glossary.md")
+    assert "label smoothing" in first_use_unlinked("With label\nsmoothing.", "glossary.md")
     code_only = "Call `im2col(x)`:\n\n```python\nim2col(x)\n```\n"
     assert first_use_unlinked(code_only, "glossary.md") == []
 

@@ -207,7 +207,7 @@ def _export_arguments(export) -> None:
 
 
 def _tune_arguments(parser) -> None:
-    from .tuning import DEFAULT_SPACE, PARAMETERS
+    from .tuning import DEFAULT_SPACE, HEARTBEAT_SECONDS, PARAMETERS
 
     _source_arguments(parser, "digits", "your own images, one folder per class")
     parser.add_argument("--image-size", type=positive_int,
@@ -250,6 +250,11 @@ def _tune_arguments(parser) -> None:
                         help="seed of the TPE sampler only (give each parallel worker its own)")
     parser.add_argument("--timeout", type=positive_float,
                         help="start no new trial after this many seconds")
+    parser.add_argument("--heartbeat", type=positive_int, default=HEARTBEAT_SECONDS,
+                        metavar="SECONDS",
+                        help=f"a running trial's heartbeat in the storage (default "
+                             f"{HEARTBEAT_SECONDS}); a trial "
+                             "whose worker missed two is marked FAIL and run again")
     parser.add_argument("--no-plots", dest="plots", action="store_false",
                         help="do not draw the PNG plots")
     parser.add_argument("--retrain-best", action="store_true",
@@ -334,7 +339,7 @@ def _run_tune(args) -> int:
          baseline=args.baseline, retrain_best=args.retrain_best, plots=args.plots,
          data_dir=data_dir,
          image_size=size, channels=args.channels, limit=args.limit, timeout=args.timeout,
-         verbose=0 if args.quiet else 1)
+         heartbeat=args.heartbeat, verbose=0 if args.quiet else 1)
     return 0
 
 
@@ -638,9 +643,12 @@ def cmd_exercises(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from .tuning import StorageError
+
     try:
         return _run_tune(args)
-    except ImportError as err:  # Optuna missing: the message names the extra to install
+    except (ImportError, StorageError) as err:  # Optuna or a database driver missing, or the
+        # storage cannot be opened: the message says why (and which extra to install)
         print(f"minicnn tune: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

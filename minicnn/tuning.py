@@ -16,6 +16,15 @@ start ``minicnn tune`` with the same ``--storage`` and ``--study-name`` on sever
 they share one study, each running trials until the total is reached. That is the way to scale
 a search out. Give each worker its own ``--sampler-seed`` so their first, random trials differ.
 
+Several workers on one study: every trial is numbered by the database, and a worker starts a
+trial only while the study's finished trials plus those running ahead of it (lower numbers) are
+short of the total, so together they finish exactly ``trials``. Each running trial records a
+heartbeat in the database (``heartbeat`` seconds apart); a worker that dies (SIGKILL, a lost
+machine) stops beating, and the next worker to look marks its trial FAIL after two missed beats
+and queues it again (Optuna's ``RetryFailedTrialCallback``) for any worker to run. The storage
+URL's password is shown and written as ``***``; a bad URL, a missing database driver or an
+unreachable server stops the command within seconds, with the reason, before any data is loaded.
+
 With one worker and a fixed number of trials, a search is reproducible: the sampler is seeded,
 every trial trains with the same seed (weights, batch order, augmentation), and the numpy and
 numba backends train deterministically.
@@ -38,10 +47,14 @@ even import this module until ``minicnn.tune`` is first used.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import inspect
 import io
 import json
 import math
+import os
+import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -81,6 +94,19 @@ DEFAULT_SPACE = {
 
 INSTALL_HINT = 'pip install "minicnn[tune]"'
 _COUNTED_STATES = ("COMPLETE", "PRUNED")  # finished trials; failed/interrupted ones are redone
+HEARTBEAT_SECONDS = 30  # a running trial's heartbeat; stale (its worker dead) after two missed
+MAX_RETRIES = 3  # how often a dead worker's trial is queued again
+CONNECT_TIMEOUT_SECONDS = 5  # an unreachable database server fails the command this fast
+_POLL_SECONDS = 0.5  # how often a worker waiting for others' trials looks again
+#: who runs a trial (recorded with it): several machines, or processes, share one study
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+DRIVER_HINTS = {"postgresql": 'pip install "minicnn[tune-postgres]" (psycopg 3)',
+                "mysql": "pip install pymysql, and use a mysql+pymysql:// URL"}
+
+
+class StorageError(ValueError):
+    """The study's storage cannot be opened: a bad URL, a missing database driver, an
+    unreachable or refusing server. The message names the URL with its password masked."""
 
 
 def _require_optuna():
@@ -249,11 +275,26 @@ def _report_callback(trial, optuna):
     return ReportToOptuna()
 
 
-def _objective(search: Search, optuna):
+def _objective(search: Search, optuna, total: int, storage):
     """The function Optuna calls per trial: draw a configuration, train it on the search's
-    training part, return its last validation accuracy (a diverged run counts as pruned)."""
+    training part, return its last validation accuracy (a diverged run counts as pruned). A
+    trial that other workers' trials make unneeded is not run (see :func:`_room`)."""
 
     def objective(trial):
+        # The first heartbeat, now: Optuna's heartbeat thread writes its first a moment later,
+        # and a trial without any is never found stale (its worker killed in that moment would
+        # leave it RUNNING forever)
+        study_id = storage.get_study_id_from_name(trial.study.study_name)
+        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id,
+                                                                                  trial.number))
+        trial.set_user_attr("worker", WORKER)
+        while (room := _room(optuna, trial.study, total, mine=trial.number)) == "wait":
+            time.sleep(_POLL_SECONDS)
+        if room == "stop":
+            trial.set_user_attr("note", f"not run: the study has its {total} finished trials")
+            trial.study.stop()
+            raise _SurplusTrial(f"the study has its {total} finished trials")
+        trial.set_user_attr("finished_before", _count_finished(trial.study))
         config = _suggest(trial, search.space)
         trial.set_user_attr("config", config)
         start = time.perf_counter()
@@ -278,6 +319,99 @@ def _objective(search: Search, optuna):
         return history.last()["val_acc"]
 
     return objective
+
+
+# -- the study's storage ---------------------------------------------------------------------------
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***``: the form minicnn prints and writes."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: mask anything between user: and @
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def open_storage(optuna, url: str, heartbeat: int = HEARTBEAT_SECONDS):
+    """The Optuna storage behind ``url``, connected and checked, with a heartbeat on running
+    trials and a retry for those whose worker died. Raises :class:`StorageError` in seconds."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
+
+    shown = masked(url)
+    check_positive_int(heartbeat, "heartbeat", "tune")
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_backend_name()
+    except Exception:
+        raise StorageError(f"--storage {shown!r} is not a database URL; e.g. "
+                           "sqlite:///study.db or postgresql://user:password@host/db") from None
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg"):
+        # a bare postgresql:// means SQLAlchemy's default driver, psycopg2 before SQLAlchemy
+        # 2.1: the tune-postgres extra installs psycopg 3, so say it
+        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    engine = ({"connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
+              if dialect in ("postgresql", "mysql") else {})
+    # Optuna 4.9 renamed the callback and the argument; older versions know the first names
+    parameters = inspect.signature(optuna.storages.RDBStorage).parameters
+    on_stale = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters
+                else "failed_trial_callback")
+    retry_callback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
+                             optuna.storages.RetryFailedTrialCallback)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the heartbeat is "experimental" in Optuna
+            retry = retry_callback(max_retry=MAX_RETRIES)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                              heartbeat_interval=heartbeat, **{on_stale: retry})
+    except ImportError as err:  # SQLAlchemy imports the database's driver when it connects
+        hint = DRIVER_HINTS.get(dialect, "install the database's Python driver")
+        raise StorageError(f"cannot open the study storage {shown}: its driver is missing "
+                           f"({err.__cause__ or err}); {hint}") from None
+    except NoSuchModuleError:
+        raise StorageError(f"--storage {shown!r} is not a database URL: SQLAlchemy knows no "
+                           f"database {parsed.drivername!r}; e.g. sqlite:///study.db or "
+                           "postgresql://user:password@host/db") from None
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise StorageError(f"cannot open the study storage {shown}: {reason}") from None
+
+
+def _stale_trials_failed(optuna, study) -> None:
+    """Mark the running trials whose worker stopped beating FAIL (each is queued again)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.fail_stale_trials(study)
+
+
+def _room(optuna, study, total: int, mine: int | None = None) -> str:
+    """Whether a worker may run another trial: ``"run"``, ``"wait"`` (running trials ahead of
+    it, lower numbers when ``mine`` is its trial's number, may complete the study) or ``"stop"``
+    (``total`` trials are finished)."""
+    _stale_trials_failed(optuna, study)
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state.name in _COUNTED_STATES for t in trials)
+    if finished >= total:
+        return "stop"
+    ahead = sum(t.state.name == "RUNNING" and (mine is None or t.number < mine) for t in trials)
+    return "run" if finished + ahead < total else "wait"
+
+
+def _share_the_total(optuna, total: int):
+    """After each trial: stop once ``total`` trials are finished, and while the trials other
+    workers are running could finish it, wait for them (or for their heartbeat to stop)."""
+    def after_trial(study, trial):
+        while (room := _room(optuna, study, total)) == "wait":
+            time.sleep(_POLL_SECONDS)
+        if room == "stop":
+            study.stop()
+
+    return after_trial
+
+
+class _SurplusTrial(Exception):
+    """A trial asked for while other workers finished the study: recorded as FAIL, not run."""
 
 
 # -- setting a search up ------------------------------------------------------------------------
@@ -326,6 +460,14 @@ def _split(x, y, val_fraction, seed):
     return (normalize(x[keep], None), y[keep]), (normalize(x[held], None), y[held])
 
 
+def _out_folder(dataset, out) -> Path:
+    return Path(out) if out is not None else Path("runs") / f"tune-{dataset}"
+
+
+def _default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
 def set_up(dataset="digits", *, trials=20, epochs=10, space=None, out=None, storage=None,
            study_name=None, seed=0, val_fraction=0.2, data_dir=None, image_size=None,
            channels=None, limit=None, backend_name=None, verbose=1) -> Search:
@@ -338,7 +480,7 @@ def set_up(dataset="digits", *, trials=20, epochs=10, space=None, out=None, stor
     if not 0 < val_fraction < 1:
         raise ValueError(f"tune: val_fraction must be in (0, 1), got {val_fraction}")
     search_space = parse_space(space)
-    out = Path(out) if out is not None else Path("runs") / f"tune-{dataset}"
+    out = _out_folder(dataset, out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_data(dataset, data_dir, image_size=image_size, channels=channels, seed=seed,
                        verbose=verbose)
@@ -349,9 +491,8 @@ def set_up(dataset="digits", *, trials=20, epochs=10, space=None, out=None, stor
     label_smoothing = RECIPES[dataset].label_smoothing if dataset in RECIPES else 0.0
     return Search(dataset, data_dir, search_space, epochs, seed, label_smoothing, loaded, train,
                   val, list(class_names), out,
-                  storage or f"sqlite:///{(out / 'study.db').resolve()}",
-                  study_name or f"minicnn-{dataset}", val_fraction, limit, image_size, channels,
-                  backend_name)
+                  storage or _default_storage(out), study_name or f"minicnn-{dataset}",
+                  val_fraction, limit, image_size, channels, backend_name)
 
 
 def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=None,
@@ -360,7 +501,8 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
          baseline: bool = True, retrain_best: bool = False, plots: bool = True,
          data_dir=None, image_size=None,
          channels=None, limit: int | None = None, timeout: float | None = None,
-         backend_name: str | None = None, verbose: int = 1) -> dict:
+         heartbeat: int = HEARTBEAT_SECONDS, backend_name: str | None = None,
+         verbose: int = 1) -> dict:
     """Search hyperparameters of :func:`minicnn.models.tunable_cnn` on ``dataset``.
 
     Args:
@@ -385,13 +527,20 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
         plots: draw the PNG plots (a few seconds of matplotlib each time outputs are written).
         limit: use only the first ``limit`` training images (quick runs).
         timeout: stop starting new trials after this many seconds.
+        heartbeat: seconds between a running trial's heartbeats in the storage; a trial whose
+            worker missed two is marked FAIL and queued again.
         backend_name: train on this backend (the default backend is left alone).
 
     Returns a dict with the study name, storage, trial counts, the best trial (value, number,
     configuration), the baseline's value, the output files and, with ``retrain_best``, the
-    test accuracy. Raises ImportError naming the extra to install when Optuna is missing.
+    test accuracy. Raises ImportError naming the extra to install when Optuna is missing, and
+    :class:`StorageError` when the storage cannot be opened (before any data is loaded).
     """
     optuna = _require_optuna()
+    if storage is None:
+        _out_folder(dataset, out).mkdir(parents=True, exist_ok=True)
+    storage_object = open_storage(optuna, storage or _default_storage(_out_folder(dataset, out)),
+                                  heartbeat)
     search = set_up(dataset, trials=trials, epochs=epochs, space=space, out=out,
                     storage=storage, study_name=study_name, seed=seed,
                     val_fraction=val_fraction, data_dir=data_dir, image_size=image_size,
@@ -399,28 +548,31 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial instead
     try:
-        study = _open_study(optuna, search, sampler_seed, pruner)
-        if baseline and not study.trials:
+        study, created = _open_study(optuna, search, storage_object, sampler_seed, pruner)
+        if baseline and created:
             # the first trial starts from the defaults; it is "the baseline" (the default
-            # configuration, to compare the best with) only when the space contains all of it
+            # configuration, to compare the best with) only when the space contains all of it.
+            # Only the worker that created the study queues it: others may start at once.
             params, exact = _baseline_params(search.space, default_config(dataset))
             study.enqueue_trial(params, user_attrs={"baseline": exact})
         done = _count_finished(study)
         to_run = max(0, trials - done)
         if verbose:
-            print(f"study {search.study_name!r} in {search.storage}: {done} finished trials, "
-                  f"running {to_run} more (target {trials}); {len(search.train[1]):,} training "
+            print(f"study {search.study_name!r} in {masked(search.storage)}: {done} finished "
+                  f"trials, running {to_run} more (target {trials}); {len(search.train[1]):,} training "
                   f"and {len(search.val[1]):,} validation images ({val_fraction:.0%} held out "
                   f"of the training set), {epochs} epoch(s) per trial")
-        callbacks = [optuna.study.MaxTrialsCallback(
-            trials, states=tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED_STATES))]
-        if verbose:
-            callbacks.append(_print_trial)
+        callbacks = [_print_trial] if verbose else []
+        callbacks.append(_share_the_total(optuna, trials))  # after printing: it may wait
         interrupted = False
         if to_run:
+            # Optuna logs a failed trial as a warning: a surplus trial's line comes from
+            # _print_trial, and any other failure is raised
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
             try:
-                study.optimize(_objective(search, optuna), n_trials=to_run, timeout=timeout,
-                               callbacks=callbacks, gc_after_trial=False)
+                study.optimize(_objective(search, optuna, trials, storage_object),
+                               timeout=timeout,
+                               callbacks=callbacks, catch=(_SurplusTrial,), gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True  # write what is finished, then re-raise below
         summary = _write_outputs(optuna, study, search, plots)
@@ -439,13 +591,15 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
     return summary
 
 
-def _open_study(optuna, search: Search, sampler_seed, pruner):
+def _open_study(optuna, search: Search, storage, sampler_seed, pruner):
+    """The study, created or loaded, with its sampler and its recorded settings checked;
+    returns ``(study, created)``."""
     # A trial may be stopped after any epoch once the learning-rate warm-up (the first quarter
     # of the one-cycle schedule) is over: before that, a slowly rising learning rate looks like
     # a weak configuration. Steps are epochs done (1, 2, ...); the pruners ignore steps below
     # ``warmup``. The median needs 5 finished trials to mean something.
     warmup = math.ceil(search.epochs / 4)
-    study_name, storage, settings = search.study_name, search.storage, search.settings
+    study_name, settings = search.study_name, search.settings
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=warmup,
@@ -454,23 +608,47 @@ def _open_study(optuna, search: Search, sampler_seed, pruner):
     }
     if pruner not in pruners:
         raise ValueError(f"tune: pruner must be one of {', '.join(pruners)}, got {pruner!r}")
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                load_if_exists=True, pruner=pruners[pruner]())
+    shown = masked(search.storage)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage,
+                                  pruner=pruners[pruner]())
+        created = False
+    except KeyError:  # no such study yet: create it, unless another worker just did
+        try:
+            study = optuna.create_study(study_name=study_name, storage=storage,
+                                        direction="maximize", pruner=pruners[pruner]())
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=study_name, storage=storage,
+                                      pruner=pruners[pruner]())
+            created = False
     # The sampler's seed includes the number of trials already there: on a resumed study the
     # bare seed would replay the first run's random start-up draws as duplicate trials.
     base = search.seed if sampler_seed is None else sampler_seed
     state = int(np.random.SeedSequence([base, len(study.trials)]).generate_state(1)[0])
     study.sampler = optuna.samplers.TPESampler(seed=state, n_startup_trials=5)
-    recorded = study.user_attrs.get("settings")
+    recorded = None if created else _recorded_settings(study)
     if recorded is None:
         study.set_user_attr("settings", settings)
     elif recorded != settings:
         changed = ", ".join(f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in settings.items()
                             if recorded.get(k) != v)
         raise ValueError(
-            f"tune: study {study_name!r} in {storage} was run with other settings ({changed}); "
+            f"tune: study {study_name!r} in {shown} was run with other settings ({changed}); "
             "its trials would not be comparable. Use another --study-name or --storage.")
-    return study
+    return study, created
+
+
+def _recorded_settings(study, patience: float = 10.0):
+    """The settings the study's creator recorded; a worker that loads a study created a moment
+    ago waits for them (up to ``patience`` seconds: a study from before they were recorded has
+    none)."""
+    deadline = time.monotonic() + patience
+    while (recorded := study.user_attrs.get("settings")) is None and not study.trials:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return recorded
 
 
 def _count_finished(study) -> int:
@@ -506,17 +684,18 @@ def _trial_rows(study) -> list[dict]:
             "number": t.number, "state": t.state.name, "val_acc": t.value,
             "epochs_run": len(per_epoch), "val_acc_per_epoch": per_epoch,
             "seconds": t.user_attrs.get("seconds"), "baseline": bool(t.user_attrs.get("baseline")),
-            "note": t.user_attrs.get("note", ""), **t.user_attrs.get("config", {}),
+            "note": t.user_attrs.get("note", ""), "worker": t.user_attrs.get("worker", ""),
+            "retry_of": t.system_attrs.get("failed_trial"), **t.user_attrs.get("config", {}),
         })
     return rows
 
 
 def _write_outputs(optuna, study, search: Search, plots=True) -> dict:
-    out, storage, class_names = search.out, search.storage, search.class_names
+    out, storage, class_names = search.out, masked(search.storage), search.class_names
     rows = _trial_rows(study)
     atomic_write_bytes(out / "trials.json", json.dumps(rows, indent=2).encode())
     fields = ["number", "state", "val_acc", "epochs_run", "seconds", "baseline", *PARAMETERS,
-              "val_acc_per_epoch", "note"]
+              "val_acc_per_epoch", "worker", "retry_of", "note"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -527,7 +706,9 @@ def _write_outputs(optuna, study, search: Search, plots=True) -> dict:
 
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
-    baseline = next((t for t in study.trials if t.user_attrs.get("baseline")), None)
+    # a baseline killed with its worker is run again: the one that finished counts
+    baseline = next((t for t in study.trials if t.user_attrs.get("baseline")
+                     and t.state.name == "COMPLETE"), None)
     summary = {
         "study_name": study.study_name, "storage": storage, "out": str(out),
         "trials": len(study.trials), "finished": _count_finished(study),

@@ -21,7 +21,7 @@ trial only while the study's finished trials plus those running ahead of it (low
 short of the total, so together they finish exactly ``trials``. Each running trial records a
 heartbeat in the database (``heartbeat`` seconds apart); a worker that dies (SIGKILL, a lost
 machine) stops beating, and the next worker to look marks its trial FAIL after two missed beats
-and queues it again (Optuna's ``RetryFailedTrialCallback``) for any worker to run. The storage
+and queues it again (Optuna's heartbeat retry callback) for any worker to run. The storage
 URL's password is shown and written as ``***``; a bad URL, a missing database driver or an
 unreachable server stops the command within seconds, with the reason, before any data is loaded.
 

@@ -114,9 +114,15 @@ def test_two_workers_share_one_study_and_its_best_model_can_be_evaluated(databas
             seen_the_other += any(t.user_attrs["worker"] != worker for t in before)
     assert seen_the_other
 
-    # once more, with --retrain-best: no trial left to run, the study's best retrained
-    code, output = tune(*shared, "--out", "best", "--retrain-best", cwd=tmp_path)
+    # once more, with --retrain-best (and the plots): no trial left to run, the study's best
+    # retrained, every output drawn from the whole study
+    with_plots = [argument for argument in shared if argument != "--no-plots"]
+    code, output = tune(*with_plots, "--out", "best", "--retrain-best", cwd=tmp_path)
     assert code == 0, output
+    assert "0 finished trials" not in output and "running 0 more" in output
+    for plot in ("optimization_history", "param_importances", "parallel_coordinate",
+                 "intermediate_values"):
+        assert (tmp_path / "best" / f"{plot}.png").stat().st_size > 1000, plot
     best = json.loads((tmp_path / "best" / "best.json").read_text())
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     study_best = max(complete, key=lambda t: (t.value, -t.number))

@@ -294,9 +294,10 @@ def _objective(search: Search, optuna, total: int, storage):
             trial.set_user_attr("note", f"not run: the study has its {total} finished trials")
             trial.study.stop()
             raise _SurplusTrial(f"the study has its {total} finished trials")
-        trial.set_user_attr("finished_before", _count_finished(trial.study))
+        finished_before = _count_finished(trial.study)  # what the sampler draws from
         config = _suggest(trial, search.space)
         trial.set_user_attr("config", config)
+        trial.set_user_attr("finished_before", finished_before)  # and now it trains
         start = time.perf_counter()
         try:
             recipe = recipe_of(config, search.epochs, search.label_smoothing)
@@ -337,7 +338,7 @@ def open_storage(optuna, url: str, heartbeat: int = HEARTBEAT_SECONDS):
     """The Optuna storage behind ``url``, connected and checked, with a heartbeat on running
     trials and a retry for those whose worker died. Raises :class:`StorageError` in seconds."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
+    from sqlalchemy.exc import IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
 
     shown = masked(url)
     check_positive_int(heartbeat, "heartbeat", "tune")
@@ -363,8 +364,17 @@ def open_storage(optuna, url: str, heartbeat: int = HEARTBEAT_SECONDS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the heartbeat is "experimental" in Optuna
             retry = retry_callback(max_retry=MAX_RETRIES)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine,
-                                              heartbeat_interval=heartbeat, **{on_stale: retry})
+            for attempt in range(3):
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine,
+                                                      heartbeat_interval=heartbeat,
+                                                      **{on_stale: retry})
+                except (IntegrityError, ProgrammingError):
+                    # workers started together on an empty database race to create Optuna's
+                    # tables ("duplicate key", "already exists"): the loser finds them made
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.5)
     except ImportError as err:  # SQLAlchemy imports the database's driver when it connects
         hint = DRIVER_HINTS.get(dialect, "install the database's Python driver")
         raise StorageError(f"cannot open the study storage {shown}: its driver is missing "

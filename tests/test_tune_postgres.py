@@ -29,7 +29,10 @@ TRIALS = 8
 
 @pytest.fixture
 def database():
-    """The test server's URL and its password, or a skip (a failure in CI)."""
+    """A new, empty database on the test server (workers starting together then also race to
+    create Optuna's tables, as on a real first run), its URL and the password; dropped after.
+    Without the right to create databases, the server's own database. Without a server: a
+    skip (a failure in CI)."""
     url = os.environ.get("MINICNN_TEST_POSTGRES")
     if not url:
         reason = ("no PostgreSQL server: set MINICNN_TEST_POSTGRES to a database URL "
@@ -38,10 +41,21 @@ def database():
             pytest.fail(reason)
         pytest.skip(reason)
     require("optuna")
-    require("psycopg")
+    psycopg = require("psycopg")
     from sqlalchemy.engine import make_url
 
-    return url, make_url(url).password
+    server = make_url(url).set(drivername="postgresql")
+    name = f"minicnn_test_{uuid.uuid4().hex[:8]}"
+    given = server.render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(given, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error:
+        yield url, server.password
+        return
+    yield server.set(database=name).render_as_string(hide_password=False), server.password
+    with psycopg.connect(given, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def tune(*arguments, cwd, wait=True):

@@ -253,8 +253,8 @@ def _tune_arguments(parser) -> None:
     parser.add_argument("--heartbeat", type=positive_int, default=HEARTBEAT_SECONDS,
                         metavar="SECONDS",
                         help=f"a running trial's heartbeat in the storage (default "
-                             f"{HEARTBEAT_SECONDS}); a trial "
-                             "whose worker missed two is marked FAIL and run again")
+                             f"{HEARTBEAT_SECONDS}); a trial whose worker missed two is marked "
+                             "FAIL and run again")
     parser.add_argument("--no-plots", dest="plots", action="store_false",
                         help="do not draw the PNG plots")
     parser.add_argument("--retrain-best", action="store_true",

@@ -601,7 +601,7 @@ def tune(dataset: str = "digits", *, trials: int = 20, epochs: int = 10, space=N
     return summary
 
 
-def _open_study(optuna, search: Search, storage, sampler_seed, pruner):
+def _open_study(optuna, search: Search, storage_object, sampler_seed, pruner):
     """The study, created or loaded, with its sampler and its recorded settings checked;
     returns ``(study, created)``."""
     # A trial may be stopped after any epoch once the learning-rate warm-up (the first quarter
@@ -620,16 +620,16 @@ def _open_study(optuna, search: Search, storage, sampler_seed, pruner):
         raise ValueError(f"tune: pruner must be one of {', '.join(pruners)}, got {pruner!r}")
     shown = masked(search.storage)
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage,
+        study = optuna.load_study(study_name=study_name, storage=storage_object,
                                   pruner=pruners[pruner]())
         created = False
     except KeyError:  # no such study yet: create it, unless another worker just did
         try:
-            study = optuna.create_study(study_name=study_name, storage=storage,
+            study = optuna.create_study(study_name=study_name, storage=storage_object,
                                         direction="maximize", pruner=pruners[pruner]())
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(study_name=study_name, storage=storage,
+            study = optuna.load_study(study_name=study_name, storage=storage_object,
                                       pruner=pruners[pruner]())
             created = False
     # The sampler's seed includes the number of trials already there: on a resumed study the

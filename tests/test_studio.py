@@ -2,6 +2,7 @@
 gradient checks the page offers (and what they say about kinks). The server is in
 test_studio_server.py."""
 
+import json
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_preprocessing_scales_the_ink_into_20x20_and_centres_its_mass():
 
 def test_encoding_keeps_zero_grey_for_gradients():
     encoded = encode_maps(np.array([[-2.0, 0.0, 1.0]]), signed=True)
-    assert decode(encoded).tolist() == [[[0, 128, 191]]]
+    assert decode(encoded).tolist() == [[[1, 128, 192]]]  # 0 is 128 and reads back as 0
     assert decode(encode_maps(np.array([3.0, 5.0]))).tolist() == [[[0, 255]]]
 
 
@@ -117,13 +118,68 @@ def test_check_compares_analytic_and_numerical_gradients(studio, request_):
     assert result["analytic"] != 0 or request_.get("layer") == 5  # an input the ReLU silenced
 
 
-def drawn_seven() -> list:
-    """A 7 as the page sends it: ink in [0, 1] on a 112 x 112 canvas."""
+DIGIT_STROKES = {"7": [(28, 22), (84, 22), (50, 95)], "4": [(70, 95), (70, 15), (25, 70), (88, 70)],
+                 "1": [(50, 15), (60, 97)]}
+
+
+def drawn_digit(digit: str) -> list:
+    """A digit as the page sends it: ink in [0, 1] on a 112 x 112 canvas."""
     from PIL import Image, ImageDraw
 
     canvas = Image.new("L", (112, 112))
-    ImageDraw.Draw(canvas).line([(28, 22), (84, 22), (50, 95)], fill=255, width=9)
+    if digit == "0":
+        ImageDraw.Draw(canvas).ellipse([(30, 15), (82, 97)], outline=255, width=9)
+    else:
+        ImageDraw.Draw(canvas).line(DIGIT_STROKES[digit], fill=255, width=9)
     return (np.asarray(canvas) / 255).round(2).tolist()
+
+
+def drawn_seven() -> list:
+    return drawn_digit("7")
+
+
+def assert_the_check_holds(r: dict) -> None:
+    """What the page says after a click (its words follow ``verdict``) is what the numbers
+    beside it show."""
+    json.dumps(r)  # as the server sends it
+    scale = r["gradient_scale"]
+
+    def close(a, b):
+        return _close(a, b, scale, r["tolerance"])
+
+    assert r["step"] <= r["first_step"] and r["step"] == r["first_step"] / 2 ** r["halvings"]
+    assert r["numeric"] == pytest.approx((r["left_slope"] + r["right_slope"]) / 2, rel=1e-6,
+                                         abs=1e-9 * scale), r
+    assert r["verdict"] in ("smooth", "switch", "kink"), r  # "unresolved" claims nothing
+    assert r["kink"] == (r["verdict"] == "kink")
+    if r["verdict"] == "smooth":
+        assert r["agrees"] and not r["bends"] and close(r["left_slope"], r["right_slope"]), r
+        return
+    assert r["bends"], r  # the switch is at this point, in the layer named first
+    assert close(r["analytic_left"], r["left_slope"]), r
+    assert close(r["analytic_right"], r["right_slope"]), r
+    assert close(r["left_slope"], r["right_slope"]) == (r["verdict"] == "switch"), r
+    sides = {"both": (True, True), "left": (True, False), "right": (False, True),
+             "neither": (False, False)}[r["at_point"]]
+    assert sides == (close(r["analytic"], r["left_slope"]), close(r["analytic"], r["right_slope"]))
+    assert bool(r["nearby"]) == (r["halvings"] > 0)
+
+
+def check_every_pixel(studio, image, **target) -> dict:
+    """Every pixel of one image checked; how many times each verdict was given."""
+    verdicts = {"smooth": 0, "switch": 0, "kink": 0, "second switch nearby": 0}
+    for row in range(image.shape[1]):
+        for col in range(image.shape[2]):
+            r = studio.check({"image": image.tolist(), "kind": "pixel", "index": [0, row, col],
+                              **target})
+            assert r["index"] == [0, row, col]
+            assert_the_check_holds(r)
+            verdicts[r["verdict"]] += 1
+            verdicts["second switch nearby"] += r["halvings"] > 0
+            if r["bends"]:
+                assert type(studio.model.layers[r["bends"][0]["layer"]]).__name__ in \
+                    ("ReLU", "MaxPool2D"), r
+    return verdicts
 
 
 @pytest.mark.parametrize("target", [{}, {"target": "loss", "label": 7}])
@@ -132,26 +188,61 @@ def test_what_the_check_says_about_kinks_holds_on_every_pixel_of_a_digit(studio,
     output switches within the step, the analytic and the numerical derivative agree; where
     some do (a kink: the page says which layer), the backward pass just left of the point
     gives the left slope and just right of it the right slope, and the central difference is
-    their mean."""
-    drawing, kinks, first_switch = drawn_seven(), 0, set()
-    for row in range(28):
-        for col in range(28):
-            r = studio.check({"drawing": drawing, "kind": "pixel", "index": [0, row, col],
-                              **target})
-            assert r["index"] == [0, row, col]
-            assert r["numeric"] == pytest.approx((r["left_slope"] + r["right_slope"]) / 2,
-                                                 rel=1e-6, abs=1e-9 * r["gradient_scale"])
-            if not r["kink"]:
-                assert r["agrees"] and not r["bends"], r
-                continue
-            kinks += 1
-            assert _close(r["analytic_left"], r["left_slope"], r["gradient_scale"]), r
-            assert _close(r["analytic_right"], r["right_slope"], r["gradient_scale"]), r
-            if r["bends"]:
-                first_switch.add(type(studio.model.layers[r["bends"][0]["layer"]]).__name__)
+    their mean. (Trained models: test_studio_browser.py.)"""
+    image = preprocess_drawing(np.asarray(drawn_seven()))[None]
+    verdicts = check_every_pixel(studio, image, **target)
     # the flat background makes ties in max-pooling windows: most pixels sit on a kink
-    assert 20 < kinks < 784
-    assert first_switch <= {"ReLU", "MaxPool2D"}
+    assert 20 < verdicts["kink"] < 784 and verdicts["smooth"] > 20, verdicts
+
+
+@pytest.mark.parametrize("seed, algorithm, digits", [(1, "im2col", "70"), (2, "winograd", "41")])
+def test_the_check_holds_on_every_pixel_for_trained_models(tmp_path, seed, algorithm, digits):
+    """A trained network's last bits differ from one CPU to the next and from one convolution
+    algorithm to the other, and so do the switches near a pixel: the check must hold for
+    whatever model it meets, not for one (several models, both algorithms, several digits)."""
+    from minicnn import kernels
+    from minicnn.recipes import train_classifier
+
+    kernels.set_conv_algorithm(algorithm)  # the conftest restores the setting
+    train_classifier("mnist", recipe="mnist-fast", out=tmp_path, limit=6000, seed=seed, verbose=0)
+    studio = Studio(mc.load_model(tmp_path / "model.safetensors"))
+    for digit in digits:
+        image = preprocess_drawing(np.asarray(drawn_digit(digit)))[None]
+        verdicts = check_every_pixel(studio, image)
+        assert verdicts["kink"] > 100 and verdicts["smooth"] > 20, (digit, verdicts)
+
+
+def two_switches(gap: float):
+    """A network whose score, along pixel 0, has a ReLU switching exactly at the image's value
+    (0.5) and a second one ``gap`` to the left of it: S = 2 relu(x - 0.5) + relu(x - 0.5 + gap)."""
+    model = Sequential([Flatten(), Dense(2, 2), ReLU(), Dense(2, 2)], seed=0,
+                       input_shape=(1, 1, 2))
+    model.layers[1].weight.data = np.array([[1.0, 1.0], [0.0, 0.0]])
+    model.layers[1].bias.data = np.array([-0.5, -0.5 + gap])
+    model.layers[3].weight.data = np.array([[2.0, 0.0], [1.0, 0.0]])
+    model.layers[3].bias.data = np.zeros(2)
+    model.metadata = {"input_shape": [1, 1, 2]}
+    return Studio(model)
+
+
+@pytest.mark.parametrize("gap", [3e-7, 1e-8, 7e-10])
+def test_a_second_switch_within_the_step_is_found_and_the_step_halved(gap):
+    """The backward pass at w - h gives the left slope only when no other switch lies between
+    w - h and w: here one does, and the check must find it rather than report a left slope
+    that averages two pieces (0.3 for the first step of 1e-6 and a gap of 3e-7)."""
+    r = two_switches(gap).check({"image": [[0.5, 0.25]], "kind": "pixel", "index": [0, 0, 0],
+                                 "class": 0})
+    assert_the_check_holds(r)
+    assert r["verdict"] == "kink" and r["nearby"] == ["left"] and r["step"] < gap <= 2 * r["step"]
+    assert r["left_slope"] == pytest.approx(1.0) and r["right_slope"] == pytest.approx(3.0)
+    assert r["analytic"] == 1.0 and r["at_point"] == "left"  # ReLU'(0) = 0: the left piece
+    assert r["bends"][0]["layer"] == 2 and r["bends"][0]["units"] == 1
+
+
+def test_switches_closer_than_float64_can_separate_are_reported_as_such():
+    r = two_switches(2e-11).check({"image": [[0.5, 0.25]], "kind": "pixel",
+                                   "index": [0, 0, 0], "class": 0})
+    assert r["verdict"] == "unresolved" and not r["kink"] and r["nearby"] == []
 
 
 def test_a_smooth_pixel_agrees_and_a_tie_is_reported_where_it_is(studio):

@@ -75,7 +75,8 @@ def _bytes(array: np.ndarray) -> str:
 def encode_maps(array, signed: bool = False) -> dict:
     """``array`` as maps (C, H, W) of uint8: a 1-D output (a Dense layer's) becomes one row.
     Unsigned: the layer's range [min, max] onto 0..255. Signed (gradients): [-m, m] onto
-    0..255 with m the largest magnitude, so 0 is 128 (grey) and the sign is the colour."""
+    1..255 with m the largest magnitude, so that an exact 0 is 128 (white) and reads back as 0,
+    and the sign is the colour."""
     a = np.asarray(array, dtype=np.float64)
     if a.ndim == 1:
         a = a[None, None, :]
@@ -84,10 +85,10 @@ def encode_maps(array, signed: bool = False) -> dict:
     if signed:
         bound = float(np.abs(a).max()) or 1.0
         low, high = -bound, bound
+        quantized = 128 + np.rint(a / bound * 127)
     else:
         low, high = float(a.min()), float(a.max())
-    span = (high - low) or 1.0
-    quantized = np.rint((a - low) / span * 255.0)
+        quantized = np.rint((a - low) / ((high - low) or 1.0) * 255.0)
     return {"shape": list(a.shape), "min": low, "max": high, "signed": signed,
             "data": _bytes(quantized)}
 
@@ -262,16 +263,32 @@ class Studio:
         The network is piecewise smooth: every ReLU and every max-pooling window switches
         between pieces, where a ReLU input crosses 0 or two values of a window swap places. A
         pixel can sit exactly on such a switch (in a flat background, a window of equal values
-        is a tie), and moving it by a tiny step h then switches several units at once, one way
-        for +h and the other way for -h. The scalar then has a *left slope*
-        ``(f(w) - f(w - h)) / h`` and a different *right slope* ``(f(w + h) - f(w)) / h``, and the
-        central difference ``(f(w + h) - f(w - h)) / (2 h)`` is their mean. The backward pass at
-        w itself breaks every tie by a fixed rule (a window's first maximum wins; ReLU's slope
-        at 0 is 0), each tie on its own, so its value can be either slope or neither. What
-        always holds, and what the reply reports: the backward pass at ``w - h`` gives the left
-        slope and at ``w + h`` the right slope (``analytic_left`` / ``analytic_right``), and
-        ``bends`` lists the layers whose outputs bend within the step: the first is where the
-        switch is, the later ones carry the bend on to the scalar.
+        is a tie), and the scalar f then has a *left slope* ``(f(w) - f(w - h)) / h`` and a
+        different *right slope* ``(f(w + h) - f(w)) / h``; the central difference
+        ``(f(w + h) - f(w - h)) / (2 h)`` is their mean. The backward pass at w itself breaks
+        every tie by a fixed rule (a window's first maximum wins; ReLU's slope at 0 is 0), each
+        tie on its own, so its value can be either slope or neither.
+
+        The backward pass at ``w - h`` gives the left slope, and at ``w + h`` the right one,
+        only when no *other* switch lies between w and w -+ h. The check verifies that instead
+        of assuming it: on each side the backward pass at h must agree with that side's slope;
+        where it does not, a second switch lies within the step,
+        and the step is halved (for both sides, so that the central difference stays the mean
+        of the two slopes) until they do, at most :data:`CHECK_HALVINGS` times. The reply says
+        only what was verified, in ``verdict``:
+
+        - ``"smooth"``: nothing switches within ±h; the analytic and the numerical derivative
+          are the same number (``agrees``).
+        - ``"kink"``: units switch at the point itself (``bends``: the first layer listed is
+          where, the later ones carry the bend on to the scalar) and the slopes differ;
+          ``analytic_left`` / ``analytic_right`` equal them, and ``at_point`` says which of
+          them the backward pass at w gives ("left", "right", "both" or "neither").
+        - ``"switch"``: units switch at the point, but the scalar's two slopes are equal.
+        - ``"unresolved"``: switches lie so close to the point that even the smallest step
+          crosses them; nothing is claimed about the slopes.
+
+        ``step`` is the step finally used; ``nearby`` names the sides ("left", "right") on which
+        a second switch was found within the first step, between ``step`` and ``2 * step``.
         """
         image, _ = self.image_from_request(request)
         x = self._normalized(image)
@@ -296,55 +313,109 @@ class Studio:
         else:
             raise StudioInputError(f"kind must be 'pixel' or 'weight', got {kind!r}")
 
-        def both_passes():
-            """(the scalar, its analytic gradient entry, the whole gradient, every layer's
-            output) at the array's current value."""
-            outputs = self._forward(x)
-            value, seed = self._scalar_gradient(outputs[-1], target)
-            _, input_gradient = self._backward(seed)
-            gradient = input_gradient if weight is None else weight.grad
-            return value, float(gradient[full_index]), gradient, outputs
-
-        step = CHECK_STEP
         original = array[full_index]
-        try:
-            array[full_index] = original + step
-            value_right, analytic_right, _, outputs_right = both_passes()
-            array[full_index] = original - step
-            value_left, analytic_left, _, outputs_left = both_passes()
-        finally:
-            array[full_index] = original
-        value, analytic, gradient, outputs = both_passes()  # last: the layers keep this pass
-        scale = float(np.abs(gradient).max())
-        left = (value - value_left) / step
-        right = (value_right - value) / step
-        numeric = (value_right - value_left) / (2 * step)
+
+        def probe(offset: float) -> _Probe:
+            """The scalar, its analytic gradient and every layer's output at w + offset."""
+            array[full_index] = original + offset
+            try:
+                outputs = self._forward(x)
+                value, seed = self._scalar_gradient(outputs[-1], target)
+                _, input_gradient = self._backward(seed)
+                gradient = input_gradient if weight is None else weight.grad
+                return _Probe(value, float(gradient[full_index]), gradient, outputs)
+            finally:
+                array[full_index] = original
+
+        step, nearby, point = CHECK_STEP, [], None
+        for halving in range(CHECK_HALVINGS + 1):
+            far = {side: probe(side * step) for side in (-1, 1)}
+            point = point or probe(0.0)  # after the first step's passes: the layers keep it
+            scale = float(np.abs(point.gradient).max())
+            sides = {side: _Side(far[side], point, side, step, scale) for side in (-1, 1)}
+            if all(s.verified for s in sides.values()):
+                break
+            if halving == 0:
+                nearby = [name for side, name in ((-1, "left"), (1, "right"))
+                          if not sides[side].verified]
+            if halving < CHECK_HALVINGS:
+                step /= 2
+        if halving:
+            point = probe(0.0)  # again, last: the layers keep the pass at the point
+        resolved = all(s.verified for s in sides.values())
+        left, right = sides[-1], sides[1]
+        numeric = (right.value - left.value) / (2 * step)
         bends = [{"layer": i, "name": layer.describe(), "units": units}
                  for i, layer in enumerate(self.model.layers)
-                 if (units := _bending_units(outputs_left[i], outputs[i], outputs_right[i]))]
-        kink = bool(bends) or not _close(left, right, scale)
-        return {"kind": kind, "index": list(index), "target": target, "step": step,
-                "analytic": analytic, "numeric": numeric, "left_slope": left,
-                "right_slope": right, "analytic_left": analytic_left,
-                "analytic_right": analytic_right, "kink": kink, "bends": bends,
-                "agrees": _close(analytic, numeric, scale), "gradient_scale": scale,
-                "relative_error": relative_error(np.array([analytic]), np.array([numeric]))}
+                 if (units := _bending_units(left.outputs[i], point.outputs[i], right.outputs[i]))]
+        tolerance = _Side.tolerance(point, step)
+        slopes_differ = not _close(left.slope, right.slope, scale, tolerance)
+        if not resolved:
+            verdict = "unresolved"
+        elif slopes_differ:
+            verdict = "kink"
+        else:
+            verdict = "switch" if bends else "smooth"
+        on_left = _close(point.analytic, left.slope, scale, tolerance)
+        on_right = _close(point.analytic, right.slope, scale, tolerance)
+        at_point = {(True, True): "both", (True, False): "left", (False, True): "right",
+                    (False, False): "neither"}[on_left, on_right]
+        return {"kind": kind, "index": list(index), "target": target, "verdict": verdict,
+                "kink": verdict == "kink", "step": step, "first_step": CHECK_STEP,
+                "halvings": halving, "nearby": nearby if resolved else [],
+                "analytic": point.analytic, "numeric": numeric, "left_slope": left.slope,
+                "right_slope": right.slope, "analytic_left": left.analytic,
+                "analytic_right": right.analytic, "at_point": at_point, "bends": bends,
+                "agrees": _close(point.analytic, numeric, scale, tolerance),
+                "gradient_scale": scale, "tolerance": tolerance,
+                "relative_error": relative_error(np.array([point.analytic]), np.array([numeric]))}
 
 
-CHECK_STEP = 1e-6  # small enough to cross only the switches at the point itself
+CHECK_STEP = 1e-6  # small enough to cross only the switches at the point itself, as a rule
+CHECK_HALVINGS = 12  # down to 2.4e-10, where float64 rounding still leaves slopes to ~1e-4
 
 
-def _close(a: float, b: float, scale: float) -> bool:
-    """Equal up to finite-difference noise: a step of 1e-6 on a float64 scalar leaves ~1e-9 of
-    the gradient's scale (its largest entry) in a slope."""
-    return abs(a - b) <= 1e-5 * (abs(a) + abs(b)) + 1e-7 * scale + 1e-12
+class _Probe:
+    """One forward and backward pass with the checked entry moved by some offset."""
+
+    def __init__(self, value: float, analytic: float, gradient: np.ndarray, outputs: list):
+        self.value, self.analytic, self.gradient, self.outputs = value, analytic, gradient, outputs
+
+
+class _Side:
+    """One side of the point: the slope over [w, w + side * h] and the backward pass at
+    w + side * h. ``verified``: the two agree, so one piece of the network spans the step (a
+    second switch strictly between w and w + side * h would make the slope an average of two
+    pieces' slopes, and the backward pass at the far end gives only the last one)."""
+
+    def __init__(self, far: _Probe, point: _Probe, side: int, step: float, scale: float):
+        self.value, self.analytic, self.outputs = far.value, far.analytic, far.outputs
+        self.slope = side * (far.value - point.value) / step
+        self.verified = _close(far.analytic, self.slope, scale, self.tolerance(point, step))
+
+    @staticmethod
+    def tolerance(point: _Probe, step: float) -> float:
+        """What float64 rounding can leave in a slope over ``step``: a few ulps of the scalar
+        (and of the largest output, whose rounding reaches it), divided by the step."""
+        magnitude = max(abs(point.value), max(float(np.abs(o).max()) for o in point.outputs))
+        return float(64 * np.finfo(np.float64).eps * magnitude / step)
+
+
+def _close(a: float, b: float, scale: float, noise: float = 0.0) -> bool:
+    """Equal up to finite-difference noise: ``noise`` is what rounding leaves in a slope (see
+    :meth:`_Side.tolerance`); curvature over a step of 1e-6 changes a slope by ~1e-9 of the
+    gradient's scale (its largest entry); 1e-5 relative covers a smooth but curved scalar."""
+    return bool(abs(a - b) <= 1e-5 * (abs(a) + abs(b)) + 1e-7 * scale + noise + 1e-12)
 
 
 def _bending_units(below: np.ndarray, here: np.ndarray, above: np.ndarray) -> int:
     """How many outputs bend at this point: their change over the step up differs from their
-    change over the step down (smooth curvature over a 1e-6 step changes it by ~1e-6)."""
+    change over the step down by more than smooth curvature (~1e-6 of it over a 1e-6 step) and
+    rounding (a convolution's sums, Winograd's transforms above all, leave some hundreds of
+    ulps of the layer's largest output in each) explain."""
     up, down = above - here, here - below
-    return int(np.count_nonzero(np.abs(up - down) > 1e-3 * (np.abs(up) + np.abs(down)) + 1e-13))
+    rounding = 1024 * np.finfo(np.float64).eps * float(np.abs(here).max())
+    return int(np.count_nonzero(np.abs(up - down) > 1e-3 * (np.abs(up) + np.abs(down)) + rounding))
 
 
 def _float_grid(value, what: str, max_side: int, dimensions: tuple[int, ...]) -> np.ndarray:

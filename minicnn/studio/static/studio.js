@@ -28,8 +28,10 @@ function bytesOf(encoded) {
   return out;
 }
 
-// the value a byte stands for: [min, max] was spread over 0..255
+// the value a byte stands for: unsigned, [min, max] was spread over 0..255; signed, [-m, m]
+// over 1..255 with 128 exactly 0 (compute.encode_maps)
 function valueOf(encoded, byte) {
+  if (encoded.signed) return ((byte - 128) / 127) * encoded.max;
   return encoded.min + (byte / 255) * (encoded.max - encoded.min);
 }
 
@@ -321,7 +323,11 @@ function paintSummary(result, height, width) {
       `(layer ${result.grad_cam.layer})`;
   }
   if (result.first_weight_gradient) {
-    paintAtlas(document.getElementById("first-weights"), result.first_weights, { zoom: 8, maxWidth: 330 });
+    const weights = document.getElementById("first-weights");
+    if (weights.painted !== result.first_weights.data) {  // they change only with the model
+      paintAtlas(weights, result.first_weights, { zoom: 8, maxWidth: 330 });
+      weights.painted = result.first_weights.data;
+    }
     paintAtlas(document.getElementById("first-weight-gradient"), result.first_weight_gradient,
                { zoom: 8, maxWidth: 330 });
     document.getElementById("first-weight-gradient-caption").textContent =
@@ -443,38 +449,52 @@ function setUpTargets(names) {
 }
 
 // -- check it yourself --------------------------------------------------------------------------
-function nearlyEqual(a, b, scale) {  // as the server's _close: equal up to finite-difference noise
-  return Math.abs(a - b) <= 1e-5 * (Math.abs(a) + Math.abs(b)) + 1e-7 * scale + 1e-12;
-}
-
+// The server verifies what it reports (Studio.check): the page words its verdict and adds no
+// claim of its own, so no sentence here can be contradicted by the numbers beside it.
 function explainCheck(r, what, name) {
   const e = (v) => v.toExponential(6);
+  const h = r.step.toExponential(1);
   let text = `${what}\nanalytic (backward pass)  ${e(r.analytic)}\n` +
-    `numerical (central, h=${r.step})  ${e(r.numeric)}\nrelative error ${r.relative_error.toExponential(2)}`;
-  if (!r.kink) {
+    `numerical (central, h=${h})  ${e(r.numeric)}\nrelative error ${r.relative_error.toExponential(2)}`;
+  if (r.verdict === "unresolved") {
+    return text + `\n\nSeveral ReLUs or max-pooling windows switch within ±${h} of this point, too ` +
+      "close to each other for a finite difference in float64 to separate them (the check " +
+      `halved its step ${r.halvings} times). Nothing is claimed about the slopes here.`;
+  }
+  if (r.halvings > 0) {
+    text += `\n\nAnother switch lies within ${r.first_step} of this point, on the ` +
+      `${r.nearby.join(" and ")} (between h and 2h): a step across it would average two ` +
+      `pieces, so the check halved its step ${r.halvings} time${r.halvings > 1 ? "s" : ""}, ` +
+      `to h = ${h}, where only what happens at the point itself is within the step.`;
+  }
+  if (r.verdict === "smooth") {
     return text + (r.agrees ? "\n\nNo ReLU or max-pooling window switches within ±h of this " +
       "point: the network is smooth here, and both numbers are the same derivative." :
       "\n\nThe network is smooth here, yet the two disagree: a wrong backward pass?");
   }
   const first = r.bends[0];
-  const where = first ? `${first.units} output${first.units > 1 ? "s" : ""} of layer ` +
+  const where = `${first.units} output${first.units > 1 ? "s" : ""} of layer ` +
     `${first.layer} · ${first.name}` + (r.bends.length > 1 ? ` (the bend then passes through ` +
-    `layers ${r.bends[1].layer}-${r.bends[r.bends.length - 1].layer} to the score)` : "") :
-    "units of the network";
-  const side = nearlyEqual(r.analytic, r.left_slope, r.gradient_scale) ? "the left slope" :
-    nearlyEqual(r.analytic, r.right_slope, r.gradient_scale) ? "the right slope" :
-    "neither slope: the ties it broke went different ways";
-  text += `\n\nA kink: a step of ±h switches ${where}. ReLUs whose input is exactly 0 and max-pooling windows ` +
-    "that tie (common in a flat background) turn one way for +h and the other for -h, so " +
-    `${name} has two slopes here:\n` +
+    `layers ${r.bends[1].layer}-${r.bends[r.bends.length - 1].layer})` : "");
+  const side = {
+    both: "both slopes", left: "the left slope", right: "the right slope",
+    neither: "neither slope: the ties it broke went different ways",
+  }[r.at_point];
+  if (r.verdict === "switch") {
+    return text + `\n\nA switch that does not reach ${name}: a step of ±h switches ${where}, ` +
+      `but ${name} has the same slope on both sides (left ${e(r.left_slope)}, right ` +
+      `${e(r.right_slope)}). The backward pass at the point gives ${side}.`;
+  }
+  return text + `\n\nA kink: a step of ±h switches ${where}. ReLUs whose input is exactly 0 ` +
+    "and max-pooling windows that tie (common in a flat background) turn one way for +h and " +
+    `the other for -h, so ${name} has two slopes here:\n` +
     `  from the left  ${e(r.left_slope)}   backward pass at -h: ${e(r.analytic_left)}\n` +
     `  from the right ${e(r.right_slope)}   backward pass at +h: ${e(r.analytic_right)}\n` +
-    "On each side the backward pass agrees with the slope there; the central difference is " +
-    "the mean of the two. At the point itself the backward pass breaks each tie by a fixed " +
-    "rule (a window's first maximum wins, ReLU'(0) = 0), one tie at a time, and gives " +
-    `${side}. Training uses that value; it is an exact derivative of one of the pieces that ` +
-    "meet here.";
-  return text;
+    "On each side the backward pass agrees with the slope there (verified); the " +
+    "central difference is the mean of the two. At the point itself the backward pass breaks " +
+    "each tie by a fixed rule (a window's first maximum wins, ReLU'(0) = 0), one tie at a " +
+    `time, and gives ${side}.` + (r.at_point === "neither" ? "" : " Training uses that " +
+    "value; it is an exact derivative of one of the pieces that meet here.");
 }
 
 async function check(fields, what) {
@@ -486,8 +506,11 @@ async function check(fields, what) {
   try {
     const r = await api("/api/check", { ...state.image, ...targetFields(), ...fields });
     box.textContent = explainCheck(r, what, scalarName(r.target, state.result.class_names));
-    box.className = "mono " + (r.kink ? "" : (r.agrees ? "good" : "bad"));
+    box.className = "mono " + (r.verdict !== "smooth" ? "" : (r.agrees ? "good" : "bad"));
     box.dataset.kink = r.kink;
+    box.dataset.verdict = r.verdict;
+    // the answer sits low in the sticky left column: show it without moving what is in view
+    box.scrollIntoView({ block: "nearest" });
     box.dataset.relativeError = r.relative_error;
   } catch (error) {
     box.textContent = "error: " + error.message;
@@ -576,9 +599,15 @@ function clearAll() {
     canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
     delete canvas.atlas;
   }
-  state.panels.forEach((panel) => panelWatcher.unobserve(panel));
-  state.panels = [];
-  document.getElementById("layers").textContent = "";
+  // the panels stay, blank and of the same size, so that the page keeps its scroll position
+  for (const panel of state.panels) {
+    panel.layer = null;
+    for (const canvas of [panel.forward, panel.backward]) {
+      canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+      delete canvas.painted;
+      delete canvas.atlas;
+    }
+  }
   document.getElementById("target-text").textContent = "";
   const box = document.getElementById("check-result");
   box.textContent = "nothing checked yet"; box.className = "mono";

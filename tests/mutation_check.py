@@ -4,10 +4,17 @@
     python tests/mutation_check.py --only adam    # the mutants whose name contains "adam"
 
 Each mutant is one plausible single-line bug: a snippet of minicnn's source and what it becomes.
-For each, the repository is copied to a temporary folder, the bug planted there (never in your
-checkout), and the default test suite run in the copy with PyTorch hidden (``MINICNN_HIDE_TORCH``:
-the cross-checks against PyTorch skip), stopping at the first failure. A mutant is *caught* when
-some test fails. The slow test in tests/test_slow.py runs this script.
+The repository is copied once to a temporary folder; each bug is planted there in turn (never in
+your checkout) and the default test suite run in the copy with PyTorch hidden
+(``MINICNN_HIDE_TORCH``: the cross-checks against PyTorch skip), the tests likeliest to catch it
+first, stopping at the first failure; then the file is restored. A mutant is *caught* when some
+test fails. The slow test in tests/test_slow.py runs this script.
+
+The mutants share one numba cache, started from your checkout's (the default suite fills it), so
+that each does not compile every kernel again: numba checks a cached function against the time
+stamp and size of its own source file only, which the planted bug leaves alone, except for the
+mutants planted in a file that numba compiles or that compiled code reads (:data:`NUMBA_SEES`):
+those get a cache of their own, empty, and compile what they run.
 
 When a refactoring changes a snippet below, the script stops with "snippet not found": update
 the mutant so that it plants the same bug in the new code.
@@ -35,36 +42,42 @@ class Mutant:
     path: str
     original: str
     mutated: str
-    first: tuple[str, ...] = ()  # test files likeliest to catch it, run before FIRST
+    first: tuple[str, ...]  # the test files likeliest to catch it, run before FIRST
 
 
 MUTANTS = [
     Mutant("loss-summed", "minicnn/losses.py",
-           "return float(nll.mean())", "return float(nll.sum())"),
+           "return float(nll.mean())", "return float(nll.sum())", first=("test_loss.py",)),
     Mutant("loss-grad-not-over-n", "minicnn/losses.py",
-           "grad *= probs.dtype.type(scale / n)", "grad *= probs.dtype.type(scale)"),
+           "grad *= probs.dtype.type(scale / n)", "grad *= probs.dtype.type(scale)",
+           first=("test_loss.py",)),
     Mutant("batchnorm-running-var-biased", "minicnn/layers/normalization.py",
-           "m * var * (count / (count - 1))", "m * var"),
+           "m * var * (count / (count - 1))", "m * var", first=("test_layers.py",)),
     Mutant("batchnorm-mean-term-numpy", "minicnn/kernels/numpy_kernels.py",
            "dx = scale * (dy - (dbeta / count)[_CHANNEL]",
-           "dx = scale * (dy - (dbeta / (count + 1))[_CHANNEL]"),
+           "dx = scale * (dy - (dbeta / (count + 1))[_CHANNEL]",
+           first=("test_gradcheck_layers.py",)),
     Mutant("batchnorm-mean-term-numba", "minicnn/kernels/numba_kernels.py",
            "dgamma_mean, dbeta_mean = dgamma / count, dbeta / count",
-           "dgamma_mean, dbeta_mean = dgamma / count, dbeta / (count + 1)"),
+           "dgamma_mean, dbeta_mean = dgamma / count, dbeta / (count + 1)",
+           first=("test_gradcheck_layers.py",)),
     Mutant("col2im-crop-numpy", "minicnn/kernels/numpy_kernels.py",
            "return dx_padded[:, :, ph : ph + h, pw : pw + w]",
-           "return dx_padded[:, :, :h, :w]"),
+           "return dx_padded[:, :, :h, :w]", first=("test_gradcheck_layers.py",)),
     Mutant("col2im-last-row-numba", "minicnn/kernels/numba_kernels.py",
            "for oh in range(oh_first, oh_stop):\n                        source = row",
-           "for oh in range(oh_first, oh_stop - 1):\n                        source = row"),
+           "for oh in range(oh_first, oh_stop - 1):\n                        source = row",
+           first=("test_gradcheck_layers.py",)),
     Mutant("maxpool-backward-assign-numpy", "minicnn/kernels/numpy_kernels.py",
            "dx[_window_slab(i, j, dy.shape[2:], stride)] += dy * (argmax == i * kw + j)",
-           "dx[_window_slab(i, j, dy.shape[2:], stride)] = dy * (argmax == i * kw + j)"),
+           "dx[_window_slab(i, j, dy.shape[2:], stride)] = dy * (argmax == i * kw + j)",
+           first=("test_gradcheck_layers.py",)),
     Mutant("maxpool-backward-assign-numba", "minicnn/kernels/numba_kernels.py",
-           "dx_flat[_u(winner)] += dy_flat[q]", "dx_flat[_u(winner)] = dy_flat[q]"),
+           "dx_flat[_u(winner)] += dy_flat[q]", "dx_flat[_u(winner)] = dy_flat[q]",
+           first=("test_gradcheck_layers.py",)),
     Mutant("adam-step-count", "minicnn/optim.py",
            "self.step_count, self.weight_decay, self.decoupled)",
-           "self.step_count + 1, self.weight_decay, self.decoupled)"),
+           "self.step_count + 1, self.weight_decay, self.decoupled)", first=("test_optim.py",)),
     Mutant("winograd-transform-entry", "minicnn/kernels/winograd.py",
            "[0, -2, -1, 2, 1, 0],", "[0, -2, -1, 2, 2, 0],", first=("test_winograd.py",)),
     Mutant("winograd-overlap-assign-numba", "minicnn/kernels/numba_winograd.py",
@@ -72,8 +85,14 @@ MUTANTS = [
            first=("test_winograd.py",)),
     Mutant("cupy-grid-rounded-down", "minicnn/kernels/cupy_kernels.py",
            "blocks = (total + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK",
-           "blocks = total // _THREADS_PER_BLOCK"),
+           "blocks = total // _THREADS_PER_BLOCK", first=("test_cuda_sources.py",)),
 ]
+
+# numba compiles these files, and its compiled code reads values from them: a mutant planted in
+# one would meet the others' cached machine code, compiled from the file as it was
+NUMBA_SEES = ("minicnn/kernels/numba_kernels.py", "minicnn/kernels/numba_winograd.py",
+              "minicnn/kernels/cpu_runtime.py", "minicnn/kernels/winograd.py",
+              "minicnn/kernels/__init__.py")
 
 # The tests most likely to catch a kernel or layer bug run first (pytest -x stops at the first
 # failure); the rest of the default suite follows.
@@ -92,6 +111,15 @@ def copy_checkout(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
+def copy_numba_cache(target: Path) -> None:
+    """The machine code numba cached beside your checkout's sources (``__pycache__``), valid
+    for the copies: copy2 keeps the sources' time stamps."""
+    for cached in (ROOT / "minicnn").rglob("__pycache__/*.nb[ic]"):
+        destination = target / cached.relative_to(ROOT)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(cached, destination)
+
+
 def plant(folder: Path, mutant: Mutant) -> None:
     path = folder / mutant.path
     text = path.read_text()
@@ -102,21 +130,31 @@ def plant(folder: Path, mutant: Mutant) -> None:
     path.write_text(text.replace(mutant.original, mutant.mutated))
 
 
-def run(mutant: Mutant) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.name}-") as folder:
-        folder = Path(folder)
-        copy_checkout(folder)
-        plant(folder, mutant)
-        env = dict(os.environ, MINICNN_HIDE_TORCH="1", PYTHONPATH=str(folder),
-                   NUMBA_CACHE_DIR=str(folder / ".numba-cache"), PYTHONDONTWRITEBYTECODE="1")
-        # every file named: given the folder too, pytest would collect in its own (alphabetical) order
-        first = list(dict.fromkeys(mutant.first + tuple(FIRST)))
-        rest = sorted(p.name for p in (folder / "tests").glob("test_*.py") if p.name not in first)
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                   *[f"tests/{name}" for name in first + rest]]
-        start = time.perf_counter()
-        result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
+def restore(folder: Path, mutant: Mutant) -> None:
+    """The file as in the checkout, its time stamp included (numba's cache index reads it)."""
+    shutil.copy2(ROOT / mutant.path, folder / mutant.path)
+
+
+def run(mutant: Mutant, folder: Path) -> dict:
+    plant(folder, mutant)
+    try:
+        with tempfile.TemporaryDirectory(prefix="numba-cache-") as own_cache:
+            env = {name: value for name, value in os.environ.items() if name != "NUMBA_CACHE_DIR"}
+            env.update(MINICNN_HIDE_TORCH="1", PYTHONPATH=str(folder), PYTHONDONTWRITEBYTECODE="1")
+            if mutant.path in NUMBA_SEES:
+                env["NUMBA_CACHE_DIR"] = own_cache  # else the copy's __pycache__, shared
+            # every file named: given the folder too, pytest would collect in its own
+            # (alphabetical) order
+            first = list(dict.fromkeys(mutant.first + tuple(FIRST)))
+            rest = sorted(p.name for p in (folder / "tests").glob("test_*.py")
+                          if p.name not in first)
+            command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                       *[f"tests/{name}" for name in first + rest]]
+            start = time.perf_counter()
+            result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+    finally:
+        restore(folder, mutant)
     # exit code 1: tests failed (caught); 0: all passed (survived); anything else (a collection
     # error, an interruption) means the run itself is broken and proves nothing
     failed = re.search(r"^(?:FAILED|ERROR) (\S+::\S+)", result.stdout, re.MULTILINE)
@@ -134,13 +172,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     mutants = [m for m in MUTANTS if args.only in m.name]
     rows = []
-    for mutant in mutants:
-        row = run(mutant)
-        rows.append(row)
-        print(f"{row['mutant']:<32} {row['verdict']:<10} {row['seconds']:5.0f} s  {row['by']}",
-              flush=True)
-        if row["verdict"] != "caught":
-            print(row["output"], file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="mutants-") as folder:
+        folder = Path(folder)
+        copy_checkout(folder)
+        copy_numba_cache(folder)
+        for mutant in mutants:
+            row = run(mutant, folder)
+            rows.append(row)
+            print(f"{row['mutant']:<32} {row['verdict']:<10} {row['seconds']:5.0f} s  "
+                  f"{row['by']}", flush=True)
+            if row["verdict"] != "caught":
+                print(row["output"], file=sys.stderr)
     missed = [row["mutant"] for row in rows if row["verdict"] != "caught"]
     print(f"\n{len(rows) - len(missed)} of {len(rows)} planted bugs caught without PyTorch"
           + (f"; not caught: {', '.join(missed)}" if missed else ""))

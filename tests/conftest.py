@@ -44,13 +44,14 @@ def _numpy_backend_by_default():
 
 
 @pytest.fixture(autouse=True)
-def _automatic_conv_algorithm():
-    """Every test starts with the kernels choosing the convolution algorithm ("auto"), whatever
-    $MINICNN_CONV_ALGO says, and leaves the setting as it found it."""
+def _conv_algorithm_of_the_run():
+    """Every test starts with the convolution algorithm $MINICNN_CONV_ALGO forces ("auto" when
+    unset: the kernels choose), so that the whole suite can be run with each algorithm forced,
+    and leaves the setting as it found it. A test about the choice itself sets it."""
     from minicnn import kernels
 
     previous = kernels.get_conv_algorithm()
-    kernels.set_conv_algorithm("auto")
+    kernels.set_conv_algorithm(os.environ.get("MINICNN_CONV_ALGO") or "auto")
     yield
     kernels.set_conv_algorithm(previous)
 

@@ -84,13 +84,20 @@ def test_training_reuses_the_large_arrays_of_the_previous_step():
     model = mc.Sequential([Conv2D(3, 8, 3, padding=1), Flatten(), Dense(8 * 32 * 32, 2)], seed=0)
     x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
     dy = np.ones((16, 2), np.float32)
+    def arrays(saved):  # what the convolution keeps for its backward pass, whichever algorithm
+        if isinstance(saved, np.ndarray):
+            return [saved.ctypes.data] if saved.nbytes > 4096 else []
+        if isinstance(saved, (tuple, list)):
+            return [address for item in saved for address in arrays(item)]
+        return []
+
     addresses = []
     for _ in range(3):
         y = model.forward(x, training=True)
         model.backward(dy)
-        addresses.append((y.ctypes.data, model.layers[0]._cache[1].ctypes.data))
+        addresses.append((y.ctypes.data, *arrays(model.layers[0]._cache)))
         del y
-    assert addresses[1] == addresses[2]  # the same memory, step after step
+    assert len(addresses[1]) >= 2 and addresses[1] == addresses[2]  # the same memory, each step
 
 
 def test_input_gradient_can_be_skipped(cpu_backend):

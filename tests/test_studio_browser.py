@@ -385,8 +385,8 @@ document.addEventListener("DOMContentLoaded", () => {
 
 def test_a_training_run_updates_the_curves_in_order(page, tmp_path):
     page.add_init_script(LATE_ANSWER)
-    # 600 steps instead of the button's 200: a run long enough to be drawn several times
-    page.route("**/api/train", lambda route: route.continue_(post_data=json.dumps({"steps": 600})))
+    # 300 steps instead of the button's 200: a run long enough to be drawn several times
+    page.route("**/api/train", lambda route: route.continue_(post_data=json.dumps({"steps": 300})))
     page.reload()
     page.wait_for_selector("#prediction .bar")
     page.locator("#train-button").click()

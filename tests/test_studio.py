@@ -9,6 +9,7 @@ import pytest
 
 import minicnn as mc
 from minicnn import interpret
+from minicnn.backend import backend_available
 from minicnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 from minicnn.studio import (
     Studio,
@@ -195,16 +196,21 @@ def test_what_the_check_says_about_kinks_holds_on_every_pixel_of_a_digit(studio,
     assert 20 < verdicts["kink"] < 784 and verdicts["smooth"] > 20, verdicts
 
 
-@pytest.mark.parametrize("seed, algorithm, digits", [(1, "im2col", "70"), (2, "winograd", "41")])
-def test_the_check_holds_on_every_pixel_for_trained_models(tmp_path, seed, algorithm, digits):
+@pytest.mark.parametrize("seed, algorithm, limit, digits", [(0, "im2col", 20000, "70"),
+                                                           (2, "winograd", 6000, "41")])
+def test_the_check_holds_on_every_pixel_for_trained_models(tmp_path, seed, algorithm, limit,
+                                                           digits):
     """A trained network's last bits differ from one CPU to the next and from one convolution
     algorithm to the other, and so do the switches near a pixel: the check must hold for
-    whatever model it meets, not for one (several models, both algorithms, several digits)."""
+    whatever model it meets, not for one (several models, both algorithms, several digits).
+    (On an AMD EPYC Zen 5 the first model has 11 pixels of the 7 with a second switch within
+    1e-6; test_a_second_switch_within_the_step_is_found_and_the_step_halved holds everywhere.)"""
     from minicnn import kernels
     from minicnn.recipes import train_classifier
 
     kernels.set_conv_algorithm(algorithm)  # the conftest restores the setting
-    train_classifier("mnist", recipe="mnist-fast", out=tmp_path, limit=6000, seed=seed, verbose=0)
+    train_classifier("mnist", recipe="mnist-fast", out=tmp_path, limit=limit, seed=seed, verbose=0,
+                     backend_name="numba" if backend_available("numba") else None)
     studio = Studio(mc.load_model(tmp_path / "model.safetensors"))
     for digit in digits:
         image = preprocess_drawing(np.asarray(drawn_digit(digit)))[None]

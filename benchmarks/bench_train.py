@@ -302,7 +302,7 @@ def main():
     if args.child:
         print(json.dumps(child(*args.child.split(":"), args)))
         return
-    from common import write_json
+    from common import cpu_slug, write_json
 
     from minicnn.atomic import atomic_write_bytes
 
@@ -345,9 +345,10 @@ def main():
     print("\n" + header + "\n\n" + "\n\n".join(tables))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"train_b{args.batch_size}.json"
+    name = f"train_b{args.batch_size}_{cpu_slug()}"  # a ratio holds for one CPU: a file each
+    path = out / f"{name}.json"
     write_json(path, {"header": header, "tables": tables, **report})
-    markdown = out / f"train_b{args.batch_size}.md"
+    markdown = out / f"{name}.md"
     atomic_write_bytes(markdown, (f"{report['command']}\n\n{header}\n\n"
                                   + "\n\n".join(tables) + "\n").encode())
     print(f"\nwrote {path} and {markdown}")

@@ -50,15 +50,47 @@ def training_flops(model_name: str, shape) -> int:
     return total
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+# AMD's families as their cores: the model name of a cloud VM often says only "AMD EPYC"
+_AMD_CORES = {23: "Zen/Zen 2", 25: "Zen 3/Zen 4", 26: "Zen 5"}
+
+
+def cpu_isa(flags: str | None = None) -> str:
+    """The widest vector ISA the CPU has (what its BLAS and PyTorch's oneDNN pick their kernels by)."""
+    flags = set((_cpuinfo().get("flags", "") if flags is None else flags).split())
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+
+
+def cpu_model() -> str:
+    """The CPU as a figure should name it: model (and AMD core family) and vector ISA, e.g.
+    "AMD EPYC (family 26, Zen 5), AVX-512"."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    family = info.get("cpu family", "")
+    if info.get("vendor_id") == "AuthenticAMD" and family.isdigit():
+        core = _AMD_CORES.get(int(family))
+        name += f" (family {family}" + (f", {core})" if core else ")")
+    return f"{name}, {cpu_isa(info.get('flags', ''))}" if info else name
+
+
+def cpu_slug() -> str:
+    """cpu_model() as a file name: one result file per CPU."""
+    slug = "".join(c if c.isalnum() else "-" for c in cpu_model().lower())
+    return "-".join(part for part in slug.split("-") if part)
 
 
 def gpu_model() -> str | None:

@@ -462,7 +462,7 @@ function explainCheck(r, what, name) {
       `halved its step ${r.halvings} times). Nothing is claimed about the slopes here.`;
   }
   if (r.halvings > 0) {
-    text += `\n\nAnother switch lies within ${r.first_step} of this point, on the ` +
+    text += `\n\nAnother switch lies within ${r.first_step.toExponential(0)} of this point, on the ` +
       `${r.nearby.join(" and ")} (between h and 2h): a step across it would average two ` +
       `pieces, so the check halved its step ${r.halvings} time${r.halvings > 1 ? "s" : ""}, ` +
       `to h = ${h}, where only what happens at the point itself is within the step.`;

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import copy
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -272,10 +273,10 @@ class Studio:
         The backward pass at ``w - h`` gives the left slope, and at ``w + h`` the right one,
         only when no *other* switch lies between w and w -+ h. The check verifies that instead
         of assuming it: on each side the backward pass at h must agree with that side's slope;
-        where it does not, a second switch lies within the step,
-        and the step is halved (for both sides, so that the central difference stays the mean
-        of the two slopes) until they do, at most :data:`CHECK_HALVINGS` times. The reply says
-        only what was verified, in ``verdict``:
+        where it does not, a second switch lies within the step, and the step is halved (for
+        both sides, so that the central difference stays the mean of the two slopes) until they
+        do, at most :data:`CHECK_HALVINGS` times. The reply says only what was verified, in
+        ``verdict``:
 
         - ``"smooth"``: nothing switches within ±h; the analytic and the numerical derivative
           are the same number (``agrees``).
@@ -375,11 +376,13 @@ CHECK_STEP = 1e-6  # small enough to cross only the switches at the point itself
 CHECK_HALVINGS = 12  # down to 2.4e-10, where float64 rounding still leaves slopes to ~1e-4
 
 
-class _Probe:
+class _Probe(NamedTuple):
     """One forward and backward pass with the checked entry moved by some offset."""
 
-    def __init__(self, value: float, analytic: float, gradient: np.ndarray, outputs: list):
-        self.value, self.analytic, self.gradient, self.outputs = value, analytic, gradient, outputs
+    value: float            # the scalar
+    analytic: float         # the backward pass's entry for the checked pixel or weight
+    gradient: np.ndarray    # the whole gradient it belongs to
+    outputs: list           # every layer's output
 
 
 class _Side:

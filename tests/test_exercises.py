@@ -167,7 +167,7 @@ def test_a_wrong_answer_says_where(folder):
     return dy @ W.T, x.T @ dy, dy.sum(axis=0) + 1.0
 """)
     report = grade(item, folder / item.file_name).report
-    assert report[0].startswith("case 1 of 3 (x (4, 5), W (5, 3), dy (4, 3)): db: 3 of 3 "
+    assert report[0].startswith("case 1 of 4 (x (4, 5), W (5, 3), dy (4, 3)): db: 3 of 3 "
                                 "entries wrong")
     assert report[1].startswith("  db[0] = ")
 
@@ -198,16 +198,66 @@ def test_shapes_factors_errors_and_syntax_are_named(folder):
         item, folder / item.file_name).report[0]
 
 
-def test_answers_as_a_list_count_and_a_folder_without_exercises_is_left_alone(folder, tmp_path):
-    item = exercises.exercise("dense_backward")
-    write(folder, item, "def dense_backward(x, W, dy):\n"
-                        "    return [dy @ W.T, x.T @ dy, dy.sum(axis=0)]\n")
-    assert grade(item, folder / item.file_name).passed
+def test_a_folder_without_exercises_is_left_alone(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     grades = exercises.check(elsewhere)
     assert "is not there: run `minicnn exercises start" in grades[0].report[0]
     assert list(elsewhere.iterdir()) == []  # no progress.json dropped into a random folder
+
+
+# -- what the layers of `train` cannot use is refused --------------------------------------------
+
+RIGHT_RELU = "def relu_backward(x, dy):\n    return dy * (x > 0)\n"
+
+
+@pytest.mark.parametrize("source, words", [
+    # the layers call relu_backward(x, dy) by position: swapped names compute dx = x * (dy > 0)
+    ("def relu_backward(dy, x):\n    return dy * (x > 0)\n", "dx: "),
+    ("def relu_backward(x, dy):\n    dx = dy * (x > 0)\n", "it returned None: a `return dx`"),
+    ("def relu_backward(x, dy):\n    return (dy * (x > 0),)\n", "it returned a tuple of 1"),
+    ("def relu_backward(x, dy):\n    return (dy * (x > 0)).tolist()\n", "it returned a list"),
+    ("def relu_backward(x, dy):\n    return np.where(x > 0, dy, 0).astype(np.float64)\n",
+     "dx has dtype float64; expected float32"),
+    ("def relu_backward(x, dy):\n    dy[x <= 0] = 0\n    return dy\n",
+     "changed its argument dy in place"),
+    ("def relu_backward(x, dy):\n    while True:\n        pass\n", "did not finish within"),
+    ("import sys\n\n\ndef relu_backward(x, dy):\n    sys.exit(0)\n", "called sys.exit(0)"),
+    ("import os\n\n\ndef relu_backward(x, dy):\n    os._exit(3)\n", "exit code 3"),
+    ("import os, signal\n\n\ndef relu_backward(x, dy):\n    os.kill(os.getpid(), "
+     "signal.SIGSEGV)\n", "crashed (SIGSEGV)"),
+])
+def test_what_train_cannot_use_fails_with_the_reason(folder, source, words):
+    item = exercises.exercise("relu_backward")
+    write(folder, item, RIGHT_RELU)
+    assert grade(item, folder / item.file_name).passed  # the right answer, as a learner writes it
+    write(folder, item, source)
+    result = grade(item, folder / item.file_name, time_limit=5)
+    assert not result.passed and words in result.report[0], result.report
+
+
+def test_an_argument_changed_in_place_is_named(folder):
+    """A BatchNorm backward that divides a view of gamma in place computes the right values, and
+    corrupts the layer's gamma at every training step."""
+    item = exercises.exercise("batchnorm_backward_compact")
+    source = inspect.getsource(solutions.batchnorm_backward_compact)
+    write(folder, item, source)
+    assert grade(item, folder / item.file_name).passed
+    write(folder, item, source.replace("    return ", "    view = gamma.reshape(-1)\n"
+                                                      "    view *= 1.0000001\n    return ", 1))
+    report = grade(item, folder / item.file_name).report
+    assert "changed its argument gamma in place" in report[0], report
+
+
+def test_values_that_differ_are_shown_with_digits_enough_to_see_it(folder):
+    item = exercises.exercise("relu_backward")
+    # 3e-6 apart, over the tolerance of 1e-6: six digits would often print the same number
+    write(folder, item, "def relu_backward(x, dy):\n    return dy * (x > 0) * (1 + 3e-6)\n")
+    lines = grade(item, folder / item.file_name).report[1:4]
+    for line in lines:
+        got, expected = re.match(r"  dx\[[\d, ]+\] = (\S+), expected (\S+)", line).groups()
+        assert got != expected and float(got) / float(expected) == pytest.approx(1 + 3e-6,
+                                                                                 abs=2e-6), line
 
 
 def test_start_keeps_a_learners_work(folder):
@@ -247,7 +297,7 @@ def test_the_command_line_as_the_templates_describe_it(tmp_path):
     write(course, exercises.exercise("dense_backward"),
           inspect.getsource(solutions.dense_backward))
     run = minicnn("check", "dense_backward", cwd=course)
-    assert run.returncode == 0 and "PASS  1. dense_backward: all 3 cases right" in run.stdout
+    assert run.returncode == 0 and "PASS  1. dense_backward: all 4 cases right" in run.stdout
     assert "The reference solution" in run.stdout and "dW = x.T @ dy" in run.stdout
     run = minicnn("check", "--dir", str(course), cwd=tmp_path)
     assert run.returncode == 1 and "1 of 9 passed; next: minicnn exercises check relu_backward" \

@@ -2,10 +2,10 @@
 says whether, and where, they are wrong.
 
     minicnn exercises start DIR                 # one file per exercise, with a TODO
-    minicnn exercises check DIR [NAME]          # grade them (all, or one)
-    minicnn exercises check DIR NAME --hint     # the next hint, one more each time
-    minicnn exercises check DIR NAME --reveal   # the reference solution (shown after a pass too)
-    minicnn exercises train DIR                 # MNIST with your layers (exercises 1-7, 9)
+    minicnn exercises check [NAME] --dir DIR    # grade them (all, or one; DIR: default here)
+    minicnn exercises check NAME --hint         # the next hint, one more each time
+    minicnn exercises check NAME --reveal       # the reference solution (shown after a pass too)
+    minicnn exercises train [DIR]               # MNIST with your layers (exercises 1-7, 9)
 
 The nine exercises go from the Dense layer to the convolution and BatchNorm (see
 :data:`EXERCISES`). Each file holds the signature, the derivation up to the step to write, and a

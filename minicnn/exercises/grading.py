@@ -1,22 +1,40 @@
 """Grading one exercise: run the learner's function on the exercise's cases, compare every
 array it returns with the reference solution, and say *where* and, when it can, *why* an answer
-is wrong (a classic mistake recognized by its answer, a constant factor, a transposed shape)."""
+is wrong (a classic mistake recognized by its answer, a constant factor, a transposed shape).
+
+The grader runs the learner's code the way the layers of ``minicnn exercises train`` will: each
+exercise in a child process with a time limit (a hang, ``sys.exit`` or a crash of the
+interpreter is named, and the grader goes on), the function called with its arguments *by
+position*, in the reference's order, as the layers call it; an answer that changes an argument in
+place, or returns what the layers cannot use (None, a list, a tuple for one array, another
+dtype), fails with words that say so. Each exercise's cases end with one in float32, the dtype
+``train`` runs in.
+"""
 
 from __future__ import annotations
 
 import copy
 import importlib.machinery
 import importlib.util
+import inspect
+import json
 import linecache
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .course import Exercise
+from .course import BY_NAME, Case, Exercise
 
 RTOL = 1e-6  # float64 cases: a right answer agrees to ~1e-12; a wrong one is off by far more
+RTOL_FLOAT32 = 1e-4  # the float32 case: a right answer agrees to ~1e-6
+TIME_LIMIT = 20.0  # seconds for one exercise's cases: a right answer takes well under one
 
 
 @dataclass
@@ -77,24 +95,81 @@ def _where(err: BaseException, path: Path) -> str:
 
 
 def _as_tuple(value, count: int) -> tuple:
-    """What a function returned, as a tuple of its ``count`` arrays (a list of them is fine)."""
-    if count > 1 and isinstance(value, list):
-        return tuple(value)
-    return value if isinstance(value, tuple) else (value,)
+    """What a function returned, as a tuple of its ``count`` arrays."""
+    return value if isinstance(value, tuple) and count > 1 else (value,)
 
 
 def _close(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    if np.asarray(expected).dtype == np.float32:
+        return np.isclose(got, expected, rtol=RTOL_FLOAT32, atol=1e-6 * scale)
     return np.isclose(got, expected, rtol=RTOL, atol=1e-9 * scale)
 
 
-def grade(exercise: Exercise, path: Path) -> Grade:
+def _distinct(got: float, want: float) -> tuple[str, str]:
+    """The two numbers with as many digits as it takes to tell them apart (6 to 17)."""
+    for digits in range(6, 18):
+        shown, expected = f"{got:.{digits}g}", f"{want:.{digits}g}"
+        if shown != expected:
+            break
+    return shown, expected
+
+
+def grade(exercise: Exercise, path: Path, time_limit: float = TIME_LIMIT) -> Grade:
+    """Grade the learner's answer in ``path`` in a child process (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():  # said without starting a process
+        return Grade(exercise, False, 0, [f"{path.name} is not there: run `minicnn exercises "
+                                          f"start {path.parent}` to write the exercise files"])
+    with tempfile.TemporaryDirectory(prefix="minicnn-grade-") as folder:
+        result = Path(folder) / "grade.json"
+        progress = Path(folder) / "case"
+        command = [sys.executable, "-m", "minicnn.exercises.grading", exercise.name, str(path),
+                   str(result), str(progress)]
+        # the child imports this very minicnn, wherever it was imported from
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        try:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                  text=True, timeout=time_limit, cwd=path.parent, env=env)
+        except subprocess.TimeoutExpired:
+            where = _read(progress)
+            return Grade(exercise, False, 0, [
+                f"your function did not finish within {time_limit:g} s{where}: an endless loop? "
+                "(a right answer takes well under a second)"])
+        if result.is_file():
+            graded = json.loads(result.read_text())
+            return Grade(exercise, graded["passed"], graded["cases"], graded["report"])
+    where = _read(progress)
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name if -done.returncode in \
+            {s.value for s in signal.Signals} else str(-done.returncode)
+        return Grade(exercise, False, 0, [f"the Python interpreter running your code crashed "
+                                          f"({name}){where}"])
+    return Grade(exercise, False, 0, [
+        f"your code ended the process (exit code {done.returncode}, e.g. sys.exit() or "
+        f"os._exit()){where} before it was graded: the layers need your function to return"])
+
+
+def _read(progress: Path) -> str:
+    try:
+        return f", on {progress.read_text().strip()}"
+    except OSError:
+        return ""
+
+
+def _grade_here(exercise: Exercise, path: Path, progress: Path | None = None) -> Grade:
+    """The grading itself, in this process (the child's)."""
     try:
         function = load_function(exercise, path)
     except _Stop as stop:
         return Grade(exercise, False, 0, [str(stop)])
     cases = exercise.cases()
+    cases.append(_in_float32(cases[0]))
     for number, case in enumerate(cases, 1):
+        if progress is not None:
+            progress.write_text(f"case {number} of {len(cases)} ({case.description})")
         problems = _grade_case(exercise, function, case, path)
         if problems:
             head = (f"case {number} of {len(cases)} ({case.description}): " if
@@ -103,22 +178,42 @@ def grade(exercise: Exercise, path: Path) -> Grade:
     return Grade(exercise, True, len(cases), [f"all {len(cases)} cases right"])
 
 
+def _in_float32(case: Case) -> Case:
+    """The case with its floating-point arrays in float32, as ``train`` runs."""
+    arguments = {name: value.astype(np.float32) if isinstance(value, np.ndarray) and
+                 value.dtype.kind == "f" else value for name, value in case.arguments.items()}
+    return Case(f"{case.description}, in float32 as train runs", arguments)
+
+
 def _grade_case(exercise: Exercise, function, case, path: Path) -> list[str]:
     """Nothing when the learner's answer is right; otherwise what is wrong, in lines."""
     outputs = exercise.outputs
     linecache.checkcache(str(path))  # tracebacks quote the file as it is now
+    order = list(inspect.signature(exercise.solution).parameters)  # as the layers call it
+    arguments = copy.deepcopy(case.arguments)
     try:
         with np.errstate(all="ignore"):  # an overflow is reported as what it did to the answer
-            answer = function(**copy.deepcopy(case.arguments))
+            answer = function(*[arguments[name] for name in order])
     except NotImplementedError:
         return [f"not written yet: replace the TODO in {path.name}"]
+    except SystemExit as exit_:
+        return [f"your code called sys.exit({exit_.code if exit_.code is not None else ''}): "
+                "the layers need your function to return its answer"]
     except Exception as err:
         return [f"your function raised {_where(err, path)}"]
+    for name in order:
+        before, after = case.arguments[name], arguments[name]
+        if isinstance(before, np.ndarray) and not (
+                isinstance(after, np.ndarray) and after.shape == before.shape and
+                np.array_equal(after, before, equal_nan=True)):
+            return [f"your function changed its argument {name} in place: the layers pass their "
+                    f"own arrays ({name} is kept by the layer), which train would then see "
+                    f"change at every step. Compute into new arrays (or {name}.copy())"]
     expected = _as_tuple(exercise.solution(**copy.deepcopy(case.arguments)), len(outputs))
+    problem = _returned(answer, outputs)
+    if problem:
+        return [problem]
     answer = _as_tuple(answer, len(outputs))
-    if len(answer) != len(outputs):
-        return [f"it returned {len(answer)} value(s); expected {len(outputs)}: "
-                f"({', '.join(outputs)})"]
     for name, got, want in zip(outputs, answer, expected):
         problem = _compare(name, got, want)
         if problem:
@@ -126,11 +221,36 @@ def _grade_case(exercise: Exercise, function, case, path: Path) -> list[str]:
     return []
 
 
-def _compare(name: str, got, want: np.ndarray) -> list[str]:
-    try:
-        got = np.asarray(got, dtype=np.float64)
-    except (TypeError, ValueError):
-        return [f"{name} is a {type(got).__name__}, not an array of numbers"]
+def _returned(answer, outputs: tuple[str, ...]) -> str | None:
+    """What is wrong with the *kind* of value returned, for the layers that will use it."""
+    wanted = ", ".join(outputs)
+    if answer is None:
+        return f"it returned None: a `return {wanted}` is missing"
+    if len(outputs) == 1:
+        if isinstance(answer, (tuple, list)):
+            return (f"it returned a {type(answer).__name__} of {len(answer)} value(s); return "
+                    f"one array: return {wanted}")
+        values = [answer]
+    else:
+        if not isinstance(answer, tuple):
+            return (f"it returned a {type(answer).__name__}; return the {len(outputs)} arrays "
+                    f"as a tuple: return {wanted}")
+        if len(answer) != len(outputs):
+            return f"it returned {len(answer)} value(s); expected {len(outputs)}: ({wanted})"
+        values = list(answer)
+    for name, value in zip(outputs, values):
+        if value is None:
+            return f"{name} is None: was it computed and returned?"
+        if not isinstance(value, np.ndarray):
+            return (f"{name} is a {type(value).__name__}, not a NumPy array: the layers do "
+                    f"array arithmetic with it (np.asarray, or build it with NumPy)")
+    return None
+
+
+def _compare(name: str, got: np.ndarray, want: np.ndarray) -> list[str]:
+    if got.dtype != want.dtype:
+        return [f"{name} has dtype {got.dtype}; expected {want.dtype}, the dtype of the inputs "
+                f"(np.zeros(shape) is float64: np.zeros_like, or dtype=x.dtype)"]
     if got.shape != want.shape:
         if got.shape == want.shape[::-1] and got.ndim == 2:
             return [f"{name} has shape {got.shape}, the transpose of the expected {want.shape}"]
@@ -146,8 +266,8 @@ def _compare(name: str, got, want: np.ndarray) -> list[str]:
     lines = [f"{name}: {len(wrong)} of {got.size} entries wrong"]
     for index in wrong[:3]:
         index = tuple(int(i) for i in index)
-        lines.append(f"  {name}[{', '.join(map(str, index))}] = {got[index]:.6g}, expected "
-                     f"{want[index]:.6g}")
+        shown, expected = _distinct(float(got[index]), float(want[index]))
+        lines.append(f"  {name}[{', '.join(map(str, index))}] = {shown}, expected {expected}")
     factor = _constant_factor(got, want)
     if factor is not None:
         lines.append(f"  every entry is {factor:.6g} times the expected one")
@@ -182,3 +302,17 @@ def _diagnose(exercise: Exercise, case, answer) -> list[str]:
         if same:
             return [f"This looks like a classic mistake: {mistake.words}."]
     return []
+
+
+def _main(argv: list[str]) -> None:
+    """The child: ``python -m minicnn.exercises.grading NAME PATH RESULT PROGRESS``."""
+    name, path, result, progress = argv
+    graded = _grade_here(BY_NAME[name], Path(path), Path(progress))
+    Path(result).write_text(json.dumps({"passed": graded.passed, "cases": graded.cases,
+                                        "report": graded.report}))
+    sys.stdout.flush()
+    os._exit(0)  # the learner's threads or atexit handlers cannot hold the grade back
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

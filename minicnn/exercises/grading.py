@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from .course import BY_NAME, Case, Exercise
 
 RTOL = 1e-6  # float64 cases: a right answer agrees to ~1e-12; a wrong one is off by far more
@@ -169,7 +170,8 @@ def _grade_here(exercise: Exercise, path: Path, progress: Path | None = None) ->
     cases.append(_in_float32(cases[0]))
     for number, case in enumerate(cases, 1):
         if progress is not None:
-            progress.write_text(f"case {number} of {len(cases)} ({case.description})")
+            atomic_write_bytes(progress, f"case {number} of {len(cases)} ({case.description})"
+                               .encode())
         problems = _grade_case(exercise, function, case, path)
         if problems:
             head = (f"case {number} of {len(cases)} ({case.description}): " if
@@ -308,8 +310,9 @@ def _main(argv: list[str]) -> None:
     """The child: ``python -m minicnn.exercises.grading NAME PATH RESULT PROGRESS``."""
     name, path, result, progress = argv
     graded = _grade_here(BY_NAME[name], Path(path), Path(progress))
-    Path(result).write_text(json.dumps({"passed": graded.passed, "cases": graded.cases,
-                                        "report": graded.report}))
+    # whole or not at all: the parent reads it after a time limit may have ended this process
+    atomic_write_bytes(Path(result), json.dumps({"passed": graded.passed, "cases": graded.cases,
+                                                 "report": graded.report}).encode())
     sys.stdout.flush()
     os._exit(0)  # the learner's threads or atexit handlers cannot hold the grade back
 

@@ -223,7 +223,8 @@ RIGHT_RELU = "def relu_backward(x, dy):\n    return dy * (x > 0)\n"
      "changed its argument dy in place"),
     ("def relu_backward(x, dy):\n    while True:\n        pass\n", "did not finish within"),
     ("import sys\n\n\ndef relu_backward(x, dy):\n    sys.exit(0)\n", "called sys.exit(0)"),
-    ("import os\n\n\ndef relu_backward(x, dy):\n    os._exit(3)\n", "exit code 3"),
+    ("import os\n\n\ndef relu_backward(x, dy):\n    os._exit(3)\n",
+     "ended the process (exit code 3, e.g. sys.exit() or os._exit()), on case 1 of"),
     ("import os, signal\n\n\ndef relu_backward(x, dy):\n    os.kill(os.getpid(), "
      "signal.SIGSEGV)\n", "crashed (SIGSEGV)"),
 ])

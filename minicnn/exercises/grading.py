@@ -142,7 +142,7 @@ def grade(exercise: Exercise, path: Path, time_limit: float = TIME_LIMIT) -> Gra
         if result.is_file():
             graded = json.loads(result.read_text())
             return Grade(exercise, graded["passed"], graded["cases"], graded["report"])
-    where = _read(progress)
+        where = _read(progress)
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name if -done.returncode in \
             {s.value for s in signal.Signals} else str(-done.returncode)

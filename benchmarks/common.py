@@ -69,9 +69,10 @@ def _cpuinfo() -> dict:
 _AMD_CORES = {23: "Zen/Zen 2", 25: "Zen 3/Zen 4", 26: "Zen 5"}
 
 
-def cpu_isa(flags: str | None = None) -> str:
-    """The widest vector ISA the CPU has (what its BLAS and PyTorch's oneDNN pick their kernels by)."""
-    flags = set((_cpuinfo().get("flags", "") if flags is None else flags).split())
+def cpu_isa(flags: str) -> str:
+    """The widest vector ISA in /proc/cpuinfo's ``flags`` (what a BLAS and PyTorch's oneDNN pick
+    their kernels by)."""
+    flags = set(flags.split())
     return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
 
 

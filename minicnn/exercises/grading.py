@@ -144,8 +144,10 @@ def grade(exercise: Exercise, path: Path, time_limit: float = TIME_LIMIT) -> Gra
             return Grade(exercise, graded["passed"], graded["cases"], graded["report"])
         where = _read(progress)
     if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name if -done.returncode in \
-            {s.value for s in signal.Signals} else str(-done.returncode)
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
         return Grade(exercise, False, 0, [f"the Python interpreter running your code crashed "
                                           f"({name}){where}"])
     return Grade(exercise, False, 0, [

@@ -10,8 +10,10 @@ tensors ``optimizer.<parameter index>.<name>``, and a JSON ``training_state`` in
 - ``optimizer``: its type, learning rate, step count and state keys;
 - ``rng``: the random state of every stochastic layer, by its path in the network (``"6"``,
   ``"3.body.1"``: a Dropout inside a Residual keeps its state too);
-- ``callbacks``: each callback's ``state_dict()``; ``history``: the epochs done (and the
-  gradient-flow records so far, when diagnostics are on).
+- ``callbacks``: each callback's ``state_dict()``, whose ``"arrays"`` (a dict of arrays, e.g.
+  WeightAverage's averaged weights) are tensors ``callback.<callback index>.<name>`` and are
+  listed by name in the JSON; ``history``: the epochs done (and the gradient-flow records so
+  far, when diagnostics are on).
 
 This module is the only one that knows these key names. Loading checks everything against the
 model, optimizer and loader being trained *before* changing any of them: a damaged, foreign or
@@ -45,10 +47,18 @@ def save_checkpoint(path, trainer) -> Path:
         "optimizer": {"type": type(opt).__name__, "lr": opt.lr, "step_count": opt.step_count,
                       "state_keys": sorted(opt.state_arrays())},
         "rng": {name: rng.bit_generator.state for name, rng in model.named_generators().items()},
-        "callbacks": [callback.state_dict() for callback in trainer.callbacks],
+        "callbacks": [],
         "history": trainer.history.to_dict(),
     }
     tensors = {f"optimizer.{k}": v for k, v in opt.state_arrays().items()}
+    for index, callback in enumerate(trainer.callbacks):
+        callback_state = dict(callback.state_dict())
+        arrays = callback_state.pop("arrays", None)
+        if arrays is not None:
+            callback_state["arrays"] = sorted(arrays)
+            tensors.update({f"callback.{index}.{name}": backend.to_numpy(value)
+                            for name, value in arrays.items()})
+        state["callbacks"].append(callback_state)
     io.write_model_file(path, model.config(), model.named_arrays(), model.metadata,
                         extra_tensors=tensors, training_state=state)
     return path
@@ -56,13 +66,25 @@ def save_checkpoint(path, trainer) -> Path:
 
 def load_checkpoint(path):
     """``(model, optimizer_tensors, training_state)`` of a checkpoint (``training_state`` is None
-    for a plain model file). The model is checked as ``minicnn.load_model`` checks it."""
+    for a plain model file; a callback's ``"arrays"`` in it are read back as arrays). The model
+    is checked as ``minicnn.load_model`` checks it."""
     file = io.read_model_file(path)
     model = build_from_file(file)
     names = [name for name in file.shapes if name.startswith("optimizer.")]
     optimizer_tensors = {name[len("optimizer."):]: value
                          for name, value in file.tensors(names).items()}
-    return model, optimizer_tensors, file.training_state
+    state = file.training_state
+    for index, callback_state in enumerate((state or {}).get("callbacks") or []):
+        if isinstance(callback_state, dict) and "arrays" in callback_state:
+            wanted = [f"callback.{index}.{name}" for name in callback_state["arrays"]]
+            missing = [name for name in wanted if name not in file.shapes]
+            if missing:
+                raise ModelFileError(f"{path}: the callback tensors {', '.join(missing)} are "
+                                     "missing")
+            loaded = file.tensors(wanted)
+            callback_state["arrays"] = {name: loaded[f"callback.{index}.{name}"]
+                                        for name in callback_state["arrays"]}
+    return model, optimizer_tensors, state
 
 
 def restore_checkpoint(path, trainer) -> None:

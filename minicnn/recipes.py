@@ -31,6 +31,7 @@ from .data import dataset as dataset_record
 from .data.splits import split_record
 from .diagnostics import gradient_flow_warnings
 from .losses import SoftmaxCrossEntropy
+from .callbacks import WeightAverage
 from .training import LRSchedule, evaluate, fit
 from .validation import Number, OneOf, check_positive_int, check_settings
 
@@ -41,6 +42,8 @@ RECIPE_RULES = {
     "optimizer": OneOf(OPTIMIZERS), "lr": Number(low=0, open_low=True),
     "weight_decay": Number(low=0), "augment": Number(low=0),
     "label_smoothing": Number(low=0, high=1, open_high=True),
+    "shift": Number(int, low=0), "average": Number(low=0, high=1, open_high=True),
+    "test_shifts": Number(int, low=0),
 }
 
 
@@ -56,7 +59,13 @@ class Recipe:
     - ``augment``: the strength of the augmentation, 0 = none, 1 = the usual level (digits:
       rotations up to 10 degrees, zooms up to 10%, shifts of 2 pixels (1 below 16 pixels);
       photos: random crops after padding by 1/8 of the size, and horizontal flips);
-    - ``label_smoothing`` of the cross-entropy.
+    - ``shift``: random shifts of up to ``shift`` pixels (a random crop of the image padded by
+      repeating its edges), on top of ``augment``; the cheapest augmentation;
+    - ``label_smoothing`` of the cross-entropy;
+    - ``average``: the decay of a moving average of the weights (:class:`WeightAverage`), which
+      becomes the trained network; 0 = none;
+    - ``test_shifts``: the final test score averages the logits over each image and its copies
+      shifted by this many pixels (``evaluate(shifts=...)``); 0 = the image alone.
     """
 
     model: str = "mnist_cnn"
@@ -68,6 +77,9 @@ class Recipe:
     weight_decay: float = 5e-4
     augment: float = 0.0
     label_smoothing: float = 0.0
+    shift: int = 0
+    average: float = 0.0
+    test_shifts: int = 0
 
     def replace(self, **changes) -> Recipe:
         """A copy with ``changes`` (None values ignored); choosing another model drops the
@@ -97,14 +109,16 @@ class Recipe:
         flips for a dataset whose mirrored images keep their class (photos), small rotations,
         zooms and shifts for one whose don't (digits)."""
         s = float(self.augment)
+        shifts = [RandomCrop(padding=self.shift, mode="edge")] if self.shift else []
         if s <= 0:
-            return None
+            return shifts[0] if shifts else None
         _, h, w = input_shape
         if not dataset_record(dataset).flips:
             shift = (2 if h >= 16 else 1) / h  # a fraction of the size (RandomAffine's rule)
-            return RandomAffine(degrees=10 * s, scale=0.1 * s, translate=s * shift)
+            return Compose([RandomAffine(degrees=10 * s, scale=0.1 * s, translate=s * shift),
+                            *shifts])
         pad = max(1, round(s * h / 8))
-        return Compose([RandomCrop(padding=pad, mode="constant"), RandomHorizontalFlip()])
+        return Compose([RandomCrop(padding=pad, mode="constant"), RandomHorizontalFlip(), *shifts])
 
     def build_optimizer(self, params):
         if self.optimizer == "sgd":
@@ -126,9 +140,10 @@ class Recipe:
         optimizer = self.build_optimizer(model.parameters())
         schedule = optim.OneCycleLR(optimizer, max_lr=self.lr,
                                     total_steps=max(2, self.epochs * len(loader)), pct_start=0.25)
+        averaging = [WeightAverage(self.average)] if self.average else []
         return fit(model, self.loss(), optimizer, loader, val=val, epochs=self.epochs,
-                   callbacks=[LRSchedule(schedule, per="batch"), *callbacks], verbose=verbose,
-                   **fit_options)
+                   callbacks=[LRSchedule(schedule, per="batch"), *averaging, *callbacks],
+                   verbose=verbose, **fit_options)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,7 +266,7 @@ def train_run(recipe: Recipe, data: PreparedData, out, *, seed: int = 0, watch_t
                            checkpoint=out / "checkpoint.safetensors", resume=resume,
                            diagnostics=diagnostics, callbacks=callbacks)
     wall = time.perf_counter() - start
-    final = evaluate(net, SoftmaxCrossEntropy(), *data.test)
+    final = evaluate(net, SoftmaxCrossEntropy(), *data.test, shifts=recipe.test_shifts)
 
     net.save(out / "model.safetensors")
     history.save(out / "history.json")

@@ -149,3 +149,85 @@ def test_fit_validates_its_arguments():
         fit(model, SoftmaxCrossEntropy(), opt, (x, y + 5), verbose=0)
     with pytest.raises(TypeError, match="train must be an"):
         fit(model, SoftmaxCrossEntropy(), opt, x, verbose=0)
+
+
+# -- weight averaging and test-time shifts ------------------------------------------------------
+
+class Snapshots(Callback):
+    """Every parameter and buffer after every step, as trained (before any averaging)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_batch_end(self, trainer, step, logs):
+        self.steps.append({name: a.data.copy() for name, a in trainer.model.named_arrays().items()})
+
+
+def test_weight_average_leaves_the_moving_average_of_the_steps_in_the_network():
+    from minicnn.callbacks import WeightAverage
+
+    x, y = toy_data()
+    model = mc.Sequential([Conv2D(1, 4, 3, padding=1), mc.layers.BatchNorm2D(4), ReLU(),
+                           Flatten(), Dense(256, 2)], seed=0)
+    initial = {name: a.data.copy() for name, a in model.named_arrays().items()}
+    snapshots = Snapshots()  # runs before the average: it sees the weights as trained
+    fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters(), lr=1e-2), (x, y),
+        epochs=2, batch_size=32, callbacks=[snapshots, WeightAverage(0.9)], verbose=0)
+    assert len(snapshots.steps) == 16
+    for name, array in model.named_arrays().items():  # running statistics included
+        expected = initial[name].astype(np.float64)
+        for t, weights in enumerate(snapshots.steps, start=1):
+            d = min(0.9, (1 + t) / (10 + t))
+            expected = d * expected + (1 - d) * weights[name]
+        np.testing.assert_allclose(array.data, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        assert not np.allclose(array.data, snapshots.steps[-1][name]), name  # not the last step
+    with pytest.raises(ValueError, match="decay must lie between 0 and 1, got 1"):
+        WeightAverage(1)
+
+
+def test_a_run_with_weight_averaging_resumes_exactly_mid_epoch(tmp_path):
+    from minicnn.callbacks import WeightAverage
+    from minicnn.checkpoints import load_checkpoint
+
+    straight, _, _ = run(2, callbacks=[WeightAverage(0.95)])
+    ckpt = tmp_path / "ckpt.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        run(2, checkpoint=ckpt, callbacks=[WeightAverage(0.95), InterruptAt(11)])
+    _, _, state = load_checkpoint(ckpt)  # the average travels in the checkpoint, as tensors
+    saved = state["callbacks"][1]
+    assert saved["steps"] == 11 and sorted(saved["arrays"]) == sorted(straight.named_arrays())
+    resumed, _, _ = run(2, checkpoint=ckpt, resume=True, callbacks=[WeightAverage(0.95)])
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_shift_images_moves_the_content_and_repeats_the_edges():
+    from minicnn.data import shift_images
+
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    down_right = shift_images(x, 1, 2)
+    np.testing.assert_array_equal(down_right[:, :, 1:, 2:], x[:, :, :-1, :-2])
+    np.testing.assert_array_equal(down_right[:, :, 0, 2:], x[:, :, 0, :-2])  # top row repeated
+    np.testing.assert_array_equal(down_right[:, :, 1:, 0], x[:, :, :-1, 0])  # left column
+    up_left = shift_images(x, -1, -1)
+    np.testing.assert_array_equal(up_left[:, :, :-1, :-1], x[:, :, 1:, 1:])
+    np.testing.assert_array_equal(up_left[:, :, -1, :-1], x[:, :, -1, 1:])
+    np.testing.assert_array_equal(shift_images(x, 0, 0), x)
+
+
+def test_evaluate_with_shifts_scores_the_mean_logits_of_five_views():
+    from minicnn.data import shift_images
+
+    x, y = toy_data(64)
+    model = toy_model()
+    loss_fn = SoftmaxCrossEntropy()
+    views = [x, shift_images(x, 2, 0), shift_images(x, -2, 0), shift_images(x, 0, 2),
+             shift_images(x, 0, -2)]
+    logits = sum(model.forward(v) for v in views) / 5
+    scores = evaluate(model, loss_fn, x, y, batch_size=16, shifts=2)
+    assert scores["acc"] == pytest.approx(float((logits.argmax(1) == y).mean()))
+    assert scores["loss"] == pytest.approx(loss_fn.forward(logits, y), rel=1e-5)
+    assert scores != evaluate(model, loss_fn, x, y)
+    for bad in (-1, 8, 1.5):
+        with pytest.raises(ValueError, match="shifts must be an int from 0 to 7"):
+            evaluate(model, loss_fn, x, y, shifts=bad)

@@ -202,3 +202,33 @@ def test_preview_writes_png(tmp_path, channels):
                    tmp_path / "grid.png", n=9, seed=1)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fill", ["edge", 0.0, -0.42])
+def test_the_numba_warp_samples_exactly_what_the_numpy_reference_does(dtype, fill):
+    """warp_affine runs numba's kernel on the numba backend; minicnn.data.transforms._bilinear
+    is what it must equal, bit for bit: points inside, on the border and far outside."""
+    import minicnn
+    from minicnn.data import transforms
+
+    if not minicnn.backend.backend_available("numba"):
+        pytest.skip("numba is not installed")
+    from minicnn.kernels import numba_kernels
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 3, 11, 13)).astype(dtype)
+    sx = rng.uniform(-3, 16, (9, 10, 12))
+    sy = rng.uniform(-3, 14, (9, 10, 12))
+    sx[0], sy[1] = np.round(sx[0]), 40.0  # whole pixels; a row far below the image
+    expected = transforms._bilinear(x, sx, sy, fill)
+    np.testing.assert_array_equal(numba_kernels.bilinear(x, sx, sy, fill), expected)
+    matrices = RandomAffine(degrees=30, scale=0.3, translate=0.2).matrices(9, 11, 13, rng)
+    previous = minicnn.get_backend()
+    try:
+        minicnn.set_backend("numba")
+        fast = warp_affine(x, matrices, fill=fill)
+        minicnn.set_backend("numpy")  # the reference, as a learner switches to it
+        np.testing.assert_array_equal(fast, warp_affine(x, matrices, fill=fill))
+    finally:
+        minicnn.set_backend(previous)

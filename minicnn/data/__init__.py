@@ -34,6 +34,7 @@ from .transforms import (
     RandomTranslation,
     Transform,
     preview,
+    shift_images,
     warp_affine,
 )
 
@@ -42,5 +43,5 @@ __all__ = [
     "DatasetNotFoundError", "Normalize", "RandomAffine", "RandomCrop", "RandomHorizontalFlip",
     "RandomRotation", "RandomScale", "RandomTranslation", "Transform", "dataset", "decode_image",
     "load_cifar10", "load_dataset", "load_digits", "load_fashion_mnist", "load_image_folder",
-    "load_mnist", "parse_idx", "preview", "read_idx", "user_cache_dir", "warp_affine",
+    "load_mnist", "parse_idx", "preview", "read_idx", "shift_images", "user_cache_dir", "warp_affine",
 ]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..kernels import array_module
 
 __all__ = [
     "Transform", "Compose", "RandomAffine", "RandomRotation", "RandomScale", "RandomTranslation",
@@ -212,7 +213,20 @@ def warp_affine(x: np.ndarray, matrices: np.ndarray, fill="edge") -> np.ndarray:
     rows = np.arange(h, dtype=np.float64)[None, :, None]
     sx = m[:, 0, 0, None, None] * cols + m[:, 0, 1, None, None] * rows + m[:, 0, 2, None, None]
     sy = m[:, 1, 0, None, None] * cols + m[:, 1, 1, None, None] * rows + m[:, 1, 2, None, None]
-    return _bilinear(x, sx, sy, fill)
+    return _fast_bilinear()(x, sx, sy, fill)
+
+
+def _fast_bilinear():
+    """The numba kernel of :func:`_bilinear` (equal to it, bit for bit, and ~20x faster: the
+    warp would otherwise take a fifth of a small network's training step), unless the numpy
+    backend is chosen (then what runs is the code below) or numba is missing."""
+    from .. import backend
+
+    if backend.get_backend() == "numpy" or not backend.backend_available("numba"):
+        return _bilinear
+    from ..kernels import numba_kernels
+
+    return numba_kernels.bilinear
 
 
 def _bilinear(x, sx, sy, fill):
@@ -260,6 +274,17 @@ class RandomHorizontalFlip(Transform):
     def apply(self, x, rng):
         flip = rng.random(len(x)) < self.p
         return np.where(flip[:, None, None, None], x[..., ::-1], x)
+
+
+def shift_images(x, dy: int, dx: int):
+    """(N, C, H, W) images with their content moved ``dy`` pixels down and ``dx`` right (negative:
+    up, left); the uncovered border repeats the edge pixels. NumPy or CuPy arrays alike."""
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    py, px = abs(int(dy)), abs(int(dx))
+    padded = xp.pad(x, ((0, 0), (0, 0), (py, py), (px, px)), mode="edge")
+    top, left = py - int(dy), px - int(dx)
+    return xp.ascontiguousarray(padded[:, :, top:top + h, left:left + w])
 
 
 class RandomCrop(Transform):

@@ -667,3 +667,62 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, w
                  float(weight_decay), bool(decoupled))
     return None
 
+
+
+# --- data augmentation: minicnn.data.warp_affine's bilinear sampling ------------------------
+
+
+@_jit
+def _bilinear_kernel(x_flat, n_count, c_count, h, w, sx, sy, edge, fill, out_h, out_w, y_flat):
+    # the arithmetic of minicnn.data.transforms._bilinear, in the same order and precision
+    for n in prange(n_count):
+        for r in range(out_h):
+            for q in range(out_w):
+                px = sx[n, r, q]
+                py = sy[n, r, q]
+                if not edge:  # the image framed by one pixel of `fill`: coordinates shift by 1
+                    px += 1.0
+                    py += 1.0
+                width, height = (w, h) if edge else (w + 2, h + 2)
+                x0f, y0f = np.floor(px), np.floor(py)
+                wx = x_flat.dtype.type(px - x0f)
+                wy = x_flat.dtype.type(py - y0f)
+                x0 = int(min(max(x0f, 0), width - 1))
+                x1 = int(min(max(x0f + 1, 0), width - 1))
+                y0 = int(min(max(y0f, 0), height - 1))
+                y1 = int(min(max(y0f + 1, 0), height - 1))
+                for c in range(c_count):
+                    plane = (n * c_count + c) * h * w
+                    if edge:
+                        v00 = x_flat[plane + y0 * w + x0]
+                        v01 = x_flat[plane + y0 * w + x1]
+                        v10 = x_flat[plane + y1 * w + x0]
+                        v11 = x_flat[plane + y1 * w + x1]
+                    else:  # framed: row/column 0 and h+1/w+1 are the fill
+                        v00 = _framed(x_flat, plane, h, w, y0, x0, fill)
+                        v01 = _framed(x_flat, plane, h, w, y0, x1, fill)
+                        v10 = _framed(x_flat, plane, h, w, y1, x0, fill)
+                        v11 = _framed(x_flat, plane, h, w, y1, x1, fill)
+                    top = v00 + (v01 - v00) * wx
+                    bottom = v10 + (v11 - v10) * wx
+                    y_flat[((n * c_count + c) * out_h + r) * out_w + q] = top + (bottom - top) * wy
+
+
+@njit(inline="always")
+def _framed(x_flat, plane, h, w, y, x, fill):
+    if 1 <= y <= h and 1 <= x <= w:
+        return x_flat[plane + (y - 1) * w + x - 1]
+    return fill
+
+
+def bilinear(x, sx, sy, fill):
+    """``minicnn.data.transforms._bilinear`` (the reference, in NumPy) on every core: the same
+    samples, bit for bit."""
+    n, c, h, w = x.shape
+    out_h, out_w = sx.shape[1:]
+    edge = isinstance(fill, str)
+    y = np.empty((n, c, out_h, out_w), x.dtype)
+    _bilinear_kernel(np.ascontiguousarray(x).reshape(-1), n, c, h, w,
+                     np.ascontiguousarray(sx, np.float64), np.ascontiguousarray(sy, np.float64),
+                     edge, x.dtype.type(0 if edge else fill), out_h, out_w, y.reshape(-1))
+    return y

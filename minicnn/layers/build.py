@@ -81,15 +81,15 @@ def build_from_file(file: ModelFile):
     """The model a checked model file describes, with its weights and metadata.
 
     Every layer's arrays are compared with the file's tensors before anything is built. A
-    training checkpoint is also a model file: its ``optimizer.*`` tensors are left to
-    ``minicnn.checkpoints``; any other tensor the architecture does not use is refused.
+    training checkpoint is also a model file: its ``optimizer.*`` and ``callback.*`` tensors are
+    left to ``minicnn.checkpoints``; any other tensor the architecture does not use is refused.
     """
     where = str(file.path)
     layer_shapes = {k: v for k, v in file.shapes.items() if k.startswith("layers.")}
     model = build_model(file.architecture, where, tensor_shapes=layer_shapes)
     arrays = {f"layers.{name}": array for name, array in model.named_arrays().items()}
     for name in sorted(set(file.shapes) - set(arrays)):
-        if file.training_state is None or not name.startswith("optimizer."):
+        if file.training_state is None or not name.startswith(("optimizer.", "callback.")):
             raise ModelFileError(f"{where}: unexpected tensor {name} not used by the architecture")
     for name, value in file.tensors(arrays).items():
         array = arrays[name]

@@ -10,9 +10,8 @@ docs/usage.md has every seed, the CPU of each figure and why the recipe is built
 
 The network (minicnn.models.mnist_cnn) has three conv-BatchNorm-ReLU-maxpool blocks (16, 32, 64
 channels by default) and a dense classifier. It is trained with AdamW under a one-cycle
-learning-rate schedule on randomly rotated, zoomed and shifted digits; the moving average of its
-weights (minicnn.callbacks.WeightAverage) is the network kept, and its test score averages the
-logits of each image and its copies shifted by one pixel (minicnn.evaluate(shifts=1)).
+learning-rate schedule on randomly rotated, zoomed and shifted digits; its test score averages
+the logits of each image and of its copies shifted by one pixel (minicnn.evaluate(shifts=1)).
 --fast trains the same network for one epoch without those; --long a 32-wide one for 15 epochs.
 The MNIST files ship with the repository (data/mnist), so this runs offline on a fresh clone.
 The model, its training history (JSON) and curves (PNG) are written to --out.

@@ -7,7 +7,7 @@ NumPy (the reference), numba (JIT-compiled CPU) or CuPy (GPU).
 from . import gradcheck, init, interpret, layers, losses, metrics, optim
 from .backend import BACKENDS, available_backends, get_backend, set_backend
 from .io import ModelFileError
-from .kernels import CONV_ALGORITHMS, get_conv_algorithm, set_conv_algorithm
+from .kernels import CONV_ALGORITHMS, get_conv_algorithm, get_fusion, set_conv_algorithm, set_fusion
 from .layers import Parameter, Sequential
 from .layers.build import load_model
 from .training import History, TrainingDivergedError, evaluate, fit
@@ -39,8 +39,8 @@ def __dir__():
 __all__ = [
     "BACKENDS", "CONV_ALGORITHMS", "History", "ModelFileError", "Parameter", "Sequential",
     "TrainingDivergedError", "available_backends", "evaluate", "fit", "get_backend",
-    "get_conv_algorithm", "gradcheck", "init", "interpret", "layers", "load_model", "losses",
-    "metrics", "optim", "set_backend", "set_conv_algorithm", "tune",
+    "get_conv_algorithm", "get_fusion", "gradcheck", "init", "interpret", "layers", "load_model",
+    "losses", "metrics", "optim", "set_backend", "set_conv_algorithm", "set_fusion", "tune",
 ]
 
 

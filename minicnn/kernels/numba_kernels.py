@@ -81,6 +81,8 @@ __all__ = [
     "avgpool_forward",
     "batchnorm_backward",
     "batchnorm_forward",
+    "batchnorm_relu_backward",
+    "batchnorm_relu_forward",
     "channel_mean_var",
     "cnhw_to_nchw",
     "col2im",
@@ -577,12 +579,25 @@ def batchnorm_forward(x, mean, inv_std, gamma, beta):
     # gamma * (x - mean) * inv_std + beta is an affine map per channel: x * scale + shift
     x = np.ascontiguousarray(x)
     n, c, h, w = x.shape
-    scale = (gamma * inv_std).astype(x.dtype)
-    shift = (beta - mean * scale).astype(x.dtype)
+    scale, shift = _affine(x.dtype, mean, inv_std, gamma, beta)
     y = recycler.empty(x.shape, x.dtype)
     if y.size:
         _channel_affine_kernel(x.reshape(-1), c, h * w, scale, shift, y.reshape(-1))
     return y
+
+
+def _affine(dtype, mean, inv_std, gamma, beta):
+    """(scale, shift) of BatchNorm's map x * scale + shift, in the activations' dtype."""
+    scale = (gamma * inv_std).astype(dtype)
+    return scale, (beta - mean * scale).astype(dtype)
+
+
+def _mean_gradients(dgamma, dbeta, count, batch_statistics):
+    """dgamma / M and dbeta / M, which dx subtracts when the statistics came from the batch
+    (x also reaches the loss through them); zeros when they were constants."""
+    if batch_statistics:
+        return (dgamma / count).astype(dgamma.dtype), (dbeta / count).astype(dbeta.dtype)
+    return np.zeros_like(dgamma), np.zeros_like(dbeta)
 
 
 @_jit_sums
@@ -622,16 +637,89 @@ def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
     _batchnorm_sums_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, dgamma,
                            dbeta)
     scale = (gamma * inv_std).astype(dy.dtype)
-    count = n * h * w
-    if batch_statistics:
-        dgamma_mean, dbeta_mean = dgamma / count, dbeta / count
-    else:  # mean and inv_std are constants: dx = dy * scale
-        dgamma_mean = dbeta_mean = np.zeros(c, dtype=dy.dtype)
+    dgamma_mean, dbeta_mean = _mean_gradients(dgamma, dbeta, n * h * w, batch_statistics)
     dx = recycler.empty(dy.shape, dy.dtype)
     if dx.size:
         _batchnorm_dx_kernel(dy.reshape(-1), x.reshape(-1), c, h * w, mean, inv_std, scale,
-                             dgamma_mean.astype(dy.dtype), dbeta_mean.astype(dy.dtype),
-                             dx.reshape(-1))
+                             dgamma_mean, dbeta_mean, dx.reshape(-1))
+    return dx, dgamma, dbeta
+
+
+# BatchNorm2D followed by ReLU, in one pass each way. Forward: max(x * scale + shift, 0), never
+# writing BatchNorm's own output. Backward: ReLU's mask is that same x * scale + shift > 0,
+# computed again from x (which BatchNorm's backward reads anyway) instead of read from ReLU's
+# output, and dy is masked on the fly: no dL/d(BatchNorm's output) array is written or read.
+
+
+@_jit
+def _channel_affine_relu_kernel(x_flat, c_count, plane, scale, shift, zero, y_flat):
+    for task in prange(x_flat.shape[0] // plane):
+        c = task % c_count
+        a, b = scale[c], shift[c]
+        start = task * plane
+        for p in range(plane):
+            v = x_flat[_u(start + p)] * a + b
+            y_flat[_u(start + p)] = v if v > zero else zero
+
+
+def batchnorm_relu_forward(x, mean, inv_std, gamma, beta):
+    x = np.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    scale, shift = _affine(x.dtype, mean, inv_std, gamma, beta)
+    y = recycler.empty(x.shape, x.dtype)
+    if y.size:
+        _channel_affine_relu_kernel(x.reshape(-1), c, h * w, scale, shift, x.dtype.type(0),
+                                    y.reshape(-1))
+    return y
+
+
+@_jit_sums
+def _batchnorm_relu_sums_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_std, scale,
+                                shift, zero, dgamma, dbeta):
+    for c in prange(c_count):
+        sum_dy = 0.0
+        sum_dy_xhat = 0.0
+        mu, s, a, b = mean[c], inv_std[c], scale[c], shift[c]
+        for n in range(n_count):
+            start = (n * c_count + c) * plane
+            for p in range(plane):
+                v = x_flat[_u(start + p)]
+                g = dy_flat[_u(start + p)] * ((v * a + b) > zero)
+                sum_dy += g
+                sum_dy_xhat += g * ((v - mu) * s)
+        dbeta[c] = sum_dy
+        dgamma[c] = sum_dy_xhat
+
+
+@_jit
+def _batchnorm_relu_dx_kernel(dy_flat, x_flat, c_count, plane, mean, inv_std, scale, shift,
+                              zero, dx_scale, dgamma_mean, dbeta_mean, dx_flat):
+    for task in prange(dy_flat.shape[0] // plane):
+        c = task % c_count
+        mu, s, a, b = mean[c], inv_std[c], scale[c], shift[c]
+        k, gm, bm = dx_scale[c], dgamma_mean[c], dbeta_mean[c]
+        start = task * plane
+        for p in range(plane):
+            v = x_flat[_u(start + p)]
+            g = dy_flat[_u(start + p)] * ((v * a + b) > zero)
+            dx_flat[_u(start + p)] = k * (g - bm - ((v - mu) * s) * gm)
+
+
+def batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, batch_statistics):
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x, dtype=dy.dtype)
+    n, c, h, w = dy.shape
+    scale, shift = _affine(x.dtype, mean, inv_std, gamma, beta)
+    mean, inv_std = mean.astype(dy.dtype), inv_std.astype(dy.dtype)
+    zero = dy.dtype.type(0)
+    dgamma, dbeta = np.empty(c, dtype=dy.dtype), np.empty(c, dtype=dy.dtype)
+    _batchnorm_relu_sums_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, scale,
+                                shift, zero, dgamma, dbeta)
+    dgamma_mean, dbeta_mean = _mean_gradients(dgamma, dbeta, n * h * w, batch_statistics)
+    dx = recycler.empty(dy.shape, dy.dtype)
+    if dx.size:
+        _batchnorm_relu_dx_kernel(dy.reshape(-1), x.reshape(-1), c, h * w, mean, inv_std, scale,
+                                  shift, zero, (gamma * inv_std).astype(dy.dtype), dgamma_mean,
+                                  dbeta_mean, dx.reshape(-1))
     return dx, dgamma, dbeta
 
 

@@ -16,7 +16,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import array_module, choose_conv, geometry, winograd
 
 __all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
-           "batchnorm_forward", "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm",
+           "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
+           "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm",
            "im2col", "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw",
            "relu_backward", "relu_forward"]
 
@@ -196,6 +197,20 @@ def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
     count = dy.shape[0] * dy.shape[2] * dy.shape[3]
     dx = scale * (dy - (dbeta / count)[_CHANNEL] - xhat * (dgamma / count)[_CHANNEL])
     return dx, dgamma, dbeta
+
+
+def batchnorm_relu_forward(x, mean, inv_std, gamma, beta):
+    """ReLU of BatchNorm2D's output: what the two layers compute one after the other."""
+    return relu_forward(batchnorm_forward(x, mean, inv_std, gamma, beta))
+
+
+def batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, batch_statistics):
+    """(dx, dgamma, dbeta) through ReLU and then BatchNorm2D, dy being dL/d(ReLU's output).
+    ReLU passes dy where its input, BatchNorm's output, was positive: that output is computed
+    again from x (the same formula as forward, so the same numbers), not read from memory."""
+    mask_source = batchnorm_forward(x, mean, inv_std, gamma, beta)
+    return batchnorm_backward(relu_backward(dy, mask_source), x, mean, inv_std, gamma,
+                              batch_statistics)
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, weight_decay,

@@ -91,6 +91,15 @@ class BatchNorm2D(Layer):
         return 4 * math.prod(input_shape)
 
     def _forward(self, x, training):
+        mean, inv_std = self._statistics(x, training)
+        y = self.kernels.batchnorm_forward(x, mean, inv_std, self.gamma.data, self.beta.data)
+        # x, not xhat, is kept: backward recomputes xhat = (x - mean) * inv_std on the fly,
+        # which saves writing (and holding) a second array as large as the input
+        return self._remember(y, cache=(x, mean, inv_std, training))
+
+    def _statistics(self, x, training):
+        """(mu, 1 / sigma) per channel: the batch's (updating the running statistics) when
+        training, else the running ones."""
         kernels = self.kernels
         if training:
             count = x.shape[0] * x.shape[2] * x.shape[3]
@@ -105,11 +114,7 @@ class BatchNorm2D(Layer):
             self.running_var.data = (1 - m) * self.running_var.data + m * var * (count / (count - 1))
         else:
             mean, var = self.running_mean.data, self.running_var.data
-        inv_std = 1 / backend.array_module(x).sqrt(var + self.eps)
-        y = kernels.batchnorm_forward(x, mean, inv_std, self.gamma.data, self.beta.data)
-        # x, not xhat, is kept: backward recomputes xhat = (x - mean) * inv_std on the fly,
-        # which saves writing (and holding) a second array as large as the input
-        return self._remember(y, cache=(x, mean, inv_std, training))
+        return mean, 1 / backend.array_module(x).sqrt(var + self.eps)
 
     def _backward(self, dy, input_grad):
         x, mean, inv_std, training = self._cache

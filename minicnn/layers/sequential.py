@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..validation import check_float_array, check_positive_int, is_int
+from . import fused
 from .base import Layer, check_output_gradient
 from .registry import inner_arrays, register
 
@@ -179,7 +180,16 @@ class Sequential(Layer):
             yield index, layer, x
 
     def _forward(self, x, training):
-        return self._remember(_last_value(self._steps_forward(x, training, 0), x))
+        # as _steps_forward, but a BatchNorm2D + ReLU pair may run as one pass (layers.fused)
+        index = 0
+        while index < len(self.layers):
+            if fused.fuses(self.layers, index):
+                x = fused.forward(self.layers[index], self.layers[index + 1], x, training)
+                index += 2
+            else:
+                x = self.layers[index]._run_forward(x, training)
+                index += 1
+        return self._remember(x)
 
     def backward_steps(self, dy, input_grad: bool = True):
         """The backward pass one layer at a time, from the output down: yields
@@ -199,7 +209,16 @@ class Sequential(Layer):
             dy = dx
 
     def _backward(self, dy, input_grad):
-        return _last_value(self._steps_backward(dy, input_grad), dy)
+        # as _steps_backward, with the pairs _forward fused run as one pass again
+        index = len(self.layers) - 1
+        while index >= 0:
+            if index > 0 and fused.fuses(self.layers, index - 1):
+                dy = fused.backward(self.layers[index - 1], self.layers[index], dy)
+                index -= 2
+            else:
+                dy = self.layers[index].backward(dy, input_grad=input_grad or index > 0)
+                index -= 1
+        return dy
 
     def _check_output_gradient(self, dy) -> None:
         # against the last layer's output: forward_to/forward_from run the steps without forward

@@ -191,7 +191,9 @@ def _exercises_arguments(exercises) -> None:
                                description="Train a small CNN on MNIST whose layers run your "
                                            "answers to exercises 1-7 and 9 (each must pass "
                                            "first); 98%% or more proves them end to end.")
-    train.add_argument("folder", metavar="DIR", nargs="?", default=".")
+    train.add_argument("--dir", default=None, help="the exercises' folder (default: here)")
+    train.add_argument("folder", metavar="DIR", nargs="?", default=None,
+                       help="the same as --dir (as earlier versions took it)")
     train.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
     train.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="no progress bar")
@@ -608,8 +610,10 @@ def cmd_exercises(args) -> int:
     if args.action == "train":
         from .exercises.training import train_with_your_layers
 
-        result = train_with_your_layers(args.folder, epochs=args.epochs, limit=args.limit,
-                                        verbose=0 if args.quiet else 1)
+        if args.dir and args.folder and Path(args.dir) != Path(args.folder):
+            raise UsageError(f"two folders given: --dir {args.dir} and {args.folder}; give one")
+        result = train_with_your_layers(args.dir or args.folder or ".", epochs=args.epochs,
+                                        limit=args.limit, verbose=0 if args.quiet else 1)
         if args.quiet:  # no progress, but the answer the command is for
             print(f"test accuracy {result['test_accuracy']:.2%} with your backward passes")
         return 0

@@ -309,6 +309,12 @@ def test_the_command_line_as_the_templates_describe_it(tmp_path):
     assert "passed  1. dense_backward" in run.stdout
     run = minicnn("check", "--hint", cwd=course)
     assert run.returncode == 2 and "--hint and --reveal need the exercise's NAME" in run.stderr
+    # check, list and train take the folder the same way: --dir (train also as earlier, DIR)
+    for where in (["--dir", str(course)], [str(course)]):
+        run = minicnn("train", *where, "--quiet", cwd=tmp_path)
+        assert run.returncode == 2 and "not yet: 2. relu_backward" in run.stderr, where
+    run = minicnn("train", "--dir", str(course), str(tmp_path), cwd=tmp_path)
+    assert run.returncode == 2 and "two folders given" in run.stderr
 
 
 def test_train_refuses_until_the_exercises_pass(folder):

@@ -5,7 +5,7 @@ says whether, and where, they are wrong.
     minicnn exercises check [NAME] --dir DIR    # grade them (all, or one; DIR: default here)
     minicnn exercises check NAME --hint         # the next hint, one more each time
     minicnn exercises check NAME --reveal       # the reference solution (shown after a pass too)
-    minicnn exercises train [DIR]               # MNIST with your layers (exercises 1-7, 9)
+    minicnn exercises train --dir DIR           # MNIST with your layers (exercises 1-7, 9)
 
 The nine exercises go from the Dense layer to the convolution and BatchNorm (see
 :data:`EXERCISES`). Each file holds the signature, the derivation up to the step to write, and a

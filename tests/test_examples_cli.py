@@ -112,14 +112,12 @@ def test_every_recipe_builds_its_model_with_its_options():
         assert net.predict(np.zeros((2, *shape), np.float32)).shape == (2, 10)
         assert recipe.build_optimizer(net.parameters()).lr == recipe.lr
         transform = recipe.augmentation(datasets.get(name, name), shape)
-        assert (transform is None) == (recipe.augment == 0)
-    # the fast recipe really is narrower and shorter than the default, which is shorter than
-    # --long (which also augments)
+        assert (transform is None) == (recipe.augment == 0 and recipe.shift == 0)
+    # the fast recipe is shorter than the default, which is shorter and narrower than --long
     names = ("mnist-fast", "mnist", "mnist-long")
     widths = [RECIPES[r].model_options["width"] for r in names]
     epochs = [RECIPES[r].epochs for r in names]
-    assert widths[0] < widths[1] <= widths[2] and epochs[0] < epochs[1] < epochs[2]
-    assert RECIPES["mnist-long"].augment and not RECIPES["mnist"].augment
+    assert widths[0] <= widths[1] < widths[2] and epochs[0] < epochs[1] < epochs[2]
     assert models.MODELS[RECIPES["cifar10"].model] is models.cifar_vgg
 
 
@@ -160,3 +158,32 @@ def test_beautiful_mnist_runs_its_loop_and_learns():
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2"]
     accuracy = float(lines[-1].split("test accuracy ")[1].split("%")[0])
     assert accuracy > 50.0, done.stdout
+
+
+def test_train_mnist_promises_what_its_recipes_and_measurements_say():
+    """The docstring's lines (epochs, width, accuracy, time) against the recipes the presets run
+    and the seeds measured in docs/usage.md: a recipe changed without its figures fails here."""
+    import re
+
+    from minicnn.recipes import RECIPES
+
+    doc = load_example("train_mnist").__doc__
+    promises = re.findall(r"python examples/train_mnist\.py( --fast| --long)?\s+# (\d+) epochs?, "
+                          r"(\d+) wide: >= ([\d.]+)% in ~(\d+) (s|min)", doc)
+    assert [p[0] for p in promises] == ["", " --fast", " --long"]
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    for flag, epochs, width, accuracy, time, unit in promises:
+        recipe = RECIPES["mnist" + flag.replace(" --", "-")]
+        assert (recipe.epochs, recipe.model_options["width"]) == (int(epochs), int(width)), flag
+        row = re.search(r"^\| `python examples/train_mnist\.py" + re.escape(flag) + r"` \| (\d+) \| "
+                        r"\*?\*?([\d.%, ]+?)\*?\*?(?: \(seed 0\))? \| ([\d.]+)(?:-([\d.]+))? (s|min) \|",
+                        usage, re.M)
+        assert row, f"docs/usage.md has no measured row for train_mnist.py{flag}"
+        assert int(row[1]) == recipe.epochs, flag
+        measured = [float(a.rstrip("%")) for a in row[2].split(", ")]
+        assert min(measured) >= float(accuracy), (flag, measured, accuracy)
+        scale = 60 if unit == "min" else 1
+        slowest = float(row[4] or row[3]) * (60 if row[5] == "min" else 1)
+        assert 0.75 * int(time) * scale <= slowest <= 1.15 * int(time) * scale, (flag, slowest)
+    default = RECIPES["mnist"]
+    assert default.test_shifts == 1 and default.augment  # what the docstring says

@@ -1,6 +1,6 @@
 """Train a CNN on MNIST and report its test accuracy.
 
-    python examples/train_mnist.py                 # 8 epochs, 16 wide: >= 99.5% in ~80 s
+    python examples/train_mnist.py                 # 8 epochs, 16 wide: >= 99.5% in ~70 s
     python examples/train_mnist.py --fast          # 1 epoch, 16 wide: >= 99.0% in ~10 s
     python examples/train_mnist.py --long          # 20 epochs, 32 wide: >= 99.65% in ~7 min
     python examples/train_mnist.py --epochs 1 --quiet

@@ -449,6 +449,12 @@ def cmd_evaluate(args) -> int:
     scores = evaluate(model, SoftmaxCrossEntropy(), x_test, y_test, batch_size=args.batch_size)
     print(f"{dataset} test set: accuracy {scores['acc']:.2%}, loss {scores['loss']:.4f} "
           f"({len(x_test):,} images)")
+    shifts = (metadata.get("recipe") or {}).get("test_shifts") or 0
+    if shifts:  # the score training reported: each image and its shifted copies
+        shifted = evaluate(model, SoftmaxCrossEntropy(), x_test, y_test,
+                           batch_size=args.batch_size, shifts=int(shifts))
+        print(f"  with the test-time shifts of its recipe ({shifts} pixel, 5 views): accuracy "
+              f"{shifted['acc']:.2%}, loss {shifted['loss']:.4f}")
     if args.out:
         from .report import write_report
 

@@ -26,12 +26,12 @@ import numpy as np
 
 from . import models, optim
 from .atomic import atomic_write_bytes
+from .callbacks import WeightAverage
 from .data import Compose, DataLoader, Normalize, RandomAffine, RandomCrop, RandomHorizontalFlip
 from .data import dataset as dataset_record
 from .data.splits import split_record
 from .diagnostics import gradient_flow_warnings
 from .losses import SoftmaxCrossEntropy
-from .callbacks import WeightAverage
 from .training import LRSchedule, evaluate, fit
 from .validation import Number, OneOf, check_positive_int, check_settings
 

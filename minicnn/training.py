@@ -62,7 +62,8 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0) -> di
     batch_size = check_positive_int(batch_size, "batch_size", "evaluate")
     check_float_array(x, "evaluate")
     y = check_labels(y, len(x), model.output_shape(x.shape[1:])[0], "evaluate")
-    if not (isinstance(shifts, (int, np.integer)) and 0 <= shifts < min(x.shape[2:])):
+    if not (isinstance(shifts, (int, np.integer)) and not isinstance(shifts, bool)
+            and 0 <= shifts < min(x.shape[2:])):
         raise ValueError(f"evaluate: shifts must be an int from 0 to {min(x.shape[2:]) - 1} "
                          f"(pixels), got {shifts!r}")
     moves = [(0, 0)] + ([(shifts, 0), (-shifts, 0), (0, shifts), (0, -shifts)] if shifts else [])

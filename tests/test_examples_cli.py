@@ -37,6 +37,12 @@ def test_train_mnist_example_one_epoch_on_a_subset(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     assert results["epochs"] == 1 and 0.25 < results["test_accuracy"] <= 1.0  # chance: 0.1
+    assert results["settings"]["test_shifts"] == 1
+    # `minicnn evaluate` gives the one-view score and the one training reported, with shifts
+    assert cli.main(["evaluate", str(out / "model.safetensors")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("mnist test set: accuracy") and "(10,000 images)" in lines[0]
+    assert lines[1].startswith("  with the test-time shifts of its recipe (1 pixel, 5 views): ")
 
 
 def make_image_folder(root: Path, per_class=12):

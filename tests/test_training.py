@@ -228,6 +228,6 @@ def test_evaluate_with_shifts_scores_the_mean_logits_of_five_views():
     assert scores["acc"] == pytest.approx(float((logits.argmax(1) == y).mean()))
     assert scores["loss"] == pytest.approx(loss_fn.forward(logits, y), rel=1e-5)
     assert scores != evaluate(model, loss_fn, x, y)
-    for bad in (-1, 8, 1.5):
+    for bad in (-1, 8, 1.5, True):
         with pytest.raises(ValueError, match="shifts must be an int from 0 to 7"):
             evaluate(model, loss_fn, x, y, shifts=bad)

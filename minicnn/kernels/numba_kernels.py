@@ -566,23 +566,25 @@ def channel_mean_var(x):
 
 
 @_jit
-def _channel_affine_kernel(x_flat, c_count, plane, scale, shift, y_flat):
+def _channel_affine_kernel(x_flat, c_count, plane, scale, shift, relu, y_flat):
+    zero = x_flat.dtype.type(0)
     for task in prange(x_flat.shape[0] // plane):  # one (sample, channel) plane
         c = task % c_count
         a, b = scale[c], shift[c]
         start = task * plane
         for p in range(plane):
-            y_flat[_u(start + p)] = x_flat[_u(start + p)] * a + b
+            v = x_flat[_u(start + p)] * a + b
+            y_flat[_u(start + p)] = v if not relu or v > zero else zero
 
 
-def batchnorm_forward(x, mean, inv_std, gamma, beta):
+def batchnorm_forward(x, mean, inv_std, gamma, beta, relu=False):
     # gamma * (x - mean) * inv_std + beta is an affine map per channel: x * scale + shift
     x = np.ascontiguousarray(x)
     n, c, h, w = x.shape
     scale, shift = _affine(x.dtype, mean, inv_std, gamma, beta)
     y = recycler.empty(x.shape, x.dtype)
     if y.size:
-        _channel_affine_kernel(x.reshape(-1), c, h * w, scale, shift, y.reshape(-1))
+        _channel_affine_kernel(x.reshape(-1), c, h * w, scale, shift, relu, y.reshape(-1))
     return y
 
 
@@ -651,26 +653,8 @@ def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
 # output, and dy is masked on the fly: no dL/d(BatchNorm's output) array is written or read.
 
 
-@_jit
-def _channel_affine_relu_kernel(x_flat, c_count, plane, scale, shift, zero, y_flat):
-    for task in prange(x_flat.shape[0] // plane):
-        c = task % c_count
-        a, b = scale[c], shift[c]
-        start = task * plane
-        for p in range(plane):
-            v = x_flat[_u(start + p)] * a + b
-            y_flat[_u(start + p)] = v if v > zero else zero
-
-
 def batchnorm_relu_forward(x, mean, inv_std, gamma, beta):
-    x = np.ascontiguousarray(x)
-    n, c, h, w = x.shape
-    scale, shift = _affine(x.dtype, mean, inv_std, gamma, beta)
-    y = recycler.empty(x.shape, x.dtype)
-    if y.size:
-        _channel_affine_relu_kernel(x.reshape(-1), c, h * w, scale, shift, x.dtype.type(0),
-                                    y.reshape(-1))
-    return y
+    return batchnorm_forward(x, mean, inv_std, gamma, beta, relu=True)
 
 
 @_jit_sums

@@ -2,7 +2,7 @@
 
     python examples/train_mnist.py                 # 8 epochs, 16 wide: >= 99.5% in ~70 s
     python examples/train_mnist.py --fast          # 1 epoch, 16 wide: >= 99.0% in ~10 s
-    python examples/train_mnist.py --long          # 20 epochs, 32 wide: >= 99.65% in ~7 min
+    python examples/train_mnist.py --long          # 20 epochs, 32 wide: >= 99.65% in ~8 min
     python examples/train_mnist.py --epochs 1 --quiet
 
 Accuracy over seeds 0-2 and training time on 2 cores of an AMD EPYC Zen 5 (AVX-512), 2026-12-06;

@@ -626,10 +626,14 @@ def cmd_exercises(args) -> int:
     if (args.hint or args.reveal) and not args.name:
         raise UsageError("--hint and --reveal need the exercise's NAME")
     if args.hint:
+        item = exercises.exercise(args.name)
+        seen_before = exercises.load_progress(args.dir)["hints"].get(item.name, 0)
         hints = exercises.next_hint(args.dir, args.name)
-        total = len(exercises.exercise(args.name).hints)
         for number, hint in enumerate(hints, 1):
-            print(f"hint {number} of {total}: {hint}")
+            print(f"hint {number} of {len(item.hints)}: {hint}")
+        if seen_before >= len(item.hints):
+            print(f"\nThat was every hint there is; minicnn exercises check {item.name} --reveal "
+                  "shows the reference solution.")
         return 0
     if args.reveal:
         print(exercises.solution_source(args.name))

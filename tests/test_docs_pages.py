@@ -150,3 +150,14 @@ def test_the_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme):
         if not re.match(r"[a-z]+://", target):
             assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
+
+
+def test_the_convolution_page_shows_the_loops_of_naive_py_as_they_are():
+    """docs/conv_backprop.md says "the loops below are its code": they must stay minicnn.naive's."""
+    import inspect
+
+    from minicnn import naive
+
+    blocks = [code for _, code in python_blocks((DOCS / "conv_backprop.md").read_text())
+              if "def conv2d_forward" in code]
+    assert [block.strip() for block in blocks] == [inspect.getsource(naive.conv2d_forward).strip()]

@@ -294,7 +294,11 @@ def test_the_command_line_as_the_templates_describe_it(tmp_path):
     assert "minicnn exercises check dense_backward --hint" in run.stdout
     assert "def dense_backward" not in run.stdout  # no solution before a pass
     run = minicnn("check", "dense_backward", "--hint", cwd=course)
-    assert run.stdout.startswith("hint 1 of 3: ")
+    assert run.stdout.startswith("hint 1 of 3: ") and "every hint" not in run.stdout
+    for _ in range(3):  # hints 2 and 3, then the same three again: said so, with what is next
+        run = minicnn("check", "dense_backward", "--hint", cwd=course)
+    assert run.stdout.count(" of 3: ") == 3 and "That was every hint there is; minicnn exercises " \
+        "check dense_backward --reveal shows the reference solution." in run.stdout
     write(course, exercises.exercise("dense_backward"),
           inspect.getsource(solutions.dense_backward))
     run = minicnn("check", "dense_backward", cwd=course)

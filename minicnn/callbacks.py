@@ -288,7 +288,8 @@ class EarlyStopping(Callback):
         if _improved(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
             if self.restore_best:
-                self.best_weights = [a.data.copy() for a in trainer.model.named_arrays().values()]
+                self.best_weights = {name: a.data.copy()
+                                     for name, a in trainer.model.named_arrays().items()}
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -298,15 +299,19 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, trainer):
         if self.restore_best and self.best_weights is not None and trainer.stop_training:
-            arrays = trainer.model.named_arrays().values()
-            for array, saved in zip(arrays, self.best_weights, strict=True):
-                array.data = saved
+            model = trainer.model
+            for name, array in model.named_arrays().items():
+                array.data = backend.to_device(self.best_weights[name], model.backend)
 
     def state_dict(self):
-        return {"best": self.best, "wait": self.wait}
+        # the best weights travel in a checkpoint too: a resumed run can still put them back
+        best = {"arrays": dict(self.best_weights)} if self.best_weights is not None else {}
+        return {"best": self.best, "wait": self.wait, **best}
 
     def load_state_dict(self, state):
         self.best, self.wait = state["best"], state["wait"]
+        arrays = state.get("arrays")
+        self.best_weights = None if arrays is None else {k: v.copy() for k, v in arrays.items()}
 
 
 class ModelCheckpoint(Callback):

@@ -10,7 +10,8 @@ tensors ``optimizer.<parameter index>.<name>``, and a JSON ``training_state`` in
 - ``optimizer``: its type, learning rate, step count and state keys;
 - ``rng``: the random state of every stochastic layer, by its path in the network (``"6"``,
   ``"3.body.1"``: a Dropout inside a Residual keeps its state too);
-- ``callbacks``: each callback's ``state_dict()``, whose ``"arrays"`` (a dict of arrays, e.g.
+- ``callbacks``: the ``state_dict()`` of each callback that keeps a state (``callback_types``:
+  their classes, which a resumed run must have in the same order), whose ``"arrays"`` (a dict of arrays, e.g.
   WeightAverage's averaged weights) are tensors ``callback.<callback index>.<name>`` and are
   listed by name in the JSON; ``history``: the epochs done (and the gradient-flow records so
   far, when diagnostics are on).
@@ -26,7 +27,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import backend, io
-from .callbacks import EpochTotals
+from .callbacks import Callback, EpochTotals
 from .io import ModelFileError
 from .layers.build import build_from_file
 from .validation import check_learning_rate, is_int, is_number
@@ -48,10 +49,11 @@ def save_checkpoint(path, trainer) -> Path:
                       "state_keys": sorted(opt.state_arrays())},
         "rng": {name: rng.bit_generator.state for name, rng in model.named_generators().items()},
         "callbacks": [],
+        "callback_types": [type(callback).__name__ for callback in _stateful(trainer.callbacks)],
         "history": trainer.history.to_dict(),
     }
     tensors = {f"optimizer.{k}": v for k, v in opt.state_arrays().items()}
-    for index, callback in enumerate(trainer.callbacks):
+    for index, callback in enumerate(_stateful(trainer.callbacks)):
         callback_state = dict(callback.state_dict())
         arrays = callback_state.pop("arrays", None)
         if arrays is not None:
@@ -62,6 +64,12 @@ def save_checkpoint(path, trainer) -> Path:
     io.write_model_file(path, model.config(), model.named_arrays(), model.metadata,
                         extra_tensors=tensors, training_state=state)
     return path
+
+
+def _stateful(callbacks) -> list:
+    """The callbacks that keep a state (their class defines ``state_dict``): a checkpoint holds
+    theirs, in order; others (a progress bar, a logger) may differ between a run and its resume."""
+    return [callback for callback in callbacks if type(callback).state_dict is not Callback.state_dict]
 
 
 def load_checkpoint(path):
@@ -116,8 +124,12 @@ def restore_checkpoint(path, trainer) -> None:
     generators = model.named_generators()
     for name, rng_state in state["rng"].items():
         generators[name].bit_generator.state = rng_state
+    if "callback_types" in state:
+        pairs = zip(_stateful(trainer.callbacks), state["callbacks"], strict=True)
+    else:  # written before the types were recorded: a state per callback, stateless ones too
+        pairs = zip(trainer.callbacks, state["callbacks"], strict=False)
     try:
-        for callback, callback_state in zip(trainer.callbacks, state["callbacks"], strict=False):
+        for callback, callback_state in pairs:
             callback.load_state_dict(callback_state)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise ModelFileError(f"{path}: a callback cannot use its saved state "
@@ -186,6 +198,12 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
         raise ModelFileError("history's diagnostics must be a list of per-step records")
     if not isinstance(state["callbacks"], list) or not isinstance(state["loader"], dict):
         raise ModelFileError("callbacks and loader states have the wrong types")
+    theirs = state.get("callback_types")
+    ours = [type(callback).__name__ for callback in _stateful(trainer.callbacks)]
+    if theirs is not None and (theirs != ours or len(state["callbacks"]) != len(theirs)):
+        raise ModelFileError(f"the checkpoint holds the state of {', '.join(theirs) or 'no callback'}"
+                             f"; this run has {', '.join(ours) or 'none'}: resume with the same "
+                             "callbacks that keep a state, in the same order")
     return {"lr": lr, "step_count": opt["step_count"], "global_step": state["global_step"],
             "epoch_totals": EpochTotals(float(totals["loss_sum"]), int(totals["correct"]),
                                         int(totals["seen"]), float(totals["seconds"]))}

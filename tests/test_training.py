@@ -231,3 +231,32 @@ def test_evaluate_with_shifts_scores_the_mean_logits_of_five_views():
     for bad in (-1, 8, 1.5, True):
         with pytest.raises(ValueError, match="shifts must be an int from 0 to 7"):
             evaluate(model, loss_fn, x, y, shifts=bad)
+
+
+def test_early_stopping_keeps_its_best_weights_across_a_resume(tmp_path):
+    ckpt = tmp_path / "ckpt.safetensors"
+    first = EarlyStopping(monitor="val_loss", patience=5)
+    run(2, checkpoint=ckpt, callbacks=[first])
+    assert first.best_weights is not None
+    again = EarlyStopping(monitor="val_loss", patience=5)
+    run(2, checkpoint=ckpt, resume=True, callbacks=[again])  # nothing left to train: restored
+    assert sorted(again.best_weights) == sorted(first.best_weights)
+    for name, saved in first.best_weights.items():
+        np.testing.assert_array_equal(again.best_weights[name], saved, err_msg=name)
+    assert (again.best, again.wait) == (first.best, first.wait)
+
+
+def test_a_resume_with_other_callbacks_is_refused_naming_them(tmp_path):
+    from minicnn.callbacks import WeightAverage
+    from minicnn.io import ModelFileError
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    run(1, checkpoint=ckpt, callbacks=[EarlyStopping(patience=5)])
+    good = ckpt.read_bytes()
+    for others in ([], [WeightAverage(0.9)], [EarlyStopping(patience=5), WeightAverage(0.9)]):
+        with pytest.raises(ModelFileError, match=r"holds the state of LRSchedule, EarlyStopping; "
+                                                 r"this run has LRSchedule"
+                                                 r".*resume with the same callbacks that keep "
+                                                 r"a state"):
+            run(2, checkpoint=ckpt, resume=True, callbacks=others)
+        assert ckpt.read_bytes() == good  # refused before anything changed

@@ -151,9 +151,11 @@ class ProgressBar(Callback):
         self.on_interrupt(trainer)
         line = f"epoch {logs['epoch']}/{trainer.epochs}: loss {logs['train_loss']:.4f}, " \
                f"acc {logs['train_acc']:.4f}"
-        for name in ("val", "test"):
-            if f"{name}_loss" in logs:
-                line += f", {name}_loss {logs[f'{name}_loss']:.4f}, {name}_acc {logs[f'{name}_acc']:.4f}"
+        for key in logs:  # every scored set: val, test, or whatever fit's val_name says
+            name = key[:-len("_loss")]
+            if key.endswith("_loss") and name != "train":
+                line += f", {key} {logs[key]:.4f}" + (
+                    f", {name}_acc {logs[name + '_acc']:.4f}" if f"{name}_acc" in logs else "")
         trainer.log(line + f", lr {logs['lr']:.2e}, {logs['time_s']:.1f} s "
                            f"({logs['images_per_s']:,.0f} img/s)")
 

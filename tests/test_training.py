@@ -260,3 +260,12 @@ def test_a_resume_with_other_callbacks_is_refused_naming_them(tmp_path):
                                                  r"a state"):
             run(2, checkpoint=ckpt, resume=True, callbacks=others)
         assert ckpt.read_bytes() == good  # refused before anything changed
+
+
+def test_the_progress_line_shows_a_validation_set_under_any_name(capsys):
+    x, y = toy_data()
+    model = toy_model()
+    fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters(), lr=1e-2), (x, y),
+        val=(x[:64], y[:64]), val_name="holdout", epochs=1, batch_size=60, verbose=1)
+    line = [out for out in capsys.readouterr().out.splitlines() if out.startswith("epoch 1/1")]
+    assert len(line) == 1 and ", holdout_loss " in line[0] and ", holdout_acc " in line[0], line

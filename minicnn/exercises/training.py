@@ -201,8 +201,8 @@ def train_with_your_layers(folder, epochs: int = 3, limit: int | None = None, se
         (x_train, y_train), (x_test, y_test), _ = data.load_mnist(verbose=verbose)
         if limit:
             x_train, y_train = x_train[:limit], y_train[:limit]
-        mean, std = 0.1307, 0.3081
-        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        normalize = data.Normalize.fit(x_train)  # as minicnn.recipes.prepare_data does
+        x_train, x_test = normalize(x_train, None), normalize(x_test, None)
         model = your_network(yours, seed)
         loss = YourLoss()
         loss.yours = yours

@@ -39,8 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend
-from .layers import BatchNorm2D, Conv2D, Dense, Dropout, GlobalAvgPool2D
-from .layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from .layers import Conv2D, Dense, Dropout, GlobalAvgPool2D
 from .validation import check_float_array, check_positive_int
 
 __all__ = [
@@ -48,11 +47,6 @@ __all__ = [
     "conv_block_output", "conv_filters", "default_cam_layer", "feature_maps", "grad_cam",
     "heatmaps", "saliency",
 ]
-
-# Layers that keep a convolution's (C, H, W) grid and act per channel: the default Grad-CAM
-# layer is the last convolution *including* these, i.e. the rectified maps of the last block.
-_PER_CHANNEL = (BatchNorm2D, ReLU, LeakyReLU, Sigmoid, Tanh, Dropout)
-
 
 @dataclass(frozen=True)
 class CAMResult:
@@ -198,18 +192,12 @@ def feature_maps(model, x, layer, batch_size: int = 64) -> np.ndarray:
         for s in _batches(len(x), batch_size)], axis=0)
 
 
-def _is_convolutional(layer) -> bool:
-    """A Conv2D, or a block of layers (a Residual) with a Conv2D in its body."""
-    return isinstance(layer, Conv2D) or any(
-        isinstance(inner, Conv2D) for inner in getattr(layer, "body", ()))
-
-
 def conv_block_output(model, block: int = -1) -> int:
     """The index of the layer that ends a convolutional block: the ``block``-th Conv2D (or
     residual block; negative counts from the end) extended through the BatchNorm2D /
     activation / Dropout layers right after it — the block's rectified maps at the finest
     resolution it has (before its pooling)."""
-    convs = [i for i, layer in enumerate(model.layers) if _is_convolutional(layer)]
+    convs = [i for i, layer in enumerate(model.layers) if layer.convolutional]
     if not convs:
         raise ValueError("the model has no Conv2D layer, so it has no convolutional feature "
                          "maps to explain (saliency() works for any model)")
@@ -217,7 +205,9 @@ def conv_block_output(model, block: int = -1) -> int:
         raise ValueError(f"conv_block_output: block {block} is out of range; the model has "
                          f"{len(convs)} convolutional layers")
     index = convs[block]
-    while index + 1 < len(model.layers) and isinstance(model.layers[index + 1], _PER_CHANNEL):
+    # the default Grad-CAM layer: the last convolution *including* the per-channel layers after
+    # it (Layer.per_channel), i.e. the rectified maps of the last block
+    while index + 1 < len(model.layers) and model.layers[index + 1].per_channel:
         index += 1
     return index
 

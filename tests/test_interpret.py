@@ -31,6 +31,7 @@ from minicnn.layers import (
     LeakyReLU,
     MaxPool2D,
     ReLU,
+    Residual,
     Tanh,
 )
 
@@ -317,3 +318,48 @@ def test_grad_cam_with_a_dense_head_points_at_the_square(squares):
     model = trained("flat", train)
     assert (model.predict(x).argmax(axis=1) == y).mean() >= 0.95
     assert share_peaking_inside(interpret.grad_cam(model, x, y).heatmaps, boxes) >= 0.75
+
+
+# -- layer facts as declarations (Layer.per_channel, Layer.convolutional) --------------------------
+
+def _registered_layers():
+    from minicnn.layers.registry import LAYER_TYPES
+
+    return sorted(LAYER_TYPES.items())
+
+
+@pytest.mark.parametrize("name, cls", _registered_layers())
+def test_every_layer_that_says_it_is_per_channel_is(name, cls):
+    """A layer declaring per_channel keeps the (C, H, W) grid and computes each channel from that
+    channel alone: changing input channel 0 changes output channel 0 only. A layer that does not
+    declare it is not checked (it may or may not mix channels)."""
+    if not cls.per_channel:
+        return
+    layer = cls(3) if name == "BatchNorm2D" else cls()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    y = layer.forward(x, training=False)
+    changed = x.copy()
+    changed[:, 0] += rng.standard_normal((2, 5, 5)).astype(np.float32)
+    y_changed = layer.forward(changed, training=False)
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(y_changed[:, 1:], y[:, 1:])
+    assert not np.array_equal(y_changed[:, 0], y[:, 0])
+
+
+def test_every_activation_declares_itself_per_channel():
+    from minicnn.layers import activations
+
+    classes = [cls for _, cls in _registered_layers() if cls.__module__ == activations.__name__]
+    assert len(classes) >= 5 and all(cls.per_channel for cls in classes)
+
+
+@pytest.mark.parametrize("activation", ["ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid"])
+def test_the_default_grad_cam_layer_ends_after_any_activation(activation):
+    from minicnn.layers.registry import LAYER_TYPES
+
+    model = mc.Sequential([Conv2D(1, 4, 3, padding=1), BatchNorm2D(4), LAYER_TYPES[activation](),
+                           MaxPool2D(2), Residual.basic_block(4, 4), LAYER_TYPES[activation](),
+                           GlobalAvgPool2D(), Dense(4, 3)], seed=0)
+    assert interpret.conv_block_output(model, 0) == 2  # conv, BatchNorm, the activation
+    assert interpret.conv_block_output(model, -1) == 5  # the residual block and its activation

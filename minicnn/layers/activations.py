@@ -13,6 +13,8 @@ class ReLU(Layer):
     """``y = max(x, 0)``. Backward: ``dx = dy * (x > 0)`` — the slope is 1 where the input was
     positive and 0 elsewhere (at exactly 0 we take 0, as PyTorch does)."""
 
+    per_channel = True
+
     torch_name, onnx_op = "ReLU", "Relu"
 
     def _forward(self, x, training):
@@ -34,6 +36,8 @@ class ReLU(Layer):
 class LeakyReLU(Layer):
     """``y = x`` for x > 0 and ``negative_slope * x`` otherwise.
     Backward: ``dx = dy * (1 if x > 0 else negative_slope)``."""
+
+    per_channel = True
 
     torch_name, torch_arguments = "LeakyReLU", ("negative_slope",)
     onnx_op, onnx_attributes = "LeakyRelu", {"alpha": "negative_slope"}
@@ -68,6 +72,8 @@ class Sigmoid(Layer):
 
     Computed as ``exp(min(x, 0)) / (1 + exp(-|x|))``, which never overflows."""
 
+    per_channel = True
+
     torch_name, onnx_op = "Sigmoid", "Sigmoid"
 
     def _forward(self, x, training):
@@ -88,6 +94,8 @@ class Sigmoid(Layer):
 @register
 class Tanh(Layer):
     """``y = tanh(x)``. Backward: ``dx = dy * (1 - y**2)`` (uses the cached output)."""
+
+    per_channel = True
 
     torch_name, onnx_op = "Tanh", "Tanh"
 
@@ -113,6 +121,8 @@ class ELU(Layer):
     Backward: ``dx = dy * (1 if x > 0 else y + alpha)``: for x <= 0 the slope is
     ``alpha * exp(x)``, which is ``y + alpha``, so the cached output gives it without another
     exp."""
+
+    per_channel = True
 
     torch_name, torch_arguments = "ELU", ("alpha",)
     onnx_op, onnx_attributes = "Elu", {"alpha": "alpha"}

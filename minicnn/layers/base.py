@@ -126,6 +126,13 @@ class Layer:
     #: layer's attribute}`` (floats)
     onnx_op: str | None = None
     onnx_attributes: dict[str, str] = {}
+    #: keeps its input's (C, H, W) grid and computes each channel from that channel alone
+    #: (activations, BatchNorm, Dropout): Grad-CAM's default layer extends a convolution
+    #: through such layers
+    per_channel: bool = False
+    #: a convolution, or a block with one inside (a Residual): what Grad-CAM and the feature
+    #: maps look for
+    convolutional: bool = False
 
     def __init__(self):
         self._cache = None

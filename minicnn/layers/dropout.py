@@ -21,6 +21,8 @@ class Dropout(Layer):
     Backward: y is linear in x with the fixed mask, so ``dx = dy * mask`` (identity at inference).
     """
 
+    per_channel = True
+
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
         if not is_number(p) or not 0 <= p < 1:

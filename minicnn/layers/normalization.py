@@ -42,6 +42,8 @@ class BatchNorm2D(Layer):
     Backward (inference): mu and var are constants, so ``dx = dy * gamma / sqrt(running_var + eps)``.
     """
 
+    per_channel = True
+
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
                  dtype=np.float32):
         super().__init__()

@@ -72,6 +72,10 @@ class Residual(Layer):
                         BatchNorm2D(out_channels)]
         return cls(body, shortcut)
 
+    @property
+    def convolutional(self) -> bool:
+        return any(layer.convolutional for layer in self.body)
+
     def children(self):
         return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut else [])
 

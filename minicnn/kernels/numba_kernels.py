@@ -603,47 +603,58 @@ def _mean_gradients(dgamma, dbeta, count, batch_statistics):
 
 
 @_jit_sums
-def _batchnorm_sums_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_std, dgamma,
-                           dbeta):
+def _batchnorm_sums_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_std, scale, shift,
+                           relu, dgamma, dbeta):
+    zero = dy_flat.dtype.type(0)
     for c in prange(c_count):
         sum_dy = 0.0
         sum_dy_xhat = 0.0
-        mu, s = mean[c], inv_std[c]
+        mu, s, a, b = mean[c], inv_std[c], scale[c], shift[c]
         for n in range(n_count):
             start = (n * c_count + c) * plane
             for p in range(plane):
+                v = x_flat[_u(start + p)]
                 g = dy_flat[_u(start + p)]
+                if relu:  # dy through ReLU first: its mask is BatchNorm's output > 0
+                    g = g * ((v * a + b) > zero)
                 sum_dy += g
-                sum_dy_xhat += g * ((x_flat[_u(start + p)] - mu) * s)
+                sum_dy_xhat += g * ((v - mu) * s)
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
 
 
 @_jit
-def _batchnorm_dx_kernel(dy_flat, x_flat, c_count, plane, mean, inv_std, scale, dgamma_mean,
-                         dbeta_mean, dx_flat):
+def _batchnorm_dx_kernel(dy_flat, x_flat, c_count, plane, mean, inv_std, scale, shift, relu,
+                         dgamma_mean, dbeta_mean, dx_flat):
+    zero = dy_flat.dtype.type(0)
     for task in prange(dy_flat.shape[0] // plane):  # one (sample, channel) plane
         c = task % c_count
-        mu, s, a, gm, bm = mean[c], inv_std[c], scale[c], dgamma_mean[c], dbeta_mean[c]
+        mu, s, a, b = mean[c], inv_std[c], scale[c], shift[c]
+        gm, bm = dgamma_mean[c], dbeta_mean[c]
         start = task * plane
         for p in range(plane):
-            xhat = (x_flat[_u(start + p)] - mu) * s
-            dx_flat[_u(start + p)] = a * (dy_flat[_u(start + p)] - bm - xhat * gm)
+            v = x_flat[_u(start + p)]
+            g = dy_flat[_u(start + p)]
+            if relu:
+                g = g * ((v * a + b) > zero)
+            dx_flat[_u(start + p)] = a * (g - bm - ((v - mu) * s) * gm)  # a = gamma / sigma
 
 
-def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
+def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics, beta=None, relu=False):
+    """(dx, dgamma, dbeta); with ``relu``, dy is dL/d(the ReLU's output) of a ReLU that followed
+    (its mask, BatchNorm's output > 0, is computed again from x: ``beta`` is needed then)."""
     dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x, dtype=dy.dtype)
     n, c, h, w = dy.shape
+    scale, shift = _affine(dy.dtype, mean, inv_std, gamma, beta if relu else np.zeros_like(gamma))
     mean, inv_std = mean.astype(dy.dtype), inv_std.astype(dy.dtype)
     dgamma, dbeta = np.empty(c, dtype=dy.dtype), np.empty(c, dtype=dy.dtype)
-    _batchnorm_sums_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, dgamma,
-                           dbeta)
-    scale = (gamma * inv_std).astype(dy.dtype)
+    _batchnorm_sums_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, scale,
+                           shift, relu, dgamma, dbeta)
     dgamma_mean, dbeta_mean = _mean_gradients(dgamma, dbeta, n * h * w, batch_statistics)
     dx = recycler.empty(dy.shape, dy.dtype)
     if dx.size:
         _batchnorm_dx_kernel(dy.reshape(-1), x.reshape(-1), c, h * w, mean, inv_std, scale,
-                             dgamma_mean, dbeta_mean, dx.reshape(-1))
+                             shift, relu, dgamma_mean, dbeta_mean, dx.reshape(-1))
     return dx, dgamma, dbeta
 
 
@@ -657,54 +668,8 @@ def batchnorm_relu_forward(x, mean, inv_std, gamma, beta):
     return batchnorm_forward(x, mean, inv_std, gamma, beta, relu=True)
 
 
-@_jit_sums
-def _batchnorm_relu_sums_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_std, scale,
-                                shift, zero, dgamma, dbeta):
-    for c in prange(c_count):
-        sum_dy = 0.0
-        sum_dy_xhat = 0.0
-        mu, s, a, b = mean[c], inv_std[c], scale[c], shift[c]
-        for n in range(n_count):
-            start = (n * c_count + c) * plane
-            for p in range(plane):
-                v = x_flat[_u(start + p)]
-                g = dy_flat[_u(start + p)] * ((v * a + b) > zero)
-                sum_dy += g
-                sum_dy_xhat += g * ((v - mu) * s)
-        dbeta[c] = sum_dy
-        dgamma[c] = sum_dy_xhat
-
-
-@_jit
-def _batchnorm_relu_dx_kernel(dy_flat, x_flat, c_count, plane, mean, inv_std, scale, shift,
-                              zero, dx_scale, dgamma_mean, dbeta_mean, dx_flat):
-    for task in prange(dy_flat.shape[0] // plane):
-        c = task % c_count
-        mu, s, a, b = mean[c], inv_std[c], scale[c], shift[c]
-        k, gm, bm = dx_scale[c], dgamma_mean[c], dbeta_mean[c]
-        start = task * plane
-        for p in range(plane):
-            v = x_flat[_u(start + p)]
-            g = dy_flat[_u(start + p)] * ((v * a + b) > zero)
-            dx_flat[_u(start + p)] = k * (g - bm - ((v - mu) * s) * gm)
-
-
 def batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, batch_statistics):
-    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x, dtype=dy.dtype)
-    n, c, h, w = dy.shape
-    scale, shift = _affine(x.dtype, mean, inv_std, gamma, beta)
-    mean, inv_std = mean.astype(dy.dtype), inv_std.astype(dy.dtype)
-    zero = dy.dtype.type(0)
-    dgamma, dbeta = np.empty(c, dtype=dy.dtype), np.empty(c, dtype=dy.dtype)
-    _batchnorm_relu_sums_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, scale,
-                                shift, zero, dgamma, dbeta)
-    dgamma_mean, dbeta_mean = _mean_gradients(dgamma, dbeta, n * h * w, batch_statistics)
-    dx = recycler.empty(dy.shape, dy.dtype)
-    if dx.size:
-        _batchnorm_relu_dx_kernel(dy.reshape(-1), x.reshape(-1), c, h * w, mean, inv_std, scale,
-                                  shift, zero, (gamma * inv_std).astype(dy.dtype), dgamma_mean,
-                                  dbeta_mean, dx.reshape(-1))
-    return dx, dgamma, dbeta
+    return batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics, beta=beta, relu=True)
 
 
 @_jit

@@ -192,6 +192,7 @@ def test_augmentation_is_vectorized_over_the_batch():
             sys.setprofile(None)
         return calls[0]
 
+    python_calls(8)  # the first call may set up what later calls reuse (numba's warp kernel)
     assert python_calls(8) == python_calls(256)
 
 

@@ -189,8 +189,11 @@ def _exercises_arguments(exercises) -> None:
     progress.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
     train = actions.add_parser("train", help="train on MNIST with your own backward passes",
                                description="Train a small CNN on MNIST whose layers run your "
-                                           "answers to exercises 1-7 and 9 (each must pass "
-                                           "first); 98%% or more proves them end to end.")
+                                           "answers: the backward passes (exercises 1-7, and 8 "
+                                           "or 9) must pass first; every other exercise that "
+                                           "passes runs too (10-13: the convolution's forward, "
+                                           "average pooling, your optimizer). 98%% or more "
+                                           "proves them end to end.")
     train.add_argument("--dir", default=None, help="the exercises' folder (default: here)")
     train.add_argument("folder", metavar="DIR", nargs="?", default=None,
                        help="the same as --dir (as earlier versions took it)")

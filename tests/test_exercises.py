@@ -19,7 +19,8 @@ from minicnn.exercises import solutions
 from minicnn.exercises.grading import grade
 from minicnn.gradcheck import numerical_gradient, relative_error
 from minicnn.kernels import numpy_kernels as K
-from minicnn.layers import BatchNorm2D, Dense, MaxPool2D, ReLU
+from minicnn.layers import AvgPool2D, BatchNorm2D, Dense, MaxPool2D, ReLU
+from minicnn.layers.base import Parameter
 
 CASES = [(item, case) for item in exercises.EXERCISES for case in item.cases()]
 
@@ -69,6 +70,32 @@ def test_every_reference_solution_agrees_with_minicnn(pair):
     elif item.name == "col2im":
         agree(answer, K.col2im(a["dcols"], a["x_shape"], a["kernel"], a["stride"],
                                a["padding"]))
+    elif item.name == "conv_forward":
+        agree(answer, naive.conv2d_forward(a["x"], a["W"], a["b"], a["stride"], a["padding"]))
+    elif item.name == "avgpool_backward":
+        agree(answer, K.avgpool_backward(a["dy"], a["x_shape"], a["kernel"], a["stride"]))
+        layer = AvgPool2D(a["kernel"], a["stride"])
+        layer.forward(np.zeros(a["x_shape"]))
+        agree(answer, layer.backward(a["dy"]))
+    elif item.name == "sgd_momentum_step":  # minicnn's SGD, its velocity where the case's is
+        weight = Parameter(a["w"].copy())
+        sgd = mc.optim.SGD([weight], lr=a["lr"], momentum=a["momentum"])
+        if a["velocity"].any():
+            sgd.state[0]["momentum_buffer"] = a["velocity"].copy()
+        weight.grad = a["grad"]
+        sgd.step()
+        agree(answer[0], weight.data)
+        agree(answer[1], sgd.state[0]["momentum_buffer"])
+    elif item.name == "adam_step":  # minicnn's Adam at step t, its moments the case's
+        weight = Parameter(a["w"].copy())
+        adam = mc.optim.Adam([weight], lr=a["lr"], betas=(a["beta1"], a["beta2"]), eps=a["eps"])
+        adam.state[0] = {"exp_avg": a["m"].copy(), "exp_avg_sq": a["v"].copy()}
+        adam.step_count = a["t"] - 1
+        weight.grad = a["grad"]
+        adam.step()
+        for mine, theirs in zip(answer, (weight.data, adam.state[0]["exp_avg"],
+                                         adam.state[0]["exp_avg_sq"])):
+            agree(mine, theirs)
     else:  # BatchNorm, both forms: the layer in training mode, and central differences
         layer = BatchNorm2D(a["x"].shape[1], eps=a["eps"]).astype(np.float64)
         layer.gamma.data = a["gamma"]
@@ -101,7 +128,11 @@ def test_the_convolution_exercises_compose_into_the_naive_convolution():
 # -- grading -------------------------------------------------------------------------------------
 
 def write(folder, item, source: str):
-    (folder / item.file_name).write_text("import numpy as np\n\n\n" + source)
+    """``source`` as the learner's file, with the imports its template starts with."""
+    imports = "import numpy as np\n"
+    if item.name == "conv_forward":
+        imports += "\nfrom minicnn.exercises.solutions import im2col\n"
+    (folder / item.file_name).write_text(imports + "\n\n" + source)
 
 
 def answer_file(folder, item, function):
@@ -287,7 +318,7 @@ def minicnn(*arguments, cwd):
 
 def test_the_command_line_as_the_templates_describe_it(tmp_path):
     run = minicnn("start", "course", cwd=tmp_path)
-    assert run.returncode == 0 and "9 exercise file(s) written" in run.stdout
+    assert run.returncode == 0 and "13 exercise file(s) written" in run.stdout
     course = tmp_path / "course"
     run = minicnn("check", "dense_backward", cwd=course)
     assert run.returncode == 1 and "FAIL  1. dense_backward: not written yet" in run.stdout
@@ -305,7 +336,7 @@ def test_the_command_line_as_the_templates_describe_it(tmp_path):
     assert run.returncode == 0 and "PASS  1. dense_backward: all 4 cases right" in run.stdout
     assert "The reference solution" in run.stdout and "dW = x.T @ dy" in run.stdout
     run = minicnn("check", "--dir", str(course), cwd=tmp_path)
-    assert run.returncode == 1 and "1 of 9 passed; next: minicnn exercises check relu_backward" \
+    assert run.returncode == 1 and "1 of 13 passed; next: minicnn exercises check relu_backward" \
         in run.stdout
     run = minicnn("check", "col2im", "--reveal", cwd=course)
     assert "def col2im(dcols, x_shape, kernel, stride, padding):" in run.stdout
@@ -329,13 +360,24 @@ def test_train_refuses_until_the_exercises_pass(folder):
         train_with_your_layers(folder, verbose=0)
 
 
-def test_train_learns_with_the_reference_solutions(folder):
+@pytest.mark.parametrize("left_out", [(), ("adam_step", "avgpool_backward")])
+def test_train_learns_with_the_reference_solutions(folder, left_out):
+    """train runs every exercise that passes (the optimizer: Adam, else SGD with momentum) and
+    says what stayed minicnn's."""
     from minicnn.exercises.training import train_with_your_layers
 
     for item in exercises.EXERCISES:
-        write(folder, item, inspect.getsource(item.solution))
+        if item.name not in left_out:
+            write(folder, item, inspect.getsource(item.solution))
     result = train_with_your_layers(folder, epochs=1, limit=4000, verbose=0)
     assert result["test_accuracy"] > 0.8, result  # a network that does not learn: 10%
+    ran = {item.name for item in exercises.EXERCISES} - {"batchnorm_backward_staged",
+                                                           *left_out}
+    if not left_out:
+        assert set(result["yours"]) == ran - {"sgd_momentum_step"} and not result["minicnns"]
+    else:
+        assert set(result["yours"]) == ran
+        assert result["minicnns"] == ["AvgPool2D stays minicnn's: avgpool_backward not passed"]
 
 
 def test_the_studio_runs_your_layers_and_they_match_minicnns(folder):
@@ -352,7 +394,8 @@ def test_the_studio_runs_your_layers_and_they_match_minicnns(folder):
     yours, kept = with_your_layers(model, folder)
     assert [type(layer).__name__ for layer in yours.layers] == [
         "Conv2D", "BatchNorm2D", "YourReLU", "YourMaxPool2D", "Flatten", "YourDense"]
-    assert kept == ["BatchNorm2D stays minicnn's: batchnorm_backward_compact not passed",
+    assert kept == ["BatchNorm2D stays minicnn's: batchnorm_backward_compact or "
+                    "batchnorm_backward_staged not passed",
                     "Conv2D stays minicnn's: im2col, conv_backward_cols, col2im not passed"]
     image = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28))
     theirs = Studio(model).analyze({"image": image[0].tolist()})
@@ -392,3 +435,135 @@ def test_the_exercises_page_shows_what_a_learner_sees(tmp_path):
             assert line in run.stdout.splitlines(), (line, run.stdout)
     write(course, dense, inspect.getsource(solutions.dense_backward))
     assert passed.strip() in minicnn("check", "dense_backward", cwd=course).stdout
+
+
+# -- the cases cover what the layers meet, and the tolerances are tight ---------------------------
+
+SPATIAL = {"maxpool_backward", "avgpool_backward", "im2col", "col2im", "conv_forward"}
+
+
+def spatial_cases(item):
+    """(x shape, kernel, stride, padding) of each case of a pooling or convolution exercise."""
+    for case in item.cases():
+        a = case.arguments
+        shape = a["x"].shape if "x" in a else tuple(a["x_shape"])
+        kernel = a["kernel"] if "kernel" in a else a["W"].shape[2:]
+        yield shape, tuple(kernel), tuple(a["stride"]), tuple(a.get("padding", (0, 0)))
+
+
+@pytest.mark.parametrize("name", sorted(SPATIAL))
+def test_the_cases_cover_every_layout_the_layers_meet(name):
+    """Batch 1 and more; every pair non-square; overlapping windows; windows that leave pixels
+    uncovered, between them and at the end; for the convolution, padding that differs per side
+    and an output size that rounding instead of flooring gets wrong."""
+    from minicnn.exercises.course import coverage
+
+    shapes = list(spatial_cases(exercises.exercise(name)))
+    assert {s[0][0] == 1 for s in shapes} == {True, False}
+    for what in (lambda s: s[0][2:], lambda s: s[1], lambda s: s[2]):  # H, W; KH, KW; SH, SW
+        assert any(len(set(what(s))) == 2 for s in shapes)
+    counts = [coverage(*s) for s in shapes]
+    assert any(c.max() > 1 for c in counts)                           # overlapping windows
+    assert any((c[:, 1:-1] == 0).any() for c in counts)               # a gap between windows
+    assert any((c[-1] == 0).any() or (c[:, -1] == 0).any() for c in counts)  # left at the end
+    if name != "maxpool_backward" and name != "avgpool_backward":
+        assert any(s[3][0] != s[3][1] for s in shapes)
+        assert any(round((size + 2 * p - k) / st) != (size + 2 * p - k) // st
+                   for s in shapes for size, k, st, p in zip(s[0][2:], s[1], s[2], s[3]))
+
+
+@pytest.mark.parametrize("item", exercises.EXERCISES, ids=lambda item: item.name)
+def test_the_cases_use_values_that_hide_nothing(item):
+    """At least three cases; every floating-point argument non-integer in some case (integers
+    make some wrong formulas right), and the checks a layer's edge needs."""
+    cases = item.cases()
+    assert len(cases) >= 3
+    for name, value in cases[0].arguments.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and name not in ("m", "v"):
+            assert any((c.arguments[name] != np.round(c.arguments[name])).any()
+                       for c in cases), name
+    if item.name == "relu_backward":  # exact zeros beside values between 0 and 1
+        assert any(((c.arguments["x"] == 0).any() and
+                    ((c.arguments["x"] > 0) & (c.arguments["x"] < 1)).any()) for c in cases)
+    if item.name == "maxpool_backward":  # ties, and windows without them
+        assert any(len(np.unique(c.arguments["x"])) <= 3 for c in cases)
+        assert any(len(np.unique(c.arguments["x"])) == c.arguments["x"].size for c in cases)
+    if item.name == "softmax_cross_entropy_backward":
+        assert any(np.abs(c.arguments["logits"]).max() > 700 for c in cases)  # exp overflows
+    if item.name == "adam_step":  # the first step from zeros, later ones, and an eps that counts
+        assert any(c.arguments["t"] == 1 and not c.arguments["m"].any() for c in cases)
+        assert any(c.arguments["t"] > 1 for c in cases)
+        assert any(c.arguments["eps"] > 0.1 * np.sqrt(c.arguments["v"]).min() for c in cases)
+
+
+# wrong answers that only the cases above catch: values and layouts that hide the mistake
+HIDDEN = [
+    ("relu_backward", "def relu_backward(x, dy):\n    return dy * np.clip(x, 0, 1)\n",
+     "entries wrong"),
+    ("im2col", inspect.getsource(solutions.im2col).replace(
+        "out_w = (width + 2 * pw - kw) // sw + 1",
+        "out_w = round((width + 2 * pw - kw) / sw) + 1"), "raised"),
+    ("col2im", inspect.getsource(solutions.col2im).replace(
+        "dxpad = np.zeros((n_images, channels, height + 2 * ph, width + 2 * pw)",
+        "dxpad = np.zeros((n_images, channels, (out_h - 1) * sh + kh, (out_w - 1) * sw + kw)"),
+     "dx has shape"),
+    ("maxpool_backward", """def maxpool_backward(x, dy, kernel, stride):
+    # right where the windows tile x (stride = kernel): each dy to its window's first maximum
+    n, c, h, w = x.shape
+    (kh, kw), oh, ow = kernel, h // kernel[0], w // kernel[1]
+    tiles = x[:, :, :oh * kh, :ow * kw].reshape(n, c, oh, kh, ow, kw).transpose(0, 1, 2, 4, 3, 5)
+    first = np.argmax(tiles.reshape(n, c, oh, ow, kh * kw), axis=-1)
+    sent = (np.arange(kh * kw) == first[..., None]) * dy[..., None]
+    dx = np.zeros_like(x)
+    dx[:, :, :oh * kh, :ow * kw] = sent.reshape(n, c, oh, ow, kh, kw).transpose(
+        0, 1, 2, 4, 3, 5).reshape(n, c, oh * kh, ow * kw)
+    return dx
+""", "case 2 of"),
+    ("avgpool_backward", """def avgpool_backward(dy, x_shape, kernel, stride):
+    (kh, kw) = kernel
+    return np.kron(dy, np.ones((kh, kw))) / (kh * kw)
+""", "case 2 of"),
+]
+
+
+@pytest.mark.parametrize("name, source, words", HIDDEN, ids=[h[0] for h in HIDDEN])
+def test_a_mistake_that_values_or_layouts_could_hide_fails(folder, name, source, words):
+    item = exercises.exercise(name)
+    write(folder, item, source)
+    result = grade(item, folder / item.file_name)
+    assert not result.passed and words in result.report[0], result.report
+
+
+def test_the_tolerances_refuse_three_times_their_size_and_pass_a_right_answer():
+    """A right answer agrees to ~1e-12 (float64) or ~1e-6 (float32): an error three times a
+    tolerance fails, one a hundred times smaller passes. A looser tolerance fails this test."""
+    from minicnn.exercises import grading
+
+    want = np.random.default_rng(0).standard_normal(1000)
+    want[::10] = 0.0  # exact zeros: only the absolute tolerance speaks there
+    scale = np.abs(want).max()
+    for dtype, relative, absolute in ((np.float64, grading.RTOL, 1e-9),
+                                      (np.float32, grading.RTOL_FLOAT32, 1e-6)):
+        expected = want.astype(dtype)
+        assert not grading._close(expected * dtype(1 + 3 * relative), expected).all()
+        assert grading._close(expected * dtype(1 + relative / 100), expected).all()
+        off_at_zero = expected.copy()
+        off_at_zero[0] = 3 * absolute * scale
+        assert not grading._close(off_at_zero, expected).all()
+        off_at_zero[0] = absolute * scale / 100
+        assert grading._close(off_at_zero, expected).all()
+    assert (grading.RTOL, grading.RTOL_FLOAT32) == (1e-6, 1e-4)  # what the module says above
+
+
+def test_a_hanging_answer_ends_after_the_time_limit_with_its_name(folder):
+    import time
+
+    from minicnn.exercises import grading
+
+    item = exercises.exercise("relu_backward")
+    write(folder, item, "def relu_backward(x, dy):\n    while True:\n        pass\n")
+    start = time.perf_counter()
+    result = grade(item, folder / item.file_name)  # the default limit
+    elapsed = time.perf_counter() - start
+    assert f"did not finish within {grading.TIME_LIMIT:g} s, on case 1 of" in result.report[0]
+    assert grading.TIME_LIMIT <= elapsed < 12, elapsed  # seconds, not minutes

@@ -5,12 +5,13 @@ says whether, and where, they are wrong.
     minicnn exercises check [NAME] --dir DIR    # grade them (all, or one; DIR: default here)
     minicnn exercises check NAME --hint         # the next hint, one more each time
     minicnn exercises check NAME --reveal       # the reference solution (shown after a pass too)
-    minicnn exercises train --dir DIR           # MNIST with your layers (exercises 1-7, 9)
+    minicnn exercises train --dir DIR           # MNIST with your layers and optimizer
 
-The nine exercises go from the Dense layer to the convolution and BatchNorm (see
+The thirteen exercises go from the Dense layer to the convolution and BatchNorm, then the
+convolution's forward pass, average pooling, SGD with momentum and Adam (see
 :data:`EXERCISES`). Each file holds the signature, the derivation up to the step to write, and a
-TODO. The grader (:mod:`.grading`) runs the function on drawn cases (batch 1, strides, padding,
-non-square kernels, ties, exact zeros, huge logits), compares every array with the reference
+TODO. The grader (:mod:`.grading`) runs the function on drawn cases (every layout the layers
+meet, values that hide nothing), compares every array with the reference
 solutions (:mod:`.solutions`, held to minicnn's layers, ``minicnn.naive`` and central
 differences by the tests), names the wrong entries and recognizes the classic mistakes by their
 answers. Progress (passes, hints seen) is kept in ``DIR/progress.json``.

@@ -3,11 +3,14 @@ recognizes, and its hints.
 
 Each exercise is one function the learner writes in a file of their folder (the template in
 ``templates/`` gives the signature, the derivation up to the step to write, and a TODO). The
-grader calls it on drawn cases (batch 1, strides, padding, non-square kernels, ties, exact
-zeros, huge logits) and compares every returned array with :mod:`.solutions`, whose functions
-the tests hold to minicnn's layers, ``minicnn.naive`` and central differences. A **mistake** is
-a planted wrong version of the solution with the words that name it: when the learner's answer
-equals a mistake's answer on a case, the grader says those words.
+grader calls it on drawn cases: every layout the layers meet (batch 1 and more; every pair of
+sizes, kernels, strides and paddings non-square; windows that overlap, and windows that leave
+pixels out between them and at the end) and values that hide nothing (non-integers where
+integers would make a wrong formula right; ties, exact zeros, huge logits), and compares every
+returned array with :mod:`.solutions`, whose functions the tests hold to minicnn's layers,
+``minicnn.naive`` and central differences. A **mistake** is a planted wrong version of the
+solution with the words that name it: when the learner's answer equals a mistake's answer on a
+case, the grader says those words.
 """
 
 from __future__ import annotations
@@ -113,10 +116,15 @@ DENSE = Exercise(
 
 def _relu_cases(rng):
     cases = []
-    for shape in ((3, 4), (2, 3, 4, 4), (1, 5)):
-        x = rng.integers(-2, 3, shape).astype(np.float64)  # exact zeros: ReLU's kink
-        cases.append(Case(f"x {shape} of integers from -2 to 2 (exact zeros included)",
-                          {"x": x, "dy": _normal(rng, *shape)}))
+    for shape, integers in (((3, 4), True), ((2, 3, 5, 4), False), ((1, 5), False)):
+        if integers:  # exact zeros: ReLU's kink
+            x = rng.integers(-2, 3, shape).astype(np.float64)
+            words = "integers from -2 to 2 (exact zeros included)"
+        else:  # values between 0 and 1 too: a slope of min(x, 1) passes on integers alone
+            x = _normal(rng, *shape)
+            x.flat[::3] = 0.0
+            words = "normal values, every third exactly 0"
+        cases.append(Case(f"x {shape} of {words}", {"x": x, "dy": _normal(rng, *shape)}))
     return cases
 
 
@@ -177,16 +185,47 @@ SOFTMAX = Exercise(
 
 # -- 4. Max pooling --------------------------------------------------------------------------------
 
+#: (x shape, kernel, stride) of the pooling cases: overlapping windows, non-square ones, and
+#: windows that leave pixels uncovered (a gap between them, and rows and columns at the end)
+_POOL_SHAPES = (((2, 2, 4, 4), (2, 2), (2, 2)), ((1, 1, 5, 5), (3, 3), (1, 1)),
+                ((2, 3, 6, 5), (2, 3), (2, 1)), ((1, 2, 4, 4), (2, 2), (1, 1)),
+                ((1, 2, 5, 7), (2, 2), (2, 3)))
+
+
+def coverage(x_shape, kernel, stride, padding=(0, 0)) -> np.ndarray:
+    """How many windows cover each pixel of an (H, W) image: 0 where none does (its gradient
+    is zero), more than 1 where windows overlap (gradients add up)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    height, width = x_shape[-2:]
+    count = np.zeros((height + 2 * ph, width + 2 * pw), dtype=int)
+    for oh in range((height + 2 * ph - kh) // sh + 1):
+        for ow in range((width + 2 * pw - kw) // sw + 1):
+            count[oh * sh:oh * sh + kh, ow * sw:ow * sw + kw] += 1
+    return count[ph:ph + height, pw:pw + width]
+
+
+def _windows(x_shape, kernel, stride, padding=(0, 0)) -> str:
+    covered = coverage(x_shape, kernel, stride, padding)
+    words = [", overlapping windows"] if covered.max() > 1 else []
+    if covered.min() == 0:
+        words.append(", pixels no window covers")
+    return "".join(words)
+
+
 def _maxpool_cases(rng):
     cases = []
-    for shape, kernel, stride in (((2, 2, 4, 4), (2, 2), (2, 2)), ((1, 1, 5, 5), (3, 3), (1, 1)),
-                                  ((2, 3, 6, 5), (2, 3), (2, 1)), ((1, 2, 4, 4), (2, 2), (1, 1))):
-        x = rng.integers(0, 3, shape).astype(np.float64)  # few values: many ties
+    for number, (shape, kernel, stride) in enumerate(_POOL_SHAPES):
+        if number < 4:
+            x = rng.integers(0, 3, shape).astype(np.float64)  # few values: many ties
+            words = "of integers 0-2 (ties)"
+        else:
+            x = _normal(rng, *shape)
+            words = "of normal values"
         out = ((shape[2] - kernel[0]) // stride[0] + 1, (shape[3] - kernel[1]) // stride[1] + 1)
-        overlap = ", overlapping windows" if stride[0] < kernel[0] or stride[1] < kernel[1] else ""
-        cases.append(Case(f"x {shape} of integers 0-2 (ties), kernel {kernel}, stride {stride}"
-                          f"{overlap}", {"x": x, "dy": _normal(rng, *shape[:2], *out),
-                                         "kernel": kernel, "stride": stride}))
+        cases.append(Case(f"x {shape} {words}, kernel {kernel}, stride {stride}"
+                          f"{_windows(shape, kernel, stride)}",
+                          {"x": x, "dy": _normal(rng, *shape[:2], *out), "kernel": kernel,
+                           "stride": stride}))
     return cases
 
 
@@ -244,10 +283,15 @@ MAXPOOL = Exercise(
 
 # -- 5. im2col -----------------------------------------------------------------------------------
 
+#: (x shape, kernel, stride, padding) of the convolution cases: overlapping windows; every
+#: pair different (N, C, H and W; KH and KW; SH and SW; PH and PW) with an OW that rounding
+#: would get wrong; gaps between windows and uncovered rows and columns at the end; 1x1
 _CONV_SHAPES = (((2, 1, 5, 5), (3, 3), (1, 1), (0, 0)),
                 ((1, 2, 6, 5), (3, 2), (2, 1), (1, 0)),
                 ((2, 3, 4, 4), (2, 2), (2, 2), (1, 1)),
-                ((1, 1, 3, 3), (1, 1), (1, 1), (0, 0)))
+                ((1, 1, 3, 3), (1, 1), (1, 1), (0, 0)),
+                ((1, 2, 7, 6), (3, 2), (2, 3), (1, 2)),
+                ((2, 1, 7, 7), (2, 2), (3, 3), (0, 0)))
 
 
 def _out_size(shape, kernel, stride, padding):
@@ -255,8 +299,13 @@ def _out_size(shape, kernel, stride, padding):
                  for size, k, s, p in zip(shape[2:], kernel, stride, padding))
 
 
+def _conv_words(shape, kernel, stride, padding):
+    return (f"x {shape}, kernel {kernel}, stride {stride}, padding {padding}"
+            f"{_windows(shape, kernel, stride, padding)}")
+
+
 def _im2col_cases(rng):
-    return [Case(f"x {shape}, kernel {kernel}, stride {stride}, padding {padding}",
+    return [Case(_conv_words(shape, kernel, stride, padding),
                  {"x": _normal(rng, *shape), "kernel": kernel, "stride": stride,
                   "padding": padding}) for shape, kernel, stride, padding in _CONV_SHAPES]
 
@@ -292,7 +341,7 @@ IM2COL = Exercise(
 
 def _conv_cols_cases(rng):
     cases = []
-    for shape, kernel, stride, padding in _CONV_SHAPES[:3]:
+    for shape, kernel, stride, padding in _CONV_SHAPES:
         f = int(rng.integers(1, 4))
         out_h, out_w = _out_size(shape, kernel, stride, padding)
         rows, columns = shape[1] * kernel[0] * kernel[1], shape[0] * out_h * out_w
@@ -322,8 +371,8 @@ def _col2im_cases(rng):
     for shape, kernel, stride, padding in _CONV_SHAPES:
         out_h, out_w = _out_size(shape, kernel, stride, padding)
         rows, columns = shape[1] * kernel[0] * kernel[1], shape[0] * out_h * out_w
-        cases.append(Case(f"dcols ({rows}, {columns}) back to x {shape}, kernel {kernel}, "
-                          f"stride {stride}, padding {padding}",
+        cases.append(Case(f"dcols ({rows}, {columns}) back to "
+                          f"{_conv_words(shape, kernel, stride, padding)}",
                           {"dcols": _normal(rng, rows, columns), "x_shape": shape,
                            "kernel": kernel, "stride": stride, "padding": padding}))
     return cases
@@ -440,6 +489,194 @@ BATCHNORM_COMPACT = Exercise(
            "dx = gamma / (M sigma) * (M dy - sum(dy) - xhat * sum(dy * xhat))."),
 )
 
+
+# -- 10. The convolution's forward through im2col ------------------------------------------------
+
+def _conv_forward_cases(rng):
+    cases = []
+    for shape, kernel, stride, padding in _CONV_SHAPES:
+        f = int(rng.integers(2, 5))
+        cases.append(Case(f"{_conv_words(shape, kernel, stride, padding)}, {f} filters",
+                          {"x": _normal(rng, *shape), "W": _normal(rng, f, shape[1], *kernel),
+                           "b": _normal(rng, f), "stride": stride, "padding": padding}))
+    return cases
+
+
+def _conv_forward_no_transpose(x, W, b, stride, padding):
+    y = solutions.conv_forward(x, W, b, stride, padding)
+    return np.ascontiguousarray(y.transpose(1, 0, 2, 3)).reshape(y.shape)
+
+
+def _conv_forward_weights_transposed(x, W, b, stride, padding):
+    f = W.shape[0]
+    W_read_wrong = W.reshape(-1, f).T.reshape(W.shape)
+    return solutions.conv_forward(x, W_read_wrong, b, stride, padding)
+
+
+CONV_FORWARD = Exercise(
+    10, "conv_forward", "The convolution's forward pass through im2col", ("y",),
+    _conv_forward_cases,
+    mistakes=(
+        Mistake("out (F, N*OH*OW) was reshaped straight to (N, F, OH, OW): its columns run over "
+                "(n, oh, ow) and its rows over f, so reshape to (F, N, OH, OW), then "
+                "transpose(1, 0, 2, 3)", _conv_forward_no_transpose),
+        Mistake("the weights are read in the wrong order: W2 = W.reshape(F, -1) (one row per "
+                "filter, in im2col's (c, i, j) order), not W.reshape(-1, F).T",
+                _conv_forward_weights_transposed),
+    ),
+    hints=("cols = im2col(x, (KH, KW), stride, padding) has one column per output pixel "
+           "(n, oh, ow); W2 = W.reshape(F, -1) has one row per filter.",
+           "out = W2 @ cols + b[:, None] is (F, N*OH*OW): row f, column n*OH*OW + oh*OW + ow.",
+           "y = out.reshape(F, N, OH, OW).transpose(1, 0, 2, 3), with OH and OW as in im2col."),
+)
+
+
+# -- 11. Average pooling -------------------------------------------------------------------------
+
+def _avgpool_cases(rng):
+    cases = []
+    for shape, kernel, stride in _POOL_SHAPES:
+        out = ((shape[2] - kernel[0]) // stride[0] + 1, (shape[3] - kernel[1]) // stride[1] + 1)
+        cases.append(Case(f"dy {(*shape[:2], *out)} back to x {shape}, kernel {kernel}, "
+                          f"stride {stride}{_windows(shape, kernel, stride)}",
+                          {"dy": _normal(rng, *shape[:2], *out), "x_shape": shape,
+                           "kernel": kernel, "stride": stride}))
+    return cases
+
+
+def _avgpool_not_divided(dy, x_shape, kernel, stride):
+    return solutions.avgpool_backward(dy, x_shape, kernel, stride) * (kernel[0] * kernel[1])
+
+
+def _avgpool_assign(dy, x_shape, kernel, stride):
+    (kh, kw), (sh, sw) = kernel, stride
+    out_h, out_w = dy.shape[2:]
+    dx = np.zeros(x_shape)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + sh * out_h:sh, j:j + sw * out_w:sw] = dy / (kh * kw)
+    return dx
+
+
+AVGPOOL = Exercise(
+    11, "avgpool_backward", "Average pooling: dx", ("dx",), _avgpool_cases,
+    mistakes=(
+        Mistake("every element of a window received the window's whole dy: the mean divides "
+                "by KH*KW, so each element receives dy / (KH*KW)", _avgpool_not_divided),
+        Mistake("overlapping windows lose gradient: a pixel in several windows must collect a "
+                "share from each; use += where windows overlap", _avgpool_assign),
+    ),
+    hints=("y is (1/(KH*KW)) times a sum: every element of the window has slope 1/(KH*KW).",
+           "For each (i, j) inside the window, dx[:, :, i:i + SH*OH:SH, j:j + SW*OW:SW] is that "
+           "element of every window at once: add dy / (KH*KW) into it.",
+           "Start from np.zeros(x_shape, dtype=dy.dtype): pixels no window covers stay 0."),
+)
+
+
+# -- 12, 13. Optimizers --------------------------------------------------------------------------
+
+_PARAMETER_SHAPES = ((4, 3, 3, 3), (5,), (6, 4))  # a convolution's weights, a bias, a Dense's
+
+
+def _sgd_cases(rng):
+    cases = []
+    for number, (shape, lr, momentum) in enumerate(zip(_PARAMETER_SHAPES, (0.1, 0.03, 0.5),
+                                                       (0.9, 0.5, 0.99))):
+        first = number == 0  # the first step: the velocity starts at zero
+        cases.append(Case(f"w {shape}, lr {lr}, momentum {momentum}"
+                          + (", the first step (velocity 0)" if first else ""),
+                          {"w": _normal(rng, *shape), "grad": _normal(rng, *shape),
+                           "velocity": np.zeros(shape) if first else _normal(rng, *shape),
+                           "lr": lr, "momentum": momentum}))
+    return cases
+
+
+def _sgd_lr_inside(w, grad, velocity, lr, momentum):
+    velocity = momentum * velocity - lr * grad
+    return w + velocity, velocity
+
+
+def _sgd_dampened(w, grad, velocity, lr, momentum):
+    velocity = momentum * velocity + (1 - momentum) * grad
+    return w - lr * velocity, velocity
+
+
+def _sgd_old_velocity(w, grad, velocity, lr, momentum):
+    return w - lr * velocity, momentum * velocity + grad
+
+
+SGD_MOMENTUM = Exercise(
+    12, "sgd_momentum_step", "SGD with momentum: one step", ("w", "velocity"), _sgd_cases,
+    mistakes=(
+        Mistake("this is the other convention (velocity = momentum * velocity - lr * grad; "
+                "w + velocity); minicnn and PyTorch keep the velocity without the learning "
+                "rate: velocity = momentum * velocity + grad, w - lr * velocity",
+                _sgd_lr_inside),
+        Mistake("the gradient was weighed by (1 - momentum): that is a running mean (Adam's m); "
+                "SGD's momentum adds the whole gradient", _sgd_dampened),
+        Mistake("w moved with the old velocity: update the velocity first, then step with it",
+                _sgd_old_velocity),
+    ),
+    hints=("Two lines: the new velocity from the old one and the gradient, then w from the new "
+           "velocity.",
+           "velocity = momentum * velocity + grad; w = w - lr * velocity. Return new arrays."),
+)
+
+
+def _adam_cases(rng):
+    cases = []
+    draws = ((1, 1e-3, 1e-8, 1.0, "the first step (m and v 0)"),
+             (5, 1e-2, 1e-8, 1.0, "step 5"),
+             (1000, 1e-3, 1e-8, 1.0, "step 1000 (the correction near 1)"),
+             (3, 1e-3, 1e-3, 1e-3, "step 3, small gradients where eps counts"))
+    for (t, lr, eps, scale, words), shape in zip(draws, (*_PARAMETER_SHAPES, (2, 3))):
+        first = t == 1
+        m = np.zeros(shape) if first else _normal(rng, *shape) * 0.1 * scale
+        v = np.zeros(shape) if first else rng.uniform(0.1, 1.0, shape) * scale ** 2
+        cases.append(Case(f"w {shape}, {words}, lr {lr}, eps {eps:g}",
+                          {"w": _normal(rng, *shape), "grad": _normal(rng, *shape) * scale,
+                           "m": m, "v": v, "t": t, "lr": lr, "beta1": 0.9, "beta2": 0.999,
+                           "eps": eps}))
+    return cases
+
+
+def _adam_uncorrected(w, grad, m, v, t, lr, beta1, beta2, eps):
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad ** 2
+    return w - lr * m / (np.sqrt(v) + eps), m, v
+
+
+def _adam_eps_inside(w, grad, m, v, t, lr, beta1, beta2, eps):
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad ** 2
+    m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+    return w - lr * m_hat / np.sqrt(v_hat + eps), m, v
+
+
+def _adam_t_from_zero(w, grad, m, v, t, lr, beta1, beta2, eps):
+    return solutions.adam_step(w, grad, m, v, t + 1, lr, beta1, beta2, eps)
+
+
+ADAM = Exercise(
+    13, "adam_step", "Adam with bias correction: one step", ("w", "m", "v"), _adam_cases,
+    mistakes=(
+        Mistake("the bias correction is missing: m and v start at 0, so early on they are too "
+                "small by a factor 1 - beta**t; divide m by 1 - beta1**t and v by 1 - beta2**t",
+                _adam_uncorrected),
+        Mistake("eps is inside the square root: the step is m_hat / (sqrt(v_hat) + eps)",
+                _adam_eps_inside),
+        Mistake("the correction used t + 1: t is this step's number, 1 on the first step",
+                _adam_t_from_zero),
+    ),
+    hints=("m and v are running means: m = beta1 * m + (1 - beta1) * grad; v the same with "
+           "beta2 and grad ** 2.",
+           "They started at 0, which still holds a part beta**t of their weight: m_hat = m / "
+           "(1 - beta1**t), v_hat = v / (1 - beta2**t).",
+           "w = w - lr * m_hat / (np.sqrt(v_hat) + eps); return (w, m, v), new arrays."),
+)
+
+
 EXERCISES: tuple[Exercise, ...] = (DENSE, RELU, SOFTMAX, MAXPOOL, IM2COL, CONV_COLS, COL2IM,
-                                   BATCHNORM_STAGED, BATCHNORM_COMPACT)
+                                   BATCHNORM_STAGED, BATCHNORM_COMPACT, CONV_FORWARD, AVGPOOL,
+                                   SGD_MOMENTUM, ADAM)
 BY_NAME = {exercise.name: exercise for exercise in EXERCISES}

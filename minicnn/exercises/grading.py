@@ -35,7 +35,7 @@ from .course import BY_NAME, Case, Exercise
 
 RTOL = 1e-6  # float64 cases: a right answer agrees to ~1e-12; a wrong one is off by far more
 RTOL_FLOAT32 = 1e-4  # the float32 case: a right answer agrees to ~1e-6
-TIME_LIMIT = 20.0  # seconds for one exercise's cases: a right answer takes well under one
+TIME_LIMIT = 10.0  # seconds for one exercise's cases: a right answer takes well under one
 
 
 @dataclass

@@ -128,3 +128,50 @@ def batchnorm_backward_compact(x, gamma, dy, eps):
     dx = gamma.reshape(1, -1, 1, 1) / (m * sigma) * (
         m * dy - dbeta.reshape(1, -1, 1, 1) - xhat * dgamma.reshape(1, -1, 1, 1))
     return dx, dgamma, dbeta
+
+
+def conv_forward(x, W, b, stride, padding):
+    """The convolution of x (N, C, H, W) with W (F, C, KH, KW), plus b (F,), as one matrix
+    product: out = W2 @ cols + b, W2 = W.reshape(F, C*KH*KW), laid out as (N, F, OH, OW)."""
+    n_images, n_filters = x.shape[0], W.shape[0]
+    kernel = W.shape[2:]
+    out_h = (x.shape[2] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    out_w = (x.shape[3] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    cols = im2col(x, kernel, stride, padding)                    # (C*KH*KW, N*OH*OW)
+    out = W.reshape(n_filters, -1) @ cols + b[:, None]           # (F, N*OH*OW)
+    # the columns run over (n, oh, ow): (F, N, OH, OW), then N first
+    return out.reshape(n_filters, n_images, out_h, out_w).transpose(1, 0, 2, 3)
+
+
+def avgpool_backward(dy, x_shape, kernel, stride):
+    """Each window's dy, divided by KH*KW, goes to every element of the window; overlapping
+    windows add up; pixels no window covers get zero."""
+    (kh, kw), (sh, sw) = kernel, stride
+    out_h, out_w = dy.shape[2:]
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    share = dy / (kh * kw)                                       # (N, C, OH, OW)
+    for i in range(kh):
+        for j in range(kw):  # element (i, j) of every window at once
+            dx[:, :, i:i + sh * out_h:sh, j:j + sw * out_w:sw] += share
+    return dx
+
+
+def sgd_momentum_step(w, grad, velocity, lr, momentum):
+    """One step of SGD with momentum, as minicnn and PyTorch take it -> (w, velocity):
+    the velocity adds up the gradients, older ones weighed down by momentum; w moves against
+    it."""
+    velocity = momentum * velocity + grad
+    w = w - lr * velocity
+    return w, velocity
+
+
+def adam_step(w, grad, m, v, t, lr, beta1, beta2, eps):
+    """One Adam step (t = 1 on the first) -> (w, m, v): running means of the gradient (m) and
+    of its square (v), each divided by 1 - beta**t, the part of the weights that the zeros
+    they started from still hold."""
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * grad ** 2
+    m_hat = m / (1 - beta1 ** t)
+    v_hat = v / (1 - beta2 ** t)
+    w = w - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return w, m, v

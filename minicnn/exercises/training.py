@@ -1,10 +1,13 @@
-"""``minicnn exercises train``: MNIST trained by a small CNN whose backward passes are the
-learner's own answers (exercises 1-7 and 9), to prove them end to end.
+"""``minicnn exercises train``: MNIST trained by a small CNN that runs the learner's own
+answers, to prove them end to end.
 
 Each layer here is a minicnn layer whose backward pass (and, for the convolution, im2col in the
-forward pass too) calls the learner's function instead of minicnn's; everything else (the
-forward formulas, the optimizer, the data) is minicnn's. A wrong answer that slipped past the
-grader would show here as a network that does not learn.
+forward pass too) calls the learner's function instead of minicnn's. The backward passes of
+exercises 1-7 and one of the BatchNorm forms (8 or 9) must pass before training; every other
+exercise that passes is used too (the convolution's forward, 10; average pooling, 11; the
+optimizer, Adam 13 or else SGD with momentum 12), and minicnn's code runs for those that do
+not, said so. A wrong answer that slipped past the grader would show here as a network that
+does not learn.
 """
 
 from __future__ import annotations
@@ -15,33 +18,45 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend
-from ..layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from .. import backend, optim
+from ..layers import AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 from ..losses import SoftmaxCrossEntropy
 from .course import BY_NAME
 from .grading import grade, load_function
 
-#: the exercises whose answers the network runs
-USED = ("dense_backward", "relu_backward", "softmax_cross_entropy_backward", "maxpool_backward",
-        "im2col", "conv_backward_cols", "col2im", "batchnorm_backward_compact")
+#: the exercises train needs to pass (a tuple: one of them)
+REQUIRED = ("dense_backward", "relu_backward", "softmax_cross_entropy_backward",
+            "maxpool_backward", "im2col", "conv_backward_cols", "col2im",
+            ("batchnorm_backward_compact", "batchnorm_backward_staged"))
+#: the exercises train uses when they pass (minicnn's code runs for the others)
+OPTIONAL = ("conv_forward", "avgpool_backward", "adam_step", "sgd_momentum_step")
 
 
 class _Yours:
     """The learner's functions that pass their exercise, by exercise name; ``failed`` says
-    which of ``USED`` do not pass yet, and why."""
+    which of ``REQUIRED`` do not pass yet, and why."""
 
     def __init__(self, folder: Path):
         self.functions, self.failed = {}, []
-        for name in USED:
+        reasons = {}
+        names = [*(n for group in REQUIRED for n in ((group,) if isinstance(group, str)
+                                                      else group)), *OPTIONAL]
+        for name in names:  # each in a child process, a second or less
             exercise = BY_NAME[name]
             result = grade(exercise, folder / exercise.file_name)
-            if not result.passed:
-                self.failed.append(f"{exercise.number}. {name} ({result.report[0]})")
-            else:
+            if result.passed:
                 self.functions[name] = load_function(exercise, folder / exercise.file_name)
+            else:
+                reasons[name] = f"{exercise.number}. {name} ({result.report[0]})"
+        for group in REQUIRED:
+            group = (group,) if isinstance(group, str) else group
+            if not self.passed(group):
+                self.failed.append(" or ".join(reasons[name] for name in group))
 
     def passed(self, *names) -> bool:
-        return all(name in self.functions for name in names)
+        """Whether every exercise named passes (a tuple of names: any one of them)."""
+        return all(any(n in self.functions for n in ((name,) if isinstance(name, str) else name))
+                   for name in names)
 
     def __getattr__(self, name):
         try:
@@ -91,19 +106,24 @@ class YourMaxPool2D(_YourLayer, MaxPool2D):
 
 
 class YourConv2D(_YourLayer, Conv2D):
-    """Conv2D's im2col story with the learner's im2col, dW2/dcols and col2im."""
+    """Conv2D's im2col story with the learner's im2col, dW2/dcols and col2im, and their
+    forward pass (exercise 10) where it passes."""
 
     needs = ("im2col", "conv_backward_cols", "col2im")
 
     def _forward(self, x, training):
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
-        W2 = self.weight.data.reshape(f, -1)
         cols = self.yours.im2col(x, self.kernel_size, self.stride, self.padding)
-        out = W2 @ cols                                                # (F, N*OH*OW)
-        if self.bias is not None:
-            out = out + self.bias.data[:, None]
-        y = out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
+        if self.yours.passed("conv_forward"):
+            bias = self.bias.data if self.bias is not None else \
+                np.zeros(f, dtype=self.weight.data.dtype)
+            y = self.yours.conv_forward(x, self.weight.data, bias, self.stride, self.padding)
+        else:
+            out = self.weight.data.reshape(f, -1) @ cols               # (F, N*OH*OW)
+            if self.bias is not None:
+                out = out + self.bias.data[:, None]
+            y = out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
         return self._remember(np.ascontiguousarray(y), cache=(x.shape, cols))
 
     def _backward(self, dy, input_grad):
@@ -119,11 +139,18 @@ class YourConv2D(_YourLayer, Conv2D):
         return self.yours.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
 
 
+class YourAvgPool2D(_YourLayer, AvgPool2D):
+    needs = ("avgpool_backward",)
+
+    def _backward(self, dy, input_grad):
+        return self.yours.avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
+
+
 class YourBatchNorm2D(_YourLayer, BatchNorm2D):
     """Your training-mode backward; in inference mode (the studio) the statistics are
     constants, and minicnn's backward (dx = dy * gamma / sqrt(running_var + eps)) runs."""
 
-    needs = ("batchnorm_backward_compact",)
+    needs = (("batchnorm_backward_compact", "batchnorm_backward_staged"),)  # the same gradient
 
     def _forward(self, x, training):
         y = super()._forward(x, training)
@@ -133,8 +160,10 @@ class YourBatchNorm2D(_YourLayer, BatchNorm2D):
     def _backward(self, dy, input_grad):
         if not self._training:
             return super()._backward(dy, input_grad)
-        dx, self.gamma.grad, self.beta.grad = self.yours.batchnorm_backward_compact(
-            self._input, self.gamma.data, dy, self.eps)
+        yours = self.yours.functions
+        backward = yours.get("batchnorm_backward_compact") or yours["batchnorm_backward_staged"]
+        dx, self.gamma.grad, self.beta.grad = backward(self._input, self.gamma.data, dy,
+                                                       self.eps)
         return dx
 
 
@@ -150,14 +179,51 @@ class YourLoss(SoftmaxCrossEntropy):
 
 
 YOUR_LAYERS = {Conv2D: YourConv2D, BatchNorm2D: YourBatchNorm2D, ReLU: YourReLU,
-               MaxPool2D: YourMaxPool2D, Dense: YourDense}
+               MaxPool2D: YourMaxPool2D, AvgPool2D: YourAvgPool2D, Dense: YourDense}
+
+
+class YourSGD(optim.SGD):
+    """SGD with momentum whose step is the learner's (exercise 12)."""
+
+    def _update(self, p, grad, state):
+        velocity = state.setdefault("velocity", np.zeros_like(p.data))
+        w, state["velocity"] = self.yours.sgd_momentum_step(p.data, grad, velocity, self.lr,
+                                                            self.momentum)
+        p.data[...] = w  # into the array the layer holds
+
+
+class YourAdam(optim.Adam):
+    """Adam whose step is the learner's (exercise 13)."""
+
+    def _update(self, p, grad, state):
+        m = state.setdefault("m", np.zeros_like(p.data))
+        v = state.setdefault("v", np.zeros_like(p.data))
+        w, state["m"], state["v"] = self.yours.adam_step(p.data, grad, m, v, self.step_count,
+                                                         self.lr, *self.betas, self.eps)
+        p.data[...] = w
+
+
+def your_optimizer(yours: _Yours, parameters):
+    """Your Adam (exercise 13) if it passes, else your SGD with momentum (12), else minicnn's
+    Adam; with the words that say which."""
+    if yours.passed("adam_step"):
+        chosen, words = YourAdam(parameters, lr=2e-3), "your Adam"
+    elif yours.passed("sgd_momentum_step"):
+        chosen, words = YourSGD(parameters, lr=0.05, momentum=0.9), "your SGD with momentum"
+    else:
+        return optim.Adam(parameters, lr=2e-3), "minicnn's Adam (exercises 12, 13 not passed)"
+    chosen.yours = yours
+    return chosen, words
 
 
 def with_your_layers(model: Sequential, folder) -> tuple[Sequential, list[str]]:
     """A copy of ``model`` whose layers run your backward passes wherever the exercises they
     need pass (the weights are the model's); returns it and one line per layer type kept as
     minicnn's, saying why. For ``minicnn studio --layers DIR``."""
-    yours = _Yours(Path(folder))
+    return _swap_layers(model, _Yours(Path(folder)))
+
+
+def _swap_layers(model: Sequential, yours: _Yours) -> tuple[Sequential, list[str]]:
     layers, kept = [], set()
     for layer in model.layers:
         mine = YOUR_LAYERS.get(type(layer))
@@ -167,28 +233,30 @@ def with_your_layers(model: Sequential, folder) -> tuple[Sequential, list[str]]:
             layer.yours = yours
         elif mine is not None:
             kept.add(f"{type(layer).__name__} stays minicnn's: "
-                     + ", ".join(n for n in mine.needs if not yours.passed(n)) + " not passed")
+                     + ", ".join(n if isinstance(n, str) else " or ".join(n)
+                                 for n in mine.needs if not yours.passed(n)) + " not passed")
         layers.append(layer)
     copied = Sequential(layers, input_shape=model.input_shape)
     copied.metadata = dict(model.metadata or {})
     return copied, sorted(kept)
 
 
-def your_network(yours: _Yours, seed: int = 0) -> Sequential:
-    """Conv(1->8) BN ReLU MaxPool, Conv(8->16) BN ReLU MaxPool, Dense(784->10), on your layers."""
-    layers = [YourConv2D(1, 8, 3, padding=1), YourBatchNorm2D(8), YourReLU(), YourMaxPool2D(2),
-              YourConv2D(8, 16, 3, padding=1), YourBatchNorm2D(16), YourReLU(), YourMaxPool2D(2),
-              Flatten(), YourDense(16 * 7 * 7, 10)]
-    for layer in layers:
-        layer.yours = yours
-    return Sequential(layers, seed=seed, input_shape=(1, 28, 28))
+def your_network(yours: _Yours, seed: int = 0) -> tuple[Sequential, list[str]]:
+    """Conv(1->8) BN ReLU MaxPool, Conv(8->16) BN ReLU AvgPool, Dense(784->10), on your layers
+    wherever their exercises pass; returns it and the lines saying which stay minicnn's."""
+    model = Sequential([Conv2D(1, 8, 3, padding=1), BatchNorm2D(8), ReLU(), MaxPool2D(2),
+                        Conv2D(8, 16, 3, padding=1), BatchNorm2D(16), ReLU(), AvgPool2D(2),
+                        Flatten(), Dense(16 * 7 * 7, 10)], seed=seed, input_shape=(1, 28, 28))
+    return _swap_layers(model, yours)
 
 
 def train_with_your_layers(folder, epochs: int = 3, limit: int | None = None, seed: int = 0,
                            verbose: int = 1) -> dict:
-    """Train :func:`your_network` on MNIST (Adam, batches of 64) and evaluate it on the 10,000
-    test images. Returns ``{"test_accuracy", "train_seconds", "epochs", "images"}``."""
-    from .. import data, optim
+    """Train :func:`your_network` on MNIST (batches of 64, :func:`your_optimizer`) and
+    evaluate it on the 10,000 test images. Returns ``{"test_accuracy", "train_seconds",
+    "epochs", "images", "yours", "minicnns"}``: the last two name the exercises whose answers
+    ran, and what ran minicnn's code instead."""
+    from .. import data
     from ..training import evaluate, fit
 
     yours = _Yours(Path(folder))
@@ -203,11 +271,20 @@ def train_with_your_layers(folder, epochs: int = 3, limit: int | None = None, se
             x_train, y_train = x_train[:limit], y_train[:limit]
         normalize = data.Normalize.fit(x_train)  # as minicnn.recipes.prepare_data does
         x_train, x_test = normalize(x_train, None), normalize(x_test, None)
-        model = your_network(yours, seed)
+        model, kept = your_network(yours, seed)
+        optimizer, optimizer_words = your_optimizer(yours, model.parameters())
+        if optimizer_words.startswith("minicnn"):
+            kept.append(optimizer_words)
+        ran = [name for name in yours.functions if not (
+            name == "batchnorm_backward_staged" and yours.passed("batchnorm_backward_compact")
+            or name == "sgd_momentum_step" and yours.passed("adam_step"))]
+        if verbose:
+            print(f"your answers run: {', '.join(ran)}\nminicnn's: "
+                  + ("; ".join(kept) if kept else "nothing else"))
         loss = YourLoss()
         loss.yours = yours
         start = time.perf_counter()
-        fit(model, loss, optim.Adam(model.parameters(), lr=2e-3), (x_train, y_train),
+        fit(model, loss, optimizer, (x_train, y_train),
             epochs=epochs, batch_size=64, seed=seed, verbose=verbose)
         seconds = time.perf_counter() - start
         accuracy = evaluate(model, SoftmaxCrossEntropy(), x_test, y_test)["acc"]
@@ -217,4 +294,4 @@ def train_with_your_layers(folder, epochs: int = 3, limit: int | None = None, se
         print(f"test accuracy {accuracy:.2%} with your backward passes ({len(x_train):,} "
               f"training images, {epochs} epoch(s), {seconds:.0f} s)")
     return {"test_accuracy": float(accuracy), "train_seconds": seconds, "epochs": epochs,
-            "images": int(len(x_train))}
+            "images": int(len(x_train)), "yours": ran, "minicnns": kept}

@@ -162,3 +162,19 @@ def test_the_convolution_page_shows_the_loops_of_naive_py_as_they_are():
     blocks = [code for code in re.findall(r"^```py\n(.*?)^```", text, flags=re.S | re.M)
               if "def conv2d_forward" in code]
     assert [block.strip() for block in blocks] == [inspect.getsource(naive.conv2d_forward).strip()]
+
+
+def test_the_im2col_picture_is_what_its_script_draws_and_im2col_computes():
+    """docs/images/im2col.svg: redrawn by docs/images/im2col_figure.py (so it cannot drift from
+    the script), whose columns are minicnn's im2col of the same image."""
+    import importlib.util
+
+    from minicnn.kernels import numpy_kernels
+
+    path = DOCS / "images" / "im2col_figure.py"
+    spec = importlib.util.spec_from_file_location("im2col_figure", path)
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    assert (figure.columns() == numpy_kernels.im2col(figure.X, (3, 3), (1, 1), (0, 0))).all()
+    assert (DOCS / "images" / "im2col.svg").read_text() == figure.drawing()
+    assert "images/im2col.svg" in (DOCS / "conv_backprop.md").read_text()

@@ -567,3 +567,82 @@ def test_a_hanging_answer_ends_after_the_time_limit_with_its_name(folder):
     elapsed = time.perf_counter() - start
     assert f"did not finish within {grading.TIME_LIMIT:g} s, on case 1 of" in result.report[0]
     assert grading.TIME_LIMIT <= elapsed < 12, elapsed  # seconds, not minutes
+
+
+# right answers in the forms a learner writes them all pass (the grader checks values, not style)
+RIGHT_FORMS = [
+    ("dense_backward", """def dense_backward(x, W, dy):
+    dx = np.einsum("nk,dk->nd", dy, W)
+    dW = np.einsum("nd,nk->dk", x, dy)
+    return dx, dW, np.sum(dy, axis=0)
+"""),
+    ("relu_backward", "def relu_backward(x, dy):\n    return np.where(x > 0, dy, 0)\n"),
+    ("relu_backward", """def relu_backward(x, dy):
+    dx = dy.copy()
+    dx[x <= 0] = 0
+    return dx
+"""),
+    ("softmax_cross_entropy_backward", """def softmax_cross_entropy_backward(logits, labels):
+    log_p = logits - logits.max(axis=1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    dz = np.exp(log_p)
+    for n, label in enumerate(labels):
+        dz[n, label] -= 1
+    return dz / len(labels)
+"""),
+    ("maxpool_backward", """def maxpool_backward(x, dy, kernel, stride):
+    dx = np.zeros_like(x)
+    N, C, OH, OW = dy.shape
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                for ow in range(OW):
+                    h, w = oh * stride[0], ow * stride[1]
+                    window = x[n, c, h:h + kernel[0], w:w + kernel[1]]
+                    i, j = np.unravel_index(window.argmax(), window.shape)
+                    dx[n, c, h + i, w + j] += dy[n, c, oh, ow]
+    return dx
+"""),
+    ("avgpool_backward", """def avgpool_backward(dy, x_shape, kernel, stride):
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    N, C, OH, OW = dy.shape
+    for oh in range(OH):
+        for ow in range(OW):
+            h, w = oh * stride[0], ow * stride[1]
+            dx[:, :, h:h + kernel[0], w:w + kernel[1]] += (
+                dy[:, :, oh:oh + 1, ow:ow + 1] / (kernel[0] * kernel[1]))
+    return dx
+"""),
+    ("conv_forward", """def conv_forward(x, W, b, stride, padding):
+    xpad = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    F, C, KH, KW = W.shape
+    OH = (xpad.shape[2] - KH) // stride[0] + 1
+    OW = (xpad.shape[3] - KW) // stride[1] + 1
+    y = np.zeros((x.shape[0], F, OH, OW), dtype=x.dtype)
+    for oh in range(OH):
+        for ow in range(OW):
+            patch = xpad[:, :, oh * stride[0]:oh * stride[0] + KH, ow * stride[1]:ow * stride[1] + KW]
+            y[:, :, oh, ow] = np.tensordot(patch, W, axes=([1, 2, 3], [1, 2, 3])) + b
+    return y
+"""),
+    ("sgd_momentum_step", """def sgd_momentum_step(w, grad, velocity, lr, momentum):
+    velocity = velocity * momentum
+    velocity += grad
+    return w - lr * velocity, velocity
+"""),
+    ("adam_step", """def adam_step(w, grad, m, v, t, lr, beta1, beta2, eps):
+    m = beta1 * m + (1 - beta1) * grad
+    v = beta2 * v + (1 - beta2) * np.square(grad)
+    step = lr * (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
+    return w - step, m, v
+"""),
+]
+
+
+@pytest.mark.parametrize("name, source", RIGHT_FORMS,
+                         ids=[f"{name}-{n}" for n, (name, _) in enumerate(RIGHT_FORMS)])
+def test_right_answers_in_other_forms_pass(folder, name, source):
+    item = exercises.exercise(name)
+    write(folder, item, source)
+    result = grade(item, folder / item.file_name)
+    assert result.passed, result.report

@@ -329,22 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
 # -- minicnn tune --------------------------------------------------------------------------------
 
 def _run_tune(args) -> int:
-    """``minicnn tune``: the parsed arguments to :func:`minicnn.tuning.tune`."""
-    from .tuning import PARAMETERS, parse_flag, parse_space, read_space_file, tune
+    """``minicnn tune``: the parsed arguments as one :class:`minicnn.tuning.TuneSettings`."""
+    from dataclasses import fields
+
+    from .tuning import PARAMETERS, TuneSettings, parse_flag, parse_space, read_space_file, tune
 
     dataset, data_dir = _dataset_and_folder(args, default="digits")
     space = read_space_file(args.space) if args.space else {}
     space.update({name: parse_flag(name, getattr(args, f"space_{name}")) for name in PARAMETERS
                   if getattr(args, f"space_{name}") is not None})
     parse_space(space)  # a mistake in the space is reported before any data is loaded
-    size = (args.image_size, args.image_size) if args.image_size else None
-    tune(dataset, trials=args.trials, epochs=args.epochs, space=space, out=args.out,
-         storage=args.storage, study_name=args.study_name, seed=args.seed,
-         sampler_seed=args.sampler_seed, val_fraction=args.val_fraction, pruner=args.pruner,
-         baseline=args.baseline, retrain_best=args.retrain_best, plots=args.plots,
-         data_dir=data_dir,
-         image_size=size, channels=args.channels, limit=args.limit, timeout=args.timeout,
-         heartbeat=args.heartbeat, verbose=0 if args.quiet else 1)
+    given = {f.name: getattr(args, f.name) for f in fields(TuneSettings) if hasattr(args, f.name)}
+    given.update(dataset=dataset, data_dir=data_dir, space=space, verbose=0 if args.quiet else 1,
+                 image_size=(args.image_size,) * 2 if args.image_size else None)
+    tune(TuneSettings(**given))
     return 0
 
 

@@ -98,35 +98,35 @@ def test_a_search_is_reproducible(tmp_path):
 
 
 def test_the_first_trial_is_the_default_configuration_when_the_space_holds_it():
-    from minicnn.tuning import _baseline_params, default_config, parse_space
+    from minicnn.tuning import baseline_params, default_config, parse_space
 
     DEFAULT_CONFIG = {"lr": 4e-3, "batch_size": 32, "optimizer": "adamw", "weight_decay": 5e-4,
                       "width": 32, "kernel_size": 3, "activation": "relu", "dropout": 0.25,
                       "augment": 0.0, "blocks": 3}  # mnist_cnn, trained as the digits recipe
 
-    params, exact = _baseline_params(parse_space(), default_config("digits"))
+    params, exact = baseline_params(parse_space(), default_config("digits"))
     assert exact and params == DEFAULT_CONFIG  # the digits recipe uses the defaults
-    params, exact = _baseline_params(parse_space({"width": [8, 16], "activation": "relu"}),
+    params, exact = baseline_params(parse_space({"width": [8, 16], "activation": "relu"}),
                                      DEFAULT_CONFIG)
     assert not exact and "width" not in params and "activation" not in params  # fixed: no param
-    assert not _baseline_params(parse_space({"activation": "tanh"}), DEFAULT_CONFIG)[1]
+    assert not baseline_params(parse_space({"activation": "tanh"}), DEFAULT_CONFIG)[1]
     assert default_config("cifar10")["augment"] == 1.0 and default_config("cifar10")["batch_size"] == 128
 
 
 def test_the_validation_split_is_stratified_seeded_and_from_the_training_set(tmp_path):
-    from minicnn.tuning import _split, set_up
+    from minicnn.tuning import TuneSettings, split
 
     rng = np.random.default_rng(0)
     x = rng.random((300, 1, 4, 4)).astype(np.float32)
     y = np.repeat(np.arange(3), 100)
-    (xt, yt), (xv, yv) = _split(x, y, 0.2, seed=1)
+    (xt, yt), (xv, yv) = split(x, y, 0.2, seed=1)
     assert np.bincount(yv).tolist() == [20, 20, 20] and len(yt) == 240
-    (_, _), (xv2, _) = _split(x, y, 0.2, seed=1)
+    (_, _), (xv2, _) = split(x, y, 0.2, seed=1)
     np.testing.assert_array_equal(xv, xv2)
     # normalized with the statistics of the part that is trained on
     assert abs(float(xt.mean())) < 1e-5 and abs(float(xv.mean())) < 0.1
     with pytest.raises(ValueError, match="val_fraction must be in"):  # before any data is read
-        set_up("mnist", val_fraction=0.0, data_dir=tmp_path / "nothing", out=tmp_path / "out")
+        TuneSettings("mnist", val_fraction=0.0, data_dir=tmp_path / "nothing", out=tmp_path / "out")
 
 
 def test_search_space_from_flags_files_and_defaults(tmp_path):
@@ -162,12 +162,12 @@ def test_search_space_from_flags_files_and_defaults(tmp_path):
 
 def test_a_range_of_kernel_sizes_draws_odd_sizes_only():
     optuna = _needs_optuna()
-    from minicnn.tuning import _suggest, parse_space
+    from minicnn.tuning import parse_space, suggest
 
     space = parse_space({"kernel_size": {"low": 3, "high": 7}})
     assert space["kernel_size"] == {"low": 3, "high": 7, "log": False}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    drawn = {_suggest(study.ask(), space)["kernel_size"] for _ in range(40)}
+    drawn = {suggest(study.ask(), space)["kernel_size"] for _ in range(40)}
     assert drawn == {3, 5, 7}
 
 
@@ -179,7 +179,7 @@ def test_command_line_reports_a_bad_space_before_loading_data(tmp_path, capsys):
 
 def test_pruned_trials_stop_after_the_epoch_that_reports(tmp_path):
     optuna = _needs_optuna()
-    from minicnn.tuning import _report_callback
+    from minicnn.tuning.study import _report_callback
 
     class Trial:  # the two calls the callback makes, recorded
         def __init__(self):
@@ -271,3 +271,31 @@ def test_the_best_model_of_a_search_on_a_flat_image_folder_can_be_evaluated(tmp_
     printed = capsys.readouterr().out
     assert f"accuracy {results['test_accuracy']:.2%}" in printed
     assert f"({results['test_images']:,} images)" in printed
+
+
+def test_the_settings_are_one_record_checked_once(tmp_path, monkeypatch):
+    """TuneSettings holds every setting with its rules; the command line builds it whole from
+    its arguments and tune() takes it as it is (or builds it from keywords, not both)."""
+    from minicnn import tuning
+    from minicnn.tuning import TuneSettings
+
+    for bad, message in [({"trials": 0}, "trials must be"), ({"pruner": "best"},
+                         "pruner must be one of median, halving, none"),
+                         ({"timeout": -1.0}, "timeout must be > 0"), ({"limit": 0}, "limit")]:
+        with pytest.raises(ValueError, match=message):
+            TuneSettings("digits", **bad)
+    settings = TuneSettings("mnist", out=tmp_path / "o")
+    assert settings.name == "minicnn-mnist" and settings.label_smoothing == 0.05
+    assert settings.storage_url == f"sqlite:///{(tmp_path / 'o' / 'study.db').resolve()}"
+    with pytest.raises(TypeError, match="settings given twice"):
+        tuning.tune(settings, trials=3)
+    seen = []
+    monkeypatch.setattr(tuning, "tune", seen.append)
+    assert main(["tune", "--trials", "7", "--pruner", "halving",
+                 "--lr", "1e-3:1e-2", "--image-folder", str(tmp_path), "--image-size", "12",
+                 "--out", str(tmp_path / "o"), "--quiet", "--no-plots"]) == 0
+    (given,) = seen
+    assert given == TuneSettings(
+        "folder", trials=7, pruner="halving", data_dir=str(tmp_path), image_size=(12, 12),
+        out=str(tmp_path / "o"), plots=False, verbose=0,
+        space={"lr": {"low": 1e-3, "high": 1e-2, "log": True}})

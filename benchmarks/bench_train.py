@@ -129,6 +129,7 @@ def _measure(train, infer, args, sync=None) -> dict:  # sync: waits for a GPU
 def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
     import minicnn as mc
     from minicnn import models
+    from minicnn.benchmark import training_steps
 
     mc.set_backend(backend)
     if model_name == "reference":
@@ -143,15 +144,7 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
     batches = [(xp.asarray(x[i:i + n]), xp.asarray(y[i:i + n]))
                for i in range(0, len(x) - n + 1, n)]
     sync = (lambda: xp.cuda.Device().synchronize()) if backend == "cupy" else None
-
-    def train(steps):
-        for step in range(steps):
-            xb, yb = batches[step % len(batches)]
-            loss_fn.forward(model.forward(xb, training=True), yb)
-            opt.zero_grad()
-            model.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
-
+    train = training_steps(model, opt, loss_fn, batches)  # what `minicnn bench` times too
     return _measure(train, lambda: model.predict(infer_x, batch_size=args.infer_batch), args,
                     sync)
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+from minicnn.benchmark import cpu_isa, cpu_model  # noqa: F401 (the benchmarks name the CPU so)
+
 
 def synthetic_images(n: int, shape, seed: int = 0):
     """Random float32 images and int labels (throughput does not depend on the content)."""
@@ -48,44 +50,6 @@ def training_flops(model_name: str, shape) -> int:
         walk(layer, tuple(shape))
         shape = layer.output_shape(tuple(shape))
     return total
-
-
-def _cpuinfo() -> dict:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
-
-
-# AMD's families as their cores: the model name of a cloud VM often says only "AMD EPYC"
-_AMD_CORES = {23: "Zen/Zen 2", 25: "Zen 3/Zen 4", 26: "Zen 5"}
-
-
-def cpu_isa(flags: str) -> str:
-    """The widest vector ISA in /proc/cpuinfo's ``flags`` (what a BLAS and PyTorch's oneDNN pick
-    their kernels by)."""
-    flags = set(flags.split())
-    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-
-
-def cpu_model() -> str:
-    """The CPU as a figure should name it: model (and AMD core family) and vector ISA, e.g.
-    "AMD EPYC (family 26, Zen 5), AVX-512"."""
-    info = _cpuinfo()
-    name = info.get("model name") or platform.processor() or platform.machine()
-    family = info.get("cpu family", "")
-    if info.get("vendor_id") == "AuthenticAMD" and family.isdigit():
-        core = _AMD_CORES.get(int(family))
-        name += f" (family {family}" + (f", {core})" if core else ")")
-    return f"{name}, {cpu_isa(info.get('flags', ''))}" if info else name
 
 
 def cpu_slug() -> str:

@@ -17,10 +17,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,45 +29,58 @@ from .backend import BACKENDS
 from .data.registry import BUILT_IN as DATASET_CHOICES  # --image-folder names the other one
 from .data.registry import DATASETS
 from .models import PRESETS
+from .validation import Number
 
 
-def _int_type(minimum: int):
-    """argparse type for a whole number >= ``minimum`` (counts and sizes: 1, seeds and ports: 0),
-    so that e.g. ``--epochs 0`` is a usage error (message and exit code 2) before anything is
-    loaded."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {value}")
-        return value
-    return parse
+def rule_type(rule: Number):
+    """An argparse type that checks a value by ``rule``, the rule the API checks the same
+    setting by (``RECIPE_RULES``, ``TuneSettings``' rules): ``--epochs 0`` is a usage error
+    (message and exit code 2) before anything is loaded."""
+    expected = rule.describe()
 
-
-positive_int = _int_type(1)
-non_negative_int = _int_type(0)
-
-
-def _float_type(check, expected: str):
-    """argparse type for a finite float that passes ``check``, e.g. a learning rate > 0."""
-    def parse(text: str) -> float:
+    def parse(text: str):
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not (value == value and abs(value) != float("inf") and check(value)):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
-        return value
+        try:
+            return rule.check(value, "value", "minicnn")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
     return parse
 
 
-positive_float = _float_type(lambda v: v > 0, "a number > 0")
-non_negative_float = _float_type(lambda v: v >= 0, "a number >= 0")
-fraction = _float_type(lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
+positive_int = rule_type(Number(int, low=1))       # counts and sizes
+non_negative_int = rule_type(Number(int, low=0))   # seeds and ports
 
+
+@dataclass(frozen=True)
+class Command:
+    """One ``minicnn`` command: its help line, its description, the function that adds its
+    arguments and the one that runs it (returning the exit code)."""
+
+    summary: str
+    description: str
+    arguments: Callable
+    handler: Callable
+    backend: bool = True  # takes --backend (bench chooses its backends with --backends)
+
+
+#: every command, in the order ``minicnn --help`` lists them
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, summary: str, description: str, arguments: Callable,
+            backend: bool = True):
+    """Register the decorated function as the handler of command ``name``, with its help and
+    its arguments beside it."""
+    def register(handler):
+        COMMANDS[name] = Command(summary, description, arguments, handler, backend)
+        return handler
+    return register
+
+
+# -- shared by several commands ----------------------------------------------------------------
 
 def _add_common(parser: argparse.ArgumentParser, backend: bool = True) -> None:
     if backend:  # bench chooses its backends with --backends
@@ -90,7 +103,22 @@ def _source_arguments(parser, default: str, folder_help: str) -> None:
                              "searched: $MINICNN_DATA, ~/.cache/minicnn, data/, /usr/share/datasets)")
 
 
+def _dataset_and_folder(args, default):
+    """``(dataset, data folder)`` that --image-folder, --dataset and --data-dir name."""
+    if args.image_folder:
+        return "folder", args.image_folder
+    return args.dataset or default, args.data_dir
+
+
+class UsageError(ValueError):
+    """A combination of options that does not apply (exit code 2, like argparse's own)."""
+
+
+# -- minicnn train -----------------------------------------------------------------------------
+
 def _train_arguments(train) -> None:
+    from .recipes import RECIPE_RULES
+
     _source_arguments(train, "mnist", "your own images: one sub-folder per class (or train/ and "
                                       "test/ sub-folders holding the class folders)")
     train.add_argument("--model", choices=tuple(PRESETS), default=None,
@@ -101,11 +129,13 @@ def _train_arguments(train) -> None:
                         help="MNIST only: the fastest road to 99%% (a 16-wide network, 1 epoch)")
     preset.add_argument("--long", action="store_true",
                         help="MNIST only: the longer recipe (15 epochs, augmentation)")
-    train.add_argument("--epochs", type=positive_int, help="number of epochs (default: the recipe's)")
-    train.add_argument("--batch-size", type=positive_int, help="images per training step")
-    train.add_argument("--lr", type=positive_float,
+    train.add_argument("--epochs", type=rule_type(RECIPE_RULES["epochs"]),
+                       help="number of epochs (default: the recipe's)")
+    train.add_argument("--batch-size", type=rule_type(RECIPE_RULES["batch_size"]),
+                       help="images per training step")
+    train.add_argument("--lr", type=rule_type(RECIPE_RULES["lr"]),
                        help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--weight-decay", type=non_negative_float,
+    train.add_argument("--weight-decay", type=rule_type(RECIPE_RULES["weight_decay"]),
                        help="AdamW's decoupled weight decay")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="random rotations/zooms/shifts (digits) or crops+flips (photos)")
@@ -130,255 +160,9 @@ def _train_arguments(train) -> None:
                             "gradient_flow.png and prints warnings (vanishing/exploding gradients)")
 
 
-def _evaluate_arguments(parser, report_required: bool = False) -> None:
-    parser.add_argument("model", help="a model file written by minicnn (.safetensors)")
-    _source_arguments(parser, "the one the model was trained on", "evaluate on your own images")
-    parser.add_argument("--batch-size", type=positive_int, default=512,
-                        help="images per forward pass")
-    parser.add_argument("--out", metavar="DIR", required=report_required,
-                        help="folder for the report" if report_required else
-                        "also write a report (metrics, plots, report.html) into DIR")
-
-
-def _predict_arguments(predict) -> None:
-    predict.add_argument("model", help="a model file written by minicnn (.safetensors)")
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
-    predict.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image")
-
-
-def _bench_arguments(bench) -> None:
-    bench.add_argument("--backends", default=None,
-                       help="comma-separated backends (default: all that run here)")
-    bench.add_argument("--batch-size", type=positive_int, default=128,
-                       help="images per training step and per inference batch (default 128)")
-    bench.add_argument("--steps", type=positive_int, default=20,
-                       help="timed training steps and inference batches (default 20)")
-    bench.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
-
-
-def _studio_arguments(studio) -> None:
-    studio.add_argument("model", nargs="?", help="a model file (default: a small MNIST model)")
-    studio.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
-                             "opens it to the network, with a warning)")
-    studio.add_argument("--port", type=non_negative_int, default=0,
-                        help="port (default 0: a free one; the URL is printed)")
-    studio.add_argument("--layers", metavar="DIR",
-                        help="a `minicnn exercises` folder: the page runs your backward passes "
-                             "(those whose exercises pass) instead of minicnn's")
-
-
-def _exercises_arguments(exercises) -> None:
-    actions = exercises.add_subparsers(dest="action", required=True, metavar="ACTION")
-    start = actions.add_parser("start", help="write the exercise files into DIR",
-                               description="Write one file per exercise into DIR (files already "
-                                           "there are kept).")
-    start.add_argument("folder", metavar="DIR")
-    check = actions.add_parser("check", help="grade your answers (all, or NAME)",
-                               description="Grade the exercises in --dir (default: here): "
-                                           "which are right, where the others are wrong, and "
-                                           "the classic mistake when it recognizes one.")
-    check.add_argument("name", nargs="?", metavar="NAME",
-                       help="one exercise (its function's name or number)")
-    check.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
-    check.add_argument("--hint", action="store_true",
-                       help="show NAME's next hint (one more each time)")
-    check.add_argument("--reveal", action="store_true",
-                       help="show NAME's reference solution (it is also shown after a pass)")
-    progress = actions.add_parser("list", help="the exercises and your progress")
-    progress.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
-    train = actions.add_parser("train", help="train on MNIST with your own backward passes",
-                               description="Train a small CNN on MNIST whose layers run your "
-                                           "answers: the backward passes (exercises 1-7, and 8 "
-                                           "or 9) must pass first; every other exercise that "
-                                           "passes runs too (10-13: the convolution's forward, "
-                                           "average pooling, your optimizer). 98%% or more "
-                                           "proves them end to end.")
-    train.add_argument("--dir", default=None, help="the exercises' folder (default: here)")
-    train.add_argument("folder", metavar="DIR", nargs="?", default=None,
-                       help="the same as --dir (as earlier versions took it)")
-    train.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
-    train.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                       help="no progress bar")
-    train.add_argument("--limit", type=positive_int, default=None,
-                       help="train on the first N training images only")
-
-
-def _export_arguments(export) -> None:
-    export.add_argument("model", help="a model file written by minicnn (.safetensors)")
-    export.add_argument("--onnx", metavar="OUT", required=True, help="the .onnx file to write")
-    export.add_argument("--opset", type=positive_int, default=17,
-                        help="ONNX opset version (default 17)")
-
-
-def _tune_arguments(parser) -> None:
-    from .tuning import DEFAULT_SPACE, HEARTBEAT_SECONDS, PARAMETERS
-
-    _source_arguments(parser, "digits", "your own images, one folder per class")
-    parser.add_argument("--image-size", type=positive_int,
-                        help="image folder: resize to this size square")
-    parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
-    parser.add_argument("--limit", type=positive_int, help="use the first N training images only")
-    parser.add_argument("--trials", type=positive_int, default=20,
-                        help="the study's total number of finished trials (default 20); "
-                             "re-running continues up to it")
-    parser.add_argument("--epochs", type=positive_int, default=10,
-                        help="epochs per trial (default 10)")
-    parser.add_argument("--val-fraction", type=fraction, default=0.2,
-                        help="share of the training set held out for validation (default 0.2)")
-    parser.add_argument("--space", metavar="FILE",
-                        help="search space as JSON, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 0.1, "
-                             "\"log\": true}, \"batch_size\": [32, 64], \"activation\": \"relu\"}")
-    group = parser.add_argument_group(
-        "search space flags", "LOW:HIGH searches a range (log scale for --lr and "
-        "--weight-decay), A,B,C a list of choices, V fixes the value; they override --space")
-    for name in PARAMETERS:
-        flag = "--" + name.replace("_", "-")
-        default = DEFAULT_SPACE[name]
-        shown = (f"{default['low']:g}:{default['high']:g}" if isinstance(default, dict)
-                 else ",".join(map(str, default)))
-        group.add_argument(flag, dest=f"space_{name}", metavar="SPEC",
-                           help=f"default {shown}")
-    parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
-                        help="stop weak trials after an epoch: median (default) or successive "
-                             "halving")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="do not make the first trial the default configuration")
-    parser.add_argument("--storage", metavar="URL",
-                        help="Optuna storage (default sqlite:///<out>/study.db); an RDB URL "
-                             "shared by several machines runs one study on all of them")
-    parser.add_argument("--study-name", help="default minicnn-<dataset>; the same name resumes")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/tune-<dataset>)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the validation split, the trials' training and the sampler")
-    parser.add_argument("--sampler-seed", type=non_negative_int,
-                        help="seed of the TPE sampler only (give each parallel worker its own)")
-    parser.add_argument("--timeout", type=positive_float,
-                        help="start no new trial after this many seconds")
-    parser.add_argument("--heartbeat", type=positive_int, default=HEARTBEAT_SECONDS,
-                        metavar="SECONDS",
-                        help=f"a running trial's heartbeat in the storage (default "
-                             f"{HEARTBEAT_SECONDS}); a trial whose worker missed two is marked "
-                             "FAIL and run again")
-    parser.add_argument("--no-plots", dest="plots", action="store_false",
-                        help="do not draw the PNG plots")
-    parser.add_argument("--retrain-best", action="store_true",
-                        help="train the best configuration on the whole training set and report "
-                             "its test accuracy")
-
-
-#: every command: (its help line, its description, the function that adds its arguments)
-COMMANDS = {
-    "train": ("train a classifier on a dataset or image folder",
-              "Train a CNN and write the model, history and training curves into --out.",
-              _train_arguments),
-    "evaluate": ("accuracy and loss of a model on a test set",
-                 "Evaluate a saved model on a dataset's test split.", _evaluate_arguments),
-    "explain": ("write a report: metrics, mistakes, Grad-CAM, filters (report.html)",
-                "Evaluate a saved model and write metrics.json, classification_report.txt, the "
-                "figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
-                "feature maps) and one self-contained report.html into --out. The same as "
-                "`minicnn evaluate MODEL --out DIR`.",
-                lambda parser: _evaluate_arguments(parser, report_required=True)),
-    "predict": ("classify image files", "Print the most likely classes of each image.",
-                _predict_arguments),
-    "bench": ("training and inference speed of the backends",
-              "Training and inference images/s of the reference network on each backend, each "
-              "backend in a fresh process of its own (benchmarks/bench_train.py compares with "
-              "PyTorch).", _bench_arguments),
-    "studio": ("a local web page: draw a digit, watch both passes and a training run",
-               "Serve minicnn studio on this machine: draw a digit (or pick a test image) and "
-               "see every layer's output and the gradient of a class score or of the loss with "
-               "respect to it, each with its formula; check a gradient numerically on the spot; "
-               "watch a short training run. Without MODEL a small MNIST model is trained first "
-               "(once).", _studio_arguments),
-    "export": ('write a model as ONNX (pip install "minicnn[onnx]")',
-               "Write a minicnn model file as an ONNX model (inputs: normalized images "
-               "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker "
-               "and, when onnxruntime is installed, compare its probabilities with minicnn's.",
-               _export_arguments),
-    "exercises": ("a graded course in backprop: write the backward passes yourself",
-                  "Write the backward passes of the Dense layer, ReLU, softmax cross-entropy, "
-                  "max pooling, im2col, the convolution and col2im, and BatchNorm yourself; "
-                  "`check` grades them on drawn shapes, says which entries are wrong and names "
-                  "the classic mistakes; `train` trains MNIST with them.", _exercises_arguments),
-    "tune": ('search hyperparameters with Optuna (pip install "minicnn[tune]")',
-             "Search learning rate, batch size, optimizer, weight decay, width, kernel size, "
-             "activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
-             "validation split of the training set; writes the trials, the best configuration "
-             "and plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL "
-             "as --storage lets several machines work on one study.", _tune_arguments),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="minicnn", description="Train, evaluate and inspect convolutional networks "
-        "written from scratch in NumPy.")
-    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (summary, description, add_arguments) in COMMANDS.items():
-        command = commands.add_parser(name, help=summary, description=description)
-        add_arguments(command)
-        _add_common(command, backend=name != "bench")
-    return parser
-
-
-# -- minicnn tune --------------------------------------------------------------------------------
-
-def _run_tune(args) -> int:
-    """``minicnn tune``: the parsed arguments as one :class:`minicnn.tuning.TuneSettings`."""
-    from dataclasses import fields
-
-    from .tuning import PARAMETERS, TuneSettings, parse_flag, parse_space, read_space_file, tune
-
-    dataset, data_dir = _dataset_and_folder(args, default="digits")
-    space = read_space_file(args.space) if args.space else {}
-    space.update({name: parse_flag(name, getattr(args, f"space_{name}")) for name in PARAMETERS
-                  if getattr(args, f"space_{name}") is not None})
-    parse_space(space)  # a mistake in the space is reported before any data is loaded
-    given = {f.name: getattr(args, f.name) for f in fields(TuneSettings) if hasattr(args, f.name)}
-    given.update(dataset=dataset, data_dir=data_dir, space=space, verbose=0 if args.quiet else 1,
-                 image_size=(args.image_size,) * 2 if args.image_size else None)
-    tune(TuneSettings(**given))
-    return 0
-
-
-def _dataset_and_folder(args, default):
-    """``(dataset, data folder)`` that --image-folder, --dataset and --data-dir name."""
-    if args.image_folder:
-        return "folder", args.image_folder
-    return args.dataset or default, args.data_dir
-
-
-def _load_eval_data(args, metadata):
-    """``(dataset, (x_test, y_test, class_names))``: for the model's own dataset, exactly the
-    held-out images of the split it was trained beside (``data.splits.load_test_data``)."""
-    from .data.splits import load_test_data
-
-    dataset, data_dir = _dataset_and_folder(args, default=metadata.get("dataset"))
-    if dataset is None:
-        raise SystemExit("minicnn evaluate: --dataset is required (the model file does not "
-                         "say which dataset it was trained on)")
-    return dataset, load_test_data(dataset, data_dir, metadata, verbose=0 if args.quiet else 1)
-
-
-class UsageError(ValueError):
-    """A combination of options that does not apply (exit code 2, like argparse's own)."""
-
-
-def _latest_run(dataset: str) -> Path:
-    """The most recent ``runs/<dataset>-*`` folder holding a checkpoint (``--resume``)."""
-    runs = sorted(Path("runs").glob(f"{dataset}-*/checkpoint.safetensors"),
-                  key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise UsageError(f"--resume without --out: no run of {dataset} with a checkpoint under "
-                         f"{Path('runs').resolve()}; pass the run folder with --out")
-    return runs[-1].parent
-
-
+@command("train", "train a classifier on a dataset or image folder",
+         "Train a CNN and write the model, history and training curves into --out.",
+         _train_arguments)
 def cmd_train(args) -> int:
     from .recipes import train_classifier
 
@@ -415,6 +199,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _latest_run(dataset: str) -> Path:
+    """The most recent ``runs/<dataset>-*`` folder holding a checkpoint (``--resume``)."""
+    runs = sorted(Path("runs").glob(f"{dataset}-*/checkpoint.safetensors"),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UsageError(f"--resume without --out: no run of {dataset} with a checkpoint under "
+                         f"{Path('runs').resolve()}; pass the run folder with --out")
+    return runs[-1].parent
+
+
 def _start_studio_for_training():
     """Serve the studio's live view of this run from a background thread; returns the callback
     that feeds it."""
@@ -429,14 +223,27 @@ def _start_studio_for_training():
     return monitor
 
 
-def cmd_studio(args) -> int:
-    from .studio import build_app, serve
+# -- minicnn evaluate, minicnn explain ---------------------------------------------------------
 
-    app = build_app(args.model, verbose=0 if args.quiet else 1, your_layers=args.layers)
-    serve(app, args.host, args.port, verbose=0 if args.quiet else 1)
-    return 0
+def _evaluate_arguments(parser, report_required: bool = False) -> None:
+    parser.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    _source_arguments(parser, "the one the model was trained on", "evaluate on your own images")
+    parser.add_argument("--batch-size", type=positive_int, default=512,
+                        help="images per forward pass")
+    parser.add_argument("--out", metavar="DIR", required=report_required,
+                        help="folder for the report" if report_required else
+                        "also write a report (metrics, plots, report.html) into DIR")
 
 
+@command("explain", "write a report: metrics, mistakes, Grad-CAM, filters (report.html)",
+         "Evaluate a saved model and write metrics.json, classification_report.txt, the "
+         "figures (confusion matrix, most confident mistakes, Grad-CAM, saliency, filters, "
+         "feature maps) and one self-contained report.html into --out. The same as "
+         "`minicnn evaluate MODEL --out DIR`.",
+         lambda parser: _evaluate_arguments(parser, report_required=True))
+@command("evaluate", "accuracy and loss of a model on a test set",
+         "Evaluate a saved model on a dataset's test split.",
+         _evaluate_arguments)
 def cmd_evaluate(args) -> int:
     from . import load_model
     from .losses import SoftmaxCrossEntropy
@@ -464,6 +271,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _load_eval_data(args, metadata):
+    """``(dataset, (x_test, y_test, class_names))``: for the model's own dataset, exactly the
+    held-out images of the split it was trained beside (``data.splits.load_test_data``)."""
+    from .data.splits import load_test_data
+
+    dataset, data_dir = _dataset_and_folder(args, default=metadata.get("dataset"))
+    if dataset is None:
+        raise SystemExit("minicnn evaluate: --dataset is required (the model file does not "
+                         "say which dataset it was trained on)")
+    return dataset, load_test_data(dataset, data_dir, metadata, verbose=0 if args.quiet else 1)
+
+
+# -- minicnn predict ---------------------------------------------------------------------------
+
+def _predict_arguments(predict) -> None:
+    predict.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    predict.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image")
+
+
 def _read_image(path, input_shape):
     """An image file as the model's training images were read (the image-folder loader's
     decoder: EXIF orientation, 16-bit, palette, alpha, grey/RGB), float32 in [0, 1]."""
@@ -474,6 +301,8 @@ def _read_image(path, input_shape):
     return to_float01(decode_image(path, (height, width), channels))
 
 
+@command("predict", "classify image files", "Print the most likely classes of each image.",
+         _predict_arguments)
 def cmd_predict(args) -> int:
     from PIL import UnidentifiedImageError
 
@@ -505,68 +334,80 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
-def _images_per_s(name: str, x, y, steps: int) -> tuple[float, float]:
-    """Training (forward, loss, backward, Adam) and inference (``predict``) throughput of the
-    reference network on backend ``name``, in images per second."""
-    import time
+# -- minicnn bench -----------------------------------------------------------------------------
 
-    from . import backend, models, optim
-    from .losses import SoftmaxCrossEntropy
-
-    backend.set_backend(name)
-    xp = backend.xp()
-    xb, yb = xp.asarray(x), xp.asarray(y)
-    model = models.reference_cnn().to(name)
-    opt = optim.Adam(model.parameters())
-    loss_fn = SoftmaxCrossEntropy()
-    for step in range(3 + steps):
-        if step == 3:  # the first steps compile kernels and warm up the caches
-            start = time.perf_counter()
-        loss_fn.forward(model.forward(xb, training=True), yb)
-        opt.zero_grad()
-        model.backward(loss_fn.backward(), input_grad=False)
-        opt.step()
-    float(opt.params[0].data.sum())  # waits for the GPU
-    training = steps * len(x) / (time.perf_counter() - start)
-    model.predict(x)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.predict(x, batch_size=len(x))
-    return training, steps * len(x) / (time.perf_counter() - start)
+def _bench_arguments(bench) -> None:
+    bench.add_argument("--backends", default=None,
+                       help="comma-separated backends (default: all that run here)")
+    bench.add_argument("--batch-size", type=positive_int, default=128,
+                       help="images per training step and per inference batch (default 128)")
+    bench.add_argument("--steps", type=positive_int, default=20,
+                       help="timed training steps and inference batches (default 20)")
 
 
+@command("bench", "training and inference speed of the backends",
+         "Training and inference images/s of the reference network on each backend, each "
+         "backend in a fresh process of its own (benchmarks/bench_train.py compares with "
+         "PyTorch).",
+         _bench_arguments, backend=False)
 def cmd_bench(args) -> int:
-    from . import backend
+    from . import backend, benchmark
 
     names = args.backends.split(",") if args.backends else backend.available_backends()
     for name in names:
         if name not in BACKENDS:
             raise UsageError(f"--backends: unknown backend {name!r}; choose from {BACKENDS}")
         backend.check_available(name)
-    if args.in_process:  # one backend, measured here; the parent process prints
-        rng = np.random.default_rng(0)
-        x = rng.random((args.batch_size, 1, 28, 28), dtype=np.float32)
-        y = rng.integers(0, 10, args.batch_size)
-        training, inference = _images_per_s(names[0], x, y, args.steps)
-        print(json.dumps({"training": training, "inference": inference}))
-        return 0
-    if not args.quiet:
-        print(f"reference network, batches of {args.batch_size}, {args.steps} timed training "
-              "steps and inference batches, each backend in a fresh process")
-    for name in names:
-        # a fresh process per backend: one backend's threads and caches never slow another's
-        done = subprocess.run(
-            [sys.executable, "-m", "minicnn", "bench", "--in-process", "--backends", name,
-             "--batch-size", str(args.batch_size), "--steps", str(args.steps)],
-            capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"minicnn bench: the {name} backend failed:\n{done.stderr[-2000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{name:6s} training {result['training']:8,.0f} images/s   "
-              f"inference {result['inference']:8,.0f} images/s")
+    try:
+        benchmark.bench(names, args.batch_size, args.steps, verbose=0 if args.quiet else 1)
+    except RuntimeError as err:  # a backend's process failed: its error is in the message
+        raise SystemExit(str(err)) from None
     return 0
 
 
+# -- minicnn studio ----------------------------------------------------------------------------
+
+def _studio_arguments(studio) -> None:
+    studio.add_argument("model", nargs="?", help="a model file (default: a small MNIST model)")
+    studio.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
+                             "opens it to the network, with a warning)")
+    studio.add_argument("--port", type=non_negative_int, default=0,
+                        help="port (default 0: a free one; the URL is printed)")
+    studio.add_argument("--layers", metavar="DIR",
+                        help="a `minicnn exercises` folder: the page runs your backward passes "
+                             "(those whose exercises pass) instead of minicnn's")
+
+
+@command("studio", "a local web page: draw a digit, watch both passes and a training run",
+         "Serve minicnn studio on this machine: draw a digit (or pick a test image) and "
+         "see every layer's output and the gradient of a class score or of the loss with "
+         "respect to it, each with its formula; check a gradient numerically on the spot; "
+         "watch a short training run. Without MODEL a small MNIST model is trained first "
+         "(once).",
+         _studio_arguments)
+def cmd_studio(args) -> int:
+    from .studio import build_app, serve
+
+    app = build_app(args.model, verbose=0 if args.quiet else 1, your_layers=args.layers)
+    serve(app, args.host, args.port, verbose=0 if args.quiet else 1)
+    return 0
+
+
+# -- minicnn export ----------------------------------------------------------------------------
+
+def _export_arguments(export) -> None:
+    export.add_argument("model", help="a model file written by minicnn (.safetensors)")
+    export.add_argument("--onnx", metavar="OUT", required=True, help="the .onnx file to write")
+    export.add_argument("--opset", type=positive_int, default=17,
+                        help="ONNX opset version (default 17)")
+
+
+@command("export", 'write a model as ONNX (pip install "minicnn[onnx]")',
+         "Write a minicnn model file as an ONNX model (inputs: normalized images "
+         "(N, C, H, W); outputs: logits and probabilities), check it with the ONNX checker "
+         "and, when onnxruntime is installed, compare its probabilities with minicnn's.",
+         _export_arguments)
 def cmd_export(args) -> int:
     from . import load_model
     from .interop import to_onnx
@@ -596,34 +437,98 @@ def cmd_export(args) -> int:
     return 0
 
 
+# -- minicnn exercises -------------------------------------------------------------------------
+
+def _exercises_arguments(exercises) -> None:
+    actions = exercises.add_subparsers(dest="action", required=True, metavar="ACTION")
+    start = actions.add_parser("start", help="write the exercise files into DIR",
+                               description="Write one file per exercise into DIR (files already "
+                                           "there are kept).")
+    start.add_argument("folder", metavar="DIR")
+    start.set_defaults(action_handler=_exercises_start)
+    check = actions.add_parser("check", help="grade your answers (all, or NAME)",
+                               description="Grade the exercises in --dir (default: here): "
+                                           "which are right, where the others are wrong, and "
+                                           "the classic mistake when it recognizes one.")
+    check.add_argument("name", nargs="?", metavar="NAME",
+                       help="one exercise (its function's name or number)")
+    check.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
+    check.add_argument("--hint", action="store_true",
+                       help="show NAME's next hint (one more each time)")
+    check.add_argument("--reveal", action="store_true",
+                       help="show NAME's reference solution (it is also shown after a pass)")
+    check.set_defaults(action_handler=_exercises_check)
+    progress = actions.add_parser("list", help="the exercises and your progress")
+    progress.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
+    progress.set_defaults(action_handler=_exercises_list)
+    train = actions.add_parser("train", help="train on MNIST with your own backward passes",
+                               description="Train a small CNN on MNIST whose layers run your "
+                                           "answers: the backward passes (exercises 1-7, and 8 "
+                                           "or 9) must pass first; every other exercise that "
+                                           "passes runs too (10-13: the convolution's forward, "
+                                           "average pooling, your optimizer). 98%% or more "
+                                           "proves them end to end.")
+    train.add_argument("--dir", default=None, help="the exercises' folder (default: here)")
+    train.add_argument("folder", metavar="DIR", nargs="?", default=None,
+                       help="the same as --dir (as earlier versions took it)")
+    train.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
+    train.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bar")
+    train.add_argument("--limit", type=positive_int, default=None,
+                       help="train on the first N training images only")
+    train.set_defaults(action_handler=_exercises_train)
+
+
+@command("exercises", "a graded course in backprop: write the backward passes yourself",
+         "Write the backward passes of the Dense layer, ReLU, softmax cross-entropy, "
+         "max and average pooling, im2col, the convolution and col2im, and BatchNorm, "
+         "the convolution's forward pass and two optimizers yourself; `check` grades "
+         "them on drawn cases, says which entries are wrong and names the classic "
+         "mistakes; `train` trains MNIST with them.",
+         _exercises_arguments)
 def cmd_exercises(args) -> int:
+    return args.action_handler(args)  # each action sets its own (_exercises_arguments)
+
+
+def _exercises_start(args) -> int:
     from . import exercises
 
-    if args.action == "start":
-        written = exercises.start(args.folder)
-        folder = Path(args.folder)
-        print(f"{len(written)} exercise file(s) written to {folder}"
-              + (f" ({len(exercises.EXERCISES) - len(written)} already there, kept)"
-                 if len(written) < len(exercises.EXERCISES) else "") + ". Next:")
-        print(f"  cd {folder}\n  (edit {exercises.EXERCISES[0].file_name})\n"
-              f"  minicnn exercises check {exercises.EXERCISES[0].name}")
-        return 0
-    if args.action == "list":
-        progress = exercises.load_progress(args.dir)
-        for item in exercises.EXERCISES:
-            mark = "passed" if item.name in progress["passed"] else "      "
-            print(f"{mark}  {item.number}. {item.name}: {item.title}")
-        return 0
-    if args.action == "train":
-        from .exercises.training import train_with_your_layers
+    written = exercises.start(args.folder)
+    folder = Path(args.folder)
+    print(f"{len(written)} exercise file(s) written to {folder}"
+          + (f" ({len(exercises.EXERCISES) - len(written)} already there, kept)"
+             if len(written) < len(exercises.EXERCISES) else "") + ". Next:")
+    print(f"  cd {folder}\n  (edit {exercises.EXERCISES[0].file_name})\n"
+          f"  minicnn exercises check {exercises.EXERCISES[0].name}")
+    return 0
 
-        if args.dir and args.folder and Path(args.dir) != Path(args.folder):
-            raise UsageError(f"two folders given: --dir {args.dir} and {args.folder}; give one")
-        result = train_with_your_layers(args.dir or args.folder or ".", epochs=args.epochs,
-                                        limit=args.limit, verbose=0 if args.quiet else 1)
-        if args.quiet:  # no progress, but the answer the command is for
-            print(f"test accuracy {result['test_accuracy']:.2%} with your backward passes")
-        return 0
+
+def _exercises_list(args) -> int:
+    from . import exercises
+
+    progress = exercises.load_progress(args.dir)
+    for item in exercises.EXERCISES:
+        mark = "passed" if item.name in progress["passed"] else "      "
+        print(f"{mark}  {item.number}. {item.name}: {item.title}")
+    return 0
+
+
+def _exercises_train(args) -> int:
+    from .exercises.training import train_with_your_layers
+
+    if args.dir and args.folder and Path(args.dir) != Path(args.folder):
+        raise UsageError(f"two folders given: --dir {args.dir} and {args.folder}; give one")
+    result = train_with_your_layers(args.dir or args.folder or ".", epochs=args.epochs,
+                                    limit=args.limit, verbose=0 if args.quiet else 1)
+    if args.quiet:  # no progress, but the answer the command is for
+        print(f"test accuracy {result['test_accuracy']:.2%} with your backward passes")
+    return 0
+
+
+def _exercises_check(args) -> int:
+    """Grade (all, or NAME); with --hint the next hint, with --reveal the solution."""
+    from . import exercises
+
     if (args.hint or args.reveal) and not args.name:
         raise UsageError("--hint and --reveal need the exercise's NAME")
     if args.hint:
@@ -659,6 +564,76 @@ def cmd_exercises(args) -> int:
     return 1 if failed else 0
 
 
+# -- minicnn tune ------------------------------------------------------------------------------
+
+def _tune_arguments(parser) -> None:
+    from .tuning import DEFAULT_SPACE, HEARTBEAT_SECONDS, PARAMETERS
+    from .tuning.settings import SETTINGS_RULES
+
+    def setting(name):  # the argument type of a TuneSettings number, from its rule
+        return rule_type(SETTINGS_RULES[name])
+
+    _source_arguments(parser, "digits", "your own images, one folder per class")
+    parser.add_argument("--image-size", type=positive_int,
+                        help="image folder: resize to this size square")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
+    parser.add_argument("--limit", type=setting("limit"),
+                        help="use the first N training images only")
+    parser.add_argument("--trials", type=setting("trials"), default=20,
+                        help="the study's total number of finished trials (default 20); "
+                             "re-running continues up to it")
+    parser.add_argument("--epochs", type=setting("epochs"), default=10,
+                        help="epochs per trial (default 10)")
+    parser.add_argument("--val-fraction", type=setting("val_fraction"), default=0.2,
+                        help="share of the training set held out for validation (default 0.2)")
+    parser.add_argument("--space", metavar="FILE",
+                        help="search space as JSON, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 0.1, "
+                             "\"log\": true}, \"batch_size\": [32, 64], \"activation\": \"relu\"}")
+    group = parser.add_argument_group(
+        "search space flags", "LOW:HIGH searches a range (log scale for --lr and "
+        "--weight-decay), A,B,C a list of choices, V fixes the value; they override --space")
+    for name in PARAMETERS:
+        flag = "--" + name.replace("_", "-")
+        default = DEFAULT_SPACE[name]
+        shown = (f"{default['low']:g}:{default['high']:g}" if isinstance(default, dict)
+                 else ",".join(map(str, default)))
+        group.add_argument(flag, dest=f"space_{name}", metavar="SPEC",
+                           help=f"default {shown}")
+    parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                        help="stop weak trials after an epoch: median (default) or successive "
+                             "halving")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="do not make the first trial the default configuration")
+    parser.add_argument("--storage", metavar="URL",
+                        help="Optuna storage (default sqlite:///<out>/study.db); an RDB URL "
+                             "shared by several machines runs one study on all of them")
+    parser.add_argument("--study-name", help="default minicnn-<dataset>; the same name resumes")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default runs/tune-<dataset>)")
+    parser.add_argument("--seed", type=setting("seed"), default=0,
+                        help="seed of the validation split, the trials' training and the sampler")
+    parser.add_argument("--sampler-seed", type=setting("sampler_seed"),
+                        help="seed of the TPE sampler only (give each parallel worker its own)")
+    parser.add_argument("--timeout", type=setting("timeout"),
+                        help="start no new trial after this many seconds")
+    parser.add_argument("--heartbeat", type=setting("heartbeat"), default=HEARTBEAT_SECONDS,
+                        metavar="SECONDS",
+                        help=f"a running trial's heartbeat in the storage (default "
+                             f"{HEARTBEAT_SECONDS}); a trial whose worker missed two is marked "
+                             "FAIL and run again")
+    parser.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="do not draw the PNG plots")
+    parser.add_argument("--retrain-best", action="store_true",
+                        help="train the best configuration on the whole training set and report "
+                             "its test accuracy")
+
+
+@command("tune", 'search hyperparameters with Optuna (pip install "minicnn[tune]")',
+         "Search learning rate, batch size, optimizer, weight decay, width, kernel size, "
+         "activation, dropout, depth and augmentation with Optuna (TPE + pruning) on a "
+         "validation split of the training set; writes the trials, the best configuration "
+         "and plots into --out. The study is stored in SQLite (resumable); any Optuna RDB URL "
+         "as --storage lets several machines work on one study.",
+         _tune_arguments)
 def cmd_tune(args) -> int:
     from .tuning import StorageError
 
@@ -674,6 +649,41 @@ def cmd_tune(args) -> int:
         return 130
 
 
+def _run_tune(args) -> int:
+    """``minicnn tune``: the parsed arguments as one :class:`minicnn.tuning.TuneSettings`."""
+    from dataclasses import fields
+
+    from .tuning import PARAMETERS, TuneSettings, parse_flag, parse_space, read_space_file, tune
+
+    dataset, data_dir = _dataset_and_folder(args, default="digits")
+    space = read_space_file(args.space) if args.space else {}
+    space.update({name: parse_flag(name, getattr(args, f"space_{name}")) for name in PARAMETERS
+                  if getattr(args, f"space_{name}") is not None})
+    parse_space(space)  # a mistake in the space is reported before any data is loaded
+    given = {f.name: getattr(args, f.name) for f in fields(TuneSettings) if hasattr(args, f.name)}
+    given.update(dataset=dataset, data_dir=data_dir, space=space, verbose=0 if args.quiet else 1,
+                 image_size=(args.image_size,) * 2 if args.image_size else None)
+    tune(TuneSettings(**given))
+    return 0
+
+
+# -- the command -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="minicnn", description="Train, evaluate and inspect convolutional networks "
+        "written from scratch in NumPy.")
+    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, record in COMMANDS.items():
+        parser_of = commands.add_parser(name, help=record.summary, description=record.description)
+        record.arguments(parser_of)
+        _add_common(parser_of, backend=record.backend)
+    return parser
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from . import backend
@@ -685,7 +695,7 @@ def main(argv=None) -> int:
     try:
         if getattr(args, "backend", None):
             backend.set_backend(args.backend)  # the one place the command chooses a backend
-        return _HANDLERS[args.command](args)
+        return COMMANDS[args.command].handler(args)
     # Bad input of any kind (arguments, files, settings; MemoryBudgetError is a ValueError)
     # ends with a one-line message and exit code 2, never a traceback (--debug shows it).
     except (DatasetNotFoundError, DatasetFileError, ModelFileError, FileNotFoundError,
@@ -701,11 +711,5 @@ def main(argv=None) -> int:
         return 2
 
 
-_HANDLERS = {"train": cmd_train, "evaluate": cmd_evaluate, "explain": cmd_evaluate,
-             "predict": cmd_predict, "bench": cmd_bench, "export": cmd_export, "tune": cmd_tune,
-             "studio": cmd_studio, "exercises": cmd_exercises}
-
-
 if __name__ == "__main__":
     sys.exit(main())
-

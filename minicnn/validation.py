@@ -142,6 +142,18 @@ class Number:
             raise ValueError(f"{where}: {name} must be odd, got {value}")
         return value
 
+    def describe(self) -> str:
+        """What the rule accepts, in words: "a whole number >= 1", "a number > 0", "a fraction
+        between 0 and 1 (exclusive)" (the command line's messages)."""
+        if (self.low, self.high, self.open_low, self.open_high) == (0, 1, True, True):
+            return "a fraction between 0 and 1 (exclusive)"
+        bounds = [f"{'>' if self.open_low else '>='} {self.low:g}" if self.low is not None
+                  else "", f"{'<' if self.open_high else '<='} {self.high:g}"
+                  if self.high is not None else ""]
+        what = ("an odd whole number" if self.odd else "a whole number") if self.kind is int \
+            else "a number"
+        return " ".join([what, " and ".join(b for b in bounds if b)]).strip()
+
 
 @dataclass(frozen=True)
 class OneOf:

@@ -16,7 +16,7 @@ FLOORS = {
     3: ["losses", "optim", "gradcheck"],
     4: ["training", "checkpoints", "callbacks", "diagnostics", "interpret", "interop", "metrics",
         "plots", "models"],
-    5: ["recipes", "tuning", "report"],
+    5: ["recipes", "tuning", "report", "benchmark"],
     6: ["cli", "__main__", "studio", "exercises"],
 }
 DATA_FLOOR = 1  # data/ sits beside the stack and uses the foundation only

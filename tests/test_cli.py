@@ -1,13 +1,14 @@
 """The command line's edges: --version, python -m minicnn, options that do not apply, --resume
 without --out, validated numbers, --debug, and a bench that measures in separate processes."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
 import minicnn
-from minicnn import cli
+from minicnn import benchmark, cli
 
 
 def run_cli(argv, capsys):
@@ -86,7 +87,8 @@ def test_errors_are_one_line_unless_debug_asks_for_the_traceback(capsys, monkeyp
     def buggy(args):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
-    monkeypatch.setitem(cli._HANDLERS, "bench", buggy)
+    monkeypatch.setitem(cli.COMMANDS, "bench", dataclasses.replace(cli.COMMANDS["bench"],
+                                                                  handler=buggy))
     code, _, err = run_cli(["bench"], capsys)
     assert code == 2 and "minicnn bench: error: unsupported operand" in err
     assert "--debug" in err and "Traceback" not in err
@@ -106,11 +108,10 @@ def test_bench_measures_training_and_inference_of_each_backend_in_its_own_proces
         calls.append(command)
         return real_run(command, **kwargs)
 
-    monkeypatch.setattr(cli.subprocess, "run", recording_run)
+    monkeypatch.setattr(benchmark.subprocess, "run", recording_run)
     code, out, _ = run_cli(["bench", "--backends", "numpy", "--steps", "1", "--batch-size", "8",
                             "--quiet"], capsys)
     assert code == 0
     (line,) = out.strip().splitlines()  # --quiet: the result lines only
     assert line.startswith("numpy ") and "training" in line and "inference" in line
-    assert len(calls) == 1 and calls[0][:3] == [sys.executable, "-m", "minicnn"]
-    assert "--in-process" in calls[0]
+    assert len(calls) == 1 and calls[0][:3] == [sys.executable, "-m", "minicnn.benchmark"]

@@ -125,7 +125,7 @@ def test_the_validation_split_is_stratified_seeded_and_from_the_training_set(tmp
     np.testing.assert_array_equal(xv, xv2)
     # normalized with the statistics of the part that is trained on
     assert abs(float(xt.mean())) < 1e-5 and abs(float(xv.mean())) < 0.1
-    with pytest.raises(ValueError, match="val_fraction must be in"):  # before any data is read
+    with pytest.raises(ValueError, match="val_fraction must be > 0"):  # before any data is read
         TuneSettings("mnist", val_fraction=0.0, data_dir=tmp_path / "nothing", out=tmp_path / "out")
 
 

@@ -7,8 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..recipes import RECIPES
-from ..validation import check_positive_int
+from ..validation import Number
 from .study import HEARTBEAT_SECONDS, PRUNERS
+
+#: the rules of a search's numbers, checked here and by ``minicnn tune``'s argument types
+SETTINGS_RULES = {
+    "trials": Number(int, low=1), "epochs": Number(int, low=1), "heartbeat": Number(int, low=1),
+    "limit": Number(int, low=1), "seed": Number(int, low=0), "sampler_seed": Number(int, low=0),
+    "val_fraction": Number(low=0, high=1, open_low=True, open_high=True),
+    "timeout": Number(low=0, open_low=True),
+}
 
 
 @dataclass(frozen=True)
@@ -72,17 +80,12 @@ class TuneSettings:
 
     def __post_init__(self):
         """The rules, in one place: a wrong setting is refused before anything is loaded."""
-        for name in ("trials", "epochs", "heartbeat"):
-            check_positive_int(getattr(self, name), name, "tune")
-        if self.limit is not None:
-            check_positive_int(self.limit, "limit", "tune")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"tune: val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name, rule in SETTINGS_RULES.items():
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, rule.check(getattr(self, name), name, "tune"))
         if self.pruner not in PRUNERS:
             raise ValueError(f"tune: pruner must be one of {', '.join(PRUNERS)}, got "
                              f"{self.pruner!r}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"tune: timeout must be > 0 seconds, got {self.timeout}")
 
     @property
     def out_folder(self) -> Path:

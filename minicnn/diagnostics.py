@@ -27,7 +27,6 @@ import math
 
 from . import backend
 from .callbacks import Callback
-from .layers import ReLU
 from .validation import check_positive_int
 
 #: a gradient that changes by this factor (down: vanishing, up: exploding) is reported
@@ -68,7 +67,7 @@ class GradientFlow(Callback):
             self._layers = []
         stats = {"layer": index, "name": layer.name, "act_mean": float(y.mean()),
                  "act_std": float(y.std()), "dead_fraction": None}
-        if isinstance(layer, ReLU):
+        if layer.rectifies:
             alive = (y > 0).any(axis=0)  # a unit that fires for at least one image
             stats["dead_fraction"] = 1.0 - float(alive.mean())
         self._layers.append(stats)

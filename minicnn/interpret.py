@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend
-from .layers import Conv2D, Dense, Dropout, GlobalAvgPool2D
 from .validation import check_float_array, check_positive_int
 
 __all__ = [
@@ -293,14 +292,14 @@ def _class_maps(model, x, classes, index, batch_size, channel_weights) -> CAMRes
                      classes=np.concatenate(parts["classes"], axis=0), layer=index)
 
 
-def _cam_layers(model) -> tuple[int, Dense]:
+def _cam_layers(model):
     """(index of the layer before GlobalAvgPool2D, the final Dense) or a clear error."""
     layers = model.layers
     dense = layers[-1]
     pool = len(layers) - 2
-    while pool >= 0 and isinstance(layers[pool], Dropout):  # the identity at inference
+    while pool >= 0 and layers[pool].identity_at_inference:  # Dropout
         pool -= 1
-    if not isinstance(dense, Dense) or pool < 1 or not isinstance(layers[pool], GlobalAvgPool2D):
+    if not dense.linear_map or pool < 1 or not layers[pool].pools_globally:
         tail = " -> ".join(layer.name for layer in layers[-3:])
         raise ValueError(
             "cam: CAM needs a model that ends in GlobalAvgPool2D -> Dense (optionally with "
@@ -354,18 +353,23 @@ def saliency(model, x, classes=None, batch_size: int = 64) -> np.ndarray:
     return _normalize_maps(np.abs(grads).max(axis=1))
 
 
+def first_filters(model) -> int | None:
+    """The index of the first layer whose weights are filters (``Layer.filters``: the first
+    convolution), or None: the one way the report, the studio and conv_filters find it."""
+    return next((i for i, layer in enumerate(model.layers) if layer.filters), None)
+
+
 def conv_filters(model, layer=None) -> np.ndarray:
     """The filters of a Conv2D layer (default: the first) as images, shape (F, C, kh, kw),
     each filter scaled to [0, 1] on its own (min -> 0, max -> 1; a constant filter -> 0.5)."""
     if layer is None:
-        convs = [i for i, candidate in enumerate(model.layers) if isinstance(candidate, Conv2D)]
-        if not convs:
+        index = first_filters(model)
+        if index is None:
             raise ValueError("conv_filters: the model has no Conv2D layer")
-        index = convs[0]
     else:
         index = model.layer_index(layer)
     conv = model.layers[index]
-    if not isinstance(conv, Conv2D):
+    if not conv.filters:
         raise ValueError(f"conv_filters: layer {index} is {conv.describe()}, not a Conv2D")
     weights = np.asarray(backend.to_numpy(conv.weight.data), dtype=np.float64)
     low = weights.min(axis=(1, 2, 3), keepdims=True)

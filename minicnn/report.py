@@ -34,7 +34,6 @@ from . import interpret, metrics, plots
 from .atomic import atomic_write_bytes
 from .callbacks import History
 from .diagnostics import gradient_flow_warnings
-from .layers import Conv2D
 
 __all__ = ["write_report"]
 
@@ -338,7 +337,7 @@ def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, list]]:
     if not _has_conv(model):
         return []
     inside = []
-    first = next((i for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)), None)
+    first = interpret.first_filters(model)
     if first is not None:
         conv = model.layers[first]
         png = ev.written(plots.plot_filters(

@@ -363,3 +363,72 @@ def test_the_default_grad_cam_layer_ends_after_any_activation(activation):
                            GlobalAvgPool2D(), Dense(4, 3)], seed=0)
     assert interpret.conv_block_output(model, 0) == 2  # conv, BatchNorm, the activation
     assert interpret.conv_block_output(model, -1) == 5  # the residual block and its activation
+
+
+def _layer_for_facts(name, cls):
+    """An instance of every registered layer, for the facts' tests (None: a container)."""
+    from minicnn.layers import Conv2D as Conv
+
+    arguments = {"BatchNorm2D": (3,), "Conv2D": (3, 4, 3), "Dense": (6, 4), "MaxPool2D": (2,),
+                 "AvgPool2D": (2,), "Residual": ([Conv(3, 3, 3, padding=1)],)}
+    if name == "Sequential":
+        return None
+    return cls(*arguments.get(name, ()))
+
+
+@pytest.mark.parametrize("name, cls", _registered_layers())
+def test_every_layer_fact_holds_where_it_is_declared(name, cls):
+    """Layer.filters, identity_at_inference, rectifies, pools_globally, linear_map: checked on the
+    layer's own output where declared, and seen false where a same-shaped layer does not
+    declare it (interpret, report, studio and diagnostics read these, not the layer's class)."""
+    layer = _layer_for_facts(name, cls)
+    if layer is None:
+        return
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6) if name == "Dense" else (2, 3, 6, 6)).astype(np.float32)
+    if name == "Flatten":
+        x = x[:, :1, :2, :3]
+    y = layer.forward(x, training=False)
+    if cls.filters:
+        assert layer.weight.data.ndim == 4 and layer.weight.data.shape[1] == x.shape[1]
+    if cls.linear_map:
+        np.testing.assert_allclose(y, x @ layer.weight.data + layer.bias.data, rtol=1e-5)
+    if cls.pools_globally:
+        np.testing.assert_allclose(y, x.mean(axis=(2, 3)), rtol=1e-5)
+    same_shape = y.shape == x.shape
+    if cls.identity_at_inference or (same_shape and cls.per_channel):
+        assert np.array_equal(y, x) == cls.identity_at_inference
+    if cls.rectifies or (same_shape and cls.per_channel):
+        assert (bool(np.all(y[x < 0] == 0)) and bool(np.all(y[x > 0] > 0))) == cls.rectifies
+
+
+def test_no_module_outside_layers_asks_a_layer_its_class():
+    """Facts about layers are declared by the layers (the tests above hold them): a module
+    outside minicnn/layers/ that tests isinstance(x, SomeLayer) or type(x) is SomeLayer would
+    miss the next layer added (as interpret.py once missed ELU)."""
+    import ast
+    from pathlib import Path
+
+    from minicnn.layers.registry import LAYER_TYPES
+
+    package = Path(mc.__file__).parent
+    asked = []
+    for path in sorted(package.rglob("*.py")):
+        if path.parent.name == "layers":
+            continue
+        tree = ast.parse(path.read_text())
+        layer_names = {alias.asname or alias.name for node in ast.walk(tree)
+                       if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("layers")
+                       for alias in node.names if alias.name in LAYER_TYPES}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+                names = {getattr(kind, "id", None) for kind in kinds}
+            elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.Is, ast.Eq)) and \
+                    getattr(getattr(node.left, "func", None), "id", None) == "type":
+                names = {getattr(node.comparators[0], "id", None)}
+            else:
+                continue
+            if names & layer_names - {"Sequential", "Layer"}:
+                asked.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not asked, asked

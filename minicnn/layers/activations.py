@@ -13,6 +13,7 @@ class ReLU(Layer):
     """``y = max(x, 0)``. Backward: ``dx = dy * (x > 0)`` — the slope is 1 where the input was
     positive and 0 elsewhere (at exactly 0 we take 0, as PyTorch does)."""
 
+    rectifies = True
     per_channel = True
 
     torch_name, onnx_op = "ReLU", "Relu"

@@ -133,6 +133,19 @@ class Layer:
     #: a convolution, or a block with one inside (a Residual): what Grad-CAM and the feature
     #: maps look for
     convolutional: bool = False
+    #: its ``weight`` is (F, C, KH, KW) filters that read as images (a convolution): what the
+    #: report, the studio and conv_filters show as "the first layer's filters"
+    filters: bool = False
+    #: returns its input unchanged at inference (Dropout): CAM looks through it
+    identity_at_inference: bool = False
+    #: outputs exact zeros wherever its input is negative (ReLU): a unit that is zero for every
+    #: image is dead, and GradientFlow counts those
+    rectifies: bool = False
+    #: averages each channel over all positions, (N, C, H, W) -> (N, C): CAM needs one before
+    #: the classifier
+    pools_globally: bool = False
+    #: ``y = x @ W + b`` on a flat input, ``weight`` (D, K): CAM weighs the maps by its W
+    linear_map: bool = False
 
     def __init__(self):
         self._cache = None

@@ -53,6 +53,7 @@ class Conv2D(Layer):
     ``minicnn.set_conv_algorithm("im2col")``) runs exactly the code below everywhere.
     """
 
+    filters = True
     convolutional = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,

@@ -26,6 +26,8 @@ class Dense(Layer):
     - ``dL/dx = dy @ W.T`` — (N, out) @ (out, in) = (N, in).
     """
 
+    linear_map = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str = "he", dtype=np.float32, rng=None):
         super().__init__()

@@ -21,6 +21,7 @@ class Dropout(Layer):
     Backward: y is linear in x with the fixed mask, so ``dx = dy * mask`` (identity at inference).
     """
 
+    identity_at_inference = True
     per_channel = True
 
     def __init__(self, p: float = 0.5, rng=None):

@@ -128,6 +128,8 @@ class GlobalAvgPool2D(Layer):
     ``dx[n, c, h, w] = dy[n, c] / (H*W)`` — dy broadcast over the H*W pixels, shape (N, C, H, W).
     """
 
+    pools_globally = True
+
     def output_shape(self, input_shape):
         check_rank(input_shape, 3, "(N, C, H, W)", self.name)
         return (input_shape[0],)

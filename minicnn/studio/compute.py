@@ -27,7 +27,6 @@ import numpy as np
 
 from .. import interpret
 from ..gradcheck import relative_error
-from ..layers import Conv2D
 from ..losses import SoftmaxCrossEntropy
 from ..recipes import normalize_as_trained
 
@@ -244,7 +243,7 @@ class Studio:
                                                 signed=True),
         }
         first = self.model.layers[0]
-        if isinstance(first, Conv2D):
+        if first.filters:  # the first convolution's weights and their gradient, as images
             result["first_weight_gradient"] = encode_maps(
                 first.weight.grad.reshape(-1, *first.kernel_size), signed=True)
             result["first_weights"] = encode_maps(

@@ -392,8 +392,11 @@ def test_the_studio_runs_your_layers_and_they_match_minicnns(folder):
     for item in exercises.EXERCISES[:4]:  # dense, ReLU, softmax, max pooling; not the conv
         write(folder, item, inspect.getsource(item.solution))
     yours, kept = with_your_layers(model, folder)
-    assert [type(layer).__name__ for layer in yours.layers] == [
-        "Conv2D", "BatchNorm2D", "YourReLU", "YourMaxPool2D", "Flatten", "YourDense"]
+    # the learner's answers wrapped around minicnn's layers: each keeps its class
+    assert [type(a) for a in yours.layers] == [type(b) for b in model.layers]
+    assert [layer.passes_words for layer in yours.layers] == [
+        "", "", "[your backward]", "[your backward]", "", "[your backward]"]
+    assert all(model.layers[i].passes_words == "" for i in range(6))  # the model is untouched
     assert kept == ["BatchNorm2D stays minicnn's: batchnorm_backward_compact or "
                     "batchnorm_backward_staged not passed",
                     "Conv2D stays minicnn's: im2col, conv_backward_cols, col2im not passed"]
@@ -401,12 +404,21 @@ def test_the_studio_runs_your_layers_and_they_match_minicnns(folder):
     theirs = Studio(model).analyze({"image": image[0].tolist()})
     mine = Studio(yours).analyze({"image": image[0].tolist()})
     assert "[your backward]" in mine["layers"][5]["describe"]
+    # every layer's source link names a registered layer (the studio serves /source/<name>)
+    from minicnn.layers.registry import LAYER_TYPES
+
+    assert all(layer["source"] in LAYER_TYPES for layer in mine["layers"])
     for a, b in zip(theirs["layers"], mine["layers"]):
         assert a["backward"]["data"] == b["backward"]["data"]
     assert theirs["input_gradient"]["data"] == mine["input_gradient"]["data"]
     # the page really runs the learner's function: swap in a wrong one (the ReLU's slope taken
     # as x, which the grader would refuse) and the input gradient changes
-    yours.layers[2].yours.functions["relu_backward"] = lambda x, dy: dy * np.maximum(x, 0)
+    from minicnn.exercises.training import _relu_passes
+
+    class Wrong:
+        relu_backward = staticmethod(lambda x, dy: dy * np.maximum(x, 0))
+
+    yours.layers[2].use_passes(*_relu_passes(Wrong), words="[your backward]")
     wrong = Studio(yours).analyze({"image": image[0].tolist()})
     assert wrong["input_gradient"]["data"] != theirs["input_gradient"]["data"]
 

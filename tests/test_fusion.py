@@ -135,3 +135,25 @@ def test_the_fusion_setting(monkeypatch):
     monkeypatch.setenv("MINICNN_FUSION", "maybe")
     with pytest.raises(ValueError, match="MINICNN_FUSION must be 0 or 1, got 'maybe'"):
         kernels.get_fusion()
+
+
+def test_a_layer_running_other_passes_keeps_them_and_is_not_fused():
+    """Layer.use_passes (how a learner's answers run in minicnn's layers): the pair BatchNorm2D
+    + ReLU is not fused when either runs passes of its own, so those passes run."""
+    model = mc.Sequential([Conv2D(1, 4, 3, padding=1), BatchNorm2D(4), ReLU()], seed=0)
+    calls = []
+
+    def backward(layer, dy, input_grad):
+        calls.append(input_grad)
+        return dy * (layer._cache > 0)  # ReLU's own forward keeps y
+
+    relu = model.layers[2].use_passes(backward=backward, words="[mine]")
+    assert relu.passes_words == "[mine]" and type(relu) is ReLU
+    x = np.random.default_rng(0).standard_normal((2, 1, 5, 5)).astype(np.float32)
+    y = model.forward(x, training=True)
+    model.backward(np.ones_like(y))
+    assert calls == [True]
+    relu.use_passes()  # its own again
+    model.forward(x, training=True)
+    model.backward(np.ones_like(y))
+    assert calls == [True] and relu.passes_words == ""

@@ -65,106 +65,108 @@ class _Yours:
             raise AttributeError(name) from None
 
 
-class _YourLayer:
-    """A layer whose backward pass (part of it, for the convolution) is the learner's."""
+# -- your passes, run by minicnn's layers (Layer.use_passes) --------------------------------------
+#
+# Each function takes the layer and does what its _forward or _backward does, calling your
+# answers where the exercises say; the layer keeps its class, parameters and config.
 
-    needs: tuple[str, ...] = ()  # the exercises it runs
-
-    def describe(self):
-        return f"{super().describe()} [your backward]"
-
-
-class YourDense(_YourLayer, Dense):
-    needs = ("dense_backward",)
-
-    def _backward(self, dy, input_grad):
-        dx, self.weight.grad, db = self.yours.dense_backward(self._cache, self.weight.data, dy)
-        if self.bias is not None:
-            self.bias.grad = db
+def _dense_backward(yours):
+    def backward(layer, dy, input_grad):
+        dx, layer.weight.grad, db = yours.dense_backward(layer._cache, layer.weight.data, dy)
+        if layer.bias is not None:
+            layer.bias.grad = db
         return dx
+    return None, backward  # Dense's forward caches x, as yours needs
 
 
-class YourReLU(_YourLayer, ReLU):
-    needs = ("relu_backward",)
+def _relu_passes(yours):
+    def forward(layer, x, training):  # minicnn's ReLU keeps y; yours asks for x
+        return layer._remember(np.maximum(x, 0), cache=x)
 
-    def _forward(self, x, training):
-        return self._remember(np.maximum(x, 0), cache=x)
-
-    def _backward(self, dy, input_grad):
-        return self.yours.relu_backward(self._cache, dy)
-
-
-class YourMaxPool2D(_YourLayer, MaxPool2D):
-    needs = ("maxpool_backward",)
-
-    def _forward(self, x, training):
-        y, _ = self.kernels.maxpool_forward(x, self.kernel_size, self.stride)
-        return self._remember(y, cache=x)
-
-    def _backward(self, dy, input_grad):
-        return self.yours.maxpool_backward(self._cache, dy, self.kernel_size, self.stride)
+    def backward(layer, dy, input_grad):
+        return yours.relu_backward(layer._cache, dy)
+    return forward, backward
 
 
-class YourConv2D(_YourLayer, Conv2D):
-    """Conv2D's im2col story with the learner's im2col, dW2/dcols and col2im, and their
-    forward pass (exercise 10) where it passes."""
+def _maxpool_passes(yours):
+    def forward(layer, x, training):  # minicnn's keeps the winners' indices; yours asks for x
+        y, _ = layer.kernels.maxpool_forward(x, layer.kernel_size, layer.stride)
+        return layer._remember(y, cache=x)
 
-    needs = ("im2col", "conv_backward_cols", "col2im")
+    def backward(layer, dy, input_grad):
+        return yours.maxpool_backward(layer._cache, dy, layer.kernel_size, layer.stride)
+    return forward, backward
 
-    def _forward(self, x, training):
+
+def _avgpool_backward(yours):
+    def backward(layer, dy, input_grad):  # AvgPool2D caches x's shape, as yours needs
+        return yours.avgpool_backward(dy, layer._cache, layer.kernel_size, layer.stride)
+    return None, backward
+
+
+def _conv_passes(yours):
+    """Conv2D's im2col story with your im2col, dW2/dcols and col2im, and your forward pass
+    (exercise 10) where it passes."""
+    def forward(layer, x, training):
         n = x.shape[0]
-        f, oh, ow = self.output_shape(x.shape[1:])
-        cols = self.yours.im2col(x, self.kernel_size, self.stride, self.padding)
-        if self.yours.passed("conv_forward"):
-            bias = self.bias.data if self.bias is not None else \
-                np.zeros(f, dtype=self.weight.data.dtype)
-            y = self.yours.conv_forward(x, self.weight.data, bias, self.stride, self.padding)
+        f, oh, ow = layer.output_shape(x.shape[1:])
+        cols = yours.im2col(x, layer.kernel_size, layer.stride, layer.padding)
+        if yours.passed("conv_forward"):
+            bias = layer.bias.data if layer.bias is not None else \
+                np.zeros(f, dtype=layer.weight.data.dtype)
+            y = yours.conv_forward(x, layer.weight.data, bias, layer.stride, layer.padding)
         else:
-            out = self.weight.data.reshape(f, -1) @ cols               # (F, N*OH*OW)
-            if self.bias is not None:
-                out = out + self.bias.data[:, None]
+            out = layer.weight.data.reshape(f, -1) @ cols               # (F, N*OH*OW)
+            if layer.bias is not None:
+                out = out + layer.bias.data[:, None]
             y = out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
-        return self._remember(np.ascontiguousarray(y), cache=(x.shape, cols))
+        return layer._remember(np.ascontiguousarray(y), cache=(x.shape, cols))
 
-    def _backward(self, dy, input_grad):
-        x_shape, cols = self._cache
+    def backward(layer, dy, input_grad):
+        x_shape, cols = layer._cache
         f = dy.shape[1]
         dout = dy.transpose(1, 0, 2, 3).reshape(f, -1)                # (F, N*OH*OW)
-        dW2, dcols = self.yours.conv_backward_cols(cols, self.weight.data.reshape(f, -1), dout)
-        self.weight.grad = dW2.reshape(self.weight.data.shape)
-        if self.bias is not None:
-            self.bias.grad = dy.sum(axis=(0, 2, 3))
+        dW2, dcols = yours.conv_backward_cols(cols, layer.weight.data.reshape(f, -1), dout)
+        layer.weight.grad = dW2.reshape(layer.weight.data.shape)
+        if layer.bias is not None:
+            layer.bias.grad = dy.sum(axis=(0, 2, 3))
         if not input_grad:
             return None
-        return self.yours.col2im(dcols, x_shape, self.kernel_size, self.stride, self.padding)
+        return yours.col2im(dcols, x_shape, layer.kernel_size, layer.stride, layer.padding)
+    return forward, backward
 
 
-class YourAvgPool2D(_YourLayer, AvgPool2D):
-    needs = ("avgpool_backward",)
+def _batchnorm_passes(yours):
+    """Your training-mode backward (the compact form, else the staged one: the same gradient);
+    in inference mode (the studio) the statistics are constants, and minicnn's backward
+    (dx = dy * gamma / sqrt(running_var + eps)) runs."""
+    def forward(layer, x, training):
+        y = BatchNorm2D._forward(layer, x, training)
+        return layer._remember(y, cache=(layer._cache, x, training))
 
-    def _backward(self, dy, input_grad):
-        return self.yours.avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
-
-
-class YourBatchNorm2D(_YourLayer, BatchNorm2D):
-    """Your training-mode backward; in inference mode (the studio) the statistics are
-    constants, and minicnn's backward (dx = dy * gamma / sqrt(running_var + eps)) runs."""
-
-    needs = (("batchnorm_backward_compact", "batchnorm_backward_staged"),)  # the same gradient
-
-    def _forward(self, x, training):
-        y = super()._forward(x, training)
-        self._input, self._training = x, training
-        return y
-
-    def _backward(self, dy, input_grad):
-        if not self._training:
-            return super()._backward(dy, input_grad)
-        yours = self.yours.functions
-        backward = yours.get("batchnorm_backward_compact") or yours["batchnorm_backward_staged"]
-        dx, self.gamma.grad, self.beta.grad = backward(self._input, self.gamma.data, dy,
-                                                       self.eps)
+    def backward(layer, dy, input_grad):
+        cache, x, training = layer._cache
+        if not training:
+            layer._cache = cache
+            return BatchNorm2D._backward(layer, dy, input_grad)
+        answer = yours.functions.get("batchnorm_backward_compact") or \
+            yours.functions["batchnorm_backward_staged"]
+        dx, layer.gamma.grad, layer.beta.grad = answer(x, layer.gamma.data, dy, layer.eps)
         return dx
+    return forward, backward
+
+
+#: layer type -> (the exercises its passes need, the function making them from your answers)
+YOUR_PASSES = {
+    Conv2D: (("im2col", "conv_backward_cols", "col2im"), _conv_passes),
+    BatchNorm2D: ((("batchnorm_backward_compact", "batchnorm_backward_staged"),),
+                  _batchnorm_passes),
+    ReLU: (("relu_backward",), _relu_passes),
+    MaxPool2D: (("maxpool_backward",), _maxpool_passes),
+    AvgPool2D: (("avgpool_backward",), _avgpool_backward),
+    Dense: (("dense_backward",), _dense_backward),
+}
+YOURS = "[your backward]"
 
 
 class YourLoss(SoftmaxCrossEntropy):
@@ -176,10 +178,6 @@ class YourLoss(SoftmaxCrossEntropy):
 
     def backward(self, scale: float = 1.0):
         return self.yours.softmax_cross_entropy_backward(self._logits, self._labels) * scale
-
-
-YOUR_LAYERS = {Conv2D: YourConv2D, BatchNorm2D: YourBatchNorm2D, ReLU: YourReLU,
-               MaxPool2D: YourMaxPool2D, AvgPool2D: YourAvgPool2D, Dense: YourDense}
 
 
 class YourSGD(optim.SGD):
@@ -226,15 +224,13 @@ def with_your_layers(model: Sequential, folder) -> tuple[Sequential, list[str]]:
 def _swap_layers(model: Sequential, yours: _Yours) -> tuple[Sequential, list[str]]:
     layers, kept = [], set()
     for layer in model.layers:
-        mine = YOUR_LAYERS.get(type(layer))
-        if mine is not None and yours.passed(*mine.needs):
-            layer = copy.deepcopy(layer)
-            layer.__class__ = mine  # the same arrays and settings, your backward pass
-            layer.yours = yours
-        elif mine is not None:
+        needs, passes = YOUR_PASSES.get(type(layer), ((), None))
+        if passes is not None and yours.passed(*needs):
+            layer = copy.deepcopy(layer).use_passes(*passes(yours), words=YOURS)
+        elif passes is not None:
             kept.add(f"{type(layer).__name__} stays minicnn's: "
                      + ", ".join(n if isinstance(n, str) else " or ".join(n)
-                                 for n in mine.needs if not yours.passed(n)) + " not passed")
+                                 for n in needs if not yours.passed(n)) + " not passed")
         layers.append(layer)
     copied = Sequential(layers, input_shape=model.input_shape)
     copied.metadata = dict(model.metadata or {})

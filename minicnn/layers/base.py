@@ -147,6 +147,9 @@ class Layer:
     #: ``y = x @ W + b`` on a flat input, ``weight`` (D, K): CAM weighs the maps by its W
     linear_map: bool = False
 
+    #: ``(forward, backward, words)`` run instead of the layer's own passes (:meth:`use_passes`)
+    _passes: tuple | None = None
+
     def __init__(self):
         self._cache = None
         self._output_shape = None
@@ -173,7 +176,8 @@ class Layer:
         """``_forward`` on an input already checked (containers check the whole chain at once).
         The previous batch's cache is dropped first, so that its arrays can be reused."""
         self._cache, self._output_shape = None, None
-        y = self._forward(x, training)
+        passes = self._passes
+        y = passes[0](self, x, training) if passes and passes[0] else self._forward(x, training)
         if self._output_shape is None:
             raise RuntimeError(
                 f"{self.name}: _forward must return its output through "
@@ -189,7 +193,25 @@ class Layer:
         matrix multiply and, for Conv2D, the whole col2im).
         """
         self._check_output_gradient(dy)
+        passes = self._passes
+        if passes and passes[1]:
+            return passes[1](self, dy, input_grad)
         return self._backward(dy, input_grad)
+
+    def use_passes(self, forward=None, backward=None, words: str = "") -> Layer:
+        """Run ``forward(layer, x, training)`` and ``backward(layer, dy, input_grad)`` instead of
+        this layer's own ``_forward`` and ``_backward`` (None keeps its own): the layer stays
+        what it is, its class, parameters and config, and its passes are someone else's, e.g. a
+        learner's answers (``minicnn exercises train``, ``minicnn studio --layers``). ``forward``
+        keeps what ``backward`` needs with ``layer._remember(y, cache=...)``. ``words`` say so
+        beside the layer (:attr:`passes_words`). Returns the layer."""
+        self._passes = (forward, backward, words) if forward or backward else None
+        return self
+
+    @property
+    def passes_words(self) -> str:
+        """What :meth:`use_passes` said of the passes this layer runs ("" for its own)."""
+        return self._passes[2] if self._passes else ""
 
     def _check_output_gradient(self, dy) -> None:
         if self._output_shape is None:

@@ -22,12 +22,14 @@ from .normalization import BatchNorm2D
 
 def fuses(layers, index: int) -> bool:
     """Whether ``layers[index]`` and ``layers[index + 1]`` run as one pass: exactly a
-    BatchNorm2D then exactly a ReLU (a subclass, e.g. a learner's own layer, runs its own code)
-    on one backend that has the fused kernels, with fusion on."""
+    BatchNorm2D then exactly a ReLU running their own passes (a subclass, or a layer running a
+    learner's passes, runs its own code), on one backend that has the fused kernels, with
+    fusion on."""
     if index + 1 >= len(layers) or not get_fusion():
         return False
     first, second = layers[index], layers[index + 1]
     return (type(first) is BatchNorm2D and type(second) is ReLU
+            and first._passes is None and second._passes is None  # their own code, not fused
             and first.backend == second.backend
             and hasattr(first.kernels, "batchnorm_relu_forward"))
 

@@ -226,7 +226,8 @@ class Studio:
         for index, layer in enumerate(self.model.layers):
             out_shape = outputs[index].shape
             layers.append({
-                "index": index, "name": layer.name, "describe": layer.describe(),
+                "index": index, "name": layer.name,
+                "describe": " ".join(filter(None, [layer.describe(), layer.passes_words])),
                 "input_shape": list(shape), "output_shape": list(out_shape),
                 "forward": encode_maps(outputs[index][0]),
                 "backward": encode_maps(gradients[index][0], signed=True),

@@ -157,3 +157,42 @@ def test_a_layer_running_other_passes_keeps_them_and_is_not_fused():
     model.forward(x, training=True)
     model.backward(np.ones_like(y))
     assert calls == [True] and relu.passes_words == ""
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_relu_is_relu_of_the_sum_bit_for_bit(name, dtype):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 3, 5, 4)).astype(dtype), rng.standard_normal((2, 3, 5, 4))
+    b = b.astype(dtype)
+    b[0, 0] = -a[0, 0]  # sums exactly 0: ReLU passes nothing there
+    y = backend.kernels(name).add_relu(a, b)
+    reference = backend.kernels("numpy")
+    assert y.dtype == dtype and np.array_equal(y, reference.relu_forward(a + b))
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_residual_network_trains_the_same_with_fusion_on_and_off(name, dtype, fusion,
+                                                                    monkeypatch):
+    """Residual + ReLU (cifar_resnet's blocks) as one pass: the same outputs, gradients and
+    statistics as each layer's own passes, with and without a projection shortcut."""
+    kernels = backend.kernels(name)
+    calls = []
+    original = kernels.add_relu
+    monkeypatch.setattr(kernels, "add_relu", lambda *a: calls.append(1) or original(*a))
+    x = np.random.default_rng(4).standard_normal((3, 2, 6, 6)).astype(dtype)
+    results = {}
+    for on in (True, False):
+        mc.set_fusion(on)
+        calls.clear()
+        net = mc.Sequential([Residual.basic_block(2, 4, stride=2), ReLU(),
+                             Residual.basic_block(4, 4), ReLU(), Flatten(), Dense(36, 3)],
+                            seed=0).to(name).astype(dtype)
+        y = net.forward(x, training=True)
+        dx = net.backward(np.ones_like(y) / y.size)
+        results[on] = (y, dx, [p.grad.copy() for p in net.parameters()])
+        assert len(calls) == (2 if on else 0)
+    for got, want in zip([*results[True][:2], *results[True][2]],
+                         [*results[False][:2], *results[False][2]]):
+        assert_close(got, want, dtype, "an output or gradient")

@@ -77,6 +77,7 @@ from .cpu_runtime import matmul, recycler  # noqa: E402
 
 __all__ = [
     "adam_update",
+    "add_relu",
     "avgpool_backward",
     "avgpool_forward",
     "batchnorm_backward",
@@ -513,6 +514,20 @@ def relu_forward(x):
     x = np.ascontiguousarray(x)
     y = recycler.empty(x.shape, x.dtype)
     _relu_forward_kernel(x.reshape(-1), x.dtype.type(0), y.reshape(-1))
+    return y
+
+
+@_jit
+def _add_relu_kernel(a, b, zero, y):
+    for i in prange(a.shape[0]):
+        total = a[_u(i)] + b[_u(i)]
+        y[_u(i)] = total if total > zero else zero  # relu_forward's formula on a + b
+
+
+def add_relu(a, b):
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    y = recycler.empty(a.shape, a.dtype)
+    _add_relu_kernel(a.reshape(-1), b.reshape(-1), a.dtype.type(0), y.reshape(-1))
     return y
 
 

@@ -180,7 +180,8 @@ class Sequential(Layer):
             yield index, layer, x
 
     def _forward(self, x, training):
-        # as _steps_forward, but a BatchNorm2D + ReLU pair may run as one pass (layers.fused)
+        # as _steps_forward, but a BatchNorm2D or Residual + ReLU pair may run as one pass
+        # (layers.fused)
         index = 0
         while index < len(self.layers):
             if fused.fuses(self.layers, index):
@@ -213,7 +214,8 @@ class Sequential(Layer):
         index = len(self.layers) - 1
         while index >= 0:
             if index > 0 and fused.fuses(self.layers, index - 1):
-                dy = fused.backward(self.layers[index - 1], self.layers[index], dy)
+                dy = fused.backward(self.layers[index - 1], self.layers[index], dy,
+                                    input_grad=input_grad or index > 1)
                 index -= 2
             else:
                 dy = self.layers[index].backward(dy, input_grad=input_grad or index > 0)

@@ -175,7 +175,8 @@ def test_element_wise_kernels_match_numpy(gpu_kernels, dtype, n, f, oh, ow, seed
 @given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 5), w=st.integers(1, 5),
        seed=st.integers(0, 2**32 - 1))
 def test_batchnorm_kernels_match_numpy(gpu_kernels, dtype, n, c, h, w, seed):
-    """BatchNorm's ElementwiseKernels (broadcast per channel) and per-channel sums."""
+    """BatchNorm's per-channel sums (one kernel, float64 partials) and ElementwiseKernels
+    (broadcast per channel), alone and with the ReLU after it (the fused pass)."""
     # float32: the sums run in another order than NumPy's; a wrong formula is off by O(1)
     tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else TOLERANCE[dtype]
     rng = np.random.default_rng(seed)
@@ -188,11 +189,20 @@ def test_batchnorm_kernels_match_numpy(gpu_kernels, dtype, n, c, h, w, seed):
     gamma, beta = rng.standard_normal((2, c)).astype(dtype)
     close(gpu_kernels.batchnorm_forward(x, mean, inv_std, gamma, beta),
           reference.batchnorm_forward(x, mean, inv_std, gamma, beta), dtype)
+    x[:, 0, 0, 0], beta[0] = mean[0], 0  # BatchNorm's output exactly 0: ReLU passes nothing
+    y_bn = reference.batchnorm_forward(x, mean, inv_std, gamma, beta)
+    y = gpu_kernels.batchnorm_relu_forward(x, mean, inv_std, gamma, beta)
+    close(y, reference.relu_forward(y_bn), dtype)
+    assert ((y > 0) == (y_bn > 0)).all()  # the mask itself, not only values near 0
     dy = rng.standard_normal((n, c, h, 2 * w)).astype(dtype)[..., ::2]  # not contiguous
     for batch_statistics in (True, False):
         ours = gpu_kernels.batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics)
         theirs = reference.batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics)
-        for mine, expected in zip(ours, theirs):  # dx, dgamma, dbeta
+        ours_relu = gpu_kernels.batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta,
+                                                        batch_statistics)
+        theirs_relu = reference.batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta,
+                                                        batch_statistics)
+        for mine, expected in zip((*ours, *ours_relu), (*theirs, *theirs_relu)):
             assert mine.dtype == expected.dtype and mine.shape == expected.shape
             np.testing.assert_allclose(mine, expected, **tolerance)
 
@@ -224,3 +234,27 @@ def test_nvcc_compiles_every_instantiation_the_glue_asks_for(tmp_path, arch):
         symbols = subprocess.run(["nm", "-C", str(tmp_path / f"{arch}.o")], capture_output=True,
                                  text=True, check=True).stdout
         assert all(f"void {name}(" in symbols for name in names), symbols
+
+
+@DTYPES
+def test_batchnorm_sums_read_the_batch_once_with_several_threads_per_channel(gpu_kernels,
+                                                                             dtype):
+    """20x20 planes: more pixels than the 256 threads a channel gets, so each thread strides
+    over its plane; one launch of the sums kernel per pass, whatever N and C."""
+    rng = np.random.default_rng(7)
+    x = (2 * rng.standard_normal((3, 2, 20, 20)) - 1).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else TOLERANCE[dtype]
+    stats = gpu_kernels._module().get_function(
+        f"batchnorm_stats<{gpu_kernels._C_TYPES[np.dtype(dtype)]}>")
+    before = len(stats.launches)
+    for ours, theirs in zip(gpu_kernels.channel_mean_var(x), reference.channel_mean_var(x)):
+        np.testing.assert_allclose(ours, theirs, **tolerance)
+    assert len(stats.launches) == before + 1 and stats.launches[-1] == (2, 256)
+    mean, var = reference.channel_mean_var(x)
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+    gamma, beta = rng.standard_normal((2, 2)).astype(dtype)
+    for ours, theirs in zip(
+            gpu_kernels.batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, True),
+            reference.batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, True)):
+        np.testing.assert_allclose(ours, theirs, **tolerance)

@@ -165,3 +165,57 @@ __global__ void avgpool_backward(const T* __restrict__ dy, T* __restrict__ dx, l
     });
     dx[idx] = sum / T(KH * KW);
 }
+
+// --- BatchNorm's per-channel sums, one pass over the batch -------------------------------
+// A channel's N*H*W values are summed by S threads (S <= H*W): thread (c, s) takes pixels
+// s, s + S, s + 2S, ... of every plane of channel c, so the S threads of a channel read
+// neighbouring addresses. Each thread adds in double (a float batch loses nothing to the
+// order) and writes its partial sums, two per thread, into sums (2, C, S): no atomics, no
+// shared memory, the same sums every run; the caller adds the S partials of a channel.
+
+// batchnorm_stats: sums[0] = sum x, sums[1] = sum x*x per channel
+template <typename T>
+__global__ void batchnorm_stats(const T* __restrict__ x, double* __restrict__ sums,
+                                long long total, int N, int C, int HW, int S) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    int c = (int)(idx / S), s = (int)(idx % S);
+    double sum = 0, squares = 0;
+    for (int n = 0; n < N; ++n) {
+        const T* plane = x + ((long long)n * C + c) * HW;
+        for (int j = s; j < HW; j += S) {
+            double v = (double)plane[j];
+            sum += v;
+            squares += v * v;
+        }
+    }
+    sums[idx] = sum;
+    sums[total + idx] = squares;
+}
+
+// batchnorm_grad_sums: with g = dy (relu = 0), or g = dy where BatchNorm's output was positive
+// (relu = 1: the ReLU after it, its output computed again from x with the forward's formula),
+// sums[0] = sum g (dbeta) and sums[1] = sum g * xhat (dgamma) per channel
+template <typename T>
+__global__ void batchnorm_grad_sums(const T* __restrict__ dy, const T* __restrict__ x,
+                                    const T* __restrict__ mean, const T* __restrict__ inv_std,
+                                    const T* __restrict__ gamma, const T* __restrict__ beta,
+                                    double* __restrict__ sums, long long total, int N, int C,
+                                    int HW, int S, int relu) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    int c = (int)(idx / S), s = (int)(idx % S);
+    double dbeta = 0, dgamma = 0;
+    for (int n = 0; n < N; ++n) {
+        long long plane = ((long long)n * C + c) * HW;
+        for (int j = s; j < HW; j += S) {
+            T xhat = (x[plane + j] - mean[c]) * inv_std[c];
+            T g = dy[plane + j];
+            if (relu && !(xhat * gamma[c] + beta[c] > T(0))) g = T(0);
+            dbeta += (double)g;
+            dgamma += (double)g * (double)xhat;
+        }
+    }
+    sums[idx] = dbeta;
+    sums[total + idx] = dgamma;
+}

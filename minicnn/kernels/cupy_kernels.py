@@ -23,14 +23,13 @@ import numpy as np
 from . import geometry
 
 __all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
-           "batchnorm_forward", "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm",
-           "im2col",
-           "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw", "relu_backward",
-           "relu_forward"]
+           "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
+           "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm", "im2col", "matmul",
+           "maxpool_backward", "maxpool_forward", "nchw_to_cnhw", "relu_backward", "relu_forward"]
 
 SOURCE_PATH = Path(__file__).with_name("cupy_kernels.cu")
 KERNEL_NAMES = ("im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
-                "avgpool_backward")
+                "avgpool_backward", "batchnorm_stats", "batchnorm_grad_sums")
 _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _THREADS_PER_BLOCK = 256
 
@@ -135,7 +134,14 @@ from .numpy_kernels import (  # noqa: E402
 
 # --- batch normalization: the reference's formulas, fewer passes over the batch --------------
 # Written as array expressions, each formula is a chain of GPU kernels with a temporary array
-# between every two; here each element-wise part is one kernel, one pass over the batch.
+# between every two. Here the per-channel sums of a pass (mean and variance forward; dbeta and
+# dgamma backward, through the ReLU's mask when one follows) are one kernel reading the batch
+# once (batchnorm_stats, batchnorm_grad_sums in cupy_kernels.cu) and one small sum of its
+# partials; each element-wise part is one kernel. Forward: 2 passes over the batch (was 5);
+# backward: 2 (was 4), with the ReLU after it 2 (was 4 more).
+
+_SUM_THREADS_PER_CHANNEL = 256  # partial sums per channel (fewer where H*W is smaller)
+
 
 def _per_channel(vector, dtype):
     """A (C,) vector as (1, C, 1, 1), broadcast against (N, C, H, W), in the batch's dtype (the
@@ -143,11 +149,15 @@ def _per_channel(vector, dtype):
     return vector.astype(dtype, copy=False)[None, :, None, None]
 
 
-def _channel_sum(a):
-    """Per-channel sums of a (N, C, H, W) array, shape (C,): each sample's contiguous H*W
-    values first, then over the batch."""
-    n, c = a.shape[:2]
-    return a.reshape(n, c, -1).sum(axis=2).sum(axis=0)
+def _channel_sums(kernel: str, x, *arrays, relu=None):
+    """The two per-channel sums ``kernel`` computes, as float64 arrays (2, C)."""
+    cp = _cupy()
+    n, c, h, w = x.shape
+    threads = min(_SUM_THREADS_PER_CHANNEL, h * w)
+    sums = cp.empty((2, c, threads), dtype=np.float64)
+    flags = () if relu is None else (int(relu),)
+    _launch(kernel, x.dtype, c * threads, *arrays, sums, (n, c, h * w, threads, *flags))
+    return sums.sum(axis=2)
 
 
 @functools.cache
@@ -155,22 +165,30 @@ def _batchnorm_elementwise():
     kernel = _cupy().ElementwiseKernel
     xhat = "((x - mean) * inv_std)"
     return types.SimpleNamespace(
-        squared_deviation=kernel("T x, T mean", "T y", "y = (x - mean) * (x - mean)",
-                                 "minicnn_bn_squared_deviation"),
         forward=kernel("T x, T mean, T inv_std, T gamma, T beta", "T y",
                        f"y = {xhat} * gamma + beta", "minicnn_bn_forward"),
-        dy_xhat=kernel("T dy, T x, T mean, T inv_std", "T y", f"y = dy * {xhat}",
-                       "minicnn_bn_dy_xhat"),
+        relu_forward=kernel("T x, T mean, T inv_std, T gamma, T beta", "T y",
+                            f"T v = {xhat} * gamma + beta; y = v > T(0) ? v : T(0)",
+                            "minicnn_bn_relu_forward"),
         dx=kernel("T dy, T x, T mean, T inv_std, T scale, T dbeta_mean, T dgamma_mean", "T dx",
-                  f"dx = scale * (dy - dbeta_mean - {xhat} * dgamma_mean)", "minicnn_bn_dx"))
+                  f"dx = scale * (dy - dbeta_mean - {xhat} * dgamma_mean)", "minicnn_bn_dx"),
+        relu_dx=kernel("T dy, T x, T mean, T inv_std, T gamma, T beta, T scale, T dbeta_mean, "
+                       "T dgamma_mean", "T dx",
+                       f"T g = {xhat} * gamma + beta > T(0) ? dy : T(0); "
+                       f"dx = scale * (g - dbeta_mean - {xhat} * dgamma_mean)",
+                       "minicnn_bn_relu_dx"),
+        relu_scale=kernel("T dy, T x, T mean, T inv_std, T gamma, T beta, T scale", "T dx",
+                          f"dx = {xhat} * gamma + beta > T(0) ? dy * scale : T(0)",
+                          "minicnn_bn_relu_scale"))
 
 
 def channel_mean_var(x):
+    x = _cupy().ascontiguousarray(x)
     count = x.size // x.shape[1]
-    mean = _channel_sum(x) / count
-    squared = _cupy().empty(x.shape, dtype=x.dtype)
-    _batchnorm_elementwise().squared_deviation(x, _per_channel(mean, x.dtype), squared)
-    return mean, _channel_sum(squared) / count
+    sums = _channel_sums("batchnorm_stats", x, x)
+    mean = sums[0] / count
+    var = _cupy().maximum(sums[1] / count - mean * mean, 0)  # in float64: nothing cancels
+    return mean.astype(x.dtype), var.astype(x.dtype)
 
 
 def batchnorm_forward(x, mean, inv_std, gamma, beta):
@@ -180,22 +198,42 @@ def batchnorm_forward(x, mean, inv_std, gamma, beta):
     return y
 
 
-def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
-    kernels, dtype = _batchnorm_elementwise(), x.dtype
-    dy = dy.astype(dtype, copy=False)
-    mean_c, inv_std_c = _per_channel(mean, dtype), _per_channel(inv_std, dtype)
-    dbeta = _channel_sum(dy)
-    dy_xhat = _cupy().empty(dy.shape, dtype=dtype)
-    kernels.dy_xhat(dy, x, mean_c, inv_std_c, dy_xhat)
-    dgamma = _channel_sum(dy_xhat)
-    scale = gamma * inv_std
+def batchnorm_relu_forward(x, mean, inv_std, gamma, beta):
+    y = _cupy().empty(x.shape, dtype=x.dtype)
+    _batchnorm_elementwise().relu_forward(x, *(_per_channel(v, x.dtype)
+                                               for v in (mean, inv_std, gamma, beta)), y)
+    return y
+
+
+def _backward(dy, x, mean, inv_std, gamma, beta, batch_statistics, relu):
+    cp, kernels, dtype = _cupy(), _batchnorm_elementwise(), x.dtype
+    dy, x = cp.ascontiguousarray(dy, dtype=dtype), cp.ascontiguousarray(x)
+    vectors = [v.astype(dtype, copy=False) for v in (mean, inv_std, gamma, beta)]
+    sums = _channel_sums("batchnorm_grad_sums", x, dy, x, *vectors, relu=relu)
+    dbeta, dgamma = sums[0].astype(dtype), sums[1].astype(dtype)
+    scale = _per_channel(gamma * inv_std, dtype)
+    channel = [_per_channel(v, dtype) for v in vectors]  # mean, inv_std, gamma, beta
+    if not batch_statistics and not relu:
+        return dy * scale, dgamma, dbeta
+    dx = cp.empty(x.shape, dtype=dtype)
     if not batch_statistics:
-        return dy * _per_channel(scale, dtype), dgamma, dbeta
+        kernels.relu_scale(dy, x, *channel, scale, dx)
+        return dx, dgamma, dbeta
     count = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    dx = dy_xhat  # its values are summed already: the buffer is free
-    kernels.dx(dy, x, mean_c, inv_std_c, _per_channel(scale, dtype),
-               _per_channel(dbeta / count, dtype), _per_channel(dgamma / count, dtype), dx)
+    means = (_per_channel(dbeta / count, dtype), _per_channel(dgamma / count, dtype))
+    if relu:
+        kernels.relu_dx(dy, x, *channel, scale, *means, dx)
+    else:
+        kernels.dx(dy, x, *channel[:2], scale, *means, dx)
     return dx, dgamma, dbeta
+
+
+def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics):
+    return _backward(dy, x, mean, inv_std, gamma, gamma, batch_statistics, relu=False)
+
+
+def batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, batch_statistics):
+    return _backward(dy, x, mean, inv_std, gamma, beta, batch_statistics, relu=True)
 
 
 @functools.cache

@@ -40,9 +40,17 @@ class SoftmaxCrossEntropy:
                 "SoftmaxCrossEntropy: expected logits of shape (N, num_classes), got shape "
                 f"{tuple(logits.shape)}"
             )
-        n, c = logits.shape
+        labels = check_labels(labels, *logits.shape, "SoftmaxCrossEntropy")
+        return float(self.forward_array(logits, labels))
+
+    __call__ = forward
+
+    def forward_array(self, logits, labels):
+        """The loss as a 0-d array where ``logits`` are (a GPU's memory): no value is read back
+        to the host, and nothing is checked (the training loop checked the labels once).
+        :meth:`forward` is ``float(forward_array(...))`` after the checks."""
+        n = logits.shape[0]
         xp = backend.array_module(logits)
-        labels = check_labels(labels, n, c, "SoftmaxCrossEntropy")
         labels = xp.asarray(labels)
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
@@ -52,9 +60,7 @@ class SoftmaxCrossEntropy:
         if s:
             nll = (1 - s) * nll - s * log_probs.mean(axis=1)
         self._cache = (xp.exp(log_probs), labels)
-        return float(nll.mean())
-
-    __call__ = forward
+        return nll.mean()
 
     def backward(self, scale: float = 1.0):
         """dL/dlogits, shape (N, C); ``scale`` multiplies it (e.g. a loss weight)."""

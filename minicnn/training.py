@@ -47,6 +47,10 @@ class TrainingDivergedError(FloatingPointError):
     """The loss or a gradient became NaN/inf; the message says where it first appeared."""
 
 
+#: how many steps a GPU runs between two reads of their losses (Trainer's read_every)
+READ_EVERY_ON_A_GPU = 20
+
+
 # -- evaluation ---------------------------------------------------------------------------------
 
 def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0) -> dict:
@@ -117,10 +121,15 @@ class Trainer:
 
     The loop keeps only what must sit between two lines of the step: the guard that stops
     before ``optimizer.step()`` when the loss or a gradient is not finite, and Ctrl-C, honoured
-    between steps. Everything else is a callback (:mod:`minicnn.callbacks`), run in this order:
-    gradient-flow watching (``diagnostics=N``, :class:`minicnn.diagnostics.GradientFlow`), the
-    ``callbacks`` given (whose state a checkpoint keeps), the progress bar (``verbose=1``) and
-    the checkpoints (``checkpoint=``, every ``checkpoint_every`` steps and after each epoch).
+    between steps. With ``read_every=N > 1`` (the default on a GPU) the step leaves its loss,
+    its count of right answers and the guard's verdict where the arrays are, and the loop reads
+    them every N steps, at the end of an epoch and before a checkpoint: the GPU is never made
+    to wait for the host inside a step (the guard then stops within N steps of the first
+    non-finite one, and says between which). Everything else is a callback
+    (:mod:`minicnn.callbacks`), run in this order: gradient-flow watching (``diagnostics=N``,
+    :class:`minicnn.diagnostics.GradientFlow`), the ``callbacks`` given (whose state a
+    checkpoint keeps), the progress bar (``verbose=1``) and the checkpoints (``checkpoint=``,
+    every ``checkpoint_every`` steps and after each epoch).
     Every argument is checked here, before the first step.
     """
 
@@ -128,7 +137,7 @@ class Trainer:
                  shuffle: bool = True, transform=None, seed: int = 0, callbacks=(),
                  verbose: int = 1, checkpoint=None, checkpoint_every: int | None = None,
                  eval_batch_size: int = 512, val_name: str = "val",
-                 diagnostics: int | None = None):
+                 diagnostics: int | None = None, read_every: int | None = None):
         self.loader = _check_training_job(model, optimizer, train, val, callbacks, checkpoint,
                                           batch_size, shuffle, transform, seed)
         self.model, self.loss_fn, self.optimizer, self.val = model, loss_fn, optimizer, val
@@ -145,6 +154,11 @@ class Trainer:
         self.global_step = 0
         self.epoch, self.epochs = 0, 0  # the epoch running, the epoch count fit() trains to
         self.totals = EpochTotals()
+        if read_every is None:  # a GPU runs ahead of the host between reads; a CPU has no ahead
+            read_every = READ_EVERY_ON_A_GPU if model.backend == "cupy" else 1
+        self.read_every = check_positive_int(read_every, "read_every", "fit")
+        self._unread: list[tuple] = []  # steps whose loss, accuracy and guard are not read yet
+        self.last_loss = math.nan
         self.extensions = [
             *([self.gradient_flow] if self.gradient_flow else []), *self.callbacks,
             *([ProgressBar()] if verbose else []),
@@ -163,6 +177,7 @@ class Trainer:
 
     # -- checkpoints (their format: minicnn.checkpoints) ------------------------------------
     def save_checkpoint(self, path=None) -> Path:
+        self.read_steps()  # the totals it keeps are read, and the weights checked, first
         return save_checkpoint(path if path is not None else self.checkpoint, self)
 
     def restore_checkpoint(self, path) -> None:
@@ -190,6 +205,52 @@ class Trainer:
             for watcher in watchers:
                 watcher.on_layer_backward(self, index, layer, dy, dx)
         return loss, correct
+
+    def device_step(self, xb, yb) -> tuple:
+        """:meth:`train_step` leaving its results where the arrays are: ``(loss, correct,
+        finite)`` as 0-d arrays (``finite``: the loss and every gradient are finite), no value
+        read back to the host, so that a GPU runs on while the host prepares the next batch."""
+        watchers = [e for e in self.extensions if e.watches_layers(self.global_step + 1)]
+        for index, layer, logits in self.model.forward_steps(xb, training=True):
+            for watcher in watchers:
+                watcher.on_layer_forward(self, index, layer, logits)
+        xp = backend.array_module(logits)
+        loss = self.loss_fn.forward_array(logits, yb) if hasattr(
+            self.loss_fn, "forward_array") else xp.asarray(self.loss_fn.forward(logits, yb))
+        correct = (logits.argmax(axis=1) == yb).sum()
+        self.optimizer.zero_grad()
+        for index, layer, dy, dx in self.model.backward_steps(self.loss_fn.backward(),
+                                                              input_grad=False):
+            for watcher in watchers:
+                watcher.on_layer_backward(self, index, layer, dy, dx)
+        finite = xp.isfinite(loss)
+        for p in self.model.parameters():
+            finite = finite & xp.isfinite(p.grad).all()
+        return loss, correct, finite
+
+    def read_steps(self) -> None:
+        """Read the steps run since the last read (one transfer for them all) into the epoch's
+        totals; raise :class:`TrainingDivergedError` if one of them was not finite."""
+        if not self._unread:
+            return
+        unread, self._unread = self._unread, []
+        xp = backend.xp(self.model.backend)
+        values = backend.to_numpy(xp.stack([xp.stack([loss.astype(xp.float64),
+                                                      correct.astype(xp.float64),
+                                                      finite.astype(xp.float64)])
+                                            for _, loss, correct, finite, _, _ in unread]))
+        for (batch, _, _, _, images, seconds), (loss, correct, finite) in zip(unread, values):
+            if not finite:
+                first = unread[0][0]
+                raise TrainingDivergedError(
+                    f"training diverged at epoch {self.epoch + 1}, batch {batch + 1} (read "
+                    f"after batch {unread[-1][0] + 1}: the loop reads the steps every "
+                    f"{self.read_every}, here batches {first + 1}-{unread[-1][0] + 1}): the "
+                    f"loss or a gradient is not finite; the steps after it have updated the "
+                    f"weights. Try a lower learning rate, or read_every=1 to stop before the "
+                    f"update.")
+            self.last_loss = float(loss)
+            self.totals.add(float(loss), int(correct), images, seconds)
 
     # -- the guard --------------------------------------------------------------------------
     def _grads_finite(self) -> bool:
@@ -244,20 +305,31 @@ class Trainer:
         start = time.perf_counter()
         for xb, yb in self.loader:
             xb, yb = xp.asarray(xb), xp.asarray(yb)
-            loss, correct = self.train_step(xb, yb)
-            if not math.isfinite(loss):
-                self._diverged(batch, xb, "loss")
-            if not self._grads_finite():
-                self._diverged(batch, xb, "gradient")
+            if self.read_every == 1:  # read now: the guard stops before the update
+                loss, correct = self.train_step(xb, yb)
+                if not math.isfinite(loss):
+                    self._diverged(batch, xb, "loss")
+                if not self._grads_finite():
+                    self._diverged(batch, xb, "gradient")
+            else:
+                step = self.device_step(xb, yb)
             self._call("on_before_update")
             self.optimizer.step()
             self.global_step += 1
-            self.totals.add(loss, correct, len(yb), time.perf_counter() - start)
-            self._call("on_batch_end", self.global_step, {"loss": loss, "lr": self.optimizer.lr})
+            if self.read_every == 1:
+                self.last_loss = loss
+                self.totals.add(loss, correct, len(yb), time.perf_counter() - start)
+            else:
+                self._unread.append((batch, *step, len(yb), time.perf_counter() - start))
+                if len(self._unread) >= self.read_every:
+                    self.read_steps()
+            self._call("on_batch_end", self.global_step, {"loss": self.last_loss,
+                                                          "lr": self.optimizer.lr})
             batch += 1
             if interrupt.requested:
                 raise _CleanInterrupt
             start = time.perf_counter()
+        self.read_steps()
         totals, self.totals = self.totals, EpochTotals()
         return {"epoch": epoch + 1, "train_loss": totals.mean_loss, "train_acc": totals.accuracy,
                 "lr": self.optimizer.lr, "time_s": totals.seconds,
@@ -371,7 +443,8 @@ def _check_training_job(model, optimizer, train, val, callbacks, checkpoint, bat
 def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size: int = 32, *,
         callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
         checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
-        eval_batch_size: int = 512, val_name: str = "val", diagnostics: int | None = None) -> History:
+        eval_batch_size: int = 512, val_name: str = "val", diagnostics: int | None = None,
+        read_every: int | None = None) -> History:
     """Train ``model`` and return its :class:`History`.
 
     Args:
@@ -391,6 +464,10 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
             ratio, activation statistics, dead ReLUs) on the first step and every
             ``diagnostics`` steps into ``History.diagnostics``; see :mod:`minicnn.diagnostics`.
             The weights and the losses are exactly those of a run without it.
+        read_every: read the steps' losses, accuracies and the guard's verdict from the device
+            every this many steps (and at each epoch's end and checkpoint) instead of after
+            every step; default 1 on the CPU, :data:`READ_EVERY_ON_A_GPU` on the cupy backend,
+            where each read makes the GPU wait. The weights are the same either way.
 
     Raises :class:`TrainingDivergedError` when the loss or a gradient stops being finite,
     naming the step and the first layer that produced a non-finite value; the last checkpoint
@@ -402,5 +479,5 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
                       shuffle=shuffle, transform=transform, seed=seed, callbacks=callbacks,
                       verbose=verbose, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                       eval_batch_size=eval_batch_size, val_name=val_name,
-                      diagnostics=diagnostics)
+                      diagnostics=diagnostics, read_every=read_every)
     return trainer.fit(epochs, resume=resume)

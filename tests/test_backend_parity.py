@@ -397,3 +397,30 @@ def test_adam_kernel(name, dtype, weight_decay, decoupled):
     for mine, expected in zip(ours, arrays):
         np.testing.assert_allclose(backend.to_numpy(mine), expected, rtol=1e-5 if dtype == np.float32
                                    else 1e-12, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_a_gpu_run_reading_its_steps_every_20_trains_as_one_reading_every_step():
+    """The cupy backend's default read_every (steps read 20 at a time, the GPU never waiting
+    inside a step) against reading every step: the same weights and epoch totals; the BatchNorm
+    + ReLU pairs run fused on the GPU in both."""
+    reason = _skip_reason("cupy")
+    if reason is not None:
+        pytest.skip(reason)
+    from minicnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU
+    from minicnn.losses import SoftmaxCrossEntropy
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 1, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 200)
+    runs = []
+    for read_every in (None, 1):
+        model = mc.Sequential([Conv2D(1, 8, 3, padding=1), BatchNorm2D(8), ReLU(), MaxPool2D(2),
+                               Flatten(), Dense(8 * 6 * 6, 3)], seed=0).to("cupy")
+        history = mc.fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y),
+                         epochs=2, batch_size=16, verbose=0, read_every=read_every)
+        runs.append(([backend.to_numpy(p.data) for p in model.parameters()], history))
+    (weights, history), (weights_1, history_1) = runs
+    for a, b in zip(weights, weights_1):
+        np.testing.assert_array_equal(a, b)
+    assert history["train_loss"] == history_1["train_loss"]

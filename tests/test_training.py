@@ -269,3 +269,79 @@ def test_the_progress_line_shows_a_validation_set_under_any_name(capsys):
         val=(x[:64], y[:64]), val_name="holdout", epochs=1, batch_size=60, verbose=1)
     line = [out for out in capsys.readouterr().out.splitlines() if out.startswith("epoch 1/1")]
     assert len(line) == 1 and ", holdout_loss " in line[0] and ", holdout_acc " in line[0], line
+
+
+# -- reading the steps every N (read_every: how a GPU is kept from waiting) -------------------------
+
+def run_reading_every(read_every, epochs=2, checkpoint=None, resume=False, callbacks=()):
+    x, y = toy_data()
+    model = toy_model()
+    opt = mc.optim.Adam(model.parameters(), lr=1e-2)
+    loader = DataLoader(x, y, batch_size=32, seed=3)  # 8 batches an epoch: not a multiple of 3
+    history = fit(model, SoftmaxCrossEntropy(), opt, loader, epochs=epochs, verbose=0,
+                  callbacks=callbacks, checkpoint=checkpoint, checkpoint_every=5, resume=resume,
+                  read_every=read_every)
+    return model, history
+
+
+def test_reading_the_steps_every_n_trains_and_reports_the_same(tmp_path):
+    """read_every=3: the same weights, and the same per-epoch losses and accuracies (the steps
+    are read in order, at the epoch's end and before each checkpoint too)."""
+    plain, plain_history = run_reading_every(1)
+    later, later_history = run_reading_every(3, checkpoint=tmp_path / "ckpt.safetensors")
+    for a, b in zip(plain.parameters(), later.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    for key in ("train_loss", "train_acc"):
+        assert later_history[key] == plain_history[key], key
+    # the checkpoint taken mid-epoch (step 5, two steps unread until then) resumes exactly
+    resumed, resumed_history = run_reading_every(3, epochs=3, checkpoint=tmp_path /
+                                                 "ckpt.safetensors", resume=True)
+    straight, straight_history = run_reading_every(1, epochs=3)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert resumed_history["train_loss"] == straight_history["train_loss"]
+
+
+def test_a_step_read_later_reads_nothing_back_inside_it(monkeypatch):
+    """With read_every > 1 the step never asks for a value on the host: not the loss as a float
+    (SoftmaxCrossEntropy.forward), not the guard's per-gradient checks, not the counted
+    answers; the loop reads them every N steps, N at a time."""
+    from minicnn.training import Trainer
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a value was read back inside a step")
+
+    monkeypatch.setattr(SoftmaxCrossEntropy, "forward", host_read)
+    monkeypatch.setattr(Trainer, "train_step", host_read)
+    monkeypatch.setattr(Trainer, "_grads_finite", host_read)
+    reads = []
+    original = Trainer.read_steps
+    monkeypatch.setattr(Trainer, "read_steps",
+                        lambda self: reads.append(len(self._unread)) or original(self))
+    _, history = run_reading_every(3, epochs=1)
+    assert [n for n in reads if n] == [3, 3, 2]  # 8 steps: read after 3, 6 and the epoch's end
+    assert 0 < history["train_loss"][0] < 1
+
+
+def test_a_step_read_later_that_diverged_is_named_with_its_window():
+    x, y = toy_data()
+    model = mc.Sequential([Flatten(), Dense(64, 8), ReLU(), Dense(8, 2)], seed=0)
+    model.layers[1].weight.data[:] = 1e38  # the first forward pass overflows to inf
+    with pytest.raises(TrainingDivergedError,
+                       match=r"epoch 1, batch 1 \(read after batch 4: the loop reads the steps "
+                             r"every 4, here batches 1-4\).*read_every=1"):
+        fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.01), (x, y),
+            epochs=1, batch_size=30, verbose=0, read_every=4)
+
+
+def test_read_every_is_checked_and_defaults_to_every_step_on_the_cpu():
+    from minicnn.training import READ_EVERY_ON_A_GPU, Trainer
+
+    x, y = toy_data()
+    model = toy_model()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.1),
+                      (x, y), verbose=0)
+    assert trainer.read_every == 1 and READ_EVERY_ON_A_GPU > 1
+    with pytest.raises(ValueError, match="read_every must be"):
+        Trainer(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.1), (x, y),
+                read_every=0)

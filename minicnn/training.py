@@ -184,32 +184,14 @@ class Trainer:
         restore_checkpoint(path, self)
 
     # -- one step -----------------------------------------------------------------------------
-    def train_step(self, xb, yb) -> tuple[float, int]:
+    def device_step(self, xb, yb) -> tuple:
         """Forward, loss and backward of one batch (the optimizer step is the loop's), one layer
         at a time (``Sequential.forward_steps`` / ``backward_steps``: ``model.forward`` and
         ``model.backward``, step by step), so that the callbacks watching this step
-        (``Callback.watches_layers``) see each layer's output and gradient."""
-        watchers = [e for e in self.extensions if e.watches_layers(self.global_step + 1)]
-        for index, layer, logits in self.model.forward_steps(xb, training=True):
-            for watcher in watchers:
-                watcher.on_layer_forward(self, index, layer, logits)
-        if not bool(backend.array_module(logits).isfinite(logits).all()):
-            return math.nan, 0  # the guard in run_epoch finds out where it came from
-        loss = self.loss_fn.forward(logits, yb)
-        if not math.isfinite(loss):
-            return loss, 0
-        correct = int((logits.argmax(axis=1) == yb).sum())
-        self.optimizer.zero_grad()
-        for index, layer, dy, dx in self.model.backward_steps(self.loss_fn.backward(),
-                                                              input_grad=False):
-            for watcher in watchers:
-                watcher.on_layer_backward(self, index, layer, dy, dx)
-        return loss, correct
-
-    def device_step(self, xb, yb) -> tuple:
-        """:meth:`train_step` leaving its results where the arrays are: ``(loss, correct,
-        finite)`` as 0-d arrays (``finite``: the loss and every gradient are finite), no value
-        read back to the host, so that a GPU runs on while the host prepares the next batch."""
+        (``Callback.watches_layers``) see each layer's output and gradient. Returns ``(loss,
+        correct, finite)`` as 0-d arrays where the arrays are (``finite``: the loss and every
+        gradient are finite): nothing is read back to the host here, so that a GPU runs on
+        while the host prepares the next batch; the loop reads them (``read_every``)."""
         watchers = [e for e in self.extensions if e.watches_layers(self.global_step + 1)]
         for index, layer, logits in self.model.forward_steps(xb, training=True):
             for watcher in watchers:
@@ -253,10 +235,6 @@ class Trainer:
             self.totals.add(float(loss), int(correct), images, seconds)
 
     # -- the guard --------------------------------------------------------------------------
-    def _grads_finite(self) -> bool:
-        xp = backend.xp(self.model.backend)
-        return all(bool(xp.isfinite(p.grad).all()) for p in self.model.parameters())
-
     def _diagnose(self, xb, what: str) -> str:
         """Find the first layer whose weights, gradient or output is not finite."""
         xp = backend.xp(self.model.backend)
@@ -305,14 +283,13 @@ class Trainer:
         start = time.perf_counter()
         for xb, yb in self.loader:
             xb, yb = xp.asarray(xb), xp.asarray(yb)
+            step = self.device_step(xb, yb)
             if self.read_every == 1:  # read now: the guard stops before the update
-                loss, correct = self.train_step(xb, yb)
+                loss, correct, finite = float(step[0]), int(step[1]), bool(step[2])
                 if not math.isfinite(loss):
                     self._diverged(batch, xb, "loss")
-                if not self._grads_finite():
+                if not finite:
                     self._diverged(batch, xb, "gradient")
-            else:
-                step = self.device_step(xb, yb)
             self._call("on_before_update")
             self.optimizer.step()
             self.global_step += 1

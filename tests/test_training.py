@@ -304,16 +304,15 @@ def test_reading_the_steps_every_n_trains_and_reports_the_same(tmp_path):
 
 def test_a_step_read_later_reads_nothing_back_inside_it(monkeypatch):
     """With read_every > 1 the step never asks for a value on the host: not the loss as a float
-    (SoftmaxCrossEntropy.forward), not the guard's per-gradient checks, not the counted
-    answers; the loop reads them every N steps, N at a time."""
+    (SoftmaxCrossEntropy.forward), not the guard's verdict (nothing reads it after each step);
+    the loop reads them every N steps, N at a time."""
     from minicnn.training import Trainer
 
     def host_read(*args, **kwargs):
         raise AssertionError("a value was read back inside a step")
 
     monkeypatch.setattr(SoftmaxCrossEntropy, "forward", host_read)
-    monkeypatch.setattr(Trainer, "train_step", host_read)
-    monkeypatch.setattr(Trainer, "_grads_finite", host_read)
+    monkeypatch.setattr(Trainer, "_diverged", host_read)
     reads = []
     original = Trainer.read_steps
     monkeypatch.setattr(Trainer, "read_steps",
@@ -321,6 +320,12 @@ def test_a_step_read_later_reads_nothing_back_inside_it(monkeypatch):
     _, history = run_reading_every(3, epochs=1)
     assert [n for n in reads if n] == [3, 3, 2]  # 8 steps: read after 3, 6 and the epoch's end
     assert 0 < history["train_loss"][0] < 1
+    x, y = toy_data(64)
+    model = toy_model()
+    trainer = Trainer(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.1),
+                      (x, y), verbose=0, read_every=3)
+    step = trainer.device_step(x[:32], y[:32])
+    assert all(isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0 for value in step)
 
 
 def test_a_step_read_later_that_diverged_is_named_with_its_window():

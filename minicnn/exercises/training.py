@@ -170,11 +170,9 @@ YOURS = "[your backward]"
 
 
 class YourLoss(SoftmaxCrossEntropy):
-    def forward(self, logits, labels):
+    def forward_array(self, logits, labels):  # forward() and the training loop both call it
         self._logits, self._labels = logits, np.asarray(labels)
-        return super().forward(logits, labels)
-
-    __call__ = forward
+        return super().forward_array(logits, labels)
 
     def backward(self, scale: float = 1.0):
         return self.yours.softmax_cross_entropy_backward(self._logits, self._labels) * scale

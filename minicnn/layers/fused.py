@@ -19,8 +19,6 @@ every layer's output, run each layer's own code, and so does everything once
 
 from __future__ import annotations
 
-import functools
-
 from ..kernels import get_fusion
 from .activations import ReLU
 from .normalization import BatchNorm2D
@@ -43,7 +41,7 @@ def _batchnorm_relu_backward(norm: BatchNorm2D, relu: ReLU, dy, input_grad: bool
     return dx
 
 
-def _residual_relu_forward(block, relu: ReLU, x, training: bool):
+def residual_relu_forward(block, relu: ReLU, x, training: bool):
     """relu.forward(block.forward(x)), the sum and the ReLU in one pass."""
     a = block.body._run_forward(x, training)
     b = x if block.shortcut is None else block.shortcut._run_forward(x, training)
@@ -52,29 +50,25 @@ def _residual_relu_forward(block, relu: ReLU, x, training: bool):
     return relu._remember(y, cache=y)  # what ReLU._forward keeps
 
 
-def _residual_relu_backward(block, relu: ReLU, dy, input_grad: bool):
+def residual_relu_backward(block, relu: ReLU, dy, input_grad: bool):
     return block.backward(relu.backward(dy), input_grad=input_grad)
 
 
-@functools.cache
-def pairs() -> dict:
-    """(first layer's type, second's) -> (forward, backward, the kernel the backend needs).
-    (Residual is a container built on Sequential, which imports this module: looked up here.)"""
-    from .residual import Residual
-
-    return {(BatchNorm2D, ReLU): (_batchnorm_relu_forward, _batchnorm_relu_backward,
-                                  "batchnorm_relu_forward"),
-            (Residual, ReLU): (_residual_relu_forward, _residual_relu_backward, "add_relu")}
+#: (first layer's type, second's) -> (forward, backward, the kernel the backend needs); a
+#: container layer adds its own pair where it is defined (Residual: layers/residual.py), as
+#: this module sits below the containers
+PAIRS = {(BatchNorm2D, ReLU): (_batchnorm_relu_forward, _batchnorm_relu_backward,
+                               "batchnorm_relu_forward")}
 
 
 def fuses(layers, index: int) -> bool:
     """Whether ``layers[index]`` and ``layers[index + 1]`` run as one pass: exactly a pair of
-    :func:`pairs` running their own passes (a subclass, or a layer running a learner's passes,
+    :data:`PAIRS` running their own passes (a subclass, or a layer running a learner's passes,
     runs its own code), on one backend that has the pair's kernel, with fusion on."""
     if index + 1 >= len(layers) or not get_fusion():
         return False
     first, second = layers[index], layers[index + 1]
-    pair = pairs().get((type(first), type(second)))
+    pair = PAIRS.get((type(first), type(second)))
     return (pair is not None
             and first._passes is None and second._passes is None  # their own code, not fused
             and first.backend == second.backend and hasattr(first.kernels, pair[2]))
@@ -83,9 +77,9 @@ def fuses(layers, index: int) -> bool:
 def forward(first, second, x, training: bool):
     """second.forward(first.forward(x)) in one pass (a pair :func:`fuses` accepts)."""
     first._cache = second._cache = None  # the previous batch's arrays can be reused
-    return pairs()[type(first), type(second)][0](first, second, x, training)
+    return PAIRS[type(first), type(second)][0](first, second, x, training)
 
 
 def backward(first, second, dy, input_grad: bool = True):
     """first.backward(second.backward(dy)) in one pass; fills the parameters' gradients."""
-    return pairs()[type(first), type(second)][1](first, second, dy, input_grad)
+    return PAIRS[type(first), type(second)][1](first, second, dy, input_grad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from . import fused
 from .activations import ReLU
 from .base import Layer, shape_text
 from .conv import Conv2D
@@ -178,3 +179,8 @@ def _shape(layers: Sequential, input_shape, what: str) -> tuple:
 
 
 __all__ = ["Residual"]
+
+
+# the block and the ReLU after it as one pass in Sequential (layers/fused.py)
+fused.PAIRS[Residual, ReLU] = (fused.residual_relu_forward, fused.residual_relu_backward,
+                               "add_relu")

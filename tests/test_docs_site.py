@@ -25,8 +25,17 @@ from helpers import require
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DOCS = REPOSITORY / "docs"
-sys.path.insert(0, str(REPOSITORY))  # mkdocs_hooks, as MkDocs imports it
-import mkdocs_hooks  # noqa: E402
+
+
+def hooks():
+    """mkdocs_hooks.py, imported as MkDocs imports it (it needs the docs extra: griffe)."""
+    require("mkdocs")
+    require("griffe")
+    if str(REPOSITORY) not in sys.path:
+        sys.path.insert(0, str(REPOSITORY))
+    import mkdocs_hooks
+
+    return mkdocs_hooks
 
 
 def unavailable(message):
@@ -103,7 +112,7 @@ def test_every_notebook_page_links_its_notebook(site):
 def test_literal_markdown_leaves_code_alone():
     text = ("**Backward.** K = C*KH*KW, y**2, *sum*, __init__ and `a*b`\n\n    y = a * b  # a "
             "literal block\n\n```\nz = x_1 * 2\n```\nafter a ``b*c``")
-    assert mkdocs_hooks.literal_markdown(text) == (
+    assert hooks().literal_markdown(text) == (
         "**Backward.** K = C\\*KH\\*KW, y\\*\\*2, *sum*, \\_\\_init\\_\\_ and `a*b`\n\n    y = a "
         "* b  # a literal block\n\n```\nz = x_1 * 2\n```\nafter a ``b*c``")
 
@@ -143,7 +152,7 @@ def browser():
     playwright_api = require("playwright.sync_api")
     from test_studio_browser import chromium_path
 
-    if mkdocs_hooks.local_katex() is None:
+    if hooks().local_katex() is None:
         unavailable("no local KaTeX (apt-get install libjs-katex): the site would load it from "
                     "the network")
     with playwright_api.sync_playwright() as playwright:

@@ -137,8 +137,9 @@ from .numpy_kernels import (  # noqa: E402
 # between every two. Here the per-channel sums of a pass (mean and variance forward; dbeta and
 # dgamma backward, through the ReLU's mask when one follows) are one kernel reading the batch
 # once (batchnorm_stats, batchnorm_grad_sums in cupy_kernels.cu) and one small sum of its
-# partials; each element-wise part is one kernel. Forward: 2 passes over the batch (was 5);
-# backward: 2 (was 4), with the ReLU after it 2 (was 4 more).
+# partials; each element-wise part is one kernel. Forward: 2 passes over the batch (the sums,
+# then the normalization, with the ReLU after it when one follows); backward: 2 (the sums, then
+# dx). As array expressions the same took 5 and 4, and the ReLU 1 and 1 more.
 
 _SUM_THREADS_PER_CHANNEL = 256  # partial sums per channel (fewer where H*W is smaller)
 

@@ -126,10 +126,16 @@ class BatchNorm2D(Layer):
 
     # -- the studio, PyTorch and ONNX --------------------------------------------------------
     def formula(self, input_shape, output_shape):
-        return {"forward": ["xhat = (x - running_mean) / sqrt(running_var + eps)",
-                            f"y = gamma * xhat + beta   {shape_text(output_shape)}"],
+        n, _, h, w = output_shape
+        return {"forward": ["xhat = (x - running_mean) / sqrt(running_var + eps)   (inference)",
+                            f"y = gamma * xhat + beta   {shape_text(output_shape)}",
+                            f"training: mu, var of the batch's M = N*H*W = {n * h * w} values "
+                            "per channel instead"],
                 "backward": ["dx = dy * gamma / sqrt(running_var + eps)   (inference: the "
-                             "statistics are constants)"],
+                             "statistics are constants)",
+                             "dgamma = sum(dy * xhat), dbeta = sum(dy)   (over N, H, W)",
+                             "training: dx = gamma / (M sigma) * (M dy - sum(dy) - xhat * "
+                             "sum(dy * xhat)), sigma = sqrt(var + eps): x also moves mu and var"],
                 "explain": "Normalizes each channel with the statistics gathered in training, "
                            "then scales and shifts it with learned gamma and beta."}
 

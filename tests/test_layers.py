@@ -39,8 +39,6 @@ def test_batchnorm_running_statistics_use_the_unbiased_batch_variance(cpu_backen
 def test_batchnorm_formula_shows_the_training_backward_too():
     """The studio's panel: the inference pass it computes, and the training pass a step runs
     (x also reaches the loss through the batch's mean and variance)."""
-    from minicnn.layers import BatchNorm2D
-
     panel = BatchNorm2D(4).formula((2, 4, 3, 3), (2, 4, 3, 3))
     assert "M = N*H*W = 18" in " ".join(panel["forward"])
     assert any(line.startswith("training: dx = gamma / (M sigma) * (M dy - sum(dy) - xhat * "

@@ -43,8 +43,8 @@ from .validation import check_float_array, check_positive_int
 
 __all__ = [
     "CAMResult", "bilinear_resize", "cam", "class_maps", "class_score_gradient",
-    "conv_block_output", "conv_filters", "default_cam_layer", "feature_maps", "grad_cam",
-    "heatmaps", "saliency",
+    "conv_block_output", "conv_filters", "default_cam_layer", "feature_maps", "first_filters",
+    "grad_cam", "heatmaps", "saliency",
 ]
 
 @dataclass(frozen=True)

@@ -32,6 +32,11 @@ REQUIRED = ("dense_backward", "relu_backward", "softmax_cross_entropy_backward",
 OPTIONAL = ("conv_forward", "avgpool_backward", "adam_step", "sgd_momentum_step")
 
 
+def _alternatives(need) -> tuple[str, ...]:
+    """An exercise needed, as the tuple of exercises any one of which will do."""
+    return (need,) if isinstance(need, str) else tuple(need)
+
+
 class _Yours:
     """The learner's functions that pass their exercise, by exercise name; ``failed`` says
     which of ``REQUIRED`` do not pass yet, and why."""
@@ -39,8 +44,7 @@ class _Yours:
     def __init__(self, folder: Path):
         self.functions, self.failed = {}, []
         reasons = {}
-        names = [*(n for group in REQUIRED for n in ((group,) if isinstance(group, str)
-                                                      else group)), *OPTIONAL]
+        names = [*(n for need in REQUIRED for n in _alternatives(need)), *OPTIONAL]
         for name in names:  # each in a child process, a second or less
             exercise = BY_NAME[name]
             result = grade(exercise, folder / exercise.file_name)
@@ -48,15 +52,13 @@ class _Yours:
                 self.functions[name] = load_function(exercise, folder / exercise.file_name)
             else:
                 reasons[name] = f"{exercise.number}. {name} ({result.report[0]})"
-        for group in REQUIRED:
-            group = (group,) if isinstance(group, str) else group
-            if not self.passed(group):
-                self.failed.append(" or ".join(reasons[name] for name in group))
+        for need in REQUIRED:
+            if not self.passed(need):
+                self.failed.append(" or ".join(reasons[name] for name in _alternatives(need)))
 
     def passed(self, *names) -> bool:
         """Whether every exercise named passes (a tuple of names: any one of them)."""
-        return all(any(n in self.functions for n in ((name,) if isinstance(name, str) else name))
-                   for name in names)
+        return all(any(n in self.functions for n in _alternatives(need)) for need in names)
 
     def __getattr__(self, name):
         try:
@@ -227,7 +229,7 @@ def _swap_layers(model: Sequential, yours: _Yours) -> tuple[Sequential, list[str
             layer = copy.deepcopy(layer).use_passes(*passes(yours), words=YOURS)
         elif passes is not None:
             kept.add(f"{type(layer).__name__} stays minicnn's: "
-                     + ", ".join(n if isinstance(n, str) else " or ".join(n)
+                     + ", ".join(" or ".join(_alternatives(n))
                                  for n in needs if not yours.passed(n)) + " not passed")
         layers.append(layer)
     copied = Sequential(layers, input_shape=model.input_shape)

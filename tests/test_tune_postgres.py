@@ -157,6 +157,10 @@ def test_two_workers_share_one_study_and_its_best_model_can_be_evaluated(databas
     assert password not in output
 
 
+def still_running(url, study, number) -> bool:
+    return any(t.number == number and t.state.name == "RUNNING" for t in trials_of(url, study))
+
+
 def test_a_killed_worker_s_trial_is_failed_and_run_again(database, tmp_path):
     url, password = database
     study = f"killed-worker-{uuid.uuid4().hex[:8]}"
@@ -171,9 +175,15 @@ def test_a_killed_worker_s_trial_is_failed_and_run_again(database, tmp_path):
         for trial in trials_of(url, study):  # a trial of the doomed worker, training
             if (trial.state.name == "RUNNING" and "finished_before" in trial.user_attrs
                     and trial.user_attrs["worker"].endswith(doomed_worker)):
-                doomed.send_signal(signal.SIGKILL)
-                killed = trial.number
-                break
+                # frozen first, then looked at again: a trial that finished between the read
+                # above and the kill would be COMPLETE, and the test would test nothing
+                doomed.send_signal(signal.SIGSTOP)
+                time.sleep(0.3)  # a commit already on its way lands
+                if still_running(url, study, trial.number):
+                    doomed.send_signal(signal.SIGKILL)
+                    killed = trial.number
+                    break
+                doomed.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     assert killed is not None, "the doomed worker never ran a trial"
     doomed.communicate(timeout=30)

@@ -5,7 +5,7 @@
     python benchmarks/profile_step.py --backend cupy       # on the GPU (each kernel synchronized)
 
 Wraps every kernel of the backend with a timer, runs some training steps and prints, per kernel
-(matrix multiplies per shape), the milliseconds per step, its share of the step and, for the
+(matrix multiplies and Winograd layers per shape), the milliseconds per step, its share of the step and, for the
 multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak (a 2048^3 product,
 measured in the same process; on cupy the GPU's, an 8192^3 product).
 """
@@ -44,10 +44,10 @@ def main():
                 (m, k), n = a[0].shape, a[1].shape[1]
                 label = f"matmul ({m}x{k}) @ ({k}x{n})"
                 flops[label] = 2 * m * k * n
-            elif name == "batched_matmul":  # Winograd's a*a products
-                (b, m, k), n = a[0].shape, a[1].shape[2]
-                label = f"winograd {b} x ({m}x{k}) @ ({k}x{n})"
-                flops[label] = 2 * b * m * k * n
+            elif name in ("conv_forward", "conv_backward"):  # a Winograd layer, whole
+                n, c, h, w = a[0].shape if name == "conv_forward" else a[3]
+                f = a[1].shape[0] if name == "conv_forward" else a[2].shape[0]
+                label = f"winograd {name[5:]} {c}->{f} @{h}x{w}"
             sync()
             start = time.perf_counter()
             result = kernel(*a, **kw)
@@ -62,16 +62,11 @@ def main():
         if not name.startswith("_") and callable(getattr(kernels, name)) \
                 and name != "conv_algorithm":
             setattr(kernels, name, timer(name, getattr(kernels, name)))
-    if args.backend == "numba":  # the Winograd layers: their transforms and products
+    if args.backend == "numba":  # the Winograd layers: transforms and products, block by block
         from minicnn.kernels import numba_winograd as winograd
 
-        for name in ("filter_transform", "batched_matmul", "_input_transform_kernel",
-                     "_output_transform_kernel", "_output_transform_transposed_kernel",
-                     "_input_transform_transposed_kernel"):
-            label = name if name == "batched_matmul" else \
-                "winograd " + name.strip("_").replace("_kernel", "")
-            setattr(winograd, name, timer(label if name != "batched_matmul" else name,
-                                          getattr(winograd, name)))
+        for name in ("conv_forward", "conv_backward"):
+            setattr(winograd, name, timer(name, getattr(winograd, name)))
 
     shape = (1, 28, 28) if args.model == "reference" else (3, 32, 32)
     model = {"reference": models.reference_cnn, "cifar_vgg": models.cifar_vgg,

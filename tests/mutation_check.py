@@ -85,7 +85,7 @@ MUTANTS = [
     Mutant("winograd-transform-entry", "minicnn/kernels/winograd.py",
            "[0, -2, -1, 2, 1, 0],", "[0, -2, -1, 2, 2, 0],", first=("test_winograd.py",)),
     Mutant("winograd-overlap-assign-numba", "minicnn/kernels/numba_winograd.py",
-           "dpadded[_u(corner + k * cols + l)] += dd[", "dpadded[_u(corner + k * cols + l)] = dd[",
+           "dpadded[_u(target + tw * m)] += dd[", "dpadded[_u(target + tw * m)] = dd[",
            first=("test_winograd.py",)),
     Mutant("cupy-grid-rounded-down", "minicnn/kernels/cupy_kernels.py",
            "blocks = (total + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK",

@@ -96,6 +96,26 @@ def test_winograd_matches_the_naive_loops(name, m, dtype, n, c, f, size, padding
     np.testing.assert_array_equal(dW_only, dW)
 
 
+@pytest.mark.skipif("numba" not in IMPLEMENTATIONS, reason="numba is not installed")
+@pytest.mark.parametrize("samples_per_block", [1, 2, 64])
+def test_numba_runs_the_blocks_of_samples_that_the_reference_runs_whole(samples_per_block,
+                                                                       monkeypatch):
+    """numba_winograd splits the batch between the cores and each share into blocks of samples
+    (transform, products, transform back, block after block): every split, uneven ones
+    included, gives the reference's y, dL/dx and dL/dW (float64, where only rounding differs)."""
+    from minicnn.kernels import numba_winograd
+
+    monkeypatch.setattr(numba_winograd, "_samples_per_block", lambda *args: samples_per_block)
+    t = winograd.TRANSFORMS[4]
+    x, weight, b, dy = _draw(5, 3, 4, (9, 7), (1, 1), True, np.float64, 0)
+    y, saved = numba_winograd.conv_forward(x, weight, b, (1, 1), t)
+    dx, dW = numba_winograd.conv_backward(dy, saved, weight, x.shape, (1, 1), t)
+    y_ref, saved_ref = winograd.conv_forward(x, weight, b, (1, 1), t)
+    dx_ref, dW_ref = winograd.conv_backward(dy, saved_ref, weight, x.shape, (1, 1), t)
+    for actual, expected, what in [(y, y_ref, "y"), (dx, dx_ref, "dL/dx"), (dW, dW_ref, "dL/dW")]:
+        _assert_close(actual, expected, np.float64, 4, what)
+
+
 @pytest.mark.parametrize("setting", ["winograd", "winograd2"])
 @settings(max_examples=25)
 @given(n=st.integers(1, 3), c=st.sampled_from([1, 4, 9, 33]), f=st.sampled_from([1, 8, 12, 40]),

@@ -148,25 +148,21 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for stacks of matrices, (B, m, k) @ (B, k, n) -> (B, m, n): each core takes its
-    own share of the B products, one single-threaded BLAS call each (Winograd's a*a GEMMs)."""
-    batch, m, _ = a.shape
-    out = recycler.empty((batch, m, b.shape[2]), np.result_type(a.dtype, b.dtype))
+def on_cores(count: int, work) -> list:
+    """``work(lo, hi)`` for one contiguous share of ``range(count)`` per core, side by side on
+    minicnn's threads, numpy's BLAS held to one thread per call meanwhile (so ``work`` may
+    multiply with :func:`matmul_here`); returns the shares' results in order."""
     pool, blas = _workers()
-    if _parts == 1 or batch == 1:
-        with blas.limit(limits=1):
-            np.matmul(a, b, out=out)
-        return out
-    bounds = [(lo * batch // _parts, (lo + 1) * batch // _parts) for lo in range(_parts)]
+    bounds = [(p * count // _parts, (p + 1) * count // _parts) for p in range(_parts)]
+    bounds = [(lo, hi) for lo, hi in bounds if hi > lo] or [(0, count)]
     with blas.limit(limits=1):
-        futures = [pool.submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
-                   for lo, hi in bounds[1:] if hi > lo]
-        lo, hi = bounds[0]
-        np.matmul(a[lo:hi], b[lo:hi], out=out[lo:hi])
-        for future in futures:
-            future.result()
-    return out
+        futures = [pool.submit(work, lo, hi) for lo, hi in bounds[1:]]
+        return [work(*bounds[0])] + [future.result() for future in futures]
+
+
+def matmul_here(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` on the calling thread alone: for the work that :func:`on_cores` runs."""
+    return np.matmul(a, b)
 
 
 # A product with one side under 16 and a long inner dimension, e.g. the weight gradient of a

@@ -1,27 +1,27 @@
 """Winograd F(m x m, 3x3) on every core: the algorithm of :mod:`minicnn.kernels.winograd`
-(read it first: the derivation, the matrices and the NumPy reference), with its four tile
-transforms as parallel numba kernels and its a*a matrix products on minicnn's threads.
+(read it first: the derivation, the matrices and the NumPy reference, which computes each step
+for the whole batch before the next), run here a block of samples at a time.
 
-**One plane per task.** Every transform kernel runs one (sample, channel) plane per ``prange``
-iteration: the plane's tiles are consecutive in the tile numbering, so a task reads and writes
-runs of TW consecutive tiles in each of the a*a positions, and no two tasks touch the same
-element (the transposed input transform adds overlapping tiles back inside its own plane).
+**Blocks that stay in the cache.** The transformed arrays are large (V is 2.25x the layer's
+input for F(4x4, 3x3)), and the transforms do little arithmetic per value: written whole to
+memory and read back by the next step, they ran at half the machine's copy bandwidth and took
+more time than the products. So each core takes its share of the samples and, for one block of
+a few samples after another, runs the input transform, the a*a products (one single-threaded
+BLAS call per position, :func:`~minicnn.kernels.cpu_runtime.matmul_here`) and the output
+transform while the block's arrays are still in its L2 cache; V alone is written out, for the
+weight gradient. The backward pass runs its blocks the same way, in reverse.
 
-**Each transform is two passes of one small matrix**, first down the tile rows, then across:
-
-- ``B^T d B``: ``B^T`` mixes the a input rows of a row of tiles, over the whole width at once
-  (a long contiguous loop LLVM vectorizes); then ``. B`` mixes the a columns of each tile,
-  with the tiles of that row in the inner loop;
-- ``A^T M A``: across first (the a*a products of each tile are a*a separate runs), then down,
-  writing whole output rows (and the bias);
-- the transposes ``A dY A^T`` and ``B dV B^T`` take the same two passes in the other order.
+**Each transform is two passes of one small matrix** over runs of tiles: a block's tiles are
+laid out as ``d[k, l, tile]`` (value (k, l) of every tile in one run, gathered from the padded
+plane a tile row at a time), so ``B^T d B`` is ``B^T`` mixing the runs of the a rows k, then
+``B`` mixing the runs of the a columns l, each a long contiguous loop that LLVM vectorizes.
+``A^T M A`` takes the same two passes before its m x m values per tile are written into output
+rows (with the bias); the transposes ``A dY A^T`` and ``B dV B^T`` take them in the other order.
 
 Zero entries of the matrices are skipped (half of F(4x4)'s ``B^T`` is zeros), and every pass
-multiplies whole runs by one matrix entry, so the entries need not be compiled in.
-
-**The matrix products** ``M[p] = U[p] @ V[p]`` (and the two of the backward pass) are a*a
-independent GEMMs, so :func:`~minicnn.kernels.cpu_runtime.batched_matmul` gives each core its
-own share of them, one single-threaded BLAS call each.
+multiplies whole runs by one matrix entry, so the entries need not be compiled in. A kernel
+runs one channel plane of the block after another; no two blocks touch the same element (the
+transposed input transform adds overlapping tiles back inside its own sample).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from numba import njit, prange
 from numba import uint64 as _u
 
 from . import winograd
-from .cpu_runtime import batched_matmul, matmul, recycler
+from .cpu_runtime import matmul, matmul_here, on_cores, recycler
 
-_jit = njit(parallel=True, cache=True, fastmath=False)
+# serial kernels, each on one block of samples: the cores run blocks side by side
+_jit = njit(nogil=True, cache=True, fastmath=False)
 
 
 @njit(inline="always")
@@ -70,75 +71,60 @@ def _right(src, src_at, src_step, K, outer, length, dst, dst_at, dst_step):
                         dst[_u(out + t)] += coef * src[_u(source + t)]
 
 
-@njit(inline="always")
-def _task_tiles(task, blocks, per_task, n_count, plane_tiles):
-    """Every kernel runs one task per (channel, block of ``per_task`` samples), whose tiles are
-    consecutive in the tile numbering. Returns the channel, the block's first sample and the one
-    past its last, and how many tiles it holds (per_task*TH*TW, fewer in the last block)."""
-    channel = task // blocks
-    first_n = (task - channel * blocks) * per_task
-    last_n = min(n_count, first_n + per_task)
-    return channel, first_n, last_n, (last_n - first_n) * plane_tiles
-
-
 @_jit
-def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw_count, per_task,
-                            BT, B, V_flat):
+def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw_count, BT, B,
+                            V_flat, V_first, V_tiles):
+    # writes V[:, :, V_first:V_first + the block's tiles] of a V of V_tiles tiles
     a = BT.shape[0]
     m = a - 2
     rows, cols = th_count * m + 2, tw_count * m + 2  # the padded plane the tiles cover
     plane_tiles = th_count * tw_count
     tiles = n_count * plane_tiles
-    blocks = (n_count + per_task - 1) // per_task
-    for task in prange(c_count * blocks):
-        c, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
-        padded = np.zeros(rows * cols, dtype=x_flat.dtype)
-        d = np.empty(a * a * length, dtype=x_flat.dtype)  # d[k, l, tile]: the tiles, gathered
-        mixed = np.empty(a * a * length, dtype=x_flat.dtype)
-        for n in range(first_n, last_n):
+    padded = np.zeros(rows * cols, dtype=x_flat.dtype)  # the border stays zero
+    d = np.empty(a * a * tiles, dtype=x_flat.dtype)  # d[k, l, tile]: one channel's tiles
+    mixed = np.empty(a * a * tiles, dtype=x_flat.dtype)
+    for c in range(c_count):
+        for n in range(n_count):
             source = (n * c_count + c) * h * w
             for y in range(h):
                 for x in range(w):
                     padded[_u((y + ph) * cols + x + pw)] = x_flat[_u(source + y * w + x)]
-            for th in range(th_count):
-                for tw in range(tw_count):
-                    t = (n - first_n) * plane_tiles + th * tw_count + tw
-                    corner = th * m * cols + tw * m
-                    for k in range(a):
-                        for l in range(a):
-                            d[_u((k * a + l) * length + t)] = padded[_u(corner + k * cols + l)]
-        _left(BT, d, 0, length, a, length, mixed, 0, length)  # B^T d
-        _right(mixed, 0, length, B, a, length, V_flat, c * tiles + first_n * plane_tiles,
-               c_count * tiles)  # (B^T d) B, into V[position, c, tiles]
+            for k in range(a):  # value (k, l) of every tile: a run of tiles per tile row
+                for l in range(a):
+                    for th in range(th_count):
+                        source = (th * m + k) * cols + l
+                        target = (k * a + l) * tiles + n * plane_tiles + th * tw_count
+                        for tw in range(tw_count):
+                            d[_u(target + tw)] = padded[_u(source + tw * m)]
+        _left(BT, d, 0, tiles, a, tiles, mixed, 0, tiles)  # B^T d
+        _right(mixed, 0, tiles, B, a, tiles, V_flat, c * V_tiles + V_first,
+               c_count * V_tiles)  # (B^T d) B
 
 
 @_jit
 def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, th_count,
-                                       tw_count, per_task, BT, B, dx_flat):
+                                       tw_count, BT, B, dx_flat):
     a = BT.shape[0]
     m = a - 2
     rows, cols = th_count * m + 2, tw_count * m + 2
     plane_tiles = th_count * tw_count
     tiles = n_count * plane_tiles
-    blocks = (n_count + per_task - 1) // per_task
-    for task in prange(c_count * blocks):
-        c, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
-        mixed = np.empty(a * a * length, dtype=dV_flat.dtype)
-        dd = np.empty(a * a * length, dtype=dV_flat.dtype)
-        _left(B, dV_flat, c * tiles + first_n * plane_tiles, c_count * tiles, a, length, mixed, 0,
-              length)  # B dV
-        _right(mixed, 0, length, BT, a, length, dd, 0, length)  # (B dV) B^T
-        dpadded = np.empty(rows * cols, dtype=dV_flat.dtype)
-        for n in range(first_n, last_n):
+    mixed = np.empty(a * a * tiles, dtype=dV_flat.dtype)
+    dd = np.empty(a * a * tiles, dtype=dV_flat.dtype)
+    dpadded = np.empty(rows * cols, dtype=dV_flat.dtype)
+    for c in range(c_count):
+        _left(B, dV_flat, c * tiles, c_count * tiles, a, tiles, mixed, 0, tiles)  # B dV
+        _right(mixed, 0, tiles, BT, a, tiles, dd, 0, tiles)  # (B dV) B^T
+        for n in range(n_count):
             for q in range(rows * cols):
                 dpadded[_u(q)] = 0
-            for th in range(th_count):
-                for tw in range(tw_count):
-                    t = (n - first_n) * plane_tiles + th * tw_count + tw
-                    corner = th * m * cols + tw * m
-                    for k in range(a):
-                        for l in range(a):  # neighbouring tiles overlap: their gradients add up
-                            dpadded[_u(corner + k * cols + l)] += dd[_u((k * a + l) * length + t)]
+            for k in range(a):
+                for l in range(a):
+                    for th in range(th_count):
+                        target = (th * m + k) * cols + l
+                        source = (k * a + l) * tiles + n * plane_tiles + th * tw_count
+                        for tw in range(tw_count):  # overlapping tiles: their gradients add up
+                            dpadded[_u(target + tw * m)] += dd[_u(source + tw)]
             target = (n * c_count + c) * h * w
             for y in range(h):
                 for x in range(w):
@@ -146,65 +132,68 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
 
 
 @_jit
-def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_count, per_task, AT,
-                             A, bias, y_flat):
+def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_count, AT, A, bias,
+                             y_flat):
     m, a = AT.shape
     plane_tiles = th_count * tw_count
     tiles = n_count * plane_tiles
-    blocks = (n_count + per_task - 1) // per_task
-    for task in prange(f_count * blocks):
-        f, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
-        mixed = np.empty(m * a * length, dtype=M_flat.dtype)
-        blocks_out = np.empty(m * m * length, dtype=M_flat.dtype)
-        _left(AT, M_flat, f * tiles + first_n * plane_tiles, f_count * tiles, a, length, mixed, 0,
-              length)  # A^T M
-        _right(mixed, 0, length, A, m, length, blocks_out, 0, length)  # (A^T M) A
+    mixed = np.empty(m * a * tiles, dtype=M_flat.dtype)
+    blocks_out = np.empty(m * m * tiles, dtype=M_flat.dtype)
+    for f in range(f_count):
+        _left(AT, M_flat, f * tiles, f_count * tiles, a, tiles, mixed, 0, tiles)  # A^T M
+        _right(mixed, 0, tiles, A, m, tiles, blocks_out, 0, tiles)  # (A^T M) A
         b = bias[f]
-        for n in range(first_n, last_n):
+        for n in range(n_count):
             target = (n * f_count + f) * oh * ow
             for th in range(th_count):
                 for r in range(min(m, oh - th * m)):
                     row = target + (th * m + r) * ow
-                    for tw in range(tw_count):
-                        t = (n - first_n) * plane_tiles + th * tw_count + tw
-                        for s in range(min(m, ow - tw * m)):  # the last blocks may overhang
-                            y_flat[_u(row + tw * m + s)] = blocks_out[_u((r * m + s) * length + t)] + b
+                    for s in range(m):
+                        source = (r * m + s) * tiles + n * plane_tiles + th * tw_count
+                        for tw in range((ow - s + m - 1) // m):  # the last blocks may overhang
+                            y_flat[_u(row + tw * m + s)] = blocks_out[_u(source + tw)] + b
 
 
 @_jit
 def _output_transform_transposed_kernel(dy_flat, n_count, f_count, oh, ow, th_count, tw_count,
-                                        per_task, AT, A, dM_flat):
+                                        AT, A, dM_flat):
     m, a = AT.shape
     plane_tiles = th_count * tw_count
     tiles = n_count * plane_tiles
-    blocks = (n_count + per_task - 1) // per_task
-    for task in prange(f_count * blocks):
-        f, first_n, last_n, length = _task_tiles(task, blocks, per_task, n_count, plane_tiles)
-        dY = np.zeros(m * m * length, dtype=dy_flat.dtype)  # dY[r, s, tile], zeros past the edge
-        mixed = np.empty(a * m * length, dtype=dy_flat.dtype)
-        for n in range(first_n, last_n):
+    dY = np.zeros(m * m * tiles, dtype=dy_flat.dtype)  # dY[r, s, tile], zeros past the edge
+    mixed = np.empty(a * m * tiles, dtype=dy_flat.dtype)
+    for f in range(f_count):
+        for n in range(n_count):
             source = (n * f_count + f) * oh * ow
             for th in range(th_count):
                 for r in range(min(m, oh - th * m)):
                     row = source + (th * m + r) * ow
-                    for tw in range(tw_count):
-                        t = (n - first_n) * plane_tiles + th * tw_count + tw
-                        for s in range(min(m, ow - tw * m)):
-                            dY[_u((r * m + s) * length + t)] = dy_flat[_u(row + tw * m + s)]
-        _left(A, dY, 0, length, m, length, mixed, 0, length)  # A dY
-        _right(mixed, 0, length, AT, a, length, dM_flat, f * tiles + first_n * plane_tiles,
-               f_count * tiles)  # (A dY) A^T, into dM[position, f, tiles]
+                    for s in range(m):
+                        target = (r * m + s) * tiles + n * plane_tiles + th * tw_count
+                        for tw in range((ow - s + m - 1) // m):
+                            dY[_u(target + tw)] = dy_flat[_u(row + tw * m + s)]
+        _left(A, dY, 0, tiles, m, tiles, mixed, 0, tiles)  # A dY
+        _right(mixed, 0, tiles, AT, a, tiles, dM_flat, f * tiles, f_count * tiles)  # (A dY) A^T
 
 
 # --- the convolution, as minicnn.kernels.winograd.conv_forward / conv_backward -----------------
 
-# Samples per task: enough that a task's runs of tiles are long (whole SIMD vectors), few enough
-# that its scratch stays in the core's cache and that every core gets tasks.
-_TILES_PER_TASK = 128
+# The transformed arrays of one block of samples (V, M and, backward, dV) are meant to stay in a
+# core's L2 cache (1-2 MiB on the CPUs measured) from one step of the block to the next.
+_BLOCK_BYTES = 2_400_000
 
 
-def _per_task(grid) -> int:
-    return max(1, min(grid.n, _TILES_PER_TASK // (grid.th * grid.tw)))
+def _samples_per_block(g, t: winograd.Transform, channels: int, itemsize: int, widest: int) -> int:
+    """How many samples one block holds: as many as keep the block's transformed arrays within
+    _BLOCK_BYTES (``channels``: the sum of their channel counts, a*a values per tile and channel
+    each), but at least 2 * ``widest`` tiles, or the products get too thin to run near the
+    matmul peak and a wide layer's U and dU (a*a * F * C) are read once per block for little."""
+    per_sample = t.a * t.a * g.th * g.tw * channels * itemsize
+    return max(1, _BLOCK_BYTES // per_sample, -(-2 * widest // (g.th * g.tw)))
+
+
+def _blocks(lo: int, hi: int, size: int):
+    return [(n, min(hi, n + size)) for n in range(lo, hi, size)]
 
 
 def _matrices(t: winograd.Transform, dtype):
@@ -240,47 +229,66 @@ def filter_transform_transposed(dU, t: winograd.Transform):
     return _sandwich(t.G.T, dU).reshape(f, c, 3, 3)
 
 
-def input_transform(x, padding, t: winograd.Transform):
+def conv_forward(x, weight, bias, padding, t: winograd.Transform):
+    """(y, saved) as :func:`minicnn.kernels.winograd.conv_forward`; saved = (V, U).
+
+    Each core takes its share of the samples and runs them a block at a time: the input
+    transform of the block, its a*a products and its output transform, one after the other
+    while the block's V and M are still in the core's cache. V is also written out whole, once,
+    for the weight gradient (computing it again in the backward pass measured slower)."""
     x = np.ascontiguousarray(x)
     g = winograd.tile_grid(x.shape, padding, t.m)
-    BT, B, _, _ = _matrices(t, x.dtype)
-    V = recycler.empty((t.a * t.a, g.c, g.tiles), x.dtype)
-    _input_transform_kernel(x.reshape(-1), g.n, g.c, g.h, g.w, g.ph, g.pw, g.th, g.tw,
-                            _per_task(g), BT, B, V.reshape(-1))
-    return V
-
-
-def conv_forward(x, weight, bias, padding, t: winograd.Transform):
-    """(y, saved) as :func:`minicnn.kernels.winograd.conv_forward`; saved = (V, U)."""
-    g = winograd.tile_grid(x.shape, padding, t.m)
     f = weight.shape[0]
-    V = input_transform(x, padding, t)                        # (a*a, C, T)
-    U = filter_transform(weight, t)                           # (a*a, F, C)
-    M = batched_matmul(U, V)                                  # (a*a, F, T)
-    _, _, AT, A = _matrices(t, x.dtype)
+    U = filter_transform(weight, t)                                    # (a*a, F, C)
+    BT, B, AT, A = _matrices(t, x.dtype)
     bias = np.zeros(f, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     y = recycler.empty((g.n, f, g.oh, g.ow), x.dtype)
-    _output_transform_kernel(M.reshape(-1), g.n, f, g.oh, g.ow, g.th, g.tw, _per_task(g), AT, A,
-                             bias, y.reshape(-1))
+    V = recycler.empty((t.a * t.a, g.c, g.tiles), x.dtype)            # B^T d B
+    size = _samples_per_block(g, t, g.c + f, x.itemsize, max(g.c, f))
+
+    def share(lo, hi):
+        for n0, n1 in _blocks(lo, hi, size):
+            tiles = (n1 - n0) * g.th * g.tw
+            first = n0 * g.th * g.tw
+            _input_transform_kernel(x[n0:n1].reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph, g.pw,
+                                    g.th, g.tw, BT, B, V.reshape(-1), first, g.tiles)
+            M = matmul_here(U, V[:, :, first:first + tiles])           # (a*a, F, tiles)
+            _output_transform_kernel(M.reshape(-1), n1 - n0, f, g.oh, g.ow, g.th, g.tw, AT, A,
+                                     bias, y[n0:n1].reshape(-1))       # A^T M A + b
+
+    on_cores(g.n, share)
     return y, (V, U)
 
 
 def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, input_grad=True):
-    """dL/dx (or None) and dL/dW from dL/dy and what :func:`conv_forward` saved (V and U)."""
+    """dL/dx (or None) and dL/dW from dL/dy and what :func:`conv_forward` saved (V and U), block
+    by block as the forward pass: dM = A dY A^T, dU += dM V^T, and for dL/dx dV = U^T dM and
+    B dV B^T added back into the input's tiles. Each core sums its own dU; dM and dV stay in
+    its cache."""
     V, U = saved
     dy = np.ascontiguousarray(dy)
     g = winograd.tile_grid(x_shape, padding, t.m)
     f = weight.shape[0]
     BT, B, AT, A = _matrices(t, dy.dtype)
-    dM = recycler.empty((t.a * t.a, f, g.tiles), dy.dtype)
-    _output_transform_transposed_kernel(dy.reshape(-1), g.n, f, g.oh, g.ow, g.th, g.tw,
-                                        _per_task(g), AT, A, dM.reshape(-1))
-    dU = batched_matmul(dM, V.transpose(0, 2, 1))             # (a*a, F, C)
+    dx = recycler.empty(tuple(int(s) for s in x_shape), dy.dtype) if input_grad else None
+    # the same blocks with or without dL/dx, so that dL/dW is the same to the last bit
+    size = _samples_per_block(g, t, 2 * g.c + f, dy.itemsize, max(g.c, f))
+
+    def share(lo, hi):
+        dU = np.zeros((t.a * t.a, f, g.c), dy.dtype)
+        for n0, n1 in _blocks(lo, hi, size):
+            tiles = (n1 - n0) * g.th * g.tw
+            dM = np.empty((t.a * t.a, f, tiles), dy.dtype)             # A dY A^T
+            _output_transform_transposed_kernel(dy[n0:n1].reshape(-1), n1 - n0, f, g.oh, g.ow,
+                                                g.th, g.tw, AT, A, dM.reshape(-1))
+            first = n0 * g.th * g.tw
+            dU += matmul_here(dM, V[:, :, first:first + tiles].transpose(0, 2, 1))  # (a*a, F, C)
+            if input_grad:
+                dV = matmul_here(U.transpose(0, 2, 1), dM)             # (a*a, C, tiles)
+                _input_transform_transposed_kernel(dV.reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph,
+                                                   g.pw, g.th, g.tw, BT, B, dx[n0:n1].reshape(-1))
+        return dU
+
+    dU = sum(on_cores(g.n, share))
     dW = filter_transform_transposed(dU, t).astype(dy.dtype)
-    if not input_grad:
-        return None, dW
-    dV = batched_matmul(U.transpose(0, 2, 1), dM)            # (a*a, C, T)
-    dx = recycler.empty(tuple(int(s) for s in x_shape), dy.dtype)
-    _input_transform_transposed_kernel(dV.reshape(-1), g.n, g.c, g.h, g.w, g.ph, g.pw, g.th,
-                                       g.tw, _per_task(g), BT, B, dx.reshape(-1))
     return dx, dW

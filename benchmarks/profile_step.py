@@ -5,9 +5,9 @@
     python benchmarks/profile_step.py --backend cupy       # on the GPU (each kernel synchronized)
 
 Wraps every kernel of the backend with a timer, runs some training steps and prints, per kernel
-(matrix multiplies and Winograd layers per shape), the milliseconds per step, its share of the step and, for the
-multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak (a 2048^3 product,
-measured in the same process; on cupy the GPU's, an 8192^3 product).
+(matrix multiplies and Winograd layers per shape), the milliseconds per step, its share of the
+step and, for the multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak
+(a 2048^3 product, measured in the same process; on cupy the GPU's, an 8192^3 product).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ transposed input transform adds overlapping tiles back inside its own sample).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba import uint64 as _u
 
 from . import winograd
@@ -71,6 +71,19 @@ def _right(src, src_at, src_step, K, outer, length, dst, dst_at, dst_step):
                         dst[_u(out + t)] += coef * src[_u(source + t)]
 
 
+@njit(inline="always")
+def _corners(n_count, th_count, tw_count, m, plane, row):
+    """Where each tile of a block starts in a stack of n_count planes of ``plane`` values with
+    rows of ``row``: the tiles' values (k, l) are then ``planes[corner[tile] + k * row + l]``,
+    one long loop over the block's tiles per (k, l) (a vectorized gather or scatter)."""
+    corner = np.empty(n_count * th_count * tw_count, dtype=np.int64)
+    for n in range(n_count):
+        for th in range(th_count):
+            for tw in range(tw_count):
+                corner[(n * th_count + th) * tw_count + tw] = n * plane + (th * row + tw) * m
+    return corner
+
+
 @_jit
 def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw_count, BT, B,
                             V_flat, V_first, V_tiles):
@@ -78,24 +91,23 @@ def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw
     a = BT.shape[0]
     m = a - 2
     rows, cols = th_count * m + 2, tw_count * m + 2  # the padded plane the tiles cover
-    plane_tiles = th_count * tw_count
-    tiles = n_count * plane_tiles
-    padded = np.zeros(rows * cols, dtype=x_flat.dtype)  # the border stays zero
+    tiles = n_count * th_count * tw_count
+    corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
+    padded = np.zeros(n_count * rows * cols, dtype=x_flat.dtype)  # the borders stay zero
     d = np.empty(a * a * tiles, dtype=x_flat.dtype)  # d[k, l, tile]: one channel's tiles
     mixed = np.empty(a * a * tiles, dtype=x_flat.dtype)
     for c in range(c_count):
         for n in range(n_count):
             source = (n * c_count + c) * h * w
+            target = n * rows * cols + ph * cols + pw
             for y in range(h):
                 for x in range(w):
-                    padded[_u((y + ph) * cols + x + pw)] = x_flat[_u(source + y * w + x)]
-            for k in range(a):  # value (k, l) of every tile: a run of tiles per tile row
-                for l in range(a):
-                    for th in range(th_count):
-                        source = (th * m + k) * cols + l
-                        target = (k * a + l) * tiles + n * plane_tiles + th * tw_count
-                        for tw in range(tw_count):
-                            d[_u(target + tw)] = padded[_u(source + tw * m)]
+                    padded[_u(target + y * cols + x)] = x_flat[_u(source + y * w + x)]
+        for k in range(a):
+            for l in range(a):
+                out = (k * a + l) * tiles
+                for t in range(tiles):
+                    d[_u(out + t)] = padded[_u(corner[t] + k * cols + l)]
         _left(BT, d, 0, tiles, a, tiles, mixed, 0, tiles)  # B^T d
         _right(mixed, 0, tiles, B, a, tiles, V_flat, c * V_tiles + V_first,
                c_count * V_tiles)  # (B^T d) B
@@ -107,71 +119,78 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
     a = BT.shape[0]
     m = a - 2
     rows, cols = th_count * m + 2, tw_count * m + 2
-    plane_tiles = th_count * tw_count
-    tiles = n_count * plane_tiles
+    tiles = n_count * th_count * tw_count
+    corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
     mixed = np.empty(a * a * tiles, dtype=dV_flat.dtype)
     dd = np.empty(a * a * tiles, dtype=dV_flat.dtype)
-    dpadded = np.empty(rows * cols, dtype=dV_flat.dtype)
+    dpadded = np.empty(n_count * rows * cols, dtype=dV_flat.dtype)
     for c in range(c_count):
         _left(B, dV_flat, c * tiles, c_count * tiles, a, tiles, mixed, 0, tiles)  # B dV
         _right(mixed, 0, tiles, BT, a, tiles, dd, 0, tiles)  # (B dV) B^T
+        for q in range(n_count * rows * cols):
+            dpadded[_u(q)] = 0
+        for k in range(a):
+            for l in range(a):
+                source = (k * a + l) * tiles
+                for t in range(tiles):  # overlapping tiles: their gradients add up
+                    dpadded[_u(corner[t] + k * cols + l)] += dd[_u(source + t)]
         for n in range(n_count):
-            for q in range(rows * cols):
-                dpadded[_u(q)] = 0
-            for k in range(a):
-                for l in range(a):
-                    for th in range(th_count):
-                        target = (th * m + k) * cols + l
-                        source = (k * a + l) * tiles + n * plane_tiles + th * tw_count
-                        for tw in range(tw_count):  # overlapping tiles: their gradients add up
-                            dpadded[_u(target + tw * m)] += dd[_u(source + tw)]
+            source = n * rows * cols + ph * cols + pw
             target = (n * c_count + c) * h * w
             for y in range(h):
                 for x in range(w):
-                    dx_flat[_u(target + y * w + x)] = dpadded[_u((y + ph) * cols + x + pw)]
+                    dx_flat[_u(target + y * w + x)] = dpadded[_u(source + y * cols + x)]
 
 
 @_jit
 def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_count, AT, A, bias,
                              y_flat):
     m, a = AT.shape
-    plane_tiles = th_count * tw_count
-    tiles = n_count * plane_tiles
+    rows, cols = th_count * m, tw_count * m  # the output planes the blocks cover (may overhang)
+    tiles = n_count * th_count * tw_count
+    corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
     mixed = np.empty(m * a * tiles, dtype=M_flat.dtype)
     blocks_out = np.empty(m * m * tiles, dtype=M_flat.dtype)
+    planes = np.empty(n_count * rows * cols, dtype=M_flat.dtype)
     for f in range(f_count):
         _left(AT, M_flat, f * tiles, f_count * tiles, a, tiles, mixed, 0, tiles)  # A^T M
         _right(mixed, 0, tiles, A, m, tiles, blocks_out, 0, tiles)  # (A^T M) A
+        for r in range(m):
+            for s in range(m):
+                source = (r * m + s) * tiles
+                for t in range(tiles):
+                    planes[_u(corner[t] + r * cols + s)] = blocks_out[_u(source + t)]
         b = bias[f]
         for n in range(n_count):
+            source = n * rows * cols
             target = (n * f_count + f) * oh * ow
-            for th in range(th_count):
-                for r in range(min(m, oh - th * m)):
-                    row = target + (th * m + r) * ow
-                    for s in range(m):
-                        source = (r * m + s) * tiles + n * plane_tiles + th * tw_count
-                        for tw in range((ow - s + m - 1) // m):  # the last blocks may overhang
-                            y_flat[_u(row + tw * m + s)] = blocks_out[_u(source + tw)] + b
+            for y in range(oh):
+                for x in range(ow):
+                    y_flat[_u(target + y * ow + x)] = planes[_u(source + y * cols + x)] + b
 
 
 @_jit
 def _output_transform_transposed_kernel(dy_flat, n_count, f_count, oh, ow, th_count, tw_count,
                                         AT, A, dM_flat):
     m, a = AT.shape
-    plane_tiles = th_count * tw_count
-    tiles = n_count * plane_tiles
-    dY = np.zeros(m * m * tiles, dtype=dy_flat.dtype)  # dY[r, s, tile], zeros past the edge
+    rows, cols = th_count * m, tw_count * m
+    tiles = n_count * th_count * tw_count
+    corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
+    planes = np.zeros(n_count * rows * cols, dtype=dy_flat.dtype)  # zeros past the edge
+    dY = np.empty(m * m * tiles, dtype=dy_flat.dtype)  # dY[r, s, tile]
     mixed = np.empty(a * m * tiles, dtype=dy_flat.dtype)
     for f in range(f_count):
         for n in range(n_count):
             source = (n * f_count + f) * oh * ow
-            for th in range(th_count):
-                for r in range(min(m, oh - th * m)):
-                    row = source + (th * m + r) * ow
-                    for s in range(m):
-                        target = (r * m + s) * tiles + n * plane_tiles + th * tw_count
-                        for tw in range((ow - s + m - 1) // m):
-                            dY[_u(target + tw)] = dy_flat[_u(row + tw * m + s)]
+            target = n * rows * cols
+            for y in range(oh):
+                for x in range(ow):
+                    planes[_u(target + y * cols + x)] = dy_flat[_u(source + y * ow + x)]
+        for r in range(m):
+            for s in range(m):
+                target = (r * m + s) * tiles
+                for t in range(tiles):
+                    dY[_u(target + t)] = planes[_u(corner[t] + r * cols + s)]
         _left(A, dY, 0, tiles, m, tiles, mixed, 0, tiles)  # A dY
         _right(mixed, 0, tiles, AT, a, tiles, dM_flat, f * tiles, f_count * tiles)  # (A dY) A^T
 

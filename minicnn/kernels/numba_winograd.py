@@ -31,7 +31,7 @@ from numba import njit
 from numba import uint64 as _u
 
 from . import winograd
-from .cpu_runtime import matmul, matmul_here, on_cores, recycler
+from .cpu_runtime import matmul_here, on_cores, recycler
 
 # serial kernels, each on one block of samples: the cores run blocks side by side
 _jit = njit(nogil=True, cache=True, fastmath=False)
@@ -244,31 +244,73 @@ def _matrices(t: winograd.Transform, dtype):
     return BT, np.ascontiguousarray(BT.T), AT, np.ascontiguousarray(AT.T)
 
 
-def _sandwich(L, X):
-    """``L @ X[k] @ L.T`` for a stack X (K, p, p) of small matrices, as two large products
-    (a stack of K tiny products would cost more in NumPy's per-matrix overhead than in work).
-    Through cpu_runtime's matmul, like every product here: a plain ``@`` would wake OpenBLAS's
-    own threads, which then spin against the numba kernels that follow (20% of a cifar_vgg step)."""
-    k, p, _ = X.shape
-    r = L.shape[0]
-    Lt = np.ascontiguousarray(L.T)
-    XLt = matmul(X.reshape(k * p, p), Lt).reshape(k, p, r)                   # X[k] L^T
-    LXtLt = matmul(XLt.transpose(0, 2, 1).reshape(k * r, p), Lt).reshape(k, r, r)  # (L X L^T)^T
-    return LXtLt.transpose(0, 2, 1)
+@_jit
+def _filter_transform_kernel(g_flat, first_f, last_f, f_count, c_count, G, U_flat):
+    """U[:, f, :] = G g G^T for the filters first_f..last_f-1, every input channel c in the inner
+    loop; in float64 (G is), rounded once where U is stored."""
+    a = G.shape[0]
+    Gg = np.empty(a * 3 * c_count, dtype=np.float64)  # (G g)[i, l] of each c
+    for f in range(first_f, last_f):
+        for i in range(a):
+            for l in range(3):
+                out = (i * 3 + l) * c_count
+                for c in range(c_count):
+                    at = (f * c_count + c) * 9 + l  # g[f, c, k, l] at at + 3k
+                    Gg[_u(out + c)] = (G[i, 0] * g_flat[_u(at)] + G[i, 1] * g_flat[_u(at + 3)]
+                                       + G[i, 2] * g_flat[_u(at + 6)])
+        for i in range(a):
+            row = i * 3 * c_count
+            for j in range(a):
+                out = ((i * a + j) * f_count + f) * c_count
+                for c in range(c_count):
+                    U_flat[_u(out + c)] = (Gg[_u(row + c)] * G[j, 0]
+                                           + Gg[_u(row + c_count + c)] * G[j, 1]
+                                           + Gg[_u(row + 2 * c_count + c)] * G[j, 2])
+
+
+@_jit
+def _filter_transform_transposed_kernel(dU_flat, first_f, last_f, f_count, c_count, G, dW_flat):
+    """dW[f] = G^T dU[:, f, :] G for the filters first_f..last_f-1, in float64, rounded once."""
+    a = G.shape[0]
+    dUG = np.empty(a * 3 * c_count, dtype=np.float64)  # (dU G)[i, l] of each c
+    for f in range(first_f, last_f):
+        for i in range(a):
+            for l in range(3):
+                out = (i * 3 + l) * c_count
+                for c in range(c_count):
+                    dUG[_u(out + c)] = 0
+                for j in range(a):
+                    coef = G[j, l]
+                    at = ((i * a + j) * f_count + f) * c_count
+                    for c in range(c_count):
+                        dUG[_u(out + c)] += dU_flat[_u(at + c)] * coef
+        for k in range(3):
+            for l in range(3):
+                for c in range(c_count):
+                    total = 0.0
+                    for i in range(a):
+                        total += G[i, k] * dUG[_u((i * 3 + l) * c_count + c)]
+                    dW_flat[_u((f * c_count + c) * 9 + k * 3 + l)] = total
 
 
 def filter_transform(weight, t: winograd.Transform):
     """U = G g G^T as (a*a, F, C), computed in float64 and rounded once to the weight's dtype."""
+    weight = np.ascontiguousarray(weight)
     f, c = weight.shape[:2]
-    U = _sandwich(t.G, weight.reshape(f * c, 3, 3).astype(np.float64))     # (F*C, a, a)
-    return np.ascontiguousarray(U.reshape(f, c, t.a * t.a).transpose(2, 0, 1), dtype=weight.dtype)
+    U = np.empty((t.a * t.a, f, c), weight.dtype)
+    on_cores(f, lambda lo, hi: _filter_transform_kernel(weight.reshape(-1), lo, hi, f, c, t.G,
+                                                        U.reshape(-1)))
+    return U
 
 
 def filter_transform_transposed(dU, t: winograd.Transform):
-    """dL/dg = G^T dU G: (a*a, F, C) -> (F, C, 3, 3), in float64, rounded once."""
+    """dL/dg = G^T dU G: (a*a, F, C) -> (F, C, 3, 3), in float64, rounded once to dU's dtype."""
+    dU = np.ascontiguousarray(dU)
     _, f, c = dU.shape
-    dU = dU.astype(np.float64).transpose(1, 2, 0).reshape(f * c, t.a, t.a)
-    return _sandwich(t.G.T, dU).reshape(f, c, 3, 3)
+    dW = np.empty((f, c, 3, 3), dU.dtype)
+    on_cores(f, lambda lo, hi: _filter_transform_transposed_kernel(dU.reshape(-1), lo, hi, f, c,
+                                                                   t.G, dW.reshape(-1)))
+    return dW
 
 
 def conv_forward(x, weight, bias, padding, t: winograd.Transform):
@@ -332,5 +374,5 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
         return dU
 
     dU = sum(on_cores(g.n, share))
-    dW = filter_transform_transposed(dU, t).astype(dy.dtype)
+    dW = filter_transform_transposed(dU, t)
     return dx, dW

@@ -37,8 +37,12 @@ def main():
     # a GPU runs kernels asynchronously: time each one from an idle GPU to its end
     sync = xp.cuda.Device().synchronize if args.backend == "cupy" else (lambda: None)
     spent, calls, flops = collections.defaultdict(float), collections.Counter(), {}
+    depth = [0]  # a kernel that calls another (BatchNorm + ReLU calls BatchNorm): time it once
+
     def timer(name, kernel):
         def timed(*a, **kw):
+            if depth[0]:
+                return kernel(*a, **kw)
             label = name
             if name == "matmul":
                 (m, k), n = a[0].shape, a[1].shape[1]
@@ -50,10 +54,26 @@ def main():
                 label = f"winograd {name[5:]} {c}->{f} @{h}x{w}"
             sync()
             start = time.perf_counter()
-            result = kernel(*a, **kw)
+            depth[0] += 1
+            try:
+                result = kernel(*a, **kw)
+            finally:
+                depth[0] -= 1
             sync()
             spent[label] += time.perf_counter() - start
             calls[label] += 1
+            return result
+
+        return timed
+
+    inside = collections.defaultdict(float)
+
+    def inside_timer(label, kernel):
+        # CPU time of the calling thread: a thread that waits for the GIL uses none
+        def timed(*a, **kw):
+            start = time.thread_time()
+            result = kernel(*a, **kw)
+            inside[label] += time.thread_time() - start
             return result
 
         return timed
@@ -67,6 +87,14 @@ def main():
 
         for name in ("conv_forward", "conv_backward"):
             setattr(winograd, name, timer(name, getattr(winograd, name)))
+        # inside them, the steps of each block, on every core at once: their time is summed
+        # over the cores, and its share is of the cores' time (the step's time x the cores)
+        for name in ("_input_transform_kernel", "_output_transform_kernel",
+                     "_output_transform_transposed_kernel", "_input_transform_transposed_kernel",
+                     "filter_transform", "filter_transform_transposed", "matmul_here"):
+            label = "products" if name == "matmul_here" else \
+                "transforms: " + name.strip("_").replace("_kernel", "")
+            setattr(winograd, name, inside_timer(label, getattr(winograd, name)))
 
     shape = (1, 28, 28) if args.model == "reference" else (3, 32, 32)
     model = {"reference": models.reference_cnn, "cifar_vgg": models.cifar_vgg,
@@ -87,6 +115,7 @@ def main():
         step()
     sync()
     spent.clear()
+    inside.clear()
     calls.clear()
     start = time.perf_counter()
     for _ in range(args.steps):
@@ -111,6 +140,18 @@ def main():
               f"{rate}")
     other = per_step - sum(spent.values()) / args.steps
     print(f"{'(everything else: Python, NumPy)':<36} {other * 1e3:8.2f} {other / per_step:6.0%}")
+    if inside:
+        import numba
+
+        cores = numba.get_num_threads()
+        print(f"\ninside the Winograd layers, summed over the {cores} cores (share: of {cores} x "
+              f"the step)")
+        for label, seconds in sorted(inside.items(), key=lambda item: -item[1]):
+            ms = seconds / args.steps * 1e3
+            print(f"{label:<48} {ms:8.2f} {ms / (cores * per_step * 1e3):6.0%}")
+        transforms = sum(v for k, v in inside.items() if k.startswith("transforms")) / args.steps
+        print(f"{'transforms, all':<48} {transforms * 1e3:8.2f} "
+              f"{transforms / (cores * per_step):6.0%}")
 
 
 def _timed(fn) -> float:

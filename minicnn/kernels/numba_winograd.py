@@ -40,7 +40,7 @@ _jit = njit(nogil=True, cache=True, fastmath=False)
 @njit(inline="always")
 def _nonzero(entries):
     """The positions and values of the nonzero entries of a row or column of a transform matrix
-    (half of F(4x4)'s B^T is zeros), padded to a multiple of four with zero terms."""
+    (half of F(4x4)'s B^T is zeros) and their count (at least 1: a zero row is one zero term)."""
     size = entries.shape[0]
     where = np.zeros(size + 4, dtype=np.int64)
     value = np.zeros(size + 4, dtype=entries.dtype)
@@ -50,24 +50,34 @@ def _nonzero(entries):
             where[count] = k
             value[count] = entries[k]
             count += 1
-    return where, value, max(4, -(-count // 4) * 4)
+    return where, value, max(1, count)
 
 
 @njit(inline="always")
-def _four_terms(dst, out, src, at, step, where, value, g, length, first):
-    """dst[out:out+length] = (or +=, after the first group) terms g..g+3 of the sum, each a run
-    of src times one coefficient: one pass over dst per four terms, not one per term."""
+def _terms(dst, out, src, at, step, where, value, g, terms, length, first):
+    """dst[out:out+length] = (or +=, after the first group) terms g..g+terms-1 of the sum (up to
+    four), each a run of src times one coefficient: one pass over dst per four terms."""
     s0, s1 = at + where[g] * step, at + where[g + 1] * step
     s2, s3 = at + where[g + 2] * step, at + where[g + 3] * step
     c0, c1, c2, c3 = value[g], value[g + 1], value[g + 2], value[g + 3]
-    if first:
-        for t in range(length):
-            dst[_u(out + t)] = (c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
-                                + c2 * src[_u(s2 + t)] + c3 * src[_u(s3 + t)])
-    else:
+    if not first:
         for t in range(length):
             dst[_u(out + t)] += (c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
                                  + c2 * src[_u(s2 + t)] + c3 * src[_u(s3 + t)])
+    elif terms == 1:
+        for t in range(length):
+            dst[_u(out + t)] = c0 * src[_u(s0 + t)]
+    elif terms == 2:
+        for t in range(length):
+            dst[_u(out + t)] = c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
+    elif terms == 3:
+        for t in range(length):
+            dst[_u(out + t)] = (c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
+                                + c2 * src[_u(s2 + t)])
+    else:
+        for t in range(length):
+            dst[_u(out + t)] = (c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
+                                + c2 * src[_u(s2 + t)] + c3 * src[_u(s3 + t)])
 
 
 @njit(inline="always")
@@ -75,11 +85,11 @@ def _left(K, src, src_at, src_step, inner, length, dst, dst_at, dst_step):
     """dst[i, l, :] = sum_k K[i, k] * src[k, l, :] for runs of ``length`` values; run (k, l) of src
     starts at src_at + (k*inner + l)*src_step, likewise for dst."""
     for i in range(K.shape[0]):
-        where, value, terms = _nonzero(K[i, :])
-        for g in range(0, terms, 4):
+        where, value, count = _nonzero(K[i, :])
+        for g in range(0, count, 4):
             for l in range(inner):
-                _four_terms(dst, dst_at + (i * inner + l) * dst_step, src, src_at + l * src_step,
-                            inner * src_step, where, value, g, length, g == 0)
+                _terms(dst, dst_at + (i * inner + l) * dst_step, src, src_at + l * src_step,
+                       inner * src_step, where, value, g, min(4, count - g), length, g == 0)
 
 
 @njit(inline="always")
@@ -87,11 +97,11 @@ def _right(src, src_at, src_step, K, outer, length, dst, dst_at, dst_step):
     """dst[i, j, :] = sum_l src[i, l, :] * K[l, j], laid out as in :func:`_left`."""
     rows, columns = K.shape
     for j in range(columns):
-        where, value, terms = _nonzero(K[:, j])
-        for g in range(0, terms, 4):
+        where, value, count = _nonzero(K[:, j])
+        for g in range(0, count, 4):
             for i in range(outer):
-                _four_terms(dst, dst_at + (i * columns + j) * dst_step, src,
-                            src_at + i * rows * src_step, src_step, where, value, g, length, g == 0)
+                _terms(dst, dst_at + (i * columns + j) * dst_step, src, src_at + i * rows * src_step,
+                       src_step, where, value, g, min(4, count - g), length, g == 0)
 
 
 @njit(inline="always")

@@ -59,8 +59,10 @@ def conv_flops(n, c, f, size):
     return 2 * n * size * size * c * 9 * f  # stride 1, padding 1: output size == input size
 
 
-def algorithm_cost(algorithm, n, c, f, size, itemsize=4):
-    """(FLOPs really done, bytes read and written at least once) per phase, for the roofline."""
+def algorithm_cost(algorithm, n, c, f, size, itemsize=4, blocked=False):
+    """(FLOPs really done, bytes read and written at least once) per phase, for the roofline.
+    ``blocked``: Winograd run a block of samples at a time (numba), where only V goes to memory
+    (written by the forward pass, read for the weight gradient)."""
     x, y, w = n * c * size * size, n * f * size * size, f * c * 9
     if algorithm.startswith("winograd"):
         m = 2 if algorithm == "winograd2" else 4
@@ -68,6 +70,10 @@ def algorithm_cost(algorithm, n, c, f, size, itemsize=4):
         a2 = (m + 2) ** 2
         gemm = 2 * a2 * f * c * tiles
         v, mm = a2 * c * tiles, a2 * f * tiles  # transformed input (V) and products (M)
+        if blocked:
+            return {"forward": (gemm, itemsize * (x + v + y + w)),
+                    "backward_data": (gemm, itemsize * (y + x + w)),
+                    "backward_weight": (gemm, itemsize * (y + v + w))}
         return {"forward": (gemm, itemsize * (x + 2 * v + 2 * mm + y + w)),
                 "backward_data": (gemm, itemsize * (y + 2 * mm + 2 * v + x + w)),
                 "backward_weight": (gemm, itemsize * (y + 2 * mm + v + w))}
@@ -218,7 +224,8 @@ def roofline(measured: dict, n: int, path: Path) -> None:
                 key = f"{name} {algorithm}"
                 if key not in colors:
                     colors[key] = f"C{len(colors) + 1}"
-                for phase, (flops, nbytes) in algorithm_cost(r["algorithm"], n, c, f, size).items():
+                cost = algorithm_cost(r["algorithm"], n, c, f, size, blocked=name == "numba")
+                for phase, (flops, nbytes) in cost.items():
                     achieved = flops / (r[f"{phase}_ms"] / 1e3) / 1e9
                     ax.scatter(flops / nbytes, achieved, marker=markers[phase], color=colors[key],
                                s=25, alpha=0.8)

@@ -79,6 +79,33 @@ def test_matmul_leaves_numpys_blas_threads_as_it_found_them():
 
 
 @numba_only
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 128])
+def test_on_cores_runs_every_index_once_in_order_with_blas_on_one_thread(count):
+    """on_cores cuts range(count) into one share per core (the Winograd layers' samples): every
+    index in exactly one share, the results in the shares' order, numpy's BLAS held to one
+    thread while the shares run and as it was after."""
+    from threadpoolctl import threadpool_info
+
+    from minicnn.kernels import cpu_runtime
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = []
+
+    def share(lo, hi):
+        seen.append((lo, hi, blas_threads()))
+        return list(range(lo, hi))
+
+    results = cpu_runtime.on_cores(count, share)
+    assert [i for part in results for i in part] == list(range(count))
+    assert all(threads == [1] * len(before) for _, _, threads in seen)
+    assert len(seen) <= max(1, count)
+    assert blas_threads() == before
+
+
+@numba_only
 def test_training_reuses_the_large_arrays_of_the_previous_step():
     mc.set_backend("numba")
     model = mc.Sequential([Conv2D(3, 8, 3, padding=1), Flatten(), Dense(8 * 32 * 32, 2)], seed=0)
@@ -172,9 +199,9 @@ def test_no_code_in_the_package_changes_the_process():
 
 def test_every_product_of_the_numba_backend_goes_through_cpu_runtime():
     """A static check: the numba backend's kernel modules multiply matrices only through
-    cpu_runtime (matmul, batched_matmul), which holds numpy's BLAS to one thread. A plain ``@``
-    there wakes OpenBLAS's own threads, which then spin against the numba kernels that follow
-    (it cost a cifar_vgg training step 20% once)."""
+    cpu_runtime (matmul, and matmul_here inside on_cores), which holds numpy's BLAS to one
+    thread. A plain ``@`` there wakes OpenBLAS's own threads, which then spin against the numba
+    kernels that follow (it cost a cifar_vgg training step 20% once)."""
     import ast
     from pathlib import Path
 

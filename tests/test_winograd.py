@@ -97,18 +97,21 @@ def test_winograd_matches_the_naive_loops(name, m, dtype, n, c, f, size, padding
 
 
 @pytest.mark.skipif("numba" not in IMPLEMENTATIONS, reason="numba is not installed")
+@pytest.mark.parametrize("keep", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("samples_per_block", [1, 2, 64])
-def test_numba_runs_the_blocks_of_samples_that_the_reference_runs_whole(samples_per_block,
+def test_numba_runs_the_blocks_of_samples_that_the_reference_runs_whole(samples_per_block, keep,
                                                                        monkeypatch):
     """numba_winograd splits the batch between the cores and each share into blocks of samples
     (transform, products, transform back, block after block): every split, uneven ones
-    included, gives the reference's y, dL/dx and dL/dW (float64, where only rounding differs)."""
+    included, gives the reference's y, dL/dx and dL/dW (float64, where only rounding differs),
+    whether the forward pass kept V (training) or the backward pass computes it again."""
     from minicnn.kernels import numba_winograd
 
     monkeypatch.setattr(numba_winograd, "_samples_per_block", lambda *args: samples_per_block)
     t = winograd.TRANSFORMS[4]
     x, weight, b, dy = _draw(5, 3, 4, (9, 7), (1, 1), True, np.float64, 0)
-    y, saved = numba_winograd.conv_forward(x, weight, b, (1, 1), t)
+    y, saved = numba_winograd.conv_forward(x, weight, b, (1, 1), t, keep=keep)
+    assert (saved[0] is None) == (not keep)
     dx, dW = numba_winograd.conv_backward(dy, saved, weight, x.shape, (1, 1), t)
     y_ref, saved_ref = winograd.conv_forward(x, weight, b, (1, 1), t)
     dx_ref, dW_ref = winograd.conv_backward(dy, saved_ref, weight, x.shape, (1, 1), t)
@@ -123,7 +126,9 @@ def test_numba_runs_the_blocks_of_samples_that_the_reference_runs_whole(samples_
        seed=st.integers(0, 2**32 - 1))
 def test_a_conv2d_layer_computes_the_same_with_winograd_as_with_im2col(
         cpu_backend, algorithm, setting, n, c, f, size, bias, seed):
-    """In float64 (float32's rounding: the test above), through Conv2D, on both CPU backends."""
+    """In float64 (float32's rounding: the test above), through Conv2D, on both CPU backends;
+    after a training forward pass and after an inference one (a saliency map's backward pass:
+    Winograd on numba then keeps less and computes V again)."""
     rng = np.random.default_rng(seed)
     layer = Conv2D(c, f, 3, padding=1, bias=bias, rng=rng).astype(np.float64)
     x = rng.standard_normal((n, c, *size))
@@ -133,12 +138,15 @@ def test_a_conv2d_layer_computes_the_same_with_winograd_as_with_im2col(
         kernels.set_conv_algorithm(name)
         assert layer.algorithms((c, *size)) == [
             "im2col" if name == "im2col" else winograd.TRANSFORMS[2 if name == "winograd2" else 4].name]
-        y = layer.forward(x, training=True)
-        dx = layer.backward(dy)
-        results[name] = (y, dx, layer.weight.grad, None if layer.bias is None else layer.bias.grad)
-    for reference, other in zip(results["im2col"], results[setting]):
-        if reference is not None:
-            np.testing.assert_allclose(other, reference, rtol=1e-10, atol=1e-11)
+        for training in (True, False):
+            y = layer.forward(x, training=training)
+            dx = layer.backward(dy)
+            results[name, training] = (y, dx, layer.weight.grad,
+                                       None if layer.bias is None else layer.bias.grad)
+    for training in (True, False):
+        for reference, other in zip(results["im2col", training], results[setting, training]):
+            if reference is not None:
+                np.testing.assert_allclose(other, reference, rtol=1e-10, atol=1e-11)
 
 
 @pytest.mark.parametrize("setting", ["winograd", "winograd2"])

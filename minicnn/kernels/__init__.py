@@ -159,9 +159,11 @@ def set_fusion(enabled: bool) -> bool:
 class ConvAlgorithm(NamedTuple):
     """A way to compute a convolution other than Conv2D's own im2col + GEMM.
 
-    ``forward(x, weight, bias, padding) -> (y, saved)`` and
+    ``forward(x, weight, bias, padding, training) -> (y, saved)`` and
     ``backward(dy, saved, weight, x_shape, padding, input_grad) -> (dx or None, dweight)``:
-    the layer keeps ``saved`` between the two, and adds up dL/dbias itself."""
+    the layer keeps ``saved`` between the two, and adds up dL/dbias itself. Without
+    ``training`` an implementation may keep less (a backward pass is then unlikely: it computes
+    again what it needs)."""
 
     name: str
     forward: Callable
@@ -198,8 +200,8 @@ def _winograd(implementation, m: int) -> ConvAlgorithm:
 
         t = winograd.TRANSFORMS[m]
 
-        def forward(x, weight, bias, padding):
-            return implementation.conv_forward(x, weight, bias, padding, t)
+        def forward(x, weight, bias, padding, training=True):
+            return implementation.conv_forward(x, weight, bias, padding, t, keep=training)
 
         def backward(dy, saved, weight, x_shape, padding, input_grad):
             return implementation.conv_backward(dy, saved, weight, x_shape, padding, t, input_grad)

@@ -323,13 +323,15 @@ def filter_transform_transposed(dU, t: winograd.Transform):
     return dW
 
 
-def conv_forward(x, weight, bias, padding, t: winograd.Transform):
-    """(y, saved) as :func:`minicnn.kernels.winograd.conv_forward`; saved = (V, U).
+def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True):
+    """(y, saved) as :func:`minicnn.kernels.winograd.conv_forward`; saved = (V or None, x, U).
 
     Each core takes its share of the samples and runs them a block at a time: the input
     transform of the block, its a*a products and its output transform, one after the other
-    while the block's V and M are still in the core's cache. V is also written out whole, once,
-    for the weight gradient (computing it again in the backward pass measured slower)."""
+    while the block's V and M are still in the core's cache. With ``keep`` (training), V is also
+    written out whole, once, for the weight gradient (computing it again in the backward pass
+    measured slower); without (inference), V never leaves the cache, and a backward pass that
+    comes all the same (a saliency map) computes it again from x."""
     x = np.ascontiguousarray(x)
     g = winograd.tile_grid(x.shape, padding, t.m)
     f = weight.shape[0]
@@ -337,29 +339,37 @@ def conv_forward(x, weight, bias, padding, t: winograd.Transform):
     BT, B, AT, A = _matrices(t, x.dtype)
     bias = np.zeros(f, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     y = recycler.empty((g.n, f, g.oh, g.ow), x.dtype)
-    V = recycler.empty((t.a * t.a, g.c, g.tiles), x.dtype)            # B^T d B
+    V = recycler.empty((t.a * t.a, g.c, g.tiles), x.dtype) if keep else None
     size = _samples_per_block(g, t, g.c + f, x.itemsize, max(g.c, f))
 
     def share(lo, hi):
         for n0, n1 in _blocks(lo, hi, size):
-            tiles = (n1 - n0) * g.th * g.tw
-            first = n0 * g.th * g.tw
-            _input_transform_kernel(x[n0:n1].reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph, g.pw,
-                                    g.th, g.tw, BT, B, V.reshape(-1), first, g.tiles)
-            M = matmul_here(U, V[:, :, first:first + tiles])           # (a*a, F, tiles)
+            block_V = _block_input_transform(x, V, n0, n1, g, BT, B)   # B^T d B
+            M = matmul_here(U, block_V)                                # (a*a, F, tiles)
             _output_transform_kernel(M.reshape(-1), n1 - n0, f, g.oh, g.ow, g.th, g.tw, AT, A,
                                      bias, y[n0:n1].reshape(-1))       # A^T M A + b
 
     on_cores(g.n, share)
-    return y, (V, U)
+    return y, (V, x, U)
+
+
+def _block_input_transform(x, V, n0, n1, g, BT, B):
+    """V of the samples n0..n1-1: written into their tiles' columns of V (the whole batch's),
+    or, with V None, into an array of the block's own."""
+    tiles, first = (n1 - n0) * g.th * g.tw, n0 * g.th * g.tw
+    target, at, of = (V, first, g.tiles) if V is not None else \
+        (np.empty((BT.shape[0] ** 2, g.c, tiles), x.dtype), 0, tiles)
+    _input_transform_kernel(x[n0:n1].reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph, g.pw, g.th, g.tw,
+                            BT, B, target.reshape(-1), at, of)
+    return target[:, :, at:at + tiles]
 
 
 def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, input_grad=True):
-    """dL/dx (or None) and dL/dW from dL/dy and what :func:`conv_forward` saved (V and U), block
-    by block as the forward pass: dM = A dY A^T, dU += dM V^T, and for dL/dx dV = U^T dM and
-    B dV B^T added back into the input's tiles. Each core sums its own dU; dM and dV stay in
-    its cache."""
-    V, U = saved
+    """dL/dx (or None) and dL/dW from dL/dy and what :func:`conv_forward` saved (V or None, x
+    and U), block by block as the forward pass: dM = A dY A^T, dU += dM V^T (V computed again
+    from x where it was not kept), and for dL/dx dV = U^T dM and B dV B^T added back into the
+    input's tiles. Each core sums its own dU; dM and dV stay in its cache."""
+    V, x, U = saved
     dy = np.ascontiguousarray(dy)
     g = winograd.tile_grid(x_shape, padding, t.m)
     f = weight.shape[0]
@@ -375,8 +385,9 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
             dM = np.empty((t.a * t.a, f, tiles), dy.dtype)             # A dY A^T
             _output_transform_transposed_kernel(dy[n0:n1].reshape(-1), n1 - n0, f, g.oh, g.ow,
                                                 g.th, g.tw, AT, A, dM.reshape(-1))
-            first = n0 * g.th * g.tw
-            dU += matmul_here(dM, V[:, :, first:first + tiles].transpose(0, 2, 1))  # (a*a, F, C)
+            block_V = _block_input_transform(x, None, n0, n1, g, BT, B) if V is None else \
+                V[:, :, n0 * g.th * g.tw:n0 * g.th * g.tw + tiles]
+            dU += matmul_here(dM, block_V.transpose(0, 2, 1))          # (a*a, F, C)
             if input_grad:
                 dV = matmul_here(U.transpose(0, 2, 1), dM)             # (a*a, C, tiles)
                 _input_transform_transposed_kernel(dV.reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph,

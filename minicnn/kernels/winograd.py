@@ -235,8 +235,9 @@ def output_transform_transposed(dy, grid: TileGrid, t: Transform):
 # --- the convolution -------------------------------------------------------------------------
 
 
-def conv_forward(x, weight, bias, padding, t: Transform):
-    """y = conv(x, weight) + bias for a 3x3, stride-1 convolution; returns (y, V), V for backward."""
+def conv_forward(x, weight, bias, padding, t: Transform, keep=True):
+    """y = conv(x, weight) + bias for a 3x3, stride-1 convolution; returns (y, V), V for backward
+    (``keep``: the reference keeps V whether training or not)."""
     grid = tile_grid(x.shape, padding, t.m)
     U = filter_transform(weight, t)                            # (a*a, F, C)
     V = input_transform(x, padding, t)                         # (a*a, C, T)

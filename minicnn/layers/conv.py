@@ -145,7 +145,7 @@ class Conv2D(Layer):
         b = self.bias.data if self.bias is not None else None                 # (F,)
         fast = ops.conv_algorithm(x.shape, self.weight.data.shape, self.stride, self.padding)
         if fast is not None:  # the same y by another algorithm (Winograd), see the docstring
-            y, saved = fast.forward(x, self.weight.data, b, self.padding)
+            y, saved = fast.forward(x, self.weight.data, b, self.padding, training)
             return self._remember(y, cache=(x, saved, fast))
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])

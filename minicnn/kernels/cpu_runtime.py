@@ -151,7 +151,8 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def on_cores(count: int, work) -> list:
     """``work(lo, hi)`` for one contiguous share of ``range(count)`` per core, side by side on
     minicnn's threads, numpy's BLAS held to one thread per call meanwhile (so ``work`` may
-    multiply with :func:`matmul_here`); returns the shares' results in order."""
+    multiply with :func:`matmul_here`); returns the shares' results in order. ``work`` must not
+    call :func:`on_cores` or :func:`matmul` itself: the pool's threads are busy with the shares."""
     pool, blas = _workers()
     bounds = [(p * count // _parts, (p + 1) * count // _parts) for p in range(_parts)]
     bounds = [(lo, hi) for lo, hi in bounds if hi > lo] or [(0, count)]

@@ -117,6 +117,31 @@ def _corners(n_count, th_count, tw_count, m, plane, row):
     return corner
 
 
+@njit(inline="always")
+def _copy_planes(src, src_at, src_step, src_row, dst, dst_at, dst_step, dst_row, n_count, h, w,
+                 plus):
+    """dst's plane n = src's plane n + plus, for n_count planes of h rows of w values; plane n
+    starts at src_at + n * src_step and its rows are src_row apart, likewise in dst (a layer's
+    (sample, channel) planes on one side, a block's padded planes on the other)."""
+    for n in range(n_count):
+        for y in range(h):
+            source, target = src_at + n * src_step + y * src_row, dst_at + n * dst_step + y * dst_row
+            for x in range(w):
+                dst[_u(target + x)] = src[_u(source + x)] + plus
+
+
+@njit(inline="always")
+def _gather_tiles(planes, corner, side, row, out):
+    """out[k, l, tile] = planes[corner[tile] + k * row + l] for k, l < side: each tile's side x
+    side values, one run of the block's tiles per (k, l)."""
+    tiles = corner.shape[0]
+    for k in range(side):
+        for l in range(side):
+            out_at, shift = (k * side + l) * tiles, k * row + l
+            for t in range(tiles):
+                out[_u(out_at + t)] = planes[_u(corner[t] + shift)]
+
+
 @_jit
 def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw_count, BT, B,
                             V_flat, V_first, V_tiles):
@@ -129,18 +154,11 @@ def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw
     padded = np.zeros(n_count * rows * cols, dtype=x_flat.dtype)  # the borders stay zero
     d = np.empty(a * a * tiles, dtype=x_flat.dtype)  # d[k, l, tile]: one channel's tiles
     mixed = np.empty(a * a * tiles, dtype=x_flat.dtype)
+    zero = x_flat.dtype.type(0)
     for c in range(c_count):
-        for n in range(n_count):
-            source = (n * c_count + c) * h * w
-            target = n * rows * cols + ph * cols + pw
-            for y in range(h):
-                for x in range(w):
-                    padded[_u(target + y * cols + x)] = x_flat[_u(source + y * w + x)]
-        for k in range(a):
-            for l in range(a):
-                out = (k * a + l) * tiles
-                for t in range(tiles):
-                    d[_u(out + t)] = padded[_u(corner[t] + k * cols + l)]
+        _copy_planes(x_flat, c * h * w, c_count * h * w, w, padded, ph * cols + pw, rows * cols,
+                     cols, n_count, h, w, zero)
+        _gather_tiles(padded, corner, a, cols, d)
         _left(BT, d, 0, tiles, a, tiles, mixed, 0, tiles)  # B^T d
         _right(mixed, 0, tiles, B, a, tiles, V_flat, c * V_tiles + V_first,
                c_count * V_tiles)  # (B^T d) B
@@ -157,6 +175,7 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
     mixed = np.empty(a * a * tiles, dtype=dV_flat.dtype)
     dd = np.empty(a * a * tiles, dtype=dV_flat.dtype)
     dpadded = np.empty(n_count * rows * cols, dtype=dV_flat.dtype)
+    zero = dV_flat.dtype.type(0)
     for c in range(c_count):
         _left(B, dV_flat, c * tiles, c_count * tiles, a, tiles, mixed, 0, tiles)  # B dV
         _right(mixed, 0, tiles, BT, a, tiles, dd, 0, tiles)  # (B dV) B^T
@@ -167,12 +186,8 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
                 source = (k * a + l) * tiles
                 for t in range(tiles):  # overlapping tiles: their gradients add up
                     dpadded[_u(corner[t] + k * cols + l)] += dd[_u(source + t)]
-        for n in range(n_count):
-            source = n * rows * cols + ph * cols + pw
-            target = (n * c_count + c) * h * w
-            for y in range(h):
-                for x in range(w):
-                    dx_flat[_u(target + y * w + x)] = dpadded[_u(source + y * cols + x)]
+        _copy_planes(dpadded, ph * cols + pw, rows * cols, cols, dx_flat, c * h * w,
+                     c_count * h * w, w, n_count, h, w, zero)
 
 
 @_jit
@@ -193,13 +208,8 @@ def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_coun
                 source = (r * m + s) * tiles
                 for t in range(tiles):
                     planes[_u(corner[t] + r * cols + s)] = blocks_out[_u(source + t)]
-        b = bias[f]
-        for n in range(n_count):
-            source = n * rows * cols
-            target = (n * f_count + f) * oh * ow
-            for y in range(oh):
-                for x in range(ow):
-                    y_flat[_u(target + y * ow + x)] = planes[_u(source + y * cols + x)] + b
+        _copy_planes(planes, 0, rows * cols, cols, y_flat, f * oh * ow, f_count * oh * ow, ow,
+                     n_count, oh, ow, bias[f])
 
 
 @_jit
@@ -212,18 +222,11 @@ def _output_transform_transposed_kernel(dy_flat, n_count, f_count, oh, ow, th_co
     planes = np.zeros(n_count * rows * cols, dtype=dy_flat.dtype)  # zeros past the edge
     dY = np.empty(m * m * tiles, dtype=dy_flat.dtype)  # dY[r, s, tile]
     mixed = np.empty(a * m * tiles, dtype=dy_flat.dtype)
+    zero = dy_flat.dtype.type(0)
     for f in range(f_count):
-        for n in range(n_count):
-            source = (n * f_count + f) * oh * ow
-            target = n * rows * cols
-            for y in range(oh):
-                for x in range(ow):
-                    planes[_u(target + y * cols + x)] = dy_flat[_u(source + y * ow + x)]
-        for r in range(m):
-            for s in range(m):
-                target = (r * m + s) * tiles
-                for t in range(tiles):
-                    dY[_u(target + t)] = planes[_u(corner[t] + r * cols + s)]
+        _copy_planes(dy_flat, f * oh * ow, f_count * oh * ow, ow, planes, 0, rows * cols, cols,
+                     n_count, oh, ow, zero)
+        _gather_tiles(planes, corner, m, cols, dY)
         _left(A, dY, 0, tiles, m, tiles, mixed, 0, tiles)  # A dY
         _right(mixed, 0, tiles, AT, a, tiles, dM_flat, f * tiles, f_count * tiles)  # (A dY) A^T
 

@@ -46,7 +46,8 @@ def test_recycler_forgets_unused_arrays_beyond_its_limit():
 
 @numba_only
 @pytest.mark.parametrize("shape", [(3, 5, 7), (64, 288, 25088), (288, 64, 25088), (64, 25088, 288),
-                                   (4, 70_000, 9), (32, 100_352, 9), (9, 5000, 40),
+                                   (4, 70_000, 9), (32, 100_352, 9), (9, 5000, 40), (3, 4097, 5),
+                                   (16, 40_000, 27), (33, 40_000, 23),
                                    (200, 3136, 128), (1000, 128, 10)])
 def test_matmul_matches_numpy_for_every_way_of_splitting(shape):
     from minicnn.kernels import cpu_runtime

@@ -66,12 +66,10 @@ def test_matmul_matches_numpy_for_every_way_of_splitting(shape):
 
 @numba_only
 def test_matmul_leaves_numpys_blas_threads_as_it_found_them():
-    from threadpoolctl import threadpool_info
-
     from minicnn.kernels import cpu_runtime
 
-    def blas_threads():
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    def blas_threads():  # numpy's BLAS (numba may load scipy's as well: minicnn does not use it)
+        return [lib["num_threads"] for lib in cpu_runtime.numpy_blas().info()]
 
     before = blas_threads()
     a = np.ones((256, 256), np.float32)
@@ -85,12 +83,10 @@ def test_on_cores_runs_every_index_once_in_order_with_blas_on_one_thread(count):
     """on_cores cuts range(count) into one share per core (the Winograd layers' samples): every
     index in exactly one share, the results in the shares' order, numpy's BLAS held to one
     thread while the shares run and as it was after."""
-    from threadpoolctl import threadpool_info
-
     from minicnn.kernels import cpu_runtime
 
-    def blas_threads():
-        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    def blas_threads():  # numpy's BLAS (numba may load scipy's as well: minicnn does not use it)
+        return [lib["num_threads"] for lib in cpu_runtime.numpy_blas().info()]
 
     before = blas_threads()
     seen = []

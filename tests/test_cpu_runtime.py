@@ -64,17 +64,21 @@ def test_matmul_matches_numpy_for_every_way_of_splitting(shape):
     np.testing.assert_allclose(cpu_runtime.matmul(a, bt.T), expected, rtol=1e-4, atol=1e-3)
 
 
+def _numpy_blas_threads():
+    """Threads of numpy's BLAS, the one minicnn multiplies with (numba loads scipy's as well)."""
+    from minicnn.kernels import cpu_runtime
+
+    return [lib["num_threads"] for lib in cpu_runtime.numpy_blas().info()]
+
+
 @numba_only
 def test_matmul_leaves_numpys_blas_threads_as_it_found_them():
     from minicnn.kernels import cpu_runtime
 
-    def blas_threads():  # numpy's BLAS (numba may load scipy's as well: minicnn does not use it)
-        return [lib["num_threads"] for lib in cpu_runtime.numpy_blas().info()]
-
-    before = blas_threads()
+    before = _numpy_blas_threads()
     a = np.ones((256, 256), np.float32)
     cpu_runtime.matmul(a, a)
-    assert blas_threads() == before
+    assert _numpy_blas_threads() == before
 
 
 @numba_only
@@ -85,21 +89,18 @@ def test_on_cores_runs_every_index_once_in_order_with_blas_on_one_thread(count):
     thread while the shares run and as it was after."""
     from minicnn.kernels import cpu_runtime
 
-    def blas_threads():  # numpy's BLAS (numba may load scipy's as well: minicnn does not use it)
-        return [lib["num_threads"] for lib in cpu_runtime.numpy_blas().info()]
-
-    before = blas_threads()
+    before = _numpy_blas_threads()
     seen = []
 
     def share(lo, hi):
-        seen.append((lo, hi, blas_threads()))
+        seen.append((lo, hi, _numpy_blas_threads()))
         return list(range(lo, hi))
 
     results = cpu_runtime.on_cores(count, share)
     assert [i for part in results for i in part] == list(range(count))
     assert all(threads == [1] * len(before) for _, _, threads in seen)
     assert len(seen) <= max(1, count)
-    assert blas_threads() == before
+    assert _numpy_blas_threads() == before
 
 
 @numba_only

@@ -9,8 +9,8 @@ Layers: every 3x3 convolution of cifar_vgg (3->32 and 32->32 at 32x32, 32->64 an
 16x16, 64->128 and 128->128 at 8x8), cifar_resnet's narrowest (16->16 at 32x32) and the reference
 network's two (1->32 at 28x28, 32->64 at 14x14); stride 1, padding 1. minicnn runs each layer
 with every algorithm its backend has (im2col; Winograd F(2x2,3x3) and F(4x4,3x3) on the CPU
-backends, forced with ``minicnn.set_conv_algorithm``), and the table marks the one it chooses by
-itself. Each framework runs in its own fresh process.
+backends; the direct sum on numba; forced with ``minicnn.set_conv_algorithm``), and the table
+marks the one it chooses by itself. Each framework runs in its own fresh process.
 
 **Effective GFLOP/s** counts the direct convolution's multiply-adds (2*N*OH*OW*C*9*F) whatever the
 algorithm does, so Winograd, which does fewer, can go past the matmul peak. "% of peak" is that
@@ -52,7 +52,7 @@ LAYERS = {  # name: (in channels, out channels, image size)
 }
 PHASES = ("forward", "backward_data", "backward_weight")
 ALGORITHMS = {"numpy": ("im2col", "winograd2", "winograd"),
-              "numba": ("im2col", "winograd2", "winograd"), "cupy": ("im2col",)}
+              "numba": ("im2col", "winograd2", "winograd", "direct"), "cupy": ("im2col",)}
 
 
 def conv_flops(n, c, f, size):
@@ -64,6 +64,11 @@ def algorithm_cost(algorithm, n, c, f, size, itemsize=4, blocked=False):
     ``blocked``: Winograd run a block of samples at a time (numba), where only V goes to memory
     (written by the forward pass, read for the weight gradient)."""
     x, y, w = n * c * size * size, n * f * size * size, f * c * 9
+    if algorithm == "direct":  # nothing in between but padded copies of x (forward) and dy
+        gemm = conv_flops(n, c, f, size)
+        return {"forward": (gemm, itemsize * (2 * x + y + w)),
+                "backward_data": (gemm, itemsize * (2 * y + x + w)),
+                "backward_weight": (gemm, itemsize * (x + 2 * y + w))}
     if algorithm.startswith("winograd"):
         m = 2 if algorithm == "winograd2" else 4
         tiles = n * (-(-size // m)) ** 2

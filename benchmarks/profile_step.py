@@ -5,7 +5,7 @@
     python benchmarks/profile_step.py --backend cupy       # on the GPU (each kernel synchronized)
 
 Wraps every kernel of the backend with a timer, runs some training steps and prints, per kernel
-(matrix multiplies and Winograd layers per shape), the milliseconds per step, its share of the
+(matrix multiplies, Winograd and direct layers per shape), the milliseconds per step, its share of the
 step and, for the multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak
 (a 2048^3 product, measured in the same process; on cupy the GPU's, an 8192^3 product).
 """
@@ -39,7 +39,7 @@ def main():
     spent, calls, flops = collections.defaultdict(float), collections.Counter(), {}
     depth = [0]  # a kernel that calls another (BatchNorm + ReLU calls BatchNorm): time it once
 
-    def timer(name, kernel):
+    def timer(name, kernel, algorithm="winograd"):
         def timed(*a, **kw):
             if depth[0]:
                 return kernel(*a, **kw)
@@ -48,10 +48,10 @@ def main():
                 (m, k), n = a[0].shape, a[1].shape[1]
                 label = f"matmul ({m}x{k}) @ ({k}x{n})"
                 flops[label] = 2 * m * k * n
-            elif name in ("conv_forward", "conv_backward"):  # a Winograd layer, whole
+            elif name in ("conv_forward", "conv_backward"):  # a Winograd or direct layer, whole
                 n, c, h, w = a[0].shape if name == "conv_forward" else a[3]
                 f = a[1].shape[0] if name == "conv_forward" else a[2].shape[0]
-                label = f"winograd {name[5:]} {c}->{f} @{h}x{w}"
+                label = f"{algorithm} {name[5:]} {c}->{f} @{h}x{w}"
             sync()
             start = time.perf_counter()
             depth[0] += 1
@@ -83,10 +83,12 @@ def main():
                 and name != "conv_algorithm":
             setattr(kernels, name, timer(name, getattr(kernels, name)))
     if args.backend == "numba":  # the Winograd layers: transforms and products, block by block
+        from minicnn.kernels import numba_direct as direct
         from minicnn.kernels import numba_winograd as winograd
 
         for name in ("conv_forward", "conv_backward"):
             setattr(winograd, name, timer(name, getattr(winograd, name)))
+            setattr(direct, name, timer(name, getattr(direct, name), "direct"))
         # inside them, the steps of each block, on every core at once: their time is summed
         # over the cores, and its share is of the cores' time (the step's time x the cores)
         for name in ("_input_transform_kernel", "_output_transform_kernel",

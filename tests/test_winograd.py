@@ -166,8 +166,9 @@ def test_the_setting_chooses_the_algorithm(algorithm):
     assert numpy_kernels.conv_algorithm(x_shape, weight, (1, 1), (1, 1)) is None  # the reference
     assert numba_kernels.conv_algorithm(x_shape, weight, (1, 1), (1, 1)).name == \
         "winograd F(4x4,3x3)"
-    # a first layer with 3 channels keeps im2col: too few channels for Winograd's products
-    assert numba_kernels.conv_algorithm((8, 3, 32, 32), (32, 3, 3, 3), (1, 1), (1, 1)) is None
+    # a first layer with 3 channels: too few channels for Winograd's products (the direct sum)
+    assert numba_kernels.conv_algorithm((8, 3, 32, 32), (32, 3, 3, 3), (1, 1), (1, 1)).name == \
+        "direct 3x3"
     kernels.set_conv_algorithm("im2col")
     assert numba_kernels.conv_algorithm(x_shape, weight, (1, 1), (1, 1)) is None
     kernels.set_conv_algorithm("winograd2")

@@ -24,8 +24,8 @@ and returns new arrays (which a backend may recycle once nothing references them
   x_shape, kernel, stride) -> dx``.
 - ``avgpool_forward(x, kernel, stride) -> y``; ``avgpool_backward(dy, x_shape, kernel, stride)``.
 - ``conv_algorithm(x_shape, weight_shape, stride, padding) -> ConvAlgorithm | None``: which
-  faster algorithm (Winograd, for a 3x3 stride-1 convolution) this backend runs a convolution
-  with, or None for the im2col + GEMM that Conv2D's own code spells out (see "Choosing the
+  faster algorithm (Winograd or a direct sum, for a 3x3 stride-1 convolution) this backend runs
+  a convolution with, or None for the im2col + GEMM that Conv2D's own code spells out (see "Choosing the
   convolution algorithm" below).
 - ``channel_mean_var(x)``, ``batchnorm_forward(x, mean, inv_std, gamma, beta)`` and
   ``batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics) -> (dx, dgamma, dbeta)``:
@@ -36,12 +36,14 @@ Kernel modules import nothing from the layers.
 
 **Choosing the convolution algorithm.** As cuDNN does, the kernels decide, per convolution
 shape, which algorithm computes it; the decision is made in one place, :func:`choose_conv`,
-from a rule each backend states (``numba_kernels.winograd_rule``: where Winograd measured
-faster, benchmarks/README.md). ``$MINICNN_CONV_ALGO`` or :func:`set_conv_algorithm` overrides it
-for every layer: ``"auto"`` (the default: the backend's rule), ``"im2col"`` (exactly the code of
-Conv2D, what a learner reads), ``"winograd"`` (F(4x4, 3x3) wherever it applies) or
-``"winograd2"`` (F(2x2, 3x3)). Winograd applies to 3x3 kernels at stride 1 only; any other
-convolution runs im2col whatever is asked.
+from a rule each backend states (``numba_kernels.conv_rule``: Winograd where both sides have
+enough channels, a direct sum where the input has few, benchmarks/README.md has the
+measurements). ``$MINICNN_CONV_ALGO`` or :func:`set_conv_algorithm` overrides it for every
+layer: ``"auto"`` (the default: the backend's rule), ``"im2col"`` (exactly the code of Conv2D,
+what a learner reads), ``"winograd"`` (F(4x4, 3x3) wherever it applies), ``"winograd2"``
+(F(2x2, 3x3)) or ``"direct"`` (the sum of Conv2D's formula, row by row: numba only). Both
+apply to 3x3 kernels at stride 1 only; any other convolution runs im2col whatever is asked,
+and so does a backend without the algorithm asked for.
 """
 
 
@@ -94,7 +96,7 @@ def geometry(x_shape, kernel, stride, padding=(0, 0)) -> Geometry:
 
 # --- which algorithm computes a convolution -----------------------------------------------------
 
-CONV_ALGORITHMS = ("auto", "im2col", "winograd", "winograd2")
+CONV_ALGORITHMS = ("auto", "im2col", "winograd", "winograd2", "direct")
 
 _conv_algorithm: str | None = None  # read from $MINICNN_CONV_ALGO on first use
 
@@ -116,8 +118,8 @@ def get_conv_algorithm() -> str:
 
 
 def set_conv_algorithm(name: str) -> str:
-    """Run every convolution with ``name`` ("auto", "im2col", "winograd", "winograd2") from now
-    on, in every model; returns the previous setting. "im2col" runs exactly the code of
+    """Run every convolution with ``name`` ("auto", "im2col", "winograd", "winograd2", "direct")
+    from now on, in every model; returns the previous setting. "im2col" runs exactly the code of
     ``Conv2D._forward`` / ``_backward``."""
     global _conv_algorithm
     name = _check_conv_algorithm(name, "the convolution algorithm")
@@ -171,23 +173,26 @@ class ConvAlgorithm(NamedTuple):
 
 
 def winograd_applies(weight_shape, stride) -> bool:
-    """Winograd F(m x m, 3x3) computes 3x3 convolutions at stride 1."""
+    """Winograd F(m x m, 3x3), and the direct sum, compute 3x3 convolutions at stride 1."""
     return tuple(weight_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
 
 
-def choose_conv(x_shape, weight_shape, stride, padding, implementation, rule) -> ConvAlgorithm | None:
+def choose_conv(x_shape, weight_shape, stride, padding, rule, winograd=None,
+                direct=None) -> ConvAlgorithm | None:
     """The algorithm for one convolution: the setting (:func:`get_conv_algorithm`) where it
-    forces one, else ``rule(x_shape, weight_shape, padding)`` -> tile size m (2 or 4) or None.
-    ``implementation`` is the backend's Winograd module (``conv_forward``, ``conv_backward``);
-    None means im2col."""
+    forces one, else ``rule(x_shape, weight_shape, padding)`` -> "winograd", "winograd2",
+    "direct" or None. ``winograd`` and ``direct`` are the backend's modules of those algorithms
+    (``conv_forward``, ``conv_backward``; None where it has none); None means im2col."""
     setting = get_conv_algorithm()
-    if setting == "im2col" or implementation is None or not winograd_applies(weight_shape, stride):
+    if setting == "im2col" or not winograd_applies(weight_shape, stride):
         return None
-    if setting == "auto":
-        m = rule(tuple(x_shape), tuple(weight_shape), tuple(padding))
-    else:
-        m = 2 if setting == "winograd2" else 4
-    return None if m is None else _winograd(implementation, m)
+    name = rule(tuple(x_shape), tuple(weight_shape), tuple(padding)) if setting == "auto" \
+        else setting
+    if name in ("winograd", "winograd2") and winograd is not None:
+        return _winograd(winograd, 2 if name == "winograd2" else 4)
+    if name == "direct" and direct is not None and direct.applies(weight_shape, stride, padding):
+        return ConvAlgorithm(direct.NAME, direct.conv_forward, direct.conv_backward)
+    return None
 
 
 _chosen: dict = {}

@@ -366,21 +366,30 @@ def threading_layer() -> str:
 
 
 _WINOGRAD_MIN_CHANNELS = 8
+_DIRECT_MIN_FILTERS = 4
 
 
-def winograd_rule(x_shape, weight_shape, padding):
-    """Where this backend runs Winograd F(4x4, 3x3) when left to choose (a 3x3, stride-1
-    convolution): wherever both sides have enough channels for its a*a matrix products to keep
-    the cores busy; the per-layer table in benchmarks/README.md is the evidence."""
+def conv_rule(x_shape, weight_shape, padding):
+    """Which algorithm this backend runs a 3x3, stride-1 convolution with when left to choose:
+    Winograd F(4x4, 3x3) wherever both sides have enough channels for its a*a matrix products
+    to keep the cores busy; the direct sum where the input has fewer (a first layer, whose
+    im2col product has an inner dimension of 9 or 27) and there are filters enough for the
+    cores to share (its weight gradient takes two filters per task); else im2col. The
+    per-layer tables in benchmarks/README.md are the evidence."""
     f, c = weight_shape[:2]
-    return 4 if min(c, f) >= _WINOGRAD_MIN_CHANNELS else None
+    if min(c, f) >= _WINOGRAD_MIN_CHANNELS:
+        return "winograd"
+    if c < _WINOGRAD_MIN_CHANNELS and f >= _DIRECT_MIN_FILTERS:
+        return "direct"
+    return None
 
 
 def conv_algorithm(x_shape, weight_shape, stride, padding):
     """The algorithm a convolution of these shapes runs with (None: Conv2D's im2col + GEMM)."""
-    from . import numba_winograd
+    from . import numba_direct, numba_winograd
 
-    return choose_conv(x_shape, weight_shape, stride, padding, numba_winograd, winograd_rule)
+    return choose_conv(x_shape, weight_shape, stride, padding, conv_rule, winograd=numba_winograd,
+                       direct=numba_direct)
 
 
 def im2col(x, kernel, stride, padding):

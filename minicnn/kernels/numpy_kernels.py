@@ -60,7 +60,7 @@ def im2col(x, kernel, stride, padding):
 def conv_algorithm(x_shape, weight_shape, stride, padding):
     """Always im2col (None), the reference, unless the setting asks for Winograd: then
     :mod:`minicnn.kernels.winograd`'s NumPy version of it (see :func:`minicnn.kernels.choose_conv`)."""
-    return choose_conv(x_shape, weight_shape, stride, padding, winograd, lambda *shapes: None)
+    return choose_conv(x_shape, weight_shape, stride, padding, lambda *shapes: None, winograd=winograd)
 
 
 def col2im(cols, x_shape, kernel, stride, padding):

@@ -88,6 +88,10 @@ MUTANTS = [
            "dpadded[_u(corner[t] + k * cols + l)] += dd[",
            "dpadded[_u(corner[t] + k * cols + l)] = dd[",
            first=("test_winograd.py",)),
+    Mutant("direct-weight-gradient-column-shift", "minicnn/kernels/numba_direct.py",
+           "b[e] = ((n * c_count + c) * hp + ij // 3) * wp + ij % 3",
+           "b[e] = ((n * c_count + c) * hp + ij // 3) * wp + ij // 3",
+           first=("test_direct_conv.py",)),
     Mutant("cupy-grid-rounded-down", "minicnn/kernels/cupy_kernels.py",
            "blocks = (total + _THREADS_PER_BLOCK - 1) // _THREADS_PER_BLOCK",
            "blocks = total // _THREADS_PER_BLOCK", first=("test_cuda_sources.py",)),
@@ -96,8 +100,8 @@ MUTANTS = [
 # numba compiles these files, and its compiled code reads values from them: a mutant planted in
 # one would meet the others' cached machine code, compiled from the file as it was
 NUMBA_SEES = ("minicnn/kernels/numba_kernels.py", "minicnn/kernels/numba_winograd.py",
-              "minicnn/kernels/cpu_runtime.py", "minicnn/kernels/winograd.py",
-              "minicnn/kernels/__init__.py")
+              "minicnn/kernels/numba_direct.py", "minicnn/kernels/cpu_runtime.py",
+              "minicnn/kernels/winograd.py", "minicnn/kernels/__init__.py")
 
 # The tests most likely to catch a kernel or layer bug run first (pytest -x stops at the first
 # failure); the rest of the default suite follows.

@@ -100,7 +100,8 @@ MUTANTS = [
 # numba compiles these files, and its compiled code reads values from them: a mutant planted in
 # one would meet the others' cached machine code, compiled from the file as it was
 NUMBA_SEES = ("minicnn/kernels/numba_kernels.py", "minicnn/kernels/numba_winograd.py",
-              "minicnn/kernels/numba_direct.py", "minicnn/kernels/cpu_runtime.py",
+              "minicnn/kernels/numba_direct.py", "minicnn/kernels/numba_dots.py",
+              "minicnn/kernels/cpu_runtime.py",
               "minicnn/kernels/winograd.py", "minicnn/kernels/__init__.py")
 
 # The tests most likely to catch a kernel or layer bug run first (pytest -x stops at the first

@@ -169,14 +169,16 @@ def matmul_here(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # A product whose inner dimension is far longer than its sides, e.g. the weight gradient of a
 # first convolution, ``dout @ cols.T`` = (16 x 131072) @ (131072 x 27): BLAS packs both operands
 # for an output of a few hundred values and runs far under its peak. Dot products over blocks of
-# the inner dimension, on every core, 2 rows of ``a`` against 4 rows of ``bt`` at a time (eight
-# sums in registers, one load of each row per eight multiply-adds), run 1.5 to 4 times as fast.
+# the inner dimension, on every core, 2 rows of ``a`` against 4 rows of ``bt`` at a time
+# (:func:`~minicnn.kernels.numba_dots.dots_2x4`), run 1.5 to 4 times as fast.
 _SKINNY_BLOCK = 4096
 
 
 def _skinny_kernel():
     from numba import njit, prange
     from numba import uint64 as u
+
+    from .numba_dots import dots_2x4
 
     @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
     def skinny(a_flat, bt_flat, m, n, length, zero, partial):
@@ -190,20 +192,8 @@ def _skinny_kernel():
                 for j in range(0, n, 4):
                     b0, b1 = j * length, min(j + 1, n - 1) * length
                     b2, b3 = min(j + 2, n - 1) * length, min(j + 3, n - 1) * length
-                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero  # of the arrays' dtype
-                    for p in range(lo, hi):
-                        x0, x1 = a_flat[u(a0 + p)], a_flat[u(a1 + p)]
-                        y0, y1 = bt_flat[u(b0 + p)], bt_flat[u(b1 + p)]
-                        y2, y3 = bt_flat[u(b2 + p)], bt_flat[u(b3 + p)]
-                        s00 += x0 * y0
-                        s01 += x0 * y1
-                        s02 += x0 * y2
-                        s03 += x0 * y3
-                        s10 += x1 * y0
-                        s11 += x1 * y1
-                        s12 += x1 * y2
-                        s13 += x1 * y3
-                    for di, sums in ((0, (s00, s01, s02, s03)), (1, (s10, s11, s12, s13))):
+                    rows = dots_2x4(a_flat, a0, a1, bt_flat, b0, b1, b2, b3, lo, hi, zero)
+                    for di, sums in ((0, rows[0]), (1, rows[1])):
                         for dj in range(4):
                             if i + di < m and j + dj < n:
                                 partial[u((t * m + i + di) * n + j + dj)] = sums[dj]

@@ -35,6 +35,7 @@ from numba import njit, prange
 from numba import uint64 as _u
 
 from .cpu_runtime import recycler
+from .numba_dots import dots_2x4
 
 _jit = njit(parallel=True, cache=True, fastmath=False)
 
@@ -98,28 +99,11 @@ def _weight_gradient_kernel(xp_flat, dyp_flat, n_count, c_count, hp, wp, f_count
                     tap = min(t + e, taps - 1)
                     c, ij = tap // 9, tap % 9
                     b[e] = ((n * c_count + c) * hp + ij // 3) * wp + ij % 3
-                b0, b1, b2, b3 = b[0], b[1], b[2], b[3]
-                s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = zero
-                for p in range(length):
-                    g0, g1 = dyp_flat[_u(a0 + p)], dyp_flat[_u(a1 + p)]
-                    v0, v1 = xp_flat[_u(b0 + p)], xp_flat[_u(b1 + p)]
-                    v2, v3 = xp_flat[_u(b2 + p)], xp_flat[_u(b3 + p)]
-                    s00 += g0 * v0
-                    s01 += g0 * v1
-                    s02 += g0 * v2
-                    s03 += g0 * v3
-                    s10 += g1 * v0
-                    s11 += g1 * v1
-                    s12 += g1 * v2
-                    s13 += g1 * v3
-                totals[0, t] += s00
-                totals[0, t + 1] += s01
-                totals[0, t + 2] += s02
-                totals[0, t + 3] += s03
-                totals[1, t] += s10
-                totals[1, t + 1] += s11
-                totals[1, t + 2] += s12
-                totals[1, t + 3] += s13
+                rows = dots_2x4(dyp_flat, a0, a1, xp_flat, b[0], b[1], b[2], b[3], 0, length,
+                                zero)
+                for e in range(4):
+                    totals[0, t + e] += rows[0][e]
+                    totals[1, t + e] += rows[1][e]
         for tap in range(taps):  # (c, i, j): W's own order within a filter
             dW_flat[_u(f0 * taps + tap)] = totals[0, tap]
             dW_flat[_u(f1 * taps + tap)] = totals[1, tap]

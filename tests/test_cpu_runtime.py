@@ -105,24 +105,37 @@ def test_on_cores_runs_every_index_once_in_order_with_blas_on_one_thread(count):
 
 @numba_only
 def test_training_reuses_the_large_arrays_of_the_previous_step():
+    """Every array of at least the recycler's size that the convolution keeps for its backward
+    pass comes from the recycler, and the next step gets the same memory back. (Arrays below
+    ``min_bytes`` come from malloc, which may or may not hand back the same address.)"""
+    from minicnn.kernels.cpu_runtime import recycler
     mc.set_backend("numba")
+    batch = 32  # the padded input (32, 3, 34, 34) float32 is over the recycler's 256 KiB
     model = mc.Sequential([Conv2D(3, 8, 3, padding=1), Flatten(), Dense(8 * 32 * 32, 2)], seed=0)
-    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
-    dy = np.ones((16, 2), np.float32)
-    def arrays(saved):  # what the convolution keeps for its backward pass, whichever algorithm
+    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    dy = np.ones((batch, 2), np.float32)
+
+    def large(saved):  # what the convolution keeps for its backward pass, whichever algorithm
         if isinstance(saved, np.ndarray):
-            return [saved.ctypes.data] if saved.nbytes > 4096 else []
+            return [saved] if saved.nbytes >= recycler.min_bytes and saved is not x else []
         if isinstance(saved, (tuple, list)):
-            return [address for item in saved for address in arrays(item)]
+            return [array for item in saved for array in large(item)]
         return []
+
+    def recycled(array):
+        while array.base is not None:
+            array = array.base
+        return any(array is kept for kept_list in recycler._arrays.values() for kept in kept_list)
 
     addresses = []
     for _ in range(3):
         y = model.forward(x, training=True)
         model.backward(dy)
-        addresses.append((y.ctypes.data, *arrays(model.layers[0]._cache)))
-        del y
-    assert len(addresses[1]) >= 2 and addresses[1] == addresses[2]  # the same memory, each step
+        saved = large(model.layers[0]._cache)
+        assert saved and all(recycled(array) for array in saved), [array.shape for array in saved]
+        addresses.append((y.ctypes.data, *(array.ctypes.data for array in saved)))
+        del y, saved
+    assert addresses[1] == addresses[2]  # the same memory, each step
 
 
 def test_input_gradient_can_be_skipped(cpu_backend):

@@ -102,3 +102,43 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     fake.parent.mkdir(parents=True)
     fake.write_text("def f():\n    from ..training import fit\n")
     assert _imports(fake, root=tmp_path / "minicnn") == {"minicnn.training"}
+
+
+LESSON = ("__init__", "initialize", "_forward", "_statistics", "_backward")
+
+
+def lesson_out_of_place(source: str) -> list[str]:
+    """The classes of a layer module in which a method that is not part of the lesson (the
+    derivation's ``__init__``, ``_forward``, ``_backward`` and what they call to initialize and
+    to compute statistics) comes before one that is."""
+    misplaced = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        names = [item.name for item in node.body if isinstance(item, ast.FunctionDef)]
+        first_tool = next((i for i, name in enumerate(names) if name not in LESSON), len(names))
+        if any(name in LESSON for name in names[first_tool:]):
+            misplaced.append(node.name)
+    return misplaced
+
+
+def test_a_layer_opens_with_its_lesson():
+    """A reader of a layer's file meets the docstring's derivation, then __init__, forward and
+    backward in its symbols; shapes, config, the studio's formula and the converters follow."""
+    import minicnn.layers as layers
+    from minicnn.layers.registry import LAYER_TYPES
+
+    # Sequential is the model rather than a layer: its file is in sections (construction,
+    # shapes, the passes, inference, files)
+    modules = {cls.__module__ for cls in LAYER_TYPES.values()} - {"minicnn.layers.sequential"}
+    assert {"minicnn.layers.conv", "minicnn.layers.activations"} <= modules
+    for module in sorted(modules):
+        path = Path(layers.__file__).parent / f"{module.rsplit('.', 1)[1]}.py"
+        assert lesson_out_of_place(path.read_text()) == [], path
+
+
+def test_the_lesson_check_sees_a_method_before_the_lesson():
+    source = ("class A:\n    def __init__(self): pass\n    def _forward(self): pass\n"
+              "    def describe(self): pass\n    def _backward(self): pass\n")
+    assert lesson_out_of_place(source) == ["A"]
+    assert lesson_out_of_place(source.replace("describe", "_statistics")) == []

@@ -26,6 +26,7 @@ class ReLU(Layer):
         # y > 0 exactly where x > 0, so the output doubles as the mask (no extra array kept)
         return self.kernels.relu_backward(dy, self._cache)
 
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     def formula(self, input_shape, output_shape):
         return {"forward": [f"y = max(x, 0)   {shape_text(output_shape)}"],
                 "backward": ["dx = dy * (x > 0)"],
@@ -47,12 +48,6 @@ class LeakyReLU(Layer):
         super().__init__()
         self.negative_slope = check_number(negative_slope, "negative_slope", "LeakyReLU")
 
-    def config(self):
-        return {"negative_slope": self.negative_slope}
-
-    def describe(self):
-        return f"LeakyReLU({self.negative_slope:g})"
-
     def _forward(self, x, training):
         xp = backend.array_module(x)
         slope = xp.where(x > 0, x.dtype.type(1), x.dtype.type(self.negative_slope))
@@ -60,6 +55,11 @@ class LeakyReLU(Layer):
 
     def _backward(self, dy, input_grad):
         return dy * self._cache
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+
+    def describe(self):
+        return f"LeakyReLU({self.negative_slope:g})"
 
     def formula(self, input_shape, output_shape):
         return {"forward": [f"y = x if x > 0 else {self.negative_slope:g} * x"],
@@ -87,6 +87,7 @@ class Sigmoid(Layer):
         y = self._cache
         return dy * y * (1 - y)
 
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     def formula(self, input_shape, output_shape):
         return {"forward": ["y = 1 / (1 + exp(-x))"], "backward": ["dx = dy * y * (1 - y)"],
                 "explain": "Squashes into (0, 1); its slope is at most 1/4."}
@@ -108,6 +109,7 @@ class Tanh(Layer):
         y = self._cache
         return dy * (1 - y * y)
 
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     def formula(self, input_shape, output_shape):
         return {"forward": ["y = tanh(x)"], "backward": ["dx = dy * (1 - y**2)"],
                 "explain": "Squashes into (-1, 1)."}
@@ -132,12 +134,6 @@ class ELU(Layer):
         super().__init__()
         self.alpha = check_number(alpha, "alpha", "ELU")
 
-    def config(self):
-        return {"alpha": self.alpha}
-
-    def describe(self):
-        return f"ELU({self.alpha:g})"
-
     def _forward(self, x, training):
         xp = backend.array_module(x)
         positive = x > 0
@@ -147,6 +143,11 @@ class ELU(Layer):
     def _backward(self, dy, input_grad):
         positive, y = self._cache
         return dy * backend.array_module(dy).where(positive, 1, y + self.alpha)
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+
+    def describe(self):
+        return f"ELU({self.alpha:g})"
 
     def formula(self, input_shape, output_shape):
         return {"forward": [f"y = x if x > 0 else {self.alpha:g} * (exp(x) - 1)"],

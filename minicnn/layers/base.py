@@ -28,6 +28,8 @@ Two models on different backends can live side by side in one process.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .. import backend
@@ -315,8 +317,21 @@ class Layer:
 
     # -- configs ------------------------------------------------------------------------
     def config(self) -> dict:
-        """The constructor arguments, as plain JSON values (what a model file stores)."""
-        return {}
+        """The constructor's arguments, as plain JSON values (what a model file stores), read
+        from the attributes of the same names: a tuple as a list, and an optional array
+        (``bias=True`` makes ``self.bias`` a Parameter, ``False`` leaves it None) as whether
+        the layer has it. ``dtype`` and ``rng`` are not arguments of the architecture (the
+        arrays carry their dtype). A layer whose attributes do not mirror its arguments
+        overrides this (Residual, Sequential)."""
+        config = {}
+        for name, argument in inspect.signature(type(self).__init__).parameters.items():
+            if name in ("self", "dtype", "rng"):
+                continue
+            value = getattr(self, name)
+            if isinstance(argument.default, bool) and (value is None or isinstance(value, Parameter)):
+                value = value is not None
+            config[name] = list(value) if isinstance(value, tuple) else value
+        return config
 
     @classmethod
     def array_shapes(cls, config: dict) -> dict[str, tuple]:

@@ -83,10 +83,44 @@ class Conv2D(Layer):
             self.bias.data = backend.xp(self.backend).zeros(f, dtype=dtype)
             self.bias.zero_grad()
 
-    def config(self):
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": list(self.padding), "bias": self.bias is not None, "init": self.init}
+    def _forward(self, x, training):
+        ops = self.kernels  # im2col, matmul, ... of this layer's backend (minicnn.kernels)
+        b = self.bias.data if self.bias is not None else None                 # (F,)
+        fast = ops.conv_algorithm(x.shape, self.weight.data.shape, self.stride, self.padding)
+        if fast is not None:  # the same y by another algorithm (Winograd), see the docstring
+            y, saved = fast.forward(x, self.weight.data, b, self.padding, training)
+            return self._remember(y, cache=(x, saved, fast))
+        n = x.shape[0]
+        f, oh, ow = self.output_shape(x.shape[1:])
+        W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
+        cols = ops.im2col(x, self.kernel_size, self.stride, self.padding)     # (K, N*OH*OW)
+        out = ops.matmul(W2, cols)                                            # (F, N*OH*OW)
+        y = ops.cnhw_to_nchw(out, b, n, oh, ow)           # + b, laid out as (N, F, OH, OW)
+        return self._remember(y, cache=(x, cols, None))
+
+    def _backward(self, dy, input_grad):
+        # the derivation, with these names, is in the class docstring
+        ops = self.kernels
+        x, cols, fast = self._cache  # fast: None, or the algorithm that ran (cols: what it saved)
+        if fast is not None:  # the forward pass ran another algorithm: its own backward
+            dx, self.weight.grad = fast.backward(dy, cols, self.weight.data, x.shape,
+                                                 self.padding, input_grad)
+            if self.bias is not None:
+                self.bias.grad = dy.sum(axis=(0, 2, 3))                       # (F,)
+            return dx
+        f = dy.shape[1]
+        W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
+        dout = ops.nchw_to_cnhw(dy)                                           # (F, N*OH*OW)
+        dW2 = ops.matmul(dout, cols.T)                                        # (F, K)
+        self.weight.grad = dW2.reshape(self.weight.data.shape)
+        if self.bias is not None:
+            self.bias.grad = dout.sum(axis=1)                                 # (F,)
+        if not input_grad:
+            return None
+        dcols = ops.matmul(W2.T, dout)                                        # (K, N*OH*OW)
+        return ops.col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding)
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
 
     @classmethod
     def array_shapes(cls, config):
@@ -140,44 +174,6 @@ class Conv2D(Layer):
                                            self.padding)
         return ["im2col" if fast is None else fast.name]
 
-    def _forward(self, x, training):
-        ops = self.kernels  # im2col, matmul, ... of this layer's backend (minicnn.kernels)
-        b = self.bias.data if self.bias is not None else None                 # (F,)
-        fast = ops.conv_algorithm(x.shape, self.weight.data.shape, self.stride, self.padding)
-        if fast is not None:  # the same y by another algorithm (Winograd), see the docstring
-            y, saved = fast.forward(x, self.weight.data, b, self.padding, training)
-            return self._remember(y, cache=(x, saved, fast))
-        n = x.shape[0]
-        f, oh, ow = self.output_shape(x.shape[1:])
-        W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
-        cols = ops.im2col(x, self.kernel_size, self.stride, self.padding)     # (K, N*OH*OW)
-        out = ops.matmul(W2, cols)                                            # (F, N*OH*OW)
-        y = ops.cnhw_to_nchw(out, b, n, oh, ow)           # + b, laid out as (N, F, OH, OW)
-        return self._remember(y, cache=(x, cols, None))
-
-    def _backward(self, dy, input_grad):
-        # the derivation, with these names, is in the class docstring
-        ops = self.kernels
-        x, cols, fast = self._cache  # fast: None, or the algorithm that ran (cols: what it saved)
-        if fast is not None:  # the forward pass ran another algorithm: its own backward
-            dx, self.weight.grad = fast.backward(dy, cols, self.weight.data, x.shape,
-                                                 self.padding, input_grad)
-            if self.bias is not None:
-                self.bias.grad = dy.sum(axis=(0, 2, 3))                       # (F,)
-            return dx
-        f = dy.shape[1]
-        W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
-        dout = ops.nchw_to_cnhw(dy)                                           # (F, N*OH*OW)
-        dW2 = ops.matmul(dout, cols.T)                                        # (F, K)
-        self.weight.grad = dW2.reshape(self.weight.data.shape)
-        if self.bias is not None:
-            self.bias.grad = dout.sum(axis=1)                                 # (F,)
-        if not input_grad:
-            return None
-        dcols = ops.matmul(W2.T, dout)                                        # (K, N*OH*OW)
-        return ops.col2im(dcols, x.shape, self.kernel_size, self.stride, self.padding)
-
-    # -- the studio, PyTorch and ONNX --------------------------------------------------------
     def formula(self, input_shape, output_shape):
         (kh, kw), f = self.kernel_size, self.out_channels
         k = self.in_channels * kh * kw

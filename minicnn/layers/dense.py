@@ -50,9 +50,22 @@ class Dense(Layer):
             self.bias.data = backend.xp(self.backend).zeros(self.out_features, dtype=dtype)
             self.bias.zero_grad()
 
-    def config(self):
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "init": self.init}
+    def _forward(self, x, training):
+        y = self.kernels.matmul(x, self.weight.data)                 # x @ W, (N, out)
+        if self.bias is not None:
+            y += self.bias.data
+        return self._remember(y, cache=x)
+
+    def _backward(self, dy, input_grad):
+        x = self._cache
+        self.weight.grad = self.kernels.matmul(x.T, dy)               # x.T @ dy, (in, out)
+        if self.bias is not None:
+            self.bias.grad = dy.sum(axis=0)                          # (out,)
+        if not input_grad:
+            return None
+        return self.kernels.matmul(dy, self.weight.data.T)           # dy @ W.T, (N, in)
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
 
     @classmethod
     def array_shapes(cls, config):
@@ -82,22 +95,6 @@ class Dense(Layer):
         return 2 * self.in_features * self.out_features + (
             self.out_features if self.bias is not None else 0)
 
-    def _forward(self, x, training):
-        y = self.kernels.matmul(x, self.weight.data)                 # x @ W, (N, out)
-        if self.bias is not None:
-            y += self.bias.data
-        return self._remember(y, cache=x)
-
-    def _backward(self, dy, input_grad):
-        x = self._cache
-        self.weight.grad = self.kernels.matmul(x.T, dy)               # x.T @ dy, (in, out)
-        if self.bias is not None:
-            self.bias.grad = dy.sum(axis=0)                          # (out,)
-        if not input_grad:
-            return None
-        return self.kernels.matmul(dy, self.weight.data.T)           # dy @ W.T, (N, in)
-
-    # -- the studio, PyTorch and ONNX --------------------------------------------------------
     def formula(self, input_shape, output_shape):
         x, y = shape_text(input_shape), shape_text(output_shape)
         fan_in, fan_out = self.weight.data.shape
@@ -140,14 +137,15 @@ class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1*d2*...). Backward reshapes dy back to the input's shape:
     flattening only relabels the elements, so each gradient goes back to where it came from."""
 
-    def output_shape(self, input_shape):
-        return (math.prod(input_shape),)
-
     def _forward(self, x, training):
         return self._remember(x.reshape(x.shape[0], -1), cache=x.shape)
 
     def _backward(self, dy, input_grad):
         return dy.reshape(self._cache)
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
 
     def formula(self, input_shape, output_shape):
         return {"forward": [f"y = x.reshape(N, -1)   {shape_text(input_shape)} -> "

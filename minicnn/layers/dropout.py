@@ -31,15 +31,6 @@ class Dropout(Layer):
         self.p = float(p)
         self.rng = rng if rng is not None else np.random.default_rng()
 
-    def config(self):
-        return {"p": self.p}
-
-    def describe(self):
-        return f"Dropout(p={self.p:g})"
-
-    def set_rng(self, rng):
-        self.rng = rng
-
     def _forward(self, x, training):
         if not training or self.p == 0:
             return self._remember(x, cache=None)
@@ -54,6 +45,14 @@ class Dropout(Layer):
 
     def _backward(self, dy, input_grad):
         return dy if self._cache is None else dy * self._cache
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+
+    def describe(self):
+        return f"Dropout(p={self.p:g})"
+
+    def set_rng(self, rng):
+        self.rng = rng
 
     def formula(self, input_shape, output_shape):
         return {"forward": ["y = x   (inference)"], "backward": ["dx = dy"],

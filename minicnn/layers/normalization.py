@@ -68,30 +68,6 @@ class BatchNorm2D(Layer):
         self.gamma.zero_grad()
         self.beta.zero_grad()
 
-    def config(self):
-        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
-
-    @classmethod
-    def array_shapes(cls, config):
-        c = check_positive_int(config.get("num_features"), "num_features", "BatchNorm2D")
-        return {name: (c,) for name in ("gamma", "beta", "running_mean", "running_var")}
-
-    def describe(self):
-        return f"BatchNorm2D({self.num_features})"
-
-    def output_shape(self, input_shape):
-        check_rank(input_shape, 3, f"(N, {self.num_features}, H, W)", "BatchNorm2D")
-        if input_shape[0] != self.num_features:
-            c, h, w = input_shape
-            raise ValueError(
-                f"BatchNorm2D: expected input with {self.num_features} channels, shape "
-                f"(N, {self.num_features}, H, W), got shape (N, {c}, {h}, {w})"
-            )
-        return tuple(input_shape)
-
-    def flops(self, input_shape):
-        return 4 * math.prod(input_shape)
-
     def _forward(self, x, training):
         mean, inv_std = self._statistics(x, training)
         y = self.kernels.batchnorm_forward(x, mean, inv_std, self.gamma.data, self.beta.data)
@@ -124,7 +100,29 @@ class BatchNorm2D(Layer):
             dy, x, mean, inv_std, self.gamma.data, batch_statistics=training)
         return dx
 
-    # -- the studio, PyTorch and ONNX --------------------------------------------------------
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+
+    @classmethod
+    def array_shapes(cls, config):
+        c = check_positive_int(config.get("num_features"), "num_features", "BatchNorm2D")
+        return {name: (c,) for name in ("gamma", "beta", "running_mean", "running_var")}
+
+    def describe(self):
+        return f"BatchNorm2D({self.num_features})"
+
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, f"(N, {self.num_features}, H, W)", "BatchNorm2D")
+        if input_shape[0] != self.num_features:
+            c, h, w = input_shape
+            raise ValueError(
+                f"BatchNorm2D: expected input with {self.num_features} channels, shape "
+                f"(N, {self.num_features}, H, W), got shape (N, {c}, {h}, {w})"
+            )
+        return tuple(input_shape)
+
+    def flops(self, input_shape):
+        return 4 * math.prod(input_shape)
+
     def formula(self, input_shape, output_shape):
         n, _, h, w = output_shape
         return {"forward": ["xhat = (x - running_mean) / sqrt(running_var + eps)   (inference)",

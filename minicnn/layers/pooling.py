@@ -15,8 +15,7 @@ class _Pool2D(Layer):
         self.kernel_size = pair(kernel_size, "kernel_size", self.name, minimum=1)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", self.name, 1)
 
-    def config(self):
-        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride)}
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
 
     def describe(self):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -80,6 +79,7 @@ class MaxPool2D(_Pool2D):
         return self.kernels.maxpool_backward(dy, argmax, x_shape, self.kernel_size,
                                                   self.stride)
 
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     def formula(self, input_shape, output_shape):
         (kh, kw) = self.kernel_size
         return {"forward": [f"y = max over each {kh}x{kw} window   {shape_text(input_shape)} -> "
@@ -109,6 +109,7 @@ class AvgPool2D(_Pool2D):
     def _backward(self, dy, input_grad):
         return self.kernels.avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
 
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     def formula(self, input_shape, output_shape):
         (kh, kw) = self.kernel_size
         return {"forward": [f"y = mean over each {kh}x{kw} window   {shape_text(input_shape)} -> "
@@ -130,14 +131,6 @@ class GlobalAvgPool2D(Layer):
 
     pools_globally = True
 
-    def output_shape(self, input_shape):
-        check_rank(input_shape, 3, "(N, C, H, W)", self.name)
-        return (input_shape[0],)
-
-    def flops(self, input_shape):
-        c, h, w = input_shape
-        return c * h * w
-
     def _forward(self, x, training):
         return self._remember(x.mean(axis=(2, 3), dtype=x.dtype), cache=x.shape)
 
@@ -146,6 +139,15 @@ class GlobalAvgPool2D(Layer):
         xp = backend.array_module(dy)
         share = dy / dy.dtype.type(h * w)
         return xp.broadcast_to(share[:, :, None, None], (n, c, h, w)).copy()
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, "(N, C, H, W)", self.name)
+        return (input_shape[0],)
+
+    def flops(self, input_shape):
+        c, h, w = input_shape
+        return c * h * w
 
     def formula(self, input_shape, output_shape):
         return {"forward": [f"y = x.mean(axis=(2, 3))   {shape_text(input_shape)} -> "

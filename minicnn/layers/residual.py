@@ -52,6 +52,20 @@ class Residual(Layer):
         self.body = _sequential(body, "body")
         self.shortcut = None if shortcut is None else _sequential(shortcut, "shortcut")
 
+    def _forward(self, x, training):
+        a = self.body._run_forward(x, training)
+        b = x if self.shortcut is None else self.shortcut._run_forward(x, training)
+        return self._remember(a + b)  # a new array: inner layers may cache their outputs
+
+    def _backward(self, dy, input_grad):
+        dx_body = self.body.backward(dy, input_grad=input_grad)
+        dx_short = dy if self.shortcut is None else \
+            self.shortcut.backward(dy, input_grad=input_grad)
+        if not input_grad:
+            return None
+        return dx_body + dx_short
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     @classmethod
     def basic_block(cls, in_channels: int, out_channels: int, stride: int = 1,
                     kernel_size: int = 3) -> Residual:
@@ -94,7 +108,6 @@ class Residual(Layer):
             " ".join(layer.describe() for layer in self.shortcut)
         return f"Residual[{' '.join(layer.describe() for layer in self.body)} | {short}]"
 
-    # -- shapes ---------------------------------------------------------------------------
     def output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         out = _shape(self.body, input_shape, "body")
@@ -123,21 +136,6 @@ class Residual(Layer):
         shortcut = self.shortcut.workspace_bytes(input_shape, itemsize) if self.shortcut else 0
         return self.body.workspace_bytes(input_shape, itemsize) + shortcut
 
-    # -- forward / backward ---------------------------------------------------------------
-    def _forward(self, x, training):
-        a = self.body._run_forward(x, training)
-        b = x if self.shortcut is None else self.shortcut._run_forward(x, training)
-        return self._remember(a + b)  # a new array: inner layers may cache their outputs
-
-    def _backward(self, dy, input_grad):
-        dx_body = self.body.backward(dy, input_grad=input_grad)
-        dx_short = dy if self.shortcut is None else \
-            self.shortcut.backward(dy, input_grad=input_grad)
-        if not input_grad:
-            return None
-        return dx_body + dx_short
-
-    # -- the studio, PyTorch and ONNX --------------------------------------------------------
     def formula(self, input_shape, output_shape):
         return {"forward": [f"y = body(x) + shortcut(x)   {shape_text(output_shape)}"],
                 "backward": ["dx = body.backward(dy) + shortcut.backward(dy)"],

@@ -6,9 +6,10 @@
   browser (onnxruntime-web) can run: input ``images`` (N, C, H, W), outputs ``logits`` and
   ``probabilities`` (softmax). ``minicnn export MODEL --onnx OUT.onnx`` is the command.
 
-Each layer says what it is in PyTorch and ONNX (``Layer.to_torch``, ``Layer.from_torch``, found
-by the layer's ``torch_name``, and ``Layer.to_onnx``; docs/architecture.md has the table); this
-module walks the network and holds the framework-specific plumbing (:class:`TorchBridge`,
+Each layer declares what it is in PyTorch and ONNX (``torch_name``, ``torch_arguments``,
+``torch_arrays``, ``onnx_op``, ...; ``Layer.to_torch``, ``Layer.from_torch`` and ``Layer.to_onnx``
+read them, and a container writes its own; docs/architecture.md has the table); this module
+walks the network and holds the framework-specific plumbing (:class:`TorchBridge`,
 :class:`OnnxGraph`). Dense's weight travels transposed (``y = x @ W + b`` in minicnn is
 ``x @ weight.T + bias`` in PyTorch's Linear); everything else keeps its layout and its name.
 
@@ -82,14 +83,15 @@ class TorchBridge:
             return None
         return self.torch.float64 if params[0].data.dtype == np.float64 else self.torch.float32
 
-    def copy_weights(self, module, transpose_weight: bool = False, **arrays) -> None:
-        """``module.<name> = array`` for each array given (None: skipped): parameters as
-        ``nn.Parameter``, buffers (running statistics) copied into the module's own."""
+    def copy_weights(self, module, transposed=(), **arrays) -> None:
+        """``module.<name> = array`` for each array given (None: skipped; those named in
+        ``transposed`` transposed): parameters as ``nn.Parameter``, buffers (running
+        statistics) copied into the module's own."""
         for name, array in arrays.items():
             if array is None:
                 continue
             value = _array(array)
-            if name == "weight" and transpose_weight:
+            if name in transposed:
                 value = value.T
             tensor = self.torch.from_numpy(value.copy())
             if name in dict(module.named_buffers()):
@@ -99,14 +101,6 @@ class TorchBridge:
 
     def array(self, tensor) -> np.ndarray:
         return tensor.detach().cpu().numpy().copy()
-
-    def with_weights(self, layer, weight: np.ndarray, bias):
-        """``layer`` with ``weight`` (already in minicnn's layout) and ``bias`` (a tensor, or
-        None for a layer without)."""
-        layer.weight.data = weight
-        if bias is not None:
-            layer.bias.data = self.array(bias)
-        return layer
 
     def layers(self, module, where: str) -> list:
         """The minicnn layers of a torch module (a Sequential's children, in order)."""

@@ -117,9 +117,16 @@ def test_from_torch_round_trip_and_a_model_built_in_pytorch(cpu_backend):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda nn: nn.Conv2d(4, 4, 3, groups=2), "ungrouped"),
-    (lambda nn: nn.Conv2d(1, 4, 3, padding="same"), "numeric padding"),
-    (lambda nn: nn.MaxPool2d(2, padding=1), "unpadded pooling"),
+    (lambda nn: nn.Conv2d(4, 4, 3, groups=2), "groups=2 has no counterpart in minicnn's Conv2D"),
+    (lambda nn: nn.Conv2d(4, 4, 3, dilation=2), r"dilation=\(2, 2\) has no counterpart"),
+    (lambda nn: nn.Conv2d(4, 4, 3, padding_mode="reflect"), "padding_mode='reflect'"),
+    (lambda nn: nn.Conv2d(1, 4, 3, padding="same"), "padding must be an int or a pair of ints"),
+    (lambda nn: nn.MaxPool2d(2, padding=1), "padding=1 has no counterpart in minicnn's MaxPool2D"),
+    (lambda nn: nn.AvgPool2d(2, ceil_mode=True), "ceil_mode=True"),
+    (lambda nn: nn.AvgPool2d(2, divisor_override=3), "divisor_override=3"),
+    (lambda nn: nn.BatchNorm2d(4, track_running_stats=False), "track_running_stats=False"),
+    (lambda nn: nn.BatchNorm2d(4, momentum=None), "momentum"),
+    (lambda nn: nn.Flatten(0), "start_dim=0"),
     (lambda nn: nn.GELU(), "GELU, which has no minicnn counterpart"),
 ])
 def test_from_torch_refuses_what_has_no_counterpart(make, message):

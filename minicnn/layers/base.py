@@ -95,6 +95,11 @@ def pair(value, what: str, layer: str, minimum: int) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def pair_of(value):
+    """``(v, v)`` for a single value, a tuple for a pair (torch's way of saying a size)."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 def check_output_gradient(dy, output_shape: tuple, where: str) -> None:
     """Refuse a dL/dy that cannot belong to the last forward pass, whose output had
     ``output_shape``: a TypeError/ValueError starting with ``where`` (the layer's name)."""
@@ -120,14 +125,22 @@ class Layer:
     #: constructor arguments that hold lists of layers (containers): a config stores the inner
     #: layers' own configs there, and building from a config builds them first
     sublayer_fields: tuple[str, ...] = ()
-    #: the torch.nn module this layer is (``minicnn.interop``), when there is exactly one, and
-    #: the attributes it shares with it, in the order its constructor takes them
+    #: the torch.nn module this layer is (``minicnn.interop``), when there is exactly one; the
+    #: constructor arguments the two share (the same keyword on both sides); its arrays as
+    #: torch names them, ``{this layer's: torch's}`` (those in ``torch_transposed`` travel
+    #: transposed); and the torch settings it has a counterpart for only at one value,
+    #: ``{attribute: that value}`` (a module with another is refused, naming it)
     torch_name: str | None = None
     torch_arguments: tuple[str, ...] = ()
-    #: the ONNX operator this layer is, when it is one, and its attributes: ``{ONNX name: this
-    #: layer's attribute}`` (floats)
+    torch_arrays: dict[str, str] = {}
+    torch_transposed: tuple[str, ...] = ()
+    torch_requires: dict[str, object] = {}
+    #: the ONNX operator this layer is, when it is one; its attributes, ``{ONNX name: this
+    #: layer's attribute (numbers as floats, pairs as lists; ONNX's pads repeat them for the
+    #: far side), or a constant}``; and the arrays that follow x as its inputs, in ONNX's order
     onnx_op: str | None = None
-    onnx_attributes: dict[str, str] = {}
+    onnx_attributes: dict[str, object] = {}
+    onnx_inputs: tuple[str, ...] = ()
     #: keeps its input's (C, H, W) grid and computes each channel from that channel alone
     #: (activations, BatchNorm, Dropout): Grad-CAM's default layer extends a convolution
     #: through such layers
@@ -363,25 +376,58 @@ class Layer:
                             f"{shape_text(output_shape)}"], "backward": [], "explain": ""}
 
     def to_torch(self, bridge):
-        """The equivalent ``torch.nn`` module, weights copied (``bridge``: see
-        :class:`minicnn.interop.TorchBridge`)."""
+        """The equivalent ``torch.nn`` module, arrays copied (``bridge``: see
+        :class:`minicnn.interop.TorchBridge`), from the ``torch_*`` declarations."""
         if self.torch_name is None:
             raise TypeError(f"to_torch: no PyTorch counterpart for {self.name}")
-        return getattr(bridge.nn, self.torch_name)(*(getattr(self, a) for a in self.torch_arguments))
+        config = self.config()
+        arguments = {name: config[name] for name in self.torch_arguments}
+        if self.torch_arrays:
+            arguments["dtype"] = bridge.dtype(self)
+        module = getattr(bridge.nn, self.torch_name)(**arguments)
+        bridge.copy_weights(module, transposed={self.torch_arrays[name] for name in self.torch_transposed},
+                            **{theirs: getattr(self, ours) for ours, theirs in self.torch_arrays.items()})
+        return module
 
     @classmethod
     def from_torch(cls, module, bridge, path: str) -> Layer:
         """The layer equivalent to ``module``, a ``torch.nn`` module named ``torch_name``
         (``path`` names it in errors); raises TypeError when its settings have no counterpart."""
-        return cls(*(getattr(module, a) for a in cls.torch_arguments))
+        for attribute, needed in cls.torch_requires.items():
+            value = getattr(module, attribute, needed)
+            if (pair_of(value) if isinstance(needed, tuple) else value) != needed:
+                raise TypeError(f"from_torch: {path} ({module}): {attribute}={value!r} has no "
+                                f"counterpart in minicnn's {cls.__name__} (it needs {needed!r})")
+        arguments = {name: getattr(module, name) for name in cls.torch_arguments}
+        if "bias" in arguments:
+            arguments["bias"] = module.bias is not None
+        arrays = {ours: bridge.array(getattr(module, theirs))
+                  for ours, theirs in cls.torch_arrays.items() if getattr(module, theirs) is not None}
+        if arrays:
+            arguments["dtype"] = next(iter(arrays.values())).dtype
+        try:
+            layer = cls(**arguments)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"from_torch: {path} ({module}): {err}") from None
+        for name, array in arrays.items():
+            getattr(layer, name).data = array.T.copy() if name in cls.torch_transposed else array
+        return layer
 
     def to_onnx(self, graph, x: str, name: str) -> str:
         """Add this layer to an ONNX graph (:class:`minicnn.interop.OnnxGraph`) reading tensor
-        ``x``; returns the name of its output."""
+        ``x``, from the ``onnx_*`` declarations; returns the name of its output."""
         if self.onnx_op is None:
             raise TypeError(f"to_onnx: no ONNX counterpart for {self.name}")
-        return graph.node(self.onnx_op, [x], name, **{
-            key: float(getattr(self, attribute)) for key, attribute in self.onnx_attributes.items()})
+        attributes = {}
+        for key, value in self.onnx_attributes.items():
+            if isinstance(value, str):
+                value = getattr(self, value)
+                value = [int(v) for v in value] * (2 if key == "pads" else 1) \
+                    if isinstance(value, tuple) else float(value)
+            attributes[key] = value
+        inputs = [graph.weight(f"{name}.{array}", getattr(self, array))
+                  for array in self.onnx_inputs if getattr(self, array) is not None]
+        return graph.node(self.onnx_op, [x, *inputs], name, **attributes)
 
     # -- helpers for subclasses -----------------------------------------------------------
     def _remember(self, output, cache=None):

@@ -197,31 +197,8 @@ class Conv2D(Layer):
                        "chosen score would change if that map's value moved.",
         }
 
-    torch_name = "Conv2d"
-
-    def to_torch(self, bridge):
-        module = bridge.nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size,
-                                  stride=self.stride, padding=self.padding,
-                                  bias=self.bias is not None, dtype=bridge.dtype(self))
-        bridge.copy_weights(module, weight=self.weight, bias=self.bias)
-        return module
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        if isinstance(module.padding, str) or tuple(module.dilation) != (1, 1) or \
-                module.groups != 1 or module.padding_mode != "zeros":
-            raise TypeError(f"from_torch: {path} ({module}): only zero-padded, undilated, "
-                            "ungrouped convolutions with numeric padding have a counterpart")
-        weight = bridge.array(module.weight)
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size,
-                    stride=module.stride, padding=module.padding, bias=module.bias is not None,
-                    dtype=weight.dtype)
-        return bridge.with_weights(layer, weight, module.bias)
-
-    def to_onnx(self, graph, x, name):
-        (ph, pw) = self.padding
-        inputs = [x, graph.weight(f"{name}.weight", self.weight)]
-        if self.bias is not None:
-            inputs.append(graph.weight(f"{name}.bias", self.bias))
-        return graph.node("Conv", inputs, name, kernel_shape=list(self.kernel_size),
-                          strides=list(self.stride), pads=[ph, pw, ph, pw])
+    torch_name, onnx_op = "Conv2d", "Conv"
+    torch_arguments = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")
+    torch_arrays, onnx_inputs = {"weight": "weight", "bias": "bias"}, ("weight", "bias")
+    torch_requires = {"dilation": (1, 1), "groups": 1, "padding_mode": "zeros"}
+    onnx_attributes = {"kernel_shape": "kernel_size", "strides": "stride", "pads": "padding"}

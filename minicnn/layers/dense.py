@@ -109,27 +109,11 @@ class Dense(Layer):
                            "input. Its backward pass sends dy back through the transposed "
                            "weights."}
 
-    torch_name = "Linear"  # y = x @ weight.T + bias: the weight travels transposed
-
-    def to_torch(self, bridge):
-        fan_in, fan_out = self.weight.data.shape
-        module = bridge.nn.Linear(fan_in, fan_out, bias=self.bias is not None,
-                                  dtype=bridge.dtype(self))
-        bridge.copy_weights(module, weight=self.weight, bias=self.bias, transpose_weight=True)
-        return module
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        weight = bridge.array(module.weight).T.copy()
-        layer = cls(module.in_features, module.out_features, bias=module.bias is not None,
-                    dtype=weight.dtype)
-        return bridge.with_weights(layer, weight, module.bias)
-
-    def to_onnx(self, graph, x, name):
-        weight = graph.weight(f"{name}.weight", self.weight)
-        if self.bias is None:
-            return graph.node("MatMul", [x, weight], name)
-        return graph.node("Gemm", [x, weight, graph.weight(f"{name}.bias", self.bias)], name)
+    # y = x @ W + b is x @ weight.T + bias in PyTorch's Linear: W travels transposed
+    torch_name, onnx_op = "Linear", "Gemm"
+    torch_arguments = ("in_features", "out_features", "bias")
+    torch_arrays, onnx_inputs = {"weight": "weight", "bias": "bias"}, ("weight", "bias")
+    torch_transposed = ("weight",)
 
 
 @register
@@ -153,16 +137,9 @@ class Flatten(Layer):
                 "backward": [f"dx = dy.reshape{shape_text(input_shape)}"],
                 "explain": "Lays the maps out as one vector; nothing is computed."}
 
-    torch_name = "Flatten"
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        if module.start_dim != 1 or module.end_dim != -1:
-            raise TypeError(f"from_torch: {path} ({module}): only Flatten(1, -1) has a counterpart")
-        return cls()
-
-    def to_onnx(self, graph, x, name):
-        return graph.node("Flatten", [x], name, axis=1)
+    torch_name, onnx_op = "Flatten", "Flatten"
+    torch_requires = {"start_dim": 1, "end_dim": -1}
+    onnx_attributes = {"axis": 1}
 
 
 __all__ = ["Dense", "Flatten"]

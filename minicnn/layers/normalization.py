@@ -137,30 +137,10 @@ class BatchNorm2D(Layer):
                 "explain": "Normalizes each channel with the statistics gathered in training, "
                            "then scales and shifts it with learned gamma and beta."}
 
-    torch_name = "BatchNorm2d"  # gamma -> weight, beta -> bias, the running statistics
-
-    def to_torch(self, bridge):
-        module = bridge.nn.BatchNorm2d(self.num_features, eps=self.eps, momentum=self.momentum,
-                                       dtype=bridge.dtype(self))
-        bridge.copy_weights(module, weight=self.gamma, bias=self.beta,
-                            running_mean=self.running_mean, running_var=self.running_var)
-        return module
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        if module.momentum is None or not module.track_running_stats:
-            raise TypeError(f"from_torch: {path} ({module}): BatchNorm2d needs a momentum and "
-                            "running statistics")
-        running_mean = bridge.array(module.running_mean)
-        layer = cls(module.num_features, momentum=module.momentum, eps=module.eps,
-                    dtype=running_mean.dtype)
-        if module.affine:
-            layer.gamma.data, layer.beta.data = bridge.array(module.weight), bridge.array(module.bias)
-        layer.running_mean.data = running_mean
-        layer.running_var.data = bridge.array(module.running_var)
-        return layer
-
-    def to_onnx(self, graph, x, name):
-        arrays = [graph.weight(f"{name}.{key}", getattr(self, key))
-                  for key in ("gamma", "beta", "running_mean", "running_var")]
-        return graph.node("BatchNormalization", [x, *arrays], name, epsilon=float(self.eps))
+    torch_name, onnx_op = "BatchNorm2d", "BatchNormalization"
+    torch_arguments = ("num_features", "eps", "momentum")
+    torch_arrays = {"gamma": "weight", "beta": "bias", "running_mean": "running_mean",
+                    "running_var": "running_var"}
+    onnx_inputs = ("gamma", "beta", "running_mean", "running_var")
+    torch_requires = {"track_running_stats": True}
+    onnx_attributes = {"epsilon": "eps"}

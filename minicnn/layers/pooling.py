@@ -38,21 +38,8 @@ class _Pool2D(Layer):
         return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
 
     torch_arguments = ("kernel_size", "stride")
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        def pair_of(value):
-            return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-        if pair_of(module.padding) != (0, 0) or module.ceil_mode or \
-                pair_of(getattr(module, "dilation", 1)) != (1, 1):
-            raise TypeError(f"from_torch: {path} ({module}): only unpadded pooling without "
-                            "ceil_mode or dilation has a counterpart")
-        return cls(pair_of(module.kernel_size), pair_of(module.stride or module.kernel_size))
-
-    def to_onnx(self, graph, x, name):
-        return graph.node(self.onnx_op, [x], name, kernel_shape=list(self.kernel_size),
-                          strides=list(self.stride))
+    torch_requires = {"padding": (0, 0), "dilation": (1, 1), "ceil_mode": False, "divisor_override": None}
+    onnx_attributes = {"kernel_shape": "kernel_size", "strides": "stride"}
 
 
 @register

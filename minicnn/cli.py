@@ -291,22 +291,13 @@ def _predict_arguments(predict) -> None:
     predict.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image")
 
 
-def _read_image(path, input_shape):
-    """An image file as the model's training images were read (the image-folder loader's
-    decoder: EXIF orientation, 16-bit, palette, alpha, grey/RGB), float32 in [0, 1]."""
-    from .data.images import decode_image
-    from .data.utils import to_float01
-
-    channels, height, width = input_shape
-    return to_float01(decode_image(path, (height, width), channels))
-
-
 @command("predict", "classify image files", "Print the most likely classes of each image.",
          _predict_arguments)
 def cmd_predict(args) -> int:
     from PIL import UnidentifiedImageError
 
     from . import load_model
+    from .data.images import read_image
     from .recipes import normalize_as_trained
 
     model = load_model(args.model)
@@ -318,7 +309,7 @@ def cmd_predict(args) -> int:
     images, names, failed = [], [], 0
     for path in args.images:
         try:
-            images.append(_read_image(path, input_shape))
+            images.append(read_image(path, input_shape))
             names.append(path)
         except (OSError, UnidentifiedImageError) as err:
             print(f"{path}: cannot read image ({err})", file=sys.stderr)

@@ -40,6 +40,7 @@ gradient), and the random part still sees any wrong entry of the analytic gradie
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import numpy as np
 
@@ -256,3 +257,134 @@ def _named_parameters(layer) -> dict:
     if len(set(names)) < len(names):  # keep every parameter: prefix the position
         names = [f"{j}.{name}" for j, name in enumerate(names)]
     return dict(zip(names, params))
+
+
+# -- one entry, where the network may bend (minicnn studio's check) -----------------------------
+
+ENTRY_STEP = 1e-6  # small enough to cross only the switches at the point itself, as a rule
+ENTRY_HALVINGS = 12  # down to 2.4e-10, where float64 rounding still leaves slopes to ~1e-4
+
+
+class Probe(NamedTuple):
+    """What :func:`check_entry`'s ``probe(offset)`` returns: one forward and backward pass with
+    the checked entry moved by ``offset``."""
+
+    value: float            # the scalar
+    analytic: float         # the backward pass's entry for the checked pixel or weight
+    gradient: np.ndarray    # the whole gradient it belongs to
+    outputs: list           # every layer's output
+
+
+class _Side:
+    """One side of the point: the slope over [w, w + side * h] and the backward pass at
+    w + side * h. ``verified``: the two agree, so one piece of the network spans the step (a
+    second switch strictly between w and w + side * h would make the slope an average of two
+    pieces' slopes, and the backward pass at the far end gives only the last one)."""
+
+    def __init__(self, far: Probe, point: Probe, side: int, step: float, scale: float):
+        self.value, self.analytic, self.outputs = far.value, far.analytic, far.outputs
+        self.slope = side * (far.value - point.value) / step
+        self.verified = _close(far.analytic, self.slope, scale, self.tolerance(point, step))
+
+    @staticmethod
+    def tolerance(point: Probe, step: float) -> float:
+        """What float64 rounding can leave in a slope over ``step``: a few ulps of the scalar
+        (and of the largest output, whose rounding reaches it), divided by the step."""
+        magnitude = max(abs(point.value), max(float(np.abs(o).max()) for o in point.outputs))
+        return float(64 * np.finfo(np.float64).eps * magnitude / step)
+
+
+def _close(a: float, b: float, scale: float, noise: float = 0.0) -> bool:
+    """Equal up to finite-difference noise: ``noise`` is what rounding leaves in a slope (see
+    :meth:`_Side.tolerance`); curvature over a step of 1e-6 changes a slope by ~1e-9 of the
+    gradient's scale (its largest entry); 1e-5 relative covers a smooth but curved scalar."""
+    return bool(abs(a - b) <= 1e-5 * (abs(a) + abs(b)) + 1e-7 * scale + noise + 1e-12)
+
+
+def _bending_units(below: np.ndarray, here: np.ndarray, above: np.ndarray) -> int:
+    """How many outputs bend at this point: their change over the step up differs from their
+    change over the step down by more than smooth curvature (~1e-6 of it over a 1e-6 step) and
+    rounding (a convolution's sums, Winograd's transforms above all, leave some hundreds of
+    ulps of the layer's largest output in each) explain."""
+    up, down = above - here, here - below
+    rounding = 1024 * np.finfo(np.float64).eps * float(np.abs(here).max())
+    return int(np.count_nonzero(np.abs(up - down) > 1e-3 * (np.abs(up) + np.abs(down)) + rounding))
+
+
+def check_entry(probe) -> dict:
+    """One entry of the gradient of a network's scalar, analytic against numerical, where the
+    network may bend there: ``probe(offset)`` moves the entry (an input pixel or a weight) by
+    ``offset``, runs the forward and backward pass and returns a :class:`Probe` (``outputs``:
+    every layer's output, in order).
+
+    The network is piecewise smooth: every ReLU and every max-pooling window switches
+    between pieces, where a ReLU input crosses 0 or two values of a window swap places. A
+    pixel can sit exactly on such a switch (in a flat background, a window of equal values
+    is a tie), and the scalar f then has a *left slope* ``(f(w) - f(w - h)) / h`` and a
+    different *right slope* ``(f(w + h) - f(w)) / h``; the central difference
+    ``(f(w + h) - f(w - h)) / (2 h)`` is their mean. The backward pass at w itself breaks
+    every tie by a fixed rule (a window's first maximum wins; ReLU's slope at 0 is 0), each
+    tie on its own, so its value can be either slope or neither.
+
+    The backward pass at ``w - h`` gives the left slope, and at ``w + h`` the right one,
+    only when no *other* switch lies between w and w -+ h. The check verifies that instead
+    of assuming it: on each side the backward pass at h must agree with that side's slope;
+    where it does not, a second switch lies within the step, and the step is halved (for
+    both sides, so that the central difference stays the mean of the two slopes) until they
+    do, at most :data:`ENTRY_HALVINGS` times. The reply says only what was verified, in
+    ``verdict``:
+
+    - ``"smooth"``: nothing switches within ±h; the analytic and the numerical derivative
+      are the same number (``agrees``).
+    - ``"kink"``: units switch at the point itself (``bends``: the first layer listed is
+      where, the later ones carry the bend on to the scalar) and the slopes differ;
+      ``analytic_left`` / ``analytic_right`` equal them, and ``at_point`` says which of
+      them the backward pass at w gives ("left", "right", "both" or "neither").
+    - ``"switch"``: units switch at the point, but the scalar's two slopes are equal.
+    - ``"unresolved"``: switches lie so close to the point that even the smallest step
+      crosses them; nothing is claimed about the slopes.
+
+    ``step`` is the step finally used; ``nearby`` names the sides ("left", "right") on which
+    a second switch was found within the first step, between ``step`` and ``2 * step``.
+    """
+    step, nearby, point = ENTRY_STEP, [], None
+    for halving in range(ENTRY_HALVINGS + 1):
+        far = {side: probe(side * step) for side in (-1, 1)}
+        point = point or probe(0.0)  # after the first step's passes: the layers keep it
+        scale = float(np.abs(point.gradient).max())
+        sides = {side: _Side(far[side], point, side, step, scale) for side in (-1, 1)}
+        if all(s.verified for s in sides.values()):
+            break
+        if halving == 0:
+            nearby = [name for side, name in ((-1, "left"), (1, "right"))
+                      if not sides[side].verified]
+        if halving < ENTRY_HALVINGS:
+            step /= 2
+    if halving:
+        point = probe(0.0)  # again, last: the layers keep the pass at the point
+    resolved = all(s.verified for s in sides.values())
+    left, right = sides[-1], sides[1]
+    numeric = (right.value - left.value) / (2 * step)
+    bends = [{"layer": i, "units": units} for i in range(len(point.outputs))
+             if (units := _bending_units(left.outputs[i], point.outputs[i], right.outputs[i]))]
+    tolerance = _Side.tolerance(point, step)
+    slopes_differ = not _close(left.slope, right.slope, scale, tolerance)
+    if not resolved:
+        verdict = "unresolved"
+    elif slopes_differ:
+        verdict = "kink"
+    else:
+        verdict = "switch" if bends else "smooth"
+    on_left = _close(point.analytic, left.slope, scale, tolerance)
+    on_right = _close(point.analytic, right.slope, scale, tolerance)
+    at_point = {(True, True): "both", (True, False): "left", (False, True): "right",
+                (False, False): "neither"}[on_left, on_right]
+    return {"verdict": verdict,
+            "kink": verdict == "kink", "step": step, "first_step": ENTRY_STEP,
+            "halvings": halving, "nearby": nearby if resolved else [],
+            "analytic": point.analytic, "numeric": numeric, "left_slope": left.slope,
+            "right_slope": right.slope, "analytic_left": left.analytic,
+            "analytic_right": right.analytic, "at_point": at_point, "bends": bends,
+            "agrees": _close(point.analytic, numeric, scale, tolerance),
+            "gradient_scale": scale, "tolerance": tolerance,
+            "relative_error": relative_error(np.array([point.analytic]), np.array([numeric]))}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minicnn import cli
 from minicnn.data import decode_image, load_image_folder
+from minicnn.data.images import read_image
 from minicnn.data.utils import to_float01
 
 
@@ -58,7 +58,7 @@ def test_predict_reads_an_image_exactly_as_training_did(tmp_path):
         marked("RGB", (8, 8)).save(tmp_path / name / "photo.png", exif=exif)
     (x_train, _), _, _ = load_image_folder(tmp_path, size=(8, 8), channels=3, val_fraction=0.5,
                                           seed=0, cache=False, verbose=0)
-    from_predict = cli._read_image(tmp_path / "a" / "photo.png", (3, 8, 8))
+    from_predict = read_image(tmp_path / "a" / "photo.png", (3, 8, 8))
     np.testing.assert_array_equal(from_predict, x_train[0])
     assert from_predict[:, -1, 0].tolist() == [1.0, 1.0, 1.0]  # rotated as displayed
 

@@ -10,6 +10,7 @@ import pytest
 import minicnn as mc
 from minicnn import interpret
 from minicnn.backend import backend_available
+from minicnn.gradcheck import _close
 from minicnn.layers import BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
 from minicnn.studio import (
     Studio,
@@ -17,7 +18,7 @@ from minicnn.studio import (
     TrainingMonitor,
     preprocess_drawing,
 )
-from minicnn.studio.compute import _close, encode_maps
+from minicnn.studio.compute import encode_maps
 
 
 def small_model():

@@ -1,5 +1,6 @@
 """Reading image files: the one decoder behind the image-folder loader and ``minicnn predict``,
-so that an image is seen exactly the same way in training and in prediction."""
+so that an image is seen exactly the same way in training and in prediction; and a drawing
+prepared as MNIST prepared its digits (minicnn studio's canvas)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,42 @@ def _convert(img, mode: str):
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         img = img.convert("RGBA")  # then dropped by the conversion below
     return img if img.mode == mode else img.convert(mode)
+
+
+def read_image(path, input_shape) -> np.ndarray:
+    """An image file as a model with ``input_shape`` (C, H, W) read its training images (the
+    image-folder loader's decoder: EXIF orientation, 16-bit, palette, alpha, grey/RGB),
+    float32 in [0, 1]."""
+    from .utils import to_float01
+
+    channels, height, width = input_shape
+    return to_float01(decode_image(path, (height, width), channels))
+
+
+def preprocess_drawing(ink: np.ndarray, size: int = 28, box: int = 20) -> np.ndarray:
+    """A drawing (H, W) with ink in [0, 1] (bright strokes on black) as MNIST prepared its
+    digits: the ink's bounding box scaled so its longer side is ``box`` pixels (anti-aliased),
+    then placed in a ``size`` x ``size`` image so that its centre of mass is the centre.
+    Returns float32 (size, size) in [0, 1]; an empty drawing gives zeros."""
+    from PIL import Image
+
+    ink = np.clip(np.asarray(ink, dtype=np.float32), 0.0, 1.0)
+    rows, cols = np.nonzero(ink > 0.05)
+    out = np.zeros((size, size), dtype=np.float32)
+    if rows.size == 0:
+        return out
+    crop = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = box / max(crop.shape)
+    height, width = (max(1, round(d * scale)) for d in crop.shape)
+    small = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize(
+        (width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    total = small.sum()
+    if total <= 0:
+        return out
+    ys, xs = np.indices(small.shape)
+    centre_y, centre_x = (ys * small).sum() / total, (xs * small).sum() / total
+    top = int(round(size / 2 - centre_y))
+    left = int(round(size / 2 - centre_x))
+    top, left = min(max(top, 0), size - height), min(max(left, 0), size - width)
+    out[top:top + height, left:left + width] = small
+    return np.clip(out, 0.0, 1.0)

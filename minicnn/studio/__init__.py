@@ -19,7 +19,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .compute import Studio, StudioInputError, encode_maps, preprocess_drawing
+from ..data.images import preprocess_drawing
+from .compute import Studio, StudioInputError, encode_maps
 from .server import StudioApp, make_server
 from .training import AttachedTraining, DemoTraining, TrainingMonitor
 

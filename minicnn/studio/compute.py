@@ -9,8 +9,8 @@ the spot agree to ~1e-9) and answers three questions the page asks:
   and for each layer its forward/backward formula with this input's shapes (``Layer.formula``);
 - :meth:`Studio.check`: one entry of an analytic gradient (a pixel or a weight) next to a
   central difference, and the slopes on either side where the point sits on a kink;
-- :func:`preprocess_drawing`: a drawn digit prepared as MNIST's digits were (the ink's bounding
-  box scaled into 20x20, then centred by its centre of mass in 28x28).
+- a drawn digit is prepared as MNIST's digits were
+  (:func:`minicnn.data.images.preprocess_drawing`).
 
 Arrays go to the page as bytes: each map quantized to uint8 (activations between the layer's
 minimum and maximum, gradients symmetric around 128 so that 0 stays grey), base64-encoded.
@@ -21,49 +21,18 @@ from __future__ import annotations
 import base64
 import copy
 import time
-from typing import NamedTuple
 
 import numpy as np
 
 from .. import interpret
-from ..gradcheck import relative_error
+from ..data.images import preprocess_drawing
+from ..gradcheck import Probe, check_entry
 from ..losses import SoftmaxCrossEntropy
 from ..recipes import normalize_as_trained
 
 
 class StudioInputError(ValueError):
     """A request the studio cannot answer (the server turns it into a 400 with the message)."""
-
-
-# -- MNIST-style preprocessing --------------------------------------------------------------------
-
-def preprocess_drawing(ink: np.ndarray, size: int = 28, box: int = 20) -> np.ndarray:
-    """A drawing (H, W) with ink in [0, 1] (bright strokes on black) as MNIST prepared its
-    digits: the ink's bounding box scaled so its longer side is ``box`` pixels (anti-aliased),
-    then placed in a ``size`` x ``size`` image so that its centre of mass is the centre.
-    Returns float32 (size, size) in [0, 1]; an empty drawing gives zeros."""
-    from PIL import Image
-
-    ink = np.clip(np.asarray(ink, dtype=np.float32), 0.0, 1.0)
-    rows, cols = np.nonzero(ink > 0.05)
-    out = np.zeros((size, size), dtype=np.float32)
-    if rows.size == 0:
-        return out
-    crop = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    scale = box / max(crop.shape)
-    height, width = (max(1, round(d * scale)) for d in crop.shape)
-    small = np.asarray(Image.fromarray((crop * 255).astype(np.uint8)).resize(
-        (width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
-    total = small.sum()
-    if total <= 0:
-        return out
-    ys, xs = np.indices(small.shape)
-    centre_y, centre_x = (ys * small).sum() / total, (xs * small).sum() / total
-    top = int(round(size / 2 - centre_y))
-    left = int(round(size / 2 - centre_x))
-    top, left = min(max(top, 0), size - height), min(max(left, 0), size - width)
-    out[top:top + height, left:left + width] = small
-    return np.clip(out, 0.0, 1.0)
 
 
 # -- encoding for the page ------------------------------------------------------------------------
@@ -259,37 +228,9 @@ class Studio:
         """One gradient entry, analytic and numerical, and what the network does around it:
         ``{"kind": "pixel", "index": [c, h, w]}`` (d scalar / d input pixel, in the normalized
         input the network sees) or ``{"kind": "weight", "layer": i, "index": [...]}`` (d scalar
-        / d the first parameter of layer i, e.g. a Conv2D's W[f, c, i, j]).
-
-        The network is piecewise smooth: every ReLU and every max-pooling window switches
-        between pieces, where a ReLU input crosses 0 or two values of a window swap places. A
-        pixel can sit exactly on such a switch (in a flat background, a window of equal values
-        is a tie), and the scalar f then has a *left slope* ``(f(w) - f(w - h)) / h`` and a
-        different *right slope* ``(f(w + h) - f(w)) / h``; the central difference
-        ``(f(w + h) - f(w - h)) / (2 h)`` is their mean. The backward pass at w itself breaks
-        every tie by a fixed rule (a window's first maximum wins; ReLU's slope at 0 is 0), each
-        tie on its own, so its value can be either slope or neither.
-
-        The backward pass at ``w - h`` gives the left slope, and at ``w + h`` the right one,
-        only when no *other* switch lies between w and w -+ h. The check verifies that instead
-        of assuming it: on each side the backward pass at h must agree with that side's slope;
-        where it does not, a second switch lies within the step, and the step is halved (for
-        both sides, so that the central difference stays the mean of the two slopes) until they
-        do, at most :data:`CHECK_HALVINGS` times. The reply says only what was verified, in
-        ``verdict``:
-
-        - ``"smooth"``: nothing switches within ±h; the analytic and the numerical derivative
-          are the same number (``agrees``).
-        - ``"kink"``: units switch at the point itself (``bends``: the first layer listed is
-          where, the later ones carry the bend on to the scalar) and the slopes differ;
-          ``analytic_left`` / ``analytic_right`` equal them, and ``at_point`` says which of
-          them the backward pass at w gives ("left", "right", "both" or "neither").
-        - ``"switch"``: units switch at the point, but the scalar's two slopes are equal.
-        - ``"unresolved"``: switches lie so close to the point that even the smallest step
-          crosses them; nothing is claimed about the slopes.
-
-        ``step`` is the step finally used; ``nearby`` names the sides ("left", "right") on which
-        a second switch was found within the first step, between ``step`` and ``2 * step``.
+        / d the first parameter of layer i, e.g. a Conv2D's W[f, c, i, j]). The check, and
+        what its ``verdict`` (smooth, kink, switch, unresolved) claims, is
+        :func:`minicnn.gradcheck.check_entry`; ``bends`` name the layers where units switch.
         """
         image, _ = self.image_from_request(request)
         x = self._normalized(image)
@@ -316,7 +257,7 @@ class Studio:
 
         original = array[full_index]
 
-        def probe(offset: float) -> _Probe:
+        def probe(offset: float) -> Probe:
             """The scalar, its analytic gradient and every layer's output at w + offset."""
             array[full_index] = original + offset
             try:
@@ -324,101 +265,14 @@ class Studio:
                 value, seed = self._scalar_gradient(outputs[-1], target)
                 _, input_gradient = self._backward(seed)
                 gradient = input_gradient if weight is None else weight.grad
-                return _Probe(value, float(gradient[full_index]), gradient, outputs)
+                return Probe(value, float(gradient[full_index]), gradient, outputs)
             finally:
                 array[full_index] = original
 
-        step, nearby, point = CHECK_STEP, [], None
-        for halving in range(CHECK_HALVINGS + 1):
-            far = {side: probe(side * step) for side in (-1, 1)}
-            point = point or probe(0.0)  # after the first step's passes: the layers keep it
-            scale = float(np.abs(point.gradient).max())
-            sides = {side: _Side(far[side], point, side, step, scale) for side in (-1, 1)}
-            if all(s.verified for s in sides.values()):
-                break
-            if halving == 0:
-                nearby = [name for side, name in ((-1, "left"), (1, "right"))
-                          if not sides[side].verified]
-            if halving < CHECK_HALVINGS:
-                step /= 2
-        if halving:
-            point = probe(0.0)  # again, last: the layers keep the pass at the point
-        resolved = all(s.verified for s in sides.values())
-        left, right = sides[-1], sides[1]
-        numeric = (right.value - left.value) / (2 * step)
-        bends = [{"layer": i, "name": layer.describe(), "units": units}
-                 for i, layer in enumerate(self.model.layers)
-                 if (units := _bending_units(left.outputs[i], point.outputs[i], right.outputs[i]))]
-        tolerance = _Side.tolerance(point, step)
-        slopes_differ = not _close(left.slope, right.slope, scale, tolerance)
-        if not resolved:
-            verdict = "unresolved"
-        elif slopes_differ:
-            verdict = "kink"
-        else:
-            verdict = "switch" if bends else "smooth"
-        on_left = _close(point.analytic, left.slope, scale, tolerance)
-        on_right = _close(point.analytic, right.slope, scale, tolerance)
-        at_point = {(True, True): "both", (True, False): "left", (False, True): "right",
-                    (False, False): "neither"}[on_left, on_right]
-        return {"kind": kind, "index": list(index), "target": target, "verdict": verdict,
-                "kink": verdict == "kink", "step": step, "first_step": CHECK_STEP,
-                "halvings": halving, "nearby": nearby if resolved else [],
-                "analytic": point.analytic, "numeric": numeric, "left_slope": left.slope,
-                "right_slope": right.slope, "analytic_left": left.analytic,
-                "analytic_right": right.analytic, "at_point": at_point, "bends": bends,
-                "agrees": _close(point.analytic, numeric, scale, tolerance),
-                "gradient_scale": scale, "tolerance": tolerance,
-                "relative_error": relative_error(np.array([point.analytic]), np.array([numeric]))}
-
-
-CHECK_STEP = 1e-6  # small enough to cross only the switches at the point itself, as a rule
-CHECK_HALVINGS = 12  # down to 2.4e-10, where float64 rounding still leaves slopes to ~1e-4
-
-
-class _Probe(NamedTuple):
-    """One forward and backward pass with the checked entry moved by some offset."""
-
-    value: float            # the scalar
-    analytic: float         # the backward pass's entry for the checked pixel or weight
-    gradient: np.ndarray    # the whole gradient it belongs to
-    outputs: list           # every layer's output
-
-
-class _Side:
-    """One side of the point: the slope over [w, w + side * h] and the backward pass at
-    w + side * h. ``verified``: the two agree, so one piece of the network spans the step (a
-    second switch strictly between w and w + side * h would make the slope an average of two
-    pieces' slopes, and the backward pass at the far end gives only the last one)."""
-
-    def __init__(self, far: _Probe, point: _Probe, side: int, step: float, scale: float):
-        self.value, self.analytic, self.outputs = far.value, far.analytic, far.outputs
-        self.slope = side * (far.value - point.value) / step
-        self.verified = _close(far.analytic, self.slope, scale, self.tolerance(point, step))
-
-    @staticmethod
-    def tolerance(point: _Probe, step: float) -> float:
-        """What float64 rounding can leave in a slope over ``step``: a few ulps of the scalar
-        (and of the largest output, whose rounding reaches it), divided by the step."""
-        magnitude = max(abs(point.value), max(float(np.abs(o).max()) for o in point.outputs))
-        return float(64 * np.finfo(np.float64).eps * magnitude / step)
-
-
-def _close(a: float, b: float, scale: float, noise: float = 0.0) -> bool:
-    """Equal up to finite-difference noise: ``noise`` is what rounding leaves in a slope (see
-    :meth:`_Side.tolerance`); curvature over a step of 1e-6 changes a slope by ~1e-9 of the
-    gradient's scale (its largest entry); 1e-5 relative covers a smooth but curved scalar."""
-    return bool(abs(a - b) <= 1e-5 * (abs(a) + abs(b)) + 1e-7 * scale + noise + 1e-12)
-
-
-def _bending_units(below: np.ndarray, here: np.ndarray, above: np.ndarray) -> int:
-    """How many outputs bend at this point: their change over the step up differs from their
-    change over the step down by more than smooth curvature (~1e-6 of it over a 1e-6 step) and
-    rounding (a convolution's sums, Winograd's transforms above all, leave some hundreds of
-    ulps of the layer's largest output in each) explain."""
-    up, down = above - here, here - below
-    rounding = 1024 * np.finfo(np.float64).eps * float(np.abs(here).max())
-    return int(np.count_nonzero(np.abs(up - down) > 1e-3 * (np.abs(up) + np.abs(down)) + rounding))
+        report = check_entry(probe)
+        for bend in report["bends"]:
+            bend["name"] = self.model.layers[bend["layer"]].describe()
+        return {"kind": kind, "index": list(index), "target": target, **report}
 
 
 def _float_grid(value, what: str, max_side: int, dimensions: tuple[int, ...]) -> np.ndarray:

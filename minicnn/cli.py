@@ -29,29 +29,7 @@ from .backend import BACKENDS
 from .data.registry import BUILT_IN as DATASET_CHOICES  # --image-folder names the other one
 from .data.registry import DATASETS
 from .models import PRESETS
-from .validation import Number
-
-
-def rule_type(rule: Number):
-    """An argparse type that checks a value by ``rule``, the rule the API checks the same
-    setting by (``RECIPE_RULES``, ``TuneSettings``' rules): ``--epochs 0`` is a usage error
-    (message and exit code 2) before anything is loaded."""
-    expected = rule.describe()
-
-    def parse(text: str):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        try:
-            return rule.check(value, "value", "minicnn")
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}") from None
-    return parse
-
-
-positive_int = rule_type(Number(int, low=1))       # counts and sizes
-non_negative_int = rule_type(Number(int, low=0))   # seeds and ports
+from .validation import NON_NEGATIVE_INT, POSITIVE_INT, UsageError
 
 
 @dataclass(frozen=True)
@@ -110,10 +88,6 @@ def _dataset_and_folder(args, default):
     return args.dataset or default, args.data_dir
 
 
-class UsageError(ValueError):
-    """A combination of options that does not apply (exit code 2, like argparse's own)."""
-
-
 # -- minicnn train -----------------------------------------------------------------------------
 
 def _train_arguments(train) -> None:
@@ -129,31 +103,32 @@ def _train_arguments(train) -> None:
                         help="MNIST only: the fastest road to 99%% (a 16-wide network, 1 epoch)")
     preset.add_argument("--long", action="store_true",
                         help="MNIST only: the longer recipe (15 epochs, augmentation)")
-    train.add_argument("--epochs", type=rule_type(RECIPE_RULES["epochs"]),
+    train.add_argument("--epochs", type=RECIPE_RULES["epochs"].parse,
                        help="number of epochs (default: the recipe's)")
-    train.add_argument("--batch-size", type=rule_type(RECIPE_RULES["batch_size"]),
+    train.add_argument("--batch-size", type=RECIPE_RULES["batch_size"].parse,
                        help="images per training step")
-    train.add_argument("--lr", type=rule_type(RECIPE_RULES["lr"]),
+    train.add_argument("--lr", type=RECIPE_RULES["lr"].parse,
                        help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--weight-decay", type=rule_type(RECIPE_RULES["weight_decay"]),
+    train.add_argument("--weight-decay", type=RECIPE_RULES["weight_decay"].parse,
                        help="AdamW's decoupled weight decay")
     train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                        help="random rotations/zooms/shifts (digits) or crops+flips (photos)")
-    train.add_argument("--image-size", type=positive_int, default=None,
+    train.add_argument("--image-size", type=POSITIVE_INT.parse, default=None,
                        help="image folder: resize images to this many pixels square (default 32)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=None,
                        help="image folder: 1 = grayscale, 3 = RGB (default 3)")
-    train.add_argument("--seed", type=non_negative_int, default=0,
+    train.add_argument("--seed", type=NON_NEGATIVE_INT.parse, default=0,
                        help="seed of weights, shuffling, augmentation")
     train.add_argument("--out", metavar="DIR",
                        help="output folder (default runs/<dataset>-<timestamp>)")
     train.add_argument("--resume", action="store_true",
                        help="continue from --out/checkpoint.safetensors (after Ctrl-C); "
                             "without --out, the latest run of this dataset under runs/")
-    train.add_argument("--limit", type=positive_int, help="train on the first N images only (smoke test)")
+    train.add_argument("--limit", type=POSITIVE_INT.parse,
+                       help="train on the first N images only (smoke test)")
     train.add_argument("--studio", action="store_true",
                        help="watch the run live in minicnn studio (the URL is printed)")
-    train.add_argument("--diagnostics", type=positive_int, nargs="?", const=50, default=None,
+    train.add_argument("--diagnostics", type=POSITIVE_INT.parse, nargs="?", const=50, default=None,
                        metavar="N",
                        help="record gradient flow every N steps (default 50): per-layer gradient "
                             "norms, update/weight ratios, activations, dead ReLUs; writes "
@@ -228,7 +203,7 @@ def _start_studio_for_training():
 def _evaluate_arguments(parser, report_required: bool = False) -> None:
     parser.add_argument("model", help="a model file written by minicnn (.safetensors)")
     _source_arguments(parser, "the one the model was trained on", "evaluate on your own images")
-    parser.add_argument("--batch-size", type=positive_int, default=512,
+    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=512,
                         help="images per forward pass")
     parser.add_argument("--out", metavar="DIR", required=report_required,
                         help="folder for the report" if report_required else
@@ -288,7 +263,8 @@ def _load_eval_data(args, metadata):
 def _predict_arguments(predict) -> None:
     predict.add_argument("model", help="a model file written by minicnn (.safetensors)")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
-    predict.add_argument("--top", type=positive_int, default=3, help="how many classes to show per image")
+    predict.add_argument("--top", type=POSITIVE_INT.parse, default=3,
+                         help="how many classes to show per image")
 
 
 @command("predict", "classify image files", "Print the most likely classes of each image.",
@@ -330,9 +306,9 @@ def cmd_predict(args) -> int:
 def _bench_arguments(bench) -> None:
     bench.add_argument("--backends", default=None,
                        help="comma-separated backends (default: all that run here)")
-    bench.add_argument("--batch-size", type=positive_int, default=128,
+    bench.add_argument("--batch-size", type=POSITIVE_INT.parse, default=128,
                        help="images per training step and per inference batch (default 128)")
-    bench.add_argument("--steps", type=positive_int, default=20,
+    bench.add_argument("--steps", type=POSITIVE_INT.parse, default=20,
                        help="timed training steps and inference batches (default 20)")
 
 
@@ -363,7 +339,7 @@ def _studio_arguments(studio) -> None:
     studio.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 "
                              "opens it to the network, with a warning)")
-    studio.add_argument("--port", type=non_negative_int, default=0,
+    studio.add_argument("--port", type=NON_NEGATIVE_INT.parse, default=0,
                         help="port (default 0: a free one; the URL is printed)")
     studio.add_argument("--layers", metavar="DIR",
                         help="a `minicnn exercises` folder: the page runs your backward passes "
@@ -390,7 +366,7 @@ def cmd_studio(args) -> int:
 def _export_arguments(export) -> None:
     export.add_argument("model", help="a model file written by minicnn (.safetensors)")
     export.add_argument("--onnx", metavar="OUT", required=True, help="the .onnx file to write")
-    export.add_argument("--opset", type=positive_int, default=17,
+    export.add_argument("--opset", type=POSITIVE_INT.parse, default=17,
                         help="ONNX opset version (default 17)")
 
 
@@ -430,44 +406,10 @@ def cmd_export(args) -> int:
 
 # -- minicnn exercises -------------------------------------------------------------------------
 
-def _exercises_arguments(exercises) -> None:
-    actions = exercises.add_subparsers(dest="action", required=True, metavar="ACTION")
-    start = actions.add_parser("start", help="write the exercise files into DIR",
-                               description="Write one file per exercise into DIR (files already "
-                                           "there are kept).")
-    start.add_argument("folder", metavar="DIR")
-    start.set_defaults(action_handler=_exercises_start)
-    check = actions.add_parser("check", help="grade your answers (all, or NAME)",
-                               description="Grade the exercises in --dir (default: here): "
-                                           "which are right, where the others are wrong, and "
-                                           "the classic mistake when it recognizes one.")
-    check.add_argument("name", nargs="?", metavar="NAME",
-                       help="one exercise (its function's name or number)")
-    check.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
-    check.add_argument("--hint", action="store_true",
-                       help="show NAME's next hint (one more each time)")
-    check.add_argument("--reveal", action="store_true",
-                       help="show NAME's reference solution (it is also shown after a pass)")
-    check.set_defaults(action_handler=_exercises_check)
-    progress = actions.add_parser("list", help="the exercises and your progress")
-    progress.add_argument("--dir", default=".", help="the exercises' folder (default: here)")
-    progress.set_defaults(action_handler=_exercises_list)
-    train = actions.add_parser("train", help="train on MNIST with your own backward passes",
-                               description="Train a small CNN on MNIST whose layers run your "
-                                           "answers: the backward passes (exercises 1-7, and 8 "
-                                           "or 9) must pass first; every other exercise that "
-                                           "passes runs too (10-13: the convolution's forward, "
-                                           "average pooling, your optimizer). 98%% or more "
-                                           "proves them end to end.")
-    train.add_argument("--dir", default=None, help="the exercises' folder (default: here)")
-    train.add_argument("folder", metavar="DIR", nargs="?", default=None,
-                       help="the same as --dir (as earlier versions took it)")
-    train.add_argument("--epochs", type=positive_int, default=3, help="(default 3)")
-    train.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                       help="no progress bar")
-    train.add_argument("--limit", type=positive_int, default=None,
-                       help="train on the first N training images only")
-    train.set_defaults(action_handler=_exercises_train)
+def _exercises_arguments(parser) -> None:
+    from .exercises.commands import add_arguments
+
+    add_arguments(parser)
 
 
 @command("exercises", "a graded course in backprop: write the backward passes yourself",
@@ -481,80 +423,6 @@ def cmd_exercises(args) -> int:
     return args.action_handler(args)  # each action sets its own (_exercises_arguments)
 
 
-def _exercises_start(args) -> int:
-    from . import exercises
-
-    written = exercises.start(args.folder)
-    folder = Path(args.folder)
-    print(f"{len(written)} exercise file(s) written to {folder}"
-          + (f" ({len(exercises.EXERCISES) - len(written)} already there, kept)"
-             if len(written) < len(exercises.EXERCISES) else "") + ". Next:")
-    print(f"  cd {folder}\n  (edit {exercises.EXERCISES[0].file_name})\n"
-          f"  minicnn exercises check {exercises.EXERCISES[0].name}")
-    return 0
-
-
-def _exercises_list(args) -> int:
-    from . import exercises
-
-    progress = exercises.load_progress(args.dir)
-    for item in exercises.EXERCISES:
-        mark = "passed" if item.name in progress["passed"] else "      "
-        print(f"{mark}  {item.number}. {item.name}: {item.title}")
-    return 0
-
-
-def _exercises_train(args) -> int:
-    from .exercises.training import train_with_your_layers
-
-    if args.dir and args.folder and Path(args.dir) != Path(args.folder):
-        raise UsageError(f"two folders given: --dir {args.dir} and {args.folder}; give one")
-    result = train_with_your_layers(args.dir or args.folder or ".", epochs=args.epochs,
-                                    limit=args.limit, verbose=0 if args.quiet else 1)
-    if args.quiet:  # no progress, but the answer the command is for
-        print(f"test accuracy {result['test_accuracy']:.2%} with your backward passes")
-    return 0
-
-
-def _exercises_check(args) -> int:
-    """Grade (all, or NAME); with --hint the next hint, with --reveal the solution."""
-    from . import exercises
-
-    if (args.hint or args.reveal) and not args.name:
-        raise UsageError("--hint and --reveal need the exercise's NAME")
-    if args.hint:
-        item = exercises.exercise(args.name)
-        seen_before = exercises.load_progress(args.dir)["hints"].get(item.name, 0)
-        hints = exercises.next_hint(args.dir, args.name)
-        for number, hint in enumerate(hints, 1):
-            print(f"hint {number} of {len(item.hints)}: {hint}")
-        if seen_before >= len(item.hints):
-            print(f"\nThat was every hint there is; minicnn exercises check {item.name} --reveal "
-                  "shows the reference solution.")
-        return 0
-    if args.reveal:
-        print(exercises.solution_source(args.name))
-        return 0
-    grades = exercises.check(args.dir, args.name)
-    for result in grades:
-        item = result.exercise
-        print(f"{'PASS' if result.passed else 'FAIL'}  {item.number}. {item.name}: "
-              f"{result.report[0]}")
-        for line in result.report[1:]:
-            print(f"      {line}")
-    failed = [result.exercise for result in grades if not result.passed]
-    if args.name and not failed:
-        print("\nThe reference solution, to compare with yours:\n")
-        print(exercises.solution_source(args.name))
-    elif len(grades) > 1:
-        print(f"\n{len(grades) - len(failed)} of {len(grades)} passed" +
-              (f"; next: minicnn exercises check {failed[0].name} (--hint for a hint)"
-               if failed else ""))
-    elif failed:
-        print(f"\nA hint: minicnn exercises check {failed[0].name} --hint")
-    return 1 if failed else 0
-
-
 # -- minicnn tune ------------------------------------------------------------------------------
 
 def _tune_arguments(parser) -> None:
@@ -562,10 +430,10 @@ def _tune_arguments(parser) -> None:
     from .tuning.settings import SETTINGS_RULES
 
     def setting(name):  # the argument type of a TuneSettings number, from its rule
-        return rule_type(SETTINGS_RULES[name])
+        return SETTINGS_RULES[name].parse
 
     _source_arguments(parser, "digits", "your own images, one folder per class")
-    parser.add_argument("--image-size", type=positive_int,
+    parser.add_argument("--image-size", type=POSITIVE_INT.parse,
                         help="image folder: resize to this size square")
     parser.add_argument("--channels", type=int, choices=(1, 3), help="image folder: 1 or 3")
     parser.add_argument("--limit", type=setting("limit"),

@@ -154,6 +154,30 @@ class Number:
             else "a number"
         return " ".join([what, " and ".join(b for b in bounds if b)]).strip()
 
+    def parse(self, text: str):
+        """``text`` from the command line, checked by this rule: an argparse ``type``, so that
+        ``--epochs 0`` is a usage error (message and exit code 2) before anything is loaded,
+        by the rule the API checks the same setting by."""
+        import argparse
+
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}") from None
+        try:
+            return self.check(value, "value", "minicnn")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text}") from None
+
+
+POSITIVE_INT = Number(int, low=1)      # counts and sizes
+NON_NEGATIVE_INT = Number(int, low=0)  # seeds and ports
+
+
+class UsageError(ValueError):
+    """A combination of command-line options that does not apply (exit code 2, like
+    argparse's own)."""
+
 
 @dataclass(frozen=True)
 class OneOf:

@@ -1,9 +1,9 @@
 """Figures as files (matplotlib's Agg backend: no window is ever opened).
 
-Training curves (:func:`plot_history`), gradient flow (:func:`plot_gradient_flow`) and the
-figures of an evaluation report: confusion matrix, most confident mistakes, per-class
-precision/recall/F1, convolution filters, feature maps and heatmaps (CAM, Grad-CAM, saliency)
-over the images.
+Training curves (:func:`plot_history`), gradient flow (:func:`plot_gradient_flow`), a tuning
+study (:func:`plot_study`) and the figures of an evaluation report: confusion matrix, most
+confident mistakes, per-class precision/recall/F1, convolution filters, feature maps and
+heatmaps (CAM, Grad-CAM, saliency) over the images.
 
 Images are passed as (N, C, H, W) arrays with values in [0, 1] (un-normalized: what a person
 would see); one channel is drawn in grey, three as RGB. Every report figure takes ``figsize``
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +367,38 @@ def plot_heatmaps(images, heatmaps, path, *, titles=None, title: str = "Grad-CAM
         fig.colorbar(ScalarMappable(Normalize(0, 1), colours), ax=axes, shrink=0.8,
                      label=colorbar_label)
     return save_figure(fig, path, dpi=dpi, tight=False)
+
+
+def plot_study(study, out) -> dict:
+    """An Optuna study's PNG plots in folder ``out`` (``minicnn tune``): the optimization
+    history, the hyperparameters' importances, parallel coordinates and the intermediate
+    values, through optuna.visualization.matplotlib; ``{name: path}`` of those drawn. A plot that
+    cannot be drawn yet (importances need two finished trials that differ) is left out with a
+    warning, not an error: a finished search is never lost to a figure."""
+    _pyplot()  # selects the Agg backend before Optuna imports pyplot
+    from optuna.visualization import matplotlib as optuna_plots
+
+    made = {}
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        return made
+    wanted = {
+        "optimization_history": optuna_plots.plot_optimization_history,
+        "param_importances": optuna_plots.plot_param_importances,
+        "parallel_coordinate": optuna_plots.plot_parallel_coordinate,
+        "intermediate_values": optuna_plots.plot_intermediate_values,
+    }
+    for name, plot in wanted.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ExperimentalWarning on every call
+            try:
+                axes = plot(study)
+            except Exception as err:  # a missing plot must not lose a finished search
+                warnings.warn(f"tune: {name}.png not drawn: {err}", stacklevel=2)
+                continue
+        figure = np.ravel(axes)[0].figure
+        if name == "param_importances":
+            figure.set_size_inches(7, 4)
+        path = Path(out) / f"{name}.png"
+        save_figure(figure, path)
+        made[name] = str(path)
+    return made

@@ -185,7 +185,7 @@ def tune(dataset: str | TuneSettings = "digits", **options) -> dict:
                                catch=(SurplusTrial,), gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True  # write what is finished, then re-raise below
-        summary = write_outputs(optuna, study, search)
+        summary = write_outputs(study, search)
         if interrupted:
             raise KeyboardInterrupt
         if settings.retrain_best and summary["best"] is not None:

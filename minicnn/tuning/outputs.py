@@ -6,11 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import warnings
-
-import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..plots import plot_study
 from ..recipes import prepare_data, train_run
 from .space import NETWORK_PARAMETERS, PARAMETERS, recipe_of
 from .study import count_finished, masked
@@ -49,7 +47,7 @@ def _trial_rows(study) -> list[dict]:
     return rows
 
 
-def write_outputs(optuna, study, search) -> dict:
+def write_outputs(study, search) -> dict:
     settings, class_names = search.settings, search.class_names
     out, storage = settings.out_folder, masked(settings.storage_url)
     rows = _trial_rows(study)
@@ -101,42 +99,8 @@ def write_outputs(optuna, study, search) -> dict:
         atomic_write_bytes(out / "best.json", json.dumps(document, indent=2).encode())
         summary["files"]["best_json"] = str(out / "best.json")
     if settings.plots:
-        summary["files"].update(_plots(optuna, study, out))
+        summary["files"].update(plot_study(study, out))
     return summary
-
-
-def _plots(optuna, study, out) -> dict:
-    """PNG plots through optuna.visualization.matplotlib; a plot that cannot be drawn yet
-    (e.g. importances need two finished trials that differ) is left out, not an error."""
-    from ..plots import _pyplot, save_figure
-
-    _pyplot()  # selects the Agg backend before Optuna imports pyplot
-    from optuna.visualization import matplotlib as plots
-
-    made = {}
-    if not any(t.state.name == "COMPLETE" for t in study.trials):
-        return made
-    wanted = {
-        "optimization_history": plots.plot_optimization_history,
-        "param_importances": plots.plot_param_importances,
-        "parallel_coordinate": plots.plot_parallel_coordinate,
-        "intermediate_values": plots.plot_intermediate_values,
-    }
-    for name, plot in wanted.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ExperimentalWarning on every call
-            try:
-                axes = plot(study)
-            except Exception as err:  # a missing plot must not lose a finished search
-                warnings.warn(f"tune: {name}.png not drawn: {err}", stacklevel=2)
-                continue
-        figure = np.ravel(axes)[0].figure
-        if name == "param_importances":
-            figure.set_size_inches(7, 4)
-        path = out / f"{name}.png"
-        save_figure(figure, path)
-        made[name] = str(path)
-    return made
 
 
 def retrain(search, config: dict) -> dict:

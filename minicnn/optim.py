@@ -25,6 +25,7 @@ class Optimizer:
                 )
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        self._on_device = None  # [lr, step count] as 0-d arrays on the GPU (see rate, count)
         self.lr = lr
         self.step_count = 0
         self.state: list[dict] = [{} for _ in self.params]
@@ -36,6 +37,22 @@ class Optimizer:
     @lr.setter
     def lr(self, value) -> None:
         self._lr = check_learning_rate(value, type(self).__name__)
+        if self._on_device is not None:
+            self._on_device[0].fill(self._lr)
+
+    @property
+    def rate(self):
+        """The learning rate as the update reads it: ``lr``, or on a GPU a 0-d array there (in
+        the parameters' dtype) that the ``lr`` setter keeps equal to it. A training step
+        recorded once as a CUDA graph and replayed (:mod:`minicnn.capture`) then reads the rate
+        a schedule set after the recording, not the number it was recorded with."""
+        return self._lr if self._on_device is None else self._on_device[0]
+
+    @property
+    def count(self):
+        """``step_count`` as the update reads it (Adam's bias correction): the number, or on a
+        GPU a 0-d float64 array there that each ``step()`` counts up on the GPU."""
+        return self.step_count if self._on_device is None else self._on_device[1]
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -43,6 +60,14 @@ class Optimizer:
 
     def step(self) -> None:
         self.step_count += 1
+        if self.params[0].backend != "cupy":
+            self._on_device = None  # (the model may have come back from the GPU)
+        elif self._on_device is None:
+            xp = backend.xp("cupy")
+            self._on_device = [xp.asarray(self._lr, self.params[0].data.dtype),
+                               xp.asarray(self.step_count, xp.float64)]
+        else:
+            self._on_device[1] += 1  # on the GPU: a recorded step counts its replays itself
         for p, state in zip(self.params, self.state):
             self._update(p, p.grad, state)
 
@@ -63,6 +88,7 @@ class Optimizer:
             owner = self.params[int(index)]
             self.state[int(index)][name] = backend.to_device(value, owner.backend)
         self.step_count = int(step_count)
+        self._on_device = None  # made again from the numbers at the next step
 
 
 class SGD(Optimizer):
@@ -94,7 +120,7 @@ class SGD(Optimizer):
                 buf += grad
             buf = state["momentum_buffer"]
             grad = grad + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * grad
+        p.data -= self.rate * grad
 
 
 class Adam(Optimizer):
@@ -125,8 +151,8 @@ class Adam(Optimizer):
         # the update itself is a kernel (kernels/numpy_kernels.adam_update is the readable
         # version) so that the numba and cupy backends do it in one fused pass
         backend.kernels(p.backend).adam_update(
-            p.data, grad, state["exp_avg"], state["exp_avg_sq"], self.lr, *self.betas, self.eps,
-            self.step_count, self.weight_decay, self.decoupled)
+            p.data, grad, state["exp_avg"], state["exp_avg_sq"], self.rate, *self.betas, self.eps,
+            self.count, self.weight_decay, self.decoupled)
 
 
 class AdamW(Adam):

@@ -168,6 +168,19 @@ def test_element_wise_kernels_match_numpy(gpu_kernels, dtype, n, f, oh, ow, seed
             # float32: the kernel rounds its scalars (lr, bias corrections) to float32
             np.testing.assert_allclose(mine, expected, **(dict(rtol=1e-5, atol=1e-6)
                                        if dtype == np.float32 else TOLERANCE[dtype]))
+        # the same steps with lr and the step count as 0-d arrays where the arrays are (as a
+        # recorded step reads them, Optimizer.rate and .count): the same bits
+        on_device = [a.copy() for a in ours]
+        host = [a.copy() for a in ours]
+        for step in range(4, 7):
+            grad = rng.standard_normal((4, 3)).astype(dtype)
+            gpu_kernels.adam_update(host[0], grad, host[1], host[2], 0.01, 0.9, 0.999, 1e-8, step,
+                                    weight_decay, decoupled)
+            gpu_kernels.adam_update(on_device[0], grad, on_device[1], on_device[2],
+                                    np.asarray(0.01, dtype), 0.9, 0.999, 1e-8,
+                                    np.asarray(float(step)), weight_decay, decoupled)
+        for mine, expected in zip(on_device, host):
+            np.testing.assert_array_equal(mine, expected)
 
 
 @DTYPES
@@ -258,3 +271,43 @@ def test_batchnorm_sums_read_the_batch_once_with_several_threads_per_channel(gpu
             gpu_kernels.batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, True),
             reference.batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, True)):
         np.testing.assert_allclose(ours, theirs, **tolerance)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+def test_the_optimizer_keeps_lr_and_step_count_on_the_gpu(gpu_kernels, kind):
+    """On the cupy backend the update reads lr and the step count from 0-d arrays on the GPU
+    (what a recorded step replays with): a rate set between steps (a schedule) is read at the
+    next step, the count is counted there, and a checkpoint's count is taken up; the weights
+    follow the numpy backend's step for step."""
+    from minicnn import optim
+    from minicnn.layers.base import Parameter
+
+    def parameters(on):
+        rng = np.random.default_rng(1)
+        made = [Parameter(rng.standard_normal(shape).astype(np.float32), f"p{i}")
+                for i, shape in enumerate([(5, 3), (3,)])]
+        for p in made:
+            p.backend = on
+        return made
+
+    def optimizer(params):
+        return optim.SGD(params, lr=0.1, momentum=0.9) if kind == "SGD" else \
+            optim.Adam(params, lr=0.01)
+
+    gpu, cpu = optimizer(parameters("cupy")), optimizer(parameters("numpy"))
+    rng = np.random.default_rng(2)
+    for step in range(6):
+        if step == 2:  # a schedule's new rate, after the GPU's copy of it exists
+            gpu.lr = cpu.lr = gpu.lr / 10
+        if step == 4:  # a checkpoint's state taken up
+            for opt in (gpu, cpu):
+                opt.load_state_arrays(opt.state_arrays(), 40)
+        for a, b in zip(gpu.params, cpu.params):
+            a.grad = rng.standard_normal(a.data.shape).astype(np.float32)
+            b.grad = a.grad.copy()
+        gpu.step(), cpu.step()
+        assert isinstance(gpu.rate, np.ndarray) and float(gpu.rate) == np.float32(gpu.lr)
+        assert float(gpu.count) == gpu.step_count == cpu.step_count
+        for a, b in zip(gpu.params, cpu.params):
+            np.testing.assert_allclose(a.data, b.data, rtol=2e-6, atol=1e-7)
+

@@ -240,24 +240,28 @@ def batchnorm_relu_backward(dy, x, mean, inv_std, gamma, beta, batch_statistics)
 @functools.cache
 def _adam_elementwise():
     cp = _cupy()
+    # lr and step may be 0-d arrays on the GPU (Optimizer.rate, .count: a recorded step reads
+    # them there); the constants are doubles, rounded to T where the reference rounds them
     return cp.ElementwiseKernel(
-        "T grad, T lr, T beta1, T beta2, T eps, T bc1, T bc2_sqrt, T wd, bool decoupled",
+        "T grad, T lr, double beta1, double beta2, double eps, double step, double wd, "
+        "bool decoupled",
         "T param, T m, T v",
         """
         T g = grad;
         if (wd != 0) {
-            if (decoupled) param *= 1 - lr * wd; else g = g + wd * param;
+            if (decoupled) param *= (T)(1 - (double)lr * wd); else g = g + (T)wd * param;
         }
-        m = m + (1 - beta1) * (g - m);
-        v = v * beta2 + (1 - beta2) * g * g;
-        param -= (lr / bc1) * (m / (sqrt(v) / bc2_sqrt + eps));
+        m = m + (T)(1 - beta1) * (g - m);
+        v = v * (T)beta2 + (T)(1 - beta2) * g * g;
+        const T step_size = (T)((double)lr / (1 - pow(beta1, step)));
+        param -= step_size * (m / (sqrt(v) / (T)sqrt(1 - pow(beta2, step)) + (T)eps));
         """,
         "minicnn_adam")
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, weight_decay,
                 decoupled):
-    t = param.dtype.type
-    _adam_elementwise()(grad, t(lr), t(beta1), t(beta2), t(eps), t(1 - beta1**step),
-                        t(np.sqrt(1 - beta2**step)), t(weight_decay), bool(decoupled),
-                        param, exp_avg, exp_avg_sq)
+    lr = lr if hasattr(lr, "dtype") else param.dtype.type(lr)
+    _adam_elementwise()(grad, lr, float(beta1), float(beta2), float(eps),
+                        step if hasattr(step, "dtype") else float(step), float(weight_decay),
+                        bool(decoupled), param, exp_avg, exp_avg_sq)

@@ -185,26 +185,37 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------
     def device_step(self, xb, yb) -> tuple:
-        """Forward, loss and backward of one batch (the optimizer step is the loop's), one layer
-        at a time (``Sequential.forward_steps`` / ``backward_steps``: ``model.forward`` and
-        ``model.backward``, step by step), so that the callbacks watching this step
-        (``Callback.watches_layers``) see each layer's output and gradient. Returns ``(loss,
-        correct, finite)`` as 0-d arrays where the arrays are (``finite``: the loss and every
-        gradient are finite): nothing is read back to the host here, so that a GPU runs on
-        while the host prepares the next batch; the loop reads them (``read_every``)."""
+        """Forward, loss and backward of one batch (the optimizer step is the loop's), as
+        ``model.forward`` and ``model.backward`` run them (pairs such as BatchNorm2D + ReLU as
+        one pass, ``layers.fused``), or, when a callback watches this step
+        (``Callback.watches_layers``), one layer at a time (``Sequential.forward_steps`` /
+        ``backward_steps``) so that it sees each layer's output and gradient: the same numbers
+        up to rounding (``tests/test_fusion.py``; the same bits with
+        ``minicnn.set_fusion(False)``). The batch is not scanned for NaN again (fit checked the
+        data; a NaN input makes the loss NaN, which the guard sees). Returns ``(loss, correct,
+        finite)`` as 0-d arrays where the arrays are (``finite``: the loss and every gradient
+        are finite): nothing is read back to the host here, so that a GPU runs on while the
+        host prepares the next batch; the loop reads them (``read_every``)."""
         watchers = [e for e in self.extensions if e.watches_layers(self.global_step + 1)]
-        for index, layer, logits in self.model.forward_steps(xb, training=True):
-            for watcher in watchers:
-                watcher.on_layer_forward(self, index, layer, logits)
+        if watchers:
+            for index, layer, logits in self.model.forward_steps(xb, training=True,
+                                                                 check_finite=False):
+                for watcher in watchers:
+                    watcher.on_layer_forward(self, index, layer, logits)
+        else:
+            logits = self.model.forward(xb, training=True, check_finite=False)
         xp = backend.array_module(logits)
         loss = self.loss_fn.forward_array(logits, yb) if hasattr(
             self.loss_fn, "forward_array") else xp.asarray(self.loss_fn.forward(logits, yb))
         correct = (logits.argmax(axis=1) == yb).sum()
         self.optimizer.zero_grad()
-        for index, layer, dy, dx in self.model.backward_steps(self.loss_fn.backward(),
-                                                              input_grad=False):
-            for watcher in watchers:
-                watcher.on_layer_backward(self, index, layer, dy, dx)
+        if watchers:
+            for index, layer, dy, dx in self.model.backward_steps(self.loss_fn.backward(),
+                                                                  input_grad=False):
+                for watcher in watchers:
+                    watcher.on_layer_backward(self, index, layer, dy, dx)
+        else:
+            self.model.backward(self.loss_fn.backward(), input_grad=False)
         finite = xp.isfinite(loss)
         for p in self.model.parameters():
             finite = finite & xp.isfinite(p.grad).all()

@@ -350,3 +350,37 @@ def test_read_every_is_checked_and_defaults_to_every_step_on_the_cpu():
     with pytest.raises(ValueError, match="read_every must be"):
         Trainer(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.1), (x, y),
                 read_every=0)
+
+
+CPU_BACKENDS = ["numpy"] + (["numba"] if mc.backend.backend_available("numba") else [])
+
+
+@pytest.mark.parametrize("backend_name", CPU_BACKENDS)
+def test_fit_runs_the_fused_passes_unless_a_callback_watches_the_layers(backend_name, monkeypatch):
+    """fit's step is model.forward / model.backward (BatchNorm2D + ReLU as one pass), what the
+    benchmarks time; only a step that a callback watches layer by layer (diagnostics) runs the
+    layers one at a time. The batches are not scanned for NaN again at each step."""
+    from minicnn import validation
+    from minicnn.layers import BatchNorm2D, fused
+
+    mc.set_backend(backend_name)
+    passes, scans = [], []
+    forward, check = fused.forward, validation.check_float_array
+    monkeypatch.setattr(fused, "forward", lambda *a, **k: passes.append(1) or forward(*a, **k))
+    monkeypatch.setattr("minicnn.layers.sequential.check_float_array",
+                        lambda x, where, finite=True: scans.append(finite) or check(x, where, finite))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 1, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+
+    def train(**options):
+        passes.clear(), scans.clear()
+        model = mc.Sequential([Conv2D(1, 4, 3, padding=1), BatchNorm2D(4), ReLU(), Flatten(),
+                               Dense(4 * 6 * 6, 3)], seed=0)
+        mc.fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y),
+               epochs=1, batch_size=8, verbose=0, **options)
+
+    train()
+    assert len(passes) == 2 and scans == [False, False]  # two steps, each one fused pass
+    train(diagnostics=1)  # every step watched: layer by layer
+    assert passes == [] and scans == [False, False]

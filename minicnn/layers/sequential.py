@@ -155,22 +155,25 @@ class Sequential(Layer):
     # code at the call site, it can stop at any layer, and nothing is left registered on the
     # layers. A Residual's body and shortcut are Sequentials, so the same steps open it up.
 
-    def forward(self, x, training: bool = False):
-        """Run x (N, C, H, W) through every layer; returns the last layer's output (logits)."""
-        self._check_input(x)
+    def forward(self, x, training: bool = False, check_finite: bool = True):
+        """Run x (N, C, H, W) through every layer; returns the last layer's output (logits).
+        ``check_finite=False`` skips the scan of x for NaN and infinities (its type and shape
+        are still checked): for a loop that checked its data once, as ``fit`` does, so that a
+        GPU is not made to wait for the host at each step."""
+        self._check_input(x, check_finite)
         return self._run_forward(x, training)
 
-    def _check_input(self, x) -> None:
-        check_float_array(x, f"Sequential (first layer {self.layers[0].name})")
+    def _check_input(self, x, check_finite: bool = True) -> None:
+        check_float_array(x, f"Sequential (first layer {self.layers[0].name})", check_finite)
         self.output_shapes(x.shape[1:])  # validates the whole chain before any work
         if self.input_shape is None:
             self.input_shape = tuple(x.shape[1:])
 
-    def forward_steps(self, x, training: bool = False):
+    def forward_steps(self, x, training: bool = False, check_finite: bool = True):
         """The forward pass one layer at a time: yields ``(index, layer, y)`` right after
         ``layers[index]`` computed its output y from the previous one (x for the first).
-        Running it to the end is ``forward(x, training)``."""
-        self._check_input(x)
+        Running it to the end is ``forward(x, training)`` (without the pairs it fuses)."""
+        self._check_input(x, check_finite)
         return self._steps_forward(x, training, 0)
 
     def _steps_forward(self, x, training, start):

@@ -13,6 +13,10 @@ the tables give the median and the spread (min-max) of those runs. Settings for 
 - ``numpy-first``: ``import numpy`` before minicnn (as in every notebook);
 - ``torch-first``: PyTorch imported and a few PyTorch training steps run, then minicnn.
 
+With ``cupy`` among the frameworks, minicnn on the GPU runs twice: each step as written
+(``cupy alone``) and recorded once as a CUDA graph and replayed (``cupy recorded``,
+:mod:`minicnn.capture`); the GPU rows are against ``torch-cuda``.
+
 PyTorch runs alone; every ratio is to PyTorch alone. Training is forward, softmax cross-entropy,
 backward and an optimizer step (the reference network: Adam, batch 128, 1x28x28; cifar_vgg and
 cifar_resnet: AdamW, batch 128, 3x32x32; PyTorch runs the same networks, written out below), on
@@ -101,7 +105,8 @@ def child(framework: str, setting: str, model_name: str, args) -> dict:
         result = bench_torch(model_name, x, y, infer_x, args,
                              "cuda" if framework == "torch-cuda" else "cpu")
     else:
-        result = bench_minicnn(framework, model_name, x, y, infer_x, args)
+        result = bench_minicnn(framework, model_name, x, y, infer_x, args,
+                               recorded=setting == "recorded")
     result["flops_per_image"] = training_flops(model_name, shape)
     result["train_gflops"] = result["train_images_per_s"] * result["flops_per_image"] / 1e9
     result["matmul_peak_gflops"] = matmul_peak_gflops(framework)
@@ -126,10 +131,14 @@ def _measure(train, infer, args, sync=None) -> dict:  # sync: waits for a GPU
             "infer_images_per_s": args.infer_images / infer_time}
 
 
-def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
+def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args,
+                  recorded: bool = False) -> dict:
+    """``recorded``: the steps recorded once as a CUDA graph and replayed (minicnn.capture,
+    through Trainer.train_step); otherwise each step run as written."""
     import minicnn as mc
     from minicnn import models
     from minicnn.benchmark import training_steps
+    from minicnn.training import Trainer
 
     mc.set_backend(backend)
     if model_name == "reference":
@@ -145,6 +154,13 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args) -> dict:
                for i in range(0, len(x) - n + 1, n)]
     sync = (lambda: xp.cuda.Device().synchronize()) if backend == "cupy" else None
     train = training_steps(model, opt, loss_fn, batches)  # what `minicnn bench` times too
+    if recorded:
+        trainer = Trainer(model, loss_fn, opt, (x, y), batch_size=n, verbose=0,
+                          record_steps=True)
+
+        def train(steps):  # noqa: F811 (the recorded step instead)
+            for step in range(steps):
+                trainer.train_step(*batches[step % len(batches)])
     return _measure(train, lambda: model.predict(infer_x, batch_size=args.infer_batch), args,
                     sync)
 
@@ -310,6 +326,7 @@ def main():
         if args.conv_algo and "numba" in frameworks:
             plan.append(("numba", f"alone+{args.conv_algo}"))
         plan += [(f, "alone") for f in ("numpy", "cupy") if f in frameworks]
+        plan += [("cupy", "recorded")] if "cupy" in frameworks else []  # minicnn.capture
         for framework, setting in plan:
             key = f"{framework} {setting}"
             print(f"{model_name}: {key} x{args.runs} ...", file=sys.stderr, flush=True)

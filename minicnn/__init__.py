@@ -16,9 +16,10 @@ __version__ = "0.1.0"
 
 # The other submodules load on first use, so ``import minicnn`` stays cheap and yet
 # ``minicnn.models.mnist_cnn()`` works after it alone.
-_LAZY_SUBMODULES = ("atomic", "backend", "benchmark", "callbacks", "checkpoints", "cli", "data",
-                    "diagnostics", "exercises", "interop", "io", "kernels", "models", "naive",
-                    "plots", "recipes", "report", "studio", "training", "tuning", "validation")
+_LAZY_SUBMODULES = ("atomic", "backend", "benchmark", "callbacks", "capture", "checkpoints", "cli",
+                    "data", "diagnostics", "exercises", "interop", "io", "kernels", "models",
+                    "naive", "plots", "recipes", "report", "studio", "training", "tuning",
+                    "validation")
 
 
 def __getattr__(name: str):

@@ -137,7 +137,8 @@ class Trainer:
                  shuffle: bool = True, transform=None, seed: int = 0, callbacks=(),
                  verbose: int = 1, checkpoint=None, checkpoint_every: int | None = None,
                  eval_batch_size: int = 512, val_name: str = "val",
-                 diagnostics: int | None = None, read_every: int | None = None):
+                 diagnostics: int | None = None, read_every: int | None = None,
+                 record_steps: bool | None = None):
         self.loader = _check_training_job(model, optimizer, train, val, callbacks, checkpoint,
                                           batch_size, shuffle, transform, seed)
         self.model, self.loss_fn, self.optimizer, self.val = model, loss_fn, optimizer, val
@@ -164,6 +165,42 @@ class Trainer:
             *([ProgressBar()] if verbose else []),
             *([TrainingCheckpoint(checkpoint_every)] if self.checkpoint is not None else []),
         ]
+        self.record_steps = self._check_recording(record_steps)
+        self._records: dict = {}  # batch shape -> RecordedStep (None: seen once, not recorded)
+        self._old_records: list = []  # replaced records: their memory may still be referenced
+
+    def _check_recording(self, record_steps) -> bool:
+        """Whether the steps are recorded once and replayed (:mod:`minicnn.capture`): by
+        default wherever that is possible (the cupy backend, ...); ``True`` where it is not is
+        an error naming why."""
+        if record_steps is False or (record_steps is None and self.model.backend != "cupy"):
+            return False
+        from .capture import why_not_recorded
+
+        reason = why_not_recorded(self)
+        if reason is not None and record_steps:
+            raise ValueError(f"fit: record_steps=True, but {reason}")
+        return reason is None
+
+    def _recorded_step(self, xb, yb):
+        """This batch's step, replayed from its record: ``(loss, correct, finite)`` (the
+        optimizer's step taken); None where the step runs as written instead (recording off,
+        a batch of another size, the first step of a shape)."""
+        if not self.record_steps or len(yb) != self.loader.batch_size:
+            return None
+        from .capture import RecordedStep
+
+        shape = (tuple(xb.shape), xb.dtype, tuple(yb.shape), yb.dtype)
+        record = self._records.get(shape)
+        if record is not None and not record.still_valid():
+            self._old_records.append(record)  # new arrays (weights loaded, state restored)
+            record = None
+        if shape not in self._records:
+            self._records[shape] = None  # the first step runs as written: state, kernels
+            return None
+        if record is None:
+            record = self._records[shape] = RecordedStep(self, xb, yb)
+        return record.run(xb, yb)
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -220,6 +257,25 @@ class Trainer:
         for p in self.model.parameters():
             finite = finite & xp.isfinite(p.grad).all()
         return loss, correct, finite
+
+    def train_step(self, xb, yb, batch: int = 0) -> tuple:
+        """One training step on a batch already where the model is: forward, loss, backward,
+        the guard (with ``read_every=1``: it stops before the update; ``batch`` names the batch
+        in its message), the callbacks' ``on_before_update`` and the optimizer's step; or all of
+        it replayed from the step's record (:mod:`minicnn.capture`). Returns ``(loss, correct,
+        finite)`` as :meth:`device_step` does."""
+        step = self._recorded_step(xb, yb)
+        if step is not None:
+            return step
+        step = self.device_step(xb, yb)
+        if self.read_every == 1:  # read now: the guard stops before the update
+            if not math.isfinite(float(step[0])):
+                self._diverged(batch, xb, "loss")
+            if not bool(step[2]):
+                self._diverged(batch, xb, "gradient")
+        self._call("on_before_update")
+        self.optimizer.step()
+        return step
 
     def read_steps(self) -> None:
         """Read the steps run since the last read (one transfer for them all) into the epoch's
@@ -294,17 +350,10 @@ class Trainer:
         start = time.perf_counter()
         for xb, yb in self.loader:
             xb, yb = xp.asarray(xb), xp.asarray(yb)
-            step = self.device_step(xb, yb)
-            if self.read_every == 1:  # read now: the guard stops before the update
-                loss, correct, finite = float(step[0]), int(step[1]), bool(step[2])
-                if not math.isfinite(loss):
-                    self._diverged(batch, xb, "loss")
-                if not finite:
-                    self._diverged(batch, xb, "gradient")
-            self._call("on_before_update")
-            self.optimizer.step()
+            step = self.train_step(xb, yb, batch)
             self.global_step += 1
             if self.read_every == 1:
+                loss, correct = float(step[0]), int(step[1])
                 self.last_loss = loss
                 self.totals.add(loss, correct, len(yb), time.perf_counter() - start)
             else:
@@ -432,7 +481,7 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
         callbacks=(), verbose: int = 1, seed: int = 0, transform=None, shuffle: bool = True,
         checkpoint=None, checkpoint_every: int | None = None, resume: bool = False,
         eval_batch_size: int = 512, val_name: str = "val", diagnostics: int | None = None,
-        read_every: int | None = None) -> History:
+        read_every: int | None = None, record_steps: bool | None = None) -> History:
     """Train ``model`` and return its :class:`History`.
 
     Args:
@@ -456,6 +505,10 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
             every this many steps (and at each epoch's end and checkpoint) instead of after
             every step; default 1 on the CPU, :data:`READ_EVERY_ON_A_GPU` on the cupy backend,
             where each read makes the GPU wait. The weights are the same either way.
+        record_steps: on the cupy backend, record a step once as a CUDA graph and replay it for
+            the later batches of the same size (:mod:`minicnn.capture`: one launch a step
+            instead of hundreds); by default wherever the model and callbacks allow it,
+            ``False`` runs every step as written, ``True`` where it cannot be is an error.
 
     Raises :class:`TrainingDivergedError` when the loss or a gradient stops being finite,
     naming the step and the first layer that produced a non-finite value; the last checkpoint
@@ -467,5 +520,6 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
                       shuffle=shuffle, transform=transform, seed=seed, callbacks=callbacks,
                       verbose=verbose, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                       eval_batch_size=eval_batch_size, val_name=val_name,
-                      diagnostics=diagnostics, read_every=read_every)
+                      diagnostics=diagnostics, read_every=read_every,
+                      record_steps=record_steps)
     return trainer.fit(epochs, resume=resume)

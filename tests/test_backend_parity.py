@@ -418,7 +418,8 @@ def test_a_gpu_run_reading_its_steps_every_20_trains_as_one_reading_every_step()
         model = mc.Sequential([Conv2D(1, 8, 3, padding=1), BatchNorm2D(8), ReLU(), MaxPool2D(2),
                                Flatten(), Dense(8 * 6 * 6, 3)], seed=0).to("cupy")
         history = mc.fit(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), (x, y),
-                         epochs=2, batch_size=16, verbose=0, read_every=read_every)
+                         epochs=2, batch_size=16, verbose=0, read_every=read_every,
+                         record_steps=False)  # recorded steps: tests/test_capture.py
         runs.append(([backend.to_numpy(p.data) for p in model.parameters()], history))
     (weights, history), (weights_1, history_1) = runs
     for a, b in zip(weights, weights_1):

@@ -88,8 +88,11 @@ class BatchNorm2D(Layer):
                 )
             mean, var = kernels.channel_mean_var(x)
             m = self.momentum
-            self.running_mean.data = (1 - m) * self.running_mean.data + m * mean
-            self.running_var.data = (1 - m) * self.running_var.data + m * var * (count / (count - 1))
+            # in place, so that a step recorded once and replayed (minicnn.capture) keeps them
+            self.running_mean.data *= 1 - m
+            self.running_mean.data += m * mean
+            self.running_var.data *= 1 - m
+            self.running_var.data += m * var * (count / (count - 1))
         else:
             mean, var = self.running_mean.data, self.running_var.data
         return mean, 1 / backend.array_module(x).sqrt(var + self.eps)

@@ -1,0 +1,115 @@
+"""A training step recorded once as a CUDA graph and replayed (the cupy backend).
+
+On a GPU a step of a small network is short (a few milliseconds for cifar_vgg at batch 128)
+and made of hundreds of small kernels; Python launching them one by one paces the step, not the
+GPU. But a step of minicnn is the same kernels on the same arrays every time: forward, loss,
+backward, optimizer update. So the step is recorded once (CuPy's ``Stream.begin_capture`` /
+``end_capture``: the kernels are recorded, not run) and each later batch of the same shape
+replays the record with one launch (``Graph.launch``).
+
+What makes a step replayable, and where minicnn provides it:
+
+- The batch is copied into arrays made before the recording (:attr:`RecordedStep.x`, ``.y``),
+  which the recorded kernels read.
+- Every array the step makes comes from a memory pool of the record's own, used only while
+  recording and kept as long as the record: a replay writes the addresses the recording was
+  given, and no other array is ever given them.
+- What changes from step to step lives on the GPU: the learning rate and Adam's step count
+  (``Optimizer.rate`` and ``.count``: a rate a schedule sets after the recording is read by
+  the next replay), the weights, the optimizer's moments and BatchNorm's running statistics
+  (all updated in place).
+- Nothing inside the step reads a value back to the host (``Trainer.device_step``): the loss,
+  the count of right answers and the finite flag are the record's outputs, copied out after
+  each replay (the next replay overwrites them) and read by the loop every ``read_every`` steps.
+
+The first step of a batch shape runs as it is written (it makes the optimizer's state, compiles
+the kernels); the second is recorded, then launched; the later ones are replays. A batch of
+another size (the last, smaller one) runs as written. A record whose arrays were replaced (new
+weights loaded into the model, the optimizer's state taken from a checkpoint) is recorded again.
+What a record cannot replay trains as written, every step (:func:`why_not_recorded` says why):
+a layer that draws random numbers (Dropout draws its masks on the host), a callback that
+watches the layers or acts between backward and update, a loss without ``forward_array``, an
+optimizer that is not minicnn's, ``read_every=1`` (the guard must stop before the update, which
+is inside the record). ``fit(..., record_steps=False)`` turns recording off; the step as
+written is what a learner reads, and what the recorded one is tested equal to (``-m gpu``).
+"""
+
+from __future__ import annotations
+
+from . import backend
+
+
+def why_not_recorded(trainer) -> str | None:
+    """Why ``trainer``'s steps cannot be recorded and replayed (None: they can)."""
+    from .callbacks import Callback
+    from .optim import Optimizer
+
+    if trainer.model.backend != "cupy":
+        return "recording a step is a CUDA feature (the cupy backend)"
+    if trainer.model.named_generators():
+        return "a layer draws random numbers in training (Dropout): a replay would repeat them"
+    if not hasattr(trainer.loss_fn, "forward_array"):
+        return "the loss has no forward_array (it would read the loss back to the host)"
+    if type(trainer.optimizer).__module__ != Optimizer.__module__:
+        return "the optimizer is not one of minicnn.optim's (their update reads rate and count)"
+    if trainer.read_every == 1:
+        return "read_every=1: the guard stops before the update, which a record holds"
+    for extension in trainer.extensions:
+        kind = type(extension)
+        if kind.on_before_update is not Callback.on_before_update or \
+                kind.watches_layers is not Callback.watches_layers:
+            return f"{kind.__name__} watches the step between its layers"
+    return None
+
+
+class RecordedStep:
+    """One training step of ``trainer`` for batches shaped like ``(xb, yb)``, recorded as a CUDA
+    graph. Recording it does not run it: :meth:`run` copies a batch in and launches it."""
+
+    def __init__(self, trainer, xb, yb):
+        cp = backend.xp("cupy")
+        self.trainer = trainer
+        self.stream = cp.cuda.Stream(non_blocking=False)  # ordered with the default stream
+        self.pool = cp.cuda.MemoryPool()  # the record's own: its addresses stay the record's
+        with self.stream:
+            self.x, self.y = cp.empty_like(xb), cp.empty_like(yb)
+            self.arrays = self._held_arrays()
+            with cp.cuda.using_allocator(self.pool.malloc):
+                self.stream.begin_capture()
+                try:
+                    loss, correct, finite = trainer.device_step(self.x, self.y)
+                    trainer.optimizer.step()
+                    self.results = cp.stack([loss.astype(cp.float64),
+                                             correct.astype(cp.float64),
+                                             finite.astype(cp.float64)])
+                finally:
+                    self.graph = self.stream.end_capture()
+        # the recording counted a step on the host that has not run yet: run() counts each one
+        trainer.optimizer.step_count -= 1
+
+    def _held_arrays(self) -> list:
+        """The arrays the record reads and updates in place, as they are now."""
+        optimizer = self.trainer.optimizer
+        arrays = [p.data for p in optimizer.params]
+        arrays += [a for state in optimizer.state for a in state.values()]
+        arrays += [array.data for array in self.trainer.model.named_arrays().values()]
+        return arrays + [optimizer.rate, optimizer.count]
+
+    def still_valid(self) -> bool:
+        """Whether the model and optimizer still hold the arrays the step was recorded on."""
+        now = self._held_arrays()
+        return len(now) == len(self.arrays) and all(a is b for a, b in zip(now, self.arrays))
+
+    def run(self, xb, yb) -> tuple:
+        """The step on this batch: ``(loss, correct, finite)`` as 0-d arrays on the GPU, as
+        ``Trainer.device_step`` returns them (the optimizer's step is taken too)."""
+        with self.stream:
+            self.x[...] = xb
+            self.y[...] = yb
+            self.graph.launch()
+            results = self.results.copy()
+        self.trainer.optimizer.step_count += 1  # the host's record of the steps (checkpoints)
+        return results[0], results[1], results[2]
+
+
+__all__ = ["RecordedStep", "why_not_recorded"]

@@ -1,0 +1,155 @@
+"""A training step recorded once as a CUDA graph and replayed (minicnn.capture).
+
+On the CPU: when a step can be recorded and when not, and that asking for it where it cannot be
+is an error naming why. On a GPU (``-m gpu``): a recorded run trains as the run written out step
+by step: the same weights after 50 steps, a schedule's learning rate honoured by the replays, a
+checkpoint of a recorded run resumed into the same weights, a record made again when the weights
+are replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minicnn as mc
+from minicnn import backend
+from minicnn.callbacks import Callback, LRSchedule
+from minicnn.capture import why_not_recorded
+from minicnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from minicnn.losses import SoftmaxCrossEntropy
+from minicnn.training import Trainer
+
+
+def data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 1, 12, 12)).astype(np.float32), rng.integers(0, 3, n))
+
+
+def network(*extra):
+    return mc.Sequential([Conv2D(1, 8, 3, padding=1), BatchNorm2D(8), ReLU(), MaxPool2D(2),
+                          *extra, Flatten(), Dense(8 * 6 * 6, 3)], seed=0)
+
+
+def trainer(model, **options):
+    return Trainer(model, SoftmaxCrossEntropy(), mc.optim.Adam(model.parameters()), data(),
+                   batch_size=16, verbose=0, **options)
+
+
+# -- on any machine -----------------------------------------------------------------------------
+
+def test_a_cpu_run_is_never_recorded_and_asking_for_it_says_why():
+    mc.set_backend("numpy")
+    assert trainer(network()).record_steps is False  # the default: only where it can be
+    assert "cupy backend" in why_not_recorded(trainer(network()))
+    with pytest.raises(ValueError, match="record_steps=True, but recording a step is a CUDA"):
+        trainer(network(), record_steps=True)
+
+
+class _Watching(Callback):
+    def on_before_update(self, trainer):
+        pass
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(model=lambda: network(Dropout(0.5))), "draws random numbers"),
+    (dict(options={"read_every": 1}), "read_every=1"),
+    (dict(options={"diagnostics": 5}), "GradientFlow watches the step"),
+    (dict(options={"callbacks": [_Watching()]}), "_Watching watches the step"),
+])
+def test_what_a_record_could_not_replay_is_named(change, reason, monkeypatch):
+    """Each reason, with the backend check passed (the model said to be on the GPU)."""
+    mc.set_backend("numpy")
+    model = change.get("model", network)()
+    for layer in [model, *model.layers]:
+        monkeypatch.setattr(layer, "backend", "cupy")
+    job = trainer(model, **change.get("options", {}))
+    assert reason in why_not_recorded(job)
+
+
+def test_a_run_a_record_could_replay_has_no_reason(monkeypatch):
+    mc.set_backend("numpy")
+    model = network()
+    for layer in [model, *model.layers]:
+        monkeypatch.setattr(layer, "backend", "cupy")
+    assert why_not_recorded(trainer(model, read_every=20)) is None
+
+
+# -- on a GPU -----------------------------------------------------------------------------------
+
+def _gpu():
+    if "cupy" not in backend.available_backends():
+        pytest.skip("needs CuPy and an NVIDIA GPU")
+    mc.set_backend("cupy")
+
+
+def _weights(model):
+    return [backend.to_numpy(a.data) for a in model.named_arrays().values()]
+
+
+def _train(record, epochs=1, callbacks=(), checkpoint=None, resume=False, model=None):
+    model = model or network().to("cupy")
+    optimizer = mc.optim.Adam(model.parameters(), lr=3e-3)
+    history = mc.fit(model, SoftmaxCrossEntropy(), optimizer, data(816), epochs=epochs,
+                     batch_size=16, verbose=0, record_steps=record, callbacks=list(callbacks),
+                     checkpoint=checkpoint, resume=resume)
+    return model, optimizer, history
+
+
+@pytest.mark.gpu
+def test_a_recorded_run_trains_as_the_run_written_out():
+    """51 steps of 16 (50 replays after the first, eager step): the same weights, running
+    statistics, optimizer step count and losses as every step run as written."""
+    _gpu()
+    recorded, optimizer, history = _train(True)
+    eager, optimizer_eager, history_eager = _train(False)
+    assert optimizer.step_count == optimizer_eager.step_count == 51
+    for a, b in zip(_weights(recorded), _weights(eager)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(history["train_loss"], history_eager["train_loss"], rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_a_schedule_changes_the_rate_the_replays_read():
+    """A one-cycle schedule steps the rate after every batch, after the recording: the replays
+    must read each new rate (a record of the number would train at the first rate)."""
+    _gpu()
+
+    def run(record):
+        model = network().to("cupy")
+        optimizer = mc.optim.Adam(model.parameters(), lr=3e-3)
+        schedule = mc.optim.OneCycleLR(optimizer, max_lr=1e-2, total_steps=51)
+        mc.fit(model, SoftmaxCrossEntropy(), optimizer, data(816), epochs=1, batch_size=16,
+               verbose=0, record_steps=record, callbacks=[LRSchedule(schedule, per="batch")])
+        return _weights(model)
+
+    for a, b in zip(run(True), run(False)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_a_recorded_run_resumed_from_its_checkpoint_continues_as_one_uninterrupted(tmp_path):
+    _gpu()
+    whole, _, _ = _train(True, epochs=2)
+    path = tmp_path / "checkpoint.safetensors"
+    _train(True, epochs=1, checkpoint=path)
+    resumed, optimizer, _ = _train(True, epochs=2, checkpoint=path, resume=True)
+    assert optimizer.step_count == 102
+    for a, b in zip(_weights(resumed), _weights(whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_new_weights_loaded_between_epochs_are_what_the_replays_train():
+    """A callback that puts new arrays into the model (as loading weights does) at an epoch's
+    end: the record made on the old arrays is made again on the new ones."""
+    _gpu()
+
+    class Reload(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            for p in trainer.model.parameters():
+                p.data = p.data.copy()
+
+    recorded, _, _ = _train(True, epochs=2, callbacks=[Reload()])
+    eager, _, _ = _train(False, epochs=2, callbacks=[Reload()])
+    for a, b in zip(_weights(recorded), _weights(eager)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

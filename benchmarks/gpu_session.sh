@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything a session with a lent GPU measures, in one call (about 12 minutes on an H100):
+# the GPU tests (the recorded step against the step as written, the cupy kernels), then
+# training and inference against PyTorch CUDA (each step as written and recorded), then a
+# profiled cifar_vgg step. Every result lands under $OUT (the device tool brings it back).
+#
+#   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root
+#
+# The machine's image holds CuPy, PyTorch, numba, numpy and the rest minicnn needs; nothing is
+# installed. Each part has its own time limit, so that a hang in one leaves the others' results.
+set -u -o pipefail
+OUT=${OUT:-/tmp/minicnn-gpu}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+{ nvidia-smi -L; $PY -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__)"; } \
+    > "$OUT/machine.txt" 2>&1
+
+timeout 240 $PY -m pytest -q -m gpu -p no:cacheprovider -x tests/test_capture.py \
+    tests/test_backend_parity.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+
+timeout 420 $PY benchmarks/bench_train.py --frameworks cupy,torch-cuda \
+    --models reference,cifar_vgg --runs 2 --steps 20 --repeats 2 --infer-images 5000 \
+    --out "$OUT" 2>&1 | tail -30
+
+timeout 90 $PY benchmarks/profile_step.py --backend cupy --model cifar_vgg --steps 10 \
+    2>&1 | tee "$OUT/profile_cifar_vgg_cupy.txt" | head -40

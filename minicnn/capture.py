@@ -71,21 +71,24 @@ class RecordedStep:
         self.trainer = trainer
         self.stream = cp.cuda.Stream(non_blocking=False)  # ordered with the default stream
         self.pool = cp.cuda.MemoryPool()  # the record's own: its addresses stay the record's
-        with self.stream:
-            self.x, self.y = cp.empty_like(xb), cp.empty_like(yb)
-            self.arrays = self._held_arrays()
-            with cp.cuda.using_allocator(self.pool.malloc):
-                self.stream.begin_capture()
-                try:
-                    loss, correct, finite = trainer.device_step(self.x, self.y)
-                    trainer.optimizer.step()
-                    self.results = cp.stack([loss.astype(cp.float64),
-                                             correct.astype(cp.float64),
-                                             finite.astype(cp.float64)])
-                finally:
-                    self.graph = self.stream.end_capture()
-        # the recording counted a step on the host that has not run yet: run() counts each one
-        trainer.optimizer.step_count -= 1
+        steps_before = trainer.optimizer.step_count
+        try:
+            with self.stream:
+                self.x, self.y = cp.empty_like(xb), cp.empty_like(yb)
+                self.arrays = self._held_arrays()
+                with cp.cuda.using_allocator(self.pool.malloc):
+                    self.stream.begin_capture()
+                    try:
+                        loss, correct, finite = trainer.device_step(self.x, self.y)
+                        trainer.optimizer.step()
+                        self.results = cp.stack([loss.astype(cp.float64),
+                                                 correct.astype(cp.float64),
+                                                 finite.astype(cp.float64)])
+                    finally:
+                        self.graph = self.stream.end_capture()
+        finally:
+            # recording ran nothing: the host's count of steps moves with each run() instead
+            trainer.optimizer.step_count = steps_before
 
     def _held_arrays(self) -> list:
         """The arrays the record reads and updates in place, as they are now."""

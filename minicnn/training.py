@@ -20,6 +20,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,7 @@ class Trainer:
             *([TrainingCheckpoint(checkpoint_every)] if self.checkpoint is not None else []),
         ]
         self.record_steps = self._check_recording(record_steps)
+        self.record_steps_asked = bool(record_steps)  # True: a failed recording is an error
         self._records: dict = {}  # batch shape -> RecordedStep (None: seen once, not recorded)
         self._old_records: list = []  # replaced records: their memory may still be referenced
 
@@ -199,7 +201,16 @@ class Trainer:
             self._records[shape] = None  # the first step runs as written: state, kernels
             return None
         if record is None:
-            record = self._records[shape] = RecordedStep(self, xb, yb)
+            try:
+                record = self._records[shape] = RecordedStep(self, xb, yb)
+            except Exception as err:  # CUDA refused to record (nothing ran): train as written
+                if self.record_steps_asked:
+                    raise
+                warnings.warn(f"fit: the training step could not be recorded as a CUDA graph "
+                              f"({type(err).__name__}: {err}); every step runs as written",
+                              RuntimeWarning, stacklevel=3)
+                self.record_steps = False
+                return None
         return record.run(xb, yb)
 
     def log(self, message: str) -> None:

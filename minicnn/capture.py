@@ -36,6 +36,8 @@ written is what a learner reads, and what the recorded one is tested equal to (`
 
 from __future__ import annotations
 
+import warnings
+
 from . import backend
 
 
@@ -115,4 +117,53 @@ class RecordedStep:
         return results[0], results[1], results[2]
 
 
-__all__ = ["RecordedStep", "why_not_recorded"]
+class Recorder:
+    """A trainer's records, one per batch shape, and when to use them (``Trainer.recorder``).
+
+    ``record_steps``: None records wherever :func:`why_not_recorded` finds nothing against it
+    (on the cupy backend); True where something is against it is a ValueError naming it, and a
+    recording CUDA refuses is an error too (with None: a warning, then every step as written);
+    False never records."""
+
+    def __init__(self, trainer, record_steps: bool | None = None):
+        self.trainer, self.asked = trainer, bool(record_steps)
+        self.records: dict = {}  # batch shape -> RecordedStep (None: seen once, not recorded)
+        self.replaced: list = []  # records made again: their memory may still be referenced
+        self.active = False
+        if record_steps is False or (record_steps is None and trainer.model.backend != "cupy"):
+            return
+        reason = why_not_recorded(trainer)
+        if reason is not None and record_steps:
+            raise ValueError(f"fit: record_steps=True, but {reason}")
+        self.active = reason is None
+
+    def step(self, xb, yb):
+        """This batch's step replayed from its record: ``(loss, correct, finite)``, the
+        optimizer's step taken. None where the step runs as written instead: recording off, a
+        batch of another size than the loader's (the last one), the first step of a shape
+        (it makes the optimizer's state and compiles the kernels)."""
+        if not self.active or len(yb) != self.trainer.loader.batch_size:
+            return None
+        shape = (tuple(xb.shape), xb.dtype, tuple(yb.shape), yb.dtype)
+        if shape not in self.records:
+            self.records[shape] = None
+            return None
+        record = self.records[shape]
+        if record is not None and not record.still_valid():
+            self.replaced.append(record)  # new arrays: weights loaded, a checkpoint's state
+            record = None
+        if record is None:
+            try:
+                record = self.records[shape] = RecordedStep(self.trainer, xb, yb)
+            except Exception as err:  # CUDA refused to record (nothing ran): train as written
+                if self.asked:
+                    raise
+                warnings.warn(f"fit: the training step could not be recorded as a CUDA graph "
+                              f"({type(err).__name__}: {err}); every step runs as written",
+                              RuntimeWarning, stacklevel=4)
+                self.active = False
+                return None
+        return record.run(xb, yb)
+
+
+__all__ = ["RecordedStep", "Recorder", "why_not_recorded"]

@@ -20,7 +20,6 @@ import math
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from .callbacks import (  # noqa: F401 (the callbacks' public home is also minic
     ProgressBar,
     TrainingCheckpoint,
 )
+from .capture import Recorder
 from .checkpoints import restore_checkpoint, save_checkpoint
 from .data.transforms import shift_images
 from .diagnostics import GradientFlow
@@ -130,8 +130,9 @@ class Trainer:
     (:mod:`minicnn.callbacks`), run in this order: gradient-flow watching (``diagnostics=N``,
     :class:`minicnn.diagnostics.GradientFlow`), the ``callbacks`` given (whose state a
     checkpoint keeps), the progress bar (``verbose=1``) and the checkpoints (``checkpoint=``,
-    every ``checkpoint_every`` steps and after each epoch).
-    Every argument is checked here, before the first step.
+    every ``checkpoint_every`` steps and after each epoch). On a GPU the whole step, update
+    included, is recorded once as a CUDA graph and replayed (``record_steps``,
+    :class:`minicnn.capture.Recorder`). Every argument is checked here, before the first step.
     """
 
     def __init__(self, model, loss_fn, optimizer, train, val=None, *, batch_size: int = 32,
@@ -166,52 +167,7 @@ class Trainer:
             *([ProgressBar()] if verbose else []),
             *([TrainingCheckpoint(checkpoint_every)] if self.checkpoint is not None else []),
         ]
-        self.record_steps = self._check_recording(record_steps)
-        self.record_steps_asked = bool(record_steps)  # True: a failed recording is an error
-        self._records: dict = {}  # batch shape -> RecordedStep (None: seen once, not recorded)
-        self._old_records: list = []  # replaced records: their memory may still be referenced
-
-    def _check_recording(self, record_steps) -> bool:
-        """Whether the steps are recorded once and replayed (:mod:`minicnn.capture`): by
-        default wherever that is possible (the cupy backend, ...); ``True`` where it is not is
-        an error naming why."""
-        if record_steps is False or (record_steps is None and self.model.backend != "cupy"):
-            return False
-        from .capture import why_not_recorded
-
-        reason = why_not_recorded(self)
-        if reason is not None and record_steps:
-            raise ValueError(f"fit: record_steps=True, but {reason}")
-        return reason is None
-
-    def _recorded_step(self, xb, yb):
-        """This batch's step, replayed from its record: ``(loss, correct, finite)`` (the
-        optimizer's step taken); None where the step runs as written instead (recording off,
-        a batch of another size, the first step of a shape)."""
-        if not self.record_steps or len(yb) != self.loader.batch_size:
-            return None
-        from .capture import RecordedStep
-
-        shape = (tuple(xb.shape), xb.dtype, tuple(yb.shape), yb.dtype)
-        record = self._records.get(shape)
-        if record is not None and not record.still_valid():
-            self._old_records.append(record)  # new arrays (weights loaded, state restored)
-            record = None
-        if shape not in self._records:
-            self._records[shape] = None  # the first step runs as written: state, kernels
-            return None
-        if record is None:
-            try:
-                record = self._records[shape] = RecordedStep(self, xb, yb)
-            except Exception as err:  # CUDA refused to record (nothing ran): train as written
-                if self.record_steps_asked:
-                    raise
-                warnings.warn(f"fit: the training step could not be recorded as a CUDA graph "
-                              f"({type(err).__name__}: {err}); every step runs as written",
-                              RuntimeWarning, stacklevel=3)
-                self.record_steps = False
-                return None
-        return record.run(xb, yb)
+        self.recorder = Recorder(self, record_steps)  # steps replayed on a GPU (capture.py)
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -275,7 +231,7 @@ class Trainer:
         in its message), the callbacks' ``on_before_update`` and the optimizer's step; or all of
         it replayed from the step's record (:mod:`minicnn.capture`). Returns ``(loss, correct,
         finite)`` as :meth:`device_step` does."""
-        step = self._recorded_step(xb, yb)
+        step = self.recorder.step(xb, yb)
         if step is not None:
             return step
         step = self.device_step(xb, yb)

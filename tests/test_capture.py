@@ -39,7 +39,7 @@ def trainer(model, **options):
 
 def test_a_cpu_run_is_never_recorded_and_asking_for_it_says_why():
     mc.set_backend("numpy")
-    assert trainer(network()).record_steps is False  # the default: only where it can be
+    assert trainer(network()).recorder.active is False  # the default: only where it can be
     assert "cupy backend" in why_not_recorded(trainer(network()))
     with pytest.raises(ValueError, match="record_steps=True, but recording a step is a CUDA"):
         trainer(network(), record_steps=True)

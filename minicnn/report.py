@@ -12,8 +12,9 @@
 - ``report.html`` — one file, images embedded as base64 ``data:`` URIs, no outside
   references: it can be mailed or attached to an issue as it is. It is rendered from
   ``minicnn/templates/report.html`` by Jinja2 with autoescaping: every string reaches the page
-  escaped, except the captions written here, which are marked safe on purpose
-  (``markupsafe.Markup``, whose ``format`` escapes what is put into them).
+  escaped; the captions of the figures are written in the template (by the figure's name),
+  and the findings computed here are marked safe on purpose (``markupsafe.Markup``, whose
+  ``format`` escapes what is put into them).
 
 Every file is written atomically. The images are un-normalized for display with the model's
 ``metadata["normalization"]`` (mean/std), when present.
@@ -91,14 +92,16 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def _figure(png_path: Path, caption) -> dict:
-    """A figure block: the PNG embedded, ``caption`` text (or Markup written here)."""
-    return {"kind": "figure", "alt": png_path.name, "caption": caption,
+def _figure(png_path: Path, words: str, **values) -> dict:
+    """A figure block: the PNG embedded, its caption the template's ``words`` (by name), with
+    ``values`` put into them."""
+    return {"kind": "figure", "alt": png_path.name, "words": words, "values": values,
             "data": base64.b64encode(png_path.read_bytes()).decode("ascii")}
 
 
-def _text(text, muted: bool = False) -> dict:
-    return {"kind": "text", "text": text, "muted": muted}
+def _text(words: str, muted: bool = False) -> dict:
+    """A paragraph of the template's ``words`` (by name)."""
+    return {"kind": "text", "words": words, "values": {}, "muted": muted}
 
 
 def _findings(summary: dict) -> list[Markup]:
@@ -258,21 +261,9 @@ def _results_sections(ev: _Evaluation, summary: dict, mistakes) -> list[tuple[st
         title=f"Most confident mistakes ({len(mistakes)} shown of "
               f"{summary['confidence']['num_wrong']:,} errors in {len(ev.y):,} images)"))
     return [
-        ("Per-class results", [_per_class_table(summary), _figure(
-            bars_png, Markup("<b>Precision</b>: of the images predicted as the class, the share "
-            "that belong to it. <b>Recall</b>: of the images of the class, the share found. "
-            "<b>F1</b>: their harmonic mean. Macro averages weigh each class equally; weighted "
-            "averages weigh them by support (their number of test images). The three weakest "
-            "classes are shaded."))]),
-        ("Confusion matrix", [_figure(
-            cm_png, "Rows are the true classes, columns the predictions; each cell shows a "
-            "count. The colour is the share of the row, so the diagonal is each class's recall "
-            "and a dark cell off the diagonal is a frequent confusion.")]),
-        ("The most confident mistakes", [_figure(
-            mistakes_png, "The misclassified images to which the model gave the highest "
-            "probability, with the true class, the prediction and that probability. Confident "
-            "mistakes are often mislabelled or genuinely ambiguous images; a recurring pattern "
-            "points at a blind spot of the model.")]),
+        ("Per-class results", [_per_class_table(summary), _figure(bars_png, "per_class_metrics")]),
+        ("Confusion matrix", [_figure(cm_png, "confusion_matrix")]),
+        ("The most confident mistakes", [_figure(mistakes_png, "mistakes")]),
     ]
 
 
@@ -290,26 +281,17 @@ def _class_activation_figures(ev: _Evaluation, examples, wrong) -> list[dict]:
     described = f"layer {layer}, {ev.model.layers[layer].describe()}"
     png = ev.heatmaps(examples, interpret.grad_cam(ev.model, ev.x[examples]).heatmaps,
                       "gradcam.png", f"Grad-CAM of the predicted class ({described})")
-    figures = [_figure(
-        png, Markup("<b>Grad-CAM</b> on one test image per class (correctly classified where "
-        "there is one): red marks the regions whose features raised the score of the predicted "
-        "class the most (the gradient-weighted feature maps of {}, upsampled to the "
-        "image).").format(described))]
+    figures = [_figure(png, "gradcam", layer=described)]
     if len(wrong):
         png = ev.heatmaps(wrong, interpret.grad_cam(ev.model, ev.x[wrong]).heatmaps,
                           "gradcam_mistakes.png", "Grad-CAM of the wrong prediction")
-        figures.append(_figure(png, "Grad-CAM of the (wrong) predicted class on the most "
-                               "confident mistakes (true \N{RIGHTWARDS ARROW} predicted): the "
-                               "part of the image that misled the model."))
+        figures.append(_figure(png, "gradcam_mistakes"))
     try:
         cam_result = interpret.cam(ev.model, ev.x[examples])
     except ValueError:
         return figures  # CAM needs GlobalAvgPool2D -> Dense; Grad-CAM covers the rest
     png = ev.heatmaps(examples, cam_result.heatmaps, "cam.png", "CAM of the predicted class")
-    figures.append(_figure(png, Markup("<b>CAM</b>: the last feature maps weighted by the "
-                                       "classifier's weights of the predicted class (exact for a "
-                                       "network ending in global average pooling and one dense "
-                                       "layer).")))
+    figures.append(_figure(png, "cam"))
     return figures
 
 
@@ -319,15 +301,8 @@ def _where_the_model_looks(ev: _Evaluation, examples, wrong) -> list[tuple[str, 
     look = _class_activation_figures(ev, examples, wrong) if _has_conv(ev.model) else []
     png = ev.heatmaps(examples, interpret.saliency(ev.model, ev.x[examples]), "saliency.png",
                       "Saliency: |d class score / d pixel|", cmap="hot", alpha=0.8)
-    look.append(_figure(png, Markup("<b>Saliency</b>: the pixels whose change would move the "
-                                    "class score most (the gradient of the score with respect "
-                                    "to the input, largest over the colour channels). Sharper "
-                                    "but noisier than Grad-CAM.")))
-    intro = _text(Markup(
-        "Heatmaps over test images, for the class the model predicted. Heat on the object "
-        "itself means the model uses the right evidence; heat on empty background means it "
-        "relies on what is <i>not</i> there (which can be legitimate: a 1 is a 1 partly because "
-        "its sides are empty) or on artefacts."))
+    look.append(_figure(png, "saliency"))
+    intro = _text("where_the_model_looks")
     return [("Where the model looks", [intro, *look])]
 
 
@@ -343,9 +318,7 @@ def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, list]]:
         png = ev.written(plots.plot_filters(
             np.asarray(conv.weight), ev.out / "filters.png",
             title=f"Filters of the first convolution (layer {first}, {conv.describe()})"))
-        inside.append(_figure(png, "The first layer's filters: each is a small pattern "
-                                   "(edges, strokes, blobs) matched at every position of the "
-                                   "image."))
+        inside.append(_figure(png, "filters"))
     block = interpret.conv_block_output(model, 0)
     index = int(examples[0]) if len(examples) else 0
     maps = interpret.feature_maps(model, ev.x[index:index + 1], block)[0]
@@ -353,23 +326,16 @@ def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, list]]:
         maps, ev.out / "feature_maps.png", image=ev.display([index])[0],
         title=f"Feature maps of layer {block} ({model.layers[block].describe()}) for one "
               f"test image"))
-    inside.append(_figure(png, "The output of the first convolutional block for one test "
-                               "image: each channel is the image filtered by one filter (after "
-                               "normalization and ReLU); bright where its pattern is found."))
+    inside.append(_figure(png, "feature_maps"))
     return [("What the first layer computes", inside)]
 
 
 def _history_section(ev: _Evaluation, history) -> tuple[str, list]:
     if history is None or not len(history):
-        return ("Training history", [_text("No training history found (history.json beside "
-                                           "the model file).", muted=True)])
+        return ("Training history", [_text("no_history", muted=True)])
     png = ev.written(plots.plot_history(history, ev.out / "curves.png"))
-    return ("Training history", [_history_table(history), _figure(
-        png, "Loss and accuracy per epoch. A training accuracy well above the validation/test "
-        "accuracy (a training loss well below) means over-fitting; curves still improving at "
-        "the end mean the model would gain from more epochs. (Dropout, augmentation and label "
-        "smoothing act in training only, so there the training numbers can be the worse "
-        "ones.)"), *_gradient_flow_blocks(ev, history)])
+    return ("Training history", [_history_table(history), _figure(png, "curves"),
+                                 *_gradient_flow_blocks(ev, history)])
 
 
 def _gradient_flow_blocks(ev: _Evaluation, history) -> list[dict]:
@@ -378,13 +344,8 @@ def _gradient_flow_blocks(ev: _Evaluation, history) -> list[dict]:
     png = ev.written(plots.plot_gradient_flow(history.diagnostics, ev.out / "gradient_flow.png"))
     warnings = gradient_flow_warnings(history.diagnostics)
     verdict = {"kind": "list", "items": warnings} if warnings else \
-        _text("Gradient flow: nothing alarming (no vanishing or exploding gradients, no dead "
-              "ReLUs, no oversized steps).")
-    return [verdict, _figure(
-        png, f"Gradient flow, per layer, over {len(history.diagnostics)} recorded training steps "
-        "(darker lines: layers nearer the input). Healthy: gradient norms of similar size "
-        "across layers, update/weight ratios near 1e-3 (dashed), activation spreads that "
-        "neither collapse to 0 nor blow up, few dead ReLUs.")]
+        _text("gradient_flow_healthy")
+    return [verdict, _figure(png, "gradient_flow", steps=len(history.diagnostics))]
 
 
 def _model_text(model, input_shape) -> str:

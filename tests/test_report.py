@@ -147,6 +147,9 @@ def test_report_html_is_self_contained_and_shows_every_image(digits_run):
                  "Training history", "GlobalAvgPool2D", "macro F1", "parameters"):
         assert text in page
     assert page.count("<tr>") >= 10 + 3  # per-class table rows and the history table
+    # every figure has its caption (the template's words, found by the figure's name)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S)
+    assert len(captions) == len(list(out.glob("*.png"))) and all(len(c) > 60 for c in captions)
 
 
 def test_display_images_undo_the_normalization(digits_run):

@@ -140,29 +140,31 @@ class Recorder:
     def step(self, xb, yb):
         """This batch's step replayed from its record: ``(loss, correct, finite)``, the
         optimizer's step taken. None where the step runs as written instead: recording off, a
-        batch of another size than the loader's (the last one), the first step of a shape
-        (it makes the optimizer's state and compiles the kernels)."""
+        batch of another size than the loader's (the last one), and the step before each
+        recording: the first of a shape, and the first after the arrays a record was made on
+        were replaced (it makes what the recording needs: the optimizer's state and its copies
+        of the rate and count on the GPU, the compiled kernels)."""
         if not self.active or len(yb) != self.trainer.loader.batch_size:
             return None
         shape = (tuple(xb.shape), xb.dtype, tuple(yb.shape), yb.dtype)
-        if shape not in self.records:
-            self.records[shape] = None
-            return None
-        record = self.records[shape]
-        if record is not None and not record.still_valid():
+        record = self.records.get(shape)
+        if record is not None:
+            if record.still_valid():
+                return record.run(xb, yb)
             self.replaced.append(record)  # new arrays: weights loaded, a checkpoint's state
-            record = None
-        if record is None:
-            try:
-                record = self.records[shape] = RecordedStep(self.trainer, xb, yb)
-            except Exception as err:  # CUDA refused to record (nothing ran): train as written
-                if self.asked:
-                    raise
-                warnings.warn(f"fit: the training step could not be recorded as a CUDA graph "
-                              f"({type(err).__name__}: {err}); every step runs as written",
-                              RuntimeWarning, stacklevel=4)
-                self.active = False
-                return None
+        if record is not None or shape not in self.records:
+            self.records[shape] = None  # this step as written, the next one recorded
+            return None
+        try:
+            record = self.records[shape] = RecordedStep(self.trainer, xb, yb)
+        except Exception as err:  # CUDA refused to record (nothing ran): train as written
+            if self.asked:
+                raise
+            warnings.warn(f"fit: the training step could not be recorded as a CUDA graph "
+                          f"({type(err).__name__}: {err}); every step runs as written",
+                          RuntimeWarning, stacklevel=4)
+            self.active = False
+            return None
         return record.run(xb, yb)
 
 

@@ -74,6 +74,61 @@ def test_a_run_a_record_could_replay_has_no_reason(monkeypatch):
     assert why_not_recorded(trainer(model, read_every=20)) is None
 
 
+class _FakeRecord:
+    """Stands for RecordedStep: counts recordings and replays; ``valid`` says still_valid."""
+
+    made, runs, valid, refuse = 0, 0, True, None
+
+    def __init__(self, trainer, xb, yb):
+        if _FakeRecord.refuse is not None:
+            raise _FakeRecord.refuse
+        _FakeRecord.made += 1
+
+    def still_valid(self):
+        return _FakeRecord.valid
+
+    def run(self, xb, yb):
+        _FakeRecord.runs += 1
+        return "replayed"
+
+
+def test_when_a_step_is_recorded_replayed_or_run_as_written(monkeypatch):
+    """The recorder's schedule, with a stand-in for the CUDA record: the first step of a shape
+    as written, then recorded and replayed; a smaller last batch as written; after the arrays
+    were replaced one step as written, then a new record; a recording CUDA refuses is a warning
+    and every later step as written, or an error where record_steps=True was asked."""
+    from minicnn import capture
+
+    mc.set_backend("numpy")
+    monkeypatch.setattr(capture, "RecordedStep", _FakeRecord)
+    monkeypatch.setattr(_FakeRecord, "made", 0)
+    monkeypatch.setattr(_FakeRecord, "runs", 0)
+    job = trainer(network())
+    recorder = capture.Recorder(job)
+    recorder.active = True  # as on a GPU
+    full, last = data(16), data(8)
+    steps = [recorder.step(*full) for _ in range(4)] + [recorder.step(*last)]
+    assert steps == [None, "replayed", "replayed", "replayed", None]
+    assert (_FakeRecord.made, _FakeRecord.runs) == (1, 3)
+    monkeypatch.setattr(_FakeRecord, "valid", False)  # new weights loaded, say
+    assert recorder.step(*full) is None and len(recorder.replaced) == 1
+    monkeypatch.setattr(_FakeRecord, "valid", True)
+    assert recorder.step(*full) == "replayed" and _FakeRecord.made == 2
+
+    monkeypatch.setattr(_FakeRecord, "refuse", RuntimeError("operation not permitted"))
+    refused = capture.Recorder(job)
+    refused.active = True
+    assert refused.step(*full) is None  # the first, as written
+    with pytest.warns(RuntimeWarning, match="could not be recorded.*operation not permitted"):
+        assert refused.step(*full) is None
+    assert refused.active is False and refused.step(*full) is None
+    asked = capture.Recorder(job)
+    asked.active, asked.asked = True, True
+    asked.step(*full)
+    with pytest.raises(RuntimeError, match="operation not permitted"):
+        asked.step(*full)
+
+
 # -- on a GPU -----------------------------------------------------------------------------------
 
 def _gpu():

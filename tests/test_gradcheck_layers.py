@@ -18,6 +18,7 @@ from minicnn import naive
 from minicnn.gradcheck import check_layer, check_loss
 from minicnn.layers import (
     ELU,
+    GELU,
     LAYER_TYPES,
     AvgPool2D,
     BatchNorm2D,
@@ -139,10 +140,11 @@ def test_dense_gradients(n, fan_in, fan_out, bias, seed):
     assert_gradients_match(errors)
 
 
-@covers(ReLU, LeakyReLU, Sigmoid, Tanh, ELU)
+@covers(ReLU, LeakyReLU, Sigmoid, Tanh, ELU, GELU)
 @pytest.mark.parametrize("make", [ReLU, lambda: LeakyReLU(0.1), LeakyReLU, Sigmoid, Tanh,
-                                  lambda: ELU(0.5)],
-                         ids=["relu", "leaky0.1", "leaky", "sigmoid", "tanh", "elu0.5"])
+                                  lambda: ELU(0.5), GELU, lambda: GELU("tanh")],
+                         ids=["relu", "leaky0.1", "leaky", "sigmoid", "tanh", "elu0.5", "gelu",
+                              "gelu-tanh"])
 @given(shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)),
        scale=st.floats(0.1, 1.0), seed=seeds)
 def test_activation_gradients(make, shape, scale, seed):

@@ -354,7 +354,7 @@ def test_every_activation_declares_itself_per_channel():
     assert len(classes) >= 5 and all(cls.per_channel for cls in classes)
 
 
-@pytest.mark.parametrize("activation", ["ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid"])
+@pytest.mark.parametrize("activation", ["ReLU", "LeakyReLU", "ELU", "GELU", "Tanh", "Sigmoid"])
 def test_the_default_grad_cam_layer_ends_after_any_activation(activation):
     from minicnn.layers.registry import LAYER_TYPES
 

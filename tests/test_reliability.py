@@ -321,6 +321,7 @@ def test_every_layer_type_declares_its_array_shapes():
         "Dense": {"in_features": 4, "out_features": 5},
         "BatchNorm2D": {"num_features": 3},
         "Dropout": {"p": 0.5}, "LeakyReLU": {"negative_slope": 0.1}, "ELU": {"alpha": 0.5},
+        "GELU": {"approximate": "tanh"},
         "MaxPool2D": {"kernel_size": 2}, "AvgPool2D": {"kernel_size": 2},
         "GlobalAvgPool2D": {}, "Flatten": {}, "ReLU": {}, "Sigmoid": {}, "Tanh": {},
         "Residual": {"body": [{"type": "Conv2D", "in_channels": 3, "out_channels": 3,

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import minicnn as mc
 from minicnn.layers import (
     ELU,
+    GELU,
     AvgPool2D,
     BatchNorm2D,
     Conv2D,
@@ -79,6 +80,8 @@ def test_simple_layers_match_torch():
     run_both(ReLU(), F.relu, x)
     run_both(LeakyReLU(0.2), lambda t: F.leaky_relu(t, 0.2), x)
     run_both(ELU(0.7), lambda t: F.elu(t, 0.7), x)
+    run_both(GELU(), F.gelu, x)
+    run_both(GELU("tanh"), lambda t: F.gelu(t, approximate="tanh"), x)
     run_both(Sigmoid(), torch.sigmoid, x)
     run_both(Tanh(), torch.tanh, x)
     run_both(Flatten(), lambda t: t.flatten(1), x)

@@ -4,7 +4,7 @@
 such as a model file's architecture, back into layers.
 """
 
-from .activations import ELU, LeakyReLU, ReLU, Sigmoid, Tanh
+from .activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Buffer, Layer, Parameter
 from .conv import Conv2D
 from .dense import Dense, Flatten
@@ -16,5 +16,5 @@ from .residual import Residual
 from .sequential import Sequential
 
 __all__ = ["LAYER_TYPES", "AvgPool2D", "BatchNorm2D", "Buffer", "Conv2D", "Dense", "Dropout", "ELU",
-           "Flatten", "GlobalAvgPool2D", "Layer", "LeakyReLU", "MaxPool2D", "Parameter", "ReLU",
+           "Flatten", "GELU", "GlobalAvgPool2D", "Layer", "LeakyReLU", "MaxPool2D", "Parameter", "ReLU",
            "Residual", "Sequential", "Sigmoid", "Tanh"]

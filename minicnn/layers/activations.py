@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from .. import backend
 from ..validation import check_number
 from .base import Layer, shape_text
@@ -154,3 +158,92 @@ class ELU(Layer):
                 "backward": [f"dx = dy * (1 if x > 0 else y + {self.alpha:g})"],
                 "explain": "Like ReLU for positive inputs; negative ones bend smoothly towards "
                            f"-{self.alpha:g} and keep a gradient."}
+
+
+@register
+class GELU(Layer):
+    """``y = x * Phi(x)``, with Phi the standard normal distribution's CDF (Hendrycks & Gimpel,
+    2016): the input weighted by how likely a standard normal value lies below it, a smooth
+    ReLU that dips a little below 0 for negative inputs (at least -0.17, near x = -0.75).
+    ``Phi(x) = (1 + erf(x / sqrt(2))) / 2``; with ``approximate="tanh"``,
+    ``Phi(x) ~ (1 + t) / 2``, ``t = tanh(u)``, ``u = k * (x + 0.044715 * x**3)``,
+    ``k = sqrt(2 / pi)`` (GPT-2's form; PyTorch's ``approximate`` names both).
+
+    Backward, by the product rule: ``dx = dy * (Phi(x) + x * Phi'(x))``. Phi's derivative is the
+    normal density, ``Phi'(x) = exp(-x**2 / 2) / sqrt(2 * pi)``; for the tanh form, by the chain
+    rule through tanh (``tanh' = 1 - t**2``), ``Phi'(x) = (1 - t**2) / 2 * k * (1 + 3 * 0.044715
+    * x**2)``."""
+
+    per_channel = True
+
+    torch_name, torch_arguments = "GELU", ("approximate",)
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def _forward(self, x, training):
+        xp = backend.array_module(x)
+        if self.approximate == "tanh":
+            t = xp.tanh(_K * (x + 0.044715 * x**3))
+            Phi = (1 + t) / 2
+        else:
+            t = None
+            Phi = (1 + _erf(xp)(x / math.sqrt(2))) / 2
+        y = x * Phi
+        return self._remember(y.astype(x.dtype, copy=False), cache=(x, Phi, t))
+
+    def _backward(self, dy, input_grad):
+        x, Phi, t = self._cache
+        xp = backend.array_module(dy)
+        if t is not None:
+            dPhi = (1 - t * t) / 2 * _K * (1 + 3 * 0.044715 * x * x)
+        else:
+            dPhi = xp.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        return dy * (Phi + x * dPhi)
+
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+
+    def describe(self):
+        return "GELU(tanh)" if self.approximate == "tanh" else "GELU()"
+
+    def formula(self, input_shape, output_shape):
+        phi = ("(1 + tanh(k (x + 0.044715 x^3))) / 2" if self.approximate == "tanh"
+               else "(1 + erf(x / sqrt(2))) / 2")
+        return {"forward": [f"y = x * Phi(x),  Phi(x) = {phi}"],
+                "backward": ["dx = dy * (Phi(x) + x * Phi'(x))"],
+                "explain": "A smooth ReLU: each input weighted by the chance that a standard "
+                           "normal value lies below it."}
+
+    def to_onnx(self, graph, x, name):
+        # ONNX has Gelu from opset 20 only; minicnn writes 17: the formula, node by node
+        def constant(label, value):
+            return graph.weight(f"{name}.{label}", np.asarray(value, np.float32))
+
+        if self.approximate == "tanh":
+            cube = graph.node("Mul", [graph.node("Mul", [x, x], f"{name}.x2"), x], f"{name}.x3")
+            inner = graph.node("Add", [x, graph.node("Mul", [cube, constant("c", 0.044715)],
+                                                     f"{name}.cx3")], f"{name}.sum")
+            z = graph.node("Tanh", [graph.node("Mul", [inner, constant("k", _K)], f"{name}.u")],
+                           f"{name}.t")
+        else:
+            z = graph.node("Erf", [graph.node("Div", [x, constant("sqrt2", math.sqrt(2))],
+                                              f"{name}.scaled")], f"{name}.erf")
+        one_plus = graph.node("Add", [z, constant("one", 1.0)], f"{name}.one_plus")  # 2 Phi
+        return graph.node("Mul", [graph.node("Mul", [x, one_plus], f"{name}.x_one_plus"),
+                                  constant("half", 0.5)], name)
+
+
+_K = math.sqrt(2 / math.pi)
+
+
+def _erf(xp):
+    """The error function for arrays of ``xp`` (numpy has none: SciPy's, or CuPy's)."""
+    if xp is np:
+        from scipy.special import erf
+    else:
+        from cupyx.scipy.special import erf
+    return erf
+

@@ -26,6 +26,7 @@ import numpy as np
 from . import backend
 from .atomic import atomic_write_bytes
 from .layers import LAYER_TYPES, GlobalAvgPool2D, Sequential
+from .layers.base import pair_of
 
 
 def _import(module: str, extra: str):
@@ -111,7 +112,7 @@ class TorchBridge:
             path = f"{where}.{name}"
             inner = list(child.children()) if isinstance(child, self.nn.Sequential) else []
             if (len(inner) == 2 and isinstance(inner[0], self.nn.AdaptiveAvgPool2d)
-                    and _pair(inner[0].output_size) == (1, 1)
+                    and pair_of(inner[0].output_size) == (1, 1)
                     and isinstance(inner[1], self.nn.Flatten)):
                 layers.append(GlobalAvgPool2D())  # what GlobalAvgPool2D.to_torch makes
             elif isinstance(child, self.nn.Sequential):
@@ -126,10 +127,6 @@ class TorchBridge:
             raise TypeError(f"from_torch: {path} is a {type(module).__name__}, which has no "
                             "minicnn counterpart (docs/architecture.md lists them)")
         return cls.from_torch(module, self, path)
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def to_torch(model) -> torch.nn.Sequential:  # noqa: F821 (torch is optional)

@@ -1,5 +1,6 @@
 """The walk-through of docs/architecture.md ("how to add a layer"), checked: ELU was added by
-writing its class in minicnn/layers/activations.py (forward, backward, config, formula, its
+writing its class in minicnn/layers/activations.py (forward, backward, the docstring's equations
+that the studio shows, its
 PyTorch and ONNX names and arguments) with ``@register`` and exporting it from
 minicnn/layers/__init__.py. Nothing else in minicnn/ names it, yet it trains, saves and loads,
 shows its formula in the studio and travels to PyTorch and ONNX and back."""
@@ -13,7 +14,25 @@ from helpers import require
 
 import minicnn as mc
 from minicnn.gradcheck import check_layer
-from minicnn.layers import ELU, LAYER_TYPES, Conv2D, Dense, Flatten, Sequential
+from minicnn.layers import (
+    ELU,
+    GELU,
+    LAYER_TYPES,
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Residual,
+    Sequential,
+    Sigmoid,
+    Tanh,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +67,13 @@ def test_elu_is_registered_and_round_trips_through_a_model_file(tmp_path):
 
 
 def test_elu_has_a_formula_for_the_studio():
+    """Read from its docstring: the equations, the shapes of what they name, alpha's value."""
     panel = ELU(0.7).formula((1, 3, 5, 5), (1, 3, 5, 5))
-    assert panel["forward"] == ["y = x if x > 0 else 0.7 * (exp(x) - 1)"]
-    assert panel["backward"] == ["dx = dy * (1 if x > 0 else y + 0.7)"]
+    assert panel["forward"] == ["y = x if x > 0 else alpha * (exp(x) - 1)   y (1, 3, 5, 5), "
+                                "x (1, 3, 5, 5), alpha = 0.7"]
+    assert panel["backward"] == ["dx = dy * (1 if x > 0 else y + alpha)   dx (1, 3, 5, 5), "
+                                 "dy (1, 3, 5, 5), x (1, 3, 5, 5), y (1, 3, 5, 5), alpha = 0.7"]
+    assert "-0.7" in panel["explain"]
 
 
 def test_elu_travels_to_pytorch_and_back():
@@ -90,11 +113,26 @@ def test_no_module_outside_the_layers_names_the_new_layer():
     assert sorted(found) == ["minicnn/layers/__init__.py", "minicnn/layers/activations.py"], found
 
 
+#: one of each layer and an input shape, for the studio's panel (a new layer adds itself here)
+STUDIO_EXAMPLES = {
+    "AvgPool2D": (AvgPool2D(2), (3, 4, 4)), "BatchNorm2D": (BatchNorm2D(3), (3, 4, 4)),
+    "Conv2D": (Conv2D(3, 4, 3), (3, 5, 5)), "Dense": (Dense(6, 2), (6,)),
+    "Dropout": (Dropout(0.5), (6,)), "ELU": (ELU(), (6,)), "Flatten": (Flatten(), (3, 2, 2)),
+    "GELU": (GELU(), (6,)), "GlobalAvgPool2D": (GlobalAvgPool2D(), (3, 4, 4)),
+    "LeakyReLU": (LeakyReLU(), (6,)), "MaxPool2D": (MaxPool2D(2), (3, 4, 4)), "ReLU": (ReLU(), (6,)),
+    "Residual": (Residual.basic_block(3, 3), (3, 4, 4)), "Sigmoid": (Sigmoid(), (6,)),
+    "Tanh": (Tanh(), (6,)),
+}
+
+
 @pytest.mark.parametrize("layer_type", sorted(LAYER_TYPES))
 def test_every_registered_layer_answers_for_the_studio_pytorch_and_onnx(layer_type):
     """A layer that forgets one of its facts is caught here, not by a user of the studio."""
     cls = LAYER_TYPES[layer_type]
-    assert "formula" in vars(cls) or cls.__name__ == "Sequential", \
-        f"{layer_type} does not write its own formula for the studio"
+    if cls.__name__ != "Sequential":  # the studio shows the layers inside it
+        layer, shape = STUDIO_EXAMPLES[layer_type]
+        panel = layer.formula((2, *shape), (2, *layer.output_shape(shape)))
+        assert panel["forward"] and panel["backward"] and "explain" in vars(cls), \
+            f"{layer_type}'s docstring gives the studio no equation of a pass, or it has no explain"
     assert cls.torch_name is not None or "to_torch" in vars(cls), layer_type
     assert cls.onnx_op is not None or "to_onnx" in vars(cls), layer_type

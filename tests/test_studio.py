@@ -84,8 +84,8 @@ def test_analyze_shows_the_real_forward_and_backward_passes(studio):
     expected = interpret.class_score_gradient(model, x, classes=[predicted])[0]
     assert result["input_gradient"]["max"] == pytest.approx(np.abs(expected).max())
     conv = result["layers"][0]["formula"]
-    assert "cols = im2col(x)   (1, 1, 28, 28) -> (9, 784)" in conv["forward"]
-    assert "dW2 = dout @ cols.T   (4, 784) @ (784, 9) = (4, 9)" in conv["backward"]
+    assert "cols = im2col(x)   cols (9, 784), x (1, 1, 28, 28)" in conv["forward"]
+    assert "dL/dW2 = dout @ cols.T   dL/dW2 (4, 9), dout (4, 784), cols (9, 784)" in conv["backward"]
     assert result["first_weight_gradient"]["shape"] == [4, 3, 3]
     # Grad-CAM from the pass just made is interpret's (which makes its own passes)
     cam = interpret.grad_cam(model, x, classes=[predicted], layer=studio.cam_layer).heatmaps[0]

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..validation import check_number
-from .base import Layer, shape_text
+from .base import Layer
 from .registry import register
 
 
@@ -19,6 +19,8 @@ class ReLU(Layer):
 
     rectifies = True
     per_channel = True
+    explain = ("Negative values become 0, and so does their gradient: only units that fired pass "
+               "the gradient down.")
 
     torch_name, onnx_op = "ReLU", "Relu"
 
@@ -30,20 +32,14 @@ class ReLU(Layer):
         # y > 0 exactly where x > 0, so the output doubles as the mask (no extra array kept)
         return self.kernels.relu_backward(dy, self._cache)
 
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    def formula(self, input_shape, output_shape):
-        return {"forward": [f"y = max(x, 0)   {shape_text(output_shape)}"],
-                "backward": ["dx = dy * (x > 0)"],
-                "explain": "Negative values become 0, and so does their gradient: only units "
-                           "that fired pass the gradient down."}
-
 
 @register
 class LeakyReLU(Layer):
-    """``y = x`` for x > 0 and ``negative_slope * x`` otherwise.
+    """``y = x if x > 0 else negative_slope * x``.
     Backward: ``dx = dy * (1 if x > 0 else negative_slope)``."""
 
     per_channel = True
+    explain = "Like ReLU, but negative inputs keep a small slope."
 
     torch_name, torch_arguments = "LeakyReLU", ("negative_slope",)
     onnx_op, onnx_attributes = "LeakyRelu", {"alpha": "negative_slope"}
@@ -65,11 +61,6 @@ class LeakyReLU(Layer):
     def describe(self):
         return f"LeakyReLU({self.negative_slope:g})"
 
-    def formula(self, input_shape, output_shape):
-        return {"forward": [f"y = x if x > 0 else {self.negative_slope:g} * x"],
-                "backward": [f"dx = dy * (1 if x > 0 else {self.negative_slope:g})"],
-                "explain": "Like ReLU, but negative inputs keep a small slope."}
-
 
 @register
 class Sigmoid(Layer):
@@ -78,6 +69,7 @@ class Sigmoid(Layer):
     Computed as ``exp(min(x, 0)) / (1 + exp(-|x|))``, which never overflows."""
 
     per_channel = True
+    explain = "Squashes into (0, 1); its slope is at most 1/4."
 
     torch_name, onnx_op = "Sigmoid", "Sigmoid"
 
@@ -91,17 +83,13 @@ class Sigmoid(Layer):
         y = self._cache
         return dy * y * (1 - y)
 
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    def formula(self, input_shape, output_shape):
-        return {"forward": ["y = 1 / (1 + exp(-x))"], "backward": ["dx = dy * y * (1 - y)"],
-                "explain": "Squashes into (0, 1); its slope is at most 1/4."}
-
 
 @register
 class Tanh(Layer):
     """``y = tanh(x)``. Backward: ``dx = dy * (1 - y**2)`` (uses the cached output)."""
 
     per_channel = True
+    explain = "Squashes into (-1, 1)."
 
     torch_name, onnx_op = "Tanh", "Tanh"
 
@@ -113,23 +101,19 @@ class Tanh(Layer):
         y = self._cache
         return dy * (1 - y * y)
 
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    def formula(self, input_shape, output_shape):
-        return {"forward": ["y = tanh(x)"], "backward": ["dx = dy * (1 - y**2)"],
-                "explain": "Squashes into (-1, 1)."}
-
 
 @register
 class ELU(Layer):
-    """``y = x`` for x > 0 and ``alpha * (exp(x) - 1)`` otherwise (Clevert et al., 2016): smooth
-    where ReLU has a kink (for alpha = 1), and its negative outputs pull the mean activation
-    towards 0.
+    """``y = x if x > 0 else alpha * (exp(x) - 1)`` (Clevert et al., 2016): smooth where ReLU has
+    a kink (for alpha = 1), and its negative outputs pull the mean activation towards 0.
 
     Backward: ``dx = dy * (1 if x > 0 else y + alpha)``: for x <= 0 the slope is
     ``alpha * exp(x)``, which is ``y + alpha``, so the cached output gives it without another
     exp."""
 
     per_channel = True
+    explain = ("Like ReLU for positive inputs; negative ones bend smoothly towards -{alpha:g} and "
+               "keep a gradient.")
 
     torch_name, torch_arguments = "ELU", ("alpha",)
     onnx_op, onnx_attributes = "Elu", {"alpha": "alpha"}
@@ -153,28 +137,24 @@ class ELU(Layer):
     def describe(self):
         return f"ELU({self.alpha:g})"
 
-    def formula(self, input_shape, output_shape):
-        return {"forward": [f"y = x if x > 0 else {self.alpha:g} * (exp(x) - 1)"],
-                "backward": [f"dx = dy * (1 if x > 0 else y + {self.alpha:g})"],
-                "explain": "Like ReLU for positive inputs; negative ones bend smoothly towards "
-                           f"-{self.alpha:g} and keep a gradient."}
-
 
 @register
 class GELU(Layer):
     """``y = x * Phi(x)``, with Phi the standard normal distribution's CDF (Hendrycks & Gimpel,
     2016): the input weighted by how likely a standard normal value lies below it, a smooth
     ReLU that dips a little below 0 for negative inputs (at least -0.17, near x = -0.75).
-    ``Phi(x) = (1 + erf(x / sqrt(2))) / 2``; with ``approximate="tanh"``,
-    ``Phi(x) ~ (1 + t) / 2``, ``t = tanh(u)``, ``u = k * (x + 0.044715 * x**3)``,
-    ``k = sqrt(2 / pi)`` (GPT-2's form; PyTorch's ``approximate`` names both).
+    ``Phi(x) = (1 + erf(x / sqrt(2))) / 2``; with ``approximate="tanh"`` (GPT-2's form;
+    PyTorch's ``approximate`` names both) it is approximated by ``Phi(x) = (1 + t) / 2`` with
+    ``t = tanh(u)``, ``u = k * (x + 0.044715 * x**3)`` and ``k = sqrt(2 / pi)``.
 
     Backward, by the product rule: ``dx = dy * (Phi(x) + x * Phi'(x))``. Phi's derivative is the
-    normal density, ``Phi'(x) = exp(-x**2 / 2) / sqrt(2 * pi)``; for the tanh form, by the chain
-    rule through tanh (``tanh' = 1 - t**2``), ``Phi'(x) = (1 - t**2) / 2 * k * (1 + 3 * 0.044715
-    * x**2)``."""
+    normal density, ``Phi'(x) = erf'(x / sqrt(2)) / (2 * sqrt(2)) = exp(-x**2 / 2) / sqrt(2 * pi)``;
+    for the tanh form, by the chain rule through tanh (whose slope is 1 - t**2),
+    ``Phi'(x) = (1 - t**2) / 2 * k * (1 + 3 * 0.044715 * x**2)``."""
 
     per_channel = True
+    explain = ("A smooth ReLU: each input weighted by the chance that a standard normal value lies "
+               "below it.")
 
     torch_name, torch_arguments = "GELU", ("approximate",)
 
@@ -209,13 +189,10 @@ class GELU(Layer):
     def describe(self):
         return "GELU(tanh)" if self.approximate == "tanh" else "GELU()"
 
-    def formula(self, input_shape, output_shape):
-        phi = ("(1 + tanh(k (x + 0.044715 x^3))) / 2" if self.approximate == "tanh"
-               else "(1 + erf(x / sqrt(2))) / 2")
-        return {"forward": [f"y = x * Phi(x),  Phi(x) = {phi}"],
-                "backward": ["dx = dy * (Phi(x) + x * Phi'(x))"],
-                "explain": "A smooth ReLU: each input weighted by the chance that a standard "
-                           "normal value lies below it."}
+    def symbols(self, input_shape, output_shape):
+        tanh = self.approximate == "tanh"  # the equations of the other form are left out
+        return {**super().symbols(input_shape, output_shape), "erf": None if tanh else True,
+                **{name: True if tanh else None for name in ("t", "u", "k")}}
 
     def to_onnx(self, graph, x, name):
         # ONNX has Gelu from opset 20 only; minicnn writes 17: the formula, node by node

@@ -29,6 +29,7 @@ Two models on different backends can live side by side in one process.
 from __future__ import annotations
 
 import inspect
+import re
 
 import numpy as np
 
@@ -116,7 +117,24 @@ def check_output_gradient(dy, output_shape: tuple, where: str) -> None:
 
 def shape_text(shape) -> str:
     """``(1, 32, 28, 28)``: a shape as the studio's formulas print it."""
-    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+    return str(tuple(int(d) for d in shape))
+
+
+def _word(symbol: str) -> str:
+    """A regular expression for ``symbol`` as a whole name (``W`` is not in ``W2``, ``b`` not
+    in ``dL/db``)."""
+    return rf"(?<![\w/]){re.escape(symbol)}(?!\w)"
+
+
+def _with_only_present(equation: str, symbols: dict) -> str | None:
+    """The equation without the added term of what the layer lacks (``+ b`` closing it or
+    ``b[f] +`` opening its right side, for a layer without a bias), or None when it still names
+    one (``dL/db = ...``; an equation of GELU's other form)."""
+    absent = [_word(name) + r"(?:\[[^\]]*\])?" for name, value in symbols.items() if value is None]
+    for term in absent:
+        equation = re.sub(rf"\s*\+\s*{term}$", "", equation)
+        equation = re.sub(rf" = {term}\s*\+\s*", " = ", equation)
+    return None if any(re.search(term, equation) for term in absent) else equation
 
 
 class Layer:
@@ -368,12 +386,51 @@ class Layer:
     # defaults below serve a layer that is one torch module and one ONNX operator, named by
     # the class attributes above.
 
+    #: what the layer does, in plain words, for the studio's panel; ``{name}`` is filled from
+    #: :meth:`config` (e.g. ``{out_channels}``)
+    explain: str = ""
+
+    def symbols(self, input_shape: tuple, output_shape: tuple) -> dict:
+        """What the docstring's symbols stand for in a pass on ``input_shape`` (batch
+        included): an array's shape, a number's value, None for what this layer lacks (no
+        bias: its equations are left out) or True for a name to keep and show nothing of.
+        Here x, y and their gradients, the arrays by their names and the numbers of the config;
+        a layer adds the symbols of its own derivation."""
+        grads = {"x": input_shape, "y": output_shape}
+        found = {**grads, **{f"d{k}": v for k, v in grads.items()},
+                 **{f"dL/d{k}": v for k, v in grads.items()}}
+        found.update({name: array.shape for name, array in self._own((Parameter, Buffer)).items()})
+        found.update({k: v for k, v in self.config().items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        return found
+
     def formula(self, input_shape: tuple, output_shape: tuple) -> dict:
-        """The forward and backward equations in the symbols of the docstring with these
-        shapes (batch included), and what the layer does in plain words (the studio's panel):
+        """The studio's panel, read from the class docstring: its equations (the ``...``
+        spans that assign; those after the word "Backward" are the backward pass), each with
+        the shapes and values of the symbols it names (:meth:`symbols`), and :attr:`explain`.
         ``{"forward": [lines], "backward": [lines], "explain": text}``."""
-        return {"forward": [f"y = {self.name}(x)   {shape_text(input_shape)} -> "
-                            f"{shape_text(output_shape)}"], "backward": [], "explain": ""}
+        symbols = self.symbols(input_shape, output_shape)
+        doc = inspect.getdoc(type(self)) or ""
+        backward_from = re.search(r"\bBackward\b", doc)
+        panel = {"forward": [], "backward": [], "explain": self.explain.format(**self.config())}
+        for span in re.finditer(r"``(.+?)``", doc, re.S):
+            equation = _with_only_present(" ".join(span.group(1).split()), symbols)
+            if equation is None or not re.search(r" [-+*/]?= ", equation):
+                continue
+            if any(line.startswith(equation + "   ") or line == equation
+                   for line in panel["forward"]):
+                continue  # the backward derivation restating a forward equation
+            named = sorted((found.start(), f"{name} = {value:g}" if isinstance(value, (int, float))
+                            else f"{name} {shape_text(value)}")
+                           for name, value in symbols.items() if isinstance(value, (tuple, int, float))
+                           and not isinstance(value, bool)
+                           for found in [re.search(_word(name), equation)] if found)
+            side = "backward" if backward_from and span.start() > backward_from.start() else "forward"
+            panel[side].append(equation + ("   " + ", ".join(t for _, t in named) if named else ""))
+        if not panel["forward"]:
+            panel["forward"] = [f"y = {self.name}(x)   x {shape_text(input_shape)}, "
+                                f"y {shape_text(output_shape)}"]
+        return panel
 
     def to_torch(self, bridge):
         """The equivalent ``torch.nn`` module, arrays copied (``bridge``: see

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import backend
 from ..init import INITIALIZERS, initialize
 from ..kernels import conv_output_size
 from ..validation import check_positive_int, check_rank
-from .base import Layer, Parameter, pair, shape_text
+from .base import Layer, Parameter, pair
 from .registry import register
 
 
@@ -23,15 +21,16 @@ class Conv2D(Layer):
     where ``xpad`` is x with P zeros around each image. The output has shape (N, F, OH, OW)
     with ``OH = (H + 2*PH - KH) // SH + 1`` (and likewise OW).
 
-    **Forward as one matrix multiply.** ``im2col`` copies every receptive field into a column:
-    ``cols`` has shape (K, N*OH*OW) with K = C*KH*KW, one column per output pixel. With the
+    **Forward as one matrix multiply.** ``cols = im2col(x)`` copies every receptive field into a
+    column: ``cols`` has shape (K, N*OH*OW) with K = C*KH*KW, one column per output pixel. With the
     filters flattened to ``W2 = W.reshape(F, K)``, the convolution is ``out = W2 @ cols + b``,
     shape (F, N*OH*OW): row f holds filter f's response at every output pixel of every sample.
-    A layout change (adding b on the way) turns it into (N, F, OH, OW).
+    A layout change (adding b on the way) turns it into y of shape (N, F, OH, OW):
+    ``y = out.reshape(F, N, OH, OW).transpose(1, 0, 2, 3)``.
 
-    **Backward.** Given ``dy = dL/dy`` of shape (N, F, OH, OW), first lay it out like ``out``:
-    ``dout`` of shape (F, N*OH*OW). Then, since ``out = W2 @ cols + b`` is an ordinary affine
-    map of the columns of ``cols``:
+    **Backward.** Given dy = dL/dy of shape (N, F, OH, OW), first lay it out like ``out``:
+    ``dout = dy.transpose(1, 0, 2, 3).reshape(F, -1)``, shape (F, N*OH*OW). Then, since
+    ``out = W2 @ cols + b`` is an ordinary affine map of the columns of ``cols``:
 
     - ``dL/dW2 = dout @ cols.T`` — (F, N*OH*OW) @ (N*OH*OW, K) = (F, K), reshaped to W's shape.
       Each filter's gradient sums, over every output pixel it produced, dy times the patch it saw.
@@ -55,6 +54,9 @@ class Conv2D(Layer):
 
     filters = True
     convolutional = True
+    explain = ("Each of the {out_channels} filters slides over the input; bright where its pattern "
+               "is. The gradient of a map says how the chosen score would change if that map's "
+               "value moved.")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  bias: bool = True, init: str = "he", dtype=np.float32, rng=None):
@@ -174,28 +176,17 @@ class Conv2D(Layer):
                                            self.padding)
         return ["im2col" if fast is None else fast.name]
 
-    def formula(self, input_shape, output_shape):
-        (kh, kw), f = self.kernel_size, self.out_channels
+    def symbols(self, input_shape, output_shape):
+        n, f, oh, ow = output_shape
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         k = self.in_channels * kh * kw
-        pixels = math.prod(output_shape) // f
-        x, y = shape_text(input_shape), shape_text(output_shape)
-        cols, out = shape_text((k, pixels)), shape_text((f, pixels))
-        bias = self.bias is not None
-        return {
-            "forward": [f"cols = im2col(x)   {x} -> {cols}",
-                        f"out = W2 @ cols{' + b' if bias else ''}   {shape_text((f, k))} @ {cols} "
-                        f"= {out}",
-                        f"y = out laid out as (N, F, OH, OW)   {y}"],
-            "backward": [f"dout = dy laid out like out   {out}",
-                         f"dW2 = dout @ cols.T   {out} @ {shape_text((pixels, k))} = "
-                         f"{shape_text((f, k))}",
-                         *([f"db = dout.sum(axis=1)   ({f},)"] if bias else []),
-                         f"dcols = W2.T @ dout   {shape_text((k, f))} @ {out} = {cols}",
-                         f"dx = col2im(dcols)   {x}"],
-            "explain": f"Each of the {f} filters ({self.in_channels}x{kh}x{kw}) slides over the "
-                       "input; bright where its pattern is. The gradient of a map says how the "
-                       "chosen score would change if that map's value moved.",
-        }
+        pixels = n * oh * ow
+        bias = (f,) if self.bias is not None else None
+        return {**super().symbols(input_shape, output_shape), "W": self.weight.shape, "b": bias,
+                "dL/db": bias, "W2": (f, k), "dL/dW2": (f, k), "cols": (k, pixels),
+                "dL/dcols": (k, pixels), "out": (f, pixels), "dout": (f, pixels), "K": k, "F": f,
+                "N": n, "OH": oh, "OW": ow, "xpad": (n, self.in_channels, input_shape[2] + 2 * ph,
+                                                     input_shape[3] + 2 * pw)}
 
     torch_name, onnx_op = "Conv2d", "Conv"
     torch_arguments = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")

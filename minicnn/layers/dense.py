@@ -9,7 +9,7 @@ import numpy as np
 from .. import backend
 from ..init import INITIALIZERS, initialize
 from ..validation import check_positive_int
-from .base import Layer, Parameter, shape_text
+from .base import Layer, Parameter
 from .registry import register
 
 
@@ -19,7 +19,7 @@ class Dense(Layer):
 
     (W is the transpose of PyTorch's Linear.weight, so that the formula reads left to right.)
 
-    Backward, with ``dy = dL/dy`` of shape (N, out_features): y_nj = sum_i x_ni W_ij + b_j, so
+    Backward, with dy = dL/dy of shape (N, out_features): y_nj = sum_i x_ni W_ij + b_j, so
 
     - ``dL/dW = x.T @ dy``  — (in, N) @ (N, out) = (in, out): sums over the batch;
     - ``dL/db = dy.sum(axis=0)`` — (out,): b is added to every sample;
@@ -27,6 +27,8 @@ class Dense(Layer):
     """
 
     linear_map = True
+    explain = ("A fully connected layer: every output is a weighted sum of every input. Its "
+               "backward pass sends dy back through the transposed weights.")
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  init: str = "he", dtype=np.float32, rng=None):
@@ -95,19 +97,10 @@ class Dense(Layer):
         return 2 * self.in_features * self.out_features + (
             self.out_features if self.bias is not None else 0)
 
-    def formula(self, input_shape, output_shape):
-        x, y = shape_text(input_shape), shape_text(output_shape)
-        fan_in, fan_out = self.weight.data.shape
-        bias = self.bias is not None
-        return {"forward": [f"y = x @ W{' + b' if bias else ''}   {x} @ "
-                            f"{shape_text((fan_in, fan_out))} = {y}"],
-                "backward": [f"dW = x.T @ dy   {shape_text((fan_in, input_shape[0]))} @ {y} = "
-                             f"{shape_text((fan_in, fan_out))}",
-                             *(["db = dy.sum(axis=0)"] if bias else []),
-                             f"dx = dy @ W.T   {y} @ {shape_text((fan_out, fan_in))} = {x}"],
-                "explain": "A fully connected layer: every output is a weighted sum of every "
-                           "input. Its backward pass sends dy back through the transposed "
-                           "weights."}
+    def symbols(self, input_shape, output_shape):
+        bias = (self.out_features,) if self.bias is not None else None
+        return {**super().symbols(input_shape, output_shape), "W": self.weight.shape,
+                "dL/dW": self.weight.shape, "b": bias, "dL/db": bias}
 
     # y = x @ W + b is x @ weight.T + bias in PyTorch's Linear: W travels transposed
     torch_name, onnx_op = "Linear", "Gemm"
@@ -118,8 +111,11 @@ class Dense(Layer):
 
 @register
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1*d2*...). Backward reshapes dy back to the input's shape:
-    flattening only relabels the elements, so each gradient goes back to where it came from."""
+    """(N, d1, d2, ...) -> (N, d1*d2*...): ``y = x.reshape(N, -1)``. Backward reshapes dy back to
+    the input's shape, ``dx = dy.reshape(x.shape)``: flattening only relabels the elements, so each
+    gradient goes back to where it came from."""
+
+    explain = "Lays the maps out as one vector; nothing is computed."
 
     def _forward(self, x, training):
         return self._remember(x.reshape(x.shape[0], -1), cache=x.shape)
@@ -130,12 +126,6 @@ class Flatten(Layer):
     # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     def output_shape(self, input_shape):
         return (math.prod(input_shape),)
-
-    def formula(self, input_shape, output_shape):
-        return {"forward": [f"y = x.reshape(N, -1)   {shape_text(input_shape)} -> "
-                            f"{shape_text(output_shape)}"],
-                "backward": [f"dx = dy.reshape{shape_text(input_shape)}"],
-                "explain": "Lays the maps out as one vector; nothing is computed."}
 
     torch_name, onnx_op = "Flatten", "Flatten"
     torch_requires = {"start_dim": 1, "end_dim": -1}

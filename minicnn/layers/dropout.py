@@ -23,6 +23,8 @@ class Dropout(Layer):
 
     identity_at_inference = True
     per_channel = True
+    explain = ("Zeroes each unit with probability {p:g} in training only, scaling the others up; "
+               "at inference (as here) it passes x through.")
 
     def __init__(self, p: float = 0.5, rng=None):
         super().__init__()
@@ -54,9 +56,8 @@ class Dropout(Layer):
     def set_rng(self, rng):
         self.rng = rng
 
-    def formula(self, input_shape, output_shape):
-        return {"forward": ["y = x   (inference)"], "backward": ["dx = dy"],
-                "explain": "Zeroes random units in training only; here it passes x through."}
+    def symbols(self, input_shape, output_shape):
+        return {**super().symbols(input_shape, output_shape), "mask": input_shape, "u": input_shape}
 
     torch_name, torch_arguments = "Dropout", ("p",)
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import backend
 from ..validation import check_number, check_positive_int, check_rank
-from .base import Buffer, Layer, Parameter, shape_text
+from .base import Buffer, Layer, Parameter
 from .registry import register
 
 
@@ -43,6 +43,8 @@ class BatchNorm2D(Layer):
     """
 
     per_channel = True
+    explain = ("Normalizes each channel by the batch's mean and variance in training (at inference "
+               "by the running ones), then scales and shifts it with learned gamma and beta.")
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
                  dtype=np.float32):
@@ -126,19 +128,12 @@ class BatchNorm2D(Layer):
     def flops(self, input_shape):
         return 4 * math.prod(input_shape)
 
-    def formula(self, input_shape, output_shape):
-        n, _, h, w = output_shape
-        return {"forward": ["xhat = (x - running_mean) / sqrt(running_var + eps)   (inference)",
-                            f"y = gamma * xhat + beta   {shape_text(output_shape)}",
-                            f"training: mu, var of the batch's M = N*H*W = {n * h * w} values "
-                            "per channel instead"],
-                "backward": ["dx = dy * gamma / sqrt(running_var + eps)   (inference: the "
-                             "statistics are constants)",
-                             "dgamma = sum(dy * xhat), dbeta = sum(dy)   (over N, H, W)",
-                             "training: dx = gamma / (M sigma) * (M dy - sum(dy) - xhat * "
-                             "sum(dy * xhat)), sigma = sqrt(var + eps): x also moves mu and var"],
-                "explain": "Normalizes each channel with the statistics gathered in training, "
-                           "then scales and shifts it with learned gamma and beta."}
+    def symbols(self, input_shape, output_shape):
+        n, c, h, w = input_shape
+        per_channel = {name: (c,) for name in ("mu", "var", "sigma", "dmu", "dvar", "dL/dgamma",
+                                                "dL/dbeta")}
+        return {**super().symbols(input_shape, output_shape), **per_channel, "M": n * h * w,
+                "xhat": input_shape, "dxhat": input_shape, "dL/dxhat": input_shape}
 
     torch_name, onnx_op = "BatchNorm2d", "BatchNormalization"
     torch_arguments = ("num_features", "eps", "momentum")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import backend
 from ..kernels import conv_output_size
 from ..validation import check_rank
-from .base import Layer, pair, shape_text
+from .base import Layer, pair
 from .registry import register
 
 
@@ -37,6 +37,10 @@ class _Pool2D(Layer):
         c, oh, ow = self.output_shape(input_shape)
         return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
 
+    def symbols(self, input_shape, output_shape):
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return {**super().symbols(input_shape, output_shape), "KH": kh, "KW": kw, "SH": sh, "SW": sw}
+
     torch_arguments = ("kernel_size", "stride")
     torch_requires = {"padding": (0, 0), "dilation": (1, 1), "ceil_mode": False, "divisor_override": None}
     onnx_attributes = {"kernel_shape": "kernel_size", "strides": "stride"}
@@ -50,10 +54,13 @@ class MaxPool2D(_Pool2D):
     the kernel also records *which* element of each window won (``argmax``).
 
     Backward: the max is locally the identity on the winning element and constant in the
-    others, so ``dL/dx`` is zero except at each window's winner, which receives that window's
-    ``dy[n, c, oh, ow]``. When windows overlap (stride < kernel) one input can win several
-    windows and its gradients add up. Ties go to the first maximum in the window, as in PyTorch.
+    others, so dL/dx is zero except at each window's winner, which receives that window's
+    gradient: ``dx[n, c, winner] += dy[n, c, oh, ow]``. When windows overlap (stride < kernel)
+    one input can win several windows and its gradients add up. Ties go to the first maximum
+    in the window, as in PyTorch.
     """
+
+    explain = "Keeps the strongest response of each window; the gradient flows only to the winners."
 
     torch_name, onnx_op = "MaxPool2d", "MaxPool"
 
@@ -66,15 +73,6 @@ class MaxPool2D(_Pool2D):
         return self.kernels.maxpool_backward(dy, argmax, x_shape, self.kernel_size,
                                                   self.stride)
 
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    def formula(self, input_shape, output_shape):
-        (kh, kw) = self.kernel_size
-        return {"forward": [f"y = max over each {kh}x{kw} window   {shape_text(input_shape)} -> "
-                            f"{shape_text(output_shape)}"],
-                "backward": ["dx = dy at each window's winner, 0 elsewhere"],
-                "explain": "Keeps the strongest response of each window; the gradient flows "
-                           "only to the winners."}
-
 
 @register
 class AvgPool2D(_Pool2D):
@@ -82,10 +80,13 @@ class AvgPool2D(_Pool2D):
 
     Forward: ``y[n, c, oh, ow] = 1/(KH*KW) * sum_{i, j} x[n, c, oh*SH + i, ow*SW + j]``.
 
-    Backward: every input in a window contributed 1/(KH*KW) of its output, so it receives
-    ``dy[n, c, oh, ow] / (KH*KW)`` from every window that covers it (summed where windows
-    overlap). Shape of dx: (N, C, H, W); pixels no window covers get zero.
+    Backward: every input in a window contributed 1/(KH*KW) of its output, so it receives a
+    share from every window that covers it (summed where windows overlap):
+    ``dx[n, c, oh*SH + i, ow*SW + j] += dy[n, c, oh, ow] / (KH*KW)``. Shape of dx: (N, C, H, W);
+    pixels no window covers get zero.
     """
+
+    explain = "Averages each window; the gradient is shared evenly."
 
     torch_name, onnx_op = "AvgPool2d", "AveragePool"
 
@@ -95,14 +96,6 @@ class AvgPool2D(_Pool2D):
 
     def _backward(self, dy, input_grad):
         return self.kernels.avgpool_backward(dy, self._cache, self.kernel_size, self.stride)
-
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    def formula(self, input_shape, output_shape):
-        (kh, kw) = self.kernel_size
-        return {"forward": [f"y = mean over each {kh}x{kw} window   {shape_text(input_shape)} -> "
-                            f"{shape_text(output_shape)}"],
-                "backward": [f"dx = dy / {kh * kw} spread over each window"],
-                "explain": "Averages each window; the gradient is shared evenly."}
 
 
 @register
@@ -117,6 +110,7 @@ class GlobalAvgPool2D(Layer):
     """
 
     pools_globally = True
+    explain = "One number per channel: its average over the image."
 
     def _forward(self, x, training):
         return self._remember(x.mean(axis=(2, 3), dtype=x.dtype), cache=x.shape)
@@ -136,11 +130,8 @@ class GlobalAvgPool2D(Layer):
         c, h, w = input_shape
         return c * h * w
 
-    def formula(self, input_shape, output_shape):
-        return {"forward": [f"y = x.mean(axis=(2, 3))   {shape_text(input_shape)} -> "
-                            f"{shape_text(output_shape)}"],
-                "backward": ["dx = dy / (H * W) at every position"],
-                "explain": "One number per channel: its average over the image."}
+    def symbols(self, input_shape, output_shape):
+        return {**super().symbols(input_shape, output_shape), "H": input_shape[2], "W": input_shape[3]}
 
     def to_torch(self, bridge):  # PyTorch keeps (N, C, 1, 1): flatten it as here
         return bridge.nn.Sequential(bridge.nn.AdaptiveAvgPool2d(1), bridge.nn.Flatten())

@@ -6,7 +6,7 @@ import math
 
 from . import fused
 from .activations import ReLU
-from .base import Layer, shape_text
+from .base import Layer
 from .conv import Conv2D
 from .normalization import BatchNorm2D
 from .registry import inner_arrays, register
@@ -46,6 +46,7 @@ class Residual(Layer):
     """
 
     sublayer_fields = ("body", "shortcut")
+    explain = "Adds the input back: the gradient reaches x along both paths."
 
     def __init__(self, body, shortcut=None):
         super().__init__()
@@ -136,10 +137,10 @@ class Residual(Layer):
         shortcut = self.shortcut.workspace_bytes(input_shape, itemsize) if self.shortcut else 0
         return self.body.workspace_bytes(input_shape, itemsize) + shortcut
 
-    def formula(self, input_shape, output_shape):
-        return {"forward": [f"y = body(x) + shortcut(x)   {shape_text(output_shape)}"],
-                "backward": ["dx = body.backward(dy) + shortcut.backward(dy)"],
-                "explain": "Adds the input back: the gradient reaches x along both paths."}
+    def symbols(self, input_shape, output_shape):
+        return {**super().symbols(input_shape, output_shape), "a": output_shape, "b": output_shape,
+                "dL/da": output_shape, "dL/db": output_shape, "dx_body": input_shape,
+                "dx_short": input_shape}
 
     torch_name = "TorchResidual"  # minicnn.interop.torch_residual_class(): body + shortcut
 

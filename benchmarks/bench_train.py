@@ -15,7 +15,8 @@ the tables give the median and the spread (min-max) of those runs. Settings for 
 
 With ``cupy`` among the frameworks, minicnn on the GPU runs twice: each step as written
 (``cupy alone``) and recorded once as a CUDA graph and replayed (``cupy recorded``,
-:mod:`minicnn.capture`); the GPU rows are against ``torch-cuda``.
+:mod:`minicnn.capture`; its inference is ``predict``'s pass recorded too,
+:mod:`minicnn.cuda_graphs`); the GPU rows are against ``torch-cuda``.
 
 PyTorch runs alone; every ratio is to PyTorch alone. Training is forward, softmax cross-entropy,
 backward and an optimizer step (the reference network: Adam, batch 128, 1x28x28; cifar_vgg and
@@ -134,7 +135,7 @@ def _measure(train, infer, args, sync=None) -> dict:  # sync: waits for a GPU
 def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args,
                   recorded: bool = False) -> dict:
     """``recorded``: the steps recorded once as a CUDA graph and replayed (minicnn.capture,
-    through Trainer.train_step); otherwise each step run as written."""
+    through Trainer.train_step), and predict's pass too; otherwise each run as written."""
     import minicnn as mc
     from minicnn import models
     from minicnn.benchmark import training_steps
@@ -161,8 +162,8 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args,
         def train(steps):  # noqa: F811 (the recorded step instead)
             for step in range(steps):
                 trainer.train_step(*batches[step % len(batches)])
-    return _measure(train, lambda: model.predict(infer_x, batch_size=args.infer_batch), args,
-                    sync)
+    return _measure(train, lambda: model.predict(infer_x, batch_size=args.infer_batch,
+                                                 record=recorded), args, sync)
 
 
 def torch_resnet(nn, width=16, blocks_per_stage=2):

@@ -9,11 +9,10 @@ replays the record with one launch (``Graph.launch``).
 
 What makes a step replayable, and where minicnn provides it:
 
-- The batch is copied into arrays made before the recording (:attr:`RecordedStep.x`, ``.y``),
-  which the recorded kernels read.
-- Every array the step makes comes from a memory pool of the record's own, used only while
-  recording and kept as long as the record: a replay writes the addresses the recording was
-  given, and no other array is ever given them.
+- The batch is copied into arrays made before the recording, which the recorded kernels read,
+  and every array the step makes comes from a memory pool of the record's own
+  (:class:`minicnn.cuda_graphs.RecordedCall`, which ``predict`` and ``evaluate`` record their
+  passes with too).
 - What changes from step to step lives on the GPU: the learning rate and Adam's step count
   (``Optimizer.rate`` and ``.count``: a rate a schedule sets after the recording is read by
   the next replay), the weights, the optimizer's moments and BatchNorm's running statistics
@@ -39,6 +38,7 @@ from __future__ import annotations
 import warnings
 
 from . import backend
+from .cuda_graphs import RecordedCall
 
 
 def why_not_recorded(trainer) -> str | None:
@@ -66,31 +66,25 @@ def why_not_recorded(trainer) -> str | None:
 
 class RecordedStep:
     """One training step of ``trainer`` for batches shaped like ``(xb, yb)``, recorded as a CUDA
-    graph. Recording it does not run it: :meth:`run` copies a batch in and launches it."""
+    graph (:class:`minicnn.cuda_graphs.RecordedCall`). Recording it does not run it: :meth:`run`
+    copies a batch in and launches it."""
 
     def __init__(self, trainer, xb, yb):
-        cp = backend.xp("cupy")
         self.trainer = trainer
-        self.stream = cp.cuda.Stream(non_blocking=False)  # ordered with the default stream
-        self.pool = cp.cuda.MemoryPool()  # the record's own: its addresses stay the record's
+        self.arrays = self._held_arrays()
         steps_before = trainer.optimizer.step_count
         try:
-            with self.stream:
-                self.x, self.y = cp.empty_like(xb), cp.empty_like(yb)
-                self.arrays = self._held_arrays()
-                with cp.cuda.using_allocator(self.pool.malloc):
-                    self.stream.begin_capture()
-                    try:
-                        loss, correct, finite = trainer.device_step(self.x, self.y)
-                        trainer.optimizer.step()
-                        self.results = cp.stack([loss.astype(cp.float64),
-                                                 correct.astype(cp.float64),
-                                                 finite.astype(cp.float64)])
-                    finally:
-                        self.graph = self.stream.end_capture()
+            self.call = RecordedCall(self._step, (xb, yb))
         finally:
             # recording ran nothing: the host's count of steps moves with each run() instead
             trainer.optimizer.step_count = steps_before
+
+    def _step(self, xb, yb) -> tuple:
+        xp = backend.array_module(xb)
+        loss, correct, finite = self.trainer.device_step(xb, yb)
+        self.trainer.optimizer.step()
+        return (xp.stack([loss.astype(xp.float64), correct.astype(xp.float64),
+                          finite.astype(xp.float64)]),)
 
     def _held_arrays(self) -> list:
         """The arrays the record reads and updates in place, as they are now."""
@@ -108,11 +102,7 @@ class RecordedStep:
     def run(self, xb, yb) -> tuple:
         """The step on this batch: ``(loss, correct, finite)`` as 0-d arrays on the GPU, as
         ``Trainer.device_step`` returns them (the optimizer's step is taken too)."""
-        with self.stream:
-            self.x[...] = xb
-            self.y[...] = yb
-            self.graph.launch()
-            results = self.results.copy()
+        (results,) = self.call.run(xb, yb)
         self.trainer.optimizer.step_count += 1  # the host's record of the steps (checkpoints)
         return results[0], results[1], results[2]
 

@@ -38,6 +38,7 @@ from .callbacks import (  # noqa: F401 (the callbacks' public home is also minic
 )
 from .capture import Recorder
 from .checkpoints import restore_checkpoint, save_checkpoint
+from .cuda_graphs import RecordedLoop
 from .data.transforms import shift_images
 from .diagnostics import GradientFlow
 from .optim import Optimizer
@@ -54,11 +55,15 @@ READ_EVERY_ON_A_GPU = 20
 
 # -- evaluation ---------------------------------------------------------------------------------
 
-def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0) -> dict:
+def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0,
+             record: bool | None = None) -> dict:
     """Mean loss and accuracy over (x, y), computed in batches (inference mode).
 
     Batches hold at most ``batch_size`` images, fewer when a batch would need more activation
-    memory than ``minicnn.backend.memory_budget()`` (see ``Sequential.predict``).
+    memory than ``minicnn.backend.memory_budget()`` (see ``Sequential.predict``). Each batch's
+    loss and count of right answers stay where the arrays are until the end (a GPU is not made
+    to wait for the host after each batch), and on the cupy backend the pass is recorded as a
+    CUDA graph and replayed (``record``, as ``Sequential.predict`` does).
 
     ``shifts=s`` (test-time augmentation) scores the mean of the logits of each image and of
     its four copies moved by s pixels up, down, left and right (``minicnn.data.shift_images``):
@@ -74,14 +79,26 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0) -> di
     moves = [(0, 0)] + ([(shifts, 0), (-shifts, 0), (0, shifts), (0, -shifts)] if shifts else [])
     batch_size = model.inference_batch_size(x.shape[1:], x.dtype, batch_size, "evaluate")
     xp = backend.xp(model.backend)
+
+    def scores(xb, yb):  # the batch's (loss, right answers), where the arrays are
+        logits = sum(model.forward(shift_images(xb, dy, dx) if dy or dx else xb, training=False,
+                                   check_finite=False) for dy, dx in moves) / len(moves)
+        loss = loss_fn.forward_array(logits, yb) if hasattr(loss_fn, "forward_array") else \
+            xp.asarray(loss_fn.forward(logits, yb))
+        return loss, (logits.argmax(axis=1) == yb).sum()
+
+    batch_scores = RecordedLoop(model, scores, record if hasattr(loss_fn, "forward_array")
+                                else False, "evaluate")
+    batches = [batch_scores(xp.asarray(x[start:start + batch_size]),
+                            xp.asarray(y[start:start + batch_size]))
+               for start in range(0, len(x), batch_size)]
+    read = backend.to_numpy(xp.stack([xp.stack([loss.astype(xp.float64),
+                                                correct.astype(xp.float64)])
+                                      for loss, correct in batches]))
     total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        xb = xp.asarray(x[start:start + batch_size])
-        yb = xp.asarray(y[start:start + batch_size])
-        logits = sum(model.forward(shift_images(xb, dy, dx) if dy or dx else xb, training=False)
-                     for dy, dx in moves) / len(moves)
-        total_loss += loss_fn.forward(logits, yb) * len(xb)
-        correct += int((logits.argmax(axis=1) == yb).sum())
+    for start, (loss, right) in zip(range(0, len(x), batch_size), read):
+        total_loss += float(loss) * len(x[start:start + batch_size])
+        correct += int(right)
     return {"loss": total_loss / len(x), "acc": correct / len(x)}
 
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "minicnn"
 # The floors of docs/architecture.md. A module may import from its own floor or below.
 FLOORS = {
     0: ["kernels"],
-    1: ["io", "validation", "atomic", "backend"],
+    1: ["io", "validation", "atomic", "backend", "cuda_graphs"],
     2: ["layers", "init", "naive"],
     3: ["losses", "optim", "gradcheck"],
     4: ["training", "capture", "checkpoints", "callbacks", "diagnostics", "interpret", "interop",

@@ -1,10 +1,11 @@
 """A training step recorded once as a CUDA graph and replayed (minicnn.capture).
 
 On the CPU: when a step can be recorded and when not, and that asking for it where it cannot be
-is an error naming why. On a GPU (``-m gpu``): a recorded run trains as the run written out step
-by step: the same weights after 50 steps, a schedule's learning rate honoured by the replays, a
-checkpoint of a recorded run resumed into the same weights, a record made again when the weights
-are replaced."""
+is an error naming why; the inference loops' schedule and results with a stand-in for the
+record. On a GPU (``-m gpu``): a recorded run trains as the run written out step by step: the
+same weights after 50 steps, a schedule's learning rate honoured by the replays, a checkpoint of
+a recorded run resumed into the same weights, a record made again when the weights are
+replaced; recorded predict and evaluate give what they give as written."""
 
 from __future__ import annotations
 
@@ -129,6 +130,84 @@ def test_when_a_step_is_recorded_replayed_or_run_as_written(monkeypatch):
         asked.step(*full)
 
 
+class _ReplayingCall:
+    """Stands for RecordedCall: each run calls ``fn`` on copies of the inputs, as a replay runs
+    the recorded kernels on the batch copied in, and hands out copies of the outputs."""
+
+    made, runs = 0, 0
+
+    def __init__(self, fn, inputs):
+        _ReplayingCall.made += 1
+        self.fn = fn
+
+    def run(self, *inputs):
+        _ReplayingCall.runs += 1
+        return tuple(np.copy(out) for out in self.fn(*[np.copy(a) for a in inputs]))
+
+
+def _loops_as_on_a_gpu(monkeypatch):
+    """predict and evaluate loop as on the cupy backend, with _ReplayingCall for the record."""
+    from minicnn import cuda_graphs, training
+    from minicnn.layers import sequential
+
+    class ActiveLoop(cuda_graphs.RecordedLoop):
+        def __init__(self, model, fn, record=None, where=""):
+            super().__init__(model, fn, record, where)
+            self.active = record is not False
+
+    monkeypatch.setattr(cuda_graphs, "RecordedCall", _ReplayingCall)
+    monkeypatch.setattr(_ReplayingCall, "made", 0)
+    monkeypatch.setattr(_ReplayingCall, "runs", 0)
+    monkeypatch.setattr(sequential, "RecordedLoop", ActiveLoop)
+    monkeypatch.setattr(training, "RecordedLoop", ActiveLoop)
+
+
+def test_predict_and_evaluate_record_a_shape_once_and_give_what_they_give_as_written(monkeypatch):
+    """Batches of 32, 32, 32, 4: the first as written, the second recorded and launched, the
+    third a replay, the last (another shape) as written; the probabilities, loss and accuracy
+    are those of the loop as written."""
+    mc.set_backend("numpy")
+    model = network()
+    x, y = data(100)
+    written = model.predict(x, batch_size=32, record=False)
+    scores = mc.evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=32, shifts=1, record=False)
+    _loops_as_on_a_gpu(monkeypatch)
+    np.testing.assert_array_equal(model.predict(x, batch_size=32), written)
+    assert (_ReplayingCall.made, _ReplayingCall.runs) == (1, 2)
+    assert mc.evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=32, shifts=1) == scores
+    assert (_ReplayingCall.made, _ReplayingCall.runs) == (2, 4)
+
+
+def test_an_inference_record_cuda_refuses_runs_as_written(monkeypatch):
+    from minicnn import cuda_graphs
+
+    def refuse(fn, inputs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    loop = cuda_graphs.RecordedLoop(network(), lambda a: (a * 2,), record=False, where="predict")
+    loop.active = True
+    monkeypatch.setattr(cuda_graphs, "RecordedCall", refuse)
+    batch = np.ones((4, 3))
+    assert loop(batch)[0].sum() == 24
+    with pytest.warns(RuntimeWarning, match="predict: the pass could not be recorded.*not permitted"):
+        assert loop(batch)[0].sum() == 24
+    assert loop.active is False
+    loop.active, loop.asked, loop.records = True, True, {}
+    loop(batch)
+    with pytest.raises(RuntimeError, match="not permitted"):
+        loop(batch)
+
+
+def test_asking_a_cpu_model_to_record_its_pass_is_an_error():
+    mc.set_backend("numpy")
+    x, y = data(8)
+    with pytest.raises(ValueError, match="predict: record=True, but recording a pass is a CUDA "
+                                         "feature .* on numpy"):
+        network().predict(x, record=True)
+    with pytest.raises(ValueError, match="evaluate: record=True"):
+        mc.evaluate(network(), SoftmaxCrossEntropy(), x, y, record=True)
+
+
 # -- on a GPU -----------------------------------------------------------------------------------
 
 def _gpu():
@@ -208,3 +287,18 @@ def test_new_weights_loaded_between_epochs_are_what_the_replays_train():
     eager, _, _ = _train(False, epochs=2, callbacks=[Reload()])
     for a, b in zip(_weights(recorded), _weights(eager)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_recorded_predict_and_evaluate_give_what_they_give_as_written():
+    """On the GPU: 100 images in batches of 32 (recorded, replayed, and a last batch as
+    written) against every batch as written."""
+    _gpu()
+    model = network().to("cupy")
+    x, y = data(100)
+    np.testing.assert_allclose(model.predict(x, batch_size=32, record=True),
+                               model.predict(x, batch_size=32, record=False), rtol=1e-6, atol=1e-7)
+    recorded = mc.evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=32, shifts=1, record=True)
+    written = mc.evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=32, shifts=1, record=False)
+    assert recorded["acc"] == written["acc"]
+    assert recorded["loss"] == pytest.approx(written["loss"], rel=1e-6)

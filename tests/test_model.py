@@ -115,9 +115,9 @@ def test_predict_runs_in_batches_and_returns_probabilities(monkeypatch):
     seen = []
     original = model.forward
 
-    def spy(batch, training=False):
+    def spy(batch, training=False, **options):
         seen.append(batch.shape[0])
-        return original(batch, training)
+        return original(batch, training, **options)
 
     monkeypatch.setattr(model, "forward", spy)
     probs = model.predict(x, batch_size=300)

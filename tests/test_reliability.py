@@ -819,9 +819,9 @@ def test_predict_and_evaluate_stay_within_the_memory_budget():
     sizes = []
     forward = model.forward
 
-    def spy(batch, training=False):
+    def spy(batch, training=False, **options):
         sizes.append(len(batch))
-        return forward(batch, training)
+        return forward(batch, training, **options)
 
     model.forward = spy
     previous = backend.set_memory_budget(budget)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .. import backend
+from ..cuda_graphs import RecordedLoop
 from ..validation import check_float_array, check_positive_int, is_int
 from . import fused
 from .base import Layer, check_output_gradient
@@ -300,28 +301,31 @@ class Sequential(Layer):
             p.zero_grad()
 
     # -- inference ----------------------------------------------------------------------------
-    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+    def predict(self, x, batch_size: int = 256, record: bool | None = None) -> np.ndarray:
         """Class probabilities (softmax of the logits) as a numpy array of shape (N, classes).
 
         Runs in batches of at most ``batch_size`` images, fewer when a batch would need more
         activation memory than ``minicnn.backend.memory_budget()`` (default 1 GiB), so a large
         dataset never builds one giant buffer; raises MemoryBudgetError when even one sample
-        does not fit.
+        does not fit. On the cupy backend the pass is recorded as a CUDA graph and replayed for
+        the later batches of a size (:class:`minicnn.cuda_graphs.RecordedLoop`; ``record=False``
+        runs every batch as written).
         """
         batch_size = check_positive_int(batch_size, "batch_size", "Sequential.predict")
         check_float_array(x, f"Sequential.predict (first layer {self.layers[0].name})")
         batch_size = self.inference_batch_size(x.shape[1:], x.dtype, batch_size,
                                                "Sequential.predict")
         xp = backend.xp(self.backend)
-        outputs = []
-        for start in range(0, x.shape[0], batch_size):
-            batch = xp.asarray(x[start:start + batch_size])
-            logits = self.forward(batch, training=False)
-            shifted = logits - logits.max(axis=1, keepdims=True)
-            probs = xp.exp(shifted)
-            probs /= probs.sum(axis=1, keepdims=True)
-            outputs.append(backend.to_numpy(probs))
-        return np.concatenate(outputs, axis=0)
+        probabilities = RecordedLoop(self, self._probabilities, record, "Sequential.predict")
+        return np.concatenate([backend.to_numpy(probabilities(xp.asarray(x[i:i + batch_size]))[0])
+                               for i in range(0, x.shape[0], batch_size)], axis=0)
+
+    def _probabilities(self, batch) -> tuple:
+        logits = self.forward(batch, training=False, check_finite=False)  # predict checked x
+        xp = backend.array_module(logits)
+        probs = xp.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        return (probs,)
 
     # -- description ----------------------------------------------------------------------------
     def summary(self, input_shape=None, print_fn=print) -> str:

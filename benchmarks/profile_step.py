@@ -7,7 +7,9 @@
 Wraps every kernel of the backend with a timer, runs some training steps and prints, per kernel
 (matrix multiplies, Winograd and direct layers per shape), the milliseconds per step, its share of the
 step and, for the multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak
-(a 2048^3 product, measured in the same process; on cupy the GPU's, an 8192^3 product).
+(a 2048^3 product, measured in the same process; on cupy the GPU's, an 8192^3 product). On
+cupy it first times the step as written against the step recorded as a CUDA graph and replayed,
+and says how many operations (kernel launches, copies) one replay launches at once.
 """
 
 from __future__ import annotations
@@ -78,6 +80,16 @@ def main():
 
         return timed
 
+    model, loss_fn, optimizer, x, y = _training_job(args, mc, models, xp)
+
+    def step():
+        loss_fn.forward(model.forward(x, training=True), y)
+        optimizer.zero_grad()
+        model.backward(loss_fn.backward(), input_grad=False)
+        optimizer.step()
+
+    if args.backend == "cupy":  # before the kernels are timed one by one (which synchronizes)
+        _recorded_against_written(args, model, loss_fn, optimizer, x, y, step, sync)
     for name in getattr(kernels, "__all__", dir(kernels)):
         if not name.startswith("_") and callable(getattr(kernels, name)) \
                 and name != "conv_algorithm":
@@ -98,21 +110,7 @@ def main():
                 "transforms: " + name.strip("_").replace("_kernel", "")
             setattr(winograd, name, inside_timer(label, getattr(winograd, name)))
 
-    shape = (1, 28, 28) if args.model == "reference" else (3, 32, 32)
-    model = {"reference": models.reference_cnn, "cifar_vgg": models.cifar_vgg,
-             "cifar_resnet": models.cifar_resnet}[args.model](seed=0)
-    loss_fn = mc.losses.SoftmaxCrossEntropy()
-    optimizer = mc.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
-    x = xp.asarray(rng.random((args.batch_size, *shape), dtype=np.float32))
-    y = xp.asarray(rng.integers(0, 10, args.batch_size))
-
-    def step():
-        loss_fn.forward(model.forward(x, training=True), y)
-        optimizer.zero_grad()
-        model.backward(loss_fn.backward(), input_grad=False)
-        optimizer.step()
-
     for _ in range(3):
         step()
     sync()
@@ -154,6 +152,55 @@ def main():
         transforms = sum(v for k, v in inside.items() if k.startswith("transforms")) / args.steps
         print(f"{'transforms, all':<48} {transforms * 1e3:8.2f} "
               f"{transforms / (cores * per_step):6.0%}")
+
+
+def _training_job(args, mc, models, xp):
+    shape = (1, 28, 28) if args.model == "reference" else (3, 32, 32)
+    model = {"reference": models.reference_cnn, "cifar_vgg": models.cifar_vgg,
+             "cifar_resnet": models.cifar_resnet}[args.model](seed=0)
+    loss_fn = mc.losses.SoftmaxCrossEntropy()
+    optimizer = mc.optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.random((args.batch_size, *shape), dtype=np.float32))
+    y = xp.asarray(rng.integers(0, 10, args.batch_size))
+    return model, loss_fn, optimizer, x, y
+
+
+def _recorded_against_written(args, model, loss_fn, optimizer, x, y, step, sync):
+    """On the GPU: the step as written (each kernel launched from Python) against the same
+    step recorded once as a CUDA graph and replayed (minicnn.capture's record), and how many
+    operations the record holds, i.e. how many launches one replay saves."""
+    from minicnn.cuda_graphs import RecordedCall
+
+    def recordable(xb, yb):  # the step with its loss left on the GPU, as fit's record has it
+        loss = loss_fn.forward_array(model.forward(xb, training=True, check_finite=False), yb)
+        optimizer.zero_grad()
+        model.backward(loss_fn.backward(), input_grad=False)
+        optimizer.step()
+        return (loss,)
+
+    for _ in range(3):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync()
+    written = (time.perf_counter() - start) / args.steps
+    record = RecordedCall(recordable, (x, y))
+    steps_before = optimizer.step_count
+    record.run(x, y)
+    sync()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        record.run(x, y)
+    sync()
+    recorded = (time.perf_counter() - start) / args.steps
+    optimizer.step_count = steps_before
+    print(f"{args.model}, batch {args.batch_size}, cupy: as written {written * 1e3:.2f} ms per "
+          f"step, {record.operations()} operations launched one by one; recorded and replayed "
+          f"{recorded * 1e3:.2f} ms per step, 1 graph launch (+ 2 copies in, 1 out): "
+          f"{written / recorded:.2f}x\n")
 
 
 def _timed(fn) -> float:

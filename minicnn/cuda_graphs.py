@@ -17,6 +17,7 @@ addresses a replay writes; nothing inside the call reads a value back to the hos
 
 from __future__ import annotations
 
+import re
 import warnings
 
 from . import backend
@@ -41,12 +42,24 @@ class RecordedCall:
                 finally:
                     self.graph = self.stream.end_capture()
 
+    def operations(self) -> int:
+        """How many operations (kernels, copies, fills) the record holds: what the call as
+        written launches one by one, and a replay launches at once."""
+        return graph_operations(self.graph.debug_dot_str())
+
     def run(self, *inputs) -> tuple:
         with self.stream:
             for mine, given in zip(self.inputs, inputs):
                 mine[...] = given
             self.graph.launch()
             return tuple(output.copy() for output in self.outputs)
+
+
+def graph_operations(dot: str) -> int:
+    """The number of nodes of a CUDA graph in CUDA's DOT description of it: its statements that
+    declare a node (``"graph_1_node_0"[...]``), not the edges (``"a" -> "b"``) nor the
+    subgraphs' settings."""
+    return sum(1 for line in dot.splitlines() if re.match(r'\s*"[^"]+"\s*\[', line))
 
 
 class RecordedLoop:
@@ -87,4 +100,4 @@ class RecordedLoop:
         return record.run(*inputs)
 
 
-__all__ = ["RecordedCall", "RecordedLoop"]
+__all__ = ["RecordedCall", "RecordedLoop", "graph_operations"]

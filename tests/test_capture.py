@@ -208,6 +208,18 @@ def test_asking_a_cpu_model_to_record_its_pass_is_an_error():
         mc.evaluate(network(), SoftmaxCrossEntropy(), x, y, record=True)
 
 
+def test_the_operations_of_a_record_are_the_nodes_of_its_graph():
+    """CUDA's DOT description of a graph (cudaGraphDebugDotPrint's layout): two nodes, one edge."""
+    from minicnn.cuda_graphs import graph_operations
+
+    dot = "\n".join([
+        'digraph dot {', 'subgraph cluster_1 {', 'label="graph_1" graph[style="dashed"];',
+        '"graph_1_node_0"[style="solid" shape="rectangle" label="0', '_Z6im2colIfEvPKT_PS0_x',
+        '"];', '"graph_1_node_1"[style="solid" shape="trapezium" label="1', 'MEMCPY', '"];',
+        '"graph_1_node_0" -> "graph_1_node_1" [style="solid" arrowhead="normal"];', '}', '}'])
+    assert graph_operations(dot) == 2
+
+
 # -- on a GPU -----------------------------------------------------------------------------------
 
 def _gpu():

@@ -618,18 +618,13 @@ def _affine(dtype, mean, inv_std, gamma, beta):
     return scale, (beta - mean * scale).astype(dtype)
 
 
-def _mean_gradients(dgamma, dbeta, count, batch_statistics):
-    """dgamma / M and dbeta / M, which dx subtracts when the statistics came from the batch
-    (x also reaches the loss through them); zeros when they were constants."""
-    if batch_statistics:
-        return (dgamma / count).astype(dgamma.dtype), (dbeta / count).astype(dbeta.dtype)
-    return np.zeros_like(dgamma), np.zeros_like(dbeta)
-
-
 @_jit_sums
-def _batchnorm_sums_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_std, scale, shift,
-                           relu, dgamma, dbeta):
+def _batchnorm_backward_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_std, scale,
+                               shift, relu, batch_statistics, dgamma, dbeta, dx_flat):
+    # One channel at a time: its sums, then its dx while its planes are still in the cache (a
+    # pass over all channels, then another, would read dy and x from memory twice).
     zero = dy_flat.dtype.type(0)
+    count = n_count * plane
     for c in prange(c_count):
         sum_dy = 0.0
         sum_dy_xhat = 0.0
@@ -645,23 +640,18 @@ def _batchnorm_sums_kernel(dy_flat, x_flat, n_count, c_count, plane, mean, inv_s
                 sum_dy_xhat += g * ((v - mu) * s)
         dbeta[c] = sum_dy
         dgamma[c] = sum_dy_xhat
-
-
-@_jit
-def _batchnorm_dx_kernel(dy_flat, x_flat, c_count, plane, mean, inv_std, scale, shift, relu,
-                         dgamma_mean, dbeta_mean, dx_flat):
-    zero = dy_flat.dtype.type(0)
-    for task in prange(dy_flat.shape[0] // plane):  # one (sample, channel) plane
-        c = task % c_count
-        mu, s, a, b = mean[c], inv_std[c], scale[c], shift[c]
-        gm, bm = dgamma_mean[c], dbeta_mean[c]
-        start = task * plane
-        for p in range(plane):
-            v = x_flat[_u(start + p)]
-            g = dy_flat[_u(start + p)]
-            if relu:
-                g = g * ((v * a + b) > zero)
-            dx_flat[_u(start + p)] = a * (g - bm - ((v - mu) * s) * gm)  # a = gamma / sigma
+        # dgamma / M and dbeta / M, which dx subtracts when the statistics came from the batch
+        # (x also reaches the loss through them); nothing when they were constants
+        gm = dy_flat.dtype.type(dgamma[c] / count) if batch_statistics and count else zero
+        bm = dy_flat.dtype.type(dbeta[c] / count) if batch_statistics and count else zero
+        for n in range(n_count):
+            start = (n * c_count + c) * plane
+            for p in range(plane):
+                v = x_flat[_u(start + p)]
+                g = dy_flat[_u(start + p)]
+                if relu:
+                    g = g * ((v * a + b) > zero)
+                dx_flat[_u(start + p)] = a * (g - bm - ((v - mu) * s) * gm)  # a = gamma / sigma
 
 
 def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics, beta=None, relu=False):
@@ -672,13 +662,9 @@ def batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics, beta=None,
     scale, shift = _affine(dy.dtype, mean, inv_std, gamma, beta if relu else np.zeros_like(gamma))
     mean, inv_std = mean.astype(dy.dtype), inv_std.astype(dy.dtype)
     dgamma, dbeta = np.empty(c, dtype=dy.dtype), np.empty(c, dtype=dy.dtype)
-    _batchnorm_sums_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, scale,
-                           shift, relu, dgamma, dbeta)
-    dgamma_mean, dbeta_mean = _mean_gradients(dgamma, dbeta, n * h * w, batch_statistics)
     dx = recycler.empty(dy.shape, dy.dtype)
-    if dx.size:
-        _batchnorm_dx_kernel(dy.reshape(-1), x.reshape(-1), c, h * w, mean, inv_std, scale,
-                             shift, relu, dgamma_mean, dbeta_mean, dx.reshape(-1))
+    _batchnorm_backward_kernel(dy.reshape(-1), x.reshape(-1), n, c, h * w, mean, inv_std, scale,
+                               shift, relu, bool(batch_statistics), dgamma, dbeta, dx.reshape(-1))
     return dx, dgamma, dbeta
 
 

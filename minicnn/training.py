@@ -87,8 +87,12 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0,
             xp.asarray(loss_fn.forward(logits, yb))
         return loss, (logits.argmax(axis=1) == yb).sum()
 
-    batch_scores = RecordedLoop(model, scores, record if hasattr(loss_fn, "forward_array")
-                                else False, "evaluate")
+    if not hasattr(loss_fn, "forward_array"):  # its loss is read back to the host per batch
+        if record:
+            raise ValueError("evaluate: record=True, but the loss has no forward_array (it "
+                             "reads each batch's loss back to the host)")
+        record = False
+    batch_scores = RecordedLoop(model, scores, record, "evaluate")
     batches = [batch_scores(xp.asarray(x[start:start + batch_size]),
                             xp.asarray(y[start:start + batch_size]))
                for start in range(0, len(x), batch_size)]
@@ -97,7 +101,7 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0,
                                       for loss, correct in batches]))
     total_loss, correct = 0.0, 0
     for start, (loss, right) in zip(range(0, len(x), batch_size), read):
-        total_loss += float(loss) * len(x[start:start + batch_size])
+        total_loss += float(loss) * min(batch_size, len(x) - start)
         correct += int(right)
     return {"loss": total_loss / len(x), "acc": correct / len(x)}
 

@@ -35,10 +35,8 @@ written is what a learner reads, and what the recorded one is tested equal to (`
 
 from __future__ import annotations
 
-import warnings
-
 from . import backend
-from .cuda_graphs import RecordedCall
+from .cuda_graphs import RecordedCall, recorded_or_warned
 
 
 def why_not_recorded(trainer) -> str | None:
@@ -145,14 +143,9 @@ class Recorder:
         if record is not None or shape not in self.records:
             self.records[shape] = None  # this step as written, the next one recorded
             return None
-        try:
-            record = self.records[shape] = RecordedStep(self.trainer, xb, yb)
-        except Exception as err:  # CUDA refused to record (nothing ran): train as written
-            if self.asked:
-                raise
-            warnings.warn(f"fit: the training step could not be recorded as a CUDA graph "
-                          f"({type(err).__name__}: {err}); every step runs as written",
-                          RuntimeWarning, stacklevel=4)
+        record = self.records[shape] = recorded_or_warned(
+            lambda: RecordedStep(self.trainer, xb, yb), self.asked, "fit: the training step")
+        if record is None:  # CUDA refused to record (nothing ran): train as written
             self.active = False
             return None
         return record.run(xb, yb)

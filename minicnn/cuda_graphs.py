@@ -55,6 +55,20 @@ class RecordedCall:
             return tuple(output.copy() for output in self.outputs)
 
 
+def recorded_or_warned(record, asked: bool, what: str):
+    """``record()``, or None where CUDA refuses to record (nothing ran then, and the caller
+    runs as written): a warning naming ``what`` and the reason, or, where the caller ``asked``
+    for a record, the error itself."""
+    try:
+        return record()
+    except Exception as err:
+        if asked:
+            raise
+        warnings.warn(f"{what} could not be recorded as a CUDA graph ({type(err).__name__}: "
+                      f"{err}); it runs as written", RuntimeWarning, stacklevel=5)
+        return None
+
+
 def graph_operations(dot: str) -> int:
     """The number of nodes of a CUDA graph in CUDA's DOT description of it: its statements that
     declare a node (``"graph_1_node_0"[...]``), not the edges (``"a" -> "b"``) nor the
@@ -87,17 +101,12 @@ class RecordedLoop:
             return self.fn(*inputs)
         record = self.records[shape]
         if record is None:
-            try:
-                record = self.records[shape] = RecordedCall(self.fn, inputs)
-            except Exception as err:  # CUDA refused to record (nothing ran): run as written
-                if self.asked:
-                    raise
-                warnings.warn(f"{self.where}: the pass could not be recorded as a CUDA graph "
-                              f"({type(err).__name__}: {err}); it runs as written",
-                              RuntimeWarning, stacklevel=3)
+            record = self.records[shape] = recorded_or_warned(
+                lambda: RecordedCall(self.fn, inputs), self.asked, f"{self.where}: the pass")
+            if record is None:  # CUDA refused to record (nothing ran): run as written
                 self.active = False
                 return self.fn(*inputs)
         return record.run(*inputs)
 
 
-__all__ = ["RecordedCall", "RecordedLoop", "graph_operations"]
+__all__ = ["RecordedCall", "RecordedLoop", "graph_operations", "recorded_or_warned"]

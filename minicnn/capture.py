@@ -25,18 +25,23 @@ The first step of a batch shape runs as it is written (it makes the optimizer's 
 the kernels); the second is recorded, then launched; the later ones are replays. A batch of
 another size (the last, smaller one) runs as written. A record whose arrays were replaced (new
 weights loaded into the model, the optimizer's state taken from a checkpoint) is recorded again.
-What a record cannot replay trains as written, every step (:func:`why_not_recorded` says why):
-a layer that draws random numbers (Dropout draws its masks on the host), a callback that
-watches the layers or acts between backward and update, a loss without ``forward_array``, an
-optimizer that is not minicnn's, ``read_every=1`` (the guard must stop before the update, which
-is inside the record). ``fit(..., record_steps=False)`` turns recording off; the step as
-written is what a learner reads, and what the recorded one is tested equal to (``-m gpu``).
+A layer that draws random numbers draws on the host before each replay what its step as
+written would draw (``Layer.draw_for_replay``: Dropout's seed, which its mask kernel reads on
+the GPU), so a recorded run draws the same masks as the run as written, and a checkpoint (which
+keeps the host generators) resumes them. What a record cannot replay trains as written, every
+step (:func:`why_not_recorded` says why): a layer that draws without ``draw_for_replay``, a
+callback that watches the layers or acts between backward and update, a loss without
+``forward_array``, an optimizer that is not minicnn's, ``read_every=1`` (the guard must stop
+before the update, which is inside the record). ``fit(..., record_steps=False)`` turns
+recording off; the step as written is what a learner reads, and what the recorded one is tested
+equal to (``-m gpu``).
 """
 
 from __future__ import annotations
 
 from . import backend
 from .cuda_graphs import RecordedCall, recorded_or_warned
+from .layers.base import Layer
 
 
 def why_not_recorded(trainer) -> str | None:
@@ -46,8 +51,10 @@ def why_not_recorded(trainer) -> str | None:
 
     if trainer.model.backend != "cupy":
         return "recording a step is a CUDA feature (the cupy backend)"
-    if trainer.model.named_generators():
-        return "a layer draws random numbers in training (Dropout): a replay would repeat them"
+    for layer in trainer.model.random_layers():
+        if type(layer).draw_for_replay is Layer.draw_for_replay:
+            return (f"{layer.name} draws random numbers in training and has no draw_for_replay: "
+                    f"a replay would repeat them")
     if not hasattr(trainer.loss_fn, "forward_array"):
         return "the loss has no forward_array (it would read the loss back to the host)"
     if type(trainer.optimizer).__module__ != Optimizer.__module__:
@@ -69,6 +76,7 @@ class RecordedStep:
 
     def __init__(self, trainer, xb, yb):
         self.trainer = trainer
+        self.drawing = trainer.model.random_layers()  # Dropout: a seed drawn for each replay
         self.arrays = self._held_arrays()
         steps_before = trainer.optimizer.step_count
         try:
@@ -100,6 +108,9 @@ class RecordedStep:
     def run(self, xb, yb) -> tuple:
         """The step on this batch: ``(loss, correct, finite)`` as 0-d arrays on the GPU, as
         ``Trainer.device_step`` returns them (the optimizer's step is taken too)."""
+        with self.call.stream:  # ahead of the launch, in its stream
+            for layer in self.drawing:
+                layer.draw_for_replay()
         (results,) = self.call.run(xb, yb)
         self.trainer.optimizer.step_count += 1  # the host's record of the steps (checkpoints)
         return results[0], results[1], results[2]

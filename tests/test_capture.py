@@ -51,8 +51,26 @@ class _Watching(Callback):
         pass
 
 
+class _Noise(mc.layers.Layer):
+    """A layer with a generator of its own and no draw_for_replay."""
+
+    def __init__(self):
+        super().__init__()
+        self.rng = np.random.default_rng(0)
+
+    def _forward(self, x, training):
+        return x + self.rng.random() if training else x
+
+    def _backward(self, dy, input_grad):
+        return dy
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+
 @pytest.mark.parametrize("change, reason", [
-    (dict(model=lambda: network(Dropout(0.5))), "draws random numbers"),
+    (dict(model=lambda: network(_Noise())), "_Noise draws random numbers in training and has no "
+                                            "draw_for_replay"),
     (dict(options={"read_every": 1}), "read_every=1"),
     (dict(options={"diagnostics": 5}), "GradientFlow watches the step"),
     (dict(options={"callbacks": [_Watching()]}), "_Watching watches the step"),
@@ -68,8 +86,9 @@ def test_what_a_record_could_not_replay_is_named(change, reason, monkeypatch):
 
 
 def test_a_run_a_record_could_replay_has_no_reason(monkeypatch):
+    """Dropout included: it draws its seed before each replay (Layer.draw_for_replay)."""
     mc.set_backend("numpy")
-    model = network()
+    model = network(Dropout(0.5))
     for layer in [model, *model.layers]:
         monkeypatch.setattr(layer, "backend", "cupy")
     assert why_not_recorded(trainer(model, read_every=20)) is None
@@ -314,3 +333,14 @@ def test_recorded_predict_and_evaluate_give_what_they_give_as_written():
     written = mc.evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=32, shifts=1, record=False)
     assert recorded["acc"] == written["acc"]
     assert recorded["loss"] == pytest.approx(written["loss"], rel=1e-6)
+
+
+@pytest.mark.gpu
+def test_a_recorded_run_with_dropout_draws_the_masks_of_the_run_written_out():
+    """Dropout's seed is drawn on the host before each replay, as each step as written draws
+    it: the same masks, so the same weights after 51 steps."""
+    _gpu()
+    recorded, _, _ = _train(True, model=network(Dropout(0.5)).to("cupy"))
+    eager, _, _ = _train(False, model=network(Dropout(0.5)).to("cupy"))
+    for a, b in zip(_weights(recorded), _weights(eager)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

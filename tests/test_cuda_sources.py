@@ -311,3 +311,21 @@ def test_the_optimizer_keeps_lr_and_step_count_on_the_gpu(gpu_kernels, kind):
         for a, b in zip(gpu.params, cpu.params):
             np.testing.assert_allclose(a.data, b.data, rtol=2e-6, atol=1e-7)
 
+
+
+@DTYPES
+def test_the_dropout_mask_is_drawn_from_its_seed(gpu_kernels, dtype):
+    """Dropout's mask on the GPU: every element 0 or 1/(1-p), zero with probability p, the
+    elements independent of their neighbours, the same seed the same mask and another seed
+    another one (the seed is a 0-d array, what a recorded step's replays are given)."""
+    p, shape = 0.3, (64, 50, 50)
+    mask = gpu_kernels.dropout_mask(np.asarray(12345.0), p, shape, dtype)
+    assert mask.dtype == dtype and mask.shape == shape
+    assert set(np.unique(mask).tolist()) == {0.0, float(dtype(1 / (1 - p)))}
+    dropped = (mask == 0).reshape(-1)
+    assert abs(dropped.mean() - p) < 0.005  # 160,000 draws: 4 standard errors
+    assert abs((dropped[1:] & dropped[:-1]).mean() - p * p) < 0.005
+    np.testing.assert_array_equal(gpu_kernels.dropout_mask(np.asarray(12345.0), p, shape, dtype),
+                                  mask)
+    other = gpu_kernels.dropout_mask(np.asarray(12346.0), p, shape, dtype)
+    assert abs((other != mask).mean() - 2 * p * (1 - p)) < 0.01  # two independent masks

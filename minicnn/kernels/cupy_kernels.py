@@ -24,7 +24,8 @@ from . import geometry
 
 __all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
-           "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm", "im2col", "matmul",
+           "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm", "dropout_mask", "im2col",
+           "matmul",
            "maxpool_backward", "maxpool_forward", "nchw_to_cnhw", "relu_backward", "relu_forward"]
 
 SOURCE_PATH = Path(__file__).with_name("cupy_kernels.cu")
@@ -265,3 +266,29 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step, w
     _adam_elementwise()(grad, lr, float(beta1), float(beta2), float(eps),
                         step if hasattr(step, "dtype") else float(step), float(weight_decay),
                         bool(decoupled), param, exp_avg, exp_avg_sq)
+
+
+@functools.cache
+def _dropout_mask_elementwise():
+    # u of each element from a hash of (seed, index), SplitMix64's (Steele, Lea and Flood, 2014):
+    # the seed is a 0-d array on the GPU, so a recorded step reads the one given to each replay
+    return _cupy().ElementwiseKernel(
+        "double seed, double p", "T mask",
+        """
+        unsigned long long z = (unsigned long long)seed
+                               + (unsigned long long)i * 0x9E3779B97F4A7C15ULL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        const double u = (double)(z >> 11) * (1.0 / 9007199254740992.0);
+        mask = u >= p ? (T)(1.0 / (1.0 - p)) : (T)0;
+        """,
+        "minicnn_dropout_mask")
+
+
+def dropout_mask(seed, p, shape, dtype):
+    """Dropout's mask, ``(u >= p) / (1 - p)`` with u uniform in [0, 1), drawn on the GPU from
+    ``seed`` (a 0-d float64 array holding an integer below 2**53)."""
+    mask = _cupy().empty(shape, dtype=dtype)
+    _dropout_mask_elementwise()(seed, float(p), mask)
+    return mask

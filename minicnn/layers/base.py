@@ -286,6 +286,18 @@ class Layer:
                           for path, generator in child.named_generators().items()})
         return found
 
+    def random_layers(self) -> list[Layer]:
+        """This layer and those inside it that draw random numbers in training (their own
+        generator, ``rng``: Dropout)."""
+        return [layer for layer in self._walk()
+                if isinstance(getattr(layer, "rng", None), np.random.Generator)]
+
+    def draw_for_replay(self) -> None:
+        """Before each replay of a training step recorded as a CUDA graph
+        (:mod:`minicnn.capture`): draw on the host what this layer's step would draw (Dropout's
+        seed), where the replay reads it. A layer with a generator that does not override this
+        keeps a step from being recorded."""
+
     # -- shapes and costs ---------------------------------------------------------------
     def output_shape(self, input_shape: tuple) -> tuple:
         """Per-sample output shape for a per-sample input shape; raises on a mismatch."""

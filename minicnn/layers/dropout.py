@@ -39,10 +39,9 @@ class Dropout(Layer):
         xp = backend.array_module(x)
         if xp is np:
             uniform = self.rng.random(x.shape, dtype=np.float32)
-        else:  # draw on the GPU (seeded from our generator) instead of copying a host mask
-            uniform = xp.random.default_rng(int(self.rng.integers(2**63))).random(
-                x.shape, dtype=np.float32)
-        mask = (uniform >= self.p).astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
+            mask = (uniform >= self.p).astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
+        else:  # the same formula on the GPU, from a seed our generator draws for each step
+            mask = self.kernels.dropout_mask(self._gpu_seed(xp), self.p, x.shape, x.dtype)
         return self._remember(x * mask, cache=mask)
 
     def _backward(self, dy, input_grad):
@@ -55,6 +54,20 @@ class Dropout(Layer):
 
     def set_rng(self, rng):
         self.rng = rng
+
+    def _gpu_seed(self, xp):
+        """The 0-d array on the GPU that the mask is drawn from. A step run as written draws
+        its seed here; a step being recorded as a CUDA graph does not (the record would hold
+        that one number): :meth:`draw_for_replay` draws it before each replay instead."""
+        if getattr(self, "_seed", None) is None:
+            self._seed = xp.zeros((), dtype=np.float64)
+        if not xp.cuda.get_current_stream().is_capturing():
+            self.draw_for_replay()
+        return self._seed
+
+    def draw_for_replay(self):
+        if getattr(self, "_seed", None) is not None:  # on the GPU: one draw per step, as written
+            self._seed.fill(float(self.rng.integers(2**53)))
 
     def symbols(self, input_shape, output_shape):
         return {**super().symbols(input_shape, output_shape), "mask": input_shape, "u": input_shape}

@@ -9,6 +9,8 @@ replaced; recorded predict and evaluate give what they give as written."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -154,6 +156,7 @@ class _ReplayingCall:
     the recorded kernels on the batch copied in, and hands out copies of the outputs."""
 
     made, runs = 0, 0
+    stream = contextlib.nullcontext()
 
     def __init__(self, fn, inputs):
         _ReplayingCall.made += 1
@@ -225,6 +228,25 @@ def test_asking_a_cpu_model_to_record_its_pass_is_an_error():
         network().predict(x, record=True)
     with pytest.raises(ValueError, match="evaluate: record=True"):
         mc.evaluate(network(), SoftmaxCrossEntropy(), x, y, record=True)
+
+
+def test_a_recorded_step_draws_its_layers_seeds_before_each_replay(monkeypatch):
+    """Recording draws nothing (the step as written before it drew for itself); each replay
+    draws once per random layer, before the launch, as a step as written would."""
+    from minicnn import capture
+
+    mc.set_backend("numpy")
+    monkeypatch.setattr(capture, "RecordedCall", _ReplayingCall)
+    draws = []
+    monkeypatch.setattr(Dropout, "draw_for_replay", lambda layer: draws.append(layer))
+    model = network(Dropout(0.5))
+    job = trainer(model)
+    xb, yb = data(16)
+    record = capture.RecordedStep(job, xb, yb)
+    assert draws == [] and job.optimizer.step_count == 0
+    record.run(xb, yb)
+    record.run(xb, yb)
+    assert draws == [model.layers[4]] * 2
 
 
 def test_the_operations_of_a_record_are_the_nodes_of_its_graph():

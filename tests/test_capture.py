@@ -230,6 +230,24 @@ def test_asking_a_cpu_model_to_record_its_pass_is_an_error():
         mc.evaluate(network(), SoftmaxCrossEntropy(), x, y, record=True)
 
 
+def test_evaluate_with_a_loss_that_reads_back_is_never_recorded(monkeypatch):
+    """A loss without forward_array reads each batch's loss back to the host: evaluate runs it
+    as written (asked to record, it says why), with the same scores."""
+    mc.set_backend("numpy")
+    _loops_as_on_a_gpu(monkeypatch)
+
+    class HostLoss:  # a loss of the user's: forward returns a float
+        def forward(self, logits, labels):
+            return SoftmaxCrossEntropy().forward(logits, labels)
+
+    model, (x, y) = network(), data(40)
+    scores = mc.evaluate(model, HostLoss(), x, y, batch_size=16)
+    assert _ReplayingCall.made == 0
+    assert scores == mc.evaluate(model, SoftmaxCrossEntropy(), x, y, batch_size=16, record=False)
+    with pytest.raises(ValueError, match="the loss has no forward_array"):
+        mc.evaluate(model, HostLoss(), x, y, record=True)
+
+
 def test_a_recorded_step_draws_its_layers_seeds_before_each_replay(monkeypatch):
     """Recording draws nothing (the step as written before it drew for itself); each replay
     draws once per random layer, before the launch, as a step as written would."""

@@ -279,6 +279,17 @@ def test_the_operations_of_a_record_are_the_nodes_of_its_graph():
     assert graph_operations(dot) == 2
 
 
+def test_the_gpu_session_fits_one_call_of_the_device_tool():
+    """benchmarks/gpu_session.sh is the one call a session with a lent GPU makes, and a call
+    may run 600 s: its parts' time limits must add up to less, with room to start."""
+    import re
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh").read_text()
+    limits = [int(seconds) for seconds in re.findall(r"^timeout (\d+) ", script, re.M)]
+    assert len(limits) >= 4 and sum(limits) <= 560, limits
+
+
 # -- on a GPU -----------------------------------------------------------------------------------
 
 def _gpu():

@@ -48,6 +48,29 @@ def test_the_transforms_compute_a_one_dimensional_correlation(m):
         np.testing.assert_allclose(t.AT @ ((t.G @ g) * (t.BT @ d)), expected, rtol=0, atol=1e-13)
 
 
+@pytest.mark.skipif("numba" not in IMPLEMENTATIONS, reason="numba is not installed")
+@pytest.mark.parametrize("m", [2, 4])
+def test_the_written_out_transforms_of_numba_are_the_matrices(m):
+    """numba_winograd spells each one-dimensional transform out (_bt4 = B^T, _b4 = B, _at4 =
+    A^T, _a4 = A, likewise for F(2x2)) with shared sums: applied to each unit vector, each one
+    gives the matrix of winograd.TRANSFORMS column by column (a sign or a factor wrong fails)."""
+    from numba import njit
+
+    from minicnn.kernels import numba_winograd
+
+    t = winograd.TRANSFORMS[m]
+    for name, matrix in [("_bt", t.BT), ("_b", t.BT.T), ("_at", t.AT), ("_a", t.AT.T)]:
+        transform = getattr(numba_winograd, f"{name}{m}")
+        apply = njit(lambda src, transform=transform: transform(src, 0, 1))
+        rows, columns = matrix.shape
+        for k in range(columns):
+            unit = np.zeros(columns)
+            unit[k] = 1
+            # the results past the matrix's rows are padding (_pass writes only ``rows`` of them)
+            np.testing.assert_array_equal(np.array(apply(unit))[:rows], matrix[:, k],
+                                          err_msg=f"{name}{m}, column {k}")
+
+
 def _draw(n, c, f, size, padding, bias, dtype, seed):
     rng = np.random.default_rng(seed)
     h, w = size

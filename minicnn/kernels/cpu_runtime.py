@@ -161,9 +161,10 @@ def on_cores(count: int, work) -> list:
         return [work(*bounds[0])] + [future.result() for future in futures]
 
 
-def matmul_here(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` on the calling thread alone: for the work that :func:`on_cores` runs."""
-    return np.matmul(a, b)
+def matmul_here(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``a @ b`` on the calling thread alone (into ``out`` where given, which may be a strided
+    view): for the work that :func:`on_cores` runs."""
+    return np.matmul(a, b, out=out)
 
 
 # A product whose inner dimension is far longer than its sides, e.g. the weight gradient of a

@@ -11,20 +11,26 @@ BLAS call per position, :func:`~minicnn.kernels.cpu_runtime.matmul_here`) and th
 transform while the block's arrays are still in its L2 cache; V alone is written out, for the
 weight gradient. The backward pass runs its blocks the same way, in reverse.
 
-**Each transform is two passes of one small matrix** over runs of tiles: a block's tiles are
-laid out as ``d[k, l, tile]`` (value (k, l) of every tile in one run, gathered from the padded
-plane a tile row at a time), so ``B^T d B`` is ``B^T`` mixing the runs of the a rows k, then
-``B`` mixing the runs of the a columns l, each a long contiguous loop that LLVM vectorizes.
-``A^T M A`` takes the same two passes before its m x m values per tile are written into output
-rows (with the bias); the transposes ``A dY A^T`` and ``B dV B^T`` take them in the other order.
+**Each transform is two passes of a one-dimensional transform** over runs of tiles: a block's
+tiles are laid out as ``d[k, l, tile]`` (value (k, l) of every tile in one run, gathered from the
+padded plane a tile row at a time), so ``B^T d B`` is ``B^T`` applied down the columns (the runs
+of the a rows k mixed into a new ones) and then along the rows, each a long contiguous loop that
+LLVM vectorizes. ``A^T M A`` takes the same two passes before its m x m values per tile are
+written into output rows (with the bias); the transposes ``A dY A^T`` and ``B dV B^T`` take them
+with the transposed matrices. The one-dimensional transforms are written out (``_bt4`` and the
+others), with the sums that a matrix repeats computed once: half as many operations as
+multiplying by the matrix, and tests/test_winograd.py checks each against its matrix.
 
-Zero entries of the matrices are skipped (half of F(4x4)'s ``B^T`` is zeros), and every pass
-multiplies whole runs by one matrix entry, so the entries need not be compiled in. A kernel
-runs one channel plane of the block after another; no two blocks touch the same element (the
+A block's transformed arrays are laid out channel by channel, ``(C, a*a, tiles)``: both passes
+then read and write runs spaced alike, the one layout in which LLVM vectorizes them; the
+products see them as ``(a*a, C, tiles)``, a strided view that BLAS takes as it is. A kernel runs
+one channel plane of the block after another; no two blocks touch the same element (the
 transposed input transform adds overlapping tiles back inside its own sample).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import njit
@@ -37,71 +43,114 @@ from .cpu_runtime import matmul_here, on_cores, recycler
 _jit = njit(nogil=True, cache=True, fastmath=False)
 
 
-@njit(inline="always")
-def _nonzero(entries):
-    """The positions and values of the nonzero entries of a row or column of a transform matrix
-    (half of F(4x4)'s B^T is zeros) and their count (at least 1: a zero row is one zero term)."""
-    size = entries.shape[0]
-    where = np.zeros(size + 4, dtype=np.int64)
-    value = np.zeros(size + 4, dtype=entries.dtype)
-    count = 0
-    for k in range(size):
-        if entries[k] != 0:
-            where[count] = k
-            value[count] = entries[k]
-            count += 1
-    return where, value, max(1, count)
+# --- the one-dimensional transforms, written out ------------------------------------------------
+# Each applies one matrix of winograd.TRANSFORMS to the values src[at], src[at + step], ... and
+# returns the results; the sums the matrix repeats are computed once (F(4x4)'s B^T has 22 nonzero
+# entries, _bt4 takes 13 additions and multiplications). tests/test_winograd.py checks each one
+# against its matrix.
 
 
 @njit(inline="always")
-def _terms(dst, out, src, at, step, where, value, g, terms, length, first):
-    """dst[out:out+length] = (or +=, after the first group) terms g..g+terms-1 of the sum (up to
-    four), each a run of src times one coefficient: one pass over dst per four terms."""
-    s0, s1 = at + where[g] * step, at + where[g + 1] * step
-    s2, s3 = at + where[g + 2] * step, at + where[g + 3] * step
-    c0, c1, c2, c3 = value[g], value[g + 1], value[g + 2], value[g + 3]
-    if not first:
-        for t in range(length):
-            dst[_u(out + t)] += (c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
-                                 + c2 * src[_u(s2 + t)] + c3 * src[_u(s3 + t)])
-    elif terms == 1:
-        for t in range(length):
-            dst[_u(out + t)] = c0 * src[_u(s0 + t)]
-    elif terms == 2:
-        for t in range(length):
-            dst[_u(out + t)] = c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
-    elif terms == 3:
-        for t in range(length):
-            dst[_u(out + t)] = (c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
-                                + c2 * src[_u(s2 + t)])
-    else:
-        for t in range(length):
-            dst[_u(out + t)] = (c0 * src[_u(s0 + t)] + c1 * src[_u(s1 + t)]
-                                + c2 * src[_u(s2 + t)] + c3 * src[_u(s3 + t)])
+def _six(src, at, step):
+    return (src[_u(at)], src[_u(at + step)], src[_u(at + 2 * step)], src[_u(at + 3 * step)],
+            src[_u(at + 4 * step)], src[_u(at + 5 * step)])
 
 
 @njit(inline="always")
-def _left(K, src, src_at, src_step, inner, length, dst, dst_at, dst_step):
-    """dst[i, l, :] = sum_k K[i, k] * src[k, l, :] for runs of ``length`` values; run (k, l) of src
-    starts at src_at + (k*inner + l)*src_step, likewise for dst."""
-    for i in range(K.shape[0]):
-        where, value, count = _nonzero(K[i, :])
-        for g in range(0, count, 4):
-            for l in range(inner):
-                _terms(dst, dst_at + (i * inner + l) * dst_step, src, src_at + l * src_step,
-                       inner * src_step, where, value, g, min(4, count - g), length, g == 0)
+def _four(src, at, step):
+    return src[_u(at)], src[_u(at + step)], src[_u(at + 2 * step)], src[_u(at + 3 * step)]
 
 
 @njit(inline="always")
-def _right(src, src_at, src_step, K, outer, length, dst, dst_at, dst_step):
-    """dst[i, j, :] = sum_l src[i, l, :] * K[l, j], laid out as in :func:`_left`."""
-    rows, columns = K.shape
-    for j in range(columns):
-        where, value, count = _nonzero(K[:, j])
-        for g in range(0, count, 4):
-            for i in range(outer):
-                _terms(dst, dst_at + (i * columns + j) * dst_step, src, src_at + i * rows * src_step,
-                       src_step, where, value, g, min(4, count - g), length, g == 0)
+def _bt4(src, at, step):
+    """B^T d for F(4x4, 3x3): 6 values in, 6 out."""
+    d0, d1, d2, d3, d4, d5 = _six(src, at, step)
+    two, four, five = src.dtype.type(2), src.dtype.type(4), src.dtype.type(5)
+    even, odd = d4 - four * d2, d3 - four * d1
+    even2, odd2 = d4 - d2, two * (d3 - d1)
+    return (four * d0 - five * d2 + d4, even + odd, even - odd, even2 + odd2, even2 - odd2,
+            four * d1 - five * d3 + d5)
+
+
+@njit(inline="always")
+def _b4(src, at, step):
+    """B w (the transpose of _bt4) for F(4x4, 3x3): 6 values in, 6 out."""
+    w0, w1, w2, w3, w4, w5 = _six(src, at, step)
+    two, four, five = src.dtype.type(2), src.dtype.type(4), src.dtype.type(5)
+    plus, minus = w1 + w2, w1 - w2
+    plus2, minus2 = w3 + w4, w3 - w4
+    return (four * w0, four * (w5 - minus) - two * minus2, -(five * w0 + four * plus + plus2),
+            minus + two * minus2 - five * w5, w0 + plus + plus2, w5)
+
+
+@njit(inline="always")
+def _at4(src, at, step):
+    """A^T M for F(4x4, 3x3): 6 values in, 4 out."""
+    m0, m1, m2, m3, m4, m5 = _six(src, at, step)
+    two, four, eight = src.dtype.type(2), src.dtype.type(4), src.dtype.type(8)
+    plus, minus = m1 + m2, m1 - m2
+    plus2, minus2 = m3 + m4, m3 - m4
+    y3 = minus + eight * minus2 + m5
+    return m0 + plus + plus2, minus + two * minus2, plus + four * plus2, y3, y3, y3
+
+
+@njit(inline="always")
+def _a4(src, at, step):
+    """A y (the transpose of _at4) for F(4x4, 3x3): 4 values in, 6 out."""
+    y0, y1, y2, y3 = _four(src, at, step)
+    two, four, eight = src.dtype.type(2), src.dtype.type(4), src.dtype.type(8)
+    even, odd = y0 + y2, y1 + y3
+    even4, odd8 = y0 + four * y2, two * y1 + eight * y3
+    return y0, even + odd, even - odd, even4 + odd8, even4 - odd8, y3
+
+
+@njit(inline="always")
+def _bt2(src, at, step):
+    """B^T d for F(2x2, 3x3): 4 values in, 4 out."""
+    d0, d1, d2, d3 = _four(src, at, step)
+    w3 = d1 - d3
+    return d0 - d2, d1 + d2, d2 - d1, w3, w3, w3
+
+
+@njit(inline="always")
+def _b2(src, at, step):
+    """B w (the transpose of _bt2) for F(2x2, 3x3): 4 values in, 4 out."""
+    w0, w1, w2, w3 = _four(src, at, step)
+    return w0, w1 - w2 + w3, w1 + w2 - w0, -w3, w0, w0
+
+
+@njit(inline="always")
+def _at2(src, at, step):
+    """A^T M for F(2x2, 3x3): 4 values in, 2 out."""
+    m0, m1, m2, m3 = _four(src, at, step)
+    y1 = m1 - m2 - m3
+    return m0 + m1 + m2, y1, y1, y1, y1, y1
+
+
+@njit(inline="always")
+def _a2(src, at, step):
+    """A y (the transpose of _at2) for F(2x2, 3x3): 2 values in, 4 out."""
+    y0, y1 = src[_u(at)], src[_u(at + step)]
+    return y0, y0 + y1, y0 - y1, -y1, y0, y0
+
+
+@njit(inline="always")
+def _pass(transform, count, src, src_at, dst, dst_at, step, length):
+    """For t < length: the values src[src_at + t + k * step] (k = 0, 1, ...) go through the
+    one-dimensional ``transform``, and its ``count`` results are written to dst[dst_at + t + i *
+    step]: one loop over a run of tiles, which LLVM vectorizes (source and target share
+    ``step``, so that the check that they do not overlap is one comparison)."""
+    for t in range(length):
+        w0, w1, w2, w3, w4, w5 = transform(src, src_at + t, step)
+        out = dst_at + t
+        dst[_u(out)] = w0
+        dst[_u(out + step)] = w1
+        if count > 2:
+            dst[_u(out + 2 * step)] = w2
+            dst[_u(out + 3 * step)] = w3
+        if count > 4:
+            dst[_u(out + 4 * step)] = w4
+            dst[_u(out + 5 * step)] = w5
 
 
 @njit(inline="always")
@@ -143,11 +192,9 @@ def _gather_tiles(planes, corner, side, row, out):
 
 
 @_jit
-def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw_count, BT, B,
-                            V_flat, V_first, V_tiles):
-    # writes V[:, :, V_first:V_first + the block's tiles] of a V of V_tiles tiles
-    a = BT.shape[0]
-    m = a - 2
+def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw_count, m, V_flat):
+    """V = B^T d B of the block's tiles, written to V_flat as (channel, a*a, tile)."""
+    a = m + 2
     rows, cols = th_count * m + 2, tw_count * m + 2  # the padded plane the tiles cover
     tiles = n_count * th_count * tw_count
     corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
@@ -159,16 +206,25 @@ def _input_transform_kernel(x_flat, n_count, c_count, h, w, ph, pw, th_count, tw
         _copy_planes(x_flat, c * h * w, c_count * h * w, w, padded, ph * cols + pw, rows * cols,
                      cols, n_count, h, w, zero)
         _gather_tiles(padded, corner, a, cols, d)
-        _left(BT, d, 0, tiles, a, tiles, mixed, 0, tiles)  # B^T d
-        _right(mixed, 0, tiles, B, a, tiles, V_flat, c * V_tiles + V_first,
-               c_count * V_tiles)  # (B^T d) B
+        out = c * a * a * tiles
+        for l in range(a):  # B^T d, column l of every tile
+            if m == 4:
+                _pass(_bt4, 6, d, l * tiles, mixed, l * tiles, a * tiles, tiles)
+            else:
+                _pass(_bt2, 4, d, l * tiles, mixed, l * tiles, a * tiles, tiles)
+        for i in range(a):  # (B^T d) B, row i
+            if m == 4:
+                _pass(_bt4, 6, mixed, i * a * tiles, V_flat, out + i * a * tiles, tiles, tiles)
+            else:
+                _pass(_bt2, 4, mixed, i * a * tiles, V_flat, out + i * a * tiles, tiles, tiles)
 
 
 @_jit
 def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, th_count,
-                                       tw_count, BT, B, dx_flat):
-    a = BT.shape[0]
-    m = a - 2
+                                       tw_count, m, dx_flat):
+    """dL/dx of the block from dV (channel, a*a, tile): B dV B^T, each tile's values added back
+    where the tile lies on the input."""
+    a = m + 2
     rows, cols = th_count * m + 2, tw_count * m + 2
     tiles = n_count * th_count * tw_count
     corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
@@ -177,8 +233,17 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
     dpadded = np.empty(n_count * rows * cols, dtype=dV_flat.dtype)
     zero = dV_flat.dtype.type(0)
     for c in range(c_count):
-        _left(B, dV_flat, c * tiles, c_count * tiles, a, tiles, mixed, 0, tiles)  # B dV
-        _right(mixed, 0, tiles, BT, a, tiles, dd, 0, tiles)  # (B dV) B^T
+        at = c * a * a * tiles
+        for j in range(a):  # B dV, column j
+            if m == 4:
+                _pass(_b4, 6, dV_flat, at + j * tiles, mixed, j * tiles, a * tiles, tiles)
+            else:
+                _pass(_b2, 4, dV_flat, at + j * tiles, mixed, j * tiles, a * tiles, tiles)
+        for k in range(a):  # (B dV) B^T, row k
+            if m == 4:
+                _pass(_b4, 6, mixed, k * a * tiles, dd, k * a * tiles, tiles, tiles)
+            else:
+                _pass(_b2, 4, mixed, k * a * tiles, dd, k * a * tiles, tiles, tiles)
         for q in range(n_count * rows * cols):
             dpadded[_u(q)] = 0
         for k in range(a):
@@ -191,9 +256,10 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
 
 
 @_jit
-def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_count, AT, A, bias,
+def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_count, m, bias,
                              y_flat):
-    m, a = AT.shape
+    """y = A^T M A + b of the block, M as (channel, a*a, tile)."""
+    a = m + 2
     rows, cols = th_count * m, tw_count * m  # the output planes the blocks cover (may overhang)
     tiles = n_count * th_count * tw_count
     corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
@@ -201,8 +267,17 @@ def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_coun
     blocks_out = np.empty(m * m * tiles, dtype=M_flat.dtype)
     planes = np.empty(n_count * rows * cols, dtype=M_flat.dtype)
     for f in range(f_count):
-        _left(AT, M_flat, f * tiles, f_count * tiles, a, tiles, mixed, 0, tiles)  # A^T M
-        _right(mixed, 0, tiles, A, m, tiles, blocks_out, 0, tiles)  # (A^T M) A
+        at = f * a * a * tiles
+        for l in range(a):  # A^T M, column l
+            if m == 4:
+                _pass(_at4, 4, M_flat, at + l * tiles, mixed, l * tiles, a * tiles, tiles)
+            else:
+                _pass(_at2, 2, M_flat, at + l * tiles, mixed, l * tiles, a * tiles, tiles)
+        for r in range(m):  # (A^T M) A, row r
+            if m == 4:
+                _pass(_at4, 4, mixed, r * a * tiles, blocks_out, r * m * tiles, tiles, tiles)
+            else:
+                _pass(_at2, 2, mixed, r * a * tiles, blocks_out, r * m * tiles, tiles, tiles)
         for r in range(m):
             for s in range(m):
                 source = (r * m + s) * tiles
@@ -214,8 +289,9 @@ def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_coun
 
 @_jit
 def _output_transform_transposed_kernel(dy_flat, n_count, f_count, oh, ow, th_count, tw_count,
-                                        AT, A, dM_flat):
-    m, a = AT.shape
+                                        m, dM_flat):
+    """dM = A dY A^T of the block's tiles of dL/dy, written as (channel, a*a, tile)."""
+    a = m + 2
     rows, cols = th_count * m, tw_count * m
     tiles = n_count * th_count * tw_count
     corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
@@ -227,34 +303,57 @@ def _output_transform_transposed_kernel(dy_flat, n_count, f_count, oh, ow, th_co
         _copy_planes(dy_flat, f * oh * ow, f_count * oh * ow, ow, planes, 0, rows * cols, cols,
                      n_count, oh, ow, zero)
         _gather_tiles(planes, corner, m, cols, dY)
-        _left(A, dY, 0, tiles, m, tiles, mixed, 0, tiles)  # A dY
-        _right(mixed, 0, tiles, AT, a, tiles, dM_flat, f * tiles, f_count * tiles)  # (A dY) A^T
+        at = f * a * a * tiles
+        for s in range(m):  # A dY, column s
+            if m == 4:
+                _pass(_a4, 6, dY, s * tiles, mixed, s * tiles, m * tiles, tiles)
+            else:
+                _pass(_a2, 4, dY, s * tiles, mixed, s * tiles, m * tiles, tiles)
+        for k in range(a):  # (A dY) A^T, row k
+            if m == 4:
+                _pass(_a4, 6, mixed, k * m * tiles, dM_flat, at + k * a * tiles, tiles, tiles)
+            else:
+                _pass(_a2, 4, mixed, k * m * tiles, dM_flat, at + k * a * tiles, tiles, tiles)
 
 
 # --- the convolution, as minicnn.kernels.winograd.conv_forward / conv_backward -----------------
 
-# The transformed arrays of one block of samples (V, M and, backward, dV) are meant to stay in a
-# core's L2 cache (1-2 MiB on the CPUs measured) from one step of the block to the next.
-_BLOCK_BYTES = 2_400_000
+# The transformed arrays of one block of samples (V, M and, backward, dV and dM) are meant to stay
+# in the core's L2 cache from one step of the block to the next; the cache's size is read from
+# Linux's description of the CPU, where there is one.
+_L2_DEFAULT = 1 << 20
 
 
-def _samples_per_block(g, t: winograd.Transform, channels: int, itemsize: int, widest: int) -> int:
-    """How many samples one block holds: as many as keep the block's transformed arrays within
-    _BLOCK_BYTES (``channels``: the sum of their channel counts, a*a values per tile and channel
-    each), but at least 2 * ``widest`` tiles, or the products get too thin to run near the
-    matmul peak and a wide layer's U and dU (a*a * F * C) are read once per block for little."""
-    per_sample = t.a * t.a * g.th * g.tw * channels * itemsize
-    return max(1, _BLOCK_BYTES // per_sample, -(-2 * widest // (g.th * g.tw)))
+@functools.cache
+def _l2_bytes() -> int:
+    """The size of one core's L2 cache, as /sys says ("1024K"), or 1 MiB where it does not."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as file:
+            text = file.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return _L2_DEFAULT
+
+
+def _samples_per_block(g, t: winograd.Transform, f: int, itemsize: int) -> int:
+    """How many samples one block holds: as many as keep the backward pass's transformed arrays
+    of the block (V, dV: C channels, dM: F; a*a values per tile and channel each) within the
+    core's L2 cache, but at least 2 * max(C, F) tiles, or the products get too thin to run near the
+    matmul peak and a wide layer's U and dU (a*a * F * C) are read once per block for little.
+    The forward pass takes the same blocks: the V it keeps is laid out block by block."""
+    per_sample = t.a * t.a * g.th * g.tw * (2 * g.c + f) * itemsize
+    return max(1, _l2_bytes() // per_sample, -(-2 * max(g.c, f) // (g.th * g.tw)))
 
 
 def _blocks(lo: int, hi: int, size: int):
     return [(n, min(hi, n + size)) for n in range(lo, hi, size)]
 
 
-def _matrices(t: winograd.Transform, dtype):
-    # integers in both F(2x2) and F(4x4): exact in float32
-    BT, AT = t.BT.astype(dtype), t.AT.astype(dtype)
-    return BT, np.ascontiguousarray(BT.T), AT, np.ascontiguousarray(AT.T)
+def _block_of(V, n0, n1, g, t: winograd.Transform):
+    """The part of a kept V that holds the samples n0..n1-1, as (C, a*a, tiles)."""
+    per_sample = g.c * t.a * t.a * g.th * g.tw
+    return V[n0 * per_sample:n1 * per_sample].reshape(g.c, t.a * t.a, -1)
 
 
 @_jit
@@ -331,40 +430,42 @@ def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True):
 
     Each core takes its share of the samples and runs them a block at a time: the input
     transform of the block, its a*a products and its output transform, one after the other
-    while the block's V and M are still in the core's cache. With ``keep`` (training), V is also
-    written out whole, once, for the weight gradient (computing it again in the backward pass
-    measured slower); without (inference), V never leaves the cache, and a backward pass that
-    comes all the same (a saliency map) computes it again from x."""
+    while the block's V and M are still in the core's cache. A block's arrays are laid out
+    channel by channel, (C, a*a, tiles), so that both passes of a transform read and write runs
+    of the same length and spacing; the products take them as (a*a, C, tiles), a strided view.
+    With ``keep`` (training), V is also written out, once, block after block, for the weight
+    gradient (computing it again in the backward pass measured slower); without (inference), V
+    never leaves the cache, and a backward pass that comes all the same (a saliency map)
+    computes it again from x."""
     x = np.ascontiguousarray(x)
     g = winograd.tile_grid(x.shape, padding, t.m)
     f = weight.shape[0]
     U = filter_transform(weight, t)                                    # (a*a, F, C)
-    BT, B, AT, A = _matrices(t, x.dtype)
     bias = np.zeros(f, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
     y = recycler.empty((g.n, f, g.oh, g.ow), x.dtype)
-    V = recycler.empty((t.a * t.a, g.c, g.tiles), x.dtype) if keep else None
-    size = _samples_per_block(g, t, g.c + f, x.itemsize, max(g.c, f))
+    V = recycler.empty((t.a * t.a * g.c * g.tiles,), x.dtype) if keep else None
+    size = _samples_per_block(g, t, f, x.itemsize)
 
     def share(lo, hi):
         for n0, n1 in _blocks(lo, hi, size):
-            block_V = _block_input_transform(x, V, n0, n1, g, BT, B)   # B^T d B
-            M = matmul_here(U, block_V)                                # (a*a, F, tiles)
-            _output_transform_kernel(M.reshape(-1), n1 - n0, f, g.oh, g.ow, g.th, g.tw, AT, A,
+            block_V = _block_input_transform(x, V, n0, n1, g, t)      # B^T d B: (C, a*a, tiles)
+            M = np.empty((f, t.a * t.a, block_V.shape[2]), x.dtype)
+            matmul_here(U, block_V.transpose(1, 0, 2), out=M.transpose(1, 0, 2))  # U V
+            _output_transform_kernel(M.reshape(-1), n1 - n0, f, g.oh, g.ow, g.th, g.tw, t.m,
                                      bias, y[n0:n1].reshape(-1))       # A^T M A + b
 
     on_cores(g.n, share)
     return y, (V, x, U)
 
 
-def _block_input_transform(x, V, n0, n1, g, BT, B):
-    """V of the samples n0..n1-1: written into their tiles' columns of V (the whole batch's),
+def _block_input_transform(x, V, n0, n1, g, t: winograd.Transform):
+    """V of the samples n0..n1-1 as (C, a*a, tiles): written into their part of the batch's V,
     or, with V None, into an array of the block's own."""
-    tiles, first = (n1 - n0) * g.th * g.tw, n0 * g.th * g.tw
-    target, at, of = (V, first, g.tiles) if V is not None else \
-        (np.empty((BT.shape[0] ** 2, g.c, tiles), x.dtype), 0, tiles)
+    block = _block_of(V, n0, n1, g, t) if V is not None else \
+        np.empty((g.c, t.a * t.a, (n1 - n0) * g.th * g.tw), x.dtype)
     _input_transform_kernel(x[n0:n1].reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph, g.pw, g.th, g.tw,
-                            BT, B, target.reshape(-1), at, of)
-    return target[:, :, at:at + tiles]
+                            t.m, block.reshape(-1))
+    return block
 
 
 def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, input_grad=True):
@@ -376,25 +477,24 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
     dy = np.ascontiguousarray(dy)
     g = winograd.tile_grid(x_shape, padding, t.m)
     f = weight.shape[0]
-    BT, B, AT, A = _matrices(t, dy.dtype)
     dx = recycler.empty(tuple(int(s) for s in x_shape), dy.dtype) if input_grad else None
-    # the same blocks with or without dL/dx, so that dL/dW is the same to the last bit
-    size = _samples_per_block(g, t, 2 * g.c + f, dy.itemsize, max(g.c, f))
+    size = _samples_per_block(g, t, f, dy.itemsize)  # the forward pass's blocks, as V is kept
 
     def share(lo, hi):
         dU = np.zeros((t.a * t.a, f, g.c), dy.dtype)
         for n0, n1 in _blocks(lo, hi, size):
             tiles = (n1 - n0) * g.th * g.tw
-            dM = np.empty((t.a * t.a, f, tiles), dy.dtype)             # A dY A^T
+            dM = np.empty((f, t.a * t.a, tiles), dy.dtype)             # A dY A^T
             _output_transform_transposed_kernel(dy[n0:n1].reshape(-1), n1 - n0, f, g.oh, g.ow,
-                                                g.th, g.tw, AT, A, dM.reshape(-1))
-            block_V = _block_input_transform(x, None, n0, n1, g, BT, B) if V is None else \
-                V[:, :, n0 * g.th * g.tw:n0 * g.th * g.tw + tiles]
-            dU += matmul_here(dM, block_V.transpose(0, 2, 1))          # (a*a, F, C)
+                                                g.th, g.tw, t.m, dM.reshape(-1))
+            block_V = _block_input_transform(x, None, n0, n1, g, t) if V is None else \
+                _block_of(V, n0, n1, g, t)
+            dU += matmul_here(dM.transpose(1, 0, 2), block_V.transpose(1, 2, 0))  # (a*a, F, C)
             if input_grad:
-                dV = matmul_here(U.transpose(0, 2, 1), dM)             # (a*a, C, tiles)
+                dV = np.empty((g.c, t.a * t.a, tiles), dy.dtype)       # U^T dM
+                matmul_here(U.transpose(0, 2, 1), dM.transpose(1, 0, 2), out=dV.transpose(1, 0, 2))
                 _input_transform_transposed_kernel(dV.reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph,
-                                                   g.pw, g.th, g.tw, BT, B, dx[n0:n1].reshape(-1))
+                                                   g.pw, g.th, g.tw, t.m, dx[n0:n1].reshape(-1))
         return dU
 
     dU = sum(on_cores(g.n, share))

@@ -23,7 +23,9 @@ multiplying by the matrix, and tests/test_winograd.py checks each against its ma
 
 A block's transformed arrays are laid out channel by channel, ``(C, a*a, tiles)``: both passes
 then read and write runs spaced alike, the one layout in which LLVM vectorizes them; the
-products see them as ``(a*a, C, tiles)``, a strided view that BLAS takes as it is. A kernel runs
+products see them as ``(a*a, C, tiles)``, a strided view that BLAS takes as it is. Each thread
+keeps its blocks' arrays from one step to the next (``_scratch``: a few megabytes at most, sized
+by the layer, not the batch). A kernel runs
 one channel plane of the block after another; no two blocks touch the same element (the
 transposed input transform adds overlapping tiles back inside its own sample).
 """
@@ -31,6 +33,7 @@ transposed input transform adds overlapping tiles back inside its own sample).
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 from numba import njit
@@ -350,6 +353,21 @@ def _blocks(lo: int, hi: int, size: int):
     return [(n, min(hi, n + size)) for n in range(lo, hi, size)]
 
 
+_kept = threading.local()
+
+
+def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
+    """An array of ``shape`` for this thread's ``slot`` (V, M, dM, dV of a block), kept from one
+    block and one step to the next: a block's arrays take up to megabytes, the same few sizes
+    every step, and a fresh allocation that size costs a page fault per 4 KiB (the 128->128
+    @8x8 layer's backward pass took 9 or 15 ms depending on the allocator's state)."""
+    arrays = _kept.__dict__.setdefault("arrays", {})
+    key, size = (slot, np.dtype(dtype).str), int(np.prod(shape))
+    if key not in arrays or arrays[key].size < size:
+        arrays[key] = np.empty(size, dtype)
+    return arrays[key][:size].reshape(shape)
+
+
 def _block_of(V, n0, n1, g, t: winograd.Transform):
     """The part of a kept V that holds the samples n0..n1-1, as (C, a*a, tiles)."""
     per_sample = g.c * t.a * t.a * g.th * g.tw
@@ -449,7 +467,7 @@ def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True):
     def share(lo, hi):
         for n0, n1 in _blocks(lo, hi, size):
             block_V = _block_input_transform(x, V, n0, n1, g, t)      # B^T d B: (C, a*a, tiles)
-            M = np.empty((f, t.a * t.a, block_V.shape[2]), x.dtype)
+            M = _scratch("M", (f, t.a * t.a, block_V.shape[2]), x.dtype)
             matmul_here(U, block_V.transpose(1, 0, 2), out=M.transpose(1, 0, 2))  # U V
             _output_transform_kernel(M.reshape(-1), n1 - n0, f, g.oh, g.ow, g.th, g.tw, t.m,
                                      bias, y[n0:n1].reshape(-1))       # A^T M A + b
@@ -462,7 +480,7 @@ def _block_input_transform(x, V, n0, n1, g, t: winograd.Transform):
     """V of the samples n0..n1-1 as (C, a*a, tiles): written into their part of the batch's V,
     or, with V None, into an array of the block's own."""
     block = _block_of(V, n0, n1, g, t) if V is not None else \
-        np.empty((g.c, t.a * t.a, (n1 - n0) * g.th * g.tw), x.dtype)
+        _scratch("V", (g.c, t.a * t.a, (n1 - n0) * g.th * g.tw), x.dtype)
     _input_transform_kernel(x[n0:n1].reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph, g.pw, g.th, g.tw,
                             t.m, block.reshape(-1))
     return block
@@ -484,14 +502,14 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
         dU = np.zeros((t.a * t.a, f, g.c), dy.dtype)
         for n0, n1 in _blocks(lo, hi, size):
             tiles = (n1 - n0) * g.th * g.tw
-            dM = np.empty((f, t.a * t.a, tiles), dy.dtype)             # A dY A^T
+            dM = _scratch("dM", (f, t.a * t.a, tiles), dy.dtype)       # A dY A^T
             _output_transform_transposed_kernel(dy[n0:n1].reshape(-1), n1 - n0, f, g.oh, g.ow,
                                                 g.th, g.tw, t.m, dM.reshape(-1))
             block_V = _block_input_transform(x, None, n0, n1, g, t) if V is None else \
                 _block_of(V, n0, n1, g, t)
             dU += matmul_here(dM.transpose(1, 0, 2), block_V.transpose(1, 2, 0))  # (a*a, F, C)
             if input_grad:
-                dV = np.empty((g.c, t.a * t.a, tiles), dy.dtype)       # U^T dM
+                dV = _scratch("dV", (g.c, t.a * t.a, tiles), dy.dtype)  # U^T dM
                 matmul_here(U.transpose(0, 2, 1), dM.transpose(1, 0, 2), out=dV.transpose(1, 0, 2))
                 _input_transform_transposed_kernel(dV.reshape(-1), n1 - n0, g.c, g.h, g.w, g.ph,
                                                    g.pw, g.th, g.tw, t.m, dx[n0:n1].reshape(-1))

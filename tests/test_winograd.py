@@ -71,6 +71,25 @@ def test_the_written_out_transforms_of_numba_are_the_matrices(m):
                                           err_msg=f"{name}{m}, column {k}")
 
 
+@pytest.mark.skipif("numba" not in IMPLEMENTATIONS, reason="numba is not installed")
+def test_numba_sizes_its_blocks_by_the_l2_cache_linux_describes(monkeypatch):
+    """The blocks of samples are sized by one core's L2 cache as /sys writes it ("1024K"), with
+    1 MiB where there is no such description; a bigger cache, bigger blocks."""
+    from minicnn.kernels import numba_winograd
+
+    assert numba_winograd._cache_size("1024K\n") == 1 << 20
+    assert numba_winograd._cache_size("2M") == 2 << 20
+    assert numba_winograd._cache_size("524288") == 1 << 19
+    assert numba_winograd._l2_bytes() >= 1 << 16
+    g, t = winograd.tile_grid((128, 32, 32, 32), (1, 1), 4), winograd.TRANSFORMS[4]
+    sizes = {}
+    for l2 in (1 << 20, 4 << 20):
+        monkeypatch.setattr(numba_winograd, "_l2_bytes", lambda l2=l2: l2)
+        sizes[l2] = numba_winograd._samples_per_block(g, t, 32, 4)
+    # 32 -> 32 at 32x32: 36 * 64 tiles * (2 * 32 + 32) channels * 4 bytes = 864 KiB a sample
+    assert sizes == {1 << 20: 1, 4 << 20: 4}
+
+
 def _draw(n, c, f, size, padding, bias, dtype, seed):
     rng = np.random.default_rng(seed)
     h, w = size

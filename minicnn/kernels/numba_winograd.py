@@ -13,9 +13,9 @@ weight gradient. The backward pass runs its blocks the same way, in reverse.
 
 **Each transform is two passes of a one-dimensional transform** over runs of tiles: a block's
 tiles are laid out as ``d[k, l, tile]`` (value (k, l) of every tile in one run, gathered from the
-padded plane a tile row at a time), so ``B^T d B`` is ``B^T`` applied down the columns (the runs
-of the a rows k mixed into a new ones) and then along the rows, each a long contiguous loop that
-LLVM vectorizes. ``A^T M A`` takes the same two passes before its m x m values per tile are
+padded plane a tile row at a time), so ``B^T d B`` is ``B^T`` applied down each column (the
+runs of the a rows k mixed into new runs) and then along each row, each a long contiguous loop
+that LLVM vectorizes. ``A^T M A`` takes the same two passes before its m x m values per tile are
 written into output rows (with the bias); the transposes ``A dY A^T`` and ``B dV B^T`` take them
 with the transposed matrices. The one-dimensional transforms are written out (``_bt4`` and the
 others), with the sums that a matrix repeats computed once: half as many operations as
@@ -24,10 +24,9 @@ multiplying by the matrix, and tests/test_winograd.py checks each against its ma
 A block's transformed arrays are laid out channel by channel, ``(C, a*a, tiles)``: both passes
 then read and write runs spaced alike, the one layout in which LLVM vectorizes them; the
 products see them as ``(a*a, C, tiles)``, a strided view that BLAS takes as it is. Each thread
-keeps its blocks' arrays from one step to the next (``_scratch``: a few megabytes at most, sized
-by the layer, not the batch). A kernel runs
-one channel plane of the block after another; no two blocks touch the same element (the
-transposed input transform adds overlapping tiles back inside its own sample).
+keeps its blocks' arrays from one step to the next (``_scratch``). A kernel runs one channel
+plane of the block after another; no two blocks touch the same element (the transposed input
+transform adds overlapping tiles back inside its own sample).
 """
 
 from __future__ import annotations
@@ -329,21 +328,30 @@ _L2_DEFAULT = 1 << 20
 
 @functools.cache
 def _l2_bytes() -> int:
-    """The size of one core's L2 cache, as /sys says ("1024K"), or 1 MiB where it does not."""
-    try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as file:
-            text = file.read().strip().upper()
-        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-        return int(text.rstrip("KM")) * scale
-    except (OSError, ValueError):
-        return _L2_DEFAULT
+    """The size of one core's L2 cache as Linux describes it, or 1 MiB where it does not."""
+    from pathlib import Path
+
+    for cache in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (cache / "level").read_text().strip() == "2":
+                return _cache_size((cache / "size").read_text())
+        except (OSError, ValueError):
+            break
+    return _L2_DEFAULT
+
+
+def _cache_size(text: str) -> int:
+    """Bytes from /sys's way of writing a cache's size: "1024K", "2M" or a plain number."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+    return int(text.rstrip("KM")) * scale
 
 
 def _samples_per_block(g, t: winograd.Transform, f: int, itemsize: int) -> int:
     """How many samples one block holds: as many as keep the backward pass's transformed arrays
     of the block (V, dV: C channels, dM: F; a*a values per tile and channel each) within the
-    core's L2 cache, but at least 2 * max(C, F) tiles, or the products get too thin to run near the
-    matmul peak and a wide layer's U and dU (a*a * F * C) are read once per block for little.
+    core's L2 cache, but at least 2 * max(C, F) tiles, or the products get too thin to run near
+    the matmul peak and a wide layer's U and dU (a*a * F * C) are read once per block for little.
     The forward pass takes the same blocks: the V it keeps is laid out block by block."""
     per_sample = t.a * t.a * g.th * g.tw * (2 * g.c + f) * itemsize
     return max(1, _l2_bytes() // per_sample, -(-2 * max(g.c, f) // (g.th * g.tw)))
@@ -360,7 +368,8 @@ def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
     """An array of ``shape`` for this thread's ``slot`` (V, M, dM, dV of a block), kept from one
     block and one step to the next: a block's arrays take up to megabytes, the same few sizes
     every step, and a fresh allocation that size costs a page fault per 4 KiB (the 128->128
-    @8x8 layer's backward pass took 9 or 15 ms depending on the allocator's state)."""
+    @8x8 layer's backward pass took 9 or 15 ms depending on the allocator's state). They are
+    sized by the layer, not the batch, and live as long as the thread."""
     arrays = _kept.__dict__.setdefault("arrays", {})
     key, size = (slot, np.dtype(dtype).str), int(np.prod(shape))
     if key not in arrays or arrays[key].size < size:

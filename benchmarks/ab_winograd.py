@@ -28,7 +28,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 LAYERS = [(32, 32, 32), (32, 64, 16), (64, 64, 16), (64, 128, 8), (128, 128, 8),  # cifar_vgg
-          (16, 16, 32), (32, 32, 16), (64, 64, 8)]                                # cifar_resnet
+          (16, 16, 32), (32, 32, 16), (64, 64, 8),                                # cifar_resnet
+          (32, 64, 14), (64, 128, 7)]                                             # mnist_cnn
 VGG = 5  # the first five are cifar_vgg's
 
 _OLD_PRODUCTS = '''

@@ -18,7 +18,7 @@ runs of the a rows k mixed into new runs) and then along each row, each a long c
 that LLVM vectorizes. ``A^T M A`` takes the same two passes before its m x m values per tile are
 written into output rows (with the bias); the transposes ``A dY A^T`` and ``B dV B^T`` take them
 with the transposed matrices. The one-dimensional transforms are written out (``_bt4`` and the
-others), with the sums that a matrix repeats computed once: half as many operations as
+others), with the sums that a matrix repeats computed once: about half the operations of
 multiplying by the matrix, and tests/test_winograd.py checks each against its matrix.
 
 A block's transformed arrays are laid out channel by channel, ``(C, a*a, tiles)``: both passes
@@ -48,8 +48,9 @@ _jit = njit(nogil=True, cache=True, fastmath=False)
 # --- the one-dimensional transforms, written out ------------------------------------------------
 # Each applies one matrix of winograd.TRANSFORMS to the values src[at], src[at + step], ... and
 # returns the results; the sums the matrix repeats are computed once (F(4x4)'s B^T has 22 nonzero
-# entries, _bt4 takes 13 additions and multiplications). tests/test_winograd.py checks each one
-# against its matrix.
+# entries, _bt4 takes 13 additions and multiplications). Each returns six values, so that one
+# _pass serves them all; past its matrix's rows they repeat one (_pass writes only ``count``).
+# tests/test_winograd.py checks each one against its matrix.
 
 
 @njit(inline="always")

@@ -368,9 +368,9 @@ _kept = threading.local()
 def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
     """An array of ``shape`` for this thread's ``slot`` (V, M, dM, dV of a block), kept from one
     block and one step to the next: a block's arrays take up to megabytes, the same few sizes
-    every step, and a fresh allocation that size costs a page fault per 4 KiB (the 128->128
-    @8x8 layer's backward pass took 9 or 15 ms depending on the allocator's state). They are
-    sized by the layer, not the batch, and live as long as the thread."""
+    every step, and a fresh allocation that size costs a page fault per 4 KiB whenever the
+    allocator maps it anew (benchmarks/README.md measures what that cost). They are sized by
+    the layer, not the batch, and live as long as the thread."""
     arrays = _kept.__dict__.setdefault("arrays", {})
     key, size = (slot, np.dtype(dtype).str), int(np.prod(shape))
     if key not in arrays or arrays[key].size < size:

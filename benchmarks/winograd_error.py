@@ -51,7 +51,7 @@ def main():
     model = mc.load_model(args.model) if args.model else mc.models.mnist_cnn(seed=0)
     shape = tuple(model.input_shape)
     x, labels = images(args, shape)
-    x = mc.recipes.normalize_as_trained(x, model.metadata or {}) if args.model else x
+    x = mc.data.normalize_as_trained(x, model.metadata or {}) if args.model else x
     model.astype(np.float64)
     mc.set_conv_algorithm("im2col")
     loss = mc.losses.SoftmaxCrossEntropy()

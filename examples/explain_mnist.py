@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 import minicnn as mc
-from minicnn.recipes import load_data, normalize_as_trained, train_classifier
+from minicnn.data import load_dataset, normalize_as_trained
+from minicnn.recipes import train_classifier
 from minicnn.report import write_report
 
 
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
         model_path = results["model_file"]
 
     model = mc.load_model(model_path)
-    _, (x_test, y_test), class_names = load_data("mnist", args.data_dir)
+    _, (x_test, y_test), class_names = load_dataset("mnist", args.data_dir)
     x_test = normalize_as_trained(x_test, model.metadata)
     write_report(model, x_test, y_test, class_names, out, dataset="mnist",
                  model_path=model_path, verbose=verbose)

@@ -221,8 +221,8 @@ def _evaluate_arguments(parser, report_required: bool = False) -> None:
          _evaluate_arguments)
 def cmd_evaluate(args) -> int:
     from . import load_model
+    from .data import normalize_as_trained
     from .losses import SoftmaxCrossEntropy
-    from .recipes import normalize_as_trained
     from .training import evaluate
 
     model = load_model(args.model)
@@ -273,8 +273,8 @@ def cmd_predict(args) -> int:
     from PIL import UnidentifiedImageError
 
     from . import load_model
+    from .data import normalize_as_trained
     from .data.images import read_image
-    from .recipes import normalize_as_trained
 
     model = load_model(args.model)
     metadata = model.metadata or {}

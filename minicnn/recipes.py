@@ -4,13 +4,11 @@
   piece from them: network, data loader, augmentation, optimizer, schedule and loss.
   ``RECIPES`` has one per dataset; ``minicnn tune``'s trials train theirs with the same
   :meth:`Recipe.train`.
-- :func:`prepare_data` loads a dataset (``minicnn.data.DATASETS``) and normalizes it by its
-  training images, keeping what a model file must record about it (classes, input shape,
-  normalization, the train/test split).
-- :func:`train_run` trains a recipe on prepared data and writes a *run folder*: the model file
-  (which ``minicnn evaluate``, ``predict``, ``explain`` and the studio accept), the history,
-  the curves, ``results.json`` and a resumable checkpoint. ``minicnn train``
-  (:func:`train_classifier`) and ``minicnn tune --retrain-best`` both write theirs with it.
+- :func:`train_run` trains a recipe on data prepared by :func:`minicnn.data.prepare_data` and
+  writes a *run folder*: the model file (which ``minicnn evaluate``, ``predict``, ``explain``
+  and the studio accept), the history, the curves, ``results.json`` and a resumable checkpoint.
+  ``minicnn train`` (:func:`train_classifier`) and ``minicnn tune --retrain-best`` both write
+  theirs with it.
 """
 
 from __future__ import annotations
@@ -27,9 +25,9 @@ import numpy as np
 from . import models, optim
 from .atomic import atomic_write_bytes
 from .callbacks import WeightAverage
-from .data import Compose, DataLoader, Normalize, RandomAffine, RandomCrop, RandomHorizontalFlip
+from .data import Compose, DataLoader, RandomAffine, RandomCrop, RandomHorizontalFlip
 from .data import dataset as dataset_record
-from .data.splits import split_record
+from .data.prepared import PreparedData, prepare_data
 from .diagnostics import gradient_flow_warnings
 from .losses import SoftmaxCrossEntropy
 from .training import LRSchedule, evaluate, fit
@@ -175,69 +173,7 @@ RECIPES = {
 #: benchmarks/README.md, with the commands that produce them
 
 
-def normalize_as_trained(x, metadata):
-    """Normalize images the way a model's training data was: its metadata (written by
-    ``train_classifier``) records the per-channel mean and std. Unchanged when it records none."""
-    norm = (metadata or {}).get("normalization")
-    if not norm:
-        return x
-    return Normalize(norm["mean"], norm["std"])(x, None)
-
-
-def load_data(dataset: str, data_dir=None, image_size=None, channels=None, seed: int = 0,
-              verbose: int = 1):
-    """``(x_train, y_train), (x_test, y_test), class_names`` of a dataset (its record in
-    ``minicnn.data.DATASETS`` says which of these options its loader takes)."""
-    return dataset_record(dataset).load(data_dir, size=image_size, channels=channels, seed=seed,
-                                        verbose=verbose)
-
-
 # -- a training run and its folder -----------------------------------------------------------------
-
-@dataclass
-class PreparedData:
-    """A dataset ready to train on: normalized by its training images' statistics, with what a
-    model file records about it (:meth:`metadata`)."""
-
-    dataset: str
-    train: tuple  # (x, y), normalized
-    test: tuple  # (x, y), normalized
-    class_names: list
-    normalize: Normalize  # fitted on the training images
-    split: dict  # split_record(): which test images, so evaluation can draw them again
-
-    @property
-    def input_shape(self) -> tuple:
-        return tuple(self.train[0].shape[1:])
-
-    def metadata(self) -> dict:
-        """What a model trained on these data records in its file: ``minicnn evaluate``,
-        ``predict``, ``explain`` and the studio read it."""
-        return {"class_names": list(self.class_names), "input_shape": list(self.input_shape),
-                "dataset": self.dataset,
-                "normalization": {"mean": self.normalize.mean.tolist(),
-                                  "std": self.normalize.std.tolist()},
-                "split": self.split}
-
-
-def prepare_data(dataset: str, data_dir=None, *, seed: int = 0, limit: int | None = None,
-                 limit_test: bool = True, image_size=None, channels=None, verbose: int = 1,
-                 loaded=None) -> PreparedData:
-    """Load ``dataset`` (or take ``loaded``, what :func:`load_data` returned) and normalize it by
-    its training images. ``limit`` keeps the first ``limit`` training images (and test images,
-    with ``limit_test``); the split record always describes the whole test set, which is what
-    evaluation draws again."""
-    (x_train, y_train), (x_test, y_test), class_names = loaded or load_data(
-        dataset, data_dir, image_size=image_size, channels=channels, seed=seed, verbose=verbose)
-    split = split_record(dataset, data_dir, seed, x_test, y_test)
-    if limit is not None:  # a quick run: at most `limit` training (and test) images
-        x_train, y_train = x_train[:limit], y_train[:limit]
-        if limit_test:
-            x_test, y_test = x_test[:limit], y_test[:limit]
-    normalize = Normalize.fit(x_train)
-    return PreparedData(dataset, (normalize(x_train, None), y_train),
-                        (normalize(x_test, None), y_test), list(class_names), normalize, split)
-
 
 def train_run(recipe: Recipe, data: PreparedData, out, *, seed: int = 0, watch_test: bool = True,
               backend_name: str | None = None, verbose: int = 1, resume: bool = False,

@@ -11,10 +11,9 @@ from PIL import Image
 import minicnn as mc
 from minicnn import metrics, plots
 from minicnn.cli import main as cli_main
-from minicnn.data import Normalize
+from minicnn.data import Normalize, load_dataset
 from minicnn.data.splits import split_record
 from minicnn.layers import Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
-from minicnn.recipes import load_data
 from minicnn.report import _display_images, write_report
 
 
@@ -86,7 +85,7 @@ def digits_run(tmp_path_factory):
     does (normalization in the metadata, history.json beside the model file), then explained
     with `minicnn explain`."""
     folder = tmp_path_factory.mktemp("run")
-    (x_train, y_train), (x_test, y_test), names = load_data("digits")
+    (x_train, y_train), (x_test, y_test), names = load_dataset("digits")
     normalize = Normalize.fit(x_train)
     model = mc.Sequential([Conv2D(1, 8, 3, padding=1), ReLU(), Conv2D(8, 16, 3, padding=1),
                            ReLU(), GlobalAvgPool2D(), Dense(16, 10)], seed=0,
@@ -161,7 +160,7 @@ def test_display_images_undo_the_normalization(digits_run):
 def test_report_of_other_models_and_without_history(tmp_path):
     """No GlobalAvgPool2D -> Dense: no cam.png; no conv at all: saliency only; untrained
     models that never predict some classes must not warn."""
-    (_, _), (x, y), names = load_data("digits")
+    (_, _), (x, y), names = load_dataset("digits")
     x, y = x[:40], y[:40]
     flat = mc.Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),
                           Dense(4 * 4 * 4, 10)], seed=0)
@@ -180,7 +179,7 @@ def test_report_of_other_models_and_without_history(tmp_path):
 def test_strings_from_the_data_are_escaped_in_the_page_and_drawn_literally(tmp_path):
     """Class names come from folder names: markup in them is shown, never run, and matplotlib's
     $...$ math syntax in them is drawn as text, not parsed."""
-    (_, _), (x, y), _ = load_data("digits")
+    (_, _), (x, y), _ = load_dataset("digits")
     x, y = x[:60], y[:60] % 3
     hostile = ["<script>alert('x')</script>", 'a & b "quoted"', "$\\frac{1}{$ price"]
     model = mc.Sequential([Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(),

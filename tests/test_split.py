@@ -8,8 +8,8 @@ from PIL import Image
 
 import minicnn as mc
 from minicnn import cli
+from minicnn.data import load_dataset
 from minicnn.data.splits import held_out_fingerprint, load_test_data
-from minicnn.recipes import load_data
 
 
 def rows(x):
@@ -26,11 +26,11 @@ def test_evaluate_scores_exactly_the_held_out_images_of_a_non_default_seed(tmp_p
     assert split["seed"] == 1 and split["drawn"] is True
 
     x_test, y_test, _ = load_test_data("digits", None, model.metadata, verbose=0)
-    (x_train, _), (x_held_out, y_held_out), _ = load_data("digits", seed=1)
+    (x_train, _), (x_held_out, y_held_out), _ = load_dataset("digits", seed=1)
     np.testing.assert_array_equal(x_test, x_held_out)
     np.testing.assert_array_equal(y_test, y_held_out)
     assert not rows(x_test) & rows(x_train)  # not one training image among them
-    (_, _), (x_seed0, _), _ = load_data("digits", seed=0)
+    (_, _), (x_seed0, _), _ = load_dataset("digits", seed=0)
     assert rows(x_seed0) & rows(x_train)  # what the old evaluate scored: partly training images
 
     capsys.readouterr()

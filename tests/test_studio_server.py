@@ -28,7 +28,7 @@ def studio():
 
 @pytest.fixture(scope="module")
 def server(studio):
-    from minicnn.recipes import prepare_data
+    from minicnn.data import prepare_data
 
     x = np.random.default_rng(0).standard_normal((4000, 1, 28, 28)).astype(np.float32)
     y = np.arange(4000) % 10

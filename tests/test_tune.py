@@ -114,7 +114,8 @@ def test_the_first_trial_is_the_default_configuration_when_the_space_holds_it():
 
 
 def test_the_validation_split_is_stratified_seeded_and_from_the_training_set(tmp_path):
-    from minicnn.tuning import TuneSettings, split
+    from minicnn.data import validation_split as split
+    from minicnn.tuning import TuneSettings
 
     rng = np.random.default_rng(0)
     x = rng.random((300, 1, 4, 4)).astype(np.float32)

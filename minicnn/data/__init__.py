@@ -9,6 +9,8 @@ images in [0, 1] and int64 labels. Nothing is read, downloaded or compiled at im
 - :func:`load_image_folder`: your own images, one folder per class
 - :data:`DATASETS`: each dataset's record (its loader, whether its split is drawn by a seed,
   whether flips keep the class, classes, channels); :func:`load_dataset`: any of them by name
+- :func:`prepare_data`: a dataset normalized by its training images, with what a model file
+  records about it; :func:`normalize_as_trained`: new images normalized as a model's were
 
 Where the files are looked for (and downloaded to) is described in ``minicnn.data.sources``;
 parsed arrays are cached as .npy (``minicnn.data.cache``).
@@ -21,6 +23,7 @@ from .image_folder import IMAGE_EXTENSIONS, load_image_folder
 from .images import decode_image
 from .loader import DataLoader
 from .mnist import load_fashion_mnist, load_mnist
+from .prepared import PreparedData, normalize_as_trained, prepare_data, validation_split
 from .registry import BUILT_IN, DATASETS, Dataset, dataset, load_dataset
 from .sources import DatasetNotFoundError, user_cache_dir
 from .transforms import (
@@ -40,8 +43,9 @@ from .transforms import (
 
 __all__ = [
     "BUILT_IN", "DATASETS", "IMAGE_EXTENSIONS", "Compose", "DataLoader", "Dataset", "DatasetFileError",
-    "DatasetNotFoundError", "Normalize", "RandomAffine", "RandomCrop", "RandomHorizontalFlip",
+    "DatasetNotFoundError", "Normalize", "PreparedData", "RandomAffine", "RandomCrop", "RandomHorizontalFlip",
     "RandomRotation", "RandomScale", "RandomTranslation", "Transform", "dataset", "decode_image",
     "load_cifar10", "load_dataset", "load_digits", "load_fashion_mnist", "load_image_folder",
-    "load_mnist", "parse_idx", "preview", "read_idx", "shift_images", "user_cache_dir", "warp_affine",
+    "load_mnist", "normalize_as_trained", "parse_idx", "prepare_data", "preview", "read_idx",
+    "shift_images", "user_cache_dir", "validation_split", "warp_affine",
 ]

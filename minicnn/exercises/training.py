@@ -265,7 +265,7 @@ def train_with_your_layers(folder, epochs: int = 3, limit: int | None = None, se
         (x_train, y_train), (x_test, y_test), _ = data.load_mnist(verbose=verbose)
         if limit:
             x_train, y_train = x_train[:limit], y_train[:limit]
-        normalize = data.Normalize.fit(x_train)  # as minicnn.recipes.prepare_data does
+        normalize = data.Normalize.fit(x_train)  # as minicnn.data.prepare_data does
         x_train, x_test = normalize(x_train, None), normalize(x_test, None)
         model, kept = your_network(yours, seed)
         optimizer, optimizer_words = your_optimizer(yours, model.parameters())

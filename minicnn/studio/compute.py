@@ -25,10 +25,10 @@ import time
 import numpy as np
 
 from .. import interpret
+from ..data import normalize_as_trained
 from ..data.images import preprocess_drawing
 from ..gradcheck import Probe, check_entry
 from ..losses import SoftmaxCrossEntropy
-from ..recipes import normalize_as_trained
 
 
 class StudioInputError(ValueError):

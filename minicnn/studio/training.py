@@ -18,7 +18,8 @@ import numpy as np
 
 from .. import backend
 from ..callbacks import Callback
-from ..recipes import RECIPES, prepare_data
+from ..data import prepare_data
+from ..recipes import RECIPES
 from .compute import StudioInputError, encode_maps
 
 
@@ -80,7 +81,7 @@ class TrainingMonitor(Callback):
 class DemoTraining:
     """The short run the page can start: the ``studio-demo`` recipe (``mnist_cnn`` 8 channels
     wide, one epoch) on the first ``steps`` batches of MNIST, gradient flow every 20 steps.
-    ``prepare`` gives its data (default: :func:`minicnn.recipes.prepare_data` on MNIST)."""
+    ``prepare`` gives its data (default: :func:`minicnn.data.prepare_data` on MNIST)."""
 
     available = True
 

@@ -8,8 +8,9 @@ import io
 import json
 
 from ..atomic import atomic_write_bytes
+from ..data import prepare_data
 from ..plots import plot_study
-from ..recipes import prepare_data, train_run
+from ..recipes import train_run
 from .space import NETWORK_PARAMETERS, PARAMETERS, recipe_of
 from .study import count_finished, masked
 

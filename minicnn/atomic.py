@@ -1,10 +1,13 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file behind."""
+"""Atomic file writes and training steps: a crash mid-write never leaves a half-written file
+behind, and a Ctrl-C never leaves half of a step's update (:class:`DeferredInterrupt`)."""
 
 from __future__ import annotations
 
 import glob
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -95,3 +98,31 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class CleanInterrupt(KeyboardInterrupt):
+    """Ctrl-C honoured between two steps: the model and optimizer are consistent."""
+
+
+class DeferredInterrupt:
+    """Turn Ctrl-C into a flag checked between steps, so a checkpoint is never taken with half
+    of the parameters updated. Only possible in the main thread; elsewhere Ctrl-C is left alone."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False

@@ -27,7 +27,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from . import backend, io
-from .callbacks import Callback, EpochTotals
+from .callbacks import Callback
+from .history import EpochTotals
 from .io import ModelFileError
 from .layers.build import build_from_file
 from .validation import check_learning_rate, is_int, is_number

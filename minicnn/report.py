@@ -33,41 +33,21 @@ from markupsafe import Markup
 
 from . import interpret, metrics, plots
 from .atomic import atomic_write_bytes
-from .callbacks import History
+from .data.prepared import as_seen
 from .diagnostics import gradient_flow_warnings
+from .history import History
 
 __all__ = ["write_report"]
 
 
 # -- inputs -------------------------------------------------------------------------------------
 
-def _display_images(model, x) -> np.ndarray:
-    """Images as a person sees them: the model's normalization undone, clipped to [0, 1]."""
-    x = np.asarray(x, dtype=np.float64)
-    norm = (model.metadata or {}).get("normalization")
-    if norm:
-        mean = np.asarray(norm["mean"], dtype=np.float64).reshape(1, -1, 1, 1)
-        std = np.asarray(norm["std"], dtype=np.float64).reshape(1, -1, 1, 1)
-        x = x * std + mean
-    elif x.size and (x.min() < 0 or x.max() > 1):  # unknown scaling: stretch each image
-        low = x.min(axis=(1, 2, 3), keepdims=True)
-        span = x.max(axis=(1, 2, 3), keepdims=True) - low
-        x = (x - low) / np.where(span > 0, span, 1)
-    return np.clip(x, 0.0, 1.0)
-
-
 def _load_history(history, model_path):
     """A History from an object, a dict, a path, or history.json beside the model file."""
     if history is None and model_path is not None:
         candidate = Path(model_path).parent / "history.json"
         history = candidate if candidate.is_file() else None
-    if history is None or isinstance(history, History):
-        return history
-    if isinstance(history, (str, Path)):
-        return History.load(history)
-    if isinstance(history, dict):
-        return History(history.get("epochs", []), history.get("diagnostics"))
-    return History(list(history))
+    return History.of(history)
 
 
 def _example_per_class(y_true, y_pred, num_classes: int, limit: int = 16) -> np.ndarray:
@@ -215,7 +195,7 @@ class _Evaluation:
         return Path(path)
 
     def display(self, indices) -> np.ndarray:
-        return _display_images(self.model, self.x[indices])
+        return as_seen(self.x[indices], self.model.metadata)
 
     def labels_for(self, indices) -> list[str]:
         """Titles: the true class (and the probability) where right, true -> predicted where wrong."""

@@ -17,20 +17,16 @@ middle of an epoch), are :mod:`minicnn.checkpoints`.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import backend
-from .atomic import remove_stale_temporaries
+from .atomic import CleanInterrupt, DeferredInterrupt, remove_stale_temporaries
 from .callbacks import (  # noqa: F401 (the callbacks' public home is also minicnn.training)
     Callback,
     EarlyStopping,
-    EpochTotals,
-    History,
     LRSchedule,
     ModelCheckpoint,
     ProgressBar,
@@ -41,6 +37,7 @@ from .checkpoints import restore_checkpoint, save_checkpoint
 from .cuda_graphs import RecordedLoop
 from .data.transforms import shift_images
 from .diagnostics import GradientFlow
+from .history import EpochTotals, History  # noqa: F401 (minicnn.training.History too)
 from .optim import Optimizer
 from .validation import check_float_array, check_labels, check_positive_int
 
@@ -107,34 +104,6 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0,
 
 
 # -- the trainer --------------------------------------------------------------------------------
-
-class _CleanInterrupt(KeyboardInterrupt):
-    """Ctrl-C honoured between two steps: the model and optimizer are consistent."""
-
-
-class _DeferredInterrupt:
-    """Turn Ctrl-C into a flag checked between steps, so a checkpoint is never taken with half
-    of the parameters updated. Only possible in the main thread; elsewhere Ctrl-C is left alone."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
 
 class Trainer:
     """A training job: the model, loss, optimizer, data, and the loop over epochs and batches
@@ -290,37 +259,11 @@ class Trainer:
             self.totals.add(float(loss), int(correct), images, seconds)
 
     # -- the guard --------------------------------------------------------------------------
-    def _diagnose(self, xb, what: str) -> str:
-        """Find the first layer whose weights, gradient or output is not finite."""
-        xp = backend.xp(self.model.backend)
-
-        def finite(array):
-            return bool(xp.isfinite(array).all())
-
-        for i, layer in enumerate(self.model.layers):
-            for p in layer.parameters():
-                if not finite(p.data):
-                    return f"layer {i} ({layer.name}) has non-finite {p.name} values"
-        if what == "gradient":
-            # The forward pass and the loss were finite. The layers still hold this step's
-            # caches, so replay the backward pass (it recomputes the same values) and stop at
-            # the first layer, from the output down, whose gradient is not finite. (Before the
-            # inference pass below, which would replace those caches.)
-            for i, layer, _, dx in self.model.backward_steps(self.loss_fn.backward()):
-                for p in layer.parameters():
-                    if not finite(p.grad):
-                        return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
-                                f"gradient, for its {p.name} (backward pass)")
-                if not finite(dx):
-                    return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
-                            "gradient, for its input (backward pass)")
-        for i, layer, y in self.model.forward_steps(xb, training=False):
-            if not finite(y):
-                return f"layer {i} ({layer.name}) is the first to output a non-finite value"
-        return "every layer's output is finite in inference mode (the loss itself overflowed?)"
-
     def _diverged(self, batch, xb, what) -> None:
-        where = self._diagnose(xb, what)
+        # the forward pass and the loss were finite when the gradient is not: the layers still
+        # hold this step's caches, and the backward pass replayed over them finds the layer
+        where = self.model.first_not_finite(
+            xb, self.loss_fn.backward() if what == "gradient" else None)
         kept = (f"; the last good checkpoint is {self.checkpoint}"
                 if self.checkpoint is not None and self.checkpoint.exists() else "")
         raise TrainingDivergedError(
@@ -330,7 +273,7 @@ class Trainer:
         )
 
     # -- the loop ---------------------------------------------------------------------------
-    def run_epoch(self, epoch: int, interrupt: _DeferredInterrupt) -> dict:
+    def run_epoch(self, epoch: int, interrupt: DeferredInterrupt) -> dict:
         xp = backend.xp(self.model.backend)
         self.epoch = epoch
         self._call("on_epoch_begin", epoch)
@@ -352,7 +295,7 @@ class Trainer:
                                                           "lr": self.optimizer.lr})
             batch += 1
             if interrupt.requested:
-                raise _CleanInterrupt
+                raise CleanInterrupt
             start = time.perf_counter()
         self.read_steps()
         totals, self.totals = self.totals, EpochTotals()
@@ -371,7 +314,7 @@ class Trainer:
             self.log(f"resumed from {self.checkpoint} at epoch {self.loader.epoch + 1}, "
                      f"batch {self.loader.state_dict()['start_batch']}")
         self._call("on_train_begin")
-        with _DeferredInterrupt() as interrupt:
+        with DeferredInterrupt() as interrupt:
             try:
                 while self.loader.epoch < self.epochs and not self.stop_training:
                     epoch = self.loader.epoch
@@ -384,7 +327,7 @@ class Trainer:
                     self._call("on_epoch_end", epoch, record)
             except KeyboardInterrupt as err:
                 self._call("on_interrupt")
-                if self.checkpoint is not None and isinstance(err, _CleanInterrupt):
+                if self.checkpoint is not None and isinstance(err, CleanInterrupt):
                     self.save_checkpoint()
                     self.log(f"interrupted: resumable checkpoint saved to {self.checkpoint} "
                              "(run again with resume to continue)")

@@ -14,8 +14,8 @@ FLOORS = {
     1: ["io", "validation", "atomic", "backend", "cuda_graphs"],
     2: ["layers", "init", "naive"],
     3: ["losses", "optim", "gradcheck"],
-    4: ["training", "capture", "checkpoints", "callbacks", "diagnostics", "interpret", "interop",
-        "metrics", "plots", "models"],
+    4: ["training", "capture", "checkpoints", "callbacks", "history", "diagnostics", "interpret",
+        "interop", "metrics", "plots", "models"],
     5: ["recipes", "tuning", "report", "benchmark"],
     6: ["cli", "__main__", "studio", "exercises"],
 }

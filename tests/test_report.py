@@ -12,9 +12,10 @@ import minicnn as mc
 from minicnn import metrics, plots
 from minicnn.cli import main as cli_main
 from minicnn.data import Normalize, load_dataset
+from minicnn.data.prepared import as_seen
 from minicnn.data.splits import split_record
 from minicnn.layers import Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU
-from minicnn.report import _display_images, write_report
+from minicnn.report import write_report
 
 
 def png_size(path):
@@ -152,7 +153,7 @@ def test_report_html_is_self_contained_and_shows_every_image(digits_run):
 
 
 def test_display_images_undo_the_normalization(digits_run):
-    shown = _display_images(digits_run["model"], digits_run["x_test"][:5])
+    shown = as_seen(digits_run["x_test"][:5], digits_run["model"].metadata)
     np.testing.assert_allclose(shown, digits_run["raw_test"][:5], atol=1e-5)
 
 

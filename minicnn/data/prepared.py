@@ -4,12 +4,15 @@
 training images, keeping what a model file must record about it (classes, input shape,
 normalization, the train/test split): ``minicnn train``, ``minicnn tune --retrain-best`` and the
 studio's training run all start from it. :func:`normalize_as_trained` normalizes new images
-(``minicnn evaluate``, ``predict``, the studio) the way a model's training images were.
+(``minicnn evaluate``, ``predict``, the studio) the way a model's training images were;
+:func:`as_seen` undoes it for display (the report's figures).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from .registry import dataset as dataset_record
 from .splits import split_record
@@ -82,3 +85,20 @@ def normalize_as_trained(x, metadata):
     if not norm:
         return x
     return Normalize(norm["mean"], norm["std"])(x, None)
+
+
+def as_seen(x, metadata) -> np.ndarray:
+    """Images as a person sees them, float64 in [0, 1]: the normalization a model's metadata
+    records undone (the inverse of :func:`normalize_as_trained`); where it records none and the
+    values leave [0, 1], each image stretched to it."""
+    x = np.asarray(x, dtype=np.float64)
+    norm = (metadata or {}).get("normalization")
+    if norm:
+        mean = np.asarray(norm["mean"], dtype=np.float64).reshape(1, -1, 1, 1)
+        std = np.asarray(norm["std"], dtype=np.float64).reshape(1, -1, 1, 1)
+        x = x * std + mean
+    elif x.size and (x.min() < 0 or x.max() > 1):  # unknown scaling: stretch each image
+        low = x.min(axis=(1, 2, 3), keepdims=True)
+        span = x.max(axis=(1, 2, 3), keepdims=True) - low
+        x = (x - low) / np.where(span > 0, span, 1)
+    return np.clip(x, 0.0, 1.0)

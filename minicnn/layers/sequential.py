@@ -296,6 +296,35 @@ class Sequential(Layer):
             if index == stop + 1:
                 return dx
 
+    def first_not_finite(self, x, dy=None) -> str:
+        """Where a non-finite value first appears, in words: a layer whose parameters are not
+        finite; with ``dy`` (the gradient of the last training pass's output, which the layers'
+        caches still hold) the first layer, from the output down, whose backward pass gives a
+        non-finite gradient; else the first layer whose output for ``x`` is not finite in
+        inference mode (which replaces the caches). The training loop's guard says it."""
+        xp = backend.xp(self.backend)
+
+        def finite(array):
+            return bool(xp.isfinite(array).all())
+
+        for i, layer in enumerate(self.layers):
+            for p in layer.parameters():
+                if not finite(p.data):
+                    return f"layer {i} ({layer.name}) has non-finite {p.name} values"
+        if dy is not None:
+            for i, layer, _, dx in self.backward_steps(dy):
+                for p in layer.parameters():
+                    if not finite(p.grad):
+                        return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
+                                f"gradient, for its {p.name} (backward pass)")
+                if not finite(dx):
+                    return (f"layer {i} ({layer.name}) is the first to produce a non-finite "
+                            "gradient, for its input (backward pass)")
+        for i, layer, y in self.forward_steps(x, training=False):
+            if not finite(y):
+                return f"layer {i} ({layer.name}) is the first to output a non-finite value"
+        return "every layer's output is finite in inference mode (the loss itself overflowed?)"
+
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.zero_grad()

@@ -93,9 +93,7 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0,
     batches = [batch_scores(xp.asarray(x[start:start + batch_size]),
                             xp.asarray(y[start:start + batch_size]))
                for start in range(0, len(x), batch_size)]
-    read = backend.to_numpy(xp.stack([xp.stack([loss.astype(xp.float64),
-                                                correct.astype(xp.float64)])
-                                      for loss, correct in batches]))
+    read = backend.read_numbers(batches, model.backend)
     total_loss, correct = 0.0, 0
     for start, (loss, right) in zip(range(0, len(x), batch_size), read):
         total_loss += float(loss) * min(batch_size, len(x) - start)
@@ -240,11 +238,7 @@ class Trainer:
         if not self._unread:
             return
         unread, self._unread = self._unread, []
-        xp = backend.xp(self.model.backend)
-        values = backend.to_numpy(xp.stack([xp.stack([loss.astype(xp.float64),
-                                                      correct.astype(xp.float64),
-                                                      finite.astype(xp.float64)])
-                                            for _, loss, correct, finite, _, _ in unread]))
+        values = backend.read_numbers([step[1:4] for step in unread], self.model.backend)
         for (batch, _, _, _, images, seconds), (loss, correct, finite) in zip(unread, values):
             if not finite:
                 first = unread[0][0]

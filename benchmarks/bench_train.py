@@ -6,8 +6,11 @@ process, in the settings a user meets: minicnn alone, after ``import numpy``, af
     python benchmarks/bench_train.py --settings alone --frameworks numba,torch
 
 Every measurement runs in a new Python process (``--child``), so no framework inherits another's
-thread pools, allocator state or environment, and each setting is repeated ``--runs`` times:
-the tables give the median and the spread (min-max) of those runs. Settings for minicnn:
+thread pools, allocator state or environment, and each setting is repeated ``--runs`` times,
+in rounds: every framework and setting once, then again, so that a host whose speed drifts from
+minute to minute slows all of them alike. The tables give the median and the spread (min-max) of
+the runs; a ratio to PyTorch divides each run by PyTorch's run of the same round. Settings for
+minicnn:
 
 - ``alone``: minicnn imported first, nothing else loaded;
 - ``numpy-first``: ``import numpy`` before minicnn (as in every notebook);
@@ -18,17 +21,16 @@ With ``cupy`` among the frameworks, minicnn on the GPU runs twice: each step as 
 :mod:`minicnn.capture`; its inference is ``predict``'s pass recorded too,
 :mod:`minicnn.cuda_graphs`); the GPU rows are against ``torch-cuda``.
 
-PyTorch runs alone; every ratio is to PyTorch alone. Training is forward, softmax cross-entropy,
-backward and an optimizer step (the reference network: Adam, batch 128, 1x28x28; cifar_vgg and
-cifar_resnet: AdamW, batch 128, 3x32x32; PyTorch runs the same networks, written out below), on
-synthetic data. ``--conv-algo im2col`` (or any value of ``MINICNN_CONV_ALGO``) adds a row of
-minicnn alone with that convolution algorithm forced, beside the automatic choice. Inference is
-``predict`` in batches of ``--infer-batch``. Each child also measures numpy's float32 matmul peak
-(a 2048^3 product on every core) and reports the training GFLOP/s (multiply-adds of the forward
-pass, the weight gradients and the input gradients) as a fraction of it, the threading layer numba
-runs on and the BLAS numpy uses. Prints markdown tables; writes them (and every run, as JSON) to
-``--out``.
-"""
+PyTorch runs alone; every ratio is to PyTorch alone, round by round. Training is forward,
+softmax cross-entropy, backward and an optimizer step (the reference network: Adam, batch 128,
+1x28x28; cifar_vgg and cifar_resnet: AdamW, batch 128, 3x32x32; PyTorch runs the same networks,
+written out below), on synthetic data. ``--conv-algo im2col`` (or any value of
+``MINICNN_CONV_ALGO``) adds a row of minicnn alone with that convolution algorithm forced,
+beside the automatic choice. Inference is ``predict`` in batches of ``--infer-batch``. Each
+child also measures numpy's float32 matmul peak (a 2048^3 product on every core) and reports the
+training GFLOP/s (multiply-adds of the forward pass, the weight gradients and the input
+gradients) as a fraction of it, the threading layer numba runs on and the BLAS numpy uses.
+Prints markdown tables; writes them (and every run, as JSON) to ``--out``."""
 
 from __future__ import annotations
 
@@ -265,17 +267,24 @@ def spread(values, digits=0) -> str:
             f"{max(values):,.{digits}f})")
 
 
+def _ratios(runs, torch_runs, key) -> str:
+    """Each run over PyTorch's run of the same round (the runs go in rounds), as a spread."""
+    if not torch_runs:
+        return "-"
+    pairs = zip(runs, torch_runs) if len(runs) == len(torch_runs) else \
+        ((run, {key: statistics.median(r[key] for r in torch_runs)}) for run in runs)
+    return spread([run[key] / base[key] for run, base in pairs], 2) + "x"
+
+
 def table(model_name, rows, torch_runs) -> str:
-    base_train = statistics.median(r["train_images_per_s"] for r in torch_runs) if torch_runs else None
-    base_infer = statistics.median(r["infer_images_per_s"] for r in torch_runs) if torch_runs else None
     lines = [f"| {model_name}: framework, setting | train img/s | x PyTorch alone | infer img/s "
              "| x PyTorch alone | train GFLOP/s (% of matmul peak) | threads |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for label, runs in rows:
         train = [r["train_images_per_s"] for r in runs]
         infer = [r["infer_images_per_s"] for r in runs]
-        ratio = (spread([t / base_train for t in train], 2) + "x") if base_train else "-"
-        infer_ratio = (spread([t / base_infer for t in infer], 2) + "x") if base_infer else "-"
+        ratio = _ratios(runs, torch_runs, "train_images_per_s")
+        infer_ratio = _ratios(runs, torch_runs, "infer_images_per_s")
         share = statistics.median(r["train_gflops"] / r["matmul_peak_gflops"] for r in runs)
         gflops = statistics.median(r["train_gflops"] for r in runs)
         env = runs[0]["environment"]
@@ -328,10 +337,12 @@ def main():
             plan.append(("numba", f"alone+{args.conv_algo}"))
         plan += [(f, "alone") for f in ("numpy", "cupy") if f in frameworks]
         plan += [("cupy", "recorded")] if "cupy" in frameworks else []  # minicnn.capture
-        for framework, setting in plan:
-            key = f"{framework} {setting}"
-            print(f"{model_name}: {key} x{args.runs} ...", file=sys.stderr, flush=True)
-            runs[key] = [run_child(framework, setting, model_name, args) for _ in range(args.runs)]
+        for round_number in range(args.runs):  # rounds: a drifting host slows all rows alike
+            print(f"{model_name}: round {round_number + 1} of {args.runs} ...", file=sys.stderr,
+                  flush=True)
+            for framework, setting in plan:
+                runs.setdefault(f"{framework} {setting}", []).append(
+                    run_child(framework, setting, model_name, args))
         torch_runs = runs.get("torch alone", [])
         rows = [(f"minicnn {key}", r) for key, r in runs.items()
                 if not key.startswith(("torch", "cupy"))]
@@ -351,8 +362,8 @@ def main():
            "the GPU's own" if any(r["on_gpu"] for r in every_run) else "")
     header = (f"{env['cpu']} ({env['cores']} cores); Python {env['python']}, numpy {env['numpy']} "
               f"({env['blas']}), numba {env.get('numba', '-')}, torch {env.get('torch', '-')}{gpu}; "
-              f"{env['date']}; batch {args.batch_size}, {args.runs} fresh processes per row "
-              "(median, min-max)")
+              f"{env['date']}; batch {args.batch_size}, {args.runs} fresh processes per row in "
+              "rounds (median, min-max; ratios to PyTorch's run of the same round)")
     print("\n" + header + "\n\n" + "\n\n".join(tables))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

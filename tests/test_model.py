@@ -130,6 +130,23 @@ def test_predict_runs_in_batches_and_returns_probabilities(monkeypatch):
         model.predict(x, batch_size=0)
 
 
+def test_first_not_finite_names_the_layer_where_a_nan_appears():
+    model = mc.Sequential([Dense(4, 3), ReLU(), Dense(3, 2)], seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    words = "every layer's output is finite in inference mode"
+    assert model.first_not_finite(x).startswith(words)
+    logits = model.forward(x, training=True)
+    dy = np.ones_like(logits)
+    dy[0, 1] = np.inf  # the backward pass replayed over the caches: the last layer's grads first
+    assert model.first_not_finite(x, dy) == ("layer 2 (Dense) is the first to produce a "
+                                             "non-finite gradient, for its weight (backward pass)")
+    huge = np.full_like(x, 3e38)  # finite, but overflows float32 in the first product
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert model.first_not_finite(huge).startswith("layer 0 (Dense) is the first to output")
+    model.layers[2].bias.data[1] = np.nan
+    assert model.first_not_finite(x) == "layer 2 (Dense) has non-finite bias values"
+
+
 def test_summary_reports_shapes_parameters_and_flops():
     model = mc.Sequential([
         Conv2D(1, 32, 3, padding=1), ReLU(), MaxPool2D(2),

@@ -164,15 +164,10 @@ def _check_training_state(state: dict, optimizer_tensors: dict, trainer) -> dict
         raise ModelFileError("step counts must be non-negative integers")
     if sorted(opt["state_keys"]) != sorted(optimizer_tensors):
         raise ModelFileError("the optimizer tensors do not match the optimizer state's keys")
-    params = optimizer.params
-    for key, value in optimizer_tensors.items():
-        index, _, name = key.partition(".")
-        if not (index.isdigit() and int(index) < len(params) and name):
-            raise ModelFileError(f"optimizer tensor {key!r} names no parameter of the "
-                                 f"optimizer ({len(params)} parameters)")
-        if tuple(value.shape) != tuple(params[int(index)].data.shape):
-            raise ModelFileError(f"optimizer tensor {key!r} has shape {tuple(value.shape)}, "
-                                 f"but parameter {index} has {tuple(params[int(index)].data.shape)}")
+    try:
+        optimizer.check_state_arrays(optimizer_tensors)
+    except ValueError as err:
+        raise ModelFileError(str(err)) from None
     generators = trainer.model.named_generators()
     if not isinstance(state["rng"], dict):
         raise ModelFileError("the random states must be an object")

@@ -24,8 +24,8 @@ import numpy as np
 from .validation import is_int
 
 __all__ = [
-    "accuracy", "classification_report", "confident_mistakes", "confusion_matrix", "most_confused",
-    "per_class_metrics", "summarize", "top_k_accuracy",
+    "accuracy", "classification_report", "confident_mistakes", "confusion_matrix",
+    "example_per_class", "most_confused", "per_class_metrics", "summarize", "top_k_accuracy",
 ]
 
 
@@ -214,6 +214,20 @@ def confident_mistakes(y_true, probs, top: int | None = None) -> np.ndarray:
     confidence = probs[wrong, y_pred[wrong]]
     order = wrong[np.argsort(-confidence, kind="stable")]
     return order if top is None else order[:top]
+
+
+def example_per_class(y_true, y_pred, num_classes: int, limit: int = 16) -> np.ndarray:
+    """Indices of one sample per class (of the first ``limit`` classes that have any): the first
+    one classified right, else (a class never classified right) the first one of the class."""
+    picks = []
+    for c in range(num_classes):
+        members = np.flatnonzero(np.asarray(y_true) == c)
+        hits = members[np.asarray(y_pred)[members] == c]
+        if members.size:
+            picks.append(int(hits[0] if hits.size else members[0]))
+        if len(picks) == limit:
+            break
+    return np.asarray(picks, dtype=np.int64)
 
 
 # -- everything at once -------------------------------------------------------------------------

@@ -78,6 +78,19 @@ class Optimizer:
         """Optimizer state as {name: array} (for checkpoints)."""
         return {f"{i}.{k}": v for i, s in enumerate(self.state) for k, v in s.items()}
 
+    def check_state_arrays(self, arrays: dict) -> None:
+        """Refuse (ValueError) ``state_arrays()`` from elsewhere that do not fit this optimizer: a
+        key naming no parameter, an array of another shape than its parameter."""
+        for key, value in arrays.items():
+            index, _, name = key.partition(".")
+            if not (index.isdigit() and int(index) < len(self.params) and name):
+                raise ValueError(f"optimizer tensor {key!r} names no parameter of the optimizer "
+                                 f"({len(self.params)} parameters)")
+            shape = tuple(self.params[int(index)].data.shape)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"optimizer tensor {key!r} has shape {tuple(value.shape)}, but "
+                                 f"parameter {index} has {shape}")
+
     def load_state_arrays(self, arrays: dict, step_count: int) -> None:
         """Put back ``state_arrays()`` (from a checkpoint), each array on the backend of the
         parameter it belongs to (a model on the GPU gets its moments on the GPU, whatever the
@@ -165,6 +178,24 @@ class AdamW(Adam):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def check_training_lr(optimizer: Optimizer, schedules=(), where: str = "fit") -> float:
+    """Refuse to train with a learning rate of 0 (or less); returns the rate training peaks at.
+
+    The optimizers accept ``lr=0`` (it freezes the weights, and schedules such as cosine
+    annealing legitimately decay to 0), but *starting* a training run whose learning rate is 0
+    everywhere learns nothing: it is a mistake (``--lr 0``, a typo), not a request. The peak is
+    the optimizer's rate or the largest rate the ``schedules`` (:class:`LRScheduler`, stepped by
+    the run) start from, so a warm-up that begins at 0 is fine.
+    """
+    rates = [optimizer.lr] + [getattr(schedule, name, 0.0) for schedule in schedules
+                              for name in ("base_lr", "max_lr")]
+    peak = max(rates)
+    if not peak > 0:
+        raise ValueError(f"{where}: the learning rate is {optimizer.lr}; training needs a "
+                         "learning rate > 0 (lr=0 would leave every weight unchanged)")
+    return peak
 
 
 # -- learning-rate schedules ------------------------------------------------------------------

@@ -50,20 +50,6 @@ def _load_history(history, model_path):
     return History.of(history)
 
 
-def _example_per_class(y_true, y_pred, num_classes: int, limit: int = 16) -> np.ndarray:
-    """One test image per class (up to ``limit`` classes): the first correctly classified one,
-    else (a class the model always gets wrong) the first one of the class."""
-    picks = []
-    for c in range(num_classes):
-        members = np.flatnonzero(y_true == c)
-        hits = members[y_pred[members] == c]
-        if members.size:
-            picks.append(int(hits[0] if hits.size else members[0]))
-        if len(picks) == limit:
-            break
-    return np.asarray(picks, dtype=np.int64)
-
-
 # -- HTML ---------------------------------------------------------------------------------------
 
 
@@ -377,7 +363,7 @@ def write_report(model, x_test, y_test, class_names, out_dir, dataset=None, mode
 
     log("report: drawing figures ...")
     mistakes = metrics.confident_mistakes(y_test, ev.probs, 16)
-    examples = _example_per_class(y_test, ev.y_pred, num_classes)
+    examples = metrics.example_per_class(y_test, ev.y_pred, num_classes)
     sections = (_results_sections(ev, summary, mistakes)
                 + _where_the_model_looks(ev, examples, mistakes[:8])
                 + _first_layer_section(ev, examples)

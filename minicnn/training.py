@@ -38,7 +38,7 @@ from .cuda_graphs import RecordedLoop
 from .data.transforms import shift_images
 from .diagnostics import GradientFlow
 from .history import EpochTotals, History  # noqa: F401 (minicnn.training.History too)
-from .optim import Optimizer
+from .optim import Optimizer, check_training_lr
 from .validation import check_float_array, check_labels, check_positive_int
 
 
@@ -333,27 +333,6 @@ class Trainer:
         return self.history
 
 
-def check_training_lr(optimizer, callbacks=(), where: str = "fit") -> float:
-    """Refuse to train with a learning rate of 0 (or less); returns the rate training peaks at.
-
-    The optimizers accept ``lr=0`` (it freezes the weights, and schedules such as cosine
-    annealing legitimately decay to 0), but *starting* a training run whose learning rate is 0
-    everywhere learns nothing: it is a mistake (``--lr 0``, a typo), not a request. The peak is
-    the optimizer's rate or, with :class:`LRSchedule` callbacks, the largest rate their
-    schedules start from, so a warm-up that begins at 0 is fine.
-    """
-    rates = [optimizer.lr]
-    for callback in callbacks:
-        if isinstance(callback, LRSchedule):
-            schedule = callback.scheduler
-            rates += [getattr(schedule, "base_lr", 0.0), getattr(schedule, "max_lr", 0.0)]
-    peak = max(rates)
-    if not peak > 0:
-        raise ValueError(f"{where}: the learning rate is {optimizer.lr}; training needs a "
-                         "learning rate > 0 (lr=0 would leave every weight unchanged)")
-    return peak
-
-
 def _check_training_job(model, optimizer, train, val, callbacks, checkpoint, batch_size,
                         shuffle, transform, seed):
     """Check a training job's arguments (TypeError / ValueError naming the one that is wrong);
@@ -367,7 +346,8 @@ def _check_training_job(model, optimizer, train, val, callbacks, checkpoint, bat
     if not any(id(p) in mine for p in optimizer.params):
         raise ValueError("fit: the optimizer holds none of this model's parameters; build it "
                          "with this model's parameters, e.g. Adam(model.parameters())")
-    check_training_lr(optimizer, callbacks, "fit")
+    check_training_lr(optimizer, [c.scheduler for c in callbacks if isinstance(c, LRSchedule)],
+                      "fit")
     if checkpoint is not None and not Path(checkpoint).parent.is_dir():
         raise FileNotFoundError(f"fit: the folder of checkpoint {checkpoint} does not exist")
     if not hasattr(model, "forward_steps"):
@@ -439,7 +419,7 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs: int = 1, batch_size:
     naming the step and the first layer that produced a non-finite value; the last checkpoint
     on disk is left as it was. Every argument is checked before the first step (ValueError /
     TypeError naming it, see :class:`Trainer`), including a learning rate of 0: see
-    :func:`check_training_lr`.
+    :func:`minicnn.optim.check_training_lr`.
     """
     trainer = Trainer(model, loss_fn, optimizer, train, val, batch_size=batch_size,
                       shuffle=shuffle, transform=transform, seed=seed, callbacks=callbacks,

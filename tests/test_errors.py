@@ -189,6 +189,11 @@ def test_fit_refuses_a_learning_rate_of_zero():
     with pytest.raises(ValueError, match="training needs a learning rate > 0"):
         mc.fit(model, SoftmaxCrossEntropy(), mc.optim.SGD(model.parameters(), lr=0.0), (x, y),
                verbose=0)
+    warming = mc.optim.SGD(model.parameters(), lr=0.1)  # a warm-up from 0 starts at lr 0: fine
+    schedule = mc.optim.LinearWarmup(warming, warmup_steps=4, start_factor=0.0)
+    assert warming.lr == 0.0
+    mc.fit(model, SoftmaxCrossEntropy(), warming, (x, y), verbose=0,
+           callbacks=[mc.training.LRSchedule(schedule, per="batch")])
 
 
 def test_fit_refuses_an_optimizer_of_another_model():

@@ -153,6 +153,13 @@ def test_confident_mistakes_most_confident_first():
     assert metrics.confident_mistakes(Y_TRUE, PROBS, 2).tolist() == order[:2].tolist()
 
 
+def test_example_per_class_picks_a_right_one_where_there_is_one():
+    y_true = np.array([2, 0, 0, 1, 2, 1, 0])
+    y_pred = np.array([2, 1, 0, 0, 2, 0, 0])  # class 1 is never classified right
+    assert metrics.example_per_class(y_true, y_pred, 4).tolist() == [2, 3, 0]  # class 3: none
+    assert metrics.example_per_class(y_true, y_pred, 4, limit=2).tolist() == [2, 3]
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match="same length"):
         metrics.accuracy([0, 1], [0])

@@ -485,12 +485,15 @@ def test_tampered_training_state_is_refused_and_changes_nothing(tmp_path):
         return new
 
     bad_shape = dict(opt_tensors, **{"0.exp_avg": np.zeros(7, np.float32)})
+    no_owner = dict(opt_tensors, **{"99.exp_avg": np.zeros(3, np.float32)})
     cases = [
         (dict(state=changed(version=99)), "training state version 99 is not supported"),
         (dict(state=changed(optimizer__type="SGD")), "trained with SGD, not Adam"),
         (dict(state=changed(optimizer__lr=-1.0)), "learning rate must be finite and >= 0"),
         (dict(state=changed(global_step=-5)), "step counts must be non-negative integers"),
         (dict(opt_tensors=bad_shape), r"optimizer tensor '0.exp_avg' has shape \(7,\)"),
+        (dict(opt_tensors=no_owner, state=changed(optimizer__state_keys=sorted(no_owner))),
+         "optimizer tensor '99.exp_avg' names no parameter of the optimizer"),
         (dict(state=changed(rng={"6": {"bit_generator": "MT19937", "state": 3}})),
          "malformed training state"),
         (dict(state=changed(rng={"0": {}})), "random state for layer 0, which has no generator"),

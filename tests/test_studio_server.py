@@ -129,6 +129,16 @@ def test_head_is_answered_like_get_without_a_body(server):
     assert call(server, "HEAD", "/nothing")[0] == 404
 
 
+def test_another_method_is_a_405_that_says_which_are_allowed(server):
+    connection = http.client.HTTPConnection(*server.server_address, timeout=10)
+    connection.request("PUT", "/api/info", headers={"Host": own_host(server)})
+    answer = connection.getresponse()
+    assert answer.status == 405 and answer.getheader("Allow") == "GET, HEAD, POST"
+    assert json.loads(answer.read())["error"].startswith("method PUT is not allowed here")
+    connection.close()
+    still_serves(server)
+
+
 def test_server_answers_bad_requests_with_4xx_and_keeps_serving(server):
     bad = [
         (dict(raw=b"not json"), 400, "not JSON"),

@@ -84,8 +84,11 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     # -- replies ---------------------------------------------------------------------------
-    def _send(self, status: int, body: bytes, content_type: str, close: bool = False) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, close: bool = False,
+              allow: str | None = None) -> None:
         self.send_response(status)
+        if allow is not None:
+            self.send_header("Allow", allow)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
@@ -98,11 +101,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, value, close: bool = False) -> None:
-        self._send(status, json.dumps(value).encode(), "application/json", close)
+    def _json(self, status: int, value, close: bool = False, allow: str | None = None) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json", close, allow)
 
-    def _error(self, status: int, message: str, close: bool = False) -> None:
-        self._json(status, {"error": message}, close)
+    def _error(self, status: int, message: str, close: bool = False,
+               allow: str | None = None) -> None:
+        self._json(status, {"error": message}, close, allow)
 
     def send_error(self, code, message=None, explain=None):
         # The standard library answers an unsupported HTTP version with a 505; to a client that
@@ -131,16 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _not_allowed(self):
-        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
-        self.send_header("Allow", "GET, HEAD, POST")
-        body = json.dumps({"error": f"method {self.command} is not allowed here; "
-                                    "use GET, HEAD or POST"}).encode()
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.close_connection = True
-        self.end_headers()
-        self.wfile.write(body)
+        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command} is not allowed here; "
+                    "use GET, HEAD or POST", close=True, allow="GET, HEAD, POST")
 
     def _answer(self, route) -> None:
         """Run ``route`` and turn every way a request can be wrong into a 4xx with a message (a

@@ -65,21 +65,15 @@ def open_storage(optuna, url: str, heartbeat: int = HEARTBEAT_SECONDS):
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     engine = ({"connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS}}
               if dialect in ("postgresql", "mysql") else {})
-    # Optuna 4.9 renamed the retry callback and RDBStorage's argument together; older versions
-    # know the first names
-    renamed = hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
-    on_stale = "heartbeat_stale_trial_callback" if renamed else "failed_trial_callback"
-    retry_callback = (optuna.storages.RetryHeartbeatStaleTrialCallback if renamed
-                      else optuna.storages.RetryFailedTrialCallback)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the heartbeat is "experimental" in Optuna
-            retry = retry_callback(max_retry=MAX_RETRIES)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
             for attempt in range(3):
                 try:
-                    return optuna.storages.RDBStorage(url, engine_kwargs=engine,
-                                                      heartbeat_interval=heartbeat,
-                                                      **{on_stale: retry})
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                        heartbeat_stale_trial_callback=retry)
                 except (IntegrityError, ProgrammingError):
                     # workers started together on an empty database race to create Optuna's
                     # tables ("duplicate key", "already exists"): the loser finds them made

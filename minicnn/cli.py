@@ -273,7 +273,7 @@ def cmd_predict(args) -> int:
     from PIL import UnidentifiedImageError
 
     from . import load_model
-    from .data import normalize_as_trained
+    from .data import class_names_of, normalize_as_trained
     from .data.images import read_image
 
     model = load_model(args.model)
@@ -281,7 +281,6 @@ def cmd_predict(args) -> int:
     input_shape = tuple(metadata.get("input_shape") or model.input_shape or ())
     if len(input_shape) != 3:
         raise SystemExit(f"minicnn predict: {args.model} does not record its input shape")
-    class_names = metadata.get("class_names")
     images, names, failed = [], [], 0
     for path in args.images:
         try:
@@ -293,10 +292,10 @@ def cmd_predict(args) -> int:
     if images:
         probs = model.predict(normalize_as_trained(np.stack(images), metadata))
         top = max(1, min(args.top, probs.shape[1]))
+        class_names = class_names_of(metadata, probs.shape[1])
         for path, p in zip(names, probs):
             best = np.argsort(p)[::-1][:top]
-            labels = ", ".join(
-                f"{class_names[i] if class_names else i} {p[i]:.1%}" for i in best)
+            labels = ", ".join(f"{class_names[i]} {p[i]:.1%}" for i in best)
             print(f"{path}: {labels}")
     return 1 if failed else 0
 

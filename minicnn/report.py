@@ -33,7 +33,7 @@ from markupsafe import Markup
 
 from . import interpret, metrics, plots
 from .atomic import atomic_write_bytes
-from .data.prepared import as_seen
+from .data.prepared import as_seen, class_names_of
 from .diagnostics import gradient_flow_warnings
 from .history import History
 
@@ -196,14 +196,6 @@ class _Evaluation:
                                                 **style))
 
 
-def _class_names(class_names, model, num_classes: int) -> list[str]:
-    if class_names is None:
-        class_names = (model.metadata or {}).get("class_names")
-    if class_names is None:
-        return [str(i) for i in range(num_classes)]
-    return [str(c) for c in class_names]
-
-
 def _write_metrics(ev: _Evaluation, summary: dict, model_path) -> None:
     atomic_write_bytes(ev.written(ev.out / "metrics.json"), json.dumps(summary, indent=2).encode())
     report_text = (f"{ev.where}: {len(ev.y):,} images"
@@ -351,7 +343,7 @@ def write_report(model, x_test, y_test, class_names, out_dir, dataset=None, mode
     out.mkdir(parents=True, exist_ok=True)
     log = print if verbose else (lambda *args, **kwargs: None)
     num_classes = model.output_shape(x_test.shape[1:])[0]
-    names = _class_names(class_names, model, num_classes)
+    names = class_names_of(model.metadata, num_classes, class_names)
     where = f"{dataset} test set" if dataset else "test set"
 
     log(f"report: classifying {len(x_test):,} images ...")

@@ -612,6 +612,14 @@ def test_load_digits_stratified_and_seeded():
     assert names == [str(d) for d in range(10)]
 
 
+def test_class_names_of_prefers_given_then_recorded_then_numbers():
+    recorded = {"class_names": ["cat", 7]}
+    assert data.class_names_of(recorded, 2) == ["cat", "7"]
+    assert data.class_names_of(recorded, 2, given=("a", "b")) == ["a", "b"]
+    assert data.class_names_of({}, 3) == ["0", "1", "2"]
+    assert data.class_names_of(None, 2) == ["0", "1"]
+
+
 def test_load_dataset_by_name():
     assert data.load_dataset("digits")[0][0].shape[1:] == (1, 8, 8)
     with pytest.raises(ValueError, match="unknown dataset"):

@@ -23,7 +23,13 @@ from .image_folder import IMAGE_EXTENSIONS, load_image_folder
 from .images import decode_image
 from .loader import DataLoader
 from .mnist import load_fashion_mnist, load_mnist
-from .prepared import PreparedData, normalize_as_trained, prepare_data, validation_split
+from .prepared import (
+    PreparedData,
+    class_names_of,
+    normalize_as_trained,
+    prepare_data,
+    validation_split,
+)
 from .registry import BUILT_IN, DATASETS, Dataset, dataset, load_dataset
 from .sources import DatasetNotFoundError, user_cache_dir
 from .transforms import (
@@ -44,8 +50,8 @@ from .transforms import (
 __all__ = [
     "BUILT_IN", "DATASETS", "IMAGE_EXTENSIONS", "Compose", "DataLoader", "Dataset", "DatasetFileError",
     "DatasetNotFoundError", "Normalize", "PreparedData", "RandomAffine", "RandomCrop", "RandomHorizontalFlip",
-    "RandomRotation", "RandomScale", "RandomTranslation", "Transform", "dataset", "decode_image",
-    "load_cifar10", "load_dataset", "load_digits", "load_fashion_mnist", "load_image_folder",
-    "load_mnist", "normalize_as_trained", "parse_idx", "prepare_data", "preview", "read_idx",
-    "shift_images", "user_cache_dir", "validation_split", "warp_affine",
+    "RandomRotation", "RandomScale", "RandomTranslation", "Transform", "class_names_of", "dataset",
+    "decode_image", "load_cifar10", "load_dataset", "load_digits", "load_fashion_mnist",
+    "load_image_folder", "load_mnist", "normalize_as_trained", "parse_idx", "prepare_data", "preview",
+    "read_idx", "shift_images", "user_cache_dir", "validation_split", "warp_affine",
 ]

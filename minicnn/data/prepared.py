@@ -87,6 +87,13 @@ def normalize_as_trained(x, metadata):
     return Normalize(norm["mean"], norm["std"])(x, None)
 
 
+def class_names_of(metadata, count: int, given=None) -> list[str]:
+    """The class names to show, as strings: ``given``, else those a model's metadata records,
+    else "0", "1", ... (``count`` of them)."""
+    names = given if given is not None else (metadata or {}).get("class_names")
+    return [str(c) for c in names] if names else [str(i) for i in range(count)]
+
+
 def as_seen(x, metadata) -> np.ndarray:
     """Images as a person sees them, float64 in [0, 1]: the normalization a model's metadata
     records undone (the inverse of :func:`normalize_as_trained`); where it records none and the

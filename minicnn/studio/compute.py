@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from .. import interpret
-from ..data import normalize_as_trained
+from ..data import class_names_of, normalize_as_trained
 from ..data.images import preprocess_drawing
 from ..gradcheck import Probe, check_entry
 from ..losses import SoftmaxCrossEntropy
@@ -75,9 +75,7 @@ class Studio:
         if len(self.input_shape) != 3:
             raise ValueError("studio: the model does not record its input shape")
         self.num_classes = self.model.output_shape(self.input_shape)[0]
-        names = class_names or self.metadata.get("class_names")
-        self.class_names = [str(c) for c in names] if names else \
-            [str(i) for i in range(self.num_classes)]
+        self.class_names = class_names_of(self.metadata, self.num_classes, class_names or None)
         self.test_images = test_images
         self.test_labels = test_labels
         self.cam_layer = self._cam_layer()

@@ -44,7 +44,7 @@ from .validation import check_float_array, check_positive_int
 __all__ = [
     "CAMResult", "bilinear_resize", "cam", "class_maps", "class_score_gradient",
     "conv_block_output", "conv_filters", "default_cam_layer", "feature_maps", "first_filters",
-    "grad_cam", "heatmaps", "saliency",
+    "grad_cam", "has_convolution", "heatmaps", "saliency",
 ]
 
 @dataclass(frozen=True)
@@ -209,6 +209,12 @@ def conv_block_output(model, block: int = -1) -> int:
     while index + 1 < len(model.layers) and model.layers[index + 1].per_channel:
         index += 1
     return index
+
+
+def has_convolution(model) -> bool:
+    """Whether the model has a convolutional layer (Conv2D, or a residual block of them): what
+    feature maps, filters, Grad-CAM and :func:`default_cam_layer` need."""
+    return any(layer.convolutional for layer in model.layers)
 
 
 def default_cam_layer(model) -> int:

@@ -225,14 +225,6 @@ def _results_sections(ev: _Evaluation, summary: dict, mistakes) -> list[tuple[st
     ]
 
 
-def _has_conv(model) -> bool:
-    try:
-        interpret.default_cam_layer(model)
-        return True
-    except ValueError:  # no convolution: no feature maps, filters or Grad-CAM, only saliency
-        return False
-
-
 def _class_activation_figures(ev: _Evaluation, examples, wrong) -> list[dict]:
     """Grad-CAM on one image per class and on the worst mistakes; CAM where the network allows."""
     layer = interpret.default_cam_layer(ev.model)
@@ -256,7 +248,8 @@ def _class_activation_figures(ev: _Evaluation, examples, wrong) -> list[dict]:
 def _where_the_model_looks(ev: _Evaluation, examples, wrong) -> list[tuple[str, list]]:
     if not len(examples):
         return []
-    look = _class_activation_figures(ev, examples, wrong) if _has_conv(ev.model) else []
+    look = _class_activation_figures(ev, examples, wrong) \
+        if interpret.has_convolution(ev.model) else []  # without one: only saliency
     png = ev.heatmaps(examples, interpret.saliency(ev.model, ev.x[examples]), "saliency.png",
                       "Saliency: |d class score / d pixel|", cmap="hot", alpha=0.8)
     look.append(_figure(png, "saliency"))
@@ -267,7 +260,7 @@ def _where_the_model_looks(ev: _Evaluation, examples, wrong) -> list[tuple[str, 
 def _first_layer_section(ev: _Evaluation, examples) -> list[tuple[str, list]]:
     """The first convolution's filters and the first block's feature maps for one image."""
     model = ev.model
-    if not _has_conv(model):
+    if not interpret.has_convolution(model):
         return []
     inside = []
     first = interpret.first_filters(model)

@@ -220,6 +220,11 @@ def test_results_do_not_depend_on_the_batch_size_and_gradients_are_kept():
 def test_default_layer_and_filters():
     model = tiny_model()
     assert interpret.default_cam_layer(model) == 5  # last Conv2D, through its Tanh
+    assert interpret.has_convolution(model)
+    dense_only = mc.Sequential([Flatten(), Dense(4, 2)], seed=0)
+    assert not interpret.has_convolution(dense_only)
+    with pytest.raises(ValueError, match="no Conv2D layer"):
+        interpret.default_cam_layer(dense_only)
     assert interpret.conv_block_output(model, 0) == 2  # Conv2D -> BatchNorm2D -> LeakyReLU
     filters = interpret.conv_filters(model)
     assert filters.shape == (3, 2, 3, 3)

@@ -78,13 +78,8 @@ class Studio:
         self.class_names = class_names_of(self.metadata, self.num_classes, class_names or None)
         self.test_images = test_images
         self.test_labels = test_labels
-        self.cam_layer = self._cam_layer()
-
-    def _cam_layer(self):
-        try:
-            return interpret.default_cam_layer(self.model)
-        except ValueError:
-            return None
+        self.cam_layer = interpret.default_cam_layer(self.model) \
+            if interpret.has_convolution(self.model) else None
 
     # -- inputs ----------------------------------------------------------------------------
     def image_from_request(self, request: dict) -> tuple[np.ndarray, dict]:

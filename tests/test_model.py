@@ -140,7 +140,9 @@ def test_first_not_finite_names_the_layer_where_a_nan_appears():
     dy[0, 1] = np.inf  # the backward pass replayed over the caches: the last layer's grads first
     assert model.first_not_finite(x, dy) == ("layer 2 (Dense) is the first to produce a "
                                              "non-finite gradient, for its weight (backward pass)")
-    huge = np.full_like(x, 3e38)  # finite, but overflows float32 in the first product
+    # finite input and weights whose every product overflows float32, whatever the order of sums
+    huge = np.full_like(x, 3e38)
+    model.layers[0].weight.data[...] = 10
     with np.errstate(over="ignore", invalid="ignore"):
         assert model.first_not_finite(huge).startswith("layer 0 (Dense) is the first to output")
     model.layers[2].bias.data[1] = np.nan

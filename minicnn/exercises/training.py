@@ -262,11 +262,8 @@ def train_with_your_layers(folder, epochs: int = 3, limit: int | None = None, se
     previous = backend.get_backend()
     backend.set_backend("numpy")  # your functions are NumPy code
     try:
-        (x_train, y_train), (x_test, y_test), _ = data.load_mnist(verbose=verbose)
-        if limit:
-            x_train, y_train = x_train[:limit], y_train[:limit]
-        normalize = data.Normalize.fit(x_train)  # as minicnn.data.prepare_data does
-        x_train, x_test = normalize(x_train, None), normalize(x_test, None)
+        mnist = data.prepare_data("mnist", limit=limit or None, limit_test=False, verbose=verbose)
+        (x_train, y_train), (x_test, y_test) = mnist.train, mnist.test
         model, kept = your_network(yours, seed)
         optimizer, optimizer_words = your_optimizer(yours, model.parameters())
         if optimizer_words.startswith("minicnn"):

@@ -1,38 +1,12 @@
 """The studio's web server: the page's three files and a small JSON API, on the standard
-library's HTTP server (nothing to install).
-
-Every request gets an answer, and nothing a client sends prints a traceback: a malformed
-request line, header or body is a 4xx with a message (JSON for the API), an unknown method a
-405, a body over ``MAX_BODY`` bytes a 413 sent after the body was read and thrown away (up to
-``MAX_DISCARD``; beyond that the answer says ``Connection: close``), a client that stalls is
-dropped after ``TIMEOUT`` seconds. Nothing is unpickled or evaluated; only a fixed list of the
-studio's own files is served (``../`` tricks are a 404).
-
-It is safe to run on a machine with a browser, which any web page can make send requests to
-``127.0.0.1``:
-
-- **Host.** A request whose ``Host`` is not this server's loopback name or address with its
-  port is refused (403): a DNS-rebinding page, whose own name now points at 127.0.0.1, is not
-  answered. With ``--host`` an address other than loopback, that address is allowed too; with
-  ``0.0.0.0`` every name is (the CLI warns).
-- **Token.** The API (``/api/...``) needs the run's token, which the printed URL carries
-  (``?token=...``) and the page sends back as the ``X-Studio-Token`` header; as in Jupyter, a
-  page elsewhere cannot learn it. A cross-site page cannot even send that header without a
-  CORS preflight, which this server never approves.
-- **Origin.** A POST that comes with an ``Origin`` (every browser sends one) must come from this
-  server's own origin (403 otherwise).
-
-API (JSON in and out):
-
-- ``GET  /api/info``: the model (layers, input shape, class names) and the test-image picker;
-- ``POST /api/analyze``: ``{"test_index": i} | {"drawing": [[...]]} | {"image": [[...]]}``,
-  optional ``"target": "class" | "loss"``, ``"class"`` / ``"label"``; every panel
-  (:meth:`Studio.analyze`);
-- ``POST /api/check``: the same image and target plus ``"kind": "pixel" | "weight"`` and an
-  ``"index"``; the analytic and the numerical gradient (:meth:`Studio.check`);
-- ``POST /api/train``: start a short training run in the background (``{"steps": n}``);
-  ``GET /api/training``: its curves, gradient norms and first-layer filters so far;
-- ``GET /source/<Layer>``: the layer class's source code, as text.
+library's HTTP server (nothing to install). docs/studio.md ("The server") lists the API and
+what it refuses, and why. Any web page can make a browser send requests to 127.0.0.1, so a
+request is answered only when it names this server's own ``Host``; the API only with the run's
+token (``X-Studio-Token``, as in Jupyter), and a POST only from the studio's own origin. Every
+request gets an answer and no client prints a traceback: malformed input is a 4xx with its
+reason, an oversized body a 413 after it was read and dropped (up to ``MAX_DISCARD``), a
+stalled client is dropped after ``TIMEOUT`` seconds. Nothing is unpickled or evaluated; only a
+fixed list of files is served.
 """
 
 from __future__ import annotations

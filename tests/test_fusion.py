@@ -196,3 +196,110 @@ def test_a_residual_network_trains_the_same_with_fusion_on_and_off(name, dtype, 
     for got, want in zip([*results[True][:2], *results[True][2]],
                          [*results[False][:2], *results[False][2]]):
         assert_close(got, want, dtype, "an output or gradient")
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(2, 9), w=st.integers(2, 9),
+       kernel=st.sampled_from([(2, 2), (3, 3), (2, 3), (1, 2)]),
+       stride=st.sampled_from([None, (1, 1), (2, 1), (2, 2)]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
+def test_maxpool_relu_backward_is_the_pools_backward_then_relus(name, n, c, h, w, kernel, stride,
+                                                              dtype, seed):
+    """Bit for bit, with windows that overlap or leave pixels out, ties, exact zeros and windows
+    with nothing positive; the ReLU's mask given as its input or its output."""
+    kh, kw = kernel
+    stride = stride or kernel
+    if h < kh or w < kw:
+        return
+    kernels, reference = backend.kernels(name), backend.kernels("numpy")
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-3, 3, (n, c, h, w)).astype(dtype) / 2  # ties and exact zeros
+    dy_shape = reference.maxpool_forward(x, kernel, stride)[0].shape
+    dy = rng.standard_normal(dy_shape).astype(dtype)
+    for relu_x in (x, reference.relu_forward(x)):
+        _, argmax = reference.maxpool_forward(relu_x, kernel, stride)
+        dx = kernels.maxpool_relu_backward(dy, argmax, relu_x, kernel, stride)
+        expected = reference.relu_backward(
+            reference.maxpool_backward(dy, argmax, x.shape, kernel, stride), relu_x)
+        assert dx.dtype == dtype and dx.shape == x.shape
+        np.testing.assert_array_equal(dx, expected)
+
+
+def pooling_network(seed=0):
+    return mc.Sequential([
+        Conv2D(2, 4, 3, padding=1), ReLU(), MaxPool2D(2),
+        Conv2D(4, 4, 3, padding=1), ReLU(), MaxPool2D(3, stride=2),  # windows that overlap
+        Flatten(), Dense(4, 3)], seed=seed)
+
+
+def counting(monkeypatch, kernels, names):
+    calls = []
+    for kernel in names:
+        original = getattr(kernels, kernel)
+        monkeypatch.setattr(kernels, kernel,
+                            lambda *a, _f=original, _k=kernel, **kw: calls.append(_k) or _f(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_then_maxpool_trains_the_same_with_fusion_on_and_off(name, dtype, fusion,
+                                                                  monkeypatch):
+    """The reference network's Conv, ReLU, MaxPool2D: the same outputs and gradients, bit for
+    bit, fused or not, and a fused pass followed by the layers' own (and the other way round)."""
+    kernels = backend.kernels(name)
+    calls = counting(monkeypatch, kernels, ("maxpool_relu_backward", "relu_backward"))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 2, 6, 6)).astype(dtype)
+    x[0, 0] = 0  # a plane whose first layer outputs are the bias alone: ties
+
+    def run(forward, backward):
+        net = pooling_network().to(name).astype(dtype)
+        y = forward(net, x)
+        dx = backward(net, np.linspace(-1, 1, y.size).reshape(y.shape).astype(dtype))
+        return [y, dx, *(p.grad.copy() for p in net.parameters())]
+
+    def fused_forward(net, x):
+        return net.forward(x, training=True)
+
+    def own_forward(net, x):
+        return [y for *_, y in net.forward_steps(x, training=True)][-1]
+
+    def fused_backward(net, dy):
+        return net.backward(dy)
+
+    def own_backward(net, dy):
+        return [dx for *_, dx in net.backward_steps(dy)][-1]
+
+    calls.clear()
+    fused = run(fused_forward, fused_backward)
+    assert calls.count("maxpool_relu_backward") == 2
+    mc.set_fusion(False)
+    calls.clear()
+    plain = run(fused_forward, fused_backward)
+    assert calls == ["relu_backward"] * 2
+    assert all((array != 0).mean() > 0.2 for array in plain)  # gradients reach every layer
+    mc.set_fusion(True)
+    mixed = [run(fused_forward, own_backward), run(own_forward, fused_backward)]
+    for results in (fused, *mixed):
+        for got, want in zip(results, plain):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_a_layer_joins_one_pair_and_backward_undoes_the_forward_pairs(name, fusion, monkeypatch):
+    """BatchNorm2D, ReLU, MaxPool2D: BatchNorm and ReLU pair (read from the left) in both passes;
+    the ReLU is not paired again with the pool."""
+    from minicnn.layers import fused
+
+    kernels = backend.kernels(name)
+    calls = counting(monkeypatch, kernels, ("batchnorm_relu_forward", "batchnorm_relu_backward",
+                                            "maxpool_relu_backward"))
+    net = mc.Sequential([Conv2D(1, 2, 3, padding=1), BatchNorm2D(2), ReLU(), MaxPool2D(2),
+                         ReLU(), MaxPool2D(2)], seed=0).to(name)
+    assert fused.pair_starts(net.layers) == {1, 4}
+    x = np.random.default_rng(6).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    y = net.forward(x, training=True)
+    net.backward(np.ones_like(y))
+    assert calls == ["batchnorm_relu_forward", "maxpool_relu_backward", "batchnorm_relu_backward"]

@@ -21,7 +21,8 @@ and returns new arrays (which a backend may recycle once nothing references them
   (F, N*OH*OW) layout and NCHW, adding the bias on the way there.
 - ``maxpool_forward(x, kernel, stride) -> (y, argmax)`` with argmax (int32) the flat index
   (kh*KW + kw) of the winning element inside each window; ``maxpool_backward(dy, argmax,
-  x_shape, kernel, stride) -> dx``.
+  x_shape, kernel, stride) -> dx``; ``maxpool_relu_backward(dy, argmax, relu_x, kernel, stride)``
+  the same followed by ``relu_backward`` with ``relu_x`` (a ReLU + MaxPool2D pair, layers.fused).
 - ``avgpool_forward(x, kernel, stride) -> y``; ``avgpool_backward(dy, x_shape, kernel, stride)``.
 - ``conv_algorithm(x_shape, weight_shape, stride, padding) -> ConvAlgorithm | None``: which
   faster algorithm (Winograd or a direct sum, for a 3x3 stride-1 convolution) this backend runs
@@ -146,10 +147,10 @@ def get_fusion() -> bool:
 
 
 def set_fusion(enabled: bool) -> bool:
-    """Run BatchNorm2D + ReLU as one pass (True) or exactly as the two layers' code reads
-    (False), from now on, in every model; returns the previous setting. The fused pass computes
-    the same numbers (tested equal); it saves writing and reading one activation-sized array
-    forward and two backward."""
+    """Run neighbouring layers as one pass (True: BatchNorm2D or Residual + ReLU, ReLU +
+    MaxPool2D, see :mod:`minicnn.layers.fused`) or exactly as each layer's code reads (False),
+    from now on, in every model; returns the previous setting. The fused passes compute the same
+    numbers (tested equal) without writing and reading the arrays between the two layers."""
     global _fusion
     if not isinstance(enabled, bool):
         raise TypeError(f"set_fusion: expected True or False, got {enabled!r}")

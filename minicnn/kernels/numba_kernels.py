@@ -92,6 +92,7 @@ __all__ = [
     "matmul",
     "maxpool_backward",
     "maxpool_forward",
+    "maxpool_relu_backward",
     "nchw_to_cnhw",
     "relu_backward",
     "relu_forward",
@@ -248,7 +249,7 @@ def _maxpool_forward_kernel(x_flat, offsets, oh_count, ow_count, sh, sw, x_width
 
 @_jit
 def _maxpool_backward_kernel(dy_flat, argmax_flat, offsets, oh_count, ow_count, sh, sw,
-                             x_width, zero, dx_flat):
+                             x_width, zero, dx_flat, relu_x_flat, rectified):
     windows_per_plane = oh_count * ow_count
     planes = dy_flat.shape[0] // windows_per_plane
     plane_size = dx_flat.shape[0] // planes
@@ -262,6 +263,12 @@ def _maxpool_backward_kernel(dy_flat, argmax_flat, offsets, oh_count, ow_count, 
                 q = _u(plane * windows_per_plane + oh * ow_count + ow)
                 winner = start + oh * sh * x_width + ow * sw + offsets[argmax_flat[q]]
                 dx_flat[_u(winner)] += dy_flat[q]
+        if rectified:  # the ReLU before the pool: its mask, on the winners alone
+            for oh in range(oh_count):
+                for ow in range(ow_count):
+                    q = _u(plane * windows_per_plane + oh * ow_count + ow)
+                    winner = _u(start + oh * sh * x_width + ow * sw + offsets[argmax_flat[q]])
+                    dx_flat[winner] = dx_flat[winner] * (relu_x_flat[winner] > zero)
 
 
 # The 2x2 windows at stride 2 of almost every CNN: the four candidates of a window are two
@@ -295,7 +302,7 @@ def _maxpool2x2_forward_kernel(x_flat, planes, h, w, oh_count, ow_count, y_flat,
 
 @_jit
 def _maxpool2x2_backward_kernel(dy_flat, argmax_flat, planes, h, w, oh_count, ow_count, zero,
-                                dx_flat):
+                                dx_flat, relu_x_flat, rectified):
     for plane in prange(planes):
         start = plane * h * w
         if 2 * oh_count != h or 2 * ow_count != w:  # an odd last row or column no window covers
@@ -309,8 +316,12 @@ def _maxpool2x2_backward_kernel(dy_flat, argmax_flat, planes, h, w, oh_count, ow
                 dx_flat[_u(corner + 1)] = zero
                 dx_flat[_u(corner + w)] = zero
                 dx_flat[_u(corner + w + 1)] = zero
-                winner = argmax_flat[q]  # window position (winner // 2, winner % 2)
-                dx_flat[_u(corner + (winner >> 1) * w + (winner & 1))] = dy_flat[q]
+                at = argmax_flat[q]  # window position (at // 2, at % 2)
+                winner = _u(corner + (at >> 1) * w + (at & 1))
+                if rectified:  # the ReLU before the pool: its mask, read at the winner alone
+                    dx_flat[winner] = dy_flat[q] * (relu_x_flat[winner] > zero)
+                else:
+                    dx_flat[winner] = dy_flat[q]
 
 
 @_jit
@@ -434,16 +445,28 @@ def maxpool_forward(x, kernel, stride):
 
 
 def maxpool_backward(dy, argmax, x_shape, kernel, stride):
+    return _maxpool_backward(dy, argmax, x_shape, kernel, stride, relu_x=None)
+
+
+def maxpool_relu_backward(dy, argmax, relu_x, kernel, stride):
+    # the ReLU's mask is read at each window's winner only: every other pixel's gradient is 0
+    return _maxpool_backward(dy, argmax, relu_x.shape, kernel, stride, relu_x=relu_x)
+
+
+def _maxpool_backward(dy, argmax, x_shape, kernel, stride, relu_x):
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax, dtype=np.int32).reshape(-1)
     g = geometry(x_shape, kernel, stride)
     dx, work = _gradient_of_input(x_shape, dy.dtype, dy)
+    mask = dy if relu_x is None else np.ascontiguousarray(relu_x, dtype=dy.dtype)
     if work and (g.kh, g.kw, g.sh, g.sw) == (2, 2, 2, 2):
         _maxpool2x2_backward_kernel(dy.reshape(-1), argmax, g.n * g.c, g.h, g.w, g.oh, g.ow,
-                                    dy.dtype.type(0), dx.reshape(-1))
+                                    dy.dtype.type(0), dx.reshape(-1), mask.reshape(-1),
+                                    relu_x is not None)
     elif work:
         _maxpool_backward_kernel(dy.reshape(-1), argmax, _window_offsets(g.kh, g.kw, g.w),
-                                 g.oh, g.ow, g.sh, g.sw, g.w, dy.dtype.type(0), dx.reshape(-1))
+                                 g.oh, g.ow, g.sh, g.sw, g.w, dy.dtype.type(0), dx.reshape(-1),
+                                 mask.reshape(-1), relu_x is not None)
     return dx
 
 

@@ -18,8 +18,8 @@ from . import array_module, choose_conv, geometry, winograd
 __all__ = ["adam_update", "add_relu", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
            "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm",
-           "im2col", "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw",
-           "relu_backward", "relu_forward"]
+           "im2col", "matmul", "maxpool_backward", "maxpool_forward", "maxpool_relu_backward",
+           "nchw_to_cnhw", "relu_backward", "relu_forward"]
 
 
 def _pad(x: np.ndarray, padding: tuple[int, int]) -> np.ndarray:
@@ -111,6 +111,13 @@ def maxpool_backward(dy, argmax, x_shape, kernel, stride):
         for j in range(kw):
             dx[_window_slab(i, j, dy.shape[2:], stride)] += dy * (argmax == i * kw + j)
     return dx
+
+
+def maxpool_relu_backward(dy, argmax, relu_x, kernel, stride):
+    """dL/dx through a ReLU and the MaxPool2D after it (layers.fused), dy being dL/d(the pool's
+    output) and ``relu_x`` the ReLU's input or output (positive at the same places): the pool's
+    backward, then the ReLU's."""
+    return relu_backward(maxpool_backward(dy, argmax, relu_x.shape, kernel, stride), relu_x)
 
 
 def avgpool_forward(x, kernel, stride):

@@ -10,8 +10,18 @@ A Residual block followed by a ReLU writes the sum a + b, which ReLU reads to wr
 max(a + b, 0): ``add_relu`` writes only the latter. Backward, nothing is saved: ReLU's mask
 is one pass, and the block's own backward follows.
 
-The layers end up exactly as if each had run its own ``forward``: the same caches, output
-shapes and gradients, so either pass can follow the other. Only the unobserved passes
+A ReLU followed by a MaxPool2D (Conv, ReLU, MaxPool) writes max(x, 0) whole for the pool to
+read. A window's maximum and max(., 0) commute, so the pair pools x and applies the ReLU to the
+pooled values only (a quarter of them, for 2x2 windows). Backward, the pool sends each window's
+dy to its winner and ReLU masks the whole result; ``maxpool_relu_backward`` reads the mask at
+the winners alone (everywhere else the gradient is 0 anyway).
+
+The layers end up as if each had run its own ``forward``: the same output shapes and gradients,
+and caches their own backward reads the same way (ReLU after a pool keeps its input x, not
+max(x, 0): positive at the same places; the pool's winner in a window with nothing positive
+may be another of its zeros, and gets no gradient either way), so either pass can follow the
+other. A layer joins one pair at most, the pairs read from the left (in BatchNorm2D, ReLU,
+MaxPool2D the first two). Only the unobserved passes
 (``Sequential.forward`` / ``backward``) fuse; ``forward_steps`` / ``backward_steps``, which show
 every layer's output, run each layer's own code, and so does everything once
 ``minicnn.set_fusion(False)`` is called (or ``MINICNN_FUSION=0`` is set).
@@ -22,6 +32,7 @@ from __future__ import annotations
 from ..kernels import get_fusion
 from .activations import ReLU
 from .normalization import BatchNorm2D
+from .pooling import MaxPool2D
 
 
 def _batchnorm_relu_forward(norm: BatchNorm2D, relu: ReLU, x, training: bool):
@@ -54,11 +65,29 @@ def residual_relu_backward(block, relu: ReLU, dy, input_grad: bool):
     return block.backward(relu.backward(dy), input_grad=input_grad)
 
 
+def _relu_maxpool_forward(relu: ReLU, pool: MaxPool2D, x, training: bool):
+    """pool.forward(relu.forward(x)), the ReLU applied to the pooled values."""
+    pooled, argmax = pool.kernels.maxpool_forward(x, pool.kernel_size, pool.stride)
+    relu._remember(x, cache=x)  # x > 0 where max(x, 0) > 0: the mask ReLU._backward reads
+    pool._remember(pooled, cache=(x.shape, argmax))  # what MaxPool2D._forward keeps
+    return relu.kernels.relu_forward(pooled)
+
+
+def _relu_maxpool_backward(relu: ReLU, pool: MaxPool2D, dy, input_grad: bool):
+    """relu.backward(pool.backward(dy)) in one pass."""
+    pool._check_output_gradient(dy)
+    argmax = pool._cache[1]
+    return pool.kernels.maxpool_relu_backward(dy, argmax, relu._cache, pool.kernel_size,
+                                              pool.stride)
+
+
 #: (first layer's type, second's) -> (forward, backward, the kernel the backend needs); a
 #: container layer adds its own pair where it is defined (Residual: layers/residual.py), as
 #: this module sits below the containers
 PAIRS = {(BatchNorm2D, ReLU): (_batchnorm_relu_forward, _batchnorm_relu_backward,
-                               "batchnorm_relu_forward")}
+                               "batchnorm_relu_forward"),
+         (ReLU, MaxPool2D): (_relu_maxpool_forward, _relu_maxpool_backward,
+                             "maxpool_relu_backward")}
 
 
 def fuses(layers, index: int) -> bool:
@@ -72,6 +101,20 @@ def fuses(layers, index: int) -> bool:
     return (pair is not None
             and first._passes is None and second._passes is None  # their own code, not fused
             and first.backend == second.backend and hasattr(first.kernels, pair[2]))
+
+
+def pair_starts(layers) -> set[int]:
+    """The indices i at which ``layers[i]`` and ``layers[i + 1]`` run as one pass (:func:`fuses`),
+    read from the left: a layer joins one pair at most, and the backward pass undoes exactly the
+    pairs of the forward pass."""
+    starts, index = set(), 0
+    while index + 1 < len(layers):
+        if fuses(layers, index):
+            starts.add(index)
+            index += 2
+        else:
+            index += 1
+    return starts
 
 
 def forward(first, second, x, training: bool):

@@ -184,11 +184,12 @@ class Sequential(Layer):
             yield index, layer, x
 
     def _forward(self, x, training):
-        # as _steps_forward, but a BatchNorm2D or Residual + ReLU pair may run as one pass
-        # (layers.fused)
+        # as _steps_forward, but a BatchNorm2D or Residual + ReLU or a ReLU + MaxPool2D pair
+        # may run as one pass (layers.fused)
+        pairs = fused.pair_starts(self.layers)
         index = 0
         while index < len(self.layers):
-            if fused.fuses(self.layers, index):
+            if index in pairs:
                 x = fused.forward(self.layers[index], self.layers[index + 1], x, training)
                 index += 2
             else:
@@ -215,9 +216,10 @@ class Sequential(Layer):
 
     def _backward(self, dy, input_grad):
         # as _steps_backward, with the pairs _forward fused run as one pass again
+        pairs = fused.pair_starts(self.layers)
         index = len(self.layers) - 1
         while index >= 0:
-            if index > 0 and fused.fuses(self.layers, index - 1):
+            if index - 1 in pairs:
                 dy = fused.backward(self.layers[index - 1], self.layers[index], dy,
                                     input_grad=input_grad or index > 1)
                 index -= 2

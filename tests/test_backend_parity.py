@@ -156,6 +156,11 @@ def test_maxpool_matches_reference(name, dtype, config):
     expected = reference.maxpool_backward(dy, argmax_ref, shape, kernel, stride)
     actual = kernels.maxpool_backward(_on(name, dy), _on(name, argmax_ref), shape, kernel, stride)
     _close(actual, expected, dtype)
+    # with a ReLU before the pool (layers.fused): its mask, from its input x (half negative)
+    expected = reference.maxpool_relu_backward(dy, argmax_ref, x, kernel, stride)
+    actual = kernels.maxpool_relu_backward(_on(name, dy), _on(name, argmax_ref), _on(name, x),
+                                           kernel, stride)
+    _close(actual, expected, dtype)
 
 
 @DTYPES

@@ -100,6 +100,9 @@ def check_pool_kernels(kernels, dtype, shape, kernel, stride, seed):
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
     close(kernels.maxpool_backward(dy, argmax, shape, kernel, stride),
           reference.maxpool_backward(dy, argmax_ref, shape, kernel, stride), dtype)
+    relu_x = x - dtype(x.size // 2)  # a ReLU's input before the pool: half negative, one 0
+    close(kernels.maxpool_relu_backward(dy, argmax, relu_x, kernel, stride),
+          reference.maxpool_relu_backward(dy, argmax_ref, relu_x, kernel, stride), dtype)
     close(kernels.avgpool_forward(x, kernel, stride), reference.avgpool_forward(x, kernel, stride),
           dtype)
     close(kernels.avgpool_backward(dy, shape, kernel, stride),

@@ -123,13 +123,11 @@ __global__ void maxpool_forward(const T* __restrict__ x, T* __restrict__ y,
     argmax[idx] = best_index;
 }
 
+// one thread per input pixel: the sum of dy over the windows this pixel won
 template <typename T>
-__global__ void maxpool_backward(const T* __restrict__ dy, const int* __restrict__ argmax,
-                                 T* __restrict__ dx, long long total, int H, int W, int KH,
-                                 int KW, int SH, int SW, int OH, int OW) {
-    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= total) return;
-    // one thread per input pixel: sum dy over the windows this pixel won
+__device__ __forceinline__ T maxpool_gradient(const T* dy, const int* argmax, long long idx,
+                                              int H, int W, int KH, int KW, int SH, int SW,
+                                              int OH, int OW) {
     int h, w;
     long long plane = pixel_of(idx, H, W, &h, &w);
     T sum = T(0);
@@ -137,7 +135,29 @@ __global__ void maxpool_backward(const T* __restrict__ dy, const int* __restrict
         long long out = (plane * OH + oh) * OW + ow;
         if (argmax[out] == i * KW + j) sum += dy[out];
     });
-    dx[idx] = sum;
+    return sum;
+}
+
+template <typename T>
+__global__ void maxpool_backward(const T* __restrict__ dy, const int* __restrict__ argmax,
+                                 T* __restrict__ dx, long long total, int H, int W, int KH,
+                                 int KW, int SH, int SW, int OH, int OW) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    dx[idx] = maxpool_gradient(dy, argmax, idx, H, W, KH, KW, SH, SW, OH, OW);
+}
+
+// the same, then ReLU's backward (a ReLU before the pool, layers/fused.py): relu_x is the ReLU's
+// input or output, positive at the same places
+template <typename T>
+__global__ void maxpool_relu_backward(const T* __restrict__ dy, const int* __restrict__ argmax,
+                                      const T* __restrict__ relu_x, T* __restrict__ dx,
+                                      long long total, int H, int W, int KH, int KW, int SH,
+                                      int SW, int OH, int OW) {
+    long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= total) return;
+    T sum = maxpool_gradient(dy, argmax, idx, H, W, KH, KW, SH, SW, OH, OW);
+    dx[idx] = sum * T(relu_x[idx] > T(0));
 }
 
 template <typename T>

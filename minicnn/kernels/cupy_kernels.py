@@ -25,12 +25,12 @@ from . import geometry
 __all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
            "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm", "dropout_mask",
-           "im2col", "matmul", "maxpool_backward", "maxpool_forward", "nchw_to_cnhw",
-           "relu_backward", "relu_forward"]
+           "im2col", "matmul", "maxpool_backward", "maxpool_forward", "maxpool_relu_backward",
+           "nchw_to_cnhw", "relu_backward", "relu_forward"]
 
 SOURCE_PATH = Path(__file__).with_name("cupy_kernels.cu")
-KERNEL_NAMES = ("im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
-                "avgpool_backward", "batchnorm_stats", "batchnorm_grad_sums")
+KERNEL_NAMES = ("im2col", "col2im", "maxpool_forward", "maxpool_backward", "maxpool_relu_backward",
+                "avgpool_forward", "avgpool_backward", "batchnorm_stats", "batchnorm_grad_sums")
 _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _THREADS_PER_BLOCK = 256
 
@@ -103,6 +103,16 @@ def maxpool_backward(dy, argmax, x_shape, kernel, stride):
     dx = cp.empty(x_shape, dtype=dy.dtype)
     _launch("maxpool_backward", dy.dtype, dx.size, dy, cp.ascontiguousarray(argmax), dx,
             _pool_sizes(geometry(x_shape, kernel, stride)))
+    return dx
+
+
+def maxpool_relu_backward(dy, argmax, relu_x, kernel, stride):
+    cp = _cupy()
+    dy = cp.ascontiguousarray(dy)
+    dx = cp.empty(relu_x.shape, dtype=dy.dtype)
+    _launch("maxpool_relu_backward", dy.dtype, dx.size, dy, cp.ascontiguousarray(argmax),
+            cp.ascontiguousarray(relu_x, dtype=dy.dtype), dx,
+            _pool_sizes(geometry(relu_x.shape, kernel, stride)))
     return dx
 
 

@@ -17,9 +17,9 @@ dy to its winner and ReLU masks the whole result; ``maxpool_relu_backward`` read
 the winners alone (everywhere else the gradient is 0 anyway).
 
 The layers end up as if each had run its own ``forward``: the same output shapes and gradients,
-and caches their own backward reads the same way (ReLU after a pool keeps its input x, not
+and caches their own backward reads the same way (a ReLU before a pool keeps its input x, not
 max(x, 0): positive at the same places; the pool's winner in a window with nothing positive
-may be another of its zeros, and gets no gradient either way), so either pass can follow the
+may be another of its pixels, and gets no gradient either way), so either pass can follow the
 other. A layer joins one pair at most, the pairs read from the left (in BatchNorm2D, ReLU,
 MaxPool2D the first two). Only the unobserved passes
 (``Sequential.forward`` / ``backward``) fuse; ``forward_steps`` / ``backward_steps``, which show

@@ -144,8 +144,8 @@ def test_first_maximum_wins_ties(gpu_kernels):
 @given(n=st.integers(1, 3), f=st.integers(1, 5), oh=st.integers(1, 6), ow=st.integers(1, 6),
        seed=st.integers(0, 2**32 - 1))
 def test_element_wise_kernels_match_numpy(gpu_kernels, dtype, n, f, oh, ow, seed):
-    """The kernels CuPy runs as array expressions (layouts, ReLU) and Adam's ElementwiseKernel,
-    whose CUDA C the emulator compiles."""
+    """The kernels CuPy runs as array expressions (layouts, ReLU) and the ElementwiseKernels of
+    Adam and a residual sum's ReLU, whose CUDA C the emulator compiles."""
     rng = np.random.default_rng(seed)
     out = rng.standard_normal((f, n * oh * ow)).astype(dtype)
     bias = rng.standard_normal(f).astype(dtype)
@@ -157,6 +157,10 @@ def test_element_wise_kernels_match_numpy(gpu_kernels, dtype, n, f, oh, ow, seed
     close(gpu_kernels.relu_forward(dy), y, dtype)
     close(gpu_kernels.relu_backward(out.reshape(dy.shape), y),
           reference.relu_backward(out.reshape(dy.shape), y), dtype)
+    shortcut = rng.standard_normal(dy.shape).astype(dtype)
+    shortcut[0, 0] = -dy[0, 0]  # sums exactly 0: the ReLU passes nothing there
+    np.testing.assert_array_equal(gpu_kernels.add_relu(dy, shortcut),
+                                  reference.relu_forward(dy + shortcut))
 
     for weight_decay, decoupled in [(0.0, False), (0.1, False), (0.1, True)]:
         ours = [rng.standard_normal((4, 3)).astype(dtype), np.zeros((4, 3), dtype),

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import geometry
 
-__all__ = ["adam_update", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
+__all__ = ["adam_update", "add_relu", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
            "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm", "dropout_mask",
            "im2col", "matmul", "maxpool_backward", "maxpool_forward", "maxpool_relu_backward",
@@ -192,6 +192,22 @@ def _batchnorm_elementwise():
         relu_scale=kernel("T dy, T x, T mean, T inv_std, T gamma, T beta, T scale", "T dx",
                           f"dx = {xhat} * gamma + beta > T(0) ? dy * scale : T(0)",
                           "minicnn_bn_relu_scale"))
+
+
+@functools.cache
+def _add_relu_elementwise():
+    return _cupy().ElementwiseKernel("T a, T b", "T y", "T s = a + b; y = s > T(0) ? s : T(0)",
+                                     "minicnn_add_relu")
+
+
+def add_relu(a, b):
+    """max(a + b, 0) in one kernel: a Residual block's sum and the ReLU after it (layers.fused),
+    where the array expression takes two kernels and writes the sum between them."""
+    cp = _cupy()
+    a, b = cp.ascontiguousarray(a), cp.ascontiguousarray(b, dtype=a.dtype)
+    y = cp.empty_like(a)
+    _add_relu_elementwise()(a, b, y)
+    return y
 
 
 def channel_mean_var(x):

@@ -3,8 +3,9 @@
 Same functions, signatures and results as :mod:`minicnn.kernels.numpy_kernels`. The window
 kernels (im2col, col2im, pooling) are CUDA C++, one thread per output element (im2col: per
 channel of a window; col2im and pooling backward: per input pixel, as gathers, so no atomics);
-Adam and the element-wise parts of BatchNorm are element-wise kernels; everything else is the
-reference's own array code, which CuPy runs on the GPU (the matrix multiplies through cuBLAS).
+Adam, the element-wise parts of BatchNorm and a residual sum's ReLU are element-wise kernels;
+everything else is the reference's own array code, which CuPy runs on the GPU (the matrix
+multiplies through cuBLAS).
 Nothing here copies data to or from the host.
 
 The CUDA source is compiled lazily (the first call of each kernel), never at import, and CuPy

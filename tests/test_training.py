@@ -360,10 +360,11 @@ def test_fit_runs_the_fused_passes_unless_a_callback_watches_the_layers(backend_
     """fit's step is model.forward / model.backward (BatchNorm2D + ReLU as one pass), what the
     benchmarks time; only a step that a callback watches layer by layer (diagnostics) runs the
     layers one at a time. The batches are not scanned for NaN again at each step."""
-    from minicnn import validation
+    from minicnn import kernels, validation
     from minicnn.layers import BatchNorm2D, fused
 
     mc.set_backend(backend_name)
+    monkeypatch.setattr(kernels, "_fusion", True)  # on, whatever MINICNN_FUSION says
     passes, scans = [], []
     forward, check = fused.forward, validation.check_float_array
     monkeypatch.setattr(fused, "forward", lambda *a, **k: passes.append(1) or forward(*a, **k))

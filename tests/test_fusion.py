@@ -57,6 +57,16 @@ def test_the_fused_kernels_compute_what_the_two_layers_kernels_do(name, n, c, h,
         assert_close(got, want, dtype, what)
 
 
+def counting(monkeypatch, kernels, names):
+    """The names of ``kernels``' functions in ``names``, in the order they are called."""
+    calls = []
+    for kernel in names:
+        original = getattr(kernels, kernel)
+        monkeypatch.setattr(kernels, kernel,
+                            lambda *a, _f=original, _k=kernel, **kw: calls.append(_k) or _f(*a, **kw))
+    return calls
+
+
 def network(seed=0):
     return mc.Sequential([
         Conv2D(2, 4, 3, padding=1, bias=False), BatchNorm2D(4), ReLU(), MaxPool2D(2),
@@ -67,12 +77,8 @@ def network(seed=0):
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_network_trains_the_same_with_fusion_on_and_off(name, dtype, fusion, monkeypatch):
-    kernels = backend.kernels(name)
-    calls = []
-    for kernel in ("batchnorm_relu_forward", "batchnorm_relu_backward"):
-        original = getattr(kernels, kernel)
-        monkeypatch.setattr(kernels, kernel,
-                            lambda *a, _f=original, _k=kernel, **kw: calls.append(_k) or _f(*a, **kw))
+    calls = counting(monkeypatch, backend.kernels(name),
+                     ("batchnorm_relu_forward", "batchnorm_relu_backward"))
     rng = np.random.default_rng(1)
     x = rng.standard_normal((5, 2, 6, 6)).astype(dtype)
     results = {}
@@ -232,14 +238,6 @@ def pooling_network(seed=0):
         Conv2D(4, 4, 3, padding=1), ReLU(), MaxPool2D(3, stride=2),  # windows that overlap
         Flatten(), Dense(4, 3)], seed=seed)
 
-
-def counting(monkeypatch, kernels, names):
-    calls = []
-    for kernel in names:
-        original = getattr(kernels, kernel)
-        monkeypatch.setattr(kernels, kernel,
-                            lambda *a, _f=original, _k=kernel, **kw: calls.append(_k) or _f(*a, **kw))
-    return calls
 
 
 @pytest.mark.parametrize("name", CPU_BACKENDS)

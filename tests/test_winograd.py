@@ -74,7 +74,9 @@ def test_the_written_out_transforms_of_numba_are_the_matrices(m):
 @pytest.mark.skipif("numba" not in IMPLEMENTATIONS, reason="numba is not installed")
 def test_numba_sizes_its_blocks_by_the_l2_cache_linux_describes(monkeypatch):
     """The blocks of samples are sized by one core's L2 cache as /sys writes it ("1024K"), with
-    1 MiB where there is no such description; a bigger cache, bigger blocks."""
+    1 MiB where there is no such description; a bigger cache, bigger blocks; never so small that
+    the products are too thin to pay for their calls, nor, where a sample overflows the cache,
+    smaller than 256 tiles."""
     from minicnn.kernels import numba_winograd
 
     assert numba_winograd._cache_size("1024K\n") == 1 << 20
@@ -82,12 +84,18 @@ def test_numba_sizes_its_blocks_by_the_l2_cache_linux_describes(monkeypatch):
     assert numba_winograd._cache_size("524288") == 1 << 19
     assert numba_winograd._l2_bytes() >= 1 << 16
     g, t = winograd.tile_grid((128, 32, 32, 32), (1, 1), 4), winograd.TRANSFORMS[4]
-    sizes = {}
-    for l2 in (1 << 20, 4 << 20):
+    narrow = winograd.tile_grid((128, 16, 32, 32), (1, 1), 4)
+    sizes, narrow_sizes = {}, {}
+    for l2 in (512 << 10, 1 << 20, 4 << 20):
         monkeypatch.setattr(numba_winograd, "_l2_bytes", lambda l2=l2: l2)
         sizes[l2] = numba_winograd._samples_per_block(g, t, 32, 4)
-    # 32 -> 32 at 32x32: 36 * 64 tiles * (2 * 32 + 32) channels * 4 bytes = 864 KiB a sample
-    assert sizes == {1 << 20: 1, 4 << 20: 4}
+        narrow_sizes[l2] = numba_winograd._samples_per_block(narrow, t, 16, 4)
+    # 32 -> 32 at 32x32: 36 * 64 tiles * (2 * 32 + 32) channels * 4 bytes = 864 KiB a sample;
+    # where that overflows the cache, blocks of 256 tiles (4 samples) for the products' sake
+    assert sizes == {512 << 10: 4, 1 << 20: 1, 4 << 20: 4}
+    # 16 -> 16: 432 KiB a sample, but 64 tiles give each product only 64 * 16 * 16 multiply-adds:
+    # at least 128 tiles, whatever the cache
+    assert narrow_sizes == {512 << 10: 2, 1 << 20: 2, 4 << 20: 9}
 
 
 def _draw(n, c, f, size, padding, bias, dtype, seed):

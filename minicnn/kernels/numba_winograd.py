@@ -348,14 +348,31 @@ def _cache_size(text: str) -> int:
     return int(text.rstrip("KM")) * scale
 
 
+# A block's a*a products cost a fixed price each (a BLAS call, and the three kernel calls of the
+# block around them) whatever their size; below this many multiply-adds per position (tiles x C x
+# F) that price outweighs the work, as in 16 -> 16 channels a sample at a time (benchmarks/README.md,
+# "Blocks on a 512 KiB L2 cache").
+_MIN_BLOCK_PRODUCT = 1 << 15
+# Where not even one sample's arrays fit in the L2 cache, a block cannot stay there: it is then
+# sized for its products alone, at least this many tiles.
+_MIN_TILES_OUT_OF_CACHE = 256
+
+
 def _samples_per_block(g, t: winograd.Transform, f: int, itemsize: int) -> int:
     """How many samples one block holds: as many as keep the backward pass's transformed arrays
     of the block (V, dV: C channels, dM: F; a*a values per tile and channel each) within the
     core's L2 cache, but at least 2 * max(C, F) tiles, or the products get too thin to run near
-    the matmul peak and a wide layer's U and dU (a*a * F * C) are read once per block for little.
-    The forward pass takes the same blocks: the V it keeps is laid out block by block."""
-    per_sample = t.a * t.a * g.th * g.tw * (2 * g.c + f) * itemsize
-    return max(1, _l2_bytes() // per_sample, -(-2 * max(g.c, f) // (g.th * g.tw)))
+    the matmul peak and a wide layer's U and dU (a*a * F * C) are read once per block for little,
+    and at least enough tiles that each product has ``_MIN_BLOCK_PRODUCT`` multiply-adds. Where one
+    sample alone overflows the cache, at least ``_MIN_TILES_OUT_OF_CACHE`` tiles. The forward
+    pass takes the same blocks: the V it keeps is laid out block by block."""
+    per_tile = t.a * t.a * (2 * g.c + f) * itemsize
+    tiles = g.th * g.tw  # a sample's
+    fitting = _l2_bytes() // (per_tile * tiles)
+    least = max(2 * max(g.c, f), -(-_MIN_BLOCK_PRODUCT // (g.c * f)))
+    if fitting == 0:
+        least = max(least, _MIN_TILES_OUT_OF_CACHE)
+    return max(1, fitting, -(-least // tiles))
 
 
 def _blocks(lo: int, hi: int, size: int):

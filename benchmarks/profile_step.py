@@ -1,10 +1,13 @@
-"""Where a training step's time goes, kernel by kernel (numba backend by default).
+"""Where a training step's (or an inference pass's) time goes, kernel by kernel (numba backend by
+default).
 
     python benchmarks/profile_step.py                      # reference network, batch 128
     python benchmarks/profile_step.py --model cifar_vgg --steps 5
     python benchmarks/profile_step.py --backend cupy       # on the GPU (each kernel synchronized)
+    python benchmarks/profile_step.py --model cifar_resnet --inference --batch-size 1000
 
-Wraps every kernel of the backend with a timer, runs some training steps and prints, per kernel
+Wraps every kernel of the backend with a timer, runs some training steps (with ``--inference``,
+forward passes as ``predict`` runs them) and prints, per kernel
 (matrix multiplies, Winograd and direct layers per shape), the milliseconds per step, its share of the
 step and, for the multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak
 (a 2048^3 product, measured in the same process; on cupy the GPU's, an 8192^3 product). On
@@ -28,6 +31,9 @@ def main():
     parser.add_argument("--backend", default="numba")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--inference", action="store_true",
+                        help="time the forward pass of predict (training=False) instead of a "
+                             "training step")
     args = parser.parse_args()
 
     import minicnn as mc
@@ -83,12 +89,16 @@ def main():
     model, loss_fn, optimizer, x, y = _training_job(args, mc, models, xp)
 
     def step():
+        if args.inference:
+            model.forward(x, training=False)
+            return
         loss_fn.forward(model.forward(x, training=True), y)
         optimizer.zero_grad()
         model.backward(loss_fn.backward(), input_grad=False)
         optimizer.step()
 
-    if args.backend == "cupy":  # before the kernels are timed one by one (which synchronizes)
+    # before the kernels are timed one by one (which synchronizes)
+    if args.backend == "cupy" and not args.inference:
         _recorded_against_written(args, model, loss_fn, optimizer, x, y, sync)
     for name in getattr(kernels, "__all__", dir(kernels)):
         if not name.startswith("_") and callable(getattr(kernels, name)) \
@@ -127,8 +137,9 @@ def main():
     a @ a
     peak = max(2 * size**3 / t for t in [_timed(lambda: (a @ a, sync())) for _ in range(5)]) / 1e9
 
+    job = "inference pass" if args.inference else "step"
     print(f"{args.model}, batch {args.batch_size}, {args.backend}: {per_step * 1e3:.1f} ms per "
-          f"step ({args.batch_size / per_step:,.0f} images/s); matmul peak {peak:.0f} GFLOP/s")
+          f"{job} ({args.batch_size / per_step:,.0f} images/s); matmul peak {peak:.0f} GFLOP/s")
     print(f"{'kernel':<36} {'ms/step':>8} {'share':>6} {'calls':>6}  GFLOP/s (of peak)")
     for label, seconds in sorted(spent.items(), key=lambda item: -item[1]):
         ms = seconds / args.steps * 1e3

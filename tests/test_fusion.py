@@ -301,3 +301,77 @@ def test_a_layer_joins_one_pair_and_backward_undoes_the_forward_pairs(name, fusi
     y = net.forward(x, training=True)
     net.backward(np.ones_like(y))
     assert calls == ["batchnorm_relu_forward", "maxpool_relu_backward", "batchnorm_relu_backward"]
+
+
+# -- predict: a Conv2D and the BatchNorm2D after it as one convolution --------------------------
+
+FOLD_TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}  # W' = W * s rounds before the products
+
+
+def folding_network(bias: bool, seed=0):
+    """Conv-BN pairs followed by a ReLU, by nothing, inside a Residual's body and shortcut, with
+    and without the convolution's bias; BatchNorm's statistics and affine map drawn away from
+    their initial 0 and 1, so that a fold that drops any of them changes the output."""
+    net = mc.Sequential([
+        Conv2D(3, 8, 3, padding=1, bias=bias), BatchNorm2D(8), ReLU(), MaxPool2D(2),
+        Residual.basic_block(8, 16, stride=2), Residual.basic_block(16, 16), ReLU(),
+        Conv2D(16, 8, 3, padding=1, bias=bias), BatchNorm2D(8),
+        Flatten(), Dense(8 * 2 * 2, 3)], seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, array in net.named_arrays().items():
+        size = array.data.shape
+        if name.endswith("running_mean") or name.endswith("beta") or name.endswith("bias"):
+            array.data = rng.standard_normal(size) * 0.5
+        elif name.endswith("running_var") or name.endswith("gamma"):
+            array.data = rng.uniform(0.3, 3, size)
+    last = net.layers[-1].weight  # small logits: probabilities far from 0 and 1 show any change
+    last.data = last.data * 0.02
+    return net
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd", "winograd2", "direct"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_predict_folds_each_batchnorm_into_its_convolution(name, dtype, algorithm, bias, fusion,
+                                                          monkeypatch):
+    from minicnn.kernels import set_conv_algorithm
+
+    previous = set_conv_algorithm(algorithm)
+    try:
+        net = folding_network(bias).astype(dtype).to(name)
+        x = np.random.default_rng(3).standard_normal((6, 3, 8, 8)).astype(dtype)
+        calls = counting(monkeypatch, backend.kernels(name),
+                         ("batchnorm_forward", "batchnorm_relu_forward"))
+        folded = net.predict(x, batch_size=4)  # two batches, the second smaller
+        assert calls == []  # no BatchNorm pass: every one folded
+        mc.set_fusion(False)
+        plain = net.predict(x, batch_size=4)
+        assert calls.count("batchnorm_forward") == 2 * 7  # 7 BatchNorm2D layers, 2 batches
+    finally:
+        set_conv_algorithm(previous)
+    assert folded.dtype == plain.dtype and folded.shape == (6, 3)
+    np.testing.assert_allclose(folded, plain, rtol=0, atol=FOLD_TOLERANCE[dtype])
+
+
+def test_only_predict_folds_and_a_backward_pass_after_predict_asks_for_forward(fusion,
+                                                                              monkeypatch):
+    from minicnn.interpret import class_score_gradient
+    from minicnn.layers import fused
+
+    net = folding_network(bias=False).astype(np.float64).to("numpy")
+    x = np.random.default_rng(4).standard_normal((3, 3, 8, 8))
+    calls = counting(monkeypatch, backend.kernels("numpy"), ("batchnorm_forward",))
+    # a saliency map: forward(training=False), then backward, which needs BatchNorm's input
+    gradient = class_score_gradient(net, x)
+    assert calls  # BatchNorm ran its own pass
+    mc.set_fusion(False)
+    np.testing.assert_array_equal(class_score_gradient(net, x), gradient)
+    mc.set_fusion(True)
+    net.predict(x)
+    assert not getattr(fused._predict, "on", False)  # predict's setting does not outlive it
+    with pytest.raises(RuntimeError, match=r"BatchNorm2D: backward\(\) called before forward"):
+        net.backward(np.ones((3, 3)))
+    with pytest.raises(ValueError), fused.predicting():
+        raise ValueError("inside")
+    assert not getattr(fused._predict, "on", False)

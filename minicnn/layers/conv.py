@@ -86,19 +86,26 @@ class Conv2D(Layer):
             self.bias.zero_grad()
 
     def _forward(self, x, training):
-        ops = self.kernels  # im2col, matmul, ... of this layer's backend (minicnn.kernels)
         b = self.bias.data if self.bias is not None else None                 # (F,)
-        fast = ops.conv_algorithm(x.shape, self.weight.data.shape, self.stride, self.padding)
+        y, cache = self.convolve(x, self.weight.data, b, training)
+        return self._remember(y, cache=cache)
+
+    def convolve(self, x, W, b, training=False):
+        """y for x with filters W (F, C, KH, KW) and bias b (F,) or None, and what backward
+        needs: this layer's convolution with any weights (predict runs it with the BatchNorm2D
+        that follows folded into W and b, layers/fused.py)."""
+        ops = self.kernels  # im2col, matmul, ... of this layer's backend (minicnn.kernels)
+        fast = ops.conv_algorithm(x.shape, W.shape, self.stride, self.padding)
         if fast is not None:  # the same y by another algorithm (Winograd), see the docstring
-            y, saved = fast.forward(x, self.weight.data, b, self.padding, training)
-            return self._remember(y, cache=(x, saved, fast))
+            y, saved = fast.forward(x, W, b, self.padding, training)
+            return y, (x, saved, fast)
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
-        W2 = self.weight.data.reshape(f, -1)                                  # (F, K)
+        W2 = W.reshape(f, -1)                                                 # (F, K)
         cols = ops.im2col(x, self.kernel_size, self.stride, self.padding)     # (K, N*OH*OW)
         out = ops.matmul(W2, cols)                                            # (F, N*OH*OW)
         y = ops.cnhw_to_nchw(out, b, n, oh, ow)           # + b, laid out as (N, F, OH, OW)
-        return self._remember(y, cache=(x, cols, None))
+        return y, (x, cols, None)
 
     def _backward(self, dy, input_grad):
         # the derivation, with these names, is in the class docstring

@@ -25,12 +25,26 @@ MaxPool2D the first two). Only the unobserved passes
 (``Sequential.forward`` / ``backward``) fuse; ``forward_steps`` / ``backward_steps``, which show
 every layer's output, run each layer's own code, and so does everything once
 ``minicnn.set_fusion(False)`` is called (or ``MINICNN_FUSION=0`` is set).
+
+**Predicting, a Conv2D and the BatchNorm2D after it are one convolution.** At inference
+BatchNorm2D is a fixed affine map per channel, ``y = (z - mu) * gamma / sigma + beta`` with the
+running statistics; on a convolution's output z = W * x + b that is the convolution with
+``W' = W * s`` (each filter f scaled by ``s[f] = gamma[f] / sigma[f]``) and ``b' = (b - mu) * s +
+beta``. :meth:`Sequential.predict` runs the pair so, saving BatchNorm's whole pass over the
+activations. Only there: a forward pass with ``training=False`` may be followed by a backward
+pass (a saliency map), which needs the convolution's own output; predict's never is, and the
+two layers it folded keep no cache (a backward pass after predict says to run forward first).
+The results equal the two layers' to rounding (the products are taken with W' instead of W).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from ..kernels import get_fusion
 from .activations import ReLU
+from .conv import Conv2D
 from .normalization import BatchNorm2D
 from .pooling import MaxPool2D
 
@@ -81,6 +95,21 @@ def _relu_maxpool_backward(relu: ReLU, pool: MaxPool2D, dy, input_grad: bool):
                                               pool.stride)
 
 
+def _conv_batchnorm_folded(conv: Conv2D, norm: BatchNorm2D, x, training: bool):
+    """norm.forward(conv.forward(x)) at inference, as one convolution with W' and b'."""
+    mean, inv_std = norm._statistics(x, training=False)    # the running ones (x: its xp)
+    s = norm.gamma.data * inv_std                           # (F,)
+    W = conv.weight.data * s[:, None, None, None]           # W' = W * s, filter by filter
+    b = -mean if conv.bias is None else conv.bias.data - mean
+    y, _ = conv.convolve(x, W, b * s + norm.beta.data, training=False)
+    conv._output_shape = norm._output_shape = None          # nothing for a backward pass
+    return y
+
+
+def _conv_batchnorm_no_backward(conv: Conv2D, norm: BatchNorm2D, dy, input_grad: bool):
+    norm._check_output_gradient(dy)  # raises: the folded pass kept no cache
+
+
 #: (first layer's type, second's) -> (forward, backward, the kernel the backend needs); a
 #: container layer adds its own pair where it is defined (Residual: layers/residual.py), as
 #: this module sits below the containers
@@ -89,15 +118,41 @@ PAIRS = {(BatchNorm2D, ReLU): (_batchnorm_relu_forward, _batchnorm_relu_backward
          (ReLU, MaxPool2D): (_relu_maxpool_forward, _relu_maxpool_backward,
                              "maxpool_relu_backward")}
 
+#: the pairs that run as one only inside :func:`predicting` (no backward pass follows)
+PREDICT_PAIRS = {(Conv2D, BatchNorm2D): (_conv_batchnorm_folded, _conv_batchnorm_no_backward,
+                                         "im2col")}
+
+_predict = threading.local()
+
+
+@contextlib.contextmanager
+def predicting():
+    """The forward passes run inside are predict's, which no backward pass follows: the
+    :data:`PREDICT_PAIRS` fuse too (in this thread)."""
+    before = getattr(_predict, "on", False)
+    _predict.on = True
+    try:
+        yield
+    finally:
+        _predict.on = before
+
+
+def _pair(first, second):
+    key = (type(first), type(second))
+    if key in PAIRS:
+        return PAIRS[key]
+    return PREDICT_PAIRS.get(key) if getattr(_predict, "on", False) else None
+
 
 def fuses(layers, index: int) -> bool:
     """Whether ``layers[index]`` and ``layers[index + 1]`` run as one pass: exactly a pair of
-    :data:`PAIRS` running their own passes (a subclass, or a layer running a learner's passes,
-    runs its own code), on one backend that has the pair's kernel, with fusion on."""
+    :data:`PAIRS` (or, :func:`predicting`, of :data:`PREDICT_PAIRS`) running their own passes
+    (a subclass, or a layer running a learner's passes, runs its own code), on one backend that
+    has the pair's kernel, with fusion on."""
     if index + 1 >= len(layers) or not get_fusion():
         return False
     first, second = layers[index], layers[index + 1]
-    pair = PAIRS.get((type(first), type(second)))
+    pair = _pair(first, second)
     return (pair is not None
             and first._passes is None and second._passes is None  # their own code, not fused
             and first.backend == second.backend and hasattr(first.kernels, pair[2]))
@@ -120,9 +175,9 @@ def pair_starts(layers) -> set[int]:
 def forward(first, second, x, training: bool):
     """second.forward(first.forward(x)) in one pass (a pair :func:`fuses` accepts)."""
     first._cache = second._cache = None  # the previous batch's arrays can be reused
-    return PAIRS[type(first), type(second)][0](first, second, x, training)
+    return _pair(first, second)[0](first, second, x, training)
 
 
 def backward(first, second, dy, input_grad: bool = True):
     """first.backward(second.backward(dy)) in one pass; fills the parameters' gradients."""
-    return PAIRS[type(first), type(second)][1](first, second, dy, input_grad)
+    return _pair(first, second)[1](first, second, dy, input_grad)

@@ -340,7 +340,9 @@ class Sequential(Layer):
         dataset never builds one giant buffer; raises MemoryBudgetError when even one sample
         does not fit. On the cupy backend the pass is recorded as a CUDA graph and replayed for
         the later batches of a size (:class:`minicnn.cuda_graphs.RecordedLoop`; ``record=False``
-        runs every batch as written).
+        runs every batch as written). A Conv2D and the BatchNorm2D after it run as one
+        convolution, the normalization folded into its filters (:mod:`minicnn.layers.fused`;
+        equal to the two layers' output to rounding, off with ``minicnn.set_fusion(False)``).
         """
         batch_size = check_positive_int(batch_size, "batch_size", "Sequential.predict")
         check_float_array(x, f"Sequential.predict (first layer {self.layers[0].name})")
@@ -348,8 +350,9 @@ class Sequential(Layer):
                                                "Sequential.predict")
         xp = backend.xp(self.backend)
         probabilities = RecordedLoop(self, self._probabilities, record, "Sequential.predict")
-        return np.concatenate([backend.to_numpy(probabilities(xp.asarray(x[i:i + batch_size]))[0])
-                               for i in range(0, x.shape[0], batch_size)], axis=0)
+        with fused.predicting():  # no backward pass follows: a BatchNorm2D folds into its Conv2D
+            return np.concatenate([backend.to_numpy(probabilities(xp.asarray(x[i:i + batch_size]))[0])
+                                   for i in range(0, x.shape[0], batch_size)], axis=0)
 
     def _probabilities(self, batch) -> tuple:
         logits = self.forward(batch, training=False, check_finite=False)  # predict checked x

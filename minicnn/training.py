@@ -38,6 +38,7 @@ from .cuda_graphs import RecordedLoop
 from .data.transforms import shift_images
 from .diagnostics import GradientFlow
 from .history import EpochTotals, History  # noqa: F401 (minicnn.training.History too)
+from .layers import fused
 from .optim import Optimizer, check_training_lr
 from .validation import check_float_array, check_labels, check_positive_int
 
@@ -60,7 +61,8 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0,
     memory than ``minicnn.backend.memory_budget()`` (see ``Sequential.predict``). Each batch's
     loss and count of right answers stay where the arrays are until the end (a GPU is not made
     to wait for the host after each batch), and on the cupy backend the pass is recorded as a
-    CUDA graph and replayed (``record``, as ``Sequential.predict`` does).
+    CUDA graph and replayed (``record``, as ``Sequential.predict`` does), and each BatchNorm2D
+    runs folded into the Conv2D before it, as in predict.
 
     ``shifts=s`` (test-time augmentation) scores the mean of the logits of each image and of
     its four copies moved by s pixels up, down, left and right (``minicnn.data.shift_images``):
@@ -90,9 +92,10 @@ def evaluate(model, loss_fn, x, y, batch_size: int = 512, shifts: int = 0,
                              "reads each batch's loss back to the host)")
         record = False
     batch_scores = RecordedLoop(model, scores, record, "evaluate")
-    batches = [batch_scores(xp.asarray(x[start:start + batch_size]),
-                            xp.asarray(y[start:start + batch_size]))
-               for start in range(0, len(x), batch_size)]
+    with fused.predicting():  # as in predict: each BatchNorm2D folded into its Conv2D
+        batches = [batch_scores(xp.asarray(x[start:start + batch_size]),
+                                xp.asarray(y[start:start + batch_size]))
+                   for start in range(0, len(x), batch_size)]
     read = backend.read_numbers(batches, model.backend)
     total_loss, correct = 0.0, 0
     for start, (loss, right) in zip(range(0, len(x), batch_size), read):

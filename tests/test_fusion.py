@@ -375,3 +375,22 @@ def test_only_predict_folds_and_a_backward_pass_after_predict_asks_for_forward(f
     with pytest.raises(ValueError), fused.predicting():
         raise ValueError("inside")
     assert not getattr(fused._predict, "on", False)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_evaluate_folds_as_predict_does(dtype, fusion, monkeypatch):
+    from minicnn.losses import SoftmaxCrossEntropy
+
+    net = folding_network(bias=True).astype(dtype).to("numpy")
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((7, 3, 8, 8)).astype(dtype), rng.integers(0, 3, 7)
+    calls = counting(monkeypatch, backend.kernels("numpy"),
+                     ("batchnorm_forward", "batchnorm_relu_forward"))
+    folded = mc.evaluate(net, SoftmaxCrossEntropy(), x, y, batch_size=4, shifts=1)
+    assert calls == []
+    mc.set_fusion(False)
+    plain = mc.evaluate(net, SoftmaxCrossEntropy(), x, y, batch_size=4, shifts=1)
+    assert calls
+    assert folded.keys() == plain.keys()
+    for key in plain:
+        np.testing.assert_allclose(folded[key], plain[key], rtol=FOLD_TOLERANCE[dtype], err_msg=key)

@@ -1,5 +1,6 @@
-"""BatchNorm2D + ReLU as one pass (minicnn.layers.fused): the fused kernels against the two
-layers' own kernels, and Sequential's passes with fusion on and off."""
+"""Neighbouring layers as one pass (minicnn.layers.fused): the fused kernels against the two
+layers' own kernels, Sequential's passes with fusion on and off, and predict's Conv2D with the
+BatchNorm2D after it folded into one convolution."""
 
 import numpy as np
 import pytest

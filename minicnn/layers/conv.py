@@ -87,10 +87,10 @@ class Conv2D(Layer):
 
     def _forward(self, x, training):
         b = self.bias.data if self.bias is not None else None                 # (F,)
-        y, cache = self.convolve(x, self.weight.data, b, training)
+        y, cache = self._convolve(x, self.weight.data, b, training)
         return self._remember(y, cache=cache)
 
-    def convolve(self, x, W, b, training=False):
+    def _convolve(self, x, W, b, training=False):
         """y for x with filters W (F, C, KH, KW) and bias b (F,) or None, and what backward
         needs: this layer's convolution with any weights (predict runs it with the BatchNorm2D
         that follows folded into W and b, layers/fused.py)."""

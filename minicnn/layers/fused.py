@@ -101,7 +101,7 @@ def _conv_batchnorm_folded(conv: Conv2D, norm: BatchNorm2D, x, training: bool):
     s = norm.gamma.data * inv_std                           # (F,)
     W = conv.weight.data * s[:, None, None, None]           # W' = W * s, filter by filter
     b = -mean if conv.bias is None else conv.bias.data - mean
-    y, _ = conv.convolve(x, W, b * s + norm.beta.data, training=False)
+    y, _ = conv._convolve(x, W, b * s + norm.beta.data, training=False)
     conv._output_shape = norm._output_shape = None          # nothing for a backward pass
     return y
 
@@ -110,9 +110,9 @@ def _conv_batchnorm_no_backward(conv: Conv2D, norm: BatchNorm2D, dy, input_grad:
     norm._check_output_gradient(dy)  # raises: the folded pass kept no cache
 
 
-#: (first layer's type, second's) -> (forward, backward, the kernel the backend needs); a
-#: container layer adds its own pair where it is defined (Residual: layers/residual.py), as
-#: this module sits below the containers
+#: (first layer's type, second's) -> (forward, backward, the kernel the backend needs, or
+#: None); a container layer adds its own pair where it is defined (Residual:
+#: layers/residual.py), as this module sits below the containers
 PAIRS = {(BatchNorm2D, ReLU): (_batchnorm_relu_forward, _batchnorm_relu_backward,
                                "batchnorm_relu_forward"),
          (ReLU, MaxPool2D): (_relu_maxpool_forward, _relu_maxpool_backward,
@@ -120,7 +120,7 @@ PAIRS = {(BatchNorm2D, ReLU): (_batchnorm_relu_forward, _batchnorm_relu_backward
 
 #: the pairs that run as one only inside :func:`predicting` (no backward pass follows)
 PREDICT_PAIRS = {(Conv2D, BatchNorm2D): (_conv_batchnorm_folded, _conv_batchnorm_no_backward,
-                                         "im2col")}
+                                         None)}  # the convolution's own kernels: nothing more
 
 _predict = threading.local()
 
@@ -155,7 +155,8 @@ def fuses(layers, index: int) -> bool:
     pair = _pair(first, second)
     return (pair is not None
             and first._passes is None and second._passes is None  # their own code, not fused
-            and first.backend == second.backend and hasattr(first.kernels, pair[2]))
+            and first.backend == second.backend
+            and (pair[2] is None or hasattr(first.kernels, pair[2])))
 
 
 def pair_starts(layers) -> set[int]:

@@ -55,6 +55,27 @@ class RecordedCall:
             return tuple(output.copy() for output in self.outputs)
 
 
+class ReplayedSeed:
+    """The seed a GPU kernel draws its random numbers from (Dropout's mask), a 0-d array on the
+    GPU: drawn from the layer's generator on the host for each step as written. A step being
+    recorded reads it without drawing (the record would hold that one number); :meth:`draw`,
+    called before each replay (``Layer.draw_for_replay``), draws what the step would have."""
+
+    def __init__(self):
+        self.array = None
+
+    def for_step(self, rng, xp):
+        if self.array is None:
+            self.array = xp.zeros((), dtype=xp.float64)
+        if not xp.cuda.get_current_stream().is_capturing():
+            self.draw(rng)
+        return self.array
+
+    def draw(self, rng) -> None:
+        if self.array is not None:  # on the GPU: one draw per step, as the step as written
+            self.array.fill(float(rng.integers(2**53)))
+
+
 def recorded_or_warned(record, asked: bool, what: str):
     """``record()``, or None where CUDA refuses to record (nothing ran then, and the caller
     runs as written): a warning naming ``what`` and the reason, or, where the caller ``asked``

@@ -104,7 +104,8 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     assert _imports(fake, root=tmp_path / "minicnn") == {"minicnn.training"}
 
 
-LESSON = ("__init__", "initialize", "_forward", "_convolve", "_statistics", "_backward")
+LESSON = ("__init__", "initialize", "output_shape", "_forward", "_convolve", "_statistics",
+          "_backward")
 
 
 def lesson_out_of_place(source: str) -> list[str]:

@@ -267,6 +267,33 @@ def test_a_recorded_step_draws_its_layers_seeds_before_each_replay(monkeypatch):
     assert draws == [model.layers[4]] * 2
 
 
+def test_a_replayed_seed_is_drawn_as_the_step_as_written_draws_it():
+    """Dropout's seed on the GPU (cuda_graphs.ReplayedSeed), with numpy standing in for CuPy:
+    each step as written draws the next number of the layer's generator; a step being recorded
+    draws nothing (the record reads the array), and the draw before each replay takes the
+    number the step as written would have taken."""
+    from types import SimpleNamespace
+
+    from minicnn.cuda_graphs import ReplayedSeed
+
+    capturing = [False]
+    stream = SimpleNamespace(is_capturing=lambda: capturing[0])
+    xp = SimpleNamespace(zeros=np.zeros, float64=np.float64,
+                         cuda=SimpleNamespace(get_current_stream=lambda: stream))
+    expected = np.random.default_rng(7).integers(2**53, size=4).astype(float)
+    rng, seed = np.random.default_rng(7), ReplayedSeed()
+    seed.draw(rng)  # before any step: there is no array to draw into, and nothing is drawn
+    seen = [float(seed.for_step(rng, xp)), float(seed.for_step(rng, xp))]  # two steps as written
+    capturing[0] = True
+    array = seed.for_step(rng, xp)  # recorded: the same array, not drawn again
+    capturing[0] = False
+    assert array is seed.array and float(array) == seen[-1]
+    for _ in range(2):  # two replays
+        seed.draw(rng)
+        seen.append(float(array))
+    assert seen == list(expected)
+
+
 def test_the_operations_of_a_record_are_the_nodes_of_its_graph():
     """CUDA's DOT description of a graph (cudaGraphDebugDotPrint's layout): two nodes, one edge."""
     from minicnn.cuda_graphs import graph_operations

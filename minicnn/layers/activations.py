@@ -43,6 +43,7 @@ class LeakyReLU(Layer):
 
     torch_name, torch_arguments = "LeakyReLU", ("negative_slope",)
     onnx_op, onnx_attributes = "LeakyRelu", {"alpha": "negative_slope"}
+    describe_as = "LeakyReLU({negative_slope:g})"
 
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
@@ -55,11 +56,6 @@ class LeakyReLU(Layer):
 
     def _backward(self, dy, input_grad):
         return dy * self._cache
-
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-
-    def describe(self):
-        return f"LeakyReLU({self.negative_slope:g})"
 
 
 @register
@@ -117,6 +113,7 @@ class ELU(Layer):
 
     torch_name, torch_arguments = "ELU", ("alpha",)
     onnx_op, onnx_attributes = "Elu", {"alpha": "alpha"}
+    describe_as = "ELU({alpha:g})"
 
     def __init__(self, alpha: float = 1.0):
         super().__init__()
@@ -131,11 +128,6 @@ class ELU(Layer):
     def _backward(self, dy, input_grad):
         positive, y = self._cache
         return dy * backend.array_module(dy).where(positive, 1, y + self.alpha)
-
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-
-    def describe(self):
-        return f"ELU({self.alpha:g})"
 
 
 @register

@@ -383,9 +383,15 @@ class Layer:
         before anything is built. Layers with arrays override it."""
         return {}
 
+    #: the one-line description :meth:`describe` gives, filled from :meth:`config` as
+    #: ``explain`` is (e.g. ``"Dense({in_features}->{out_features})"``); empty: ``Name()``
+    describe_as: str = ""
+
     def describe(self) -> str:
         """A short one-line description (used by ``Sequential.summary``)."""
-        return f"{self.name}()"
+        if not self.describe_as:
+            return f"{self.name}()"
+        return self.describe_as.format(name=self.name, **self.config())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -402,6 +408,11 @@ class Layer:
     #: :meth:`config` (e.g. ``{out_channels}``)
     explain: str = ""
 
+    #: the docstring's names of the layer's arrays, ``{"W": "weight", "b": "bias"}``: each
+    #: stands for its array's shape, and so does its gradient's (``dL/dW``); None when the
+    #: layer lacks the array (no bias)
+    array_symbols: dict[str, str] = {}
+
     def symbols(self, input_shape: tuple, output_shape: tuple) -> dict:
         """What the docstring's symbols stand for in a pass on ``input_shape`` (batch
         included): an array's shape, a number's value, None for what this layer lacks (no
@@ -414,6 +425,9 @@ class Layer:
         found.update({name: array.shape for name, array in self._own((Parameter, Buffer)).items()})
         found.update({k: v for k, v in self.config().items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for symbol, attribute in self.array_symbols.items():
+            array = getattr(self, attribute)
+            found[symbol] = found[f"dL/d{symbol}"] = None if array is None else array.shape
         return found
 
     def formula(self, input_shape: tuple, output_shape: tuple) -> dict:

@@ -85,6 +85,24 @@ class Conv2D(Layer):
             self.bias.data = backend.xp(self.backend).zeros(f, dtype=dtype)
             self.bias.zero_grad()
 
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, f"(N, {self.in_channels}, H, W)", "Conv2D")
+        c, h, w = input_shape
+        if c != self.in_channels:
+            raise ValueError(
+                f"Conv2D: expected input with {self.in_channels} channels, shape "
+                f"(N, {self.in_channels}, H, W), got {c} channels in shape (N, {c}, {h}, {w})"
+            )
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(
+                f"Conv2D: kernel {kh}x{kw} is larger than the padded input "
+                f"{h + 2 * ph}x{w + 2 * pw} (input {h}x{w}, padding {ph},{pw})"
+            )
+        oh = conv_output_size(h, kh, self.stride[0], ph)
+        ow = conv_output_size(w, kw, self.stride[1], pw)
+        return (self.out_channels, oh, ow)
+
     def _forward(self, x, training):
         b = self.bias.data if self.bias is not None else None                 # (F,)
         y, cache = self._convolve(x, self.weight.data, b, training)
@@ -136,33 +154,12 @@ class Conv2D(Layer):
         cin = check_positive_int(config.get("in_channels"), "in_channels", "Conv2D")
         cout = check_positive_int(config.get("out_channels"), "out_channels", "Conv2D")
         kh, kw = pair(config.get("kernel_size"), "kernel_size", "Conv2D", minimum=1)
-        shapes = {"weight": (cout, cin, kh, kw)}
-        if config.get("bias", True):
-            shapes["bias"] = (cout,)
-        return shapes
+        return {"weight": (cout, cin, kh, kw), **({"bias": (cout,)} if config.get("bias", True) else {})}
 
     def describe(self):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (f"Conv2D({self.in_channels}->{self.out_channels}, {kh}x{kw}, stride {sh},{sw}, "
                 f"pad {ph},{pw}{'' if self.bias is not None else ', no bias'})")
-
-    def output_shape(self, input_shape):
-        check_rank(input_shape, 3, f"(N, {self.in_channels}, H, W)", "Conv2D")
-        c, h, w = input_shape
-        if c != self.in_channels:
-            raise ValueError(
-                f"Conv2D: expected input with {self.in_channels} channels, shape "
-                f"(N, {self.in_channels}, H, W), got {c} channels in shape (N, {c}, {h}, {w})"
-            )
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        if h + 2 * ph < kh or w + 2 * pw < kw:
-            raise ValueError(
-                f"Conv2D: kernel {kh}x{kw} is larger than the padded input "
-                f"{h + 2 * ph}x{w + 2 * pw} (input {h}x{w}, padding {ph},{pw})"
-            )
-        oh = conv_output_size(h, kh, self.stride[0], ph)
-        ow = conv_output_size(w, kw, self.stride[1], pw)
-        return (self.out_channels, oh, ow)
 
     def flops(self, input_shape):
         f, oh, ow = self.output_shape(input_shape)
@@ -188,15 +185,14 @@ class Conv2D(Layer):
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         k = self.in_channels * kh * kw
         pixels = n * oh * ow
-        bias = (f,) if self.bias is not None else None
-        return {**super().symbols(input_shape, output_shape), "W": self.weight.shape, "b": bias,
-                "dL/db": bias, "W2": (f, k), "dL/dW2": (f, k), "cols": (k, pixels),
-                "dL/dcols": (k, pixels), "out": (f, pixels), "dout": (f, pixels), "K": k, "F": f,
-                "N": n, "OH": oh, "OW": ow, "xpad": (n, self.in_channels, input_shape[2] + 2 * ph,
-                                                     input_shape[3] + 2 * pw)}
+        return {**super().symbols(input_shape, output_shape), "W2": (f, k), "dL/dW2": (f, k),
+                "cols": (k, pixels), "dL/dcols": (k, pixels), "out": (f, pixels),
+                "dout": (f, pixels), "K": k, "F": f, "N": n, "OH": oh, "OW": ow,
+                "xpad": (n, self.in_channels, input_shape[2] + 2 * ph, input_shape[3] + 2 * pw)}
 
     torch_name, onnx_op = "Conv2d", "Conv"
     torch_arguments = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "bias")
     torch_arrays, onnx_inputs = {"weight": "weight", "bias": "bias"}, ("weight", "bias")
     torch_requires = {"dilation": (1, 1), "groups": 1, "padding_mode": "zeros"}
     onnx_attributes = {"kernel_shape": "kernel_size", "strides": "stride", "pads": "padding"}
+    array_symbols = {"W": "weight", "b": "bias"}

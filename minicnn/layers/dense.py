@@ -27,6 +27,7 @@ class Dense(Layer):
     """
 
     linear_map = True
+    describe_as = "Dense({in_features}->{out_features})"
     explain = ("A fully connected layer: every output is a weighted sum of every input. Its "
                "backward pass sends dy back through the transposed weights.")
 
@@ -52,6 +53,18 @@ class Dense(Layer):
             self.bias.data = backend.xp(self.backend).zeros(self.out_features, dtype=dtype)
             self.bias.zero_grad()
 
+    def output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"Dense: expected a 2-D input of shape (N, {self.in_features}), got shape "
+                f"(N, {', '.join(map(str, input_shape))}); put a Flatten() layer before Dense"
+            )
+        if input_shape[0] != self.in_features:
+            raise ValueError(
+                f"Dense: expected input of shape (N, {self.in_features}), got (N, {input_shape[0]})"
+            )
+        return (self.out_features,)
+
     def _forward(self, x, training):
         y = self.kernels.matmul(x, self.weight.data)                 # x @ W, (N, out)
         if self.bias is not None:
@@ -73,40 +86,18 @@ class Dense(Layer):
     def array_shapes(cls, config):
         n_in = check_positive_int(config.get("in_features"), "in_features", "Dense")
         n_out = check_positive_int(config.get("out_features"), "out_features", "Dense")
-        shapes = {"weight": (n_in, n_out)}
-        if config.get("bias", True):
-            shapes["bias"] = (n_out,)
-        return shapes
-
-    def describe(self):
-        return f"Dense({self.in_features}->{self.out_features})"
-
-    def output_shape(self, input_shape):
-        if len(input_shape) != 1:
-            raise ValueError(
-                f"Dense: expected a 2-D input of shape (N, {self.in_features}), got shape "
-                f"(N, {', '.join(map(str, input_shape))}); put a Flatten() layer before Dense"
-            )
-        if input_shape[0] != self.in_features:
-            raise ValueError(
-                f"Dense: expected input of shape (N, {self.in_features}), got (N, {input_shape[0]})"
-            )
-        return (self.out_features,)
+        return {"weight": (n_in, n_out), **({"bias": (n_out,)} if config.get("bias", True) else {})}
 
     def flops(self, input_shape):
         return 2 * self.in_features * self.out_features + (
             self.out_features if self.bias is not None else 0)
-
-    def symbols(self, input_shape, output_shape):
-        bias = (self.out_features,) if self.bias is not None else None
-        return {**super().symbols(input_shape, output_shape), "W": self.weight.shape,
-                "dL/dW": self.weight.shape, "b": bias, "dL/db": bias}
 
     # y = x @ W + b is x @ weight.T + bias in PyTorch's Linear: W travels transposed
     torch_name, onnx_op = "Linear", "Gemm"
     torch_arguments = ("in_features", "out_features", "bias")
     torch_arrays, onnx_inputs = {"weight": "weight", "bias": "bias"}, ("weight", "bias")
     torch_transposed = ("weight",)
+    array_symbols = {"W": "weight", "b": "bias"}
 
 
 @register
@@ -117,6 +108,9 @@ class Flatten(Layer):
 
     explain = "Lays the maps out as one vector; nothing is computed."
 
+    def output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
     def _forward(self, x, training):
         return self._remember(x.reshape(x.shape[0], -1), cache=x.shape)
 
@@ -124,9 +118,6 @@ class Flatten(Layer):
         return dy.reshape(self._cache)
 
     # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    def output_shape(self, input_shape):
-        return (math.prod(input_shape),)
-
     torch_name, onnx_op = "Flatten", "Flatten"
     torch_requires = {"start_dim": 1, "end_dim": -1}
     onnx_attributes = {"axis": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
+from ..cuda_graphs import ReplayedSeed
 from ..validation import is_number
 from .base import Layer
 from .registry import register
@@ -23,6 +24,7 @@ class Dropout(Layer):
 
     identity_at_inference = True
     per_channel = True
+    describe_as = "Dropout(p={p:g})"
     explain = ("Zeroes each unit with probability {p:g} in training only, scaling the others up; "
                "at inference (as here) it passes x through.")
 
@@ -32,6 +34,7 @@ class Dropout(Layer):
             raise ValueError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng = rng if rng is not None else np.random.default_rng()
+        self._seed = ReplayedSeed()  # on a GPU, where the mask is drawn from
 
     def _forward(self, x, training):
         if not training or self.p == 0:
@@ -41,7 +44,8 @@ class Dropout(Layer):
             uniform = self.rng.random(x.shape, dtype=np.float32)
             mask = (uniform >= self.p).astype(x.dtype) * x.dtype.type(1 / (1 - self.p))
         else:  # the same formula on the GPU, from a seed our generator draws for each step
-            mask = self.kernels.dropout_mask(self._gpu_seed(xp), self.p, x.shape, x.dtype)
+            seed = self._seed.for_step(self.rng, xp)  # drawn now, or before a replay
+            mask = self.kernels.dropout_mask(seed, self.p, x.shape, x.dtype)
         return self._remember(x * mask, cache=mask)
 
     def _backward(self, dy, input_grad):
@@ -49,25 +53,11 @@ class Dropout(Layer):
 
     # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
 
-    def describe(self):
-        return f"Dropout(p={self.p:g})"
-
     def set_rng(self, rng):
         self.rng = rng
 
-    def _gpu_seed(self, xp):
-        """The 0-d array on the GPU that the mask is drawn from. A step run as written draws
-        its seed here; a step being recorded as a CUDA graph does not (the record would hold
-        that one number): :meth:`draw_for_replay` draws it before each replay instead."""
-        if getattr(self, "_seed", None) is None:
-            self._seed = xp.zeros((), dtype=np.float64)
-        if not xp.cuda.get_current_stream().is_capturing():
-            self.draw_for_replay()
-        return self._seed
-
     def draw_for_replay(self):
-        if getattr(self, "_seed", None) is not None:  # on the GPU: one draw per step, as written
-            self._seed.fill(float(self.rng.integers(2**53)))
+        self._seed.draw(self.rng)
 
     def symbols(self, input_shape, output_shape):
         return {**super().symbols(input_shape, output_shape), "mask": input_shape, "u": input_shape}

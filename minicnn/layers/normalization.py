@@ -43,6 +43,7 @@ class BatchNorm2D(Layer):
     """
 
     per_channel = True
+    describe_as = "BatchNorm2D({num_features})"
     explain = ("Normalizes each channel by the batch's mean and variance in training (at inference "
                "by the running ones), then scales and shifts it with learned gamma and beta.")
 
@@ -69,6 +70,16 @@ class BatchNorm2D(Layer):
         self.running_var.data = xp.ones(self.num_features, dtype=dtype)
         self.gamma.zero_grad()
         self.beta.zero_grad()
+
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, f"(N, {self.num_features}, H, W)", "BatchNorm2D")
+        if input_shape[0] != self.num_features:
+            c, h, w = input_shape
+            raise ValueError(
+                f"BatchNorm2D: expected input with {self.num_features} channels, shape "
+                f"(N, {self.num_features}, H, W), got shape (N, {c}, {h}, {w})"
+            )
+        return tuple(input_shape)
 
     def _forward(self, x, training):
         mean, inv_std = self._statistics(x, training)
@@ -111,19 +122,6 @@ class BatchNorm2D(Layer):
     def array_shapes(cls, config):
         c = check_positive_int(config.get("num_features"), "num_features", "BatchNorm2D")
         return {name: (c,) for name in ("gamma", "beta", "running_mean", "running_var")}
-
-    def describe(self):
-        return f"BatchNorm2D({self.num_features})"
-
-    def output_shape(self, input_shape):
-        check_rank(input_shape, 3, f"(N, {self.num_features}, H, W)", "BatchNorm2D")
-        if input_shape[0] != self.num_features:
-            c, h, w = input_shape
-            raise ValueError(
-                f"BatchNorm2D: expected input with {self.num_features} channels, shape "
-                f"(N, {self.num_features}, H, W), got shape (N, {c}, {h}, {w})"
-            )
-        return tuple(input_shape)
 
     def flops(self, input_shape):
         return 4 * math.prod(input_shape)

@@ -10,16 +10,14 @@ from .registry import register
 
 
 class _Pool2D(Layer):
+    """What MaxPool2D and AvgPool2D share: a KH x KW window moved by ``stride`` (SH, SW; default:
+    the kernel size) over each channel of each image, no padding. Input (N, C, H, W), output
+    (N, C, OH, OW) with ``OH = (H - KH) // SH + 1`` (and likewise OW): the windows that fit."""
+
     def __init__(self, kernel_size, stride=None):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size", self.name, minimum=1)
         self.stride = self.kernel_size if stride is None else pair(stride, "stride", self.name, 1)
-
-    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-
-    def describe(self):
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        return f"{self.name}({kh}x{kw}, stride {sh},{sw})"
 
     def output_shape(self, input_shape):
         check_rank(input_shape, 3, "(N, C, H, W)", self.name)
@@ -33,6 +31,8 @@ class _Pool2D(Layer):
         return (c, conv_output_size(h, kh, self.stride[0], 0),
                 conv_output_size(w, kw, self.stride[1], 0))
 
+    # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
+
     def flops(self, input_shape):
         c, oh, ow = self.output_shape(input_shape)
         return c * oh * ow * self.kernel_size[0] * self.kernel_size[1]
@@ -41,6 +41,7 @@ class _Pool2D(Layer):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         return {**super().symbols(input_shape, output_shape), "KH": kh, "KW": kw, "SH": sh, "SW": sw}
 
+    describe_as = "{name}({kernel_size[0]}x{kernel_size[1]}, stride {stride[0]},{stride[1]})"
     torch_arguments = ("kernel_size", "stride")
     torch_requires = {"padding": (0, 0), "dilation": (1, 1), "ceil_mode": False, "divisor_override": None}
     onnx_attributes = {"kernel_shape": "kernel_size", "strides": "stride"}
@@ -112,6 +113,10 @@ class GlobalAvgPool2D(Layer):
     pools_globally = True
     explain = "One number per channel: its average over the image."
 
+    def output_shape(self, input_shape):
+        check_rank(input_shape, 3, "(N, C, H, W)", self.name)
+        return (input_shape[0],)
+
     def _forward(self, x, training):
         return self._remember(x.mean(axis=(2, 3), dtype=x.dtype), cache=x.shape)
 
@@ -122,10 +127,6 @@ class GlobalAvgPool2D(Layer):
         return xp.broadcast_to(share[:, :, None, None], (n, c, h, w)).copy()
 
     # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    def output_shape(self, input_shape):
-        check_rank(input_shape, 3, "(N, C, H, W)", self.name)
-        return (input_shape[0],)
-
     def flops(self, input_shape):
         c, h, w = input_shape
         return c * h * w

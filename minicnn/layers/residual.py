@@ -53,6 +53,21 @@ class Residual(Layer):
         self.body = _sequential(body, "body")
         self.shortcut = None if shortcut is None else _sequential(shortcut, "shortcut")
 
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        out = _shape(self.body, input_shape, "body")
+        short = input_shape if self.shortcut is None else _shape(self.shortcut, input_shape,
+                                                                 "shortcut")
+        if out != short:
+            fix = (" (add a projection shortcut, e.g. a 1x1 Conv2D with the body's stride)"
+                   if self.shortcut is None else "")
+            raise ValueError(
+                f"Residual: the body maps input (N, {', '.join(map(str, input_shape))}) to "
+                f"(N, {', '.join(map(str, out))}) but the shortcut gives "
+                f"(N, {', '.join(map(str, short))}); they must match to be added{fix}"
+            )
+        return out
+
     def _forward(self, x, training):
         a = self.body._run_forward(x, training)
         b = x if self.shortcut is None else self.shortcut._run_forward(x, training)
@@ -108,21 +123,6 @@ class Residual(Layer):
         short = "identity" if self.shortcut is None else \
             " ".join(layer.describe() for layer in self.shortcut)
         return f"Residual[{' '.join(layer.describe() for layer in self.body)} | {short}]"
-
-    def output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        out = _shape(self.body, input_shape, "body")
-        short = input_shape if self.shortcut is None else _shape(self.shortcut, input_shape,
-                                                                 "shortcut")
-        if out != short:
-            fix = (" (add a projection shortcut, e.g. a 1x1 Conv2D with the body's stride)"
-                   if self.shortcut is None else "")
-            raise ValueError(
-                f"Residual: the body maps input (N, {', '.join(map(str, input_shape))}) to "
-                f"(N, {', '.join(map(str, out))}) but the shortcut gives "
-                f"(N, {', '.join(map(str, short))}); they must match to be added{fix}"
-            )
-        return out
 
     def flops(self, input_shape):
         shortcut = self.shortcut.flops(input_shape) if self.shortcut else 0

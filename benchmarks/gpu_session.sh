@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 { nvidia-smi -L; $PY -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__)"; } \
     > "$OUT/machine.txt" 2>&1
 
-timeout 170 $PY -m pytest -q -m gpu -p no:cacheprovider -x tests/test_capture.py \
+timeout 170 $PY -m pytest -q -m gpu -n 0 -p no:cacheprovider -x tests/test_capture.py \
     tests/test_backend_parity.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 
 # issue 36's example target: >= 99.4% in less than half of the 33.6 s of training measured

@@ -30,7 +30,8 @@ def measure() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "margins.json"
         env = dict(os.environ, HYPOTHESIS_PROFILE="margins", MINICNN_GRADCHECK_MARGINS=str(report))
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        # -n 0: one process, which writes the report
+        command = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
                    *[str(HERE / name) for name in GRADIENT_TESTS]]
         result = subprocess.run(command, cwd=HERE.parent, env=env, capture_output=True, text=True)
         if result.returncode != 0:

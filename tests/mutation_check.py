@@ -166,7 +166,8 @@ def run(mutant: Mutant, folder: Path) -> dict:
             first = list(dict.fromkeys(mutant.first + tuple(FIRST)))
             rest = sorted(p.name for p in (folder / "tests").glob("test_*.py")
                           if p.name not in first)
-            command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+            # -n 0: in this order, in one process, stopping at the first failure
+            command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
                        *[f"tests/{name}" for name in first + rest]]
             start = time.perf_counter()
             result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)

@@ -339,12 +339,6 @@ def make_server(app: StudioApp, host: str = "127.0.0.1", port: int = 0) -> Threa
 
 
 class _Server(ThreadingHTTPServer):
-    def server_close(self):
-        super().server_close()
-        training = self.RequestHandlerClass.app.training
-        if hasattr(training, "stop"):  # the page's demo run ends with its server
-            training.stop()
-
     def handle_error(self, request, client_address):
         # A client that hangs up mid-answer is not the studio's error; anything else is one line
         error = sys.exc_info()[1]

@@ -32,15 +32,12 @@ class TrainingMonitor(Callback):
         self.flow: list[dict] = []
         self.steps_per_epoch = None
         self.finished = False
-        self.stop_requested = False
         self._losses: list[float] = []
 
     def on_train_begin(self, trainer):
         self.steps_per_epoch = len(trainer.loader)
 
     def on_batch_end(self, trainer, step, logs):
-        if self.stop_requested:
-            raise _RunStopped
         self._losses.append(float(logs["loss"]))
         if step % self.every:
             return
@@ -81,10 +78,6 @@ class TrainingMonitor(Callback):
                     "finished": self.finished, "steps_per_epoch": self.steps_per_epoch}
 
 
-class _RunStopped(Exception):
-    """Raised by the monitor after a step when :meth:`DemoTraining.stop` asked the run to end."""
-
-
 class DemoTraining:
     """The short run the page can start: the ``studio-demo`` recipe (``mnist_cnn`` 8 channels
     wide, one epoch) on the first ``steps`` batches of MNIST, gradient flow every 20 steps.
@@ -117,21 +110,10 @@ class DemoTraining:
             model = recipe.build_model(data.input_shape, len(data.class_names), seed=0)
             recipe.train(model, data.train, dataset=data.dataset, seed=0,
                          callbacks=[self.monitor], diagnostics=20)
-        except _RunStopped:
-            with self.monitor.lock:
-                self.monitor.finished = True
         except Exception as err:  # shown on the page; the server keeps serving
             self.error = f"{type(err).__name__}: {err}"
             with self.monitor.lock:
                 self.monitor.finished = True
-
-    def stop(self, timeout: float | None = None) -> None:
-        """End the run going, if one is, after its current step, and wait up to ``timeout``
-        seconds (None: as long as it takes) for its thread to end: a server shut down does not
-        leave a run training behind it."""
-        if self.thread is not None and self.thread.is_alive():
-            self.monitor.stop_requested = True
-            self.thread.join(timeout)
 
     def state(self) -> dict:
         if self.monitor is None:  # nothing started yet

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import backend
@@ -89,8 +87,7 @@ class Dense(Layer):
         return {"weight": (n_in, n_out), **({"bias": (n_out,)} if config.get("bias", True) else {})}
 
     def flops(self, input_shape):
-        return 2 * self.in_features * self.out_features + (
-            self.out_features if self.bias is not None else 0)
+        return (2 * self.in_features + (self.bias is not None)) * self.out_features
 
     # y = x @ W + b is x @ weight.T + bias in PyTorch's Linear: W travels transposed
     torch_name, onnx_op = "Linear", "Gemm"
@@ -109,7 +106,7 @@ class Flatten(Layer):
     explain = "Lays the maps out as one vector; nothing is computed."
 
     def output_shape(self, input_shape):
-        return (math.prod(input_shape),)
+        return (int(np.prod(input_shape)),)
 
     def _forward(self, x, training):
         return self._remember(x.reshape(x.shape[0], -1), cache=x.shape)

@@ -146,6 +146,22 @@ def test_winograd_matches_the_naive_loops(name, m, dtype, n, c, f, size, padding
     np.testing.assert_array_equal(dW_only, dW)
 
 
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("size", [(8, 8), (4, 12), (16, 8)])
+def test_winograd_matches_the_naive_loops_where_the_tiles_cover_the_output_exactly(name, m, size):
+    """The networks' shapes, which the drawn ones above rarely are: sides that are multiples of
+    the tile (no tile overhangs the edge), with a bias, against the naive loops."""
+    x, weight, b, dy = _draw(2, 3, 5, size, (1, 1), True, np.float64, seed=sum(size) + m)
+    impl, t = implementation(name), winograd.TRANSFORMS[m]
+    y, saved = impl.conv_forward(x, weight, b, (1, 1), t)
+    _assert_close(y, naive.conv2d_forward(x, weight, b, (1, 1), (1, 1)), np.float64, m, "y")
+    dx, dW = impl.conv_backward(dy, saved, weight, x.shape, (1, 1), t)
+    expected_dx, expected_dW, _ = naive.conv2d_backward(dy, x, weight, (1, 1), (1, 1))
+    _assert_close(dx, expected_dx, np.float64, m, "dL/dx")
+    _assert_close(dW, expected_dW, np.float64, m, "dL/dW")
+
+
 @pytest.mark.skipif("numba" not in IMPLEMENTATIONS, reason="numba is not installed")
 @pytest.mark.parametrize("keep", [True, False], ids=["training", "inference"])
 @pytest.mark.parametrize("samples_per_block", [1, 2, 64])

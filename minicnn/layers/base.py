@@ -325,7 +325,10 @@ class Layer:
             child.initialize(rng)
 
     def set_rng(self, rng: np.random.Generator) -> None:
-        """Give every stochastic layer inside (Dropout) its own generator spawned from ``rng``."""
+        """Give every stochastic layer inside (Dropout) its own generator spawned from ``rng``;
+        a layer that draws (its generator is ``self.rng``) takes ``rng`` itself."""
+        if isinstance(getattr(self, "rng", None), np.random.Generator):
+            self.rng = rng
         children = self.children()
         for (_, child), spawned in zip(children, rng.spawn(len(children))):
             child.set_rng(spawned)

@@ -53,9 +53,6 @@ class Dropout(Layer):
 
     # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
 
-    def set_rng(self, rng):
-        self.rng = rng
-
     def draw_for_replay(self):
         self._seed.draw(self.rng)
 

@@ -6,9 +6,10 @@
 A host whose speed drifts from minute to minute (a shared 2-core VM) makes two separate runs hard
 to compare; here both versions of ``minicnn/kernels/numba_winograd.py`` are loaded side by side
 (the other one from ``git show REV:...``, with its relative imports pointed at this checkout's
-package) and run on the same inputs, alternated layer by layer, for several rounds; each gets its
-best time. Each layer: forward + backward (dL/dx and dL/dW) at batch 128, float32, F(4x4, 3x3),
-stride 1, padding 1: the 3x3 layers of cifar_vgg and cifar_resnet.
+package) and run on the same inputs, alternated layer by layer (which one first, alternated round
+by round), for several rounds; each gets its best time. Each layer: forward + backward (dL/dx
+and dL/dW) at batch 128, float32, F(4x4, 3x3), stride 1, padding 1: the 3x3 layers of cifar_vgg
+and cifar_resnet.
 
 Commits before the blocked Winograd imported ``batched_matmul`` from cpu_runtime, which no longer
 has it: the script gives them one (each core's share of the products, as it was).
@@ -80,8 +81,11 @@ def main():
                   for c, f, s in LAYERS]
         best = {name: [[np.inf, np.inf] for _ in LAYERS] for name in versions}
         for round_ in range(args.rounds + 1):  # round 0 compiles
+            # which version goes first alternates: the second run of a layer can be slower (or
+            # faster) for running second (128->128 @8x8's backward: 14 against 23 ms)
+            order = list(versions.items())[::1 if round_ % 2 else -1]
             for i, (x, w, b, dy) in enumerate(inputs):
-                for name, module in versions.items():
+                for name, module in order:
                     start = time.perf_counter()
                     _, saved = module.conv_forward(x, w, b, (1, 1), t)
                     middle = time.perf_counter()

@@ -110,8 +110,8 @@ LESSON = ("__init__", "initialize", "output_shape", "_forward", "_convolve", "_s
 
 def lesson_out_of_place(source: str) -> list[str]:
     """The classes of a layer module in which a method that is not part of the lesson (the
-    derivation's ``__init__``, ``_forward``, ``_backward`` and what they call to initialize, to
-    convolve and to compute statistics) comes before one that is."""
+    derivation's ``__init__``, ``output_shape``, ``_forward``, ``_backward`` and what they call
+    to initialize, to convolve and to compute statistics) comes before one that is."""
     misplaced = []
     for node in ast.parse(source).body:
         if not isinstance(node, ast.ClassDef):
@@ -124,8 +124,9 @@ def lesson_out_of_place(source: str) -> list[str]:
 
 
 def test_a_layer_opens_with_its_lesson():
-    """A reader of a layer's file meets the docstring's derivation, then __init__, forward and
-    backward in its symbols; shapes, config, the studio's formula and the converters follow."""
+    """A reader of a layer's file meets the docstring's derivation, then __init__, the output
+    shape, forward and backward in its symbols; costs, config, the studio's formula and the
+    converters follow."""
     import minicnn.layers as layers
     from minicnn.layers.registry import LAYER_TYPES
 

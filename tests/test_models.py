@@ -125,6 +125,11 @@ def test_residual_shapes_flops_description_and_errors():
         block.body, [(3, 9, 9), (8, 5, 5), (8, 5, 5), (8, 5, 5), (8, 5, 5)]))
     inner += sum(layer.flops(s) for layer, s in zip(block.shortcut, [(3, 9, 9), (8, 5, 5)]))
     assert block.flops((3, 9, 9)) == inner + 8 * 5 * 5
+    # the body's and then the shortcut's, each on the block's input
+    assert block.algorithms((3, 9, 9)) == block.body.algorithms((3, 9, 9)) + \
+        block.shortcut.algorithms((3, 9, 9))
+    assert block.workspace_bytes((3, 9, 9), 4) == block.body.workspace_bytes((3, 9, 9), 4) + \
+        block.shortcut.workspace_bytes((3, 9, 9), 4) > block.body.workspace_bytes((3, 9, 9), 4)
     assert "Conv2D" in block.describe() and "BatchNorm2D" in block.describe()
     with pytest.raises(ValueError, match="projection shortcut"):
         Residual([Conv2D(3, 8, 3, padding=1)]).output_shape((3, 9, 9))

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import backend
 from ..validation import check_float_array, is_int
+from .registry import inner_arrays
 
 
 class Parameter:
@@ -141,7 +142,9 @@ class Layer:
     """Base class of every layer. See the module docstring for the contract."""
 
     #: constructor arguments that hold lists of layers (containers): a config stores the inner
-    #: layers' own configs there, and building from a config builds them first
+    #: layers' own configs there, and building from a config builds them first. Each is kept as
+    #: a Sequential (or None) of that name, a child of this layer that sees its input (Residual's
+    #: body and shortcut): children, config, array shapes and costs are then the children's
     sublayer_fields: tuple[str, ...] = ()
     #: the torch.nn module this layer is (``minicnn.interop``), when there is exactly one; the
     #: constructor arguments the two share (the same keyword on both sides); its arrays as
@@ -256,8 +259,10 @@ class Layer:
 
     # -- what the layer holds, its own and its children's ----------------------------------
     def children(self) -> list[tuple[str, Layer]]:
-        """``(name, layer)`` for every layer inside this one, in a fixed order (none here)."""
-        return []
+        """``(name, layer)`` for every layer inside this one, in a fixed order: the Sequentials
+        of ``sublayer_fields`` that are not None."""
+        inner = [(field, getattr(self, field)) for field in self.sublayer_fields]
+        return [(field, layer) for field, layer in inner if layer is not None]
 
     def _own(self, kind) -> dict:
         return {k: v for k, v in vars(self).items() if isinstance(v, kind)}
@@ -304,19 +309,22 @@ class Layer:
         return tuple(input_shape)
 
     def flops(self, input_shape: tuple) -> int:
-        """Floating-point operations of one forward pass for one sample (multiply-add = 2)."""
-        return 0
+        """Floating-point operations of one forward pass for one sample (multiply-add = 2):
+        here, the children's, each on the input."""
+        return sum(child.flops(input_shape) for _, child in self.children())
 
     def algorithms(self, input_shape: tuple) -> list[str]:
         """How the convolutions in this layer are computed for a per-sample input shape, in
         order ("im2col", "winograd F(4x4,3x3)", ...: the kernels choose, see
-        :func:`minicnn.kernels.choose_conv`); reported by ``Sequential.summary``."""
-        return []
+        :func:`minicnn.kernels.choose_conv`); reported by ``Sequential.summary``. Here, the
+        children's, in order."""
+        return [name for _, child in self.children() for name in child.algorithms(input_shape)]
 
     def workspace_bytes(self, input_shape: tuple, itemsize: int) -> int:
         """Scratch memory of one forward pass for one sample, beyond the output itself (e.g.
-        Conv2D's im2col columns); used to size inference batches (``Sequential.predict``)."""
-        return 0
+        Conv2D's im2col columns); used to size inference batches (``Sequential.predict``).
+        Here, the children's."""
+        return sum(child.workspace_bytes(input_shape, itemsize) for _, child in self.children())
 
     # -- initialization, dtype and backend, for the layer and everything inside it --------
     def initialize(self, rng: np.random.Generator) -> None:
@@ -366,9 +374,10 @@ class Layer:
         """The constructor's arguments, as plain JSON values (what a model file stores), read
         from the attributes of the same names: a tuple as a list, and an optional array
         (``bias=True`` makes ``self.bias`` a Parameter, ``False`` leaves it None) as whether
-        the layer has it. ``dtype`` and ``rng`` are not arguments of the architecture (the
-        arrays carry their dtype). A layer whose attributes do not mirror its arguments
-        overrides this (Residual, Sequential)."""
+        the layer has it, and a Sequential of ``sublayer_fields`` as its layers' configs.
+        ``dtype`` and ``rng`` are not arguments of the architecture (the arrays carry their
+        dtype). A layer whose attributes do not mirror its arguments overrides this
+        (Sequential)."""
         config = {}
         for name, argument in inspect.signature(type(self).__init__).parameters.items():
             if name in ("self", "dtype", "rng"):
@@ -376,6 +385,8 @@ class Layer:
             value = getattr(self, name)
             if isinstance(argument.default, bool) and (value is None or isinstance(value, Parameter)):
                 value = value is not None
+            elif name in self.sublayer_fields and value is not None:
+                value = value.config()["layers"]
             config[name] = list(value) if isinstance(value, tuple) else value
         return config
 
@@ -383,8 +394,12 @@ class Layer:
     def array_shapes(cls, config: dict) -> dict[str, tuple]:
         """``{array name: shape}`` a layer built from ``config`` will hold, computed from the
         config alone (nothing is allocated): a model file's tensors are checked against it
-        before anything is built. Layers with arrays override it."""
-        return {}
+        before anything is built. Layers with arrays override it; here, the arrays of the
+        layers in ``sublayer_fields``, named ``<field>.<index>.<name>`` (``body.0.weight``)."""
+        shapes = {}
+        for field in cls.sublayer_fields:
+            shapes.update(inner_arrays(config, field, f"{field}."))
+        return shapes
 
     #: the one-line description :meth:`describe` gives, filled from :meth:`config` as
     #: ``explain`` is (e.g. ``"Dense({in_features}->{out_features})"``); empty: ``Name()``

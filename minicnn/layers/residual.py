@@ -9,7 +9,7 @@ from .activations import ReLU
 from .base import Layer
 from .conv import Conv2D
 from .normalization import BatchNorm2D
-from .registry import inner_arrays, register
+from .registry import register
 from .sequential import Sequential
 
 
@@ -107,35 +107,13 @@ class Residual(Layer):
     def convolutional(self) -> bool:
         return any(layer.convolutional for layer in self.body)
 
-    def children(self):
-        return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut else [])
-
-    def config(self):
-        return {"body": self.body.config()["layers"],
-                "shortcut": None if self.shortcut is None else self.shortcut.config()["layers"]}
-
-    @classmethod
-    def array_shapes(cls, config):
-        return {**inner_arrays(config, "body", "body."),
-                **inner_arrays(config, "shortcut", "shortcut.")}
-
     def describe(self):
         short = "identity" if self.shortcut is None else \
             " ".join(layer.describe() for layer in self.shortcut)
         return f"Residual[{' '.join(layer.describe() for layer in self.body)} | {short}]"
 
     def flops(self, input_shape):
-        shortcut = self.shortcut.flops(input_shape) if self.shortcut else 0
-        out = self.output_shape(input_shape)
-        return self.body.flops(input_shape) + shortcut + math.prod(out)  # + the sum
-
-    def algorithms(self, input_shape):
-        shortcut = self.shortcut.algorithms(input_shape) if self.shortcut else []
-        return self.body.algorithms(input_shape) + shortcut
-
-    def workspace_bytes(self, input_shape, itemsize):
-        shortcut = self.shortcut.workspace_bytes(input_shape, itemsize) if self.shortcut else 0
-        return self.body.workspace_bytes(input_shape, itemsize) + shortcut
+        return super().flops(input_shape) + math.prod(self.output_shape(input_shape))  # + the sum
 
     def symbols(self, input_shape, output_shape):
         return {**super().symbols(input_shape, output_shape), "a": output_shape, "b": output_shape,

@@ -7,7 +7,7 @@ default).
     python benchmarks/profile_step.py --model cifar_resnet --inference --batch-size 1000
 
 Wraps every kernel of the backend with a timer, runs some training steps (with ``--inference``,
-forward passes as ``predict`` runs them) and prints, per kernel
+forward passes as ``predict`` runs them, each BatchNorm2D folded into its Conv2D) and prints, per kernel
 (matrix multiplies, Winograd and direct layers per shape), the milliseconds per step, its share of the
 step and, for the multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak
 (a 2048^3 product, measured in the same process; on cupy the GPU's, an 8192^3 product). On
@@ -38,6 +38,7 @@ def main():
 
     import minicnn as mc
     from minicnn import models
+    from minicnn.layers import fused
 
     mc.set_backend(args.backend)
     kernels = mc.backend.kernels()
@@ -90,7 +91,8 @@ def main():
 
     def step():
         if args.inference:
-            model.forward(x, training=False)
+            with fused.predicting():  # as predict runs it: BatchNorm folded into its Conv2D
+                model.forward(x, training=False)
             return
         loss_fn.forward(model.forward(x, training=True), y)
         optimizer.zero_grad()

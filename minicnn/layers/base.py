@@ -172,7 +172,7 @@ class Layer:
     #: its ``weight`` is (F, C, KH, KW) filters that read as images (a convolution): what the
     #: report, the studio and conv_filters show as "the first layer's filters"
     filters: bool = False
-    #: returns its input unchanged at inference (Dropout): CAM looks through it
+    #: returns its input unchanged at inference (Dropout): CAM looks through it, ONNX omits it
     identity_at_inference: bool = False
     #: outputs exact zeros wherever its input is negative (ReLU): a unit that is zero for every
     #: image is dead, and GradientFlow counts those
@@ -430,6 +430,9 @@ class Layer:
     #: stands for its array's shape, and so does its gradient's (``dL/dW``); None when the
     #: layer lacks the array (no bias)
     array_symbols: dict[str, str] = {}
+    #: the docstring's other names of arrays shaped like x, and like y (Dropout's ``mask``)
+    shaped_like_x: tuple[str, ...] = ()
+    shaped_like_y: tuple[str, ...] = ()
 
     def symbols(self, input_shape: tuple, output_shape: tuple) -> dict:
         """What the docstring's symbols stand for in a pass on ``input_shape`` (batch
@@ -439,7 +442,9 @@ class Layer:
         a layer adds the symbols of its own derivation."""
         grads = {"x": input_shape, "y": output_shape}
         found = {**grads, **{f"d{k}": v for k, v in grads.items()},
-                 **{f"dL/d{k}": v for k, v in grads.items()}}
+                 **{f"dL/d{k}": v for k, v in grads.items()},
+                 **dict.fromkeys(self.shaped_like_x, input_shape),
+                 **dict.fromkeys(self.shaped_like_y, output_shape)}
         found.update({name: array.shape for name, array in self._own((Parameter, Buffer)).items()})
         found.update({k: v for k, v in self.config().items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -516,7 +521,10 @@ class Layer:
 
     def to_onnx(self, graph, x: str, name: str) -> str:
         """Add this layer to an ONNX graph (:class:`minicnn.interop.OnnxGraph`) reading tensor
-        ``x``, from the ``onnx_*`` declarations; returns the name of its output."""
+        ``x``, from the ``onnx_*`` declarations (a layer that is the identity at inference
+        adds nothing); returns the name of its output."""
+        if self.identity_at_inference:
+            return x
         if self.onnx_op is None:
             raise TypeError(f"to_onnx: no ONNX counterpart for {self.name}")
         attributes = {}

@@ -56,10 +56,5 @@ class Dropout(Layer):
     def draw_for_replay(self):
         self._seed.draw(self.rng)
 
-    def symbols(self, input_shape, output_shape):
-        return {**super().symbols(input_shape, output_shape), "mask": input_shape, "u": input_shape}
-
+    shaped_like_x = ("mask", "u")
     torch_name, torch_arguments = "Dropout", ("p",)
-
-    def to_onnx(self, graph, x, name):
-        return x  # the identity in inference

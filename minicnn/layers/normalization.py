@@ -126,12 +126,13 @@ class BatchNorm2D(Layer):
     def flops(self, input_shape):
         return 4 * math.prod(input_shape)
 
+    shaped_like_x = ("xhat", "dxhat", "dL/dxhat")
+
     def symbols(self, input_shape, output_shape):
         n, c, h, w = input_shape
         per_channel = {name: (c,) for name in ("mu", "var", "sigma", "dmu", "dvar", "dL/dgamma",
                                                 "dL/dbeta")}
-        return {**super().symbols(input_shape, output_shape), **per_channel, "M": n * h * w,
-                "xhat": input_shape, "dxhat": input_shape, "dL/dxhat": input_shape}
+        return {**super().symbols(input_shape, output_shape), **per_channel, "M": n * h * w}
 
     torch_name, onnx_op = "BatchNorm2d", "BatchNormalization"
     torch_arguments = ("num_features", "eps", "momentum")

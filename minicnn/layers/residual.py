@@ -115,11 +115,7 @@ class Residual(Layer):
     def flops(self, input_shape):
         return super().flops(input_shape) + math.prod(self.output_shape(input_shape))  # + the sum
 
-    def symbols(self, input_shape, output_shape):
-        return {**super().symbols(input_shape, output_shape), "a": output_shape, "b": output_shape,
-                "dL/da": output_shape, "dL/db": output_shape, "dx_body": input_shape,
-                "dx_short": input_shape}
-
+    shaped_like_x, shaped_like_y = ("dx_body", "dx_short"), ("a", "b", "dL/da", "dL/db")
     torch_name = "TorchResidual"  # minicnn.interop.torch_residual_class(): body + shortcut
 
     def to_torch(self, bridge):

@@ -171,7 +171,7 @@ def bench_minicnn(backend: str, model_name: str, x, y, infer_x, args,
 def torch_resnet(nn, width=16, blocks_per_stage=2):
     """minicnn.models.cifar_resnet, module for module."""
 
-    class Block(nn.Module):  # minicnn.layers.Residual.basic_block, then a ReLU
+    class Block(nn.Module):  # minicnn.models.basic_block, then a ReLU
         def __init__(self, cin, cout, stride):
             super().__init__()
             self.body = nn.Sequential(

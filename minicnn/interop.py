@@ -72,7 +72,8 @@ class TorchBridge:
 
     def __init__(self, torch):
         self.torch, self.nn = torch, torch.nn
-        self.residual = torch_residual_class()
+        #: the torch modules of minicnn's containers (``torch_name``: built from its fields)
+        self.containers = {"TorchResidual": torch_residual_class()}
         #: torch.nn class name -> the minicnn layer class that imports it
         self.counterparts = {cls.torch_name: cls for cls in LAYER_TYPES.values()
                              if cls.torch_name is not None}
@@ -102,6 +103,10 @@ class TorchBridge:
 
     def array(self, tensor) -> np.ndarray:
         return tensor.detach().cpu().numpy().copy()
+
+    def sublayers(self, module, where: str) -> list | None:
+        """A container's field from a torch module: its layers, or None for ``nn.Identity``."""
+        return None if isinstance(module, self.nn.Identity) else self.layers(module, where)
 
     def layers(self, module, where: str) -> list:
         """The minicnn layers of a torch module (a Sequential's children, in order)."""

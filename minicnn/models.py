@@ -106,12 +106,32 @@ def cifar_vgg(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | None =
     return Sequential(layers, seed=seed, input_shape=input_shape)
 
 
+def basic_block(in_channels: int, out_channels: int, stride: int = 1,
+                kernel_size: int = 3) -> Residual:
+    """The ResNet "basic block": a :class:`Residual` of Conv-BN-ReLU-Conv-BN plus the shortcut.
+
+    The first convolution has the stride; a projection shortcut (1x1 Conv2D with the same
+    stride, then BatchNorm2D) is added when the stride or the channel count changes.
+    Convolutions have no bias: the BatchNorm after each one would cancel it.
+    """
+    pad = kernel_size // 2
+    body = [Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=False),
+            BatchNorm2D(out_channels), ReLU(),
+            Conv2D(out_channels, out_channels, kernel_size, padding=pad, bias=False),
+            BatchNorm2D(out_channels)]
+    shortcut = None
+    if stride != 1 or in_channels != out_channels:
+        shortcut = [Conv2D(in_channels, out_channels, 1, stride=stride, bias=False),
+                    BatchNorm2D(out_channels)]
+    return Residual(body, shortcut)
+
+
 def cifar_resnet(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | None = 0,
                  width: int = 16, blocks_per_stage: int = 2) -> Sequential:
     """A small ResNet for 32x32 images (He et al., 2016, section 4.2).
 
     A conv-BatchNorm-ReLU stem, then three stages of ``blocks_per_stage`` residual basic
-    blocks (:meth:`Residual.basic_block`, each followed by a ReLU) with width, 2*width and
+    blocks (:func:`basic_block`, each followed by a ReLU) with width, 2*width and
     4*width channels; the first block of stages 2 and 3 halves the resolution (stride 2) and
     has a 1x1 projection shortcut. Global average pooling and one dense layer classify.
     ``blocks_per_stage=3`` is the paper's ResNet-20; the default 2 is a ResNet-14.
@@ -129,7 +149,7 @@ def cifar_resnet(input_shape=(3, 32, 32), num_classes: int = 10, seed: int | Non
     for stage, out in enumerate((width, 2 * width, 4 * width)):
         for block in range(int(blocks_per_stage)):
             stride = 2 if stage > 0 and block == 0 else 1
-            layers += [Residual.basic_block(channels, out, stride=stride), ReLU()]
+            layers += [basic_block(channels, out, stride=stride), ReLU()]
             channels = out
     layers += [GlobalAvgPool2D(), Dense(channels, num_classes)]
     return Sequential(layers, seed=seed, input_shape=input_shape)
@@ -191,5 +211,5 @@ def from_config(config: dict) -> Sequential:
     return build_model(config, where="from_config")
 
 
-__all__ = ["MODELS", "PRESETS", "cifar_resnet", "cifar_vgg", "from_config", "lenet5", "mnist_cnn",
-           "reference_cnn", "tunable_cnn"]
+__all__ = ["MODELS", "PRESETS", "basic_block", "cifar_resnet", "cifar_vgg", "from_config", "lenet5",
+           "mnist_cnn", "reference_cnn", "tunable_cnn"]

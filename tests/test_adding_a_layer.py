@@ -28,7 +28,6 @@ from minicnn.layers import (
     LeakyReLU,
     MaxPool2D,
     ReLU,
-    Residual,
     Sequential,
     Sigmoid,
     Tanh,
@@ -120,7 +119,7 @@ STUDIO_EXAMPLES = {
     "Dropout": (Dropout(0.5), (6,)), "ELU": (ELU(), (6,)), "Flatten": (Flatten(), (3, 2, 2)),
     "GELU": (GELU(), (6,)), "GlobalAvgPool2D": (GlobalAvgPool2D(), (3, 4, 4)),
     "LeakyReLU": (LeakyReLU(), (6,)), "MaxPool2D": (MaxPool2D(2), (3, 4, 4)), "ReLU": (ReLU(), (6,)),
-    "Residual": (Residual.basic_block(3, 3), (3, 4, 4)), "Sigmoid": (Sigmoid(), (6,)),
+    "Residual": (mc.models.basic_block(3, 3), (3, 4, 4)), "Sigmoid": (Sigmoid(), (6,)),
     "Tanh": (Tanh(), (6,)),
 }
 

@@ -139,6 +139,38 @@ def test_a_layer_opens_with_its_lesson():
         assert lesson_out_of_place(path.read_text()) == [], path
 
 
+def lesson_share(source: str) -> float:
+    """The share of a layer module's lines that are its lesson: each class from its decorator to
+    the end of its last lesson method (its docstring's end if it has none)."""
+    lesson = 0
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef):
+            ends = [item.end_lineno for item in node.body
+                    if isinstance(item, ast.FunctionDef) and item.name in LESSON]
+            start = min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
+            lesson += max(ends, default=node.body[0].end_lineno) - start + 1
+    return lesson / len(source.splitlines())
+
+
+def test_a_layer_file_is_at_least_two_thirds_lesson():
+    """What follows the lesson (costs, summary, converters, registrations) is declared, or lives
+    with the code that asks for it, so that a layer's file reads as its derivation."""
+    import minicnn.layers as layers
+    from minicnn.layers.registry import LAYER_TYPES
+
+    modules = {cls.__module__ for cls in LAYER_TYPES.values()} - {"minicnn.layers.sequential"}
+    for module in sorted(modules):
+        path = Path(layers.__file__).parent / f"{module.rsplit('.', 1)[1]}.py"
+        assert lesson_share(path.read_text()) >= 2 / 3, path
+
+
+def test_the_lesson_share_counts_the_lesson_methods():
+    source = ('"""A layer."""\n\n\n@register\nclass A:\n    """Doc."""\n\n'
+              "    def __init__(self): pass\n    def _backward(self): pass\n\n"
+              "    def describe(self): pass\n")
+    assert lesson_share(source) == 6 / 11
+
+
 def test_the_lesson_check_sees_a_method_before_the_lesson():
     source = ("class A:\n    def __init__(self): pass\n    def _forward(self): pass\n"
               "    def describe(self): pass\n    def _backward(self): pass\n")

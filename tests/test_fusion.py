@@ -193,8 +193,8 @@ def test_a_residual_network_trains_the_same_with_fusion_on_and_off(name, dtype, 
     for on in (True, False):
         mc.set_fusion(on)
         calls.clear()
-        net = mc.Sequential([Residual.basic_block(2, 4, stride=2), ReLU(),
-                             Residual.basic_block(4, 4), ReLU(), Flatten(), Dense(36, 3)],
+        net = mc.Sequential([mc.models.basic_block(2, 4, stride=2), ReLU(),
+                             mc.models.basic_block(4, 4), ReLU(), Flatten(), Dense(36, 3)],
                             seed=0).to(name).astype(dtype)
         y = net.forward(x, training=True)
         dx = net.backward(np.ones_like(y) / y.size)
@@ -315,7 +315,7 @@ def folding_network(bias: bool, seed=0):
     their initial 0 and 1, so that a fold that drops any of them changes the output."""
     net = mc.Sequential([
         Conv2D(3, 8, 3, padding=1, bias=bias), BatchNorm2D(8), ReLU(), MaxPool2D(2),
-        Residual.basic_block(8, 16, stride=2), Residual.basic_block(16, 16), ReLU(),
+        mc.models.basic_block(8, 16, stride=2), mc.models.basic_block(16, 16), ReLU(),
         Conv2D(16, 8, 3, padding=1, bias=bias), BatchNorm2D(8),
         Flatten(), Dense(8 * 2 * 2, 3)], seed=seed)
     rng = np.random.default_rng(seed + 1)

@@ -31,7 +31,7 @@ def every_layer_model(dtype=np.float64, seed=0):
     """Every layer type with a PyTorch counterpart, BatchNorm statistics made non-trivial."""
     model = Sequential([
         Conv2D(2, 4, (3, 2), stride=(1, 2), padding=(1, 0)), BatchNorm2D(4), ReLU(),
-        Residual.basic_block(4, 6, stride=2),              # projection shortcut
+        mc.models.basic_block(4, 6, stride=2),              # projection shortcut
         Residual([Conv2D(6, 6, 3, padding=1), Tanh()]),   # identity shortcut
         GELU(), LeakyReLU(0.2), MaxPool2D(2, stride=1), Conv2D(6, 5, 1, bias=False), Sigmoid(),
         AvgPool2D((2, 1)), Dropout(0.3), Flatten(), Dense(5 * 2 * 2, 7), GELU("tanh"), ReLU(),

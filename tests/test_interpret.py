@@ -31,7 +31,6 @@ from minicnn.layers import (
     LeakyReLU,
     MaxPool2D,
     ReLU,
-    Residual,
     Tanh,
 )
 
@@ -364,7 +363,7 @@ def test_the_default_grad_cam_layer_ends_after_any_activation(activation):
     from minicnn.layers.registry import LAYER_TYPES
 
     model = mc.Sequential([Conv2D(1, 4, 3, padding=1), BatchNorm2D(4), LAYER_TYPES[activation](),
-                           MaxPool2D(2), Residual.basic_block(4, 4), LAYER_TYPES[activation](),
+                           MaxPool2D(2), mc.models.basic_block(4, 4), LAYER_TYPES[activation](),
                            GlobalAvgPool2D(), Dense(4, 3)], seed=0)
     assert interpret.conv_block_output(model, 0) == 2  # conv, BatchNorm, the activation
     assert interpret.conv_block_output(model, -1) == 5  # the residual block and its activation

@@ -51,11 +51,12 @@ def test_batchnorm_formula_shows_the_training_backward_too():
 def test_the_panels_give_the_shapes_of_the_arrays_a_derivation_names():
     """Arrays shaped like x or y that only the docstring names (Dropout's mask, a Residual's
     two operands and the gradients of its two paths) are shown with their shapes."""
-    from minicnn.layers import Dropout, Residual
+    from minicnn.layers import Dropout
+    from minicnn.models import basic_block
 
     dropout = Dropout(0.5).formula((2, 6), (2, 6))
     assert any("mask (2, 6)" in line for line in dropout["forward"])
-    block = Residual.basic_block(3, 4, stride=2)
+    block = basic_block(3, 4, stride=2)
     panel = block.formula((2, 3, 8, 8), (2, 4, 4, 4))
     assert any("a (2, 4, 4, 4)" in line for line in panel["forward"])
     assert any("dx_short (2, 3, 8, 8)" in line for line in panel["backward"])

@@ -104,7 +104,7 @@ def test_tunable_cnn_defaults_are_mnist_cnn_and_options_apply():
 # -- Residual ------------------------------------------------------------------------------------
 
 def test_residual_parameters_and_names_are_ordered_and_unique():
-    block = Residual.basic_block(3, 8, stride=2)
+    block = models.basic_block(3, 8, stride=2)
     names = list(block.named_arrays())
     assert names == [
         "body.0.weight", "body.1.gamma", "body.1.beta", "body.1.running_mean", "body.1.running_var",
@@ -114,12 +114,12 @@ def test_residual_parameters_and_names_are_ordered_and_unique():
     params = [a for a in block.named_arrays().values() if isinstance(a, mc.Parameter)]
     assert [id(p) for p in block.parameters()] == [id(p) for p in params]
     assert len(block.buffers()) == 6
-    identity = Residual.basic_block(8, 8)
+    identity = models.basic_block(8, 8)
     assert identity.shortcut is None and len(identity.parameters()) == 6
 
 
 def test_residual_shapes_flops_description_and_errors():
-    block = Residual.basic_block(3, 8, stride=2)
+    block = models.basic_block(3, 8, stride=2)
     assert block.output_shape((3, 9, 9)) == (8, 5, 5)
     inner = sum(layer.flops(s) for layer, s in zip(
         block.body, [(3, 9, 9), (8, 5, 5), (8, 5, 5), (8, 5, 5), (8, 5, 5)]))
@@ -136,7 +136,7 @@ def test_residual_shapes_flops_description_and_errors():
     with pytest.raises(ValueError, match="body layer 0 .Conv2D.*4 channels"):
         block.output_shape((4, 9, 9))
     with pytest.raises(ValueError, match="Residual"):
-        Residual.basic_block(3, 8).forward(np.zeros((2, 4, 5, 5), np.float32))
+        models.basic_block(3, 8).forward(np.zeros((2, 4, 5, 5), np.float32))
     with pytest.raises(TypeError, match="Residual: body: item 1 is a str"):
         Residual([ReLU(), "conv"])
     with pytest.raises(ValueError, match="at least one layer"):
@@ -146,7 +146,7 @@ def test_residual_shapes_flops_description_and_errors():
 
 
 def test_residual_first_layer_can_skip_the_input_gradient():
-    block = Residual.basic_block(2, 4, stride=2)
+    block = models.basic_block(2, 4, stride=2)
     x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
     y = block.forward(x, training=True)
     assert block.backward(np.ones_like(y), input_grad=False) is None
@@ -169,7 +169,7 @@ def test_residual_with_dropout_is_seeded_and_converts_dtype_and_backend():
 
 def test_residual_matches_the_same_computation_written_out():
     """Forward = body(x) + shortcut(x); backward = the sum of both paths' input gradients."""
-    block = Residual.basic_block(2, 3, stride=2)
+    block = models.basic_block(2, 3, stride=2)
     block.initialize(np.random.default_rng(0))
     body, short = copy.deepcopy(block.body), copy.deepcopy(block.shortcut)
     x = np.random.default_rng(1).standard_normal((4, 2, 6, 5)).astype(np.float32)
@@ -205,7 +205,7 @@ def test_gradcheck_catches_a_residual_that_drops_the_shortcut_gradient():
 def test_residual_block_matches_torch():
     torch = require("torch")
     F = torch.nn.functional  # noqa: N806 (torch's usual name)
-    block = Residual.basic_block(3, 4, stride=2).astype(np.float64)
+    block = models.basic_block(3, 4, stride=2).astype(np.float64)
     block.initialize(np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((3, 3, 7, 6))
     dy = np.random.default_rng(2).standard_normal((3, 4, 4, 3))
@@ -234,12 +234,12 @@ def test_residual_block_matches_torch():
 @pytest.mark.skipif(not mc.backend.backend_available("numba"), reason="numba is not installed")
 def test_residual_runs_identically_on_numba_and_numpy():
     mc.set_backend("numba")
-    model = mc.Sequential([Residual.basic_block(3, 4, stride=2), ReLU(), GlobalAvgPool2D()], seed=0)
+    model = mc.Sequential([models.basic_block(3, 4, stride=2), ReLU(), GlobalAvgPool2D()], seed=0)
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
     y = model.forward(x, training=True)
     model.backward(np.ones_like(y))
     mc.set_backend("numpy")
-    reference = mc.Sequential([Residual.basic_block(3, 4, stride=2), ReLU(), GlobalAvgPool2D()],
+    reference = mc.Sequential([models.basic_block(3, 4, stride=2), ReLU(), GlobalAvgPool2D()],
                               seed=0)
     y_ref = reference.forward(x, training=True)
     reference.backward(np.ones_like(y_ref))
@@ -304,7 +304,7 @@ def test_cifar_presets_are_available_to_the_command_line_and_the_cifar10_recipe(
 
 
 def test_summary_counts_nested_parameters():
-    model = mc.Sequential([Residual.basic_block(3, 8, stride=2), ReLU()], input_shape=(3, 8, 8))
+    model = mc.Sequential([models.basic_block(3, 8, stride=2), ReLU()], input_shape=(3, 8, 8))
     text = model.summary(print_fn=None)
     assert f"{model.num_parameters():,} parameters" in text
     assert model.num_parameters() == 3 * 8 * 9 + 8 * 8 * 9 + 3 * 8 + 3 * 2 * 8

@@ -261,8 +261,10 @@ class Layer:
     def children(self) -> list[tuple[str, Layer]]:
         """``(name, layer)`` for every layer inside this one, in a fixed order: the Sequentials
         of ``sublayer_fields`` that are not None."""
-        inner = [(field, getattr(self, field)) for field in self.sublayer_fields]
-        return [(field, layer) for field, layer in inner if layer is not None]
+        return [(field, layer) for field, layer in self._fields() if layer is not None]
+
+    def _fields(self) -> list[tuple[str, Layer | None]]:
+        return [(field, getattr(self, field)) for field in self.sublayer_fields]
 
     def _own(self, kind) -> dict:
         return {k: v for k, v in vars(self).items() if isinstance(v, kind)}
@@ -486,6 +488,10 @@ class Layer:
         :class:`minicnn.interop.TorchBridge`), from the ``torch_*`` declarations."""
         if self.torch_name is None:
             raise TypeError(f"to_torch: no PyTorch counterpart for {self.name}")
+        if self.sublayer_fields:  # a container: torch_name's module made of its fields' modules
+            return bridge.containers[self.torch_name](**{
+                field: None if inner is None else inner.to_torch(bridge)
+                for field, inner in self._fields()})
         config = self.config()
         arguments = {name: config[name] for name in self.torch_arguments}
         if self.torch_arrays:
@@ -504,6 +510,9 @@ class Layer:
             if (pair_of(value) if isinstance(needed, tuple) else value) != needed:
                 raise TypeError(f"from_torch: {path} ({module}): {attribute}={value!r} has no "
                                 f"counterpart in minicnn's {cls.__name__} (it needs {needed!r})")
+        if cls.sublayer_fields:
+            return cls(**{field: bridge.sublayers(getattr(module, field), f"{path}.{field}")
+                          for field in cls.sublayer_fields})
         arguments = {name: getattr(module, name) for name in cls.torch_arguments}
         if "bias" in arguments:
             arguments["bias"] = module.bias is not None
@@ -527,6 +536,9 @@ class Layer:
             return x
         if self.onnx_op is None:
             raise TypeError(f"to_onnx: no ONNX counterpart for {self.name}")
+        if self.sublayer_fields:  # a container: onnx_op combines its fields' outputs (x for None)
+            return graph.node(self.onnx_op, [x if inner is None else inner.to_onnx(
+                graph, x, f"{name}.{field}") for field, inner in self._fields()], name)
         attributes = {}
         for key, value in self.onnx_attributes.items():
             if isinstance(value, str):

@@ -15,9 +15,13 @@ from .registry import register
 class Dropout(Layer):
     """Zero each element with probability ``p`` during training, scale survivors by 1/(1-p).
 
-    Scaling at training time ("inverted" dropout) keeps the expected activation unchanged, so
-    inference is the identity. Forward in training: ``y = x * mask`` with
-    ``mask = (u >= p) / (1 - p)``, u uniform in [0, 1), same shape as x.
+    Forward in training: ``y = x * mask`` with ``mask = (u >= p) / (1 - p)``, u uniform in
+    [0, 1), same shape as x. Why 1/(1-p): each entry of the mask is 1/(1-p) with probability
+    1-p and 0 otherwise, so ``E[mask] = (1-p) * 1/(1-p) = 1`` and ``E[y] = x``. Scaling at
+    training time ("inverted" dropout) thus keeps the expected activation unchanged, and
+    inference, where no unit is dropped, is the identity.
+    A new mask is drawn at every step, so each step trains another "thinned" network and no unit
+    can rely on a particular other one being there (Srivastava et al., 2014).
 
     Backward: y is linear in x with the fixed mask, so ``dx = dy * mask`` (identity at inference).
     """

@@ -7,10 +7,8 @@ import math
 from . import fused
 from .activations import ReLU
 from .base import Layer
-from .conv import Conv2D
-from .normalization import BatchNorm2D
 from .registry import register
-from .sequential import Sequential
+from .sequential import as_sequential, field_output_shape
 
 
 @register
@@ -40,6 +38,10 @@ class Residual(Layer):
     The identity path is why deep residual networks train: whatever the body's gradients do,
     ``dy`` reaches the input unchanged.
 
+    ``minicnn.models.basic_block(C, F, stride)`` builds ResNet's usual one: the body
+    Conv-BN-ReLU-Conv-BN with the stride in its first convolution, and a projection shortcut
+    (1x1 Conv2D with that stride, then BatchNorm2D) where the stride or channel count changes.
+
     Everything else (parameters, arrays named ``body.<i>.<name>`` and ``shortcut.<i>.<name>``
     in a model file, Dropout's random state in checkpoints) comes from the two Sequentials,
     which are this layer's ``children()``.
@@ -50,14 +52,14 @@ class Residual(Layer):
 
     def __init__(self, body, shortcut=None):
         super().__init__()
-        self.body = _sequential(body, "body")
-        self.shortcut = None if shortcut is None else _sequential(shortcut, "shortcut")
+        self.body = as_sequential(body, "Residual: body")
+        self.shortcut = None if shortcut is None else as_sequential(shortcut, "Residual: shortcut")
 
     def output_shape(self, input_shape):
         input_shape = tuple(input_shape)
-        out = _shape(self.body, input_shape, "body")
-        short = input_shape if self.shortcut is None else _shape(self.shortcut, input_shape,
-                                                                 "shortcut")
+        out = field_output_shape(self.body, input_shape, "Residual: body")
+        short = input_shape if self.shortcut is None else \
+            field_output_shape(self.shortcut, input_shape, "Residual: shortcut")
         if out != short:
             fix = (" (add a projection shortcut, e.g. a 1x1 Conv2D with the body's stride)"
                    if self.shortcut is None else "")
@@ -82,73 +84,18 @@ class Residual(Layer):
         return dx_body + dx_short
 
     # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
-    @classmethod
-    def basic_block(cls, in_channels: int, out_channels: int, stride: int = 1,
-                    kernel_size: int = 3) -> Residual:
-        """The ResNet "basic block": Conv-BN-ReLU-Conv-BN plus the shortcut.
-
-        The first convolution has the stride; a projection shortcut (1x1 Conv2D with the same
-        stride, then BatchNorm2D) is added when the stride or the channel count changes.
-        Convolutions have no bias: the BatchNorm after each one would cancel it.
-        """
-        pad = kernel_size // 2
-        body = [Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
-                       bias=False),
-                BatchNorm2D(out_channels), ReLU(),
-                Conv2D(out_channels, out_channels, kernel_size, padding=pad, bias=False),
-                BatchNorm2D(out_channels)]
-        shortcut = None
-        if stride != 1 or in_channels != out_channels:
-            shortcut = [Conv2D(in_channels, out_channels, 1, stride=stride, bias=False),
-                        BatchNorm2D(out_channels)]
-        return cls(body, shortcut)
-
-    @property
-    def convolutional(self) -> bool:
-        return any(layer.convolutional for layer in self.body)
+    convolutional = property(lambda self: any(layer.convolutional for layer in self.body))
+    shaped_like_x, shaped_like_y = ("dx_body", "dx_short"), ("a", "b", "dL/da", "dL/db")
+    torch_name = "TorchResidual"  # minicnn.interop.torch_residual_class(): body + shortcut
+    onnx_op = "Add"  # of the body's and the shortcut's outputs
 
     def describe(self):
-        short = "identity" if self.shortcut is None else \
-            " ".join(layer.describe() for layer in self.shortcut)
-        return f"Residual[{' '.join(layer.describe() for layer in self.body)} | {short}]"
+        body, short = (" ".join(layer.describe() for layer in inner) if inner else "identity"
+                       for _, inner in self._fields())
+        return f"Residual[{body} | {short}]"
 
     def flops(self, input_shape):
         return super().flops(input_shape) + math.prod(self.output_shape(input_shape))  # + the sum
-
-    shaped_like_x, shaped_like_y = ("dx_body", "dx_short"), ("a", "b", "dL/da", "dL/db")
-    torch_name = "TorchResidual"  # minicnn.interop.torch_residual_class(): body + shortcut
-
-    def to_torch(self, bridge):
-        shortcut = None if self.shortcut is None else self.shortcut.to_torch(bridge)
-        return bridge.residual(self.body.to_torch(bridge), shortcut)
-
-    @classmethod
-    def from_torch(cls, module, bridge, path):
-        shortcut = None if isinstance(module.shortcut, bridge.nn.Identity) else \
-            bridge.layers(module.shortcut, f"{path}.shortcut")
-        return cls(bridge.layers(module.body, f"{path}.body"), shortcut)
-
-    def to_onnx(self, graph, x, name):
-        body = self.body.to_onnx(graph, x, f"{name}.body")
-        shortcut = x if self.shortcut is None else \
-            self.shortcut.to_onnx(graph, x, f"{name}.shortcut")
-        return graph.node("Add", [body, shortcut], name)
-
-
-def _sequential(layers, what: str) -> Sequential:
-    if isinstance(layers, Sequential):
-        return layers
-    try:
-        return Sequential([layers] if isinstance(layers, Layer) else layers)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"Residual: {what}: {str(err).removeprefix('Sequential: ')}") from None
-
-
-def _shape(layers: Sequential, input_shape, what: str) -> tuple:
-    try:
-        return layers.output_shape(input_shape)
-    except ValueError as err:
-        raise ValueError(f"Residual: {what} {err}") from None
 
 
 __all__ = ["Residual"]

@@ -438,6 +438,25 @@ class Sequential(Layer):
         return f"Sequential([\n{inner}\n])"
 
 
+def as_sequential(layers, where: str) -> Sequential:
+    """A container's field (``where``: ``"Residual: body"``) as a Sequential: the one given, or
+    one made of a layer or a list of layers; its errors name the field."""
+    if isinstance(layers, Sequential):
+        return layers
+    try:
+        return Sequential([layers] if isinstance(layers, Layer) else layers)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}: {str(err).removeprefix('Sequential: ')}") from None
+
+
+def field_output_shape(layers: Sequential, input_shape, where: str) -> tuple:
+    """``layers.output_shape(input_shape)`` for a container's field; its errors name the field."""
+    try:
+        return layers.output_shape(input_shape)
+    except ValueError as err:
+        raise ValueError(f"{where} {err}") from None
+
+
 def _last_value(steps, value):
     """Run a pass's steps to the end; returns the value the last step handed on (the output, or
     dL/dx), or ``value`` when there are no steps."""

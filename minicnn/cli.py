@@ -425,8 +425,9 @@ def cmd_exercises(args) -> int:
 # -- minicnn tune ------------------------------------------------------------------------------
 
 def _tune_arguments(parser) -> None:
-    from .tuning import DEFAULT_SPACE, HEARTBEAT_SECONDS, PARAMETERS
     from .tuning.settings import SETTINGS_RULES
+    from .tuning.space import DEFAULT_SPACE, PARAMETERS
+    from .tuning.study import HEARTBEAT_SECONDS
 
     def setting(name):  # the argument type of a TuneSettings number, from its rule
         return SETTINGS_RULES[name].parse
@@ -493,7 +494,7 @@ def _tune_arguments(parser) -> None:
          "as --storage lets several machines work on one study.",
          _tune_arguments)
 def cmd_tune(args) -> int:
-    from .tuning import StorageError
+    from .tuning.study import StorageError
 
     try:
         return _run_tune(args)
@@ -511,7 +512,8 @@ def _run_tune(args) -> int:
     """``minicnn tune``: the parsed arguments as one :class:`minicnn.tuning.TuneSettings`."""
     from dataclasses import fields
 
-    from .tuning import PARAMETERS, TuneSettings, parse_flag, parse_space, read_space_file, tune
+    from .tuning import TuneSettings, tune
+    from .tuning.space import PARAMETERS, parse_flag, parse_space, read_space_file
 
     dataset, data_dir = _dataset_and_folder(args, default="digits")
     space = read_space_file(args.space) if args.space else {}

@@ -31,7 +31,7 @@ def _csv_rows(path):
 
 def test_tiny_study_writes_its_outputs_resumes_and_retrains(tmp_path, capsys):
     optuna = _needs_optuna()
-    from minicnn.tuning import PARAMETERS
+    from minicnn.tuning.space import PARAMETERS
 
     out = tmp_path / "tune"
     # first run through the command line: 3 trials of 1 epoch
@@ -98,7 +98,7 @@ def test_a_search_is_reproducible(tmp_path):
 
 
 def test_the_first_trial_is_the_default_configuration_when_the_space_holds_it():
-    from minicnn.tuning import baseline_params, default_config, parse_space
+    from minicnn.tuning.space import baseline_params, default_config, parse_space
 
     DEFAULT_CONFIG = {"lr": 4e-3, "batch_size": 32, "optimizer": "adamw", "weight_decay": 5e-4,
                       "width": 32, "kernel_size": 3, "activation": "relu", "dropout": 0.25,
@@ -131,7 +131,7 @@ def test_the_validation_split_is_stratified_seeded_and_from_the_training_set(tmp
 
 
 def test_search_space_from_flags_files_and_defaults(tmp_path):
-    from minicnn.tuning import DEFAULT_SPACE, parse_flag, parse_space
+    from minicnn.tuning.space import DEFAULT_SPACE, parse_flag, parse_space
 
     assert parse_flag("lr", "1e-4:1e-1") == {"low": 1e-4, "high": 1e-1, "log": True}
     assert parse_flag("dropout", "0:0.5") == {"low": 0, "high": 0.5, "log": False}
@@ -163,7 +163,7 @@ def test_search_space_from_flags_files_and_defaults(tmp_path):
 
 def test_a_range_of_kernel_sizes_draws_odd_sizes_only():
     optuna = _needs_optuna()
-    from minicnn.tuning import parse_space, suggest
+    from minicnn.tuning.space import parse_space, suggest
 
     space = parse_space({"kernel_size": {"low": 3, "high": 7}})
     assert space["kernel_size"] == {"low": 3, "high": 7, "log": False}

@@ -222,7 +222,7 @@ def test_a_bad_url_or_an_unreachable_server_fails_in_seconds_with_one_line(tmp_p
 
 def test_the_password_is_masked():
     require("optuna")
-    from minicnn.tuning import masked
+    from minicnn.tuning.study import masked
 
     assert masked("postgresql://me:pa:ss@db.example/studies") == \
         "postgresql://me:***@db.example/studies"

@@ -19,29 +19,8 @@ from dataclasses import dataclass
 
 from ..data import dataset as dataset_record
 from ..data import validation_split
-from .outputs import print_summary, print_trial, retrain, write_outputs
+from . import outputs, space, study
 from .settings import TuneSettings
-from .space import (
-    DEFAULT_SPACE,
-    PARAMETERS,
-    baseline_params,
-    default_config,
-    parse_flag,
-    parse_space,
-    read_space_file,
-    suggest,
-)
-from .study import (
-    HEARTBEAT_SECONDS,
-    StorageError,
-    SurplusTrial,
-    count_finished,
-    masked,
-    objective_of,
-    open_storage,
-    open_study,
-    share_the_total,
-)
 
 INSTALL_HINT = 'pip install "minicnn[tune]"'
 
@@ -70,7 +49,7 @@ class Search:
 def set_up(settings: TuneSettings) -> Search:
     """Parse the space, load the data and carve the validation split out of the training
     set."""
-    space = parse_space(settings.space)
+    parsed = space.parse_space(settings.space)
     settings.out_folder.mkdir(parents=True, exist_ok=True)
     loaded = dataset_record(settings.dataset).load(
         settings.data_dir, size=settings.image_size, channels=settings.channels,
@@ -79,7 +58,7 @@ def set_up(settings: TuneSettings) -> Search:
     if settings.limit is not None:
         x_train, y_train = x_train[:settings.limit], y_train[:settings.limit]
     train, val = validation_split(x_train, y_train, settings.val_fraction, settings.seed)
-    return Search(settings, space, loaded, train, val, list(class_names))
+    return Search(settings, parsed, loaded, train, val, list(class_names))
 
 
 def tune(dataset: str | TuneSettings = "digits", **options) -> dict:
@@ -101,44 +80,44 @@ def tune(dataset: str | TuneSettings = "digits", **options) -> dict:
     optuna = _require_optuna()
     if settings.storage is None:
         settings.out_folder.mkdir(parents=True, exist_ok=True)
-    storage_object = open_storage(optuna, settings.storage_url, settings.heartbeat)
+    storage_object = study.open_storage(optuna, settings.storage_url, settings.heartbeat)
     search = set_up(settings)
     previous_verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial instead
     try:
-        study, created = open_study(optuna, search, storage_object)
+        trials, created = study.open_study(optuna, search, storage_object)
         if settings.baseline and created:
             # the first trial starts from the defaults; it is "the baseline" (the default
             # configuration, to compare the best with) only when the space contains all of it.
             # Only the worker that created the study queues it: others may start at once.
-            params, exact = baseline_params(search.space, default_config(settings.dataset))
-            study.enqueue_trial(params, user_attrs={"baseline": exact})
-        done = count_finished(study)
+            params, exact = space.baseline_params(search.space, space.default_config(settings.dataset))
+            trials.enqueue_trial(params, user_attrs={"baseline": exact})
+        done = study.count_finished(trials)
         to_run = max(0, settings.trials - done)
         if settings.verbose:
-            print(f"study {settings.name!r} in {masked(settings.storage_url)}: {done} finished "
+            print(f"study {settings.name!r} in {study.masked(settings.storage_url)}: {done} finished "
                   f"trials, running {to_run} more (target {settings.trials}); "
                   f"{len(search.train[1]):,} training and {len(search.val[1]):,} validation "
                   f"images ({settings.val_fraction:.0%} held out of the training set), "
                   f"{settings.epochs} epoch(s) per trial")
-        callbacks = [print_trial] if settings.verbose else []
-        callbacks.append(share_the_total(optuna, settings.trials))  # after printing: it may wait
+        callbacks = [outputs.print_trial] if settings.verbose else []
+        callbacks.append(study.share_the_total(optuna, settings.trials))  # after printing: it may wait
         interrupted = False
         if to_run:
             # Optuna logs a failed trial as a warning: a surplus trial's line comes from
             # print_trial, and any other failure is raised
             optuna.logging.set_verbosity(optuna.logging.ERROR)
             try:
-                study.optimize(objective_of(search, optuna, storage_object),
+                trials.optimize(study.objective_of(search, optuna, storage_object),
                                timeout=settings.timeout, callbacks=callbacks,
-                               catch=(SurplusTrial,), gc_after_trial=False)
+                               catch=(study.SurplusTrial,), gc_after_trial=False)
             except KeyboardInterrupt:
                 interrupted = True  # write what is finished, then re-raise below
-        summary = write_outputs(study, search)
+        summary = outputs.write_outputs(trials, search)
         if interrupted:
             raise KeyboardInterrupt
         if settings.retrain_best and summary["best"] is not None:
-            result = retrain(search, summary["best"]["config"])
+            result = outputs.retrain(search, summary["best"]["config"])
             summary["test_accuracy"] = result["test_accuracy"]
             summary["test_loss"] = result["test_loss"]
             summary["files"].update(
@@ -147,10 +126,8 @@ def tune(dataset: str | TuneSettings = "digits", **options) -> dict:
     finally:
         optuna.logging.set_verbosity(previous_verbosity)
     if settings.verbose:
-        print_summary(summary)
+        outputs.print_summary(summary)
     return summary
 
 
-__all__ = ["DEFAULT_SPACE", "HEARTBEAT_SECONDS", "PARAMETERS", "Search", "StorageError",
-           "TuneSettings", "baseline_params", "default_config", "masked", "parse_flag",
-           "parse_space", "read_space_file", "set_up", "suggest", "tune"]
+__all__ = ["Search", "TuneSettings", "set_up", "tune"]

@@ -29,8 +29,8 @@ class TuneSettings:
         trials: the study's total number of finished (complete or pruned) trials; a study that
             already has some runs only the rest.
         epochs: training epochs per trial (the pruner may stop a trial after any of them).
-        space: search space, a dict or a JSON file (see :func:`minicnn.tuning.parse_space`);
-            hyperparameters it does not mention keep :data:`minicnn.tuning.DEFAULT_SPACE`.
+        space: search space, a dict or a JSON file (see :func:`minicnn.tuning.space.parse_space`);
+            hyperparameters it does not mention keep :data:`minicnn.tuning.space.DEFAULT_SPACE`.
         out: output folder (default ``runs/tune-<dataset>``).
         storage: Optuna storage URL (default ``sqlite:///<out>/study.db``).
         study_name: default ``minicnn-<dataset>``; the same name continues the study.
@@ -40,7 +40,7 @@ class TuneSettings:
         val_fraction: share of each class of the training set held out for validation.
         pruner: ``"median"`` (MedianPruner), ``"halving"`` (successive halving) or ``"none"``.
         baseline: make the first trial of a new study the default configuration
-            (:func:`minicnn.tuning.default_config`), so the best is compared with it on the same
+            (:func:`minicnn.tuning.space.default_config`), so the best is compared with it on the same
             split.
         retrain_best: afterwards train the best configuration on the whole training set and
             evaluate it once on the test set, into the run folder ``<out>/best_run``.

@@ -8,7 +8,7 @@
 
 Each layer declares what it is in PyTorch and ONNX (``torch_name``, ``torch_arguments``,
 ``torch_arrays``, ``onnx_op``, ...; ``Layer.to_torch``, ``Layer.from_torch`` and ``Layer.to_onnx``
-read them, and a container writes its own; docs/architecture.md has the table); this module
+read them; docs/architecture.md has the table); this module
 walks the network and holds the framework-specific plumbing (:class:`TorchBridge`,
 :class:`OnnxGraph`). Dense's weight travels transposed (``y = x @ W + b`` in minicnn is
 ``x @ weight.T + bias`` in PyTorch's Linear); everything else keeps its layout and its name.
@@ -19,6 +19,7 @@ PyTorch and ONNX are optional: ``pip install torch`` for the first two functions
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -44,26 +45,21 @@ def _array(parameter) -> np.ndarray:
 
 # -- PyTorch ------------------------------------------------------------------------------------
 
-_TORCH_RESIDUAL = None
-
-
+@functools.cache
 def torch_residual_class():
     """``TorchResidual``: ``forward(x) = body(x) + shortcut(x)``, PyTorch's form of Residual."""
-    global _TORCH_RESIDUAL
-    if _TORCH_RESIDUAL is None:
-        nn = _import("torch.nn", "pip install torch")
+    nn = _import("torch.nn", "pip install torch")
 
-        class TorchResidual(nn.Module):
-            def __init__(self, body, shortcut=None):
-                super().__init__()
-                self.body = body
-                self.shortcut = shortcut if shortcut is not None else nn.Identity()
+    class TorchResidual(nn.Module):
+        def __init__(self, body, shortcut=None):
+            super().__init__()
+            self.body = body
+            self.shortcut = shortcut if shortcut is not None else nn.Identity()
 
-            def forward(self, x):
-                return self.body(x) + self.shortcut(x)
+        def forward(self, x):
+            return self.body(x) + self.shortcut(x)
 
-        _TORCH_RESIDUAL = TorchResidual
-    return _TORCH_RESIDUAL
+    return TorchResidual
 
 
 class TorchBridge:

@@ -52,8 +52,6 @@ def _load_history(history, model_path):
 
 # -- HTML ---------------------------------------------------------------------------------------
 
-
-
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 

@@ -258,6 +258,26 @@ def test_the_training_view_reports_progress(server):
     assert state["gradient_norms"] and state["filters"]["shape"][0] == 8
 
 
+def test_closing_the_server_stops_the_demo_run(studio):
+    """A process that goes on after the studio (a notebook, a test session) does not keep
+    training for nobody: the run ends after the step it is in, without an error."""
+    from minicnn.data import prepare_data
+
+    x = np.random.default_rng(1).standard_normal((19200, 1, 28, 28)).astype(np.float32)
+    y = np.arange(len(x)) % 10
+    noise = ((x, y), (x[:20], y[:20]), [str(c) for c in range(10)])
+    training = DemoTraining(lambda limit: prepare_data("mnist", loaded=noise, limit=limit))
+    server = make_server(StudioApp(studio, training, verbose=0))
+    training.start({"steps": 300})
+    while not training.monitor.state()["records"] and training.thread.is_alive():
+        threading.Event().wait(0.005)
+    server.server_close()
+    assert not training.thread.is_alive()
+    state = training.state()
+    assert state["finished"] and state["error"] is None
+    assert 10 <= state["records"][-1]["step"] < 300
+
+
 # -- the fuzz test -------------------------------------------------------------------------------
 # Request classes: (1) arbitrary bytes; (2) request lines and headers drawn from valid and broken
 # pieces (methods known and unknown, HTTP versions 0.9 to 2.0 and garbage, paths with ../ and

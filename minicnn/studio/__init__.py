@@ -16,6 +16,7 @@ no build step): :mod:`.compute` computes the panels, :mod:`.server` serves them,
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -86,8 +87,6 @@ def serve(app: StudioApp, host: str = "127.0.0.1", port: int = 0, verbose: int =
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
-
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

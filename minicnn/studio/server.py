@@ -298,6 +298,11 @@ class StudioApp:
             raise StudioInputError("this studio has no training run to start")
         return self.training.start(request)
 
+    def close(self) -> None:
+        """Stop the demo run the page started, if one is going (the server is closing)."""
+        if self.training is not None:
+            self.training.stop()
+
     def training_state(self) -> dict:
         if self.training is None:
             return {"started": False, "records": []}
@@ -339,6 +344,10 @@ def make_server(app: StudioApp, host: str = "127.0.0.1", port: int = 0) -> Threa
 
 
 class _Server(ThreadingHTTPServer):
+    def server_close(self):
+        super().server_close()
+        self.RequestHandlerClass.app.close()
+
     def handle_error(self, request, client_address):
         # A client that hangs up mid-answer is not the studio's error; anything else is one line
         error = sys.exc_info()[1]

@@ -23,6 +23,10 @@ from ..recipes import RECIPES
 from .compute import StudioInputError, encode_maps
 
 
+class _Stopped(Exception):
+    """Raised between two steps of a demo run that :meth:`DemoTraining.stop` ends."""
+
+
 class TrainingMonitor(Callback):
     def __init__(self, every: int = 10):
         self.every = every
@@ -33,11 +37,14 @@ class TrainingMonitor(Callback):
         self.steps_per_epoch = None
         self.finished = False
         self._losses: list[float] = []
+        self.stop = threading.Event()  # set: the run ends after its current step
 
     def on_train_begin(self, trainer):
         self.steps_per_epoch = len(trainer.loader)
 
     def on_batch_end(self, trainer, step, logs):
+        if self.stop.is_set():
+            raise _Stopped
         self._losses.append(float(logs["loss"]))
         if step % self.every:
             return
@@ -111,9 +118,16 @@ class DemoTraining:
             recipe.train(model, data.train, dataset=data.dataset, seed=0,
                          callbacks=[self.monitor], diagnostics=20)
         except Exception as err:  # shown on the page; the server keeps serving
-            self.error = f"{type(err).__name__}: {err}"
+            if not isinstance(err, _Stopped):
+                self.error = f"{type(err).__name__}: {err}"
             with self.monitor.lock:
                 self.monitor.finished = True
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """End a run that is going after its step and wait for it (the server is closing)."""
+        if self.thread is not None and self.thread.is_alive():
+            self.monitor.stop.set()
+            self.thread.join(timeout)
 
     def state(self) -> dict:
         if self.monitor is None:  # nothing started yet
@@ -129,6 +143,9 @@ class AttachedTraining:
 
     def __init__(self, monitor: TrainingMonitor):
         self.monitor = monitor
+
+    def stop(self) -> None:
+        """The run is the caller's: it goes on when the studio closes."""
 
     def state(self) -> dict:
         return {**self.monitor.state(), "started": True, "error": None}

@@ -8,10 +8,10 @@
 
 Each layer declares what it is in PyTorch and ONNX (``torch_name``, ``torch_arguments``,
 ``torch_arrays``, ``onnx_op``, ...; ``Layer.to_torch``, ``Layer.from_torch`` and ``Layer.to_onnx``
-read them; docs/architecture.md has the table); this module
-walks the network and holds the framework-specific plumbing (:class:`TorchBridge`,
-:class:`OnnxGraph`). Dense's weight travels transposed (``y = x @ W + b`` in minicnn is
-``x @ weight.T + bias`` in PyTorch's Linear); everything else keeps its layout and its name.
+read them; docs/architecture.md has the table); this module walks the network and holds the
+framework-specific plumbing (:class:`TorchBridge`, :class:`OnnxGraph`). Dense's weight travels
+transposed (``y = x @ W + b`` in minicnn is ``x @ weight.T + bias`` in PyTorch's Linear);
+everything else keeps its layout and its name.
 
 PyTorch and ONNX are optional: ``pip install torch`` for the first two functions,
 ``pip install "minicnn[onnx]"`` (onnx and onnxruntime) for the third.

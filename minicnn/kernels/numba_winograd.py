@@ -15,9 +15,10 @@ weight gradient. The backward pass runs its blocks the same way, in reverse.
 tiles are laid out as ``d[k, l, tile]`` (value (k, l) of every tile in one run, gathered from the
 padded plane a tile row at a time), so ``B^T d B`` is ``B^T`` applied down each column (the
 runs of the a rows k mixed into new runs) and then along each row, each a long contiguous loop
-that LLVM vectorizes. ``A^T M A`` takes the same two passes before its m x m values per tile are
-written into output rows (with the bias); the transposes ``A dY A^T`` and ``B dV B^T`` take them
-with the transposed matrices. The one-dimensional transforms are written out (``_bt4`` and the
+that LLVM vectorizes. ``A^T M A`` takes the same two passes, the second writing each tile's m x m
+values where the tile lies in the output planes (copied into y with the bias); the transposes
+``A dY A^T`` and ``B dV B^T`` take them with the transposed matrices, the last adding each tile's
+values where it lies on the input. The one-dimensional transforms are written out (``_bt4`` and the
 others), with the sums that a matrix repeats computed once: about half the operations of
 multiplying by the matrix, and tests/test_winograd.py checks each against its matrix.
 
@@ -157,6 +158,34 @@ def _pass(transform, count, src, src_at, dst, dst_at, step, length):
 
 
 @njit(inline="always")
+def _pass_to_planes(transform, count, src, src_at, step, planes, corner, shift, add, length):
+    """:func:`_pass` writing each tile's results where the tile lies in a stack of planes:
+    planes[corner[t] + shift + i] (i < count), or added to what is there (``add``: tiles that
+    overlap, whose gradients add up; the loop runs the tiles in order)."""
+    for t in range(length):
+        w0, w1, w2, w3, w4, w5 = transform(src, src_at + t, step)
+        out = corner[_u(t)] + shift
+        if add:
+            planes[_u(out)] += w0
+            planes[_u(out + 1)] += w1
+            if count > 2:
+                planes[_u(out + 2)] += w2
+                planes[_u(out + 3)] += w3
+            if count > 4:
+                planes[_u(out + 4)] += w4
+                planes[_u(out + 5)] += w5
+        else:
+            planes[_u(out)] = w0
+            planes[_u(out + 1)] = w1
+            if count > 2:
+                planes[_u(out + 2)] = w2
+                planes[_u(out + 3)] = w3
+            if count > 4:
+                planes[_u(out + 4)] = w4
+                planes[_u(out + 5)] = w5
+
+
+@njit(inline="always")
 def _corners(n_count, th_count, tw_count, m, plane, row):
     """Where each tile of a block starts in a stack of n_count planes of ``plane`` values with
     rows of ``row``: the tiles' values (k, l) are then ``planes[corner[tile] + k * row + l]``,
@@ -232,7 +261,6 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
     tiles = n_count * th_count * tw_count
     corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
     mixed = np.empty(a * a * tiles, dtype=dV_flat.dtype)
-    dd = np.empty(a * a * tiles, dtype=dV_flat.dtype)
     dpadded = np.empty(n_count * rows * cols, dtype=dV_flat.dtype)
     zero = dV_flat.dtype.type(0)
     for c in range(c_count):
@@ -242,18 +270,15 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
                 _pass(_b4, 6, dV_flat, at + j * tiles, mixed, j * tiles, a * tiles, tiles)
             else:
                 _pass(_b2, 4, dV_flat, at + j * tiles, mixed, j * tiles, a * tiles, tiles)
-        for k in range(a):  # (B dV) B^T, row k
-            if m == 4:
-                _pass(_b4, 6, mixed, k * a * tiles, dd, k * a * tiles, tiles, tiles)
-            else:
-                _pass(_b2, 4, mixed, k * a * tiles, dd, k * a * tiles, tiles, tiles)
         for q in range(n_count * rows * cols):
             dpadded[_u(q)] = 0
-        for k in range(a):
-            for l in range(a):
-                source = (k * a + l) * tiles
-                for t in range(tiles):  # overlapping tiles: their gradients add up
-                    dpadded[_u(corner[t] + k * cols + l)] += dd[_u(source + t)]
+        for k in range(a):  # (B dV) B^T, row k, added where the tile lies: overlapping tiles'
+            if m == 4:      # gradients add up
+                _pass_to_planes(_b4, 6, mixed, k * a * tiles, tiles, dpadded, corner, k * cols,
+                                True, tiles)
+            else:
+                _pass_to_planes(_b2, 4, mixed, k * a * tiles, tiles, dpadded, corner, k * cols,
+                                True, tiles)
         _copy_planes(dpadded, ph * cols + pw, rows * cols, cols, dx_flat, c * h * w,
                      c_count * h * w, w, n_count, h, w, zero)
 
@@ -267,7 +292,6 @@ def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_coun
     tiles = n_count * th_count * tw_count
     corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
     mixed = np.empty(m * a * tiles, dtype=M_flat.dtype)
-    blocks_out = np.empty(m * m * tiles, dtype=M_flat.dtype)
     planes = np.empty(n_count * rows * cols, dtype=M_flat.dtype)
     for f in range(f_count):
         at = f * a * a * tiles
@@ -276,16 +300,13 @@ def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_coun
                 _pass(_at4, 4, M_flat, at + l * tiles, mixed, l * tiles, a * tiles, tiles)
             else:
                 _pass(_at2, 2, M_flat, at + l * tiles, mixed, l * tiles, a * tiles, tiles)
-        for r in range(m):  # (A^T M) A, row r
+        for r in range(m):  # (A^T M) A, row r, written where the tile lies in the planes
             if m == 4:
-                _pass(_at4, 4, mixed, r * a * tiles, blocks_out, r * m * tiles, tiles, tiles)
+                _pass_to_planes(_at4, 4, mixed, r * a * tiles, tiles, planes, corner, r * cols,
+                                False, tiles)
             else:
-                _pass(_at2, 2, mixed, r * a * tiles, blocks_out, r * m * tiles, tiles, tiles)
-        for r in range(m):
-            for s in range(m):
-                source = (r * m + s) * tiles
-                for t in range(tiles):
-                    planes[_u(corner[t] + r * cols + s)] = blocks_out[_u(source + t)]
+                _pass_to_planes(_at2, 2, mixed, r * a * tiles, tiles, planes, corner, r * cols,
+                                False, tiles)
         _copy_planes(planes, 0, rows * cols, cols, y_flat, f * oh * ow, f_count * oh * ow, ow,
                      n_count, oh, ow, bias[f])
 

@@ -176,3 +176,15 @@ def test_the_lesson_check_sees_a_method_before_the_lesson():
               "    def describe(self): pass\n    def _backward(self): pass\n")
     assert lesson_out_of_place(source) == ["A"]
     assert lesson_out_of_place(source.replace("describe", "_statistics")) == []
+
+
+def test_every_planted_bug_of_the_mutation_check_finds_its_line():
+    """tests/mutation_check.py (a slow test, the last step of CI) plants each bug by replacing one
+    snippet of the source: a change to that code is caught here, in the default suite, where the
+    mutant is to be updated (the same bug planted in the new code)."""
+    import mutation_check
+
+    root = Path(__file__).resolve().parents[1]
+    for mutant in mutation_check.MUTANTS:
+        assert (root / mutant.path).read_text().count(mutant.original) == 1, mutant.name
+

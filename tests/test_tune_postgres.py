@@ -157,36 +157,52 @@ def test_two_workers_share_one_study_and_its_best_model_can_be_evaluated(databas
     assert password not in output
 
 
-def still_running(url, study, number) -> bool:
-    return any(t.number == number and t.state.name == "RUNNING" for t in trials_of(url, study))
+# ``minicnn tune`` in a process that freezes itself (SIGSTOP) once its first trial has drawn its
+# configuration and starts to train: the test kills it there, where a race with a real trial of
+# half a second (and a busy CI machine) could not promise to find it
+FREEZES_IN_ITS_FIRST_TRIAL = """
+import os, signal, sys
+from minicnn.cli import main
+from minicnn.tuning import study
+
+def recipe_then_freeze(*arguments, train=study.recipe_of):
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return train(*arguments)
+
+study.recipe_of = recipe_then_freeze
+sys.exit(main(["tune", *sys.argv[1:]]))
+"""
+
+
+def frozen(process, timeout=120) -> bool:
+    """Whether ``process`` stopped itself (state T in /proc) within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        with open(f"/proc/{process.pid}/stat") as stat:
+            if stat.read().rpartition(")")[2].split()[0] == "T":
+                return True
+        time.sleep(0.05)
+    return False
 
 
 def test_a_killed_worker_s_trial_is_failed_and_run_again(database, tmp_path):
     url, password = database
     study = f"killed-worker-{uuid.uuid4().hex[:8]}"
     shared = ["--storage", url, "--study-name", study, "--trials", str(TRIALS), *SMALL]
-    doomed = tune(*shared, "--sampler-seed", "1", "--out", "doomed", cwd=tmp_path, wait=False)
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", FREEZES_IN_ITS_FIRST_TRIAL, *shared, "--sampler-seed", "1",
+         "--out", "doomed"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    if not frozen(doomed):
+        doomed.kill()
+        pytest.fail(f"the doomed worker never reached a trial:\n{doomed.communicate()[0]}")
+    [killed] = [t.number for t in trials_of(url, study)
+                if t.state.name == "RUNNING" and "finished_before" in t.user_attrs
+                and t.user_attrs["worker"].endswith(f":{doomed.pid}")]
+    doomed.send_signal(signal.SIGKILL)
+    doomed.communicate(timeout=30)
     survivor = tune(*shared, "--sampler-seed", "2", "--out", "survivor", cwd=tmp_path,
                     wait=False)
-    doomed_worker = f":{doomed.pid}"
-    killed = None
-    deadline = time.monotonic() + 120
-    while killed is None and doomed.poll() is None and time.monotonic() < deadline:
-        for trial in trials_of(url, study):  # a trial of the doomed worker, training
-            if (trial.state.name == "RUNNING" and "finished_before" in trial.user_attrs
-                    and trial.user_attrs["worker"].endswith(doomed_worker)):
-                # frozen first, then looked at again: a trial that finished between the read
-                # above and the kill would be COMPLETE, and the test would test nothing
-                doomed.send_signal(signal.SIGSTOP)
-                time.sleep(0.3)  # a commit already on its way lands
-                if still_running(url, study, trial.number):
-                    doomed.send_signal(signal.SIGKILL)
-                    killed = trial.number
-                    break
-                doomed.send_signal(signal.SIGCONT)
-        time.sleep(0.05)
-    assert killed is not None, "the doomed worker never ran a trial"
-    doomed.communicate(timeout=30)
     code, output = finish(survivor, timeout=90)  # a trial left RUNNING would hold it forever
     assert code == 0, output
 

@@ -104,6 +104,51 @@ def test_on_cores_runs_every_index_once_in_order_with_blas_on_one_thread(count):
 
 
 @numba_only
+def test_two_threads_holding_blas_to_one_thread_leave_it_as_it_was():
+    """The studio's training run and its requests hold numpy's BLAS to one thread from two
+    threads at once. The setting is the process's: each thread restoring what it found would,
+    interleaved (A holds, B holds, A restores all cores, B restores A's 1), leave BLAS on one
+    thread for good. Each must multiply on one thread, and BLAS be as it was after both."""
+    import threading
+    import time
+
+    from minicnn.kernels import cpu_runtime
+
+    before = _numpy_blas_threads()
+    if before == [1] * len(before):
+        pytest.skip("numpy's BLAS runs on one thread here: nothing to restore")
+    a_in, b_starts, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a(lo, hi):
+        a_in.set()
+        b_starts.wait(10)
+        time.sleep(0.3)  # B is inside now, or waiting for its turn
+        seen["a"] = _numpy_blas_threads()
+
+    def b(lo, hi):
+        seen["b"] = _numpy_blas_threads()
+        a_out.wait(10)  # B leaves after A
+
+    def first():
+        cpu_runtime.on_cores(1, a)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        b_starts.set()
+        cpu_runtime.on_cores(1, b)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen["a"] == seen["b"] == [1] * len(before)
+    assert _numpy_blas_threads() == before
+
+
+@numba_only
 def test_training_reuses_the_large_arrays_of_the_previous_step():
     """Every array of at least the recycler's size that the convolution keeps for its backward
     pass comes from the recycler, and the next step gets the same memory back. (Arrays below

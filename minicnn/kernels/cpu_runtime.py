@@ -19,7 +19,9 @@ minicnn arranges its own work instead:
   one block of columns per core, and each block is one single-threaded BLAS call. OpenBLAS's
   own pool is held to one thread for the duration of the call (threadpoolctl), so its workers
   are never woken and never spin; the previous setting is restored when the call returns, so
-  other code in the process sees numpy's BLAS as it was.
+  other code in the process sees numpy's BLAS as it was. The setting is the process's, not a
+  thread's, so threads that multiply at once (the studio's requests beside its training run)
+  take turns holding it (:func:`blas_on_one_thread`).
 - **Memory**: every training step allocates the same large arrays (im2col columns,
   activations, gradients). Fresh large allocations cost a page fault per 4 KiB, so the kernels
   take their outputs from :class:`Recycler`, which hands out again an array that nothing
@@ -37,6 +39,7 @@ import math
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -74,22 +77,20 @@ _parts = 1  # blocks per product: the caller's thread and the pool's
 _SPLIT_MIN_MACS = 2_000_000
 
 
-def _workers() -> tuple[ThreadPoolExecutor, object]:
-    """The thread pool (one thread per core numba uses, less the caller's) and numpy's BLAS."""
+def _workers() -> ThreadPoolExecutor:
+    """The thread pool: one thread per core numba uses, less the caller's."""
     global _pool, _parts
-    blas = numpy_blas()
     with _lock:
         if _pool is None:
             import numba
 
             _parts = max(1, numba.get_num_threads())
             _pool = ThreadPoolExecutor(max(1, _parts - 1), thread_name_prefix="minicnn-matmul")
-        return _pool, blas
+        return _pool
 
 
 def numpy_blas():
-    """numpy's BLAS as a threadpoolctl controller: ``with numpy_blas().limit(limits=1):`` runs
-    the block's multiplies on the calling thread and restores the setting after."""
+    """numpy's BLAS as a threadpoolctl controller (``numpy_blas().info()``: what it runs on)."""
     global _blas
     if _blas is not None:  # every multiply asks: no lock once it exists
         return _blas
@@ -99,6 +100,25 @@ def numpy_blas():
 
             _blas = ThreadpoolController().select(user_api="blas")
         return _blas
+
+
+
+# Re-entrant: a studio request holds it around a forward pass whose multiplies hold it again
+_blas_turn = threading.RLock()
+
+
+@contextmanager
+def blas_on_one_thread():
+    """Inside, numpy's BLAS runs each multiply on its calling thread; after, as it was.
+
+    The thread count is one setting for the whole process. Two threads that each set it and
+    restore what they found would, interleaved, leave it wrong for good (A sets 1, B finds 1,
+    A restores all cores, B restores 1), and threadpoolctl (3.8 on) ignores a thread that sets
+    it while another holds it. So the threads take turns: a multiply is already spread over
+    every core, and one that waits for another's loses nothing.
+    """
+    with _blas_turn, numpy_blas().limit(limits=1):
+        yield
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -114,20 +134,20 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     m, k = a.shape
     n = b.shape[1]
     out = recycler.empty((m, n), np.result_type(a.dtype, b.dtype))
-    pool, blas = _workers()
+    pool = _workers()
     parts = _parts
     if (_is_skinny(m, k, n) and a.flags.c_contiguous and b.T.flags.c_contiguous
             and a.dtype == b.dtype == out.dtype and parts > 1):
         _skinny_matmul(a, b.T, out)
         return out
     if m * n * k < _SPLIT_MIN_MACS or parts == 1 or min(m, n) < 16:
-        with blas.limit(limits=1):
+        with blas_on_one_thread():
             np.matmul(a, b, out=out)
         return out
     if k > 4 * max(m, n):  # a long inner product: split k, add the partial products
         bounds = _blocks(k, parts)
         partial = [np.empty((m, n), out.dtype) for _ in bounds[1:]]
-        with blas.limit(limits=1):
+        with blas_on_one_thread():
             futures = [pool.submit(np.matmul, a[:, lo:hi], b[lo:hi], out=p)
                        for (lo, hi), p in zip(bounds[1:], partial)]
             lo, hi = bounds[0]
@@ -140,7 +160,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         tasks = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in _blocks(n, parts)]
     else:
         tasks = [(a[lo:hi], b, out[lo:hi]) for lo, hi in _blocks(m, parts)]
-    with blas.limit(limits=1):
+    with blas_on_one_thread():
         futures = [pool.submit(np.matmul, x, y, out=z) for x, y, z in tasks[1:]]
         np.matmul(*tasks[0][:2], out=tasks[0][2])
         for future in futures:
@@ -153,10 +173,10 @@ def on_cores(count: int, work) -> list:
     minicnn's threads, numpy's BLAS held to one thread per call meanwhile (so ``work`` may
     multiply with :func:`matmul_here`); returns the shares' results in order. ``work`` must not
     call :func:`on_cores` or :func:`matmul` itself: the pool's threads are busy with the shares."""
-    pool, blas = _workers()
+    pool = _workers()
     bounds = [(p * count // _parts, (p + 1) * count // _parts) for p in range(_parts)]
     bounds = [(lo, hi) for lo, hi in bounds if hi > lo] or [(0, count)]
-    with blas.limit(limits=1):
+    with blas_on_one_thread():
         futures = [pool.submit(work, lo, hi) for lo, hi in bounds[1:]]
         return [work(*bounds[0])] + [future.result() for future in futures]
 

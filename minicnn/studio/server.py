@@ -24,7 +24,7 @@ from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
 from .. import layers as layer_module
-from ..kernels.cpu_runtime import numpy_blas
+from ..kernels.cpu_runtime import blas_on_one_thread
 from .compute import StudioInputError, encode_maps
 
 MAX_BODY = 2 * 1024 * 1024  # bytes: a drawing of 1024x1024 numbers fits, a flood does not
@@ -279,13 +279,13 @@ class StudioApp:
 
     # One image is a pass of small products, where BLAS's threads cost more than they give, and
     # the page's browser needs the other cores while it draws: the studio's passes run on the
-    # request's thread (the setting is restored after each).
+    # request's thread (taking turns with the training run's multiplies, restored after each).
     def analyze(self, request):
-        with self.lock, numpy_blas().limit(limits=1):
+        with self.lock, blas_on_one_thread():
             return self._studio().analyze(request)
 
     def check(self, request):
-        with self.lock, numpy_blas().limit(limits=1):
+        with self.lock, blas_on_one_thread():
             return self._studio().check(request)
 
     def _studio(self):

@@ -3,7 +3,7 @@ import os
 import sys
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 import minicnn
 
@@ -25,10 +25,14 @@ if os.environ.get("MINICNN_HIDE_TORCH"):
 
 # Property tests are derandomized: every run (CI or not) draws the same examples, so a failure
 # reproduces. "explore" draws fresh random examples, 500 per test, to look for new failures;
-# "margins" draws 50 per test for tests/gradcheck_margins.py.
+# "margins" draws 50 per test for tests/gradcheck_margins.py; "mutants" draws as the default
+# does but stops at the first failing example (tests/mutation_check.py: that a planted bug is
+# caught is all it asks, and shrinking the example runs the failing test over and over).
 _COMMON = dict(deadline=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("default", derandomize=True, **_COMMON)
+settings.register_profile("mutants", derandomize=True, phases=[Phase.explicit, Phase.generate],
+                          **_COMMON)
 settings.register_profile("explore", max_examples=500, **_COMMON)
 settings.register_profile("margins", max_examples=50, derandomize=True, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

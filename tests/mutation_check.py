@@ -6,9 +6,9 @@
 Each mutant is one plausible single-line bug: a snippet of minicnn's source and what it becomes.
 The repository is copied once to a temporary folder; each bug is planted there in turn (never in
 your checkout) and the default test suite run in the copy with PyTorch hidden
-(``MINICNN_HIDE_TORCH``: the cross-checks against PyTorch skip), the tests likeliest to catch it
-first, stopping at the first failure; then the file is restored. A mutant is *caught* when some
-test fails. The slow test in tests/test_slow.py runs this script.
+(``MINICNN_HIDE_TORCH``: the cross-checks against PyTorch skip): the tests likeliest to catch it
+alone, and where they pass, the whole suite, stopping at the first failure; then the file is
+restored. A mutant is *caught* when some test fails. The slow test in tests/test_slow.py runs this script.
 
 The mutants share one numba cache, started from your checkout's (the default suite fills it), so
 that each does not compile every kernel again: numba checks a cached function against the time
@@ -42,7 +42,7 @@ class Mutant:
     path: str
     original: str
     mutated: str
-    first: tuple[str, ...]  # the test files likeliest to catch it, run before FIRST
+    first: tuple[str, ...]  # the tests likeliest to catch it (files, or tests in them), before FIRST
 
 
 MUTANTS = [
@@ -56,29 +56,30 @@ MUTANTS = [
     Mutant("batchnorm-mean-term-numpy", "minicnn/kernels/numpy_kernels.py",
            "dx = scale * (dy - (dbeta / count)[_CHANNEL]",
            "dx = scale * (dy - (dbeta / (count + 1))[_CHANNEL]",
-           first=("test_gradcheck_layers.py",)),
+           first=("test_gradcheck_layers.py::test_batchnorm_gradients",)),
     Mutant("batchnorm-mean-term-numba", "minicnn/kernels/numba_kernels.py",
            "bm = dy_flat.dtype.type(dbeta[c] / count)",
            "bm = dy_flat.dtype.type(dbeta[c] / (count + 1))",
-           first=("test_gradcheck_layers.py",)),
+           first=("test_gradcheck_layers.py::test_batchnorm_gradients_on_every_cpu_backend",)),
     Mutant("batchnorm-relu-mask-numba", "minicnn/kernels/numba_kernels.py",
            "g = g * ((v * a + b) > zero)\n                dx_flat",
            "g = g * ((v * a + b) >= zero)\n                dx_flat",
-           first=("test_fusion.py",)),
+           first=("test_fusion.py::test_the_fused_kernels_compute_what_the_two_layers_kernels_do",)),
     Mutant("col2im-crop-numpy", "minicnn/kernels/numpy_kernels.py",
            "return dx_padded[:, :, ph : ph + h, pw : pw + w]",
-           "return dx_padded[:, :, :h, :w]", first=("test_gradcheck_layers.py",)),
+           "return dx_padded[:, :, :h, :w]",
+           first=("test_gradcheck_layers.py::test_conv2d_gradients",)),
     Mutant("col2im-last-row-numba", "minicnn/kernels/numba_kernels.py",
            "for oh in range(oh_first, oh_stop):\n                        source = row",
            "for oh in range(oh_first, oh_stop - 1):\n                        source = row",
-           first=("test_gradcheck_layers.py",)),
+           first=("test_gradcheck_layers.py::test_conv2d_gradients",)),
     Mutant("maxpool-backward-assign-numpy", "minicnn/kernels/numpy_kernels.py",
            "dx[_window_slab(i, j, dy.shape[2:], stride)] += dy * (argmax == i * kw + j)",
            "dx[_window_slab(i, j, dy.shape[2:], stride)] = dy * (argmax == i * kw + j)",
-           first=("test_gradcheck_layers.py",)),
+           first=("test_gradcheck_layers.py::test_pool_gradients",)),
     Mutant("maxpool-backward-assign-numba", "minicnn/kernels/numba_kernels.py",
            "dx_flat[_u(winner)] += dy_flat[q]", "dx_flat[_u(winner)] = dy_flat[q]",
-           first=("test_gradcheck_layers.py",)),
+           first=("test_gradcheck_layers.py::test_pool_gradients",)),
     Mutant("adam-step-count", "minicnn/optim.py",
            "self.count, self.weight_decay, self.decoupled)",
            "self.count + 1, self.weight_decay, self.decoupled)", first=("test_optim.py",)),
@@ -86,7 +87,7 @@ MUTANTS = [
            "[0, -2, -1, 2, 1, 0],", "[0, -2, -1, 2, 2, 0],", first=("test_winograd.py",)),
     Mutant("winograd-overlap-assign-numba", "minicnn/kernels/numba_winograd.py",
            "planes[_u(out + 4)] += w4", "planes[_u(out + 4)] = w4",
-           first=("test_winograd.py",)),
+           first=("test_winograd.py::test_winograd_matches_the_naive_loops",)),
     Mutant("winograd-written-out-transform-numba", "minicnn/kernels/numba_winograd.py",
            "return y0, even + odd, even - odd, even4 + odd8, even4 - odd8, y3",
            "return y0, even + odd, even - odd, even4 + odd8, even4 + odd8, y3",
@@ -94,7 +95,8 @@ MUTANTS = [
     Mutant("direct-weight-gradient-column-shift", "minicnn/kernels/numba_direct.py",
            "b[e] = ((n * c_count + c) * hp + ij // 3) * wp + ij % 3",
            "b[e] = ((n * c_count + c) * hp + ij // 3) * wp + ij // 3",
-           first=("test_direct_conv.py",)),
+           first=("test_direct_conv.py::"
+                  "test_a_conv2d_layer_computes_the_same_summed_directly_as_with_im2col",)),
     Mutant("gpu-rate-not-kept", "minicnn/optim.py",
            "            self._on_device[0].fill(self._lr)",
            "            pass  # the GPU's copy of lr left as it was",
@@ -110,6 +112,10 @@ NUMBA_SEES = ("minicnn/kernels/numba_kernels.py", "minicnn/kernels/numba_winogra
               "minicnn/kernels/numba_direct.py", "minicnn/kernels/numba_dots.py",
               "minicnn/kernels/cpu_runtime.py",
               "minicnn/kernels/winograd.py", "minicnn/kernels/__init__.py")
+
+# tests/test_architecture.py's check that each mutant's snippet is in the source, which a planted
+# mutant fails whatever the other tests do
+SNIPPET_TEST = "tests/test_architecture.py::test_every_planted_bug_of_the_mutation_check_finds_its_line"
 
 # The tests most likely to catch a kernel or layer bug run first (pytest -x stops at the first
 # failure); the rest of the default suite follows.
@@ -157,19 +163,29 @@ def run(mutant: Mutant, folder: Path) -> dict:
     try:
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as own_cache:
             env = {name: value for name, value in os.environ.items() if name != "NUMBA_CACHE_DIR"}
-            env.update(MINICNN_HIDE_TORCH="1", PYTHONPATH=str(folder), PYTHONDONTWRITEBYTECODE="1")
+            # the "mutants" hypothesis profile: a failing example is not shrunk (tests/conftest.py)
+            env.update(MINICNN_HIDE_TORCH="1", PYTHONPATH=str(folder), PYTHONDONTWRITEBYTECODE="1",
+                       HYPOTHESIS_PROFILE="mutants")
             if mutant.path in NUMBA_SEES:
                 env["NUMBA_CACHE_DIR"] = own_cache  # else the copy's __pycache__, shared
+
+            def pytest(tests):
+                # -n 0: in this order, in one process, stopping at the first failure; without
+                # the test that finds every mutant's snippet in the source (a planted one is not)
+                command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0",
+                           "-p", "no:cacheprovider", "--deselect", SNIPPET_TEST,
+                           *[f"tests/{name}" for name in tests]]
+                return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+
             # every file named: given the folder too, pytest would collect in its own
-            # (alphabetical) order
-            first = list(dict.fromkeys(mutant.first + tuple(FIRST)))
+            # (alphabetical) order; a test named beside its file would run where the file does
+            files = list(dict.fromkeys([name.split("::")[0] for name in mutant.first] + FIRST))
             rest = sorted(p.name for p in (folder / "tests").glob("test_*.py")
-                          if p.name not in first)
-            # -n 0: in this order, in one process, stopping at the first failure
-            command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
-                       *[f"tests/{name}" for name in first + rest]]
+                          if p.name not in files)
             start = time.perf_counter()
-            result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+            result = pytest(mutant.first)  # the tests likeliest to catch it, alone
+            if result.returncode == 0:  # they pass: the whole suite, their files first
+                result = pytest(files + rest)
             seconds = time.perf_counter() - start
     finally:
         restore(folder, mutant)

@@ -187,4 +187,11 @@ def test_every_planted_bug_of_the_mutation_check_finds_its_line():
     root = Path(__file__).resolve().parents[1]
     for mutant in mutation_check.MUTANTS:
         assert (root / mutant.path).read_text().count(mutant.original) == 1, mutant.name
+        for test in mutant.first:  # the tests it runs first: a renamed one would run nothing
+            file, _, function = test.partition("::")
+            assert not function or f"def {function}(" in (root / "tests" / file).read_text(), test
+    # the check runs the suite without this test, which a planted mutant fails whatever the
+    # others do: renamed, it would catch every mutant
+    assert mutation_check.SNIPPET_TEST == \
+        f"tests/{Path(__file__).name}::{test_every_planted_bug_of_the_mutation_check_finds_its_line.__name__}"
 

@@ -267,7 +267,9 @@ class Recycler:
     arrays beyond ``max_bytes`` in total.
     """
 
-    def __init__(self, min_bytes: int = 1 << 18, per_shape: int = 4, max_bytes: int = 1 << 30):
+    # per_shape: a training step holds a dozen or more arrays of one shape at once (a ResNet
+    # stage's activations and gradients all share it); fewer kept, the rest are fresh each step
+    def __init__(self, min_bytes: int = 1 << 18, per_shape: int = 16, max_bytes: int = 1 << 30):
         self.min_bytes, self.per_shape, self.max_bytes = min_bytes, per_shape, max_bytes
         self._arrays: dict[tuple, list[np.ndarray]] = {}
         self._lock = threading.Lock()

@@ -102,7 +102,6 @@ def numpy_blas():
         return _blas
 
 
-
 # Re-entrant: a studio request holds it around a forward pass whose multiplies hold it again
 _blas_turn = threading.RLock()
 

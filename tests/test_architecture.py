@@ -194,4 +194,3 @@ def test_every_planted_bug_of_the_mutation_check_finds_its_line():
     # others do: renamed, it would catch every mutant
     assert mutation_check.SNIPPET_TEST == \
         f"tests/{Path(__file__).name}::{test_every_planted_bug_of_the_mutation_check_finds_its_line.__name__}"
-

@@ -33,6 +33,7 @@ transform adds overlapping tiles back inside its own sample).
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numpy as np
@@ -410,7 +411,7 @@ def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
     allocator maps it anew (benchmarks/README.md measures what that cost). They are sized by
     the layer, not the batch, and live as long as the thread."""
     arrays = _kept.__dict__.setdefault("arrays", {})
-    key, size = (slot, np.dtype(dtype).str), int(np.prod(shape))
+    key, size = (slot, np.dtype(dtype).str), math.prod(shape)
     if key not in arrays or arrays[key].size < size:
         arrays[key] = np.empty(size, dtype)
     return arrays[key][:size].reshape(shape)

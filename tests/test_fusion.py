@@ -168,6 +168,18 @@ def test_a_layer_running_other_passes_keeps_them_and_is_not_fused():
 
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_is_the_sum_bit_for_bit_in_an_array_of_its_own(name, dtype):
+    """A Residual's sum of its paths (and of their gradients); strided operands too."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
+    b = rng.standard_normal((2, 3, 4, 5)).astype(dtype).transpose(0, 1, 3, 2)
+    y = backend.kernels(name).add(a, b)
+    assert y.dtype == dtype and np.array_equal(y, a + b)
+    assert not np.shares_memory(y, a) and not np.shares_memory(y, b)
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_add_relu_is_relu_of_the_sum_bit_for_bit(name, dtype):
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((2, 3, 5, 4)).astype(dtype), rng.standard_normal((2, 3, 5, 4))

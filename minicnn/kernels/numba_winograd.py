@@ -405,7 +405,7 @@ _kept = threading.local()
 
 
 def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
-    """An array of ``shape`` for this thread's ``slot`` (V, M, dM, dV of a block), kept from one
+    """An array of ``shape`` for this thread's ``slot`` (V, M, dM, dV of a block, its share of dU), kept from one
     block and one step to the next: a block's arrays take up to megabytes, the same few sizes
     every step, and a fresh allocation that size costs a page fault per 4 KiB whenever the
     allocator maps it anew (benchmarks/README.md measures what that cost). They are sized by
@@ -476,7 +476,7 @@ def filter_transform(weight, t: winograd.Transform):
     """U = G g G^T as (a*a, F, C), computed in float64 and rounded once to the weight's dtype."""
     weight = np.ascontiguousarray(weight)
     f, c = weight.shape[:2]
-    U = np.empty((t.a * t.a, f, c), weight.dtype)
+    U = recycler.empty((t.a * t.a, f, c), weight.dtype)
     on_cores(f, lambda lo, hi: _filter_transform_kernel(weight.reshape(-1), lo, hi, f, c, t.G,
                                                         U.reshape(-1)))
     return U
@@ -486,7 +486,7 @@ def filter_transform_transposed(dU, t: winograd.Transform):
     """dL/dg = G^T dU G: (a*a, F, C) -> (F, C, 3, 3), in float64, rounded once to dU's dtype."""
     dU = np.ascontiguousarray(dU)
     _, f, c = dU.shape
-    dW = np.empty((f, c, 3, 3), dU.dtype)
+    dW = recycler.empty((f, c, 3, 3), dU.dtype)
     on_cores(f, lambda lo, hi: _filter_transform_transposed_kernel(dU.reshape(-1), lo, hi, f, c,
                                                                    t.G, dW.reshape(-1)))
     return dW
@@ -548,7 +548,8 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
     size = _samples_per_block(g, t, f, dy.itemsize)  # the forward pass's blocks, as V is kept
 
     def share(lo, hi):
-        dU = np.zeros((t.a * t.a, f, g.c), dy.dtype)
+        dU = recycler.empty((t.a * t.a, f, g.c), dy.dtype)
+        dU[...] = 0
         for n0, n1 in _blocks(lo, hi, size):
             tiles = (n1 - n0) * g.th * g.tw
             dM = _scratch("dM", (f, t.a * t.a, tiles), dy.dtype)       # A dY A^T
@@ -556,7 +557,8 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
                                                 g.th, g.tw, t.m, dM.reshape(-1))
             block_V = _block_input_transform(x, None, n0, n1, g, t) if V is None else \
                 _block_of(V, n0, n1, g, t)
-            dU += matmul_here(dM.transpose(1, 0, 2), block_V.transpose(1, 2, 0))  # (a*a, F, C)
+            dU += matmul_here(dM.transpose(1, 0, 2), block_V.transpose(1, 2, 0),    # (a*a, F, C)
+                              out=_scratch("dU", dU.shape, dU.dtype))
             if input_grad:
                 dV = _scratch("dV", (g.c, t.a * t.a, tiles), dy.dtype)  # U^T dM
                 matmul_here(U.transpose(0, 2, 1), dM.transpose(1, 0, 2), out=dV.transpose(1, 0, 2))
@@ -564,6 +566,8 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
                                                    g.pw, g.th, g.tw, t.m, dx[n0:n1].reshape(-1))
         return dU
 
-    dU = sum(on_cores(g.n, share))
+    dU, *others = on_cores(g.n, share)  # each core's own sum
+    for other in others:
+        dU += other
     dW = filter_transform_transposed(dU, t)
     return dx, dW

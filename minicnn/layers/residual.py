@@ -73,7 +73,7 @@ class Residual(Layer):
     def _forward(self, x, training):
         a = self.body._run_forward(x, training)
         b = x if self.shortcut is None else self.shortcut._run_forward(x, training)
-        return self._remember(a + b)  # a new array: inner layers may cache their outputs
+        return self._remember(self.kernels.add(a, b))  # a new array: inner layers may cache theirs
 
     def _backward(self, dy, input_grad):
         dx_body = self.body.backward(dy, input_grad=input_grad)
@@ -81,7 +81,7 @@ class Residual(Layer):
             self.shortcut.backward(dy, input_grad=input_grad)
         if not input_grad:
             return None
-        return dx_body + dx_short
+        return self.kernels.add(dx_body, dx_short)
 
     # -- what the rest of minicnn asks of it: shapes, config, summary, studio, PyTorch, ONNX ---
     convolutional = property(lambda self: any(layer.convolutional for layer in self.body))

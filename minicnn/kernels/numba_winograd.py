@@ -405,9 +405,9 @@ _kept = threading.local()
 
 
 def _scratch(slot: str, shape: tuple, dtype) -> np.ndarray:
-    """An array of ``shape`` for this thread's ``slot`` (V, M, dM, dV of a block, its share of dU), kept from one
-    block and one step to the next: a block's arrays take up to megabytes, the same few sizes
-    every step, and a fresh allocation that size costs a page fault per 4 KiB whenever the
+    """An array of ``shape`` for this thread's ``slot`` (a block's V, M, dM, dV and dM V^T),
+    kept from one block and one step to the next: a block's arrays take up to megabytes, the same
+    few sizes every step, and a fresh allocation that size costs a page fault per 4 KiB whenever the
     allocator maps it anew (benchmarks/README.md measures what that cost). They are sized by
     the layer, not the batch, and live as long as the thread."""
     arrays = _kept.__dict__.setdefault("arrays", {})

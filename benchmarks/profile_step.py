@@ -4,10 +4,12 @@ default).
     python benchmarks/profile_step.py                      # reference network, batch 128
     python benchmarks/profile_step.py --model cifar_vgg --steps 5
     python benchmarks/profile_step.py --backend cupy       # on the GPU (each kernel synchronized)
-    python benchmarks/profile_step.py --model cifar_resnet --inference --batch-size 1000
+    python benchmarks/profile_step.py --model cifar_resnet --inference   # at predict's batch
 
 Wraps every kernel of the backend with a timer, runs some training steps (with ``--inference``,
-forward passes as ``predict`` runs them, each BatchNorm2D folded into its Conv2D) and prints, per kernel
+forward passes as ``predict`` runs them, each BatchNorm2D folded into its Conv2D, by default at
+the batch size predict picks for its memory budget: a larger one shows memory-bound kernels that
+predict does not meet) and prints, per kernel
 (matrix multiplies, Winograd and direct layers per shape), the milliseconds per step, its share of the
 step and, for the multiplies, the GFLOP/s reached as a fraction of numpy's float32 matmul peak
 (a 2048^3 product, measured in the same process; on cupy the GPU's, an 8192^3 product). On
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import time
 
 import numpy as np
@@ -29,7 +32,9 @@ def main():
     parser.add_argument("--model", default="reference",
                         choices=("reference", "cifar_vgg", "cifar_resnet"))
     parser.add_argument("--backend", default="numba")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: 128 for a training step, predict's own batch (its default "
+                             "request, cut to the memory budget) with --inference")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--inference", action="store_true",
                         help="time the forward pass of predict (training=False) instead of a "
@@ -173,6 +178,10 @@ def _training_job(args, mc, models, xp):
              "cifar_resnet": models.cifar_resnet}[args.model](seed=0)
     loss_fn = mc.losses.SoftmaxCrossEntropy()
     optimizer = mc.optim.Adam(model.parameters(), lr=1e-3)
+    if args.batch_size is None:
+        requested = inspect.signature(model.predict).parameters["batch_size"].default
+        args.batch_size = model.inference_batch_size(shape, np.float32, requested,
+                                                     "profile_step") if args.inference else 128
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.random((args.batch_size, *shape), dtype=np.float32))
     y = xp.asarray(rng.integers(0, 10, args.batch_size))

@@ -9,7 +9,9 @@ Screenshots go to ``$MINICNN_SCREENSHOTS`` when set (the README's picture comes 
 import json
 import os
 import shutil
+import sys
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -383,6 +385,17 @@ document.addEventListener("DOMContentLoaded", () => {
 """
 
 
+def threads_now() -> str:
+    """Where every thread of this process is (the studio's server and its training run are
+    threads here), and who holds the BLAS turn: what tells a stuck run from a slow one."""
+    from minicnn.kernels import cpu_runtime
+
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    stacks = [f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame)[-6:])
+              for ident, frame in sys._current_frames().items()]
+    return f"BLAS turn {cpu_runtime._blas_turn!r}, threads:\n" + "\n".join(stacks)
+
+
 def test_a_training_run_updates_the_curves_in_order(page, tmp_path):
     page.add_init_script(LATE_ANSWER)
     # the button's 200 steps, drawn every 400 ms: several drawings. On a busy 2-core machine
@@ -398,7 +411,7 @@ def test_a_training_run_updates_the_curves_in_order(page, tmp_path):
         state = page.evaluate("api('/api/training')")
         pytest.fail(f"the run did not finish: {len(state['records'])} records, "
                     f"error {state.get('error')!r}, status "
-                    f"{page.locator('#training-status').text_content()!r}")
+                    f"{page.locator('#training-status').text_content()!r}; {threads_now()}")
     drawings = page.evaluate("window.drawings")
     points = [count for count, _ in drawings]
     records = page.evaluate("api('/api/training')")["records"]

@@ -548,8 +548,7 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
     size = _samples_per_block(g, t, f, dy.itemsize)  # the forward pass's blocks, as V is kept
 
     def share(lo, hi):
-        dU = recycler.empty((t.a * t.a, f, g.c), dy.dtype)
-        dU[...] = 0
+        dU, shape = None, (t.a * t.a, f, g.c)  # this core's sum of its blocks' dM V^T
         for n0, n1 in _blocks(lo, hi, size):
             tiles = (n1 - n0) * g.th * g.tw
             dM = _scratch("dM", (f, t.a * t.a, tiles), dy.dtype)       # A dY A^T
@@ -557,8 +556,11 @@ def conv_backward(dy, saved, weight, x_shape, padding, t: winograd.Transform, in
                                                 g.th, g.tw, t.m, dM.reshape(-1))
             block_V = _block_input_transform(x, None, n0, n1, g, t) if V is None else \
                 _block_of(V, n0, n1, g, t)
-            dU += matmul_here(dM.transpose(1, 0, 2), block_V.transpose(1, 2, 0),    # (a*a, F, C)
-                              out=_scratch("dU", dU.shape, dU.dtype))
+            dM_Vt = dM.transpose(1, 0, 2), block_V.transpose(1, 2, 0)          # (a*a, F, C)
+            if dU is None:  # the first block's product is the sum so far: no zeros added to
+                dU = matmul_here(*dM_Vt, out=recycler.empty(shape, dy.dtype))
+            else:
+                dU += matmul_here(*dM_Vt, out=_scratch("dU", shape, dy.dtype))
             if input_grad:
                 dV = _scratch("dV", (g.c, t.a * t.a, tiles), dy.dtype)  # U^T dM
                 matmul_here(U.transpose(0, 2, 1), dM.transpose(1, 0, 2), out=dV.transpose(1, 0, 2))

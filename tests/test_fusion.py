@@ -178,6 +178,11 @@ def test_add_is_the_sum_bit_for_bit_in_an_array_of_its_own(name, dtype):
     assert not np.shares_memory(y, a) and not np.shares_memory(y, b)
 
 
+def test_numba_add_names_the_shapes_that_do_not_match():
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(3,\); they must match"):
+        backend.kernels("numba").add(np.zeros((2, 3)), np.zeros(3))
+
+
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_add_relu_is_relu_of_the_sum_bit_for_bit(name, dtype):

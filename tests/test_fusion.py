@@ -314,7 +314,7 @@ def test_a_layer_joins_one_pair_and_backward_undoes_the_forward_pairs(name, fusi
                                             "maxpool_relu_backward"))
     net = mc.Sequential([Conv2D(1, 2, 3, padding=1), BatchNorm2D(2), ReLU(), MaxPool2D(2),
                          ReLU(), MaxPool2D(2)], seed=0).to(name)
-    assert fused.pair_starts(net.layers) == {1, 4}
+    assert fused.fused_runs(net.layers) == {1: 2, 4: 2}
     x = np.random.default_rng(6).standard_normal((2, 1, 8, 8)).astype(np.float32)
     y = net.forward(x, training=True)
     net.backward(np.ones_like(y))
@@ -360,16 +360,45 @@ def test_predict_folds_each_batchnorm_into_its_convolution(name, dtype, algorith
         net = folding_network(bias).astype(dtype).to(name)
         x = np.random.default_rng(3).standard_normal((6, 3, 8, 8)).astype(dtype)
         calls = counting(monkeypatch, backend.kernels(name),
-                         ("batchnorm_forward", "batchnorm_relu_forward"))
+                         ("batchnorm_forward", "batchnorm_relu_forward", "relu_forward"))
         folded = net.predict(x, batch_size=4)  # two batches, the second smaller
-        assert calls == []  # no BatchNorm pass: every one folded
+        # no BatchNorm pass: every one folded; and no pass of the three ReLUs after a folded
+        # pair: at most the Residual + ReLU pair's (numpy's add_relu is relu_forward(a + b))
+        assert calls == ["relu_forward"] * len(calls) and len(calls) <= 2
+        folded_calls = len(calls)
         mc.set_fusion(False)
         plain = net.predict(x, batch_size=4)
         assert calls.count("batchnorm_forward") == 2 * 7  # 7 BatchNorm2D layers, 2 batches
+        assert calls.count("relu_forward") - folded_calls == 2 * 4  # 4 ReLU layers
     finally:
         set_conv_algorithm(previous)
     assert folded.dtype == plain.dtype and folded.shape == (6, 3)
     np.testing.assert_allclose(folded, plain, rtol=0, atol=FOLD_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "winograd2", "direct"])
+def test_a_convolution_rectifying_its_output_gives_relu_of_it_bit_for_bit(name, dtype, algorithm):
+    """Predict's Conv2D + BatchNorm2D + ReLU: the convolution's last write takes the ReLU."""
+    from minicnn.kernels import set_conv_algorithm
+
+    previous = set_conv_algorithm(algorithm)
+    try:
+        for c, f in ((3, 8), (8, 8)):  # the direct sum takes the first, Winograd both
+            conv = Conv2D(c, f, 3, padding=1).astype(dtype).to(name)
+            x = np.random.default_rng(c).standard_normal((3, c, 9, 7)).astype(dtype)
+            x[0, 0, 0, 0] = np.nan  # NaN and its neighbours: the backend's relu_forward decides
+            W, b = conv.weight.data, conv.bias.data
+            assert conv.kernels.conv_algorithm(x.shape, W.shape, conv.stride, conv.padding) \
+                is None or algorithm != "im2col"
+            y, _ = conv._convolve(x, W, b)
+            rectified, _ = conv._convolve(x, W, b, rectify=True)
+            assert rectified.dtype == dtype
+            np.testing.assert_array_equal(rectified, conv.kernels.relu_forward(y))
+            assert (rectified > 0).any() and (rectified == 0).any()
+    finally:
+        set_conv_algorithm(previous)
 
 
 def test_only_predict_folds_and_a_backward_pass_after_predict_asks_for_forward(fusion,

@@ -55,7 +55,7 @@ def _pad_kernel(x_flat, planes, h, w, top, left, hp, wp, out_flat):
 
 
 @_jit
-def _forward_kernel(xp_flat, c_count, hp, wp, W_flat, bias, f_count, planes, y_flat):
+def _forward_kernel(xp_flat, c_count, hp, wp, W_flat, bias, f_count, planes, rectify, y_flat):
     oh_count, ow_count = hp - 2, wp - 2
     for plane in prange(planes):  # one output plane (sample n, filter f)
         n, f = plane // f_count, plane % f_count
@@ -78,6 +78,11 @@ def _forward_kernel(xp_flat, c_count, hp, wp, W_flat, bias, f_count, planes, y_f
                         + w11 * xp_flat[_u(r1 + ow + 1)] + w12 * xp_flat[_u(r1 + ow + 2)]
                         + w20 * xp_flat[_u(r2 + ow)] + w21 * xp_flat[_u(r2 + ow + 1)]
                         + w22 * xp_flat[_u(r2 + ow + 2)])
+            if rectify:  # a ReLU after the convolution: relu_forward's formula on the row
+                zero = y_flat.dtype.type(0)
+                for ow in range(ow_count):
+                    v = y_flat[_u(out + ow)]
+                    y_flat[_u(out + ow)] = v if v > zero else zero
 
 
 @njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})  # sums in any order
@@ -125,25 +130,27 @@ def _padded(x, top, left, hp, wp):
     return xp
 
 
-def _correlate(xp, weight, bias):
-    """y = bias + the 3x3 correlation of the padded input xp (N, C, H+2, W+2) with weight."""
+def _correlate(xp, weight, bias, rectify=False):
+    """y = bias + the 3x3 correlation of the padded input xp (N, C, H+2, W+2) with weight (with
+    ``rectify``, max(y, 0))."""
     n, c, hp, wp = xp.shape
     f = weight.shape[0]
     y = recycler.empty((n, f, hp - 2, wp - 2), xp.dtype)
     if y.size:
         _forward_kernel(xp.reshape(-1), c, hp, wp, np.ascontiguousarray(weight, xp.dtype).reshape(-1),
-                        bias, f, n * f, y.reshape(-1))
+                        bias, f, n * f, rectify, y.reshape(-1))
     return y
 
 
-def conv_forward(x, weight, bias, padding, training=True):
+def conv_forward(x, weight, bias, padding, training=True, rectify=False):
     """(y, saved): y = the convolution of x (N, C, H, W) with weight (F, C, 3, 3) plus bias (or
-    None); saved = the padded input, for the backward pass."""
+    None), with ``rectify`` max(y, 0) (a ReLU after it); saved = the padded input, for the
+    backward pass."""
     (ph, pw), (h, w) = padding, x.shape[2:]
     xp = _padded(x, ph, pw, h + 2 * ph, w + 2 * pw)
     f = weight.shape[0]
     bias = np.zeros(f, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
-    return _correlate(xp, weight, bias), xp
+    return _correlate(xp, weight, bias, rectify), xp
 
 
 def conv_backward(dy, saved, weight, x_shape, padding, input_grad=True):

@@ -499,7 +499,8 @@ def avgpool_backward(dy, x_shape, kernel, stride):
 
 
 @_jit
-def _cnhw_to_nchw_kernel(out_flat, bias, n_count, f_count, plane, y_flat):
+def _cnhw_to_nchw_kernel(out_flat, bias, n_count, f_count, plane, rectify, y_flat):
+    zero = out_flat.dtype.type(0)
     for task in prange(n_count * f_count):  # one output plane (sample n, filter f)
         n = task // f_count
         f = task - n * f_count
@@ -507,15 +508,16 @@ def _cnhw_to_nchw_kernel(out_flat, bias, n_count, f_count, plane, y_flat):
         source = (f * n_count + n) * plane
         target = task * plane
         for p in range(plane):
-            y_flat[_u(target + p)] = out_flat[_u(source + p)] + b
+            v = out_flat[_u(source + p)] + b
+            y_flat[_u(target + p)] = v if not rectify or v > zero else zero  # relu_forward's
 
 
-def cnhw_to_nchw(out, bias, n, oh, ow):
+def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False):
     out = np.ascontiguousarray(out)
     f = out.shape[0]
     y = recycler.empty((n, f, oh, ow), out.dtype)
     bias = np.zeros(f, dtype=out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
-    _cnhw_to_nchw_kernel(out.reshape(-1), bias, n, f, oh * ow, y.reshape(-1))
+    _cnhw_to_nchw_kernel(out.reshape(-1), bias, n, f, oh * ow, rectify, y.reshape(-1))
     return y
 
 

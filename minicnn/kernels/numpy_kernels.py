@@ -145,8 +145,9 @@ def matmul(a, b):
 # the layouts (adding the bias on the way). Both copy whole OH*OW planes, so they are cheap.
 
 
-def cnhw_to_nchw(out, bias, n, oh, ow):
-    """(F, N*OH*OW) -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None."""
+def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False):
+    """(F, N*OH*OW) -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None; with ``rectify``,
+    ReLU's max(., 0) of that (a ReLU after the convolution, layers/fused.py)."""
     xp = array_module(out)
     f = out.shape[0]
     y = xp.empty((n, f, oh, ow), dtype=out.dtype)
@@ -155,6 +156,8 @@ def cnhw_to_nchw(out, bias, n, oh, ow):
         y.reshape(n, f, oh * ow)[...] = by_sample
     else:
         xp.add(by_sample, bias[:, None], out=y.reshape(n, f, oh * ow))
+    if rectify:
+        xp.maximum(y, y.dtype.type(0), out=y)  # relu_forward's formula
     return y
 
 

@@ -35,6 +35,10 @@ activations. Only there: a forward pass with ``training=False`` may be followed 
 pass (a saliency map), which needs the convolution's own output; predict's never is, and the
 two layers it folded keep no cache (a backward pass after predict says to run forward first).
 The results equal the two layers' to rounding (the products are taken with W' instead of W).
+Where a ReLU follows the pair (Conv2D, BatchNorm2D, ReLU: most CNNs' unit), the convolution
+writes max(y, 0) in the same pass (``rectify``, the kernels' last write of y), sparing the
+ReLU's pass over the activations; the ReLU's formula is its backend's ``relu_forward``, so the
+values are those of the three layers run one after the other with BatchNorm folded.
 """
 
 from __future__ import annotations
@@ -95,19 +99,28 @@ def _relu_maxpool_backward(relu: ReLU, pool: MaxPool2D, dy, input_grad: bool):
                                               pool.stride)
 
 
-def _conv_batchnorm_folded(conv: Conv2D, norm: BatchNorm2D, x, training: bool):
+def _conv_batchnorm_folded(conv: Conv2D, norm: BatchNorm2D, x, training: bool, rectify=False):
     """norm.forward(conv.forward(x)) at inference, as one convolution with W' and b'."""
     mean, inv_std = norm._statistics(x, training=False)    # the running ones (x: its xp)
     s = norm.gamma.data * inv_std                           # (F,)
     W = conv.weight.data * s[:, None, None, None]           # W' = W * s, filter by filter
     b = -mean if conv.bias is None else conv.bias.data - mean
-    y, _ = conv._convolve(x, W, b * s + norm.beta.data, training=False)
+    y, _ = conv._convolve(x, W, b * s + norm.beta.data, training=False, rectify=rectify)
     conv._output_shape = norm._output_shape = None          # nothing for a backward pass
     return y
 
 
-def _conv_batchnorm_no_backward(conv: Conv2D, norm: BatchNorm2D, dy, input_grad: bool):
-    norm._check_output_gradient(dy)  # raises: the folded pass kept no cache
+def _conv_batchnorm_relu_folded(conv: Conv2D, norm: BatchNorm2D, relu: ReLU, x, training: bool):
+    """relu.forward(norm.forward(conv.forward(x))) at inference: the folded convolution writing
+    max(y, 0)."""
+    y = _conv_batchnorm_folded(conv, norm, x, training, rectify=True)
+    relu._output_shape = None
+    return y
+
+
+def _folded_no_backward(*layers_and_gradient):
+    *layers, dy, _ = layers_and_gradient
+    layers[-1]._check_output_gradient(dy)  # raises: the folded pass kept no cache
 
 
 #: (first layer's type, second's) -> (forward, backward, the kernel the backend needs, or
@@ -118,9 +131,11 @@ PAIRS = {(BatchNorm2D, ReLU): (_batchnorm_relu_forward, _batchnorm_relu_backward
          (ReLU, MaxPool2D): (_relu_maxpool_forward, _relu_maxpool_backward,
                              "maxpool_relu_backward")}
 
-#: the pairs that run as one only inside :func:`predicting` (no backward pass follows)
-PREDICT_PAIRS = {(Conv2D, BatchNorm2D): (_conv_batchnorm_folded, _conv_batchnorm_no_backward,
-                                         None)}  # the convolution's own kernels: nothing more
+#: the runs of layers that are one pass only inside :func:`predicting` (no backward pass
+#: follows), the same way; the longest that matches is taken
+PREDICT_RUNS = {(Conv2D, BatchNorm2D, ReLU): (_conv_batchnorm_relu_folded, _folded_no_backward,
+                                              None),  # the convolution's own kernels
+                (Conv2D, BatchNorm2D): (_conv_batchnorm_folded, _folded_no_backward, None)}
 
 _predict = threading.local()
 
@@ -128,7 +143,7 @@ _predict = threading.local()
 @contextlib.contextmanager
 def predicting():
     """The forward passes run inside are predict's, which no backward pass follows: the
-    :data:`PREDICT_PAIRS` fuse too (in this thread)."""
+    :data:`PREDICT_RUNS` fuse too (in this thread)."""
     before = getattr(_predict, "on", False)
     _predict.on = True
     try:
@@ -137,48 +152,53 @@ def predicting():
         _predict.on = before
 
 
-def _pair(first, second):
-    key = (type(first), type(second))
+def _entry(layers):
+    key = tuple(type(layer) for layer in layers)
     if key in PAIRS:
         return PAIRS[key]
-    return PREDICT_PAIRS.get(key) if getattr(_predict, "on", False) else None
+    return PREDICT_RUNS.get(key) if getattr(_predict, "on", False) else None
 
 
-def fuses(layers, index: int) -> bool:
-    """Whether ``layers[index]`` and ``layers[index + 1]`` run as one pass: exactly a pair of
-    :data:`PAIRS` (or, :func:`predicting`, of :data:`PREDICT_PAIRS`) running their own passes
-    (a subclass, or a layer running a learner's passes, runs its own code), on one backend that
-    has the pair's kernel, with fusion on."""
-    if index + 1 >= len(layers) or not get_fusion():
-        return False
-    first, second = layers[index], layers[index + 1]
-    pair = _pair(first, second)
-    return (pair is not None
-            and first._passes is None and second._passes is None  # their own code, not fused
-            and first.backend == second.backend
-            and (pair[2] is None or hasattr(first.kernels, pair[2])))
+def run_length(layers, index: int) -> int:
+    """How many layers from ``layers[index]`` on run as one pass (0: none): the longest run of
+    :data:`PAIRS` (or, :func:`predicting`, of :data:`PREDICT_RUNS`) whose layers run their own
+    passes (a subclass, or a layer running a learner's passes, runs its own code), on one
+    backend that has the run's kernel, with fusion on."""
+    if not get_fusion():
+        return 0
+    for length in (3, 2):
+        run = layers[index:index + length]
+        entry = _entry(run) if len(run) == length else None
+        if (entry is not None
+                and all(layer._passes is None for layer in run)  # their own code, not fused
+                and all(layer.backend == run[0].backend for layer in run)
+                and (entry[2] is None or hasattr(run[0].kernels, entry[2]))):
+            return length
+    return 0
 
 
-def pair_starts(layers) -> set[int]:
-    """The indices i at which ``layers[i]`` and ``layers[i + 1]`` run as one pass (:func:`fuses`),
-    read from the left: a layer joins one pair at most, and the backward pass undoes exactly the
-    pairs of the forward pass."""
-    starts, index = set(), 0
+def fused_runs(layers) -> dict[int, int]:
+    """{i: length}: ``layers[i : i + length]`` run as one pass (:func:`run_length`), read from
+    the left: a layer joins one run at most, and the backward pass undoes exactly the runs of
+    the forward pass."""
+    runs, index = {}, 0
     while index + 1 < len(layers):
-        if fuses(layers, index):
-            starts.add(index)
-            index += 2
-        else:
-            index += 1
-    return starts
+        length = run_length(layers, index)
+        if length:
+            runs[index] = length
+        index += max(length, 1)
+    return runs
 
 
-def forward(first, second, x, training: bool):
-    """second.forward(first.forward(x)) in one pass (a pair :func:`fuses` accepts)."""
-    first._cache = second._cache = None  # the previous batch's arrays can be reused
-    return _pair(first, second)[0](first, second, x, training)
+def forward(layers, x, training: bool):
+    """The layers' forward passes, one after the other, in one pass (a run :func:`fused_runs`
+    found)."""
+    for layer in layers:
+        layer._cache = None  # the previous batch's arrays can be reused
+    return _entry(layers)[0](*layers, x, training)
 
 
-def backward(first, second, dy, input_grad: bool = True):
-    """first.backward(second.backward(dy)) in one pass; fills the parameters' gradients."""
-    return _pair(first, second)[1](first, second, dy, input_grad)
+def backward(layers, dy, input_grad: bool = True):
+    """The layers' backward passes, from the last to the first, in one pass; fills the
+    parameters' gradients."""
+    return _entry(layers)[1](*layers, dy, input_grad)

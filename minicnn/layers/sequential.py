@@ -185,13 +185,13 @@ class Sequential(Layer):
 
     def _forward(self, x, training):
         # as _steps_forward, but a BatchNorm2D or Residual + ReLU or a ReLU + MaxPool2D pair
-        # may run as one pass (layers.fused)
-        pairs = fused.pair_starts(self.layers)
+        # (predicting: Conv2D + BatchNorm2D, + ReLU) may run as one pass (layers.fused)
+        runs = fused.fused_runs(self.layers)
         index = 0
         while index < len(self.layers):
-            if index in pairs:
-                x = fused.forward(self.layers[index], self.layers[index + 1], x, training)
-                index += 2
+            if index in runs:
+                x = fused.forward(self.layers[index:index + runs[index]], x, training)
+                index += runs[index]
             else:
                 x = self.layers[index]._run_forward(x, training)
                 index += 1
@@ -215,14 +215,15 @@ class Sequential(Layer):
             dy = dx
 
     def _backward(self, dy, input_grad):
-        # as _steps_backward, with the pairs _forward fused run as one pass again
-        pairs = fused.pair_starts(self.layers)
+        # as _steps_backward, with the runs _forward fused run as one pass again
+        starts = {start + length - 1: start for start, length in fused.fused_runs(self.layers).items()}
         index = len(self.layers) - 1
         while index >= 0:
-            if index - 1 in pairs:
-                dy = fused.backward(self.layers[index - 1], self.layers[index], dy,
-                                    input_grad=input_grad or index > 1)
-                index -= 2
+            if index in starts:
+                start = starts[index]
+                dy = fused.backward(self.layers[start:index + 1], dy,
+                                    input_grad=input_grad or start > 0)
+                index = start - 1
             else:
                 dy = self.layers[index].backward(dy, input_grad=input_grad or index > 0)
                 index -= 1

@@ -355,17 +355,21 @@ def test_training_run_matches_numpy_backend(name):
 @DTYPES
 @SETTINGS
 @given(n=st.integers(1, 3), f=st.integers(1, 5), oh=st.integers(1, 6), ow=st.integers(1, 6),
-       bias=st.booleans(), rectify=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_layout_kernels(name, dtype, n, f, oh, ow, bias, rectify, seed):
+       bias=st.booleans(), rectify=st.booleans(), residual=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_layout_kernels(name, dtype, n, f, oh, ow, bias, rectify, residual, seed):
     rng = np.random.default_rng(seed)
     kernels = backend.kernels(name)
     out = rng.standard_normal((f, n * oh * ow)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype) if bias else None
-    expected = reference.cnhw_to_nchw(out, b, n, oh, ow, rectify)
+    r = rng.standard_normal((n, f, oh, ow)).astype(dtype) if residual else None
+    expected = reference.cnhw_to_nchw(out, b, n, oh, ow, rectify, r)
     definition = out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3) + (0 if b is None else b[:, None, None])
+    definition = definition + (0 if r is None else r)
     np.testing.assert_array_equal(  # the definition, spelled out once
         expected, np.maximum(definition, 0) if rectify else definition)
-    _close(kernels.cnhw_to_nchw(_on(name, out), _on(name, b), n, oh, ow, rectify), expected, dtype)
+    _close(kernels.cnhw_to_nchw(_on(name, out), _on(name, b), n, oh, ow, rectify, _on(name, r)),
+           expected, dtype)
     dy = rng.standard_normal((n, f, oh, ow)).astype(dtype)
     expected_out = reference.nchw_to_cnhw(dy)
     np.testing.assert_array_equal(expected_out, dy.transpose(1, 0, 2, 3).reshape(f, -1))

@@ -181,6 +181,9 @@ def test_add_is_the_sum_bit_for_bit_in_an_array_of_its_own(name, dtype):
 def test_numba_add_names_the_shapes_that_do_not_match():
     with pytest.raises(ValueError, match=r"\(2, 3\) and \(3,\); they must match"):
         backend.kernels("numba").add(np.zeros((2, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"residual of shape \(1, 2, 3, 3\).*shape \(1, 2, 3, 4\)"):
+        backend.kernels("numba").cnhw_to_nchw(np.zeros((2, 12)), None, 1, 3, 4,
+                                              residual=np.zeros((1, 2, 3, 3)))
 
 
 @pytest.mark.parametrize("name", CPU_BACKENDS)
@@ -360,16 +363,16 @@ def test_predict_folds_each_batchnorm_into_its_convolution(name, dtype, algorith
         net = folding_network(bias).astype(dtype).to(name)
         x = np.random.default_rng(3).standard_normal((6, 3, 8, 8)).astype(dtype)
         calls = counting(monkeypatch, backend.kernels(name),
-                         ("batchnorm_forward", "batchnorm_relu_forward", "relu_forward"))
+                         ("batchnorm_forward", "batchnorm_relu_forward", "relu_forward", "add",
+                          "add_relu"))
         folded = net.predict(x, batch_size=4)  # two batches, the second smaller
-        # no BatchNorm pass: every one folded; and no pass of the three ReLUs after a folded
-        # pair: at most the Residual + ReLU pair's (numpy's add_relu is relu_forward(a + b))
-        assert calls == ["relu_forward"] * len(calls) and len(calls) <= 2
-        folded_calls = len(calls)
+        # no BatchNorm pass: every one folded; no pass of the ReLUs after a folded pair, nor of
+        # the Residual + ReLU pair's sum: its body's last convolution adds the shortcut
+        assert calls == ["add"] * 2  # the first block's sum, with no ReLU after it
         mc.set_fusion(False)
         plain = net.predict(x, batch_size=4)
         assert calls.count("batchnorm_forward") == 2 * 7  # 7 BatchNorm2D layers, 2 batches
-        assert calls.count("relu_forward") - folded_calls == 2 * 4  # 4 ReLU layers
+        assert calls.count("relu_forward") == 2 * 4  # 4 ReLU layers
     finally:
         set_conv_algorithm(previous)
     assert folded.dtype == plain.dtype and folded.shape == (6, 3)
@@ -379,24 +382,31 @@ def test_predict_folds_each_batchnorm_into_its_convolution(name, dtype, algorith
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("algorithm", ["im2col", "winograd", "winograd2", "direct"])
-def test_a_convolution_rectifying_its_output_gives_relu_of_it_bit_for_bit(name, dtype, algorithm):
-    """Predict's Conv2D + BatchNorm2D + ReLU: the convolution's last write takes the ReLU."""
+def test_a_convolution_ending_in_a_relu_or_a_residual_sum_gives_their_values_bit_for_bit(
+        name, dtype, algorithm):
+    """Predict's Conv2D + BatchNorm2D + ReLU, and a Residual body's last Conv2D + BatchNorm2D
+    with the block's sum and ReLU: the convolution's last write of y takes them."""
     from minicnn.kernels import set_conv_algorithm
 
     previous = set_conv_algorithm(algorithm)
     try:
         for c, f in ((3, 8), (8, 8)):  # the direct sum takes the first, Winograd both
             conv = Conv2D(c, f, 3, padding=1).astype(dtype).to(name)
-            x = np.random.default_rng(c).standard_normal((3, c, 9, 7)).astype(dtype)
+            rng = np.random.default_rng(c)
+            x = rng.standard_normal((3, c, 9, 7)).astype(dtype)
             x[0, 0, 0, 0] = np.nan  # NaN and its neighbours: the backend's relu_forward decides
-            W, b = conv.weight.data, conv.bias.data
-            assert conv.kernels.conv_algorithm(x.shape, W.shape, conv.stride, conv.padding) \
-                is None or algorithm != "im2col"
+            residual = rng.standard_normal((3, f, 9, 7)).astype(dtype)
+            W, b, ops = conv.weight.data, conv.bias.data, conv.kernels
             y, _ = conv._convolve(x, W, b)
             rectified, _ = conv._convolve(x, W, b, rectify=True)
-            assert rectified.dtype == dtype
-            np.testing.assert_array_equal(rectified, conv.kernels.relu_forward(y))
-            assert (rectified > 0).any() and (rectified == 0).any()
+            summed, _ = conv._convolve(x, W, b, residual=residual)
+            both, _ = conv._convolve(x, W, b, rectify=True, residual=residual)
+            for got in (rectified, summed, both):
+                assert got.dtype == dtype and not np.shares_memory(got, residual)
+            np.testing.assert_array_equal(rectified, ops.relu_forward(y))
+            np.testing.assert_array_equal(summed, ops.add(y, residual))
+            np.testing.assert_array_equal(both, ops.add_relu(y, residual))
+            assert (both > 0).any() and (both == 0).any()
     finally:
         set_conv_algorithm(previous)
 

@@ -17,9 +17,10 @@ and returns new arrays (which a backend may recycle once nothing references them
 - ``col2im(cols, x_shape, kernel, stride, padding) -> dx``: the adjoint of im2col: every
   column entry is added back to the input pixel it was copied from (overlaps accumulate).
 - ``matmul(a, b) -> a @ b`` for 2-D arrays: every matrix multiply of the layers.
-- ``cnhw_to_nchw(out, bias, n, oh, ow, rectify=False)`` and ``nchw_to_cnhw(dy)``: between the
-  GEMM's (F, N*OH*OW) layout and NCHW, adding the bias on the way there (and with ``rectify``
-  taking ``relu_forward``'s max(., 0): a ReLU after the convolution, layers/fused.py).
+- ``cnhw_to_nchw(out, bias, n, oh, ow, rectify=False, residual=None)`` and ``nchw_to_cnhw(dy)``:
+  between the GEMM's (F, N*OH*OW) layout and NCHW, adding the bias on the way there (then
+  ``residual``, and with ``rectify`` taking ``relu_forward``'s max(., 0): a Residual block's sum
+  and ReLU, or a ReLU, after the convolution, layers/fused.py).
 - ``maxpool_forward(x, kernel, stride) -> (y, argmax)`` with argmax (int32) the flat index
   (kh*KW + kw) of the winning element inside each window; ``maxpool_backward(dy, argmax,
   x_shape, kernel, stride) -> dx``; ``maxpool_relu_backward(dy, argmax, relu_x, kernel, stride)``
@@ -163,12 +164,14 @@ def set_fusion(enabled: bool) -> bool:
 class ConvAlgorithm(NamedTuple):
     """A way to compute a convolution other than Conv2D's own im2col + GEMM.
 
-    ``forward(x, weight, bias, padding, training, rectify=False) -> (y, saved)`` and
+    ``forward(x, weight, bias, padding, training, rectify=False, residual=None) -> (y, saved)``
+    and
     ``backward(dy, saved, weight, x_shape, padding, input_grad) -> (dx or None, dweight)``:
     the layer keeps ``saved`` between the two, and adds up dL/dbias itself. Without
     ``training`` an implementation may keep less (a backward pass is then unlikely: it computes
-    again what it needs). With ``rectify`` y is max(y, 0), as the backend's ``relu_forward``
-    computes it: a ReLU after the convolution, when predict runs them as one (layers/fused.py)."""
+    again what it needs). ``residual`` (y's shape) is added to y, and with ``rectify`` y is
+    max(y, 0) as the backend's ``relu_forward`` computes it: a Residual block's sum and the ReLU
+    after it, or a ReLU after the convolution, when predict runs them as one (layers/fused.py)."""
 
     name: str
     forward: Callable
@@ -208,9 +211,9 @@ def _winograd(implementation, m: int) -> ConvAlgorithm:
 
         t = winograd.TRANSFORMS[m]
 
-        def forward(x, weight, bias, padding, training=True, rectify=False):
+        def forward(x, weight, bias, padding, training=True, rectify=False, residual=None):
             return implementation.conv_forward(x, weight, bias, padding, t, keep=training,
-                                               rectify=rectify)
+                                               rectify=rectify, residual=residual)
 
         def backward(dy, saved, weight, x_shape, padding, input_grad):
             return implementation.conv_backward(dy, saved, weight, x_shape, padding, t, input_grad)

@@ -194,6 +194,17 @@ def matmul_here(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> 
 _SKINNY_BLOCK = 4096
 
 
+def residual_array(residual, y):
+    """What the kernels that write a convolution's y take for its ``residual``: the array, flat
+    and in y's dtype, or an empty one for none (a kernel adds it where it has values)."""
+    if residual is None:
+        return np.empty(0, y.dtype)
+    if residual.shape != y.shape:
+        raise ValueError(f"residual of shape {residual.shape}: it is added to the convolution's "
+                         f"output, of shape {y.shape}")
+    return np.ascontiguousarray(residual, y.dtype).reshape(-1)
+
+
 def _skinny_kernel():
     from numba import njit, prange
     from numba import uint64 as u

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 from numba import uint64 as _u
 
-from .cpu_runtime import recycler
+from .cpu_runtime import recycler, residual_array
 from .numba_dots import dots_2x4
 
 _jit = njit(parallel=True, cache=True, fastmath=False)
@@ -55,7 +55,8 @@ def _pad_kernel(x_flat, planes, h, w, top, left, hp, wp, out_flat):
 
 
 @_jit
-def _forward_kernel(xp_flat, c_count, hp, wp, W_flat, bias, f_count, planes, rectify, y_flat):
+def _forward_kernel(xp_flat, c_count, hp, wp, W_flat, bias, f_count, planes, rectify,
+                    residual_flat, y_flat):
     oh_count, ow_count = hp - 2, wp - 2
     for plane in prange(planes):  # one output plane (sample n, filter f)
         n, f = plane // f_count, plane % f_count
@@ -78,6 +79,9 @@ def _forward_kernel(xp_flat, c_count, hp, wp, W_flat, bias, f_count, planes, rec
                         + w11 * xp_flat[_u(r1 + ow + 1)] + w12 * xp_flat[_u(r1 + ow + 2)]
                         + w20 * xp_flat[_u(r2 + ow)] + w21 * xp_flat[_u(r2 + ow + 1)]
                         + w22 * xp_flat[_u(r2 + ow + 2)])
+            if residual_flat.shape[0]:  # a Residual block's sum, which the convolution ends
+                for ow in range(ow_count):
+                    y_flat[_u(out + ow)] += residual_flat[_u(out + ow)]
             if rectify:  # a ReLU after the convolution: relu_forward's formula on the row
                 zero = y_flat.dtype.type(0)
                 for ow in range(ow_count):
@@ -130,27 +134,27 @@ def _padded(x, top, left, hp, wp):
     return xp
 
 
-def _correlate(xp, weight, bias, rectify=False):
-    """y = bias + the 3x3 correlation of the padded input xp (N, C, H+2, W+2) with weight (with
-    ``rectify``, max(y, 0))."""
+def _correlate(xp, weight, bias, rectify=False, residual=None):
+    """y = bias + the 3x3 correlation of the padded input xp (N, C, H+2, W+2) with weight (+
+    ``residual`` unless None; with ``rectify``, max(y, 0))."""
     n, c, hp, wp = xp.shape
     f = weight.shape[0]
     y = recycler.empty((n, f, hp - 2, wp - 2), xp.dtype)
     if y.size:
         _forward_kernel(xp.reshape(-1), c, hp, wp, np.ascontiguousarray(weight, xp.dtype).reshape(-1),
-                        bias, f, n * f, rectify, y.reshape(-1))
+                        bias, f, n * f, rectify, residual_array(residual, y), y.reshape(-1))
     return y
 
 
-def conv_forward(x, weight, bias, padding, training=True, rectify=False):
+def conv_forward(x, weight, bias, padding, training=True, rectify=False, residual=None):
     """(y, saved): y = the convolution of x (N, C, H, W) with weight (F, C, 3, 3) plus bias (or
-    None), with ``rectify`` max(y, 0) (a ReLU after it); saved = the padded input, for the
-    backward pass."""
+    None), + ``residual`` (or None) and with ``rectify`` max(y, 0) (the Residual block and the
+    ReLU it ends, or a ReLU after it); saved = the padded input, for the backward pass."""
     (ph, pw), (h, w) = padding, x.shape[2:]
     xp = _padded(x, ph, pw, h + 2 * ph, w + 2 * pw)
     f = weight.shape[0]
     bias = np.zeros(f, x.dtype) if bias is None else np.ascontiguousarray(bias, x.dtype)
-    return _correlate(xp, weight, bias, rectify), xp
+    return _correlate(xp, weight, bias, rectify, residual), xp
 
 
 def conv_backward(dy, saved, weight, x_shape, padding, input_grad=True):

@@ -73,7 +73,7 @@ from numba import njit, prange  # noqa: E402
 from numba import uint64 as _u  # noqa: E402
 
 from . import choose_conv, geometry  # noqa: E402
-from .cpu_runtime import matmul, recycler  # noqa: E402
+from .cpu_runtime import matmul, recycler, residual_array  # noqa: E402
 
 __all__ = [
     "adam_update",
@@ -499,7 +499,8 @@ def avgpool_backward(dy, x_shape, kernel, stride):
 
 
 @_jit
-def _cnhw_to_nchw_kernel(out_flat, bias, n_count, f_count, plane, rectify, y_flat):
+def _cnhw_to_nchw_kernel(out_flat, bias, n_count, f_count, plane, rectify, residual_flat,
+                         y_flat):
     zero = out_flat.dtype.type(0)
     for task in prange(n_count * f_count):  # one output plane (sample n, filter f)
         n = task // f_count
@@ -509,16 +510,20 @@ def _cnhw_to_nchw_kernel(out_flat, bias, n_count, f_count, plane, rectify, y_fla
         target = task * plane
         for p in range(plane):
             v = out_flat[_u(source + p)] + b
+            if residual_flat.shape[0]:
+                v += residual_flat[_u(target + p)]
             y_flat[_u(target + p)] = v if not rectify or v > zero else zero  # relu_forward's
 
 
-def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False):
+def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False, residual=None):
     out = np.ascontiguousarray(out)
     f = out.shape[0]
     y = recycler.empty((n, f, oh, ow), out.dtype)
     bias = np.zeros(f, dtype=out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
-    _cnhw_to_nchw_kernel(out.reshape(-1), bias, n, f, oh * ow, rectify, y.reshape(-1))
+    _cnhw_to_nchw_kernel(out.reshape(-1), bias, n, f, oh * ow, rectify,
+                         residual_array(residual, y), y.reshape(-1))
     return y
+
 
 
 @_jit

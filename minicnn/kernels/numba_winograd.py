@@ -41,7 +41,7 @@ from numba import njit
 from numba import uint64 as _u
 
 from . import winograd
-from .cpu_runtime import matmul_here, on_cores, recycler
+from .cpu_runtime import matmul_here, on_cores, recycler, residual_array
 
 # serial kernels, each on one block of samples: the cores run blocks side by side
 _jit = njit(nogil=True, cache=True, fastmath=False)
@@ -201,17 +201,20 @@ def _corners(n_count, th_count, tw_count, m, plane, row):
 
 @njit(inline="always")
 def _copy_planes(src, src_at, src_step, src_row, dst, dst_at, dst_step, dst_row, n_count, h, w,
-                 plus, rectify=False):
-    """dst's plane n = src's plane n + plus (with ``rectify``, ReLU's max(., 0) of that), for
-    n_count planes of h rows of w values; plane n starts at src_at + n * src_step and its rows
-    are src_row apart, likewise in dst (a layer's (sample, channel) planes on one side, a
-    block's padded planes on the other)."""
+                 plus, rectify=False, residual=None):
+    """dst's plane n = src's plane n + plus (+ ``residual``'s value where dst's is, when it has
+    values; with ``rectify``, ReLU's max(., 0) of that), for n_count planes of h rows of w
+    values; plane n starts at src_at + n * src_step and its rows are src_row apart, likewise in
+    dst (a layer's (sample, channel) planes on one side, a block's padded planes on the other)."""
     zero = dst.dtype.type(0)
+    added = residual is not None and residual.shape[0] > 0
     for n in range(n_count):
         for y in range(h):
             source, target = src_at + n * src_step + y * src_row, dst_at + n * dst_step + y * dst_row
             for x in range(w):
                 v = src[_u(source + x)] + plus
+                if added:
+                    v += residual[_u(target + x)]
                 dst[_u(target + x)] = v if not rectify or v > zero else zero  # relu_forward's
 
 
@@ -289,8 +292,9 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
 
 @_jit
 def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_count, m, bias,
-                             rectify, y_flat):
-    """y = A^T M A + b of the block (with ``rectify``, max(y, 0)), M as (channel, a*a, tile)."""
+                             rectify, residual_flat, y_flat):
+    """y = A^T M A + b (+ the residual where it has values; with ``rectify``, max(y, 0)) of the
+    block, M as (channel, a*a, tile)."""
     a = m + 2
     rows, cols = th_count * m, tw_count * m  # the output planes the blocks cover (may overhang)
     tiles = n_count * th_count * tw_count
@@ -312,7 +316,7 @@ def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_coun
                 _pass_to_planes(_at2, 2, mixed, r * a * tiles, tiles, planes, corner, r * cols,
                                 False, tiles)
         _copy_planes(planes, 0, rows * cols, cols, y_flat, f * oh * ow, f_count * oh * ow, ow,
-                     n_count, oh, ow, bias[f], rectify)
+                     n_count, oh, ow, bias[f], rectify, residual_flat)
 
 
 @_jit
@@ -495,9 +499,10 @@ def filter_transform_transposed(dU, t: winograd.Transform):
     return dW
 
 
-def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True, rectify=False):
-    """(y, saved) as :func:`minicnn.kernels.winograd.conv_forward` (``rectify``: max(y, 0), in the
-    output transform's last copy); saved = (V or None, x, U).
+def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True, rectify=False,
+                 residual=None):
+    """(y, saved) as :func:`minicnn.kernels.winograd.conv_forward` (``residual`` and ``rectify``
+    in the output transform's last copy); saved = (V or None, x, U).
 
     Each core takes its share of the samples and runs them a block at a time: the input
     transform of the block, its a*a products and its output transform, one after the other
@@ -516,6 +521,8 @@ def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True, rec
     y = recycler.empty((g.n, f, g.oh, g.ow), x.dtype)
     V = recycler.empty((t.a * t.a * g.c * g.tiles,), x.dtype) if keep else None
     size = _samples_per_block(g, t, f, x.itemsize)
+    residual = residual_array(residual, y)
+    per_sample = residual.shape[0] // g.n  # 0 without one
 
     def share(lo, hi):
         for n0, n1 in _blocks(lo, hi, size):
@@ -523,7 +530,8 @@ def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True, rec
             M = _scratch("M", (f, t.a * t.a, block_V.shape[2]), x.dtype)
             matmul_here(U, block_V.transpose(1, 0, 2), out=M.transpose(1, 0, 2))  # U V
             _output_transform_kernel(M.reshape(-1), n1 - n0, f, g.oh, g.ow, g.th, g.tw, t.m,
-                                     bias, rectify, y[n0:n1].reshape(-1))  # A^T M A + b
+                                     bias, rectify, residual[n0 * per_sample:n1 * per_sample],
+                                     y[n0:n1].reshape(-1))             # A^T M A + b
 
     on_cores(g.n, share)
     return y, (V, x, U)

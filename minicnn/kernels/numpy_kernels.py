@@ -145,9 +145,10 @@ def matmul(a, b):
 # the layouts (adding the bias on the way). Both copy whole OH*OW planes, so they are cheap.
 
 
-def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False):
-    """(F, N*OH*OW) -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None; with ``rectify``,
-    ReLU's max(., 0) of that (a ReLU after the convolution, layers/fused.py)."""
+def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False, residual=None):
+    """(F, N*OH*OW) -> (N, F, OH, OW), adding ``bias`` (F,) unless it is None, then ``residual``
+    (N, F, OH, OW) unless it is None; with ``rectify``, ReLU's max(., 0) of that (a ReLU after
+    the convolution, or after the Residual block it ends: layers/fused.py)."""
     xp = array_module(out)
     f = out.shape[0]
     y = xp.empty((n, f, oh, ow), dtype=out.dtype)
@@ -156,6 +157,8 @@ def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False):
         y.reshape(n, f, oh * ow)[...] = by_sample
     else:
         xp.add(by_sample, bias[:, None], out=y.reshape(n, f, oh * ow))
+    if residual is not None:
+        xp.add(y, residual, out=y)
     if rectify:
         xp.maximum(y, y.dtype.type(0), out=y)  # relu_forward's formula
     return y

@@ -235,10 +235,11 @@ def output_transform_transposed(dy, grid: TileGrid, t: Transform):
 # --- the convolution -------------------------------------------------------------------------
 
 
-def conv_forward(x, weight, bias, padding, t: Transform, keep=True, rectify=False):
-    """y = conv(x, weight) + bias for a 3x3, stride-1 convolution (with ``rectify``, max(y, 0) as
-    the ReLU after it computes it); returns (y, V), V for backward (``keep``: the reference keeps
-    V whether training or not)."""
+def conv_forward(x, weight, bias, padding, t: Transform, keep=True, rectify=False,
+                 residual=None):
+    """y = conv(x, weight) + bias for a 3x3, stride-1 convolution (+ ``residual`` unless it is
+    None, and with ``rectify`` max(y, 0) as the ReLU after it computes it); returns (y, V), V for
+    backward (``keep``: the reference keeps V whether training or not)."""
     grid = tile_grid(x.shape, padding, t.m)
     U = filter_transform(weight, t)                            # (a*a, F, C)
     V = input_transform(x, padding, t)                         # (a*a, C, T)
@@ -246,6 +247,8 @@ def conv_forward(x, weight, bias, padding, t: Transform, keep=True, rectify=Fals
     y = output_transform(M, grid, t)
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
+    if residual is not None:
+        y = y + residual
     if rectify:
         y = array_module(y).maximum(y, y.dtype.type(0))  # numpy_kernels.relu_forward's formula
     return y, V

@@ -108,22 +108,22 @@ class Conv2D(Layer):
         y, cache = self._convolve(x, self.weight.data, b, training)
         return self._remember(y, cache=cache)
 
-    def _convolve(self, x, W, b, training=False, rectify=False):
+    def _convolve(self, x, W, b, training=False, rectify=False, residual=None):
         """y for x with filters W (F, C, KH, KW) and bias b (F,) or None, and what backward
         needs: this layer's convolution with any weights (predict runs it with the BatchNorm2D
-        that follows folded into W and b, and ``rectify``, max(y, 0), for a ReLU after them:
-        layers/fused.py)."""
+        that follows folded into W and b, and ``rectify``, max(y, 0), for a ReLU after them,
+        ``residual`` added first for the Residual block they end: layers/fused.py)."""
         ops = self.kernels  # im2col, matmul, ... of this layer's backend (minicnn.kernels)
         fast = ops.conv_algorithm(x.shape, W.shape, self.stride, self.padding)
         if fast is not None:  # the same y by another algorithm (Winograd), see the docstring
-            y, saved = fast.forward(x, W, b, self.padding, training, rectify)
+            y, saved = fast.forward(x, W, b, self.padding, training, rectify, residual)
             return y, (x, saved, fast)
         n = x.shape[0]
         f, oh, ow = self.output_shape(x.shape[1:])
         W2 = W.reshape(f, -1)                                                 # (F, K)
         cols = ops.im2col(x, self.kernel_size, self.stride, self.padding)     # (K, N*OH*OW)
         out = ops.matmul(W2, cols)                                            # (F, N*OH*OW)
-        y = ops.cnhw_to_nchw(out, b, n, oh, ow, rectify)  # + b, laid out as (N, F, OH, OW)
+        y = ops.cnhw_to_nchw(out, b, n, oh, ow, rectify, residual)  # + b, as (N, F, OH, OW)
         return y, (x, cols, None)
 
     def _backward(self, dy, input_grad):

@@ -71,7 +71,20 @@ def _batchnorm_relu_backward(norm: BatchNorm2D, relu: ReLU, dy, input_grad: bool
 
 
 def residual_relu_forward(block, relu: ReLU, x, training: bool):
-    """relu.forward(block.forward(x)), the sum and the ReLU in one pass."""
+    """relu.forward(block.forward(x)), the sum and the ReLU in one pass: ``add_relu``, or,
+    predicting a body that ends with a Conv2D and the BatchNorm2D it folds, that convolution's
+    last write of y (the shortcut runs first, and its output is added there)."""
+    body = block.body.layers
+    last = len(body) - 2
+    if (block.body._passes is None and fused_runs(body).get(last) == 2
+            and _entry(body[last:])[0] is _conv_batchnorm_folded):
+        b = x if block.shortcut is None else block.shortcut._run_forward(x, training)
+        h = block.body._forward_layers(x, training, last)
+        body[last]._cache = body[last + 1]._cache = None
+        y = _conv_batchnorm_folded(*body[last:], h, training, rectify=True, residual=b)
+        block.body._cache = block.body._output_shape = None  # nothing for a backward pass
+        block._remember(y)
+        return relu._remember(y, cache=y)
     a = block.body._run_forward(x, training)
     b = x if block.shortcut is None else block.shortcut._run_forward(x, training)
     y = block.kernels.add_relu(a, b)
@@ -99,13 +112,16 @@ def _relu_maxpool_backward(relu: ReLU, pool: MaxPool2D, dy, input_grad: bool):
                                               pool.stride)
 
 
-def _conv_batchnorm_folded(conv: Conv2D, norm: BatchNorm2D, x, training: bool, rectify=False):
-    """norm.forward(conv.forward(x)) at inference, as one convolution with W' and b'."""
+def _conv_batchnorm_folded(conv: Conv2D, norm: BatchNorm2D, x, training: bool, rectify=False,
+                           residual=None):
+    """norm.forward(conv.forward(x)) at inference, as one convolution with W' and b' (and what
+    ``Conv2D._convolve`` adds for ``rectify`` and ``residual``)."""
     mean, inv_std = norm._statistics(x, training=False)    # the running ones (x: its xp)
     s = norm.gamma.data * inv_std                           # (F,)
     W = conv.weight.data * s[:, None, None, None]           # W' = W * s, filter by filter
     b = -mean if conv.bias is None else conv.bias.data - mean
-    y, _ = conv._convolve(x, W, b * s + norm.beta.data, training=False, rectify=rectify)
+    y, _ = conv._convolve(x, W, b * s + norm.beta.data, training=False, rectify=rectify,
+                          residual=residual)
     conv._output_shape = norm._output_shape = None          # nothing for a backward pass
     return y
 

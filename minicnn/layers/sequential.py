@@ -184,18 +184,22 @@ class Sequential(Layer):
             yield index, layer, x
 
     def _forward(self, x, training):
-        # as _steps_forward, but a BatchNorm2D or Residual + ReLU or a ReLU + MaxPool2D pair
-        # (predicting: Conv2D + BatchNorm2D, + ReLU) may run as one pass (layers.fused)
-        runs = fused.fused_runs(self.layers)
+        return self._remember(self._forward_layers(x, training, len(self.layers)))
+
+    def _forward_layers(self, x, training, stop):
+        # layers[:stop] as _steps_forward, but a BatchNorm2D or Residual + ReLU or a ReLU +
+        # MaxPool2D pair (predicting: Conv2D + BatchNorm2D, + ReLU) may run as one pass
+        # (layers.fused)
+        runs = fused.fused_runs(self.layers[:stop])
         index = 0
-        while index < len(self.layers):
+        while index < stop:
             if index in runs:
                 x = fused.forward(self.layers[index:index + runs[index]], x, training)
                 index += runs[index]
             else:
                 x = self.layers[index]._run_forward(x, training)
                 index += 1
-        return self._remember(x)
+        return x
 
     def backward_steps(self, dy, input_grad: bool = True):
         """The backward pass one layer at a time, from the output down: yields

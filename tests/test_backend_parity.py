@@ -391,6 +391,20 @@ def test_relu_kernels(name, dtype, shape, seed):
 
 
 @DTYPES
+@SETTINGS
+@given(shape=st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 9), st.integers(1, 9)),
+       seed=st.integers(0, 2**32 - 1))
+def test_channel_sum(name, dtype, shape, seed):
+    """A convolution's dL/db: dy summed over samples and pixels, channel by channel."""
+    rng = np.random.default_rng(seed)
+    dy = (rng.standard_normal(shape) + 3).astype(dtype)  # sums far from 0: relative errors
+    expected = reference.channel_sum(dy)
+    definition = [dy[:, c].astype(np.float64).sum() for c in range(shape[1])]
+    _close(expected, np.array(definition, dtype), dtype)  # the definition, spelled out once
+    _close(backend.kernels(name).channel_sum(_on(name, dy)), expected, dtype)
+
+
+@DTYPES
 @pytest.mark.parametrize("weight_decay, decoupled", [(0.0, False), (0.1, False), (0.1, True)])
 def test_adam_kernel(name, dtype, weight_decay, decoupled):
     rng = np.random.default_rng(0)

@@ -29,7 +29,8 @@ and returns new arrays (which a backend may recycle once nothing references them
 - ``conv_algorithm(x_shape, weight_shape, stride, padding) -> ConvAlgorithm | None``: which
   faster algorithm (Winograd or a direct sum, for a 3x3 stride-1 convolution) this backend runs
   a convolution with, or None for the im2col + GEMM that Conv2D's own code spells out (see "Choosing the
-  convolution algorithm" below).
+  convolution algorithm" below); ``channel_sum(dy)``: dy (N, F, OH, OW) summed over N, OH and OW,
+  dL/db of a convolution that ran another algorithm.
 - ``channel_mean_var(x)``, ``batchnorm_forward(x, mean, inv_std, gamma, beta)`` and
   ``batchnorm_backward(dy, x, mean, inv_std, gamma, batch_statistics) -> (dx, dgamma, dbeta)``:
   BatchNorm2D's per-channel sums and affine map; ``relu_forward(x)``, ``relu_backward(dy, y)``

@@ -25,7 +25,8 @@ from . import geometry
 
 __all__ = ["adam_update", "add", "add_relu", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
-           "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm", "dropout_mask",
+           "channel_mean_var", "channel_sum", "cnhw_to_nchw", "col2im", "conv_algorithm",
+           "dropout_mask",
            "im2col", "matmul", "maxpool_backward", "maxpool_forward", "maxpool_relu_backward",
            "nchw_to_cnhw", "relu_backward", "relu_forward"]
 
@@ -137,6 +138,7 @@ def avgpool_backward(dy, x_shape, kernel, stride):
 # The layout changes, ReLU and the matrix multiply are the reference's formulas: on CuPy
 # arrays they run as CuPy's own GPU kernels (and cuBLAS for the multiply).
 from .numpy_kernels import (  # noqa: E402
+    channel_sum,
     cnhw_to_nchw,
     matmul,
     nchw_to_cnhw,

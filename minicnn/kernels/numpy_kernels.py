@@ -17,7 +17,7 @@ from . import array_module, choose_conv, geometry, winograd
 
 __all__ = ["adam_update", "add", "add_relu", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
-           "channel_mean_var", "cnhw_to_nchw", "col2im", "conv_algorithm",
+           "channel_mean_var", "channel_sum", "cnhw_to_nchw", "col2im", "conv_algorithm",
            "im2col", "matmul", "maxpool_backward", "maxpool_forward", "maxpool_relu_backward",
            "nchw_to_cnhw", "relu_backward", "relu_forward"]
 
@@ -194,6 +194,11 @@ def relu_backward(dy, y):
 # backward formula is in BatchNorm2D's docstring.
 
 _CHANNEL = (None, slice(None), None, None)  # a (C,) vector broadcast against (N, C, H, W)
+
+
+def channel_sum(x):
+    """x (N, C, H, W) summed over N, H and W, shape (C,): a convolution's dL/db from dL/dy."""
+    return x.sum(axis=(0, 2, 3))
 
 
 def channel_mean_var(x):

@@ -134,7 +134,7 @@ class Conv2D(Layer):
             dx, self.weight.grad = fast.backward(dy, cols, self.weight.data, x.shape,
                                                  self.padding, input_grad)
             if self.bias is not None:
-                self.bias.grad = dy.sum(axis=(0, 2, 3))                       # (F,)
+                self.bias.grad = ops.channel_sum(dy)          # (F,): dy summed over N, OH, OW
             return dx
         f = dy.shape[1]
         W2 = self.weight.data.reshape(f, -1)                                  # (F, K)

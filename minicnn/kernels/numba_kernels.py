@@ -612,15 +612,22 @@ def relu_backward(dy, y):
 _jit_sums = njit(parallel=True, cache=True, fastmath={"reassoc"})
 
 
+@njit(inline="always")
+def _channel_total(x_flat, n_count, c_count, plane, c):
+    """The sum of channel c's values over every sample, in float64 (inlined: the caller's
+    reassociation applies)."""
+    total = 0.0
+    for n in range(n_count):
+        start = (n * c_count + c) * plane
+        for p in range(plane):
+            total += x_flat[_u(start + p)]
+    return total
+
+
 @_jit_sums
 def _channel_sum_kernel(x_flat, n_count, c_count, plane, sums):
     for c in prange(c_count):
-        total = 0.0
-        for n in range(n_count):
-            start = (n * c_count + c) * plane
-            for p in range(plane):
-                total += x_flat[_u(start + p)]
-        sums[c] = total
+        sums[c] = _channel_total(x_flat, n_count, c_count, plane, c)
 
 
 def channel_sum(x):
@@ -638,12 +645,7 @@ def channel_sum(x):
 def _channel_mean_var_kernel(x_flat, n_count, c_count, plane, mean, var):
     count = n_count * plane
     for c in prange(c_count):
-        total = 0.0
-        for n in range(n_count):
-            start = (n * c_count + c) * plane
-            for p in range(plane):
-                total += x_flat[_u(start + p)]
-        mu = total / count
+        mu = _channel_total(x_flat, n_count, c_count, plane, c) / count
         squares = 0.0
         for n in range(n_count):
             start = (n * c_count + c) * plane

@@ -526,7 +526,6 @@ def cnhw_to_nchw(out, bias, n, oh, ow, rectify=False, residual=None):
     return y
 
 
-
 @_jit
 def _nchw_to_cnhw_kernel(dy_flat, n_count, f_count, plane, out_flat):
     for task in prange(n_count * f_count):  # one input plane (sample n, filter f)
@@ -566,8 +565,8 @@ def _add_kernel(a, b, y):
 
 def add(a, b):
     """a + b (of one shape) into an array the recycler keeps: a fresh one each step costs page
-    faults. On both cores: bound by memory, the sum ran no faster so on the AMD EPYC Zen 3 and
-    twice as fast on the Intel Xeon (benchmarks/README.md)."""
+    faults. On both cores: the sum is bound by memory, and one core alone reaches only part of
+    the bandwidth on some CPUs (benchmarks/README.md, "The Intel Xeon (AVX-512)")."""
     if a.shape != b.shape:
         raise ValueError(f"add: operands of shapes {a.shape} and {b.shape}; they must match")
     dtype = np.result_type(a, b)
@@ -632,8 +631,8 @@ def _channel_sum_kernel(x_flat, n_count, c_count, plane, sums):
 
 def channel_sum(x):
     """x summed over N, H and W (a convolution's dL/db), one channel per task: numpy's sum over
-    axes (0, 2, 3) runs on one core, through strided runs (7% of the reference network's
-    training step on the Intel Xeon, benchmarks/README.md)."""
+    axes (0, 2, 3) runs on one core, through strided runs (benchmarks/README.md, "The Intel Xeon
+    (AVX-512)")."""
     x = np.ascontiguousarray(x)
     n, c, h, w = x.shape
     sums = np.empty(c, dtype=x.dtype)

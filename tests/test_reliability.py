@@ -818,7 +818,12 @@ def test_predict_and_evaluate_stay_within_the_memory_budget():
     x = rng.random((60_000, 1, 8, 8), dtype=np.float32)
     y = rng.integers(0, 10, 60_000)
     per_sample = model.inference_bytes_per_sample((1, 8, 8))
-    budget = 2 * 2**20
+    budget = 32 * 2**20
+    # Traced but not activation memory: the kernels' modules, imported by the first call, and
+    # the interpreter's one-time allocations (a large dict's table growing: 1.9 MB seen in a
+    # pytest process, wherever the run happens to be when it grows).
+    model.predict(x[:10])
+    one_time = 2 * 2**20
     sizes = []
     forward = model.forward
 
@@ -842,8 +847,8 @@ def test_predict_and_evaluate_stay_within_the_memory_budget():
     assert probs.shape == (60_000, 10) and 0 <= scores["acc"] <= 1
     assert max(sizes) == budget // per_sample < 60_000 and sum(sizes) == 2 * 60_000
     # the result itself (kept per batch, then concatenated) is not activation memory
-    assert predict_peak <= budget + 2 * probs.nbytes
-    assert evaluate_peak <= budget
+    assert predict_peak <= budget + 2 * probs.nbytes + one_time
+    assert evaluate_peak <= budget + one_time
     with pytest.raises(backend.MemoryBudgetError, match=r"one sample of shape \(1, 8, 8\) needs "
                                                         r"about .* MiB.*set_memory_budget"):
         backend.set_memory_budget(1000)

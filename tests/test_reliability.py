@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -858,6 +859,73 @@ def test_predict_and_evaluate_stay_within_the_memory_budget():
             backend.set_memory_budget(previous)
     assert issubclass(backend.MemoryBudgetError, MemoryError)
     assert issubclass(backend.MemoryBudgetError, ValueError)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd", "winograd2", "direct"])
+def test_the_inference_memory_estimate_is_not_low_for_any_convolution_algorithm(cpu_backend,
+                                                                              algorithm):
+    """What predict's pass allocates for each further sample (the traced peak's growth from 32
+    to 96 images) stays within ``inference_bytes_per_sample``, whichever algorithm the
+    convolutions run with (each declares its own workspace; the numba Winograd's is none)."""
+    from minicnn import kernels
+    from minicnn.kernels.cpu_runtime import recycler
+    from minicnn.layers import Residual
+
+    kernels.set_conv_algorithm(algorithm)
+    model = mc.Sequential([
+        Conv2D(3, 8, 3, padding=1), BatchNorm2D(8), ReLU(),
+        Residual([Conv2D(8, 8, 3, padding=1), BatchNorm2D(8), ReLU(), Conv2D(8, 8, 3, padding=1),
+                  BatchNorm2D(8)]), ReLU(),
+        Conv2D(8, 16, 3, stride=2, padding=1), ReLU(), MaxPool2D(2), Flatten(),
+        Dense(16 * 4 * 4, 10)], seed=0)
+    x = np.random.default_rng(0).random((96, 3, 16, 16), dtype=np.float32)
+    model.predict(x[:4])  # the kernels' first call (imports, compiled code) is not per sample
+    peaks = {}
+    for n in (32, 96):
+        recycler.clear()  # arrays kept from the smaller batch would hide the larger's
+        tracemalloc.start()
+        try:
+            probs = model.predict(x[:n], batch_size=n)
+            peaks[n] = tracemalloc.get_traced_memory()[1] - probs.nbytes
+        finally:
+            tracemalloc.stop()
+    per_sample = (peaks[96] - peaks[32]) / 64
+    assert 0 < per_sample <= model.inference_bytes_per_sample((3, 16, 16))
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "im2col", "winograd", "winograd2", "direct"])
+@pytest.mark.parametrize("in_channels, out_channels, stride", [(3, 8, 1), (16, 16, 1), (16, 32, 2)])
+def test_a_convolution_allocates_per_sample_no_more_than_its_workspace_and_output(
+        cpu_backend, algorithm, in_channels, out_channels, stride):
+    """Conv2D.workspace_bytes, which sizes predict's batches, for the algorithm that runs: the
+    traced peak of an inference forward pass grows from 256 to 1,024 samples by at most the
+    workspace and the output of 768 samples (the numba Winograd's blocks are as large at both:
+    a core's L2 cache up to 4 MiB holds fewer samples than 128 of these; the two cores' blocks
+    overlap in time more or less, by up to 512 KiB here)."""
+    from minicnn import kernels
+    from minicnn.kernels.cpu_runtime import recycler
+
+    kernels.set_conv_algorithm(algorithm)
+    layer = Conv2D(in_channels, out_channels, 3, stride=stride, padding=1)
+    layer.initialize(np.random.default_rng(0))
+    shape = (in_channels, 16, 16)
+    x = np.random.default_rng(1).random((1024, *shape), dtype=np.float32)
+    # not per sample: the kernels' first call (imports, compiled code), and what a kernel keeps
+    # from one call to the next, sized by the layer (the numba Winograd's blocks, at most a
+    # core's L2 cache each)
+    layer.forward(x)
+    peaks = {}
+    for n in (256, 1024):
+        layer._cache = None
+        recycler.clear()
+        tracemalloc.start()
+        try:
+            layer.forward(x[:n])
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    allowed = layer.workspace_bytes(shape, 4) + 4 * math.prod(layer.output_shape(shape))
+    assert 0 < peaks[1024] - peaks[256] <= 768 * allowed + 2**19
 
 
 def test_memory_budget_from_the_environment(monkeypatch):

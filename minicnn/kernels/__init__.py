@@ -165,10 +165,12 @@ def set_fusion(enabled: bool) -> bool:
 class ConvAlgorithm(NamedTuple):
     """A way to compute a convolution other than Conv2D's own im2col + GEMM.
 
-    ``forward(x, weight, bias, padding, training, rectify=False, residual=None) -> (y, saved)``
-    and
+    ``forward(x, weight, bias, padding, training, rectify=False, residual=None) -> (y, saved)``,
     ``backward(dy, saved, weight, x_shape, padding, input_grad) -> (dx or None, dweight)``:
-    the layer keeps ``saved`` between the two, and adds up dL/dbias itself. Without
+    the layer keeps ``saved`` between the two, and adds up dL/dbias itself; and
+    ``workspace(x_shape, weight_shape, padding)``: how many values ``forward`` allocates per
+    sample of the batch beyond y, without ``training`` (x_shape is one sample's (C, H, W); what
+    sizes predict's batches, :meth:`minicnn.layers.Sequential.inference_bytes_per_sample`). Without
     ``training`` an implementation may keep less (a backward pass is then unlikely: it computes
     again what it needs). ``residual`` (y's shape) is added to y, and with ``rectify`` y is
     max(y, 0) as the backend's ``relu_forward`` computes it: a Residual block's sum and the ReLU
@@ -177,6 +179,7 @@ class ConvAlgorithm(NamedTuple):
     name: str
     forward: Callable
     backward: Callable
+    workspace: Callable
 
 
 def winograd_applies(weight_shape, stride) -> bool:
@@ -198,7 +201,8 @@ def choose_conv(x_shape, weight_shape, stride, padding, rule, winograd=None,
     if name in ("winograd", "winograd2") and winograd is not None:
         return _winograd(winograd, 2 if name == "winograd2" else 4)
     if name == "direct" and direct is not None and direct.applies(weight_shape, stride, padding):
-        return ConvAlgorithm(direct.NAME, direct.conv_forward, direct.conv_backward)
+        return ConvAlgorithm(direct.NAME, direct.conv_forward, direct.conv_backward,
+                             direct.workspace)
     return None
 
 
@@ -219,5 +223,8 @@ def _winograd(implementation, m: int) -> ConvAlgorithm:
         def backward(dy, saved, weight, x_shape, padding, input_grad):
             return implementation.conv_backward(dy, saved, weight, x_shape, padding, t, input_grad)
 
-        _chosen[key] = ConvAlgorithm(t.name, forward, backward)
+        def workspace(x_shape, weight_shape, padding):
+            return implementation.workspace(x_shape, weight_shape, padding, t)
+
+        _chosen[key] = ConvAlgorithm(t.name, forward, backward, workspace)
     return _chosen[key]

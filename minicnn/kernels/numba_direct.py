@@ -157,6 +157,12 @@ def conv_forward(x, weight, bias, padding, training=True, rectify=False, residua
     return _correlate(xp, weight, bias, rectify, residual), xp
 
 
+def workspace(x_shape, weight_shape, padding) -> int:
+    """Values :func:`conv_forward` allocates per sample beyond y: the padded input."""
+    c, h, w = x_shape
+    return c * (h + 2 * padding[0]) * (w + 2 * padding[1])
+
+
 def conv_backward(dy, saved, weight, x_shape, padding, input_grad=True):
     """(dL/dx or None, dL/dW) from dL/dy (N, F, OH, OW) and the padded input saved forward."""
     xp = saved

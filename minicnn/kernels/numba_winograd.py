@@ -537,6 +537,12 @@ def conv_forward(x, weight, bias, padding, t: winograd.Transform, keep=True, rec
     return y, (V, x, U)
 
 
+def workspace(x_shape, weight_shape, padding, t: winograd.Transform) -> int:
+    """None per sample: without ``keep``, :func:`conv_forward` holds V and M for one block of
+    samples at a time, a block sized to the core's cache, not to the batch."""
+    return 0
+
+
 def _block_input_transform(x, V, n0, n1, g, t: winograd.Transform):
     """V of the samples n0..n1-1 as (C, a*a, tiles): written into their part of the batch's V,
     or, with V None, into an array of the block's own."""

@@ -254,6 +254,16 @@ def conv_forward(x, weight, bias, padding, t: Transform, keep=True, rectify=Fals
     return y, V
 
 
+def workspace(x_shape, weight_shape, padding, t: Transform) -> int:
+    """Values :func:`conv_forward` allocates per sample beyond y (x_shape: one sample's (C, H,
+    W)): the padded input, V and the two products that make it, M, and the output transform's
+    first product."""
+    g = tile_grid((1, *x_shape), padding, t.m)
+    f = weight_shape[0]
+    padded = g.c * (g.th * t.m + 2) * (g.tw * t.m + 2)
+    return padded + t.a * t.a * g.tiles * (3 * g.c + f) + t.m * t.a * f * g.tiles
+
+
 def conv_backward(dy, V, weight, x_shape, padding, t: Transform, input_grad=True):
     """(dL/dx or None, dL/dW) of :func:`conv_forward`, from dL/dy and its saved V."""
     grid = tile_grid(x_shape, padding, t.m)

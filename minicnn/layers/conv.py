@@ -168,13 +168,17 @@ class Conv2D(Layer):
         return 2 * k * f * oh * ow + (f * oh * ow if self.bias is not None else 0)
 
     def workspace_bytes(self, input_shape, itemsize):
-        # the im2col columns of one sample: OH*OW receptive fields of C*KH*KW values each, and
-        # the (F, OH*OW) GEMM output before the layout change; or, if more, what Winograd keeps
-        # of one sample: (m+2)^2 transformed values per tile of the input (C) and products (F)
+        # what the algorithm that runs allocates for one sample: for im2col, the padded input
+        # (numpy's), the columns (OH*OW receptive fields of C*KH*KW values each) and the (F,
+        # OH*OW) GEMM output before the layout change
+        fast = self.kernels.conv_algorithm((1, *input_shape), self.weight.data.shape, self.stride,
+                                           self.padding)
+        if fast is not None:
+            return fast.workspace(tuple(input_shape), self.weight.data.shape, self.padding) * itemsize
+        (c, h, w), (ph, pw) = input_shape, self.padding
         f, oh, ow = self.output_shape(input_shape)
-        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        winograd = max((m + 2) ** 2 * -(-oh // m) * -(-ow // m) for m in (2, 4))
-        return max(oh * ow * (k + f), winograd * (self.in_channels + f)) * itemsize
+        k = c * self.kernel_size[0] * self.kernel_size[1]
+        return (c * (h + 2 * ph) * (w + 2 * pw) + oh * ow * (k + f)) * itemsize
 
     def algorithms(self, input_shape):
         fast = self.kernels.conv_algorithm((1, *input_shape), self.weight.data.shape, self.stride,

@@ -111,12 +111,12 @@ class Sequential(Layer):
 
     def workspace_bytes(self, input_shape, itemsize: int) -> int:
         """Every layer's workspace, plus its output, which stays alive in its cache until the
-        next call, and the kernels' temporaries about as large as an output (the matmul
-        result before its NCHW layout, max pooling's indices): 3 outputs' worth, on the high
-        side."""
+        next call, and a temporary as large as an output (max pooling's indices, a
+        normalization's intermediate): 2 outputs' worth, on the high side (a pass that runs
+        layers as one, see layers/fused.py, writes one output for several)."""
         input_shape = tuple(int(d) for d in input_shape)
         shapes = self.output_shapes(input_shape)
-        total = itemsize * 3 * sum(math.prod(s) for s in shapes)
+        total = itemsize * 2 * sum(math.prod(s) for s in shapes)
         for layer, shape in zip(self.layers, [input_shape, *shapes[:-1]]):
             total += layer.workspace_bytes(shape, itemsize)
         return int(total)
@@ -124,10 +124,11 @@ class Sequential(Layer):
     def inference_bytes_per_sample(self, input_shape, dtype=np.float32) -> int:
         """Estimated memory of one sample's inference forward pass, in bytes (on the high side).
 
-        Every layer's output stays alive in its cache until the next call, the kernels build
-        temporaries about as large as an output (the matmul result before its NCHW layout, max
-        pooling's indices), and Conv2D adds its im2col rows (``Layer.workspace_bytes``). So:
-        ``itemsize * (input + 3 * sum of the outputs) + sum of the workspaces``.
+        Every layer's output stays alive in its cache until the next call, a kernel may build a
+        temporary as large as an output (max pooling's indices), and a Conv2D adds what its
+        algorithm allocates per sample (``Layer.workspace_bytes``: im2col's columns and
+        product; Winograd's blocks are sized to the cache, not to the batch). So:
+        ``itemsize * (input + 2 * sum of the outputs) + sum of the workspaces``.
         """
         input_shape = tuple(int(d) for d in input_shape)
         itemsize = np.dtype(dtype).itemsize

@@ -900,8 +900,8 @@ def test_a_convolution_allocates_per_sample_no_more_than_its_workspace_and_outpu
     """Conv2D.workspace_bytes, which sizes predict's batches, for the algorithm that runs: the
     traced peak of an inference forward pass grows from 256 to 1,024 samples by at most the
     workspace and the output of 768 samples (the numba Winograd's blocks are as large at both:
-    a core's L2 cache up to 4 MiB holds fewer samples than 128 of these; the two cores' blocks
-    overlap in time more or less, by up to 512 KiB here)."""
+    with an L2 cache of up to 4 MiB a core, a block holds at most 128 of these samples, a core's
+    share at 256; the two cores' blocks overlap in time more or less, by up to 512 KiB here)."""
     from minicnn import kernels
     from minicnn.kernels.cpu_runtime import recycler
 

@@ -168,17 +168,15 @@ class Conv2D(Layer):
         return 2 * k * f * oh * ow + (f * oh * ow if self.bias is not None else 0)
 
     def workspace_bytes(self, input_shape, itemsize):
-        # what the algorithm that runs allocates for one sample: for im2col, the padded input
-        # (numpy's), the columns (OH*OW receptive fields of C*KH*KW values each) and the (F,
-        # OH*OW) GEMM output before the layout change
-        fast = self.kernels.conv_algorithm((1, *input_shape), self.weight.data.shape, self.stride,
-                                           self.padding)
+        # what the algorithm that runs allocates per sample; im2col: the padded input (numpy's),
+        # the columns (C*KH*KW values per output pixel) and the product (F per pixel)
+        W = self.weight.data
+        fast = self.kernels.conv_algorithm((1, *input_shape), W.shape, self.stride, self.padding)
         if fast is not None:
-            return fast.workspace(tuple(input_shape), self.weight.data.shape, self.padding) * itemsize
+            return fast.workspace(tuple(input_shape), W.shape, self.padding) * itemsize
         (c, h, w), (ph, pw) = input_shape, self.padding
         f, oh, ow = self.output_shape(input_shape)
-        k = c * self.kernel_size[0] * self.kernel_size[1]
-        return (c * (h + 2 * ph) * (w + 2 * pw) + oh * ow * (k + f)) * itemsize
+        return (c * (h + 2 * ph) * (w + 2 * pw) + oh * ow * (W[0].size + f)) * itemsize
 
     def algorithms(self, input_shape):
         fast = self.kernels.conv_algorithm((1, *input_shape), self.weight.data.shape, self.stride,

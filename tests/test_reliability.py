@@ -901,7 +901,8 @@ def test_a_convolution_allocates_per_sample_no_more_than_its_workspace_and_outpu
     traced peak of an inference forward pass grows from 256 to 1,024 samples by at most the
     workspace and the output of 768 samples (the numba Winograd's blocks are as large at both:
     with an L2 cache of up to 4 MiB a core, a block holds at most 128 of these samples, a core's
-    share at 256; the two cores' blocks overlap in time more or less, by up to 512 KiB here)."""
+    share at 256; the two cores' blocks, whose kernels allocate up to about 0.5 MB each while
+    they run, overlap in time more or less: 1 MiB is allowed for that)."""
     from minicnn import kernels
     from minicnn.kernels.cpu_runtime import recycler
 
@@ -925,7 +926,7 @@ def test_a_convolution_allocates_per_sample_no_more_than_its_workspace_and_outpu
         finally:
             tracemalloc.stop()
     allowed = layer.workspace_bytes(shape, 4) + 4 * math.prod(layer.output_shape(shape))
-    assert 0 < peaks[1024] - peaks[256] <= 768 * allowed + 2**19
+    assert 0 < peaks[1024] - peaks[256] <= 768 * allowed + 2**20
 
 
 def test_memory_budget_from_the_environment(monkeypatch):

@@ -26,9 +26,8 @@ from . import geometry
 __all__ = ["adam_update", "add", "add_relu", "avgpool_backward", "avgpool_forward", "batchnorm_backward",
            "batchnorm_forward", "batchnorm_relu_backward", "batchnorm_relu_forward",
            "channel_mean_var", "channel_sum", "cnhw_to_nchw", "col2im", "conv_algorithm",
-           "dropout_mask",
-           "im2col", "matmul", "maxpool_backward", "maxpool_forward", "maxpool_relu_backward",
-           "nchw_to_cnhw", "relu_backward", "relu_forward"]
+           "dropout_mask", "im2col", "matmul", "maxpool_backward", "maxpool_forward",
+           "maxpool_relu_backward", "nchw_to_cnhw", "relu_backward", "relu_forward"]
 
 SOURCE_PATH = Path(__file__).with_name("cupy_kernels.cu")
 KERNEL_NAMES = ("im2col", "col2im", "maxpool_forward", "maxpool_backward", "maxpool_relu_backward",

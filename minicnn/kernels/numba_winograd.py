@@ -11,23 +11,27 @@ BLAS call per position, :func:`~minicnn.kernels.cpu_runtime.matmul_here`) and th
 transform while the block's arrays are still in its L2 cache; V alone is written out, for the
 weight gradient. The backward pass runs its blocks the same way, in reverse.
 
-**Each transform is two passes of a one-dimensional transform** over runs of tiles: a block's
-tiles are laid out as ``d[k, l, tile]`` (value (k, l) of every tile in one run, gathered from the
-padded plane a tile row at a time), so ``B^T d B`` is ``B^T`` applied down each column (the
-runs of the a rows k mixed into new runs) and then along each row, each a long contiguous loop
-that LLVM vectorizes. ``A^T M A`` takes the same two passes, the second writing each tile's m x m
-values where the tile lies in the output planes (copied into y with the bias); the transposes
-``A dY A^T`` and ``B dV B^T`` take them with the transposed matrices, the last adding each tile's
-values where it lies on the input. The one-dimensional transforms are written out (``_bt4`` and the
-others), with the sums that a matrix repeats computed once: about half the operations of
-multiplying by the matrix, and tests/test_winograd.py checks each against its matrix.
+**Each transform is two passes of a one-dimensional transform** over runs of tiles, each pass
+one long loop over the block's tiles that LLVM vectorizes. A block's tiles are taken in the
+order (tile row, sample, tile column). For ``B^T d B`` they are laid out as ``d[k, l, tile]``
+(value (k, l) of every tile in one run, gathered from the padded planes through a table of the
+tiles' corners), so that ``B^T`` applies down each column (the runs of the a rows k mixed into
+new runs) and then along each row. The output's tiles do not overlap, so ``A^T M A`` needs no
+gather: its second pass writes each tile's m values of a row side by side, and the rows of the
+block's planes are kept grouped by their place s < m in the tile (rows s, m + s, 2m + s, ...
+together), so that row s of every tile of the block is one run, copied into y with the bias
+at the end; ``A dY A^T`` reads dy's rows grouped so. ``B dV B^T``, whose tiles overlap, adds each
+tile's values where it lies on the input, through the corners. The one-dimensional transforms
+are written out (``_bt4`` and the others), with the sums that a matrix repeats computed once:
+about half the operations of multiplying by the matrix, and tests/test_winograd.py checks each
+against its matrix.
 
-A block's transformed arrays are laid out channel by channel, ``(C, a*a, tiles)``: both passes
-then read and write runs spaced alike, the one layout in which LLVM vectorizes them; the
-products see them as ``(a*a, C, tiles)``, a strided view that BLAS takes as it is. Each thread
-keeps its blocks' arrays from one step to the next (``_scratch``). A kernel runs one channel
-plane of the block after another; no two blocks touch the same element (the transposed input
-transform adds overlapping tiles back inside its own sample).
+A block's transformed arrays are laid out channel by channel, ``(C, a*a, tiles)``: the passes
+down the columns then read and write runs the same distance apart, the one layout in which LLVM
+vectorizes them; the products see them as ``(a*a, C, tiles)``, a strided view that BLAS takes as
+it is. Each thread keeps its blocks' arrays from one step to the next (``_scratch``). A kernel
+runs one channel plane of the block after another; no two blocks touch the same element (the
+transposed input transform adds overlapping tiles back inside its own sample).
 """
 
 from __future__ import annotations
@@ -143,8 +147,8 @@ def _a2(src, at, step):
 def _pass(transform, count, src, src_at, dst, dst_at, step, length):
     """For t < length: the values src[src_at + t + k * step] (k = 0, 1, ...) go through the
     one-dimensional ``transform``, and its ``count`` results are written to dst[dst_at + t + i *
-    step]: one loop over a run of tiles, which LLVM vectorizes (source and target share
-    ``step``, so that the check that they do not overlap is one comparison)."""
+    step]: a transform down the columns of a run of tiles, one loop which LLVM vectorizes (source
+    and target share ``step``, so that the check that they do not overlap is one comparison)."""
     for t in range(length):
         w0, w1, w2, w3, w4, w5 = transform(src, src_at + t, step)
         out = dst_at + t
@@ -159,31 +163,53 @@ def _pass(transform, count, src, src_at, dst, dst_at, step, length):
 
 
 @njit(inline="always")
-def _pass_to_planes(transform, count, src, src_at, step, planes, corner, shift, add, length):
-    """:func:`_pass` writing each tile's results where the tile lies in a stack of planes:
-    planes[corner[t] + shift + i] (i < count), or added to what is there (``add``: tiles that
-    overlap, whose gradients add up; the loop runs the tiles in order)."""
+def _pass_along_row(transform, m, count, src, src_at, dst, dst_at, dst_step, length):
+    """:func:`_pass` along a row of tiles that start m values apart: tile t's values are
+    src[src_at + m * t + l] (l = 0, 1, ...), its results go to dst[dst_at + t + j * dst_step]
+    (the tiles side by side: LLVM loads them as one stream and sorts the values in registers)."""
+    for t in range(length):
+        w0, w1, w2, w3, w4, w5 = transform(src, src_at + m * t, 1)
+        out = dst_at + t
+        dst[_u(out)] = w0
+        dst[_u(out + dst_step)] = w1
+        if count > 2:
+            dst[_u(out + 2 * dst_step)] = w2
+            dst[_u(out + 3 * dst_step)] = w3
+        if count > 4:
+            dst[_u(out + 4 * dst_step)] = w4
+            dst[_u(out + 5 * dst_step)] = w5
+
+
+@njit(inline="always")
+def _pass_into_row(transform, m, src, src_at, src_step, dst, dst_at, length):
+    """:func:`_pass` whose m results per tile are the tile's m values along a row of tiles:
+    dst[dst_at + m * t + s] (s < m), the tiles side by side."""
+    for t in range(length):
+        w0, w1, w2, w3, w4, w5 = transform(src, src_at + t, src_step)
+        out = dst_at + m * t
+        dst[_u(out)] = w0
+        dst[_u(out + 1)] = w1
+        if m > 2:
+            dst[_u(out + 2)] = w2
+            dst[_u(out + 3)] = w3
+
+
+@njit(inline="always")
+def _add_to_planes(transform, count, src, src_at, step, planes, corner, shift, length):
+    """:func:`_pass` adding each tile's results where the tile lies in a stack of planes:
+    planes[corner[t] + shift + i] (i < count) += ... (tiles that overlap, whose gradients add
+    up; the loop runs the tiles in order)."""
     for t in range(length):
         w0, w1, w2, w3, w4, w5 = transform(src, src_at + t, step)
         out = corner[_u(t)] + shift
-        if add:
-            planes[_u(out)] += w0
-            planes[_u(out + 1)] += w1
-            if count > 2:
-                planes[_u(out + 2)] += w2
-                planes[_u(out + 3)] += w3
-            if count > 4:
-                planes[_u(out + 4)] += w4
-                planes[_u(out + 5)] += w5
-        else:
-            planes[_u(out)] = w0
-            planes[_u(out + 1)] = w1
-            if count > 2:
-                planes[_u(out + 2)] = w2
-                planes[_u(out + 3)] = w3
-            if count > 4:
-                planes[_u(out + 4)] = w4
-                planes[_u(out + 5)] = w5
+        planes[_u(out)] += w0
+        planes[_u(out + 1)] += w1
+        if count > 2:
+            planes[_u(out + 2)] += w2
+            planes[_u(out + 3)] += w3
+        if count > 4:
+            planes[_u(out + 4)] += w4
+            planes[_u(out + 5)] += w5
 
 
 @njit(inline="always")
@@ -192,25 +218,34 @@ def _corners(n_count, th_count, tw_count, m, plane, row):
     rows of ``row``: the tiles' values (k, l) are then ``planes[corner[tile] + k * row + l]``,
     one long loop over the block's tiles per (k, l) (a vectorized gather or scatter)."""
     corner = np.empty(n_count * th_count * tw_count, dtype=np.int64)
-    for n in range(n_count):
-        for th in range(th_count):
+    for th in range(th_count):
+        for n in range(n_count):
             for tw in range(tw_count):
-                corner[(n * th_count + th) * tw_count + tw] = n * plane + (th * row + tw) * m
+                corner[(th * n_count + n) * tw_count + tw] = n * plane + (th * row + tw) * m
     return corner
 
 
 @njit(inline="always")
+def _row_at(y, row, m, th_count):
+    """Where row y of a plane starts: at y * row, or, where the rows are grouped by their place in
+    the tile (m > 0: rows s, m + s, 2m + s, ... together), at row (y % m) * th_count + y // m."""
+    return y * row if m == 0 else ((y % m) * th_count + y // m) * row
+
+
+@njit(inline="always")
 def _copy_planes(src, src_at, src_step, src_row, dst, dst_at, dst_step, dst_row, n_count, h, w,
-                 plus, rectify=False, residual=None):
+                 plus, rectify=False, residual=None, src_m=0, dst_m=0, th_count=0):
     """dst's plane n = src's plane n + plus (+ ``residual``'s value where dst's is, when it has
     values; with ``rectify``, ReLU's max(., 0) of that), for n_count planes of h rows of w
-    values; plane n starts at src_at + n * src_step and its rows are src_row apart, likewise in
-    dst (a layer's (sample, channel) planes on one side, a block's padded planes on the other)."""
+    values; plane n starts at src_at + n * src_step and its rows are src_row apart (grouped by
+    their place in the tile with ``src_m``: :func:`_row_at`), likewise in dst (a layer's (sample,
+    channel) planes on one side, a block's planes or rows on the other)."""
     zero = dst.dtype.type(0)
     added = residual is not None and residual.shape[0] > 0
     for n in range(n_count):
         for y in range(h):
-            source, target = src_at + n * src_step + y * src_row, dst_at + n * dst_step + y * dst_row
+            source = src_at + n * src_step + _row_at(y, src_row, src_m, th_count)
+            target = dst_at + n * dst_step + _row_at(y, dst_row, dst_m, th_count)
             for x in range(w):
                 v = src[_u(source + x)] + plus
                 if added:
@@ -281,11 +316,11 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
             dpadded[_u(q)] = 0
         for k in range(a):  # (B dV) B^T, row k, added where the tile lies: overlapping tiles'
             if m == 4:      # gradients add up
-                _pass_to_planes(_b4, 6, mixed, k * a * tiles, tiles, dpadded, corner, k * cols,
-                                True, tiles)
+                _add_to_planes(_b4, 6, mixed, k * a * tiles, tiles, dpadded, corner, k * cols,
+                               tiles)
             else:
-                _pass_to_planes(_b2, 4, mixed, k * a * tiles, tiles, dpadded, corner, k * cols,
-                                True, tiles)
+                _add_to_planes(_b2, 4, mixed, k * a * tiles, tiles, dpadded, corner, k * cols,
+                               tiles)
         _copy_planes(dpadded, ph * cols + pw, rows * cols, cols, dx_flat, c * h * w,
                      c_count * h * w, w, n_count, h, w, zero)
 
@@ -294,58 +329,56 @@ def _input_transform_transposed_kernel(dV_flat, n_count, c_count, h, w, ph, pw, 
 def _output_transform_kernel(M_flat, n_count, f_count, oh, ow, th_count, tw_count, m, bias,
                              rectify, residual_flat, y_flat):
     """y = A^T M A + b (+ the residual where it has values; with ``rectify``, max(y, 0)) of the
-    block, M as (channel, a*a, tile)."""
+    block, M as (channel, a*a, tile): A^T down the columns of every tile, then A along the tiles'
+    rows, each tile's m values side by side, for the rows of the block's planes that lie at one
+    place s < m in their tile (rows kept grouped by that place: one long run per s)."""
     a = m + 2
-    rows, cols = th_count * m, tw_count * m  # the output planes the blocks cover (may overhang)
-    tiles = n_count * th_count * tw_count
-    corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
-    mixed = np.empty(m * a * tiles, dtype=M_flat.dtype)
-    planes = np.empty(n_count * rows * cols, dtype=M_flat.dtype)
+    span = tw_count * m  # a row of one sample's tiles (may overhang the plane, as the rows do)
+    tiles = th_count * n_count * tw_count
+    across = np.empty(m * a * tiles, dtype=M_flat.dtype)  # A^T M: [s, l, tile]
+    rows = np.empty(m * tiles * m, dtype=M_flat.dtype)  # [s, tile row, sample, column]
     for f in range(f_count):
         at = f * a * a * tiles
-        for l in range(a):  # A^T M, column l
+        for l in range(a):  # A^T M, down column l
             if m == 4:
-                _pass(_at4, 4, M_flat, at + l * tiles, mixed, l * tiles, a * tiles, tiles)
+                _pass(_at4, 4, M_flat, at + l * tiles, across, l * tiles, a * tiles, tiles)
             else:
-                _pass(_at2, 2, M_flat, at + l * tiles, mixed, l * tiles, a * tiles, tiles)
-        for r in range(m):  # (A^T M) A, row r, written where the tile lies in the planes
+                _pass(_at2, 2, M_flat, at + l * tiles, across, l * tiles, a * tiles, tiles)
+        for s in range(m):  # (A^T M) A, along row s of every tile
             if m == 4:
-                _pass_to_planes(_at4, 4, mixed, r * a * tiles, tiles, planes, corner, r * cols,
-                                False, tiles)
+                _pass_into_row(_at4, 4, across, s * a * tiles, tiles, rows, s * tiles * m, tiles)
             else:
-                _pass_to_planes(_at2, 2, mixed, r * a * tiles, tiles, planes, corner, r * cols,
-                                False, tiles)
-        _copy_planes(planes, 0, rows * cols, cols, y_flat, f * oh * ow, f_count * oh * ow, ow,
-                     n_count, oh, ow, bias[f], rectify, residual_flat)
+                _pass_into_row(_at2, 2, across, s * a * tiles, tiles, rows, s * tiles * m, tiles)
+        _copy_planes(rows, 0, span, n_count * span, y_flat, f * oh * ow, f_count * oh * ow, ow,
+                     n_count, oh, ow, bias[f], rectify, residual_flat, src_m=m, th_count=th_count)
 
 
 @_jit
 def _output_transform_transposed_kernel(dy_flat, n_count, f_count, oh, ow, th_count, tw_count,
                                         m, dM_flat):
-    """dM = A dY A^T of the block's tiles of dL/dy, written as (channel, a*a, tile)."""
+    """dM = A dY A^T of the block's tiles of dL/dy, written as (channel, a*a, tile): A along the
+    tiles' rows (each tile's m values side by side, the rows grouped by their place in the tile
+    as in :func:`_output_transform_kernel`), then A down the columns of every tile."""
     a = m + 2
-    rows, cols = th_count * m, tw_count * m
-    tiles = n_count * th_count * tw_count
-    corner = _corners(n_count, th_count, tw_count, m, rows * cols, cols)
-    planes = np.zeros(n_count * rows * cols, dtype=dy_flat.dtype)  # zeros past the edge
-    dY = np.empty(m * m * tiles, dtype=dy_flat.dtype)  # dY[r, s, tile]
-    mixed = np.empty(a * m * tiles, dtype=dy_flat.dtype)
+    span = tw_count * m
+    tiles = th_count * n_count * tw_count
+    rows = np.zeros(m * tiles * m, dtype=dy_flat.dtype)  # [s, tile row, sample, column]; 0 past edges
+    across = np.empty(m * a * tiles, dtype=dy_flat.dtype)  # dY A^T: [s, l, tile]
     zero = dy_flat.dtype.type(0)
     for f in range(f_count):
-        _copy_planes(dy_flat, f * oh * ow, f_count * oh * ow, ow, planes, 0, rows * cols, cols,
-                     n_count, oh, ow, zero)
-        _gather_tiles(planes, corner, m, cols, dY)
+        _copy_planes(dy_flat, f * oh * ow, f_count * oh * ow, ow, rows, 0, span, n_count * span,
+                     n_count, oh, ow, zero, dst_m=m, th_count=th_count)
+        for s in range(m):  # dY A^T, along row s of every tile
+            if m == 4:
+                _pass_along_row(_a4, 4, 6, rows, s * tiles * m, across, s * a * tiles, tiles, tiles)
+            else:
+                _pass_along_row(_a2, 2, 4, rows, s * tiles * m, across, s * a * tiles, tiles, tiles)
         at = f * a * a * tiles
-        for s in range(m):  # A dY, column s
+        for l in range(a):  # A (dY A^T), down column l
             if m == 4:
-                _pass(_a4, 6, dY, s * tiles, mixed, s * tiles, m * tiles, tiles)
+                _pass(_a4, 6, across, l * tiles, dM_flat, at + l * tiles, a * tiles, tiles)
             else:
-                _pass(_a2, 4, dY, s * tiles, mixed, s * tiles, m * tiles, tiles)
-        for k in range(a):  # (A dY) A^T, row k
-            if m == 4:
-                _pass(_a4, 6, mixed, k * m * tiles, dM_flat, at + k * a * tiles, tiles, tiles)
-            else:
-                _pass(_a2, 4, mixed, k * m * tiles, dM_flat, at + k * a * tiles, tiles, tiles)
+                _pass(_a2, 4, across, l * tiles, dM_flat, at + l * tiles, a * tiles, tiles)
 
 
 # --- the convolution, as minicnn.kernels.winograd.conv_forward / conv_backward -----------------

@@ -144,22 +144,27 @@ def _a2(src, at, step):
 
 
 @njit(inline="always")
+def _store(dst, at, step, count, values):
+    """dst[at + i * step] = values[i] for i < count (a one-dimensional transform's results)."""
+    w0, w1, w2, w3, w4, w5 = values
+    dst[_u(at)] = w0
+    dst[_u(at + step)] = w1
+    if count > 2:
+        dst[_u(at + 2 * step)] = w2
+        dst[_u(at + 3 * step)] = w3
+    if count > 4:
+        dst[_u(at + 4 * step)] = w4
+        dst[_u(at + 5 * step)] = w5
+
+
+@njit(inline="always")
 def _pass(transform, count, src, src_at, dst, dst_at, step, length):
     """For t < length: the values src[src_at + t + k * step] (k = 0, 1, ...) go through the
     one-dimensional ``transform``, and its ``count`` results are written to dst[dst_at + t + i *
     step]: a transform down the columns of a run of tiles, one loop which LLVM vectorizes (source
     and target share ``step``, so that the check that they do not overlap is one comparison)."""
     for t in range(length):
-        w0, w1, w2, w3, w4, w5 = transform(src, src_at + t, step)
-        out = dst_at + t
-        dst[_u(out)] = w0
-        dst[_u(out + step)] = w1
-        if count > 2:
-            dst[_u(out + 2 * step)] = w2
-            dst[_u(out + 3 * step)] = w3
-        if count > 4:
-            dst[_u(out + 4 * step)] = w4
-            dst[_u(out + 5 * step)] = w5
+        _store(dst, dst_at + t, step, count, transform(src, src_at + t, step))
 
 
 @njit(inline="always")
@@ -168,16 +173,7 @@ def _pass_along_row(transform, m, count, src, src_at, dst, dst_at, dst_step, len
     src[src_at + m * t + l] (l = 0, 1, ...), its results go to dst[dst_at + t + j * dst_step]
     (the tiles side by side: LLVM loads them as one stream and sorts the values in registers)."""
     for t in range(length):
-        w0, w1, w2, w3, w4, w5 = transform(src, src_at + m * t, 1)
-        out = dst_at + t
-        dst[_u(out)] = w0
-        dst[_u(out + dst_step)] = w1
-        if count > 2:
-            dst[_u(out + 2 * dst_step)] = w2
-            dst[_u(out + 3 * dst_step)] = w3
-        if count > 4:
-            dst[_u(out + 4 * dst_step)] = w4
-            dst[_u(out + 5 * dst_step)] = w5
+        _store(dst, dst_at + t, dst_step, count, transform(src, src_at + m * t, 1))
 
 
 @njit(inline="always")
@@ -185,13 +181,7 @@ def _pass_into_row(transform, m, src, src_at, src_step, dst, dst_at, length):
     """:func:`_pass` whose m results per tile are the tile's m values along a row of tiles:
     dst[dst_at + m * t + s] (s < m), the tiles side by side."""
     for t in range(length):
-        w0, w1, w2, w3, w4, w5 = transform(src, src_at + t, src_step)
-        out = dst_at + m * t
-        dst[_u(out)] = w0
-        dst[_u(out + 1)] = w1
-        if m > 2:
-            dst[_u(out + 2)] = w2
-            dst[_u(out + 3)] = w3
+        _store(dst, dst_at + m * t, 1, m, transform(src, src_at + t, src_step))
 
 
 @njit(inline="always")
